@@ -1,0 +1,107 @@
+//! netlet-sdk: what a Rust network driver for netlet depends on.
+//!
+//! A driver implements one trait per capability it serves (the generated `netlet.v1alpha1`
+//! service traits, whose methods all default to `UNIMPLEMENTED`) and hands them to [`Driver`].
+//! [`Driver::serve`] binds the unix socket (removing a stale one), serves `Identity` from what the
+//! driver declared, `grpc.health.v1`, server reflection (v1 and v1alpha), stops gracefully on
+//! SIGTERM/SIGINT and removes its socket.
+//!
+//! A minimal driver that attaches nothing but answers for network `default`:
+//!
+//! ```no_run
+//! use netlet_sdk::proto::{AttachPodRequest, AttachPodResponse, pods_server::Pods};
+//! use netlet_sdk::{Driver, tonic::{Request, Response, Status}};
+//!
+//! struct Example;
+//!
+//! #[netlet_sdk::tonic::async_trait]
+//! impl Pods for Example {
+//!     async fn attach_pod(
+//!         &self,
+//!         req: Request<AttachPodRequest>,
+//!     ) -> Result<Response<AttachPodResponse>, Status> {
+//!         let req = req.into_inner();
+//!         if req.sandbox.as_ref().is_none_or(|s| s.id.is_empty()) {
+//!             return Err(Status::invalid_argument("sandbox.id: required"));
+//!         }
+//!         Ok(Response::new(AttachPodResponse::default()))
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), netlet_sdk::Error> {
+//!     netlet_sdk::init_tracing();
+//!     // The socket comes from $NETLET_DRIVER_SOCKET (set by the host for supervised drivers)
+//!     // unless given here; external drivers bind `<plugin-dir>/<name>.sock`.
+//!     Driver::new("example", env!("CARGO_PKG_VERSION"))
+//!         .network("default")
+//!         .pods(Example)
+//!         .serve()
+//!         .await
+//! }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod client;
+mod driver;
+pub mod netns;
+pub mod server;
+pub mod state;
+pub mod validate;
+
+pub use driver::{Driver, ProbeFn};
+pub use netlet_proto::v1alpha1 as proto;
+pub use {netlet_proto, tonic};
+
+/// Environment variable through which the host tells a supervised driver its socket path.
+pub const SOCKET_ENV: &str = "NETLET_DRIVER_SOCKET";
+
+/// Default maximum size of one gRPC message, both directions.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Errors of the SDK.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No socket path was given and `$NETLET_DRIVER_SOCKET` is unset.
+    #[error("no socket path: call Driver::socket or set ${SOCKET_ENV}")]
+    NoSocket,
+    /// Binding or preparing the unix socket failed.
+    #[error("socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server or client transport failed.
+    #[error("transport: {0}")]
+    Transport(#[source] tonic::transport::Error),
+    /// Building the reflection service failed.
+    #[error("reflection: {0}")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    /// A network namespace operation failed.
+    #[error("netns {path}: {what}: {source}")]
+    Netns {
+        /// Namespace path.
+        path: std::path::PathBuf,
+        /// The step that failed.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result with the SDK's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Initialises `tracing` to stderr, filtered by `RUST_LOG` (default `info`). Safe to call twice.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

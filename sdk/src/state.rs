@@ -1,0 +1,297 @@
+//! Desired-state tables with generation semantics, shared by the host (which replays them to a
+//! restarted driver) and by drivers (which keep their data plane's state in memory).
+//!
+//! Batches are validated first ([`crate::validate`]); applying a valid batch cannot fail, so bad
+//! input changes nothing.
+
+use std::collections::BTreeMap;
+
+use tonic::Status;
+
+use crate::proto::{
+    ApplyPolicyRequest, DnsPolicy, Endpoint, HostnameGrant, ListPoliciesResponse,
+    ListServicesResponse, NetworkPolicy, PolicyKey, PolicyKind, ProgramServiceRequest, Service,
+    ServiceKey, ServiceState,
+};
+
+/// Decides what to do with a batch stamped `generation` when `applied` is applied: `Ok(true)`
+/// apply it, `Ok(false)` it is a replay of the applied generation (answer OK, change nothing).
+pub fn check_generation(applied: u64, generation: u64, full_sync: bool) -> Result<bool, Status> {
+    if generation == applied && applied != 0 {
+        return Ok(false);
+    }
+    if generation < applied {
+        return Err(Status::failed_precondition(format!(
+            "generation: {generation} is older than the applied generation {applied}"
+        )));
+    }
+    if applied == 0 && !full_sync {
+        return Err(Status::failed_precondition(
+            "full_sync: nothing applied yet; the first batch must be a full sync",
+        ));
+    }
+    Ok(true)
+}
+
+fn skey(k: &ServiceKey) -> (String, String) {
+    (k.namespace.clone(), k.name.clone())
+}
+
+#[derive(Debug, Default, Clone)]
+struct ServiceEntry {
+    service: Option<Service>,
+    endpoints: BTreeMap<String, Endpoint>,
+}
+
+/// Services with their endpoints, as programmed.
+#[derive(Debug, Default, Clone)]
+pub struct ServiceTable {
+    generation: u64,
+    entries: BTreeMap<(String, String), ServiceEntry>,
+}
+
+impl ServiceTable {
+    /// Applied generation (0 before the first sync).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Number of Services.
+    pub fn len(&self) -> usize {
+        self.entries.values().filter(|e| e.service.is_some()).count()
+    }
+
+    /// Whether no Service is programmed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies a validated batch; returns the applied generation.
+    pub fn apply(&mut self, req: &ProgramServiceRequest) -> Result<u64, Status> {
+        if !check_generation(self.generation, req.generation, req.full_sync)? {
+            return Ok(self.generation);
+        }
+        if req.full_sync {
+            self.entries.clear();
+        }
+        for s in &req.service_upserts {
+            if let Some(k) = &s.key {
+                self.entries.entry(skey(k)).or_default().service = Some(s.clone());
+            }
+        }
+        for k in &req.service_deletes {
+            self.entries.remove(&skey(k));
+        }
+        for u in &req.endpoint_upserts {
+            if let (Some(k), Some(e)) = (&u.service, &u.endpoint) {
+                self.entries
+                    .entry(skey(k))
+                    .or_default()
+                    .endpoints
+                    .insert(e.address.clone(), e.clone());
+            }
+        }
+        for d in &req.endpoint_deletes {
+            if let Some(k) = &d.service
+                && let Some(entry) = self.entries.get_mut(&skey(k))
+            {
+                entry.endpoints.remove(&d.address);
+            }
+        }
+        self.entries
+            .retain(|_, e| e.service.is_some() || !e.endpoints.is_empty());
+        self.generation = req.generation;
+        Ok(self.generation)
+    }
+
+    /// The whole table as one full-sync batch at the applied generation.
+    pub fn full_sync_request(&self) -> ProgramServiceRequest {
+        let mut req = ProgramServiceRequest {
+            generation: self.generation,
+            full_sync: true,
+            ..Default::default()
+        };
+        for ((ns, name), e) in &self.entries {
+            if let Some(s) = &e.service {
+                req.service_upserts.push(s.clone());
+            }
+            let key = ServiceKey {
+                namespace: ns.clone(),
+                name: name.clone(),
+            };
+            req.endpoint_upserts
+                .extend(e.endpoints.values().map(|ep| crate::proto::EndpointUpsert {
+                    service: Some(key.clone()),
+                    endpoint: Some(ep.clone()),
+                }));
+        }
+        req
+    }
+
+    /// Services (those whose Service object is known), optionally in one namespace.
+    pub fn list(&self, namespace: &str) -> ListServicesResponse {
+        ListServicesResponse {
+            applied_generation: self.generation,
+            services: self
+                .entries
+                .iter()
+                .filter(|((ns, _), _)| namespace.is_empty() || ns == namespace)
+                .filter_map(|(_, e)| {
+                    Some(ServiceState {
+                        service: Some(e.service.clone()?),
+                        endpoints: e.endpoints.values().cloned().collect(),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+type PKey = (i32, String, String);
+
+fn pkey(k: &Option<PolicyKey>) -> Option<PKey> {
+    k.as_ref()
+        .map(|k| (k.kind, k.namespace.clone(), k.name.clone()))
+}
+
+/// NetworkPolicies, DNS policies and hostname grants, as applied.
+#[derive(Debug, Default, Clone)]
+pub struct PolicyTable {
+    generation: u64,
+    network: BTreeMap<PKey, NetworkPolicy>,
+    dns: BTreeMap<PKey, DnsPolicy>,
+    grants: BTreeMap<PKey, HostnameGrant>,
+}
+
+impl PolicyTable {
+    /// Applied generation (0 before the first sync).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Applies a validated batch; returns the applied generation.
+    pub fn apply(&mut self, req: &ApplyPolicyRequest) -> Result<u64, Status> {
+        if !check_generation(self.generation, req.generation, req.full_sync)? {
+            return Ok(self.generation);
+        }
+        if req.full_sync {
+            self.network.clear();
+            self.dns.clear();
+            self.grants.clear();
+        }
+        for p in &req.network_policies {
+            if let Some(k) = pkey(&p.key) {
+                self.network.insert(k, p.clone());
+            }
+        }
+        for p in &req.dns_policies {
+            if let Some(k) = pkey(&p.key) {
+                self.dns.insert(k, p.clone());
+            }
+        }
+        for g in &req.hostname_grants {
+            if let Some(k) = pkey(&g.key) {
+                self.grants.insert(k, g.clone());
+            }
+        }
+        for d in &req.deletes {
+            let k = (d.kind, d.namespace.clone(), d.name.clone());
+            match PolicyKind::try_from(d.kind) {
+                Ok(PolicyKind::NetworkPolicy) => self.network.remove(&k).map(|_| ()),
+                Ok(PolicyKind::DnsPolicy) => self.dns.remove(&k).map(|_| ()),
+                Ok(PolicyKind::HostnameGrant) => self.grants.remove(&k).map(|_| ()),
+                _ => None,
+            };
+        }
+        self.generation = req.generation;
+        Ok(self.generation)
+    }
+
+    /// Everything as one full-sync batch at the applied generation.
+    pub fn full_sync_request(&self) -> ApplyPolicyRequest {
+        ApplyPolicyRequest {
+            generation: self.generation,
+            full_sync: true,
+            network_policies: self.network.values().cloned().collect(),
+            dns_policies: self.dns.values().cloned().collect(),
+            hostname_grants: self.grants.values().cloned().collect(),
+            deletes: Vec::new(),
+        }
+    }
+
+    /// Everything applied.
+    pub fn list(&self) -> ListPoliciesResponse {
+        ListPoliciesResponse {
+            applied_generation: self.generation,
+            network_policies: self.network.values().cloned().collect(),
+            dns_policies: self.dns.values().cloned().collect(),
+            hostname_grants: self.grants.values().cloned().collect(),
+        }
+    }
+
+    /// Hostname grants, for evaluators.
+    pub fn hostname_grants(&self) -> impl Iterator<Item = &HostnameGrant> {
+        self.grants.values()
+    }
+
+    /// DNS policies, for evaluators.
+    pub fn dns_policies(&self) -> impl Iterator<Item = &DnsPolicy> {
+        self.dns.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{EndpointKey, EndpointUpsert};
+
+    fn key(n: &str) -> ServiceKey {
+        ServiceKey {
+            namespace: "default".into(),
+            name: n.into(),
+        }
+    }
+
+    #[test]
+    fn generations_and_deltas() {
+        let mut t = ServiceTable::default();
+        let delta = ProgramServiceRequest {
+            generation: 1,
+            ..Default::default()
+        };
+        assert_eq!(t.apply(&delta).unwrap_err().code(), tonic::Code::FailedPrecondition);
+        let sync = ProgramServiceRequest {
+            generation: 2,
+            full_sync: true,
+            service_upserts: vec![Service {
+                key: Some(key("web")),
+                ..Default::default()
+            }],
+            endpoint_upserts: vec![EndpointUpsert {
+                service: Some(key("web")),
+                endpoint: Some(Endpoint {
+                    address: "10.0.0.1".into(),
+                    ..Default::default()
+                }),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(t.apply(&sync).unwrap(), 2);
+        assert_eq!(t.apply(&sync).unwrap(), 2, "replay is a no-op");
+        let del = ProgramServiceRequest {
+            generation: 3,
+            endpoint_deletes: vec![EndpointKey {
+                service: Some(key("web")),
+                address: "10.0.0.1".into(),
+            }],
+            ..Default::default()
+        };
+        t.apply(&del).unwrap();
+        assert!(t.list("").services[0].endpoints.is_empty());
+        assert_eq!(t.apply(&sync).unwrap_err().code(), tonic::Code::FailedPrecondition);
+        let replay = t.full_sync_request();
+        let mut t2 = ServiceTable::default();
+        t2.apply(&replay).unwrap();
+        assert_eq!(t2.list("").services, t.list("").services);
+    }
+}

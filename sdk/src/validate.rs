@@ -1,0 +1,432 @@
+//! Request validation shared by the host and drivers, so every endpoint answers bad input with
+//! the same `INVALID_ARGUMENT` naming the field at fault ("sandbox.id: required").
+
+use std::net::IpAddr;
+
+use tonic::Status;
+
+use crate::proto::{
+    AllocateDeviceRequest, ApplyPolicyRequest, AttachPodRequest, CheckDnsRequest,
+    CheckHostnameRequest, DetachPodRequest, GarbageCollectRequest, NetworkSelection, PolicyKey,
+    PolicyKind, ProgramServiceRequest, ReleaseDeviceRequest, ServiceKey,
+};
+
+/// `INVALID_ARGUMENT` with the message `"<field>: <why>"`.
+pub fn invalid(field: impl std::fmt::Display, why: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {why}"))
+}
+
+type R = Result<(), Status>;
+
+fn required(field: &str, v: &str) -> R {
+    if v.is_empty() {
+        Err(invalid(field, "required"))
+    } else {
+        Ok(())
+    }
+}
+
+/// A DNS-1123 label: 1..63 of `[a-z0-9-]`, alphanumeric at both ends.
+pub fn dns_label(field: &str, v: &str) -> R {
+    required(field, v)?;
+    let ok = v.len() <= 63
+        && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !v.starts_with('-')
+        && !v.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{v:?} is not a DNS-1123 label (1-63 of a-z, 0-9, '-')"),
+        ))
+    }
+}
+
+/// A sandbox id: 1..256 of `[A-Za-z0-9_.-]`.
+pub fn sandbox_id(field: &str, v: &str) -> R {
+    required(field, v)?;
+    let ok = v.len() <= 256
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{v:?} is not a sandbox id (1-256 of A-Z, a-z, 0-9, '_', '.', '-')"),
+        ))
+    }
+}
+
+/// A Linux interface name: 1..15 bytes, no '/', ':', whitespace, not "." or "..".
+pub fn interface_name(field: &str, v: &str) -> R {
+    let ok = !v.is_empty()
+        && v.len() <= 15
+        && v != "."
+        && v != ".."
+        && v.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{v:?} is not an interface name (1-15 printable chars, no '/', ':')"),
+        ))
+    }
+}
+
+/// An IP address, or an address with a prefix length (`10.0.0.1/24`).
+pub fn ip_or_cidr(field: &str, v: &str) -> Result<(IpAddr, Option<u8>), Status> {
+    let (addr, prefix) = match v.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (v, None),
+    };
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| invalid(field, format!("{v:?} is not an IP address or CIDR")))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => match p.parse::<u8>() {
+            Ok(n) if n <= max => Some(n),
+            _ => return Err(invalid(field, format!("{v:?} has an invalid prefix length"))),
+        },
+        None => None,
+    };
+    Ok((ip, prefix))
+}
+
+/// A CIDR (`10.0.0.0/8`).
+pub fn cidr(field: &str, v: &str) -> R {
+    match ip_or_cidr(field, v)? {
+        (_, Some(_)) => Ok(()),
+        _ => Err(invalid(field, format!("{v:?} is not a CIDR (address/prefix)"))),
+    }
+}
+
+/// A unicast Ethernet MAC, `aa:bb:cc:dd:ee:ff`.
+pub fn mac(field: &str, v: &str) -> R {
+    let parts: Vec<_> = v.split(':').collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0);
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{v:?} is not a unicast MAC (aa:bb:cc:dd:ee:ff)"),
+        ))
+    }
+}
+
+fn port(field: &str, v: u32) -> R {
+    if (1..=65535).contains(&v) {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("{v} is not a port (1-65535)")))
+    }
+}
+
+/// A network selection at `field`.
+pub fn network_selection(field: &str, n: &NetworkSelection) -> R {
+    dns_label(&format!("{field}.network"), &n.network)?;
+    if !n.interface_name.is_empty() {
+        interface_name(&format!("{field}.interface_name"), &n.interface_name)?;
+    }
+    for (i, ip) in n.ips.iter().enumerate() {
+        ip_or_cidr(&format!("{field}.ips[{i}]"), ip)?;
+    }
+    if !n.mac.is_empty() {
+        mac(&format!("{field}.mac"), &n.mac)?;
+    }
+    if n.mtu != 0 && !(68..=65535).contains(&n.mtu) {
+        return Err(invalid(format!("{field}.mtu"), format!("{} is not an MTU (68-65535)", n.mtu)));
+    }
+    Ok(())
+}
+
+/// AttachPod.
+pub fn attach_pod(r: &AttachPodRequest) -> R {
+    let s = r.sandbox.as_ref().ok_or_else(|| invalid("sandbox", "required"))?;
+    sandbox_id("sandbox.id", &s.id)?;
+    required("sandbox.netns_path", &s.netns_path)?;
+    if !s.netns_path.starts_with('/') {
+        return Err(invalid("sandbox.netns_path", "must be an absolute path"));
+    }
+    for (i, pm) in s.port_mappings.iter().enumerate() {
+        port(&format!("sandbox.port_mappings[{i}].host_port"), pm.host_port)?;
+        port(&format!("sandbox.port_mappings[{i}].container_port"), pm.container_port)?;
+        if !pm.host_ip.is_empty() {
+            ip_or_cidr(&format!("sandbox.port_mappings[{i}].host_ip"), &pm.host_ip)?;
+        }
+    }
+    let mut ifnames = std::collections::HashSet::new();
+    let mut nets = std::collections::HashSet::new();
+    for (i, n) in r.networks.iter().enumerate() {
+        let f = format!("networks[{i}]");
+        network_selection(&f, n)?;
+        if !n.interface_name.is_empty() && !ifnames.insert(n.interface_name.as_str()) {
+            return Err(invalid(format!("{f}.interface_name"), "used twice"));
+        }
+        if !nets.insert((n.network.as_str(), n.interface_name.as_str())) {
+            return Err(invalid(format!("{f}.network"), "requested twice"));
+        }
+    }
+    Ok(())
+}
+
+/// DetachPod.
+pub fn detach_pod(r: &DetachPodRequest) -> R {
+    sandbox_id("sandbox_id", &r.sandbox_id)?;
+    for (i, n) in r.networks.iter().enumerate() {
+        network_selection(&format!("networks[{i}]"), n)?;
+    }
+    Ok(())
+}
+
+/// GarbageCollect.
+pub fn garbage_collect(r: &GarbageCollectRequest) -> R {
+    for (i, id) in r.valid_sandbox_ids.iter().enumerate() {
+        sandbox_id(&format!("valid_sandbox_ids[{i}]"), id)?;
+    }
+    Ok(())
+}
+
+/// A Service key at `field`.
+pub fn service_key(field: &str, k: Option<&ServiceKey>) -> R {
+    let k = k.ok_or_else(|| invalid(field, "required"))?;
+    dns_label(&format!("{field}.namespace"), &k.namespace)?;
+    dns_label(&format!("{field}.name"), &k.name)
+}
+
+/// ProgramService.
+pub fn program_service(r: &ProgramServiceRequest) -> R {
+    if r.generation == 0 {
+        return Err(invalid("generation", "required (> 0)"));
+    }
+    for (i, s) in r.service_upserts.iter().enumerate() {
+        let f = format!("service_upserts[{i}]");
+        service_key(&format!("{f}.key"), s.key.as_ref())?;
+        for (j, ip) in s.cluster_ips.iter().enumerate() {
+            if ip != "None" {
+                ip_or_cidr(&format!("{f}.cluster_ips[{j}]"), ip)?;
+            }
+        }
+        for (j, ip) in s.external_ips.iter().chain(&s.load_balancer_ips).enumerate() {
+            ip_or_cidr(&format!("{f}.external_ips[{j}]"), ip)?;
+        }
+        for (j, c) in s.load_balancer_source_ranges.iter().enumerate() {
+            cidr(&format!("{f}.load_balancer_source_ranges[{j}]"), c)?;
+        }
+        for (j, p) in s.ports.iter().enumerate() {
+            port(&format!("{f}.ports[{j}].port"), p.port)?;
+            if p.node_port != 0 {
+                port(&format!("{f}.ports[{j}].node_port"), p.node_port)?;
+            }
+            if s.ports.len() > 1 && p.name.is_empty() {
+                return Err(invalid(format!("{f}.ports[{j}].name"), "required when a Service has several ports"));
+            }
+        }
+    }
+    for (i, k) in r.service_deletes.iter().enumerate() {
+        service_key(&format!("service_deletes[{i}]"), Some(k))?;
+    }
+    for (i, u) in r.endpoint_upserts.iter().enumerate() {
+        let f = format!("endpoint_upserts[{i}]");
+        service_key(&format!("{f}.service"), u.service.as_ref())?;
+        let e = u.endpoint.as_ref().ok_or_else(|| invalid(format!("{f}.endpoint"), "required"))?;
+        required(&format!("{f}.endpoint.address"), &e.address)?;
+        ip_or_cidr(&format!("{f}.endpoint.address"), &e.address)?;
+        for (j, p) in e.ports.iter().enumerate() {
+            port(&format!("{f}.endpoint.ports[{j}].port"), p.port)?;
+        }
+    }
+    for (i, k) in r.endpoint_deletes.iter().enumerate() {
+        let f = format!("endpoint_deletes[{i}]");
+        service_key(&format!("{f}.service"), k.service.as_ref())?;
+        required(&format!("{f}.address"), &k.address)?;
+        ip_or_cidr(&format!("{f}.address"), &k.address)?;
+    }
+    Ok(())
+}
+
+fn policy_key(field: &str, k: Option<&PolicyKey>, kind: PolicyKind) -> R {
+    let k = k.ok_or_else(|| invalid(field, "required"))?;
+    if k.kind != kind as i32 {
+        return Err(invalid(format!("{field}.kind"), format!("must be {}", kind.as_str_name())));
+    }
+    if kind == PolicyKind::HostnameGrant {
+        if !k.namespace.is_empty() {
+            return Err(invalid(format!("{field}.namespace"), "must be empty (cluster-scoped)"));
+        }
+    } else {
+        dns_label(&format!("{field}.namespace"), &k.namespace)?;
+    }
+    dns_label(&format!("{field}.name"), &k.name)
+}
+
+fn name_pattern(field: &str, v: &str) -> R {
+    required(field, v)?;
+    let name = v.strip_prefix("*.").unwrap_or(v).trim_end_matches('.');
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("{v:?} is not a DNS name or *.wildcard")))
+    }
+}
+
+/// ApplyPolicy.
+pub fn apply_policy(r: &ApplyPolicyRequest) -> R {
+    if r.generation == 0 {
+        return Err(invalid("generation", "required (> 0)"));
+    }
+    for (i, p) in r.network_policies.iter().enumerate() {
+        let f = format!("network_policies[{i}]");
+        policy_key(&format!("{f}.key"), p.key.as_ref(), PolicyKind::NetworkPolicy)?;
+        for (j, a) in p.selected_addresses.iter().enumerate() {
+            ip_or_cidr(&format!("{f}.selected_addresses[{j}]"), a)?;
+        }
+        for (dir, rules) in [("ingress", &p.ingress), ("egress", &p.egress)] {
+            for (j, rule) in rules.iter().enumerate() {
+                for (k, peer) in rule.peers.iter().enumerate() {
+                    let pf = format!("{f}.{dir}[{j}].peers[{k}]");
+                    if !peer.ip_block_cidr.is_empty() {
+                        cidr(&format!("{pf}.ip_block_cidr"), &peer.ip_block_cidr)?;
+                    }
+                    for (m, c) in peer.ip_block_except.iter().enumerate() {
+                        cidr(&format!("{pf}.ip_block_except[{m}]"), c)?;
+                    }
+                }
+                for (k, pt) in rule.ports.iter().enumerate() {
+                    if pt.end_port != 0 && pt.end_port < pt.port {
+                        return Err(invalid(format!("{f}.{dir}[{j}].ports[{k}].end_port"), "must be >= port"));
+                    }
+                }
+            }
+        }
+    }
+    for (i, p) in r.dns_policies.iter().enumerate() {
+        let f = format!("dns_policies[{i}]");
+        policy_key(&format!("{f}.key"), p.key.as_ref(), PolicyKind::DnsPolicy)?;
+        for (j, n) in p.allow.iter().enumerate() {
+            name_pattern(&format!("{f}.allow[{j}]"), n)?;
+        }
+        for (j, n) in p.deny.iter().enumerate() {
+            name_pattern(&format!("{f}.deny[{j}]"), n)?;
+        }
+    }
+    for (i, g) in r.hostname_grants.iter().enumerate() {
+        let f = format!("hostname_grants[{i}]");
+        policy_key(&format!("{f}.key"), g.key.as_ref(), PolicyKind::HostnameGrant)?;
+        if g.hostnames.is_empty() {
+            return Err(invalid(format!("{f}.hostnames"), "required"));
+        }
+        for (j, n) in g.hostnames.iter().enumerate() {
+            name_pattern(&format!("{f}.hostnames[{j}]"), n)?;
+        }
+    }
+    for (i, k) in r.deletes.iter().enumerate() {
+        let kind = PolicyKind::try_from(k.kind)
+            .ok()
+            .filter(|k| *k != PolicyKind::Unspecified)
+            .ok_or_else(|| invalid(format!("deletes[{i}].kind"), "required"))?;
+        policy_key(&format!("deletes[{i}]"), Some(k), kind)?;
+    }
+    Ok(())
+}
+
+/// CheckDns.
+pub fn check_dns(r: &CheckDnsRequest) -> R {
+    required("client_address", &r.client_address)?;
+    ip_or_cidr("client_address", &r.client_address)?;
+    name_pattern("query_name", &r.query_name)?;
+    if r.query_name.starts_with("*.") {
+        return Err(invalid("query_name", "must not be a wildcard"));
+    }
+    Ok(())
+}
+
+/// CheckHostname.
+pub fn check_hostname(r: &CheckHostnameRequest) -> R {
+    dns_label("namespace", &r.namespace)?;
+    name_pattern("hostname", &r.hostname)
+}
+
+/// AllocateDevice.
+pub fn allocate_device(r: &AllocateDeviceRequest) -> R {
+    required("claim_uid", &r.claim_uid)?;
+    if r.requests.is_empty() {
+        return Err(invalid("requests", "at least one request is required"));
+    }
+    for (i, q) in r.requests.iter().enumerate() {
+        required(&format!("requests[{i}].name"), &q.name)?;
+    }
+    Ok(())
+}
+
+/// ReleaseDevice.
+pub fn release_device(r: &ReleaseDeviceRequest) -> R {
+    required("claim_uid", &r.claim_uid)
+}
+
+/// An optional network name (NetworkReady filters).
+pub fn optional_network(field: &str, v: &str) -> R {
+    if v.is_empty() { Ok(()) } else { dns_label(field, v) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::PodSandbox;
+
+    fn msg(r: R) -> String {
+        let s = r.unwrap_err();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        s.message().to_string()
+    }
+
+    #[test]
+    fn attach_names_the_field() {
+        assert!(msg(attach_pod(&AttachPodRequest::default())).starts_with("sandbox:"));
+        let mut r = AttachPodRequest {
+            sandbox: Some(PodSandbox {
+                id: "abc".into(),
+                netns_path: "/run/netns/x".into(),
+                ..Default::default()
+            }),
+            networks: vec![NetworkSelection {
+                network: "Bad_Name".into(),
+                ..Default::default()
+            }],
+        };
+        assert!(msg(attach_pod(&r)).starts_with("networks[0].network:"));
+        r.networks[0].network = "default".into();
+        r.networks[0].ips = vec!["10.0.0.300".into()];
+        assert!(msg(attach_pod(&r)).starts_with("networks[0].ips[0]:"));
+        r.networks[0].ips = vec!["10.0.0.3/24".into()];
+        r.networks[0].mac = "01:00:00:00:00:01".into();
+        assert!(msg(attach_pod(&r)).starts_with("networks[0].mac:"), "multicast MAC refused");
+        r.networks[0].mac = "02:00:00:00:00:01".into();
+        r.networks[0].interface_name = "a-very-long-interface".into();
+        assert!(msg(attach_pod(&r)).starts_with("networks[0].interface_name:"));
+        r.networks[0].interface_name = "eth0".into();
+        assert!(attach_pod(&r).is_ok());
+    }
+
+    #[test]
+    fn names_and_patterns() {
+        assert!(dns_label("f", "kube-system").is_ok());
+        assert!(dns_label("f", "-x").is_err());
+        assert!(name_pattern("f", "*.example.com").is_ok());
+        assert!(name_pattern("f", "google.com.").is_ok());
+        assert!(name_pattern("f", "bad..name").is_err());
+        assert!(sandbox_id("f", "abc/def").is_err());
+    }
+}
