@@ -26,6 +26,9 @@ pub fn negotiate_version<'a>(ours: &[&'a str], theirs: &[String]) -> Option<&'a 
     ours.iter().copied().find(|v| theirs.iter().any(|t| t == v))
 }
 
+/// Fully qualified name of the Identity service, served by every endpoint.
+pub const IDENTITY_SERVICE: &str = "netlet.v1alpha1.Identity";
+
 /// Fully qualified service names of a capability in this version.
 pub fn services_of(cap: v1alpha1::Capability) -> &'static [&'static str] {
     use v1alpha1::Capability as C;

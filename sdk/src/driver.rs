@@ -119,11 +119,13 @@ impl Driver {
                 .map(|s| s.to_string())
                 .collect(),
             capabilities: self.capabilities.iter().map(|c| *c as i32).collect(),
-            services: self
-                .capabilities
-                .iter()
-                .flat_map(|c| netlet_proto::services_of(*c))
-                .map(|s| s.to_string())
+            services: std::iter::once(netlet_proto::IDENTITY_SERVICE)
+                .chain(
+                    self.capabilities
+                        .iter()
+                        .flat_map(|c| netlet_proto::services_of(*c).iter().copied()),
+                )
+                .map(str::to_string)
                 .collect(),
             networks: self.networks.clone(),
         }

@@ -1,0 +1,69 @@
+//! `Identity`: the host describes itself like any driver (the host is a driver of drivers).
+
+use netlet_sdk::proto::{
+    Capability, GetInfoRequest, GetInfoResponse, ProbeRequest, ProbeResponse,
+    identity_server::Identity,
+};
+use tonic::{Request, Response, Status};
+
+use super::Api;
+
+/// Capabilities the host serves (routing them to drivers).
+pub const HOST_CAPABILITIES: &[Capability] = &[
+    Capability::Node,
+    Capability::Pods,
+    Capability::Services,
+    Capability::Policy,
+    Capability::Devices,
+];
+
+/// Fully qualified names of the netlet services the host serves.
+pub fn host_services() -> Vec<String> {
+    std::iter::once(netlet_proto::IDENTITY_SERVICE)
+        .chain(
+            HOST_CAPABILITIES
+                .iter()
+                .flat_map(|c| netlet_proto::services_of(*c).iter().copied()),
+        )
+        .map(str::to_string)
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Identity for Api {
+    async fn get_info(
+        &self,
+        _req: Request<GetInfoRequest>,
+    ) -> Result<Response<GetInfoResponse>, Status> {
+        let mut networks: Vec<String> = self
+            .0
+            .registry
+            .drivers()
+            .iter()
+            .filter(|d| d.has(Capability::Pods))
+            .flat_map(|d| d.info.networks.clone())
+            .collect();
+        networks.sort();
+        networks.dedup();
+        Ok(Response::new(GetInfoResponse {
+            name: "netlet".into(),
+            vendor_version: env!("CARGO_PKG_VERSION").into(),
+            api_versions: netlet_proto::SUPPORTED_API_VERSIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            capabilities: HOST_CAPABILITIES.iter().map(|c| *c as i32).collect(),
+            services: host_services(),
+            networks,
+        }))
+    }
+
+    async fn probe(&self, _req: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+        let r = self.0.readiness("");
+        Ok(Response::new(ProbeResponse {
+            ready: r.ready,
+            reason: r.reason,
+            message: r.message,
+        }))
+    }
+}

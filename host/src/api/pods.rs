@@ -1,0 +1,92 @@
+//! `Pods`: attach orchestration lives in [`crate::attach`]; this module is the gRPC face.
+
+use netlet_sdk::{
+    proto::{
+        AttachPodRequest, AttachPodResponse, DetachPodRequest, DetachPodResponse,
+        GarbageCollectRequest, GarbageCollectResponse, ListAttachmentsRequest,
+        ListAttachmentsResponse, PodNetworkStatusRequest, PodNetworkStatusResponse,
+        pods_server::Pods,
+    },
+    validate,
+};
+use tonic::{Request, Response, Status};
+
+use super::Api;
+use crate::error;
+
+#[tonic::async_trait]
+impl Pods for Api {
+    async fn attach_pod(
+        &self,
+        req: Request<AttachPodRequest>,
+    ) -> Result<Response<AttachPodResponse>, Status> {
+        let req = req.into_inner();
+        validate::attach_pod(&req)?;
+        Ok(Response::new(self.0.attach(req).await?))
+    }
+
+    async fn detach_pod(
+        &self,
+        req: Request<DetachPodRequest>,
+    ) -> Result<Response<DetachPodResponse>, Status> {
+        let req = req.into_inner();
+        validate::detach_pod(&req)?;
+        self.0.detach(&req.sandbox_id).await?;
+        Ok(Response::new(DetachPodResponse {}))
+    }
+
+    async fn pod_network_status(
+        &self,
+        req: Request<PodNetworkStatusRequest>,
+    ) -> Result<Response<PodNetworkStatusResponse>, Status> {
+        let req = req.into_inner();
+        validate::sandbox_id("sandbox_id", &req.sandbox_id)?;
+        let pod = self
+            .0
+            .store
+            .attachment(&req.sandbox_id)
+            .map_err(error::from_store)?
+            .ok_or_else(|| {
+                Status::not_found(format!("sandbox_id: {:?} is not attached", req.sandbox_id))
+            })?;
+        Ok(Response::new(PodNetworkStatusResponse { pod: Some(pod) }))
+    }
+
+    async fn list_attachments(
+        &self,
+        req: Request<ListAttachmentsRequest>,
+    ) -> Result<Response<ListAttachmentsResponse>, Status> {
+        let req = req.into_inner();
+        validate::optional_network("network", &req.network)?;
+        if !req.namespace.is_empty() {
+            validate::dns_label("namespace", &req.namespace)?;
+        }
+        let pods = self
+            .0
+            .store
+            .attachments()
+            .map_err(error::from_store)?
+            .into_iter()
+            .filter(|p| {
+                req.namespace.is_empty()
+                    || p.sandbox.as_ref().is_some_and(|s| s.namespace == req.namespace)
+            })
+            .filter(|p| {
+                req.network.is_empty() || p.attachments.iter().any(|a| a.network == req.network)
+            })
+            .collect();
+        Ok(Response::new(ListAttachmentsResponse { pods }))
+    }
+
+    async fn garbage_collect(
+        &self,
+        req: Request<GarbageCollectRequest>,
+    ) -> Result<Response<GarbageCollectResponse>, Status> {
+        let req = req.into_inner();
+        validate::garbage_collect(&req)?;
+        let removed_sandbox_ids = self.0.garbage_collect(&req.valid_sandbox_ids).await?;
+        Ok(Response::new(GarbageCollectResponse {
+            removed_sandbox_ids,
+        }))
+    }
+}

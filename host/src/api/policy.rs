@@ -1,0 +1,101 @@
+//! `Policy`: the desired policy table, fanned out like Services; DNS and hostname decisions are
+//! routed to a driver that serves Policy.
+
+use netlet_sdk::{
+    proto::{
+        ApplyPolicyRequest, ApplyPolicyResponse, Capability, CheckDnsRequest, CheckDnsResponse,
+        CheckHostnameRequest, CheckHostnameResponse, ListPoliciesRequest, ListPoliciesResponse,
+        policy_server::Policy,
+    },
+    validate,
+};
+use tonic::{Request, Response, Status};
+
+use super::{Api, sync_to_drivers};
+use crate::error;
+
+impl Api {
+    fn policy_driver(&self) -> Result<std::sync::Arc<crate::registry::DriverEntry>, Status> {
+        self.0
+            .registry
+            .with_capability(Capability::Policy)
+            .into_iter()
+            .next()
+            .ok_or_else(|| error::nothing_serves("Policy"))
+    }
+}
+
+#[tonic::async_trait]
+impl Policy for Api {
+    async fn apply_policy(
+        &self,
+        req: Request<ApplyPolicyRequest>,
+    ) -> Result<Response<ApplyPolicyResponse>, Status> {
+        let req = req.into_inner();
+        validate::apply_policy(&req)?;
+        let drivers = self.0.registry.with_capability(Capability::Policy);
+        if drivers.is_empty() {
+            return Err(error::nothing_serves("Policy"));
+        }
+        let mut table = self.0.policies.lock().await;
+        let prev = table.generation();
+        let applied = table.apply(&req)?;
+        sync_to_drivers(
+            drivers,
+            |d| &d.policy_generation,
+            prev,
+            applied,
+            &req,
+            || table.full_sync_request(),
+            |d, r| async move {
+                let resp = d.clients.policy.clone().apply_policy(r).await?;
+                Ok(resp.into_inner().applied_generation)
+            },
+        )
+        .await?;
+        Ok(Response::new(ApplyPolicyResponse {
+            applied_generation: applied,
+        }))
+    }
+
+    async fn check_dns(
+        &self,
+        req: Request<CheckDnsRequest>,
+    ) -> Result<Response<CheckDnsResponse>, Status> {
+        let req = req.into_inner();
+        validate::check_dns(&req)?;
+        let d = self.policy_driver()?;
+        let resp = d
+            .clients
+            .policy
+            .clone()
+            .check_dns(req)
+            .await
+            .map_err(|s| error::from_driver(&d, None, s))?;
+        Ok(resp)
+    }
+
+    async fn check_hostname(
+        &self,
+        req: Request<CheckHostnameRequest>,
+    ) -> Result<Response<CheckHostnameResponse>, Status> {
+        let req = req.into_inner();
+        validate::check_hostname(&req)?;
+        let d = self.policy_driver()?;
+        let resp = d
+            .clients
+            .policy
+            .clone()
+            .check_hostname(req)
+            .await
+            .map_err(|s| error::from_driver(&d, None, s))?;
+        Ok(resp)
+    }
+
+    async fn list_policies(
+        &self,
+        _req: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        Ok(Response::new(self.0.policies.lock().await.list()))
+    }
+}

@@ -1,0 +1,274 @@
+//! Multi-network attach with rollback, idempotent detach in reverse, and garbage collection.
+
+use std::sync::Arc;
+
+use netlet_sdk::proto::{
+    AttachPodRequest, AttachPodResponse, Attachment, DetachPodRequest, NetworkSelection,
+    PodAttachments, PodSandbox,
+};
+use tonic::Status;
+use tracing::Instrument;
+
+use crate::{Host, error, registry::DriverEntry};
+
+/// The network used when a request names none.
+pub const DEFAULT_NETWORK: &str = "default";
+
+/// Fills defaults: no networks means `default` on `eth0`; unnamed interfaces become `eth0`
+/// for the first and `net<N>` for the N-th further one; the first carries the default route
+/// unless told otherwise.
+pub fn normalize(networks: Vec<NetworkSelection>) -> Vec<NetworkSelection> {
+    let mut nets = if networks.is_empty() {
+        vec![NetworkSelection {
+            network: DEFAULT_NETWORK.into(),
+            ..Default::default()
+        }]
+    } else {
+        networks
+    };
+    for (i, n) in nets.iter_mut().enumerate() {
+        if n.interface_name.is_empty() {
+            n.interface_name = if i == 0 { "eth0".into() } else { format!("net{i}") };
+        }
+        if n.default_route.is_none() {
+            n.default_route = Some(i == 0);
+        }
+    }
+    nets
+}
+
+/// The selection that reproduces an attachment (for detach and for replay to a driver).
+pub fn selection_of(a: &Attachment) -> NetworkSelection {
+    NetworkSelection {
+        network: a.network.clone(),
+        interface_name: a.interface_name.clone(),
+        ips: a.ips.iter().map(|ip| ip.address.clone()).collect(),
+        mac: a.mac.clone(),
+        default_route: Some(a.default_route),
+        mtu: a.mtu,
+        device_id: a.device_id.clone(),
+        ..Default::default()
+    }
+}
+
+fn pod_name(s: &PodSandbox) -> String {
+    if s.name.is_empty() {
+        s.id.clone()
+    } else {
+        format!("{}/{}", s.namespace, s.name)
+    }
+}
+
+impl Host {
+    async fn detach_one(
+        &self,
+        driver: &DriverEntry,
+        sandbox_id: &str,
+        netns_path: &str,
+        sel: NetworkSelection,
+    ) -> Result<(), Status> {
+        let network = sel.network.clone();
+        driver
+            .clients
+            .pods
+            .clone()
+            .detach_pod(DetachPodRequest {
+                sandbox_id: sandbox_id.to_string(),
+                netns_path: netns_path.to_string(),
+                networks: vec![sel],
+            })
+            .instrument(tracing::info_span!("detach", driver = %driver.name, network = %network))
+            .await
+            .map(|_| ())
+            .map_err(|s| error::from_driver(driver, Some(&network), s))
+    }
+
+    async fn rollback(&self, sandbox: &PodSandbox, done: Vec<(NetworkSelection, Arc<DriverEntry>)>) {
+        for (sel, d) in done.into_iter().rev() {
+            let net = sel.network.clone();
+            if let Err(e) = self.detach_one(&d, &sandbox.id, &sandbox.netns_path, sel).await {
+                // The driver keeps its own record; GC or a later detach finishes the job.
+                tracing::error!(network = %net, driver = %d.name, error = %e, "rollback detach failed");
+            }
+        }
+    }
+
+    /// AttachPod: all requested networks, in order, or none.
+    pub async fn attach(&self, req: AttachPodRequest) -> Result<AttachPodResponse, Status> {
+        let sandbox = req
+            .sandbox
+            .ok_or_else(|| netlet_sdk::validate::invalid("sandbox", "required"))?;
+        let span = tracing::info_span!("attach", pod = %pod_name(&sandbox), sandbox = %sandbox.id);
+        async move {
+            let selections = normalize(req.networks);
+            let _guard = self.lock_key(&format!("sandbox/{}", sandbox.id)).await;
+            if let Some(existing) = self.store.attachment(&sandbox.id).map_err(error::from_store)? {
+                let same = existing.attachments.len() == selections.len()
+                    && existing
+                        .attachments
+                        .iter()
+                        .zip(&selections)
+                        .all(|(a, s)| a.network == s.network && a.interface_name == s.interface_name);
+                if same {
+                    return Ok(AttachPodResponse {
+                        attachments: existing.attachments,
+                    });
+                }
+                return Err(Status::already_exists(format!(
+                    "sandbox.id: {:?} is already attached to other networks; detach it first",
+                    sandbox.id
+                )));
+            }
+            // Resolve every network before touching anything.
+            let mut plan = Vec::with_capacity(selections.len());
+            for (i, sel) in selections.into_iter().enumerate() {
+                let d = self.registry.driver_for_network(&sel.network).ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "networks[{i}].network: no registered driver serves network {:?}",
+                        sel.network
+                    ))
+                })?;
+                plan.push((sel, d));
+            }
+            let mut done: Vec<(NetworkSelection, Arc<DriverEntry>)> = Vec::new();
+            let mut attachments = Vec::new();
+            for (sel, d) in plan {
+                let call = d
+                    .clients
+                    .pods
+                    .clone()
+                    .attach_pod(AttachPodRequest {
+                        sandbox: Some(sandbox.clone()),
+                        networks: vec![sel.clone()],
+                    })
+                    .instrument(tracing::info_span!("driver", driver = %d.name, network = %sel.network))
+                    .await;
+                let net = sel.network.clone();
+                let result = match call {
+                    Ok(resp) => resp.into_inner().attachments.into_iter().next().ok_or_else(|| {
+                        Status::internal(format!(
+                            "network {net:?} (driver {:?}): AttachPod answered no attachment",
+                            d.name
+                        ))
+                    }),
+                    Err(s) => Err(error::from_driver(&d, Some(&net), s)),
+                };
+                // Whatever the driver answered, it may have done something: roll back this one
+                // too on failure (detach is idempotent).
+                done.push((sel.clone(), d.clone()));
+                match result {
+                    Ok(mut a) => {
+                        a.network = sel.network.clone();
+                        a.driver = d.name.clone();
+                        if a.interface_name.is_empty() {
+                            a.interface_name = sel.interface_name.clone();
+                        }
+                        if a.netns_path.is_empty() {
+                            a.netns_path = sandbox.netns_path.clone();
+                        }
+                        attachments.push(a);
+                    }
+                    Err(e) => {
+                        tracing::warn!(network = %net, error = %e, "attach failed; rolling back");
+                        self.rollback(&sandbox, done).await;
+                        return Err(e);
+                    }
+                }
+            }
+            let record = PodAttachments {
+                sandbox: Some(sandbox.clone()),
+                attachments,
+            };
+            if let Err(e) = self.store.put_attachment(&record).await {
+                self.rollback(&sandbox, done).await;
+                return Err(error::from_store(e));
+            }
+            tracing::info!(networks = record.attachments.len(), "pod attached");
+            Ok(AttachPodResponse {
+                attachments: record.attachments,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// DetachPod: every attachment in reverse order; unknown sandboxes are OK.
+    pub async fn detach(&self, sandbox_id: &str) -> Result<(), Status> {
+        let span = tracing::info_span!("detach", sandbox = %sandbox_id);
+        async move {
+            let _guard = self.lock_key(&format!("sandbox/{sandbox_id}")).await;
+            let Some(record) = self.store.attachment(sandbox_id).map_err(error::from_store)? else {
+                return Ok(());
+            };
+            let netns = record.sandbox.as_ref().map(|s| s.netns_path.clone()).unwrap_or_default();
+            for a in record.attachments.iter().rev() {
+                let d = self
+                    .registry
+                    .get(&a.driver)
+                    .or_else(|| self.registry.driver_for_network(&a.network))
+                    .ok_or_else(|| {
+                        Status::unavailable(format!(
+                            "network {:?}: driver {:?} is not registered; retry when it is back",
+                            a.network, a.driver
+                        ))
+                    })?;
+                self.detach_one(&d, sandbox_id, &netns, selection_of(a)).await?;
+            }
+            self.store
+                .delete_attachment(sandbox_id)
+                .await
+                .map_err(error::from_store)?;
+            tracing::info!("pod detached");
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// GarbageCollect: detaches every stored sandbox not in `valid`.
+    pub async fn garbage_collect(&self, valid: &[String]) -> Result<Vec<String>, Status> {
+        let stale: Vec<String> = self
+            .store
+            .attachments()
+            .map_err(error::from_store)?
+            .into_iter()
+            .filter_map(|p| p.sandbox.map(|s| s.id))
+            .filter(|id| !valid.contains(id))
+            .collect();
+        let mut removed = Vec::new();
+        let mut failed = Vec::new();
+        for id in stale {
+            match self.detach(&id).await {
+                Ok(()) => removed.push(id),
+                Err(e) => failed.push(format!("{id}: {}", e.message())),
+            }
+        }
+        if failed.is_empty() {
+            Ok(removed)
+        } else {
+            Err(Status::unavailable(format!(
+                "garbage collection incomplete (removed {removed:?}): {}",
+                failed.join("; ")
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_in() {
+        let n = normalize(vec![]);
+        assert_eq!(n.len(), 1);
+        assert_eq!((n[0].network.as_str(), n[0].interface_name.as_str()), ("default", "eth0"));
+        assert_eq!(n[0].default_route, Some(true));
+        let n = normalize(vec![
+            NetworkSelection { network: "default".into(), ..Default::default() },
+            NetworkSelection { network: "storage".into(), ..Default::default() },
+        ]);
+        assert_eq!(n[1].interface_name, "net1");
+        assert_eq!(n[1].default_route, Some(false));
+    }
+}

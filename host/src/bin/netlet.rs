@@ -1,0 +1,80 @@
+//! `netlet`: the node host daemon.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use netlet_host::config::{self, Overrides};
+
+#[derive(Parser)]
+#[command(name = "netlet", version, about = "The netlet node host: the kubelet of networking")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the netlet.v1alpha1 API and run the configured drivers.
+    Serve {
+        /// NodeConfig YAML; without it the embedded default configuration runs.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// gRPC unix socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Directory watched for external driver sockets.
+        #[arg(long)]
+        plugin_dir: Option<PathBuf>,
+        /// Directory of the embedded state database.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Admin HTTP unix socket (default: netlet-admin.sock beside --socket).
+        #[arg(long)]
+        admin_socket: Option<PathBuf>,
+    },
+    /// Validate a NodeConfig and print the effective settings.
+    CheckConfig {
+        /// NodeConfig YAML; without it the embedded default is checked.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the embedded default configuration.
+    DefaultConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    netlet_sdk::init_tracing();
+    match Cli::parse().cmd {
+        Cmd::Serve {
+            config,
+            socket,
+            plugin_dir,
+            state_dir,
+            admin_socket,
+        } => {
+            let (file, cfg) = config::load(config.as_deref())?;
+            let settings = cfg.settings(
+                &file,
+                Overrides {
+                    socket,
+                    plugin_dir,
+                    state_dir,
+                    admin_socket,
+                },
+            )?;
+            netlet_host::run(settings, netlet_sdk::server::shutdown_signal())
+                .await
+                .context("netlet serve")?;
+        }
+        Cmd::CheckConfig { config } => {
+            let (file, cfg) = config::load(config.as_deref())?;
+            let s = cfg.settings(&file, Overrides::default())?;
+            println!("{file}: valid");
+            println!("{s:#?}");
+        }
+        Cmd::DefaultConfig => print!("{}", config::EMBEDDED_DEFAULT),
+    }
+    Ok(())
+}

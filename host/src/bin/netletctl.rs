@@ -1,0 +1,255 @@
+//! `netletctl`: the human's view of a running host. Readiness and attachments come over the
+//! gRPC API; drivers, metrics and the state dump over the admin HTTP socket (hyperlocal).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyperlocal::{UnixClientExt, UnixConnector, Uri};
+use netlet_sdk::{
+    client::Clients,
+    proto::{IpFamily, ListAttachmentsRequest, NetworkReadyRequest},
+};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(name = "netletctl", version, about = "Inspect a running netlet host")]
+struct Cli {
+    /// gRPC socket of the host.
+    #[arg(long, global = true, default_value = "/run/netlet/netlet.sock", env = "NETLET_SOCKET")]
+    socket: PathBuf,
+    /// Admin socket (default: netlet-admin.sock beside --socket).
+    #[arg(long, global = true, env = "NETLET_ADMIN_SOCKET")]
+    admin_socket: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Network readiness with its conditions, and the drivers.
+    Status,
+    /// Registered drivers.
+    Drivers,
+    /// Attached pods.
+    Attachments {
+        /// Only this network.
+        #[arg(long, default_value = "")]
+        network: String,
+        /// Only this namespace.
+        #[arg(long, default_value = "")]
+        namespace: String,
+    },
+    /// Prometheus metrics, as served.
+    Metrics,
+    /// Debugging dumps.
+    Debug {
+        #[command(subcommand)]
+        what: DebugCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DebugCmd {
+    /// The host's JSON state dump.
+    State,
+}
+
+async fn admin_get(socket: &Path, path: &str) -> anyhow::Result<String> {
+    let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
+    let resp = client
+        .get(Uri::new(socket, path).into())
+        .await
+        .with_context(|| format!("admin socket {}", socket.display()))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    let text = String::from_utf8_lossy(&body).to_string();
+    if !status.is_success() {
+        bail!("GET {path}: {status}: {text}");
+    }
+    Ok(text)
+}
+
+async fn state(socket: &Path) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(&admin_get(socket, "/debug/state").await?)?)
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(","),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn drivers_table(state: &Value) {
+    let rows = state["drivers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            vec![
+                s(&d["name"]),
+                s(&d["source"]),
+                if d["ready"].as_bool() == Some(true) { "yes".into() } else { format!("no ({})", s(&d["reason"])) },
+                s(&d["networks"]),
+                s(&d["capabilities"]),
+                s(&d["apiVersion"]),
+                s(&d["vendorVersion"]),
+                s(&d["restarts"]),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "SOURCE", "READY", "NETWORKS", "CAPABILITIES", "API", "VERSION", "RESTARTS"],
+        rows,
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let admin = cli.admin_socket.clone().unwrap_or_else(|| {
+        cli.socket
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join("netlet-admin.sock")
+    });
+    let json_out = cli.output == Output::Json;
+    match cli.cmd {
+        Cmd::Status => {
+            let mut c = Clients::connect(&cli.socket, Some(std::time::Duration::from_secs(10)))
+                .await
+                .with_context(|| format!("connect {}", cli.socket.display()))?;
+            let r = c
+                .node
+                .network_ready(NetworkReadyRequest::default())
+                .await?
+                .into_inner()
+                .readiness
+                .unwrap_or_default();
+            let st = state(&admin).await?;
+            let conditions: Vec<Value> = r
+                .conditions
+                .iter()
+                .map(|c| {
+                    json!({"type": c.r#type, "status": c.status().as_str_name().trim_start_matches("CONDITION_STATUS_"), "reason": c.reason, "message": c.message, "network": c.network, "driver": c.driver})
+                })
+                .collect();
+            if json_out {
+                let out = json!({"ready": r.ready, "reason": r.reason, "message": r.message, "conditions": conditions, "drivers": st["drivers"]});
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                if r.ready {
+                    println!("NetworkReady: true");
+                } else {
+                    println!("NetworkReady: false ({}: {})", r.reason, r.message);
+                }
+                println!();
+                table(
+                    &["CONDITION", "STATUS", "DRIVER", "NETWORK", "REASON", "MESSAGE"],
+                    conditions
+                        .iter()
+                        .map(|c| vec![s(&c["type"]), s(&c["status"]), s(&c["driver"]), s(&c["network"]), s(&c["reason"]), s(&c["message"])])
+                        .collect(),
+                );
+                println!();
+                drivers_table(&st);
+            }
+        }
+        Cmd::Drivers => {
+            let st = state(&admin).await?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&st["drivers"])?);
+            } else {
+                drivers_table(&st);
+            }
+        }
+        Cmd::Attachments { network, namespace } => {
+            let mut c = Clients::connect(&cli.socket, Some(std::time::Duration::from_secs(10)))
+                .await
+                .with_context(|| format!("connect {}", cli.socket.display()))?;
+            let pods = c
+                .pods
+                .list_attachments(ListAttachmentsRequest { network, namespace })
+                .await?
+                .into_inner()
+                .pods;
+            let view: Vec<Value> = pods
+                .iter()
+                .map(|p| {
+                    let sb = p.sandbox.clone().unwrap_or_default();
+                    json!({
+                        "sandboxId": sb.id, "namespace": sb.namespace, "name": sb.name, "netns": sb.netns_path,
+                        "attachments": p.attachments.iter().map(|a| json!({
+                            "network": a.network, "driver": a.driver, "interface": a.interface_name,
+                            "mac": a.mac, "mtu": a.mtu,
+                            "ips": a.ips.iter().map(|ip| json!({"address": ip.address, "gateway": ip.gateway,
+                                "family": match ip.family() { IpFamily::Ipv4 => "IPv4", IpFamily::Ipv6 => "IPv6", IpFamily::Unspecified => "" }})).collect::<Vec<_>>(),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                let rows = view
+                    .iter()
+                    .flat_map(|p| {
+                        p["attachments"].as_array().cloned().unwrap_or_default().into_iter().map(move |a| {
+                            vec![
+                                s(&p["sandboxId"]),
+                                format!("{}/{}", s(&p["namespace"]), s(&p["name"])),
+                                s(&a["network"]),
+                                s(&a["interface"]),
+                                a["ips"].as_array().into_iter().flatten().map(|i| s(&i["address"])).collect::<Vec<_>>().join(","),
+                                s(&a["mac"]),
+                                s(&a["driver"]),
+                            ]
+                        })
+                    })
+                    .collect();
+                table(&["SANDBOX", "POD", "NETWORK", "IFACE", "IPS", "MAC", "DRIVER"], rows);
+            }
+        }
+        Cmd::Metrics => print!("{}", admin_get(&admin, "/metrics").await?),
+        Cmd::Debug { what: DebugCmd::State } => {
+            println!("{}", serde_json::to_string_pretty(&state(&admin).await?)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,388 @@
+//! The node configuration: YAML, Kubernetes style (`apiVersion: netlet.io/v1alpha1`,
+//! `kind: NodeConfig`), validated with errors naming the file, the field and why.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// The configuration used when `netlet serve` gets no `--config`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default-config.yaml");
+
+/// Source name of the embedded default in error messages.
+pub const EMBEDDED_NAME: &str = "<embedded default config>";
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("config {file}: {source}")]
+    Read {
+        /// File.
+        file: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// YAML did not parse or did not match the schema.
+    #[error("config {file}: field `{field}`: {message}")]
+    Parse {
+        /// File.
+        file: String,
+        /// Path of the field, e.g. `drivers[0].command`.
+        field: String,
+        /// Why.
+        message: String,
+    },
+    /// A value is not acceptable.
+    #[error("config {file}: field `{field}`: {message}")]
+    Invalid {
+        /// File.
+        file: String,
+        /// Path of the field.
+        field: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Result with the config [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The `NodeConfig` document.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Must be `netlet.io/v1alpha1`.
+    pub api_version: String,
+    /// Must be `NodeConfig`.
+    pub kind: String,
+    /// gRPC socket (flag `--socket` wins).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// Admin HTTP socket; default `<socket dir>/netlet-admin.sock`.
+    #[serde(default)]
+    pub admin_socket: Option<PathBuf>,
+    /// Optional TCP address for Prometheus to scrape the admin endpoint, e.g. `127.0.0.1:9966`.
+    #[serde(default)]
+    pub admin_address: Option<String>,
+    /// Directory watched for external driver sockets (flag `--plugin-dir` wins).
+    #[serde(default)]
+    pub plugin_dir: Option<PathBuf>,
+    /// Directory of the embedded database (flag `--state-dir` wins).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Who may call the API.
+    #[serde(default)]
+    pub authorization: Authorization,
+    /// Deadline of every host→driver call, e.g. `5s`.
+    #[serde(default)]
+    pub driver_call_timeout: Option<String>,
+    /// How often drivers are probed, e.g. `2s`.
+    #[serde(default)]
+    pub probe_interval: Option<String>,
+    /// Consecutive failed probes after which an external driver is deregistered.
+    #[serde(default)]
+    pub probe_failure_threshold: Option<u32>,
+    /// Maximum gRPC message size in bytes, both directions.
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
+    /// Drivers the host starts and supervises.
+    #[serde(default)]
+    pub drivers: Vec<DriverConfig>,
+}
+
+/// Peer-credential allow-list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Authorization {
+    /// Allowed user ids.
+    #[serde(default = "root_only")]
+    pub uids: Vec<u32>,
+    /// Allowed group ids.
+    #[serde(default)]
+    pub gids: Vec<u32>,
+}
+
+fn root_only() -> Vec<u32> {
+    vec![0]
+}
+
+impl Default for Authorization {
+    fn default() -> Self {
+        Self {
+            uids: root_only(),
+            gids: Vec::new(),
+        }
+    }
+}
+
+/// A supervised driver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DriverConfig {
+    /// Registry name; a DNS-1123 label, unique.
+    pub name: String,
+    /// Program; a bare name is looked up beside the `netlet` binary, then in `PATH`.
+    pub command: String,
+    /// Arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment.
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+}
+
+/// One environment variable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVar {
+    /// Name.
+    pub name: String,
+    /// Value.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// The configuration with defaults applied and values checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// gRPC socket.
+    pub socket: PathBuf,
+    /// Admin socket.
+    pub admin_socket: PathBuf,
+    /// Optional admin TCP address.
+    pub admin_address: Option<std::net::SocketAddr>,
+    /// Plugin directory.
+    pub plugin_dir: PathBuf,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Where supervised drivers' sockets go.
+    pub driver_socket_dir: PathBuf,
+    /// Allow-list.
+    pub authorization: Authorization,
+    /// Host→driver deadline.
+    pub driver_call_timeout: Duration,
+    /// Probe period.
+    pub probe_interval: Duration,
+    /// Failed probes before an external driver is dropped.
+    pub probe_failure_threshold: u32,
+    /// Max message size.
+    pub max_message_bytes: usize,
+    /// Supervised drivers.
+    pub drivers: Vec<DriverConfig>,
+}
+
+/// Command-line overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--socket`.
+    pub socket: Option<PathBuf>,
+    /// `--plugin-dir`.
+    pub plugin_dir: Option<PathBuf>,
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--admin-socket`.
+    pub admin_socket: Option<PathBuf>,
+}
+
+/// Parses a document; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<NodeConfig> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let message = e.into_inner().to_string();
+        Error::Parse {
+            file: file.to_string(),
+            field,
+            message,
+        }
+    })
+}
+
+/// Reads and parses `path`, or the embedded default when `None`.
+pub fn load(path: Option<&Path>) -> Result<(String, NodeConfig)> {
+    match path {
+        Some(p) => {
+            let file = p.display().to_string();
+            let text = std::fs::read_to_string(p).map_err(|source| Error::Read {
+                file: file.clone(),
+                source,
+            })?;
+            let cfg = parse(&file, &text)?;
+            Ok((file, cfg))
+        }
+        None => Ok((
+            EMBEDDED_NAME.to_string(),
+            parse(EMBEDDED_NAME, EMBEDDED_DEFAULT)?,
+        )),
+    }
+}
+
+fn is_dns_label(v: &str) -> bool {
+    netlet_sdk::validate::dns_label("", v).is_ok()
+}
+
+impl NodeConfig {
+    /// Validates and applies defaults and overrides.
+    pub fn settings(self, file: &str, o: Overrides) -> Result<Settings> {
+        let invalid = |field: &str, message: String| Error::Invalid {
+            file: file.to_string(),
+            field: field.to_string(),
+            message,
+        };
+        if self.api_version != "netlet.io/v1alpha1" {
+            return Err(invalid(
+                "apiVersion",
+                format!("{:?} is not supported; use netlet.io/v1alpha1", self.api_version),
+            ));
+        }
+        if self.kind != "NodeConfig" {
+            return Err(invalid("kind", format!("{:?}: expected NodeConfig", self.kind)));
+        }
+        let duration = |field: &str, v: &Option<String>, default: Duration| -> Result<Duration> {
+            match v {
+                None => Ok(default),
+                Some(s) => match humantime::parse_duration(s) {
+                    Ok(d) if !d.is_zero() => Ok(d),
+                    Ok(_) => Err(invalid(field, "must be greater than zero".into())),
+                    Err(e) => Err(invalid(field, format!("{s:?} is not a duration like 5s: {e}"))),
+                },
+            }
+        };
+        let driver_call_timeout =
+            duration("driverCallTimeout", &self.driver_call_timeout, Duration::from_secs(10))?;
+        let probe_interval =
+            duration("probeInterval", &self.probe_interval, Duration::from_secs(2))?;
+        let probe_failure_threshold = self.probe_failure_threshold.unwrap_or(3);
+        if probe_failure_threshold == 0 {
+            return Err(invalid("probeFailureThreshold", "must be at least 1".into()));
+        }
+        let max_message_bytes = self
+            .max_message_bytes
+            .unwrap_or(netlet_sdk::DEFAULT_MAX_MESSAGE_BYTES);
+        if !(4096..=256 * 1024 * 1024).contains(&max_message_bytes) {
+            return Err(invalid(
+                "maxMessageBytes",
+                format!("{max_message_bytes} is outside 4096..=268435456"),
+            ));
+        }
+        let admin_address = match &self.admin_address {
+            None => None,
+            Some(a) => Some(a.parse().map_err(|e| {
+                invalid("adminAddress", format!("{a:?} is not an address like 127.0.0.1:9966: {e}"))
+            })?),
+        };
+        if self.authorization.uids.is_empty() && self.authorization.gids.is_empty() {
+            return Err(invalid(
+                "authorization",
+                "allows nobody: list at least one uid or gid".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, d) in self.drivers.iter().enumerate() {
+            if !is_dns_label(&d.name) {
+                return Err(invalid(
+                    &format!("drivers[{i}].name"),
+                    format!("{:?} is not a DNS-1123 label", d.name),
+                ));
+            }
+            if !names.insert(d.name.as_str()) {
+                return Err(invalid(&format!("drivers[{i}].name"), format!("{:?} is used twice", d.name)));
+            }
+            if d.command.trim().is_empty() {
+                return Err(invalid(&format!("drivers[{i}].command"), "required".into()));
+            }
+            for (j, e) in d.env.iter().enumerate() {
+                if e.name.is_empty() || e.name.contains('=') {
+                    return Err(invalid(
+                        &format!("drivers[{i}].env[{j}].name"),
+                        "must be non-empty without '='".into(),
+                    ));
+                }
+            }
+        }
+        let socket = o
+            .socket
+            .or(self.socket)
+            .unwrap_or_else(|| PathBuf::from("/run/netlet/netlet.sock"));
+        let run_dir = socket.parent().map(Path::to_path_buf).unwrap_or_default();
+        let admin_socket = o
+            .admin_socket
+            .or(self.admin_socket)
+            .unwrap_or_else(|| run_dir.join("netlet-admin.sock"));
+        Ok(Settings {
+            driver_socket_dir: run_dir.join("drivers"),
+            socket,
+            admin_socket,
+            admin_address,
+            plugin_dir: o
+                .plugin_dir
+                .or(self.plugin_dir)
+                .unwrap_or_else(|| PathBuf::from("/run/netlet/plugins")),
+            state_dir: o
+                .state_dir
+                .or(self.state_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/netlet")),
+            authorization: self.authorization,
+            driver_call_timeout,
+            probe_interval,
+            probe_failure_threshold,
+            max_message_bytes,
+            drivers: self.drivers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(text: &str) -> Result<Settings> {
+        parse("t.yaml", text)?.settings("t.yaml", Overrides::default())
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let (file, cfg) = load(None).unwrap();
+        let s = cfg.settings(&file, Overrides::default()).unwrap();
+        assert_eq!(s.socket, PathBuf::from("/run/netlet/netlet.sock"));
+        assert_eq!(s.authorization.uids, vec![0]);
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let e = settings("apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\ndrivers:\n- name: ok\n  command: x\n- name: Bad\n  command: y\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config t.yaml: field `drivers[1].name`: \"Bad\" is not a DNS-1123 label"
+        );
+        let e = settings("apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\ndrivers:\n- name: a\n  comand: x\n").unwrap_err();
+        assert!(e.to_string().starts_with("config t.yaml: field `drivers[0]"), "{e}");
+        assert!(e.to_string().contains("comand"), "{e}");
+        let e = settings("apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\ndriverCallTimeout: soon\n").unwrap_err();
+        assert!(e.to_string().contains("`driverCallTimeout`"), "{e}");
+        let e = settings("apiVersion: v1\nkind: NodeConfig\n").unwrap_err();
+        assert!(e.to_string().contains("`apiVersion`"), "{e}");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let s = parse("t", "apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\nsocket: /a/b.sock\n")
+            .unwrap()
+            .settings(
+                "t",
+                Overrides {
+                    socket: Some("/x/y.sock".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(s.socket, PathBuf::from("/x/y.sock"));
+        assert_eq!(s.admin_socket, PathBuf::from("/x/netlet-admin.sock"));
+        assert_eq!(s.driver_socket_dir, PathBuf::from("/x/drivers"));
+    }
+}

@@ -1,0 +1,293 @@
+//! netlet-host: the node host. It serves `netlet.v1alpha1` on a unix socket, registers and
+//! supervises network drivers, routes each call to the driver that can serve it, orchestrates
+//! multi-network pod attachment with rollback, and keeps what must survive a restart in an
+//! embedded database.
+//!
+//! `bin/netlet.rs` and `bin/netletctl.rs` are thin shells over this library.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod api;
+pub mod attach;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod registry;
+mod resync;
+pub mod store;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use netlet_sdk::{
+    proto::{
+        Capability, NetworkReadiness,
+        devices_server::DevicesServer, identity_server::IdentityServer, node_server::NodeServer,
+        pods_server::PodsServer, policy_server::PolicyServer, services_server::ServicesServer,
+    },
+    server,
+    state::{PolicyTable, ServiceTable},
+};
+use tokio::sync::watch;
+use tonic::transport::Server;
+
+use crate::{
+    attach::DEFAULT_NETWORK,
+    auth::{AllowList, AuthLayer},
+    config::Settings,
+    metrics::{Metrics, MetricsLayer},
+    registry::{Registry, condition},
+    store::Store,
+};
+
+/// Resolves once `rx` turns true (shutdown began).
+pub async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Host errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// The state store.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Sockets, reflection, serving.
+    #[error(transparent)]
+    Serve(#[from] netlet_sdk::Error),
+    /// The admin endpoint.
+    #[error("admin endpoint: {0}")]
+    Admin(#[source] std::io::Error),
+}
+
+/// Result with the host [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Shared state of a running host.
+pub struct Host {
+    /// Settings in force.
+    pub settings: Settings,
+    /// Registered drivers.
+    pub registry: Arc<Registry>,
+    /// The embedded database.
+    pub store: Store,
+    /// Desired Services (replayed to drivers).
+    pub services: tokio::sync::Mutex<ServiceTable>,
+    /// Desired policies (replayed to drivers).
+    pub policies: tokio::sync::Mutex<PolicyTable>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// True once shutdown began.
+    pub shutdown: watch::Receiver<bool>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Serialises work on one key (a sandbox, a claim); removes the lock when nobody waits.
+pub struct KeyGuard<'a> {
+    host: &'a Host,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        if let Ok(mut locks) = self.host.locks.lock()
+            && locks.get(&self.key).is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.key);
+        }
+    }
+}
+
+impl Host {
+    /// Locks `key` until the guard drops.
+    pub async fn lock_key(&self, key: &str) -> KeyGuard<'_> {
+        let lock = self
+            .locks
+            .lock()
+            .map(|mut l| l.entry(key.to_string()).or_default().clone())
+            .unwrap_or_default();
+        KeyGuard {
+            host: self,
+            key: key.to_string(),
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+
+    /// Aggregated readiness: ready when the driver of `default` (and of `network`, if given)
+    /// is registered and ready. Conditions per driver and network, plus registration failures.
+    pub fn readiness(&self, network: &str) -> NetworkReadiness {
+        let mut conditions = Vec::new();
+        for d in self.registry.drivers() {
+            let h = d.health();
+            let reason = if h.ready { "Ready" } else { h.reason.as_str() };
+            conditions.push(condition(
+                "DriverRegistered",
+                true,
+                "Registered",
+                format!("{:?} driver, API {}", d.source, d.api_version),
+                "",
+                &d.name,
+                None,
+            ));
+            conditions.push(condition("DriverReady", h.ready, reason, h.message.clone(), "", &d.name, h.since));
+            if d.has(Capability::Pods) {
+                for net in &d.info.networks {
+                    conditions.push(condition("NetworkReady", h.ready, reason, h.message.clone(), net, &d.name, h.since));
+                }
+            }
+            conditions.extend(h.conditions.into_iter().map(|mut c| {
+                if c.driver.is_empty() {
+                    c.driver = d.name.clone();
+                }
+                c
+            }));
+        }
+        conditions.extend(self.registry.failures());
+        let mut wanted = vec![DEFAULT_NETWORK];
+        if !network.is_empty() && network != DEFAULT_NETWORK {
+            wanted.push(network);
+        }
+        let mut out = NetworkReadiness {
+            ready: true,
+            conditions,
+            ..Default::default()
+        };
+        for net in wanted {
+            let (reason, message) = match self.registry.driver_for_network(net) {
+                None => (
+                    "NoDriverForNetwork".to_string(),
+                    format!("no registered driver serves network {net:?}"),
+                ),
+                Some(d) => {
+                    let h = d.health();
+                    if h.ready {
+                        continue;
+                    }
+                    (
+                        "DriverNotReady".to_string(),
+                        format!("driver {:?} of network {net:?} is not ready: {}: {}", d.name, h.reason, h.message),
+                    )
+                }
+            };
+            if out.ready {
+                out.ready = false;
+                out.reason = reason;
+                out.message = message;
+            } else {
+                out.message = format!("{}; {message}", out.message);
+            }
+        }
+        out
+    }
+}
+
+/// Runs the host until `stop` resolves (SIGTERM/SIGINT in the binary).
+pub async fn run(settings: Settings, stop: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let store = Store::open(&settings.state_dir)?;
+    let registry = Registry::new(
+        registry::Options {
+            call_timeout: settings.driver_call_timeout,
+            probe_interval: settings.probe_interval,
+            probe_failure_threshold: settings.probe_failure_threshold,
+            max_message_bytes: settings.max_message_bytes,
+        },
+        metrics.clone(),
+    );
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let host = Arc::new(Host {
+        settings: settings.clone(),
+        registry: registry.clone(),
+        store,
+        services: Default::default(),
+        policies: Default::default(),
+        metrics: metrics.clone(),
+        shutdown: shutdown_rx.clone(),
+        locks: Mutex::new(HashMap::new()),
+    });
+    resync::install(&host);
+
+    let mut grpc_sock = server::bind_unix(&settings.socket, 0o660)?;
+    let admin = admin::bind(&settings).await?;
+
+    let mut tasks = Vec::new();
+    for d in &settings.drivers {
+        tasks.push(tokio::spawn(registry::supervisor::supervise(
+            d.clone(),
+            settings.driver_socket_dir.clone(),
+            registry.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(registry::plugin_dir::watch_dir(
+        settings.plugin_dir.clone(),
+        registry.clone(),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(admin::serve(admin, host.clone(), shutdown_rx.clone())));
+
+    let names = api::host_services();
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    for s in &names {
+        health
+            .set_service_status(s, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let (refl_v1, refl_v1alpha) = server::reflection(&names)?;
+    let max = settings.max_message_bytes;
+    let a = api::Api(host.clone());
+    macro_rules! limited {
+        ($server:ident) => {
+            $server::new(a.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max)
+        };
+    }
+    let allow = Arc::new(AllowList {
+        uids: settings.authorization.uids.iter().copied().collect(),
+        gids: settings.authorization.gids.iter().copied().collect(),
+    });
+    let layers = tower::ServiceBuilder::new()
+        .layer(MetricsLayer(metrics.clone()))
+        .layer(AuthLayer(allow));
+    let incoming = grpc_sock
+        .incoming()
+        .ok_or(netlet_sdk::Error::NoSocket)?;
+    tokio::spawn(async move {
+        stop.await;
+        let _ = shutdown_tx.send(true);
+    });
+    let mut graceful = shutdown_rx.clone();
+    tracing::info!(socket = %settings.socket.display(), admin = %settings.admin_socket.display(), plugin_dir = %settings.plugin_dir.display(), state_dir = %settings.state_dir.display(), drivers = settings.drivers.len(), "netlet serving");
+    let served = Server::builder()
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .layer(layers)
+        .add_service(limited!(IdentityServer))
+        .add_service(limited!(NodeServer))
+        .add_service(limited!(PodsServer))
+        .add_service(limited!(ServicesServer))
+        .add_service(limited!(PolicyServer))
+        .add_service(limited!(DevicesServer))
+        .add_service(health_svc)
+        .add_service(refl_v1)
+        .add_service(refl_v1alpha)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = graceful.wait_for(|s| *s).await;
+        })
+        .await
+        .map_err(netlet_sdk::Error::Transport);
+    for t in tasks {
+        let _ = t.await;
+    }
+    drop(grpc_sock);
+    tracing::info!("netlet stopped");
+    served?;
+    Ok(())
+}
