@@ -1,0 +1,506 @@
+//! netlet-fixture-driver: a TEST FIXTURE with no data plane. It speaks the whole contract with
+//! in-memory state so the host, the conformance suite and the benchmarks can be exercised
+//! without touching the kernel. Addresses it hands out come from 198.18.0.0/15 (RFC 2544,
+//! benchmarking) and are never configured anywhere. Real drivers live in `drivers/`.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use clap::Parser;
+use netlet_sdk::{
+    Driver,
+    proto::{
+        AllocateDeviceRequest, AllocateDeviceResponse, AllocatedDevice, ApplyPolicyRequest,
+        ApplyPolicyResponse, AttachPodRequest, AttachPodResponse, Attachment, CheckDnsRequest,
+        CheckDnsResponse, CheckHostnameRequest, CheckHostnameResponse, DetachPodRequest,
+        DetachPodResponse, Device, DeviceKind, DnsAction, GarbageCollectRequest,
+        GarbageCollectResponse, IpConfig, IpFamily, ListAttachmentsRequest,
+        ListAttachmentsResponse, ListDevicesRequest, ListDevicesResponse, ListPoliciesRequest,
+        ListPoliciesResponse, ListServicesRequest, ListServicesResponse, NetworkReadiness,
+        NetworkReadyRequest, NetworkReadyResponse, PodAttachments, PodNetworkStatusRequest,
+        PodNetworkStatusResponse, ProgramServiceRequest, ProgramServiceResponse,
+        ReleaseDeviceRequest, ReleaseDeviceResponse, Route, devices_server::Devices,
+        node_server::Node, pods_server::Pods, policy_server::Policy,
+        services_server::Services,
+    },
+    state::{PolicyTable, ServiceTable},
+    tonic::{self, Request, Response, Status},
+    validate,
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "Test fixture driver (no data plane)")]
+struct Args {
+    /// Driver name.
+    #[arg(long, default_value = "fixture")]
+    name: String,
+    /// Networks served (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "default")]
+    networks: Vec<String>,
+    /// Capabilities served: pods,node,services,policy,devices.
+    #[arg(long, value_delimiter = ',', default_value = "pods,node,services,policy,devices")]
+    capabilities: Vec<String>,
+    /// Socket (default: $NETLET_DRIVER_SOCKET).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Fail every AttachPod with UNAVAILABLE (to exercise rollback).
+    #[arg(long)]
+    fail_attach: bool,
+    /// Advertise this API version instead of the real one (to exercise negotiation).
+    #[arg(long)]
+    api_version: Option<String>,
+    /// Write the process id here once serving.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Report not ready with this reason.
+    #[arg(long)]
+    not_ready: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    pods: BTreeMap<String, PodAttachments>,
+    next_host: u32,
+    services: ServiceTable,
+    policies: PolicyTable,
+    claims: BTreeMap<String, AllocateDeviceResponse>,
+}
+
+#[derive(Clone)]
+struct Fixture {
+    name: String,
+    fail_attach: bool,
+    not_ready: Option<String>,
+    state: Arc<Mutex<State>>,
+}
+
+impl Fixture {
+    fn state(&self) -> Result<std::sync::MutexGuard<'_, State>, Status> {
+        self.state.lock().map_err(|_| Status::internal("state lock poisoned"))
+    }
+}
+
+fn inventory() -> Vec<Device> {
+    (0..4)
+        .map(|i| Device {
+            id: format!("fixture-vf{i}"),
+            kind: DeviceKind::SriovVf as i32,
+            interface_name: format!("fxvf{i}"),
+            pci_address: format!("0000:3b:00.{}", i + 2),
+            numa_node: i / 2,
+            pcie_root: format!("pci0000:{}", if i < 2 { "3a" } else { "5d" }),
+            vendor: "fixture".into(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Pods for Fixture {
+    async fn attach_pod(
+        &self,
+        req: Request<AttachPodRequest>,
+    ) -> Result<Response<AttachPodResponse>, Status> {
+        let req = req.into_inner();
+        validate::attach_pod(&req)?;
+        if self.fail_attach {
+            return Err(Status::unavailable("fixture configured to fail AttachPod"));
+        }
+        let sandbox = req.sandbox.unwrap_or_default();
+        let mut st = self.state()?;
+        let nets = if req.networks.is_empty() {
+            vec![netlet_sdk::proto::NetworkSelection {
+                network: "default".into(),
+                interface_name: "eth0".into(),
+                ..Default::default()
+            }]
+        } else {
+            req.networks
+        };
+        let mut out = Vec::new();
+        for sel in nets {
+            let existing = st.pods.get(&sandbox.id).and_then(|p| {
+                p.attachments
+                    .iter()
+                    .find(|a| a.network == sel.network)
+                    .cloned()
+            });
+            if let Some(a) = existing {
+                out.push(a);
+                continue;
+            }
+            let address = match sel.ips.first() {
+                Some(ip) => ip.split('/').next().unwrap_or_default().to_string(),
+                None => {
+                    st.next_host += 1;
+                    let n = st.next_host;
+                    format!("198.18.{}.{}", (n >> 8) & 0xff, n & 0xff)
+                }
+            };
+            let n = st.next_host;
+            let a = Attachment {
+                network: sel.network.clone(),
+                driver: self.name.clone(),
+                interface_name: if sel.interface_name.is_empty() { "eth0".into() } else { sel.interface_name.clone() },
+                mac: if sel.mac.is_empty() { format!("02:fe:00:00:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff) } else { sel.mac.clone() },
+                mtu: if sel.mtu == 0 { 1500 } else { sel.mtu },
+                ips: vec![IpConfig {
+                    address: format!("{address}/15"),
+                    family: IpFamily::Ipv4 as i32,
+                    gateway: "198.18.0.1".into(),
+                }],
+                routes: vec![Route {
+                    destination: "0.0.0.0/0".into(),
+                    gateway: "198.18.0.1".into(),
+                    ..Default::default()
+                }],
+                default_route: sel.default_route.unwrap_or(true),
+                netns_path: sandbox.netns_path.clone(),
+                ..Default::default()
+            };
+            let entry = st.pods.entry(sandbox.id.clone()).or_insert_with(|| PodAttachments {
+                sandbox: Some(sandbox.clone()),
+                attachments: vec![],
+            });
+            entry.attachments.push(a.clone());
+            out.push(a);
+        }
+        Ok(Response::new(AttachPodResponse { attachments: out }))
+    }
+
+    async fn detach_pod(
+        &self,
+        req: Request<DetachPodRequest>,
+    ) -> Result<Response<DetachPodResponse>, Status> {
+        let req = req.into_inner();
+        validate::detach_pod(&req)?;
+        let mut st = self.state()?;
+        if let Some(p) = st.pods.get_mut(&req.sandbox_id) {
+            if req.networks.is_empty() {
+                p.attachments.clear();
+            } else {
+                p.attachments
+                    .retain(|a| !req.networks.iter().any(|n| n.network == a.network));
+            }
+            if p.attachments.is_empty() {
+                st.pods.remove(&req.sandbox_id);
+            }
+        }
+        Ok(Response::new(DetachPodResponse {}))
+    }
+
+    async fn pod_network_status(
+        &self,
+        req: Request<PodNetworkStatusRequest>,
+    ) -> Result<Response<PodNetworkStatusResponse>, Status> {
+        let req = req.into_inner();
+        validate::sandbox_id("sandbox_id", &req.sandbox_id)?;
+        let st = self.state()?;
+        let pod = st
+            .pods
+            .get(&req.sandbox_id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("sandbox_id: {:?} is not attached", req.sandbox_id)))?;
+        Ok(Response::new(PodNetworkStatusResponse { pod: Some(pod) }))
+    }
+
+    async fn list_attachments(
+        &self,
+        req: Request<ListAttachmentsRequest>,
+    ) -> Result<Response<ListAttachmentsResponse>, Status> {
+        let req = req.into_inner();
+        validate::optional_network("network", &req.network)?;
+        let st = self.state()?;
+        let pods = st
+            .pods
+            .values()
+            .filter(|p| req.network.is_empty() || p.attachments.iter().any(|a| a.network == req.network))
+            .filter(|p| req.namespace.is_empty() || p.sandbox.as_ref().is_some_and(|s| s.namespace == req.namespace))
+            .cloned()
+            .collect();
+        Ok(Response::new(ListAttachmentsResponse { pods }))
+    }
+
+    async fn garbage_collect(
+        &self,
+        req: Request<GarbageCollectRequest>,
+    ) -> Result<Response<GarbageCollectResponse>, Status> {
+        let req = req.into_inner();
+        validate::garbage_collect(&req)?;
+        let mut st = self.state()?;
+        let stale: Vec<String> = st
+            .pods
+            .keys()
+            .filter(|k| !req.valid_sandbox_ids.contains(k))
+            .cloned()
+            .collect();
+        for k in &stale {
+            st.pods.remove(k);
+        }
+        Ok(Response::new(GarbageCollectResponse {
+            removed_sandbox_ids: stale,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Node for Fixture {
+    async fn network_ready(
+        &self,
+        req: Request<NetworkReadyRequest>,
+    ) -> Result<Response<NetworkReadyResponse>, Status> {
+        validate::optional_network("network", &req.into_inner().network)?;
+        let readiness = match &self.not_ready {
+            None => NetworkReadiness { ready: true, ..Default::default() },
+            Some(reason) => NetworkReadiness {
+                ready: false,
+                reason: reason.clone(),
+                message: "fixture configured not ready".into(),
+                conditions: vec![],
+            },
+        };
+        Ok(Response::new(NetworkReadyResponse { readiness: Some(readiness) }))
+    }
+}
+
+#[tonic::async_trait]
+impl Services for Fixture {
+    async fn program_service(
+        &self,
+        req: Request<ProgramServiceRequest>,
+    ) -> Result<Response<ProgramServiceResponse>, Status> {
+        let req = req.into_inner();
+        validate::program_service(&req)?;
+        let applied_generation = self.state()?.services.apply(&req)?;
+        Ok(Response::new(ProgramServiceResponse { applied_generation }))
+    }
+
+    async fn list_services(
+        &self,
+        req: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        Ok(Response::new(self.state()?.services.list(&req.into_inner().namespace)))
+    }
+}
+
+fn matches(pattern: &str, name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    let pattern = pattern.trim_end_matches('.');
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => name.ends_with(&format!(".{suffix}")),
+        None => name == pattern,
+    }
+}
+
+#[tonic::async_trait]
+impl Policy for Fixture {
+    async fn apply_policy(
+        &self,
+        req: Request<ApplyPolicyRequest>,
+    ) -> Result<Response<ApplyPolicyResponse>, Status> {
+        let req = req.into_inner();
+        validate::apply_policy(&req)?;
+        let applied_generation = self.state()?.policies.apply(&req)?;
+        Ok(Response::new(ApplyPolicyResponse { applied_generation }))
+    }
+
+    async fn check_dns(
+        &self,
+        req: Request<CheckDnsRequest>,
+    ) -> Result<Response<CheckDnsResponse>, Status> {
+        let req = req.into_inner();
+        validate::check_dns(&req)?;
+        let st = self.state()?;
+        for p in st.policies.dns_policies() {
+            let Some(key) = &p.key else { continue };
+            if !req.namespace.is_empty() && key.namespace != req.namespace {
+                continue;
+            }
+            let name = format!("{}/{}", key.namespace, key.name);
+            if p.deny.iter().any(|d| matches(d, &req.query_name)) {
+                return Ok(Response::new(CheckDnsResponse { action: DnsAction::Deny as i32, policy: name, reason: "denied by pattern".into() }));
+            }
+            if p.allow.iter().any(|a| matches(a, &req.query_name)) {
+                return Ok(Response::new(CheckDnsResponse { action: DnsAction::Allow as i32, policy: name, reason: "allowed by pattern".into() }));
+            }
+        }
+        Ok(Response::new(CheckDnsResponse {
+            action: DnsAction::Allow as i32,
+            policy: String::new(),
+            reason: "no policy matched".into(),
+        }))
+    }
+
+    async fn check_hostname(
+        &self,
+        req: Request<CheckHostnameRequest>,
+    ) -> Result<Response<CheckHostnameResponse>, Status> {
+        let req = req.into_inner();
+        validate::check_hostname(&req)?;
+        let st = self.state()?;
+        for g in st.policies.hostname_grants() {
+            let ns_ok = g.namespaces.iter().any(|n| n == "*" || *n == req.namespace);
+            if ns_ok && g.hostnames.iter().any(|h| matches(h, &req.hostname)) {
+                return Ok(Response::new(CheckHostnameResponse {
+                    allowed: true,
+                    grant: g.key.as_ref().map(|k| k.name.clone()).unwrap_or_default(),
+                    reason: "granted".into(),
+                }));
+            }
+        }
+        Ok(Response::new(CheckHostnameResponse { allowed: false, grant: String::new(), reason: "no grant matches".into() }))
+    }
+
+    async fn list_policies(
+        &self,
+        _req: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        Ok(Response::new(self.state()?.policies.list()))
+    }
+}
+
+#[tonic::async_trait]
+impl Devices for Fixture {
+    async fn list_devices(
+        &self,
+        req: Request<ListDevicesRequest>,
+    ) -> Result<Response<ListDevicesResponse>, Status> {
+        let req = req.into_inner();
+        let st = self.state()?;
+        let devices = inventory()
+            .into_iter()
+            .map(|mut d| {
+                d.driver = self.name.clone();
+                if let Some(c) = st.claims.values().find(|c| c.devices.iter().any(|a| a.device.as_ref().is_some_and(|x| x.id == d.id))) {
+                    d.allocated_to_claim = c.claim_uid.clone();
+                }
+                d
+            })
+            .filter(|d| req.kind == 0 || d.kind == req.kind)
+            .filter(|d| !req.free_only || d.allocated_to_claim.is_empty())
+            .collect();
+        Ok(Response::new(ListDevicesResponse { devices }))
+    }
+
+    async fn allocate_device(
+        &self,
+        req: Request<AllocateDeviceRequest>,
+    ) -> Result<Response<AllocateDeviceResponse>, Status> {
+        let req = req.into_inner();
+        validate::allocate_device(&req)?;
+        let mut st = self.state()?;
+        if let Some(c) = st.claims.get(&req.claim_uid) {
+            return Ok(Response::new(c.clone()));
+        }
+        let taken: Vec<String> = st
+            .claims
+            .values()
+            .flat_map(|c| c.devices.iter().filter_map(|a| a.device.as_ref().map(|d| d.id.clone())))
+            .collect();
+        let inv = inventory();
+        let mut out = AllocateDeviceResponse { claim_uid: req.claim_uid.clone(), devices: vec![] };
+        for (i, r) in req.requests.iter().enumerate() {
+            let align = if r.align_with_device_id.is_empty() {
+                None
+            } else {
+                Some(inv.iter().find(|d| d.id == r.align_with_device_id).cloned().ok_or_else(|| {
+                    Status::not_found(format!("requests[{i}].align_with_device_id: {:?} unknown", r.align_with_device_id))
+                })?)
+            };
+            if !r.device_id.is_empty() && !inv.iter().any(|d| d.id == r.device_id) {
+                return Err(Status::not_found(format!("requests[{i}].device_id: {:?} unknown", r.device_id)));
+            }
+            for _ in 0..r.count.max(1) {
+                let dev = inv
+                    .iter()
+                    .filter(|d| !taken.contains(&d.id) && !out.devices.iter().any(|a| a.device.as_ref().is_some_and(|x| x.id == d.id)))
+                    .filter(|d| r.device_id.is_empty() || d.id == r.device_id)
+                    .filter(|d| r.kind == 0 || d.kind == r.kind)
+                    .find(|d| align.as_ref().is_none_or(|a| a.numa_node == d.numa_node))
+                    .cloned()
+                    .ok_or_else(|| Status::resource_exhausted(format!("requests[{i}]: no free device matches")))?;
+                out.devices.push(AllocatedDevice { request: r.name.clone(), device: Some(Device { driver: self.name.clone(), allocated_to_claim: req.claim_uid.clone(), ..dev }) });
+            }
+        }
+        st.claims.insert(req.claim_uid.clone(), out.clone());
+        Ok(Response::new(out))
+    }
+
+    async fn release_device(
+        &self,
+        req: Request<ReleaseDeviceRequest>,
+    ) -> Result<Response<ReleaseDeviceResponse>, Status> {
+        let req = req.into_inner();
+        validate::release_device(&req)?;
+        self.state()?.claims.remove(&req.claim_uid);
+        Ok(Response::new(ReleaseDeviceResponse {}))
+    }
+}
+
+/// Identity with a different API version: serves only GetInfo/Probe.
+struct OtherVersion(String, String);
+
+#[tonic::async_trait]
+impl netlet_sdk::proto::identity_server::Identity for OtherVersion {
+    async fn get_info(
+        &self,
+        _req: Request<netlet_sdk::proto::GetInfoRequest>,
+    ) -> Result<Response<netlet_sdk::proto::GetInfoResponse>, Status> {
+        Ok(Response::new(netlet_sdk::proto::GetInfoResponse {
+            name: self.0.clone(),
+            vendor_version: "0.0.0".into(),
+            api_versions: vec![self.1.clone()],
+            ..Default::default()
+        }))
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    netlet_sdk::init_tracing();
+    let args = Args::parse();
+    if let Some(p) = &args.pid_file {
+        std::fs::write(p, std::process::id().to_string())?;
+    }
+    let socket = match args.socket.clone() {
+        Some(s) => s,
+        None => std::env::var_os(netlet_sdk::SOCKET_ENV)
+            .map(PathBuf::from)
+            .ok_or_else(|| anyhow::anyhow!("--socket or ${} required", netlet_sdk::SOCKET_ENV))?,
+    };
+    if let Some(v) = args.api_version {
+        // Speak only Identity, with a foreign version: the host must refuse to register us.
+        let mut sock = netlet_sdk::server::bind_unix(&socket, 0o660)?;
+        let incoming = sock.incoming().ok_or_else(|| anyhow::anyhow!("no listener"))?;
+        tonic::transport::Server::builder()
+            .add_service(netlet_sdk::proto::identity_server::IdentityServer::new(OtherVersion(args.name, v)))
+            .serve_with_incoming_shutdown(incoming, netlet_sdk::server::shutdown_signal())
+            .await?;
+        return Ok(());
+    }
+    let fx = Fixture {
+        name: args.name.clone(),
+        fail_attach: args.fail_attach,
+        not_ready: args.not_ready.clone(),
+        state: Arc::new(Mutex::new(State::default())),
+    };
+    let mut d = Driver::new(&args.name, env!("CARGO_PKG_VERSION")).socket(socket);
+    for n in &args.networks {
+        d = d.network(n);
+    }
+    for c in &args.capabilities {
+        d = match c.as_str() {
+            "pods" => d.pods(fx.clone()),
+            "node" => d.node(fx.clone()),
+            "services" => d.services(fx.clone()),
+            "policy" => d.policy(fx.clone()),
+            "devices" => d.devices(fx.clone()),
+            other => anyhow::bail!("unknown capability {other:?}"),
+        };
+    }
+    d.serve().await?;
+    Ok(())
+}

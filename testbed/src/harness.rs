@@ -1,0 +1,238 @@
+//! Running real netlet hosts and drivers for tests and benchmarks: binaries found beside the
+//! running executable, temporary run/state directories, processes killed on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use netlet_sdk::client::Clients;
+
+/// Path of a workspace binary (`netlet`, `netlet-fixture-driver`, ...), next to the running
+/// test or benchmark in the target directory. Build them first: `cargo build --workspace --bins`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} not built: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// Whether privileged (root) tests can run here. With `CI=true` a missing privilege is a
+/// failure, not a skip.
+pub fn privileged(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: CI=true but not running as root"
+    );
+    eprintln!("{test}: skipped: needs root");
+    false
+}
+
+/// Polls `f` every 20 ms until it returns `Some` or `timeout` passes.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A supervised driver entry for a NodeConfig.
+pub fn fixture_driver(name: &str, networks: &str, extra_args: &[&str]) -> String {
+    let mut args = vec![
+        "--name".to_string(),
+        name.to_string(),
+        "--networks".to_string(),
+        networks.to_string(),
+    ];
+    args.extend(extra_args.iter().map(|s| s.to_string()));
+    format!(
+        "- name: {name}\n  command: {}\n  args: {}\n",
+        bin("netlet-fixture-driver").display(),
+        serde_json::to_string(&args).unwrap_or_default()
+    )
+}
+
+/// A running `netlet serve` in its own temporary directories.
+pub struct Host {
+    /// Root of the temporary directories (kept alive with the host).
+    pub dir: tempfile::TempDir,
+    /// gRPC socket.
+    pub socket: PathBuf,
+    /// Admin socket.
+    pub admin_socket: PathBuf,
+    /// Plugin directory.
+    pub plugin_dir: PathBuf,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Config file.
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Host {
+    /// Writes a NodeConfig with `drivers` (YAML list items) and `extra` top-level lines, and
+    /// starts the host. Probes run every 100 ms so tests converge fast.
+    pub async fn start(drivers: &str, extra: &str) -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("netlet-test-")
+            .tempdir()
+            .expect("tempdir");
+        let run = dir.path().join("run");
+        let config = dir.path().join("node.yaml");
+        let drivers = if drivers.is_empty() { "drivers: []\n".to_string() } else { format!("drivers:\n{drivers}") };
+        std::fs::write(
+            &config,
+            format!(
+                "apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\nprobeInterval: 100ms\ndriverCallTimeout: 5s\n{extra}{drivers}"
+            ),
+        )
+        .expect("write config");
+        let mut h = Host {
+            socket: run.join("netlet.sock"),
+            admin_socket: run.join("netlet-admin.sock"),
+            plugin_dir: run.join("plugins"),
+            state_dir: dir.path().join("state"),
+            config,
+            dir,
+            child: None,
+        };
+        h.spawn().await;
+        h
+    }
+
+    /// (Re)starts the host process with the same directories and config.
+    pub async fn spawn(&mut self) {
+        let child = Command::new(bin("netlet"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--plugin-dir")
+            .arg(&self.plugin_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .stdin(Stdio::null())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .spawn()
+            .expect("spawn netlet");
+        self.child = Some(child);
+        let sock = self.socket.clone();
+        wait_until("host socket", Duration::from_secs(20), || {
+            let sock = sock.clone();
+            async move { tokio::net::UnixStream::connect(&sock).await.ok().map(|_| ()) }
+        })
+        .await;
+    }
+
+    /// Clients to the host.
+    pub async fn clients(&self) -> Clients {
+        Clients::connect(&self.socket, Some(Duration::from_secs(10)))
+            .await
+            .expect("connect host")
+    }
+
+    /// Waits until NetworkReady for `network` (plus default) says ready.
+    pub async fn wait_ready(&self, network: &str) {
+        let c = self.clients().await;
+        wait_until("NetworkReady", Duration::from_secs(20), || {
+            let mut node = c.node.clone();
+            let network = network.to_string();
+            async move {
+                let r = node
+                    .network_ready(netlet_sdk::proto::NetworkReadyRequest { network })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .readiness?;
+                r.ready.then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `sig` and waits for the process to end.
+    pub fn stop_with(&mut self, sig: nix::sys::signal::Signal) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+        child.wait().ok()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // SIGTERM first so the host stops its supervised drivers too.
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A driver process started by a test (external drivers), killed on drop.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// Starts `program` with `args`.
+    pub fn start(program: &Path, args: &[&str]) -> Proc {
+        Proc(
+            Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display())),
+        )
+    }
+
+    /// SIGTERM and wait.
+    pub fn terminate(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

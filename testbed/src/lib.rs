@@ -1,0 +1,6 @@
+//! netlet-testbed: the conformance suite (`netlet-conformance`), the harness the integration
+//! tests and benchmarks use to run real hosts and drivers, and a no-data-plane fixture driver.
+
+pub mod checks;
+pub mod conformance;
+pub mod harness;
