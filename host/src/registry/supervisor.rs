@@ -74,6 +74,24 @@ async fn stop(child: &mut tokio::process::Child, name: &str) {
     let _ = child.kill().await;
 }
 
+/// Kills a driver left running by a host that died without stopping it (kill -9), found by
+/// the pid file written at spawn and confirmed by its executable.
+fn reap_orphan(pid_file: &Path, program: &Path) {
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let wanted = std::fs::canonicalize(program).ok();
+    if exe.is_some() && exe == wanted {
+        tracing::warn!(pid, program = %program.display(), "killing driver orphaned by a previous host");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
 /// Runs one supervised driver until `shutdown` turns true.
 pub async fn supervise(
     cfg: DriverConfig,
@@ -83,6 +101,8 @@ pub async fn supervise(
 ) {
     let socket = socket_dir.join(format!("{}.sock", cfg.name));
     let program = resolve_command(&cfg.command);
+    let pid_file = socket_dir.join(format!("{}.pid", cfg.name));
+    reap_orphan(&pid_file, &program);
     let mut backoff = INITIAL_BACKOFF;
     let mut starts = 0u64;
     loop {
@@ -109,6 +129,10 @@ pub async fn supervise(
             }
             Ok(mut child) => {
                 tracing::info!(driver = %cfg.name, pid = child.id(), program = %program.display(), "driver started");
+                if let Some(pid) = child.id() {
+                    let _ = std::fs::create_dir_all(&socket_dir);
+                    let _ = std::fs::write(&pid_file, pid.to_string());
+                }
                 let mut epoch = None;
                 match wait_for_socket(&socket, &mut child).await {
                     Err(why) => {
@@ -135,6 +159,7 @@ pub async fn supervise(
                 match status {
                     None => {
                         let _ = std::fs::remove_file(&socket);
+                        let _ = std::fs::remove_file(&pid_file);
                         return;
                     }
                     Some(s) => Some(s),

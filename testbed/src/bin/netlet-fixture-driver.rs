@@ -22,7 +22,8 @@ use netlet_sdk::{
         ListPoliciesResponse, ListServicesRequest, ListServicesResponse, NetworkReadiness,
         NetworkReadyRequest, NetworkReadyResponse, PodAttachments, PodNetworkStatusRequest,
         PodNetworkStatusResponse, ProgramServiceRequest, ProgramServiceResponse,
-        ReleaseDeviceRequest, ReleaseDeviceResponse, Route, devices_server::Devices,
+        ReleaseDeviceRequest, ReleaseDeviceResponse, Route, WatchNetworkReadyRequest,
+        WatchNetworkReadyResponse, devices_server::Devices,
         node_server::Node, pods_server::Pods, policy_server::Policy,
         services_server::Services,
     },
@@ -263,6 +264,22 @@ impl Node for Fixture {
             },
         };
         Ok(Response::new(NetworkReadyResponse { readiness: Some(readiness) }))
+    }
+
+    async fn watch_network_ready(
+        &self,
+        req: Request<WatchNetworkReadyRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<WatchNetworkReadyResponse>>, Status> {
+        let network = req.into_inner().network;
+        let now = self.network_ready(Request::new(NetworkReadyRequest { network })).await?.into_inner();
+        // The fixture's readiness never changes: one snapshot, then the stream stays open.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            if tx.send(Ok(WatchNetworkReadyResponse { readiness: now.readiness })).await.is_ok() {
+                tx.closed().await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
 
