@@ -21,14 +21,22 @@ pub async fn bind(settings: &Settings) -> Result<Listeners> {
     let unix = netlet_sdk::server::bind_unix(&settings.admin_socket, 0o660)?;
     let tcp = match settings.admin_address {
         None => None,
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(Error::Admin)?),
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(Error::Admin)?,
+        ),
     };
     Ok(Listeners { unix, tcp })
 }
 
 fn capability_name(c: i32) -> String {
     Capability::try_from(c)
-        .map(|c| c.as_str_name().trim_start_matches("CAPABILITY_").to_lowercase())
+        .map(|c| {
+            c.as_str_name()
+                .trim_start_matches("CAPABILITY_")
+                .to_lowercase()
+        })
         .unwrap_or_else(|_| format!("unknown({c})"))
 }
 
@@ -132,7 +140,10 @@ pub async fn serve(mut l: Listeners, host: Arc<Host>, shutdown: watch::Receiver<
         let app = app.clone();
         let s = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(t, app).with_graceful_shutdown(crate::stopped(s)).await {
+            if let Err(e) = axum::serve(t, app)
+                .with_graceful_shutdown(crate::stopped(s))
+                .await
+            {
                 tracing::error!(error = %e, "admin TCP endpoint failed");
             }
         })

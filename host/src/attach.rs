@@ -28,7 +28,11 @@ pub fn normalize(networks: Vec<NetworkSelection>) -> Vec<NetworkSelection> {
     };
     for (i, n) in nets.iter_mut().enumerate() {
         if n.interface_name.is_empty() {
-            n.interface_name = if i == 0 { "eth0".into() } else { format!("net{i}") };
+            n.interface_name = if i == 0 {
+                "eth0".into()
+            } else {
+                format!("net{i}")
+            };
         }
         if n.default_route.is_none() {
             n.default_route = Some(i == 0);
@@ -83,10 +87,17 @@ impl Host {
             .map_err(|s| error::from_driver(driver, Some(&network), s))
     }
 
-    async fn rollback(&self, sandbox: &PodSandbox, done: Vec<(NetworkSelection, Arc<DriverEntry>)>) {
+    async fn rollback(
+        &self,
+        sandbox: &PodSandbox,
+        done: Vec<(NetworkSelection, Arc<DriverEntry>)>,
+    ) {
         for (sel, d) in done.into_iter().rev() {
             let net = sel.network.clone();
-            if let Err(e) = self.detach_one(&d, &sandbox.id, &sandbox.netns_path, sel).await {
+            if let Err(e) = self
+                .detach_one(&d, &sandbox.id, &sandbox.netns_path, sel)
+                .await
+            {
                 // The driver keeps its own record; GC or a later detach finishes the job.
                 tracing::error!(network = %net, driver = %d.name, error = %e, "rollback detach failed");
             }
@@ -102,13 +113,15 @@ impl Host {
         async move {
             let selections = normalize(req.networks);
             let _guard = self.lock_key(&format!("sandbox/{}", sandbox.id)).await;
-            if let Some(existing) = self.store.attachment(&sandbox.id).map_err(error::from_store)? {
+            if let Some(existing) = self
+                .store
+                .attachment(&sandbox.id)
+                .map_err(error::from_store)?
+            {
                 let same = existing.attachments.len() == selections.len()
-                    && existing
-                        .attachments
-                        .iter()
-                        .zip(&selections)
-                        .all(|(a, s)| a.network == s.network && a.interface_name == s.interface_name);
+                    && existing.attachments.iter().zip(&selections).all(|(a, s)| {
+                        a.network == s.network && a.interface_name == s.interface_name
+                    });
                 if same {
                     return Ok(AttachPodResponse {
                         attachments: existing.attachments,
@@ -122,12 +135,15 @@ impl Host {
             // Resolve every network before touching anything.
             let mut plan = Vec::with_capacity(selections.len());
             for (i, sel) in selections.into_iter().enumerate() {
-                let d = self.registry.driver_for_network(&sel.network).ok_or_else(|| {
-                    Status::failed_precondition(format!(
-                        "networks[{i}].network: no registered driver serves network {:?}",
-                        sel.network
-                    ))
-                })?;
+                let d = self
+                    .registry
+                    .driver_for_network(&sel.network)
+                    .ok_or_else(|| {
+                        Status::failed_precondition(format!(
+                            "networks[{i}].network: no registered driver serves network {:?}",
+                            sel.network
+                        ))
+                    })?;
                 plan.push((sel, d));
             }
             let mut done: Vec<(NetworkSelection, Arc<DriverEntry>)> = Vec::new();
@@ -141,16 +157,23 @@ impl Host {
                         sandbox: Some(sandbox.clone()),
                         networks: vec![sel.clone()],
                     })
-                    .instrument(tracing::info_span!("driver", driver = %d.name, network = %sel.network))
+                    .instrument(
+                        tracing::info_span!("driver", driver = %d.name, network = %sel.network),
+                    )
                     .await;
                 let net = sel.network.clone();
                 let result = match call {
-                    Ok(resp) => resp.into_inner().attachments.into_iter().next().ok_or_else(|| {
-                        Status::internal(format!(
-                            "network {net:?} (driver {:?}): AttachPod answered no attachment",
-                            d.name
-                        ))
-                    }),
+                    Ok(resp) => resp
+                        .into_inner()
+                        .attachments
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| {
+                            Status::internal(format!(
+                                "network {net:?} (driver {:?}): AttachPod answered no attachment",
+                                d.name
+                            ))
+                        }),
                     Err(s) => Err(error::from_driver(&d, Some(&net), s)),
                 };
                 // Whatever the driver answered, it may have done something: roll back this one
@@ -197,10 +220,18 @@ impl Host {
         let span = tracing::info_span!("detach", sandbox = %sandbox_id);
         async move {
             let _guard = self.lock_key(&format!("sandbox/{sandbox_id}")).await;
-            let Some(record) = self.store.attachment(sandbox_id).map_err(error::from_store)? else {
+            let Some(record) = self
+                .store
+                .attachment(sandbox_id)
+                .map_err(error::from_store)?
+            else {
                 return Ok(());
             };
-            let netns = record.sandbox.as_ref().map(|s| s.netns_path.clone()).unwrap_or_default();
+            let netns = record
+                .sandbox
+                .as_ref()
+                .map(|s| s.netns_path.clone())
+                .unwrap_or_default();
             for a in record.attachments.iter().rev() {
                 let d = self
                     .registry
@@ -212,7 +243,8 @@ impl Host {
                             a.network, a.driver
                         ))
                     })?;
-                self.detach_one(&d, sandbox_id, &netns, selection_of(a)).await?;
+                self.detach_one(&d, sandbox_id, &netns, selection_of(a))
+                    .await?;
             }
             self.store
                 .delete_attachment(sandbox_id)
@@ -262,11 +294,20 @@ mod tests {
     fn defaults_fill_in() {
         let n = normalize(vec![]);
         assert_eq!(n.len(), 1);
-        assert_eq!((n[0].network.as_str(), n[0].interface_name.as_str()), ("default", "eth0"));
+        assert_eq!(
+            (n[0].network.as_str(), n[0].interface_name.as_str()),
+            ("default", "eth0")
+        );
         assert_eq!(n[0].default_route, Some(true));
         let n = normalize(vec![
-            NetworkSelection { network: "default".into(), ..Default::default() },
-            NetworkSelection { network: "storage".into(), ..Default::default() },
+            NetworkSelection {
+                network: "default".into(),
+                ..Default::default()
+            },
+            NetworkSelection {
+                network: "storage".into(),
+                ..Default::default()
+            },
         ]);
         assert_eq!(n[1].interface_name, "net1");
         assert_eq!(n[1].default_route, Some(false));

@@ -237,11 +237,17 @@ impl NodeConfig {
         if self.api_version != "netlet.io/v1alpha1" {
             return Err(invalid(
                 "apiVersion",
-                format!("{:?} is not supported; use netlet.io/v1alpha1", self.api_version),
+                format!(
+                    "{:?} is not supported; use netlet.io/v1alpha1",
+                    self.api_version
+                ),
             ));
         }
         if self.kind != "NodeConfig" {
-            return Err(invalid("kind", format!("{:?}: expected NodeConfig", self.kind)));
+            return Err(invalid(
+                "kind",
+                format!("{:?}: expected NodeConfig", self.kind),
+            ));
         }
         let duration = |field: &str, v: &Option<String>, default: Duration| -> Result<Duration> {
             match v {
@@ -249,17 +255,29 @@ impl NodeConfig {
                 Some(s) => match humantime::parse_duration(s) {
                     Ok(d) if !d.is_zero() => Ok(d),
                     Ok(_) => Err(invalid(field, "must be greater than zero".into())),
-                    Err(e) => Err(invalid(field, format!("{s:?} is not a duration like 5s: {e}"))),
+                    Err(e) => Err(invalid(
+                        field,
+                        format!("{s:?} is not a duration like 5s: {e}"),
+                    )),
                 },
             }
         };
-        let driver_call_timeout =
-            duration("driverCallTimeout", &self.driver_call_timeout, Duration::from_secs(10))?;
-        let probe_interval =
-            duration("probeInterval", &self.probe_interval, Duration::from_secs(2))?;
+        let driver_call_timeout = duration(
+            "driverCallTimeout",
+            &self.driver_call_timeout,
+            Duration::from_secs(10),
+        )?;
+        let probe_interval = duration(
+            "probeInterval",
+            &self.probe_interval,
+            Duration::from_secs(2),
+        )?;
         let probe_failure_threshold = self.probe_failure_threshold.unwrap_or(3);
         if probe_failure_threshold == 0 {
-            return Err(invalid("probeFailureThreshold", "must be at least 1".into()));
+            return Err(invalid(
+                "probeFailureThreshold",
+                "must be at least 1".into(),
+            ));
         }
         let max_message_bytes = self
             .max_message_bytes
@@ -273,7 +291,10 @@ impl NodeConfig {
         let admin_address = match &self.admin_address {
             None => None,
             Some(a) => Some(a.parse().map_err(|e| {
-                invalid("adminAddress", format!("{a:?} is not an address like 127.0.0.1:9966: {e}"))
+                invalid(
+                    "adminAddress",
+                    format!("{a:?} is not an address like 127.0.0.1:9966: {e}"),
+                )
             })?),
         };
         if self.authorization.uids.is_empty() && self.authorization.gids.is_empty() {
@@ -291,7 +312,10 @@ impl NodeConfig {
                 ));
             }
             if !names.insert(d.name.as_str()) {
-                return Err(invalid(&format!("drivers[{i}].name"), format!("{:?} is used twice", d.name)));
+                return Err(invalid(
+                    &format!("drivers[{i}].name"),
+                    format!("{:?} is used twice", d.name),
+                ));
             }
             if d.command.trim().is_empty() {
                 return Err(invalid(&format!("drivers[{i}].command"), "required".into()));
@@ -360,10 +384,19 @@ mod tests {
             e.to_string(),
             "config t.yaml: field `drivers[1].name`: \"Bad\" is not a DNS-1123 label"
         );
-        let e = settings("apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\ndrivers:\n- name: a\n  comand: x\n").unwrap_err();
-        assert!(e.to_string().starts_with("config t.yaml: field `drivers[0]"), "{e}");
+        let e = settings(
+            "apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\ndrivers:\n- name: a\n  comand: x\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config t.yaml: field `drivers[0]"),
+            "{e}"
+        );
         assert!(e.to_string().contains("comand"), "{e}");
-        let e = settings("apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\ndriverCallTimeout: soon\n").unwrap_err();
+        let e =
+            settings("apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\ndriverCallTimeout: soon\n")
+                .unwrap_err();
         assert!(e.to_string().contains("`driverCallTimeout`"), "{e}");
         let e = settings("apiVersion: v1\nkind: NodeConfig\n").unwrap_err();
         assert!(e.to_string().contains("`apiVersion`"), "{e}");
@@ -371,16 +404,19 @@ mod tests {
 
     #[test]
     fn overrides_win() {
-        let s = parse("t", "apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\nsocket: /a/b.sock\n")
-            .unwrap()
-            .settings(
-                "t",
-                Overrides {
-                    socket: Some("/x/y.sock".into()),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let s = parse(
+            "t",
+            "apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\nsocket: /a/b.sock\n",
+        )
+        .unwrap()
+        .settings(
+            "t",
+            Overrides {
+                socket: Some("/x/y.sock".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(s.socket, PathBuf::from("/x/y.sock"));
         assert_eq!(s.admin_socket, PathBuf::from("/x/netlet-admin.sock"));
         assert_eq!(s.driver_socket_dir, PathBuf::from("/x/drivers"));

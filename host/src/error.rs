@@ -13,7 +13,8 @@ pub fn from_driver(driver: &DriverEntry, network: Option<&str>, s: Status) -> St
         Some(n) => format!("network {n:?} (driver {:?})", driver.name),
         None => format!("driver {:?}", driver.name),
     };
-    let transport = s.source().is_some() || s.code() == Code::Unknown && s.message().contains("transport");
+    let transport =
+        s.source().is_some() || s.code() == Code::Unknown && s.message().contains("transport");
     let code = match s.code() {
         Code::Cancelled if s.message().contains("Timeout expired") => Code::DeadlineExceeded,
         Code::Unknown | Code::Cancelled if transport => Code::Unavailable,

@@ -24,9 +24,9 @@ use std::{
 
 use netlet_sdk::{
     proto::{
-        Capability, NetworkReadiness,
-        devices_server::DevicesServer, identity_server::IdentityServer, node_server::NodeServer,
-        pods_server::PodsServer, policy_server::PolicyServer, services_server::ServicesServer,
+        Capability, NetworkReadiness, devices_server::DevicesServer,
+        identity_server::IdentityServer, node_server::NodeServer, pods_server::PodsServer,
+        policy_server::PolicyServer, services_server::ServicesServer,
     },
     server,
     state::{PolicyTable, ServiceTable},
@@ -98,7 +98,9 @@ impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
         self.guard.take();
         if let Ok(mut locks) = self.host.locks.lock()
-            && locks.get(&self.key).is_some_and(|l| Arc::strong_count(l) == 1)
+            && locks
+                .get(&self.key)
+                .is_some_and(|l| Arc::strong_count(l) == 1)
         {
             locks.remove(&self.key);
         }
@@ -136,10 +138,26 @@ impl Host {
                 &d.name,
                 None,
             ));
-            conditions.push(condition("DriverReady", h.ready, reason, h.message.clone(), "", &d.name, h.since));
+            conditions.push(condition(
+                "DriverReady",
+                h.ready,
+                reason,
+                h.message.clone(),
+                "",
+                &d.name,
+                h.since,
+            ));
             if d.has(Capability::Pods) {
                 for net in &d.info.networks {
-                    conditions.push(condition("NetworkReady", h.ready, reason, h.message.clone(), net, &d.name, h.since));
+                    conditions.push(condition(
+                        "NetworkReady",
+                        h.ready,
+                        reason,
+                        h.message.clone(),
+                        net,
+                        &d.name,
+                        h.since,
+                    ));
                 }
             }
             conditions.extend(h.conditions.into_iter().map(|mut c| {
@@ -172,7 +190,10 @@ impl Host {
                     }
                     (
                         "DriverNotReady".to_string(),
-                        format!("driver {:?} of network {net:?} is not ready: {}: {}", d.name, h.reason, h.message),
+                        format!(
+                            "driver {:?} of network {net:?} is not ready: {}: {}",
+                            d.name, h.reason, h.message
+                        ),
                     )
                 }
             };
@@ -189,7 +210,10 @@ impl Host {
 }
 
 /// Runs the host until `stop` resolves (SIGTERM/SIGINT in the binary).
-pub async fn run(settings: Settings, stop: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+pub async fn run(
+    settings: Settings,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let store = Store::open(&settings.state_dir)?;
     let registry = Registry::new(
@@ -231,7 +255,11 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()> + Send + 'st
         registry.clone(),
         shutdown_rx.clone(),
     )));
-    tasks.push(tokio::spawn(admin::serve(admin, host.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(admin::serve(
+        admin,
+        host.clone(),
+        shutdown_rx.clone(),
+    )));
 
     let names = api::host_services();
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -257,9 +285,7 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()> + Send + 'st
     let layers = tower::ServiceBuilder::new()
         .layer(MetricsLayer(metrics.clone()))
         .layer(AuthLayer(allow));
-    let incoming = grpc_sock
-        .incoming()
-        .ok_or(netlet_sdk::Error::NoSocket)?;
+    let incoming = grpc_sock.incoming().ok_or(netlet_sdk::Error::NoSocket)?;
     tokio::spawn(async move {
         stop.await;
         let _ = shutdown_tx.send(true);

@@ -26,7 +26,9 @@ struct DriverLabels {
 
 fn rpc_histogram() -> Histogram {
     // 25 µs .. ~1.6 s
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(25e-6, 2.0, 17))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        25e-6, 2.0, 17,
+    ))
 }
 
 /// The host's metrics.

@@ -11,21 +11,27 @@ use crate::{Host, attach::selection_of, registry::DriverEntry};
 /// Installs the replay hook on the host's registry.
 pub(crate) fn install(host: &Arc<Host>) {
     let weak: Weak<Host> = Arc::downgrade(host);
-    host.registry.on_register(Arc::new(move |d: Arc<DriverEntry>| {
-        let weak = weak.clone();
-        tokio::spawn(async move {
-            if let Some(host) = weak.upgrade() {
-                replay(&host, &d).await;
-            }
-        });
-    }));
+    host.registry
+        .on_register(Arc::new(move |d: Arc<DriverEntry>| {
+            let weak = weak.clone();
+            tokio::spawn(async move {
+                if let Some(host) = weak.upgrade() {
+                    replay(&host, &d).await;
+                }
+            });
+        }));
 }
 
 async fn replay(host: &Host, d: &DriverEntry) {
     if d.has(Capability::Services) {
         let table = host.services.lock().await;
         if table.generation() > 0 {
-            let r = d.clients.services.clone().program_service(table.full_sync_request()).await;
+            let r = d
+                .clients
+                .services
+                .clone()
+                .program_service(table.full_sync_request())
+                .await;
             let applied = match r {
                 Ok(resp) => resp.into_inner().applied_generation,
                 Err(e) => {
@@ -41,7 +47,12 @@ async fn replay(host: &Host, d: &DriverEntry) {
     if d.has(Capability::Policy) {
         let table = host.policies.lock().await;
         if table.generation() > 0 {
-            let r = d.clients.policy.clone().apply_policy(table.full_sync_request()).await;
+            let r = d
+                .clients
+                .policy
+                .clone()
+                .apply_policy(table.full_sync_request())
+                .await;
             let applied = match r {
                 Ok(resp) => resp.into_inner().applied_generation,
                 Err(e) => {
@@ -64,14 +75,20 @@ async fn replay(host: &Host, d: &DriverEntry) {
         };
         let mut replayed = 0usize;
         for pod in pods {
-            for a in pod.attachments.iter().filter(|a| a.driver == d.name || d.serves_network(&a.network)) {
+            for a in pod
+                .attachments
+                .iter()
+                .filter(|a| a.driver == d.name || d.serves_network(&a.network))
+            {
                 let req = AttachPodRequest {
                     sandbox: pod.sandbox.clone(),
                     networks: vec![selection_of(a)],
                 };
                 match d.clients.pods.clone().attach_pod(req).await {
                     Ok(_) => replayed += 1,
-                    Err(e) => tracing::warn!(driver = %d.name, network = %a.network, sandbox = ?pod.sandbox.as_ref().map(|s| &s.id), error = %e, "attachment replay failed"),
+                    Err(e) => {
+                        tracing::warn!(driver = %d.name, network = %a.network, sandbox = ?pod.sandbox.as_ref().map(|s| &s.id), error = %e, "attachment replay failed")
+                    }
                 }
             }
         }

@@ -168,8 +168,13 @@ impl Store {
 
     /// Stores (replaces) a sandbox's attachments durably.
     pub async fn put_attachment(&self, pod: &PodAttachments) -> Result<()> {
-        let id = pod.sandbox.as_ref().map(|s| s.id.as_str()).unwrap_or_default();
-        self.write(Table::Attachments, id, Some(pod.encode_to_vec())).await
+        let id = pod
+            .sandbox
+            .as_ref()
+            .map(|s| s.id.as_str())
+            .unwrap_or_default();
+        self.write(Table::Attachments, id, Some(pod.encode_to_vec()))
+            .await
     }
 
     /// Removes a sandbox's record durably.

@@ -49,8 +49,14 @@ mod tests {
     #[test]
     fn negotiation_picks_newest_common() {
         let theirs = vec!["netlet.v1beta1".to_string(), "netlet.v1alpha1".to_string()];
-        assert_eq!(negotiate_version(&["netlet.v1alpha1"], &theirs), Some("netlet.v1alpha1"));
-        assert_eq!(negotiate_version(&["netlet.v1alpha1"], &["netlet.v2".to_string()]), None);
+        assert_eq!(
+            negotiate_version(&["netlet.v1alpha1"], &theirs),
+            Some("netlet.v1alpha1")
+        );
+        assert_eq!(
+            negotiate_version(&["netlet.v1alpha1"], &["netlet.v2".to_string()]),
+            None
+        );
         assert_eq!(
             negotiate_version(&["netlet.v1beta1", "netlet.v1alpha1"], &theirs),
             Some("netlet.v1beta1")

@@ -119,8 +119,14 @@ mod tests {
 
     #[test]
     fn targets_parse() {
-        assert_eq!(parse_target("unix:///run/x.sock"), PathBuf::from("/run/x.sock"));
-        assert_eq!(parse_target("unix:/run/x.sock"), PathBuf::from("/run/x.sock"));
+        assert_eq!(
+            parse_target("unix:///run/x.sock"),
+            PathBuf::from("/run/x.sock")
+        );
+        assert_eq!(
+            parse_target("unix:/run/x.sock"),
+            PathBuf::from("/run/x.sock")
+        );
         assert_eq!(parse_target("/run/x.sock"), PathBuf::from("/run/x.sock"));
     }
 }

@@ -21,11 +21,7 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 
 fn err(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.to_path_buf();
-    move |source| Error::Netns {
-        path,
-        what,
-        source,
-    }
+    move |source| Error::Netns { path, what, source }
 }
 
 fn errno(path: &Path, what: &'static str) -> impl FnOnce(nix::Error) -> Error {

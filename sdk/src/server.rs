@@ -102,7 +102,11 @@ fn reflection_builder(services: &[String]) -> tonic_reflection::server::Builder<
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
-    for s in services.iter().map(String::as_str).chain(INFRA_SERVICES.iter().copied()) {
+    for s in services
+        .iter()
+        .map(String::as_str)
+        .chain(INFRA_SERVICES.iter().copied())
+    {
         b = b.with_service_name(s);
     }
     b

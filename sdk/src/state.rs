@@ -58,7 +58,10 @@ impl ServiceTable {
 
     /// Number of Services.
     pub fn len(&self) -> usize {
-        self.entries.values().filter(|e| e.service.is_some()).count()
+        self.entries
+            .values()
+            .filter(|e| e.service.is_some())
+            .count()
     }
 
     /// Whether no Service is programmed.
@@ -119,11 +122,12 @@ impl ServiceTable {
                 namespace: ns.clone(),
                 name: name.clone(),
             };
-            req.endpoint_upserts
-                .extend(e.endpoints.values().map(|ep| crate::proto::EndpointUpsert {
+            req.endpoint_upserts.extend(e.endpoints.values().map(|ep| {
+                crate::proto::EndpointUpsert {
                     service: Some(key.clone()),
                     endpoint: Some(ep.clone()),
-                }));
+                }
+            }));
         }
         req
     }
@@ -259,7 +263,10 @@ mod tests {
             generation: 1,
             ..Default::default()
         };
-        assert_eq!(t.apply(&delta).unwrap_err().code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            t.apply(&delta).unwrap_err().code(),
+            tonic::Code::FailedPrecondition
+        );
         let sync = ProgramServiceRequest {
             generation: 2,
             full_sync: true,
@@ -288,7 +295,10 @@ mod tests {
         };
         t.apply(&del).unwrap();
         assert!(t.list("").services[0].endpoints.is_empty());
-        assert_eq!(t.apply(&sync).unwrap_err().code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            t.apply(&sync).unwrap_err().code(),
+            tonic::Code::FailedPrecondition
+        );
         let replay = t.full_sync_request();
         let mut t2 = ServiceTable::default();
         t2.apply(&replay).unwrap();

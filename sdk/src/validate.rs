@@ -30,7 +30,8 @@ fn required(field: &str, v: &str) -> R {
 pub fn dns_label(field: &str, v: &str) -> R {
     required(field, v)?;
     let ok = v.len() <= 63
-        && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !v.starts_with('-')
         && !v.ends_with('-');
     if ok {
@@ -47,7 +48,8 @@ pub fn dns_label(field: &str, v: &str) -> R {
 pub fn sandbox_id(field: &str, v: &str) -> R {
     required(field, v)?;
     let ok = v.len() <= 256
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -64,7 +66,8 @@ pub fn interface_name(field: &str, v: &str) -> R {
         && v.len() <= 15
         && v != "."
         && v != ".."
-        && v.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+        && v.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
     if ok {
         Ok(())
     } else {
@@ -88,7 +91,12 @@ pub fn ip_or_cidr(field: &str, v: &str) -> Result<(IpAddr, Option<u8>), Status> 
     let prefix = match prefix {
         Some(p) => match p.parse::<u8>() {
             Ok(n) if n <= max => Some(n),
-            _ => return Err(invalid(field, format!("{v:?} has an invalid prefix length"))),
+            _ => {
+                return Err(invalid(
+                    field,
+                    format!("{v:?} has an invalid prefix length"),
+                ));
+            }
         },
         None => None,
     };
@@ -99,7 +107,10 @@ pub fn ip_or_cidr(field: &str, v: &str) -> Result<(IpAddr, Option<u8>), Status> 
 pub fn cidr(field: &str, v: &str) -> R {
     match ip_or_cidr(field, v)? {
         (_, Some(_)) => Ok(()),
-        _ => Err(invalid(field, format!("{v:?} is not a CIDR (address/prefix)"))),
+        _ => Err(invalid(
+            field,
+            format!("{v:?} is not a CIDR (address/prefix)"),
+        )),
     }
 }
 
@@ -142,22 +153,34 @@ pub fn network_selection(field: &str, n: &NetworkSelection) -> R {
         mac(&format!("{field}.mac"), &n.mac)?;
     }
     if n.mtu != 0 && !(68..=65535).contains(&n.mtu) {
-        return Err(invalid(format!("{field}.mtu"), format!("{} is not an MTU (68-65535)", n.mtu)));
+        return Err(invalid(
+            format!("{field}.mtu"),
+            format!("{} is not an MTU (68-65535)", n.mtu),
+        ));
     }
     Ok(())
 }
 
 /// AttachPod.
 pub fn attach_pod(r: &AttachPodRequest) -> R {
-    let s = r.sandbox.as_ref().ok_or_else(|| invalid("sandbox", "required"))?;
+    let s = r
+        .sandbox
+        .as_ref()
+        .ok_or_else(|| invalid("sandbox", "required"))?;
     sandbox_id("sandbox.id", &s.id)?;
     required("sandbox.netns_path", &s.netns_path)?;
     if !s.netns_path.starts_with('/') {
         return Err(invalid("sandbox.netns_path", "must be an absolute path"));
     }
     for (i, pm) in s.port_mappings.iter().enumerate() {
-        port(&format!("sandbox.port_mappings[{i}].host_port"), pm.host_port)?;
-        port(&format!("sandbox.port_mappings[{i}].container_port"), pm.container_port)?;
+        port(
+            &format!("sandbox.port_mappings[{i}].host_port"),
+            pm.host_port,
+        )?;
+        port(
+            &format!("sandbox.port_mappings[{i}].container_port"),
+            pm.container_port,
+        )?;
         if !pm.host_ip.is_empty() {
             ip_or_cidr(&format!("sandbox.port_mappings[{i}].host_ip"), &pm.host_ip)?;
         }
@@ -214,7 +237,12 @@ pub fn program_service(r: &ProgramServiceRequest) -> R {
                 ip_or_cidr(&format!("{f}.cluster_ips[{j}]"), ip)?;
             }
         }
-        for (j, ip) in s.external_ips.iter().chain(&s.load_balancer_ips).enumerate() {
+        for (j, ip) in s
+            .external_ips
+            .iter()
+            .chain(&s.load_balancer_ips)
+            .enumerate()
+        {
             ip_or_cidr(&format!("{f}.external_ips[{j}]"), ip)?;
         }
         for (j, c) in s.load_balancer_source_ranges.iter().enumerate() {
@@ -226,7 +254,10 @@ pub fn program_service(r: &ProgramServiceRequest) -> R {
                 port(&format!("{f}.ports[{j}].node_port"), p.node_port)?;
             }
             if s.ports.len() > 1 && p.name.is_empty() {
-                return Err(invalid(format!("{f}.ports[{j}].name"), "required when a Service has several ports"));
+                return Err(invalid(
+                    format!("{f}.ports[{j}].name"),
+                    "required when a Service has several ports",
+                ));
             }
         }
     }
@@ -236,7 +267,10 @@ pub fn program_service(r: &ProgramServiceRequest) -> R {
     for (i, u) in r.endpoint_upserts.iter().enumerate() {
         let f = format!("endpoint_upserts[{i}]");
         service_key(&format!("{f}.service"), u.service.as_ref())?;
-        let e = u.endpoint.as_ref().ok_or_else(|| invalid(format!("{f}.endpoint"), "required"))?;
+        let e = u
+            .endpoint
+            .as_ref()
+            .ok_or_else(|| invalid(format!("{f}.endpoint"), "required"))?;
         required(&format!("{f}.endpoint.address"), &e.address)?;
         ip_or_cidr(&format!("{f}.endpoint.address"), &e.address)?;
         for (j, p) in e.ports.iter().enumerate() {
@@ -255,11 +289,17 @@ pub fn program_service(r: &ProgramServiceRequest) -> R {
 fn policy_key(field: &str, k: Option<&PolicyKey>, kind: PolicyKind) -> R {
     let k = k.ok_or_else(|| invalid(field, "required"))?;
     if k.kind != kind as i32 {
-        return Err(invalid(format!("{field}.kind"), format!("must be {}", kind.as_str_name())));
+        return Err(invalid(
+            format!("{field}.kind"),
+            format!("must be {}", kind.as_str_name()),
+        ));
     }
     if kind == PolicyKind::HostnameGrant {
         if !k.namespace.is_empty() {
-            return Err(invalid(format!("{field}.namespace"), "must be empty (cluster-scoped)"));
+            return Err(invalid(
+                format!("{field}.namespace"),
+                "must be empty (cluster-scoped)",
+            ));
         }
     } else {
         dns_label(&format!("{field}.namespace"), &k.namespace)?;
@@ -273,12 +313,18 @@ fn name_pattern(field: &str, v: &str) -> R {
     let ok = !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if ok {
         Ok(())
     } else {
-        Err(invalid(field, format!("{v:?} is not a DNS name or *.wildcard")))
+        Err(invalid(
+            field,
+            format!("{v:?} is not a DNS name or *.wildcard"),
+        ))
     }
 }
 
@@ -289,7 +335,11 @@ pub fn apply_policy(r: &ApplyPolicyRequest) -> R {
     }
     for (i, p) in r.network_policies.iter().enumerate() {
         let f = format!("network_policies[{i}]");
-        policy_key(&format!("{f}.key"), p.key.as_ref(), PolicyKind::NetworkPolicy)?;
+        policy_key(
+            &format!("{f}.key"),
+            p.key.as_ref(),
+            PolicyKind::NetworkPolicy,
+        )?;
         for (j, a) in p.selected_addresses.iter().enumerate() {
             ip_or_cidr(&format!("{f}.selected_addresses[{j}]"), a)?;
         }
@@ -306,7 +356,10 @@ pub fn apply_policy(r: &ApplyPolicyRequest) -> R {
                 }
                 for (k, pt) in rule.ports.iter().enumerate() {
                     if pt.end_port != 0 && pt.end_port < pt.port {
-                        return Err(invalid(format!("{f}.{dir}[{j}].ports[{k}].end_port"), "must be >= port"));
+                        return Err(invalid(
+                            format!("{f}.{dir}[{j}].ports[{k}].end_port"),
+                            "must be >= port",
+                        ));
                     }
                 }
             }
@@ -324,7 +377,11 @@ pub fn apply_policy(r: &ApplyPolicyRequest) -> R {
     }
     for (i, g) in r.hostname_grants.iter().enumerate() {
         let f = format!("hostname_grants[{i}]");
-        policy_key(&format!("{f}.key"), g.key.as_ref(), PolicyKind::HostnameGrant)?;
+        policy_key(
+            &format!("{f}.key"),
+            g.key.as_ref(),
+            PolicyKind::HostnameGrant,
+        )?;
         if g.hostnames.is_empty() {
             return Err(invalid(format!("{f}.hostnames"), "required"));
         }
@@ -378,7 +435,11 @@ pub fn release_device(r: &ReleaseDeviceRequest) -> R {
 
 /// An optional network name (NetworkReady filters).
 pub fn optional_network(field: &str, v: &str) -> R {
-    if v.is_empty() { Ok(()) } else { dns_label(field, v) }
+    if v.is_empty() {
+        Ok(())
+    } else {
+        dns_label(field, v)
+    }
 }
 
 #[cfg(test)]
@@ -412,7 +473,10 @@ mod tests {
         assert!(msg(attach_pod(&r)).starts_with("networks[0].ips[0]:"));
         r.networks[0].ips = vec!["10.0.0.3/24".into()];
         r.networks[0].mac = "01:00:00:00:00:01".into();
-        assert!(msg(attach_pod(&r)).starts_with("networks[0].mac:"), "multicast MAC refused");
+        assert!(
+            msg(attach_pod(&r)).starts_with("networks[0].mac:"),
+            "multicast MAC refused"
+        );
         r.networks[0].mac = "02:00:00:00:00:01".into();
         r.networks[0].interface_name = "a-very-long-interface".into();
         assert!(msg(attach_pod(&r)).starts_with("networks[0].interface_name:"));

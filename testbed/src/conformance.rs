@@ -166,10 +166,9 @@ pub async fn run(
         }
         let start = Instant::now();
         let outcome = match c.needs {
-            Some(cap) if !ctx.info.capabilities.contains(&(cap as i32)) => Outcome::Skipped(format!(
-                "target does not declare {}",
-                cap.as_str_name()
-            )),
+            Some(cap) if !ctx.info.capabilities.contains(&(cap as i32)) => {
+                Outcome::Skipped(format!("target does not declare {}", cap.as_str_name()))
+            }
             _ => {
                 let r = tokio::time::timeout(Duration::from_secs(60), (c.run)(&ctx)).await;
                 ctx.cleanup().await;
@@ -222,8 +221,14 @@ fn xml_escape(s: &str) -> String {
 
 /// JUnit XML of the run.
 pub fn junit(target: &str, records: &[Record]) -> String {
-    let failures = records.iter().filter(|r| matches!(r.outcome, Outcome::Failed(_))).count();
-    let skipped = records.iter().filter(|r| matches!(r.outcome, Outcome::Skipped(_))).count();
+    let failures = records
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
+        .count();
+    let skipped = records
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Skipped(_)))
+        .count();
     let total: f64 = records.iter().map(|r| r.took.as_secs_f64()).sum();
     let mut x = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n<testsuite name=\"netlet-conformance\" hostname=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{total:.3}\">\n",
@@ -240,9 +245,15 @@ pub fn junit(target: &str, records: &[Record]) -> String {
         );
         match &r.outcome {
             Outcome::Passed => x += "/>\n",
-            Outcome::Skipped(why) => x += &format!("><skipped message=\"{}\"/></testcase>\n", xml_escape(why)),
+            Outcome::Skipped(why) => {
+                x += &format!("><skipped message=\"{}\"/></testcase>\n", xml_escape(why))
+            }
             Outcome::Failed(e) => {
-                x += &format!("><failure message=\"{}\">{}</failure></testcase>\n", xml_escape(e), xml_escape(e))
+                x += &format!(
+                    "><failure message=\"{}\">{}</failure></testcase>\n",
+                    xml_escape(e),
+                    xml_escape(e)
+                )
             }
         }
     }

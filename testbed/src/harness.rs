@@ -51,7 +51,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -99,7 +102,11 @@ impl Host {
             .expect("tempdir");
         let run = dir.path().join("run");
         let config = dir.path().join("node.yaml");
-        let drivers = if drivers.is_empty() { "drivers: []\n".to_string() } else { format!("drivers:\n{drivers}") };
+        let drivers = if drivers.is_empty() {
+            "drivers: []\n".to_string()
+        } else {
+            format!("drivers:\n{drivers}")
+        };
         std::fs::write(
             &config,
             format!(
@@ -133,14 +140,22 @@ impl Host {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .stdin(Stdio::null())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .spawn()
             .expect("spawn netlet");
         self.child = Some(child);
         let sock = self.socket.clone();
         wait_until("host socket", Duration::from_secs(20), || {
             let sock = sock.clone();
-            async move { tokio::net::UnixStream::connect(&sock).await.ok().map(|_| ()) }
+            async move {
+                tokio::net::UnixStream::connect(&sock)
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
         })
         .await;
     }

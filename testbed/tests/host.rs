@@ -27,30 +27,60 @@ fn pod(id: &str, networks: &[(&str, &str)]) -> AttachPodRequest {
         }),
         networks: networks
             .iter()
-            .map(|(n, i)| NetworkSelection { network: n.to_string(), interface_name: i.to_string(), ..Default::default() })
+            .map(|(n, i)| NetworkSelection {
+                network: n.to_string(),
+                interface_name: i.to_string(),
+                ..Default::default()
+            })
             .collect(),
     }
 }
 
 async fn driver_names(c: &Clients) -> Vec<String> {
-    let mut v = c.identity.clone().get_info(GetInfoRequest::default()).await.unwrap().into_inner().networks;
+    let mut v = c
+        .identity
+        .clone()
+        .get_info(GetInfoRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .networks;
     v.sort();
     v
 }
 
 fn admin_state(h: &Host) -> serde_json::Value {
     let out = Command::new(bin("netletctl"))
-        .args(["--socket", h.socket.to_str().unwrap(), "-o", "json", "debug", "state"])
+        .args([
+            "--socket",
+            h.socket.to_str().unwrap(),
+            "-o",
+            "json",
+            "debug",
+            "state",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "netletctl debug state: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "netletctl debug state: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn supervised_driver_is_restarted_after_kill_and_resynced() {
     let pidfile = tempfile::NamedTempFile::new().unwrap();
-    let h = Host::start(&fixture_driver("fixture", "default", &["--pid-file", pidfile.path().to_str().unwrap()]), "").await;
+    let h = Host::start(
+        &fixture_driver(
+            "fixture",
+            "default",
+            &["--pid-file", pidfile.path().to_str().unwrap()],
+        ),
+        "",
+    )
+    .await;
     h.wait_ready("").await;
     let mut c = h.clients().await;
     assert_eq!(driver_names(&c).await, vec!["default".to_string()]);
@@ -59,38 +89,83 @@ async fn supervised_driver_is_restarted_after_kill_and_resynced() {
         .program_service(ProgramServiceRequest {
             generation: 1,
             full_sync: true,
-            service_upserts: vec![Service { key: Some(ServiceKey { namespace: "default".into(), name: "web".into() }), ..Default::default() }],
+            service_upserts: vec![Service {
+                key: Some(ServiceKey {
+                    namespace: "default".into(),
+                    name: "web".into(),
+                }),
+                ..Default::default()
+            }],
             ..Default::default()
         })
         .await
         .unwrap();
 
-    let pid: i32 = std::fs::read_to_string(pidfile.path()).unwrap().trim().parse().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let pid: i32 = std::fs::read_to_string(pidfile.path())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let driver_sock = h.dir.path().join("run/drivers/fixture.sock");
     // Back, re-registered, and the desired state replayed into the new process.
-    wait_until("restarted fixture to hold p1 and the Service again", T, || {
-        let sock = driver_sock.clone();
-        let pidfile = pidfile.path().to_path_buf();
-        async move {
-            let new_pid: i32 = std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()?;
-            if new_pid == pid {
-                return None;
+    wait_until(
+        "restarted fixture to hold p1 and the Service again",
+        T,
+        || {
+            let sock = driver_sock.clone();
+            let pidfile = pidfile.path().to_path_buf();
+            async move {
+                let new_pid: i32 = std::fs::read_to_string(&pidfile)
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                if new_pid == pid {
+                    return None;
+                }
+                let mut d = Clients::connect(&sock, Some(Duration::from_secs(2)))
+                    .await
+                    .ok()?;
+                let pods = d
+                    .pods
+                    .list_attachments(ListAttachmentsRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .pods;
+                let svcs = d
+                    .services
+                    .list_services(netlet_sdk::proto::ListServicesRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner();
+                (pods.len() == 1 && svcs.applied_generation == 1 && svcs.services.len() == 1)
+                    .then_some(())
             }
-            let mut d = Clients::connect(&sock, Some(Duration::from_secs(2))).await.ok()?;
-            let pods = d.pods.list_attachments(ListAttachmentsRequest::default()).await.ok()?.into_inner().pods;
-            let svcs = d.services.list_services(netlet_sdk::proto::ListServicesRequest::default()).await.ok()?.into_inner();
-            (pods.len() == 1 && svcs.applied_generation == 1 && svcs.services.len() == 1).then_some(())
-        }
-    })
+        },
+    )
     .await;
     h.wait_ready("").await;
     let st = admin_state(&h);
     assert_eq!(st["drivers"][0]["restarts"], 1, "{st}");
-    let metrics = Command::new(bin("netletctl")).args(["--socket", h.socket.to_str().unwrap(), "metrics"]).output().unwrap();
+    let metrics = Command::new(bin("netletctl"))
+        .args(["--socket", h.socket.to_str().unwrap(), "metrics"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&metrics.stdout);
-    assert!(text.contains("netlet_driver_restarts_total{driver=\"fixture\"} 1"), "{text}");
-    assert!(text.contains("netlet_grpc_request_duration_seconds_bucket{"), "{text}");
+    assert!(
+        text.contains("netlet_driver_restarts_total{driver=\"fixture\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("netlet_grpc_request_duration_seconds_bucket{"),
+        "{text}"
+    );
     assert!(text.contains("netlet_drivers_registered 1"), "{text}");
 }
 
@@ -99,15 +174,39 @@ async fn external_driver_registers_and_deregisters_with_its_socket() {
     let h = Host::start("", "").await;
     let c = h.clients().await;
     // No driver for `default`: not ready, and the reason says so.
-    let r = c.node.clone().network_ready(NetworkReadyRequest::default()).await.unwrap().into_inner().readiness.unwrap();
+    let r = c
+        .node
+        .clone()
+        .network_ready(NetworkReadyRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .readiness
+        .unwrap();
     assert!(!r.ready);
     assert_eq!(r.reason, "NoDriverForNetwork");
-    let mut watch = c.node.clone().watch_network_ready(WatchNetworkReadyRequest::default()).await.unwrap().into_inner();
+    let mut watch = c
+        .node
+        .clone()
+        .watch_network_ready(WatchNetworkReadyRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let first = watch.next().await.unwrap().unwrap().readiness.unwrap();
     assert!(!first.ready);
 
     let sock = h.plugin_dir.join("ext.sock");
-    let ext = Proc::start(&bin("netlet-fixture-driver"), &["--name", "ext", "--networks", "default,net1", "--socket", sock.to_str().unwrap()]);
+    let ext = Proc::start(
+        &bin("netlet-fixture-driver"),
+        &[
+            "--name",
+            "ext",
+            "--networks",
+            "default,net1",
+            "--socket",
+            sock.to_str().unwrap(),
+        ],
+    );
     // The watch stream reports the change.
     let ready = tokio::time::timeout(T, async {
         while let Some(Ok(m)) = watch.next().await {
@@ -120,7 +219,10 @@ async fn external_driver_registers_and_deregisters_with_its_socket() {
     .await
     .unwrap();
     assert!(ready);
-    assert_eq!(driver_names(&c).await, vec!["default".to_string(), "net1".to_string()]);
+    assert_eq!(
+        driver_names(&c).await,
+        vec!["default".to_string(), "net1".to_string()]
+    );
     let st = admin_state(&h);
     assert_eq!(st["drivers"][0]["source"], "external");
 
@@ -130,17 +232,44 @@ async fn external_driver_registers_and_deregisters_with_its_socket() {
         async move { driver_names(&c).await.is_empty().then_some(()) }
     })
     .await;
-    let r = c.node.clone().network_ready(NetworkReadyRequest::default()).await.unwrap().into_inner().readiness.unwrap();
+    let r = c
+        .node
+        .clone()
+        .network_ready(NetworkReadyRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .readiness
+        .unwrap();
     assert!(!r.ready);
 
     // A driver without a common API version is not registered, and NetworkReady says why.
     let bad = h.plugin_dir.join("future.sock");
-    let _future = Proc::start(&bin("netlet-fixture-driver"), &["--name", "future", "--api-version", "netlet.v9", "--socket", bad.to_str().unwrap()]);
+    let _future = Proc::start(
+        &bin("netlet-fixture-driver"),
+        &[
+            "--name",
+            "future",
+            "--api-version",
+            "netlet.v9",
+            "--socket",
+            bad.to_str().unwrap(),
+        ],
+    );
     let cond = wait_until("NoCommonApiVersion condition", T, || {
         let c = c.clone();
         async move {
-            let r = c.node.clone().network_ready(NetworkReadyRequest::default()).await.ok()?.into_inner().readiness?;
-            r.conditions.into_iter().find(|c| c.reason == "NoCommonApiVersion")
+            let r = c
+                .node
+                .clone()
+                .network_ready(NetworkReadyRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .readiness?;
+            r.conditions
+                .into_iter()
+                .find(|c| c.reason == "NoCommonApiVersion")
         }
     })
     .await;
@@ -150,20 +279,49 @@ async fn external_driver_registers_and_deregisters_with_its_socket() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn multi_network_attach_rolls_back_on_failure() {
-    let drivers = fixture_driver("main", "default", &[]) + &fixture_driver("broken", "net1", &["--fail-attach"]);
+    let drivers = fixture_driver("main", "default", &[])
+        + &fixture_driver("broken", "net1", &["--fail-attach"]);
     let h = Host::start(&drivers, "").await;
     h.wait_ready("net1").await;
     let mut c = h.clients().await;
-    let err = c.pods.attach_pod(pod("p2", &[("default", ""), ("net1", "")])).await.unwrap_err();
+    let err = c
+        .pods
+        .attach_pod(pod("p2", &[("default", ""), ("net1", "")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(err.message().contains("net1") && err.message().contains("broken"), "{err:?}");
+    assert!(
+        err.message().contains("net1") && err.message().contains("broken"),
+        "{err:?}"
+    );
     // The first network was rolled back in its driver, and nothing is recorded.
-    let main = Clients::connect(&h.dir.path().join("run/drivers/main.sock"), None).await.unwrap();
-    let held = main.pods.clone().list_attachments(ListAttachmentsRequest::default()).await.unwrap().into_inner().pods;
+    let main = Clients::connect(&h.dir.path().join("run/drivers/main.sock"), None)
+        .await
+        .unwrap();
+    let held = main
+        .pods
+        .clone()
+        .list_attachments(ListAttachmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pods;
     assert!(held.is_empty(), "rolled back: {held:?}");
-    assert!(c.pods.list_attachments(ListAttachmentsRequest::default()).await.unwrap().into_inner().pods.is_empty());
+    assert!(
+        c.pods
+            .list_attachments(ListAttachmentsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .pods
+            .is_empty()
+    );
     // An unknown network fails before anything is attached.
-    let err = c.pods.attach_pod(pod("p3", &[("default", ""), ("nowhere", "")])).await.unwrap_err();
+    let err = c
+        .pods
+        .attach_pod(pod("p3", &[("default", ""), ("nowhere", "")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().starts_with("networks[1].network"), "{err:?}");
 }
@@ -174,30 +332,69 @@ async fn attachments_survive_a_host_restart() {
     let mut h = Host::start(&drivers, "").await;
     h.wait_ready("net1").await;
     let mut c = h.clients().await;
-    let attached = c.pods.attach_pod(pod("p4", &[("default", "eth0"), ("net1", "net1")])).await.unwrap().into_inner();
+    let attached = c
+        .pods
+        .attach_pod(pod("p4", &[("default", "eth0"), ("net1", "net1")]))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(attached.attachments.len(), 2);
     assert_eq!(attached.attachments[1].interface_name, "net1");
     h.stop_with(nix::sys::signal::Signal::SIGKILL);
     h.spawn().await;
     h.wait_ready("net1").await;
     let mut c = h.clients().await;
-    let st = c.pods.pod_network_status(PodNetworkStatusRequest { sandbox_id: "p4".into() }).await.unwrap().into_inner();
+    let st = c
+        .pods
+        .pod_network_status(PodNetworkStatusRequest {
+            sandbox_id: "p4".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(st.pod.unwrap().attachments, attached.attachments);
     // Replayed into the freshly started drivers with the same addresses.
-    let second = Clients::connect(&h.dir.path().join("run/drivers/second.sock"), None).await.unwrap();
+    let second = Clients::connect(&h.dir.path().join("run/drivers/second.sock"), None)
+        .await
+        .unwrap();
     let held = wait_until("replay into second", T, || {
         let mut s = second.clone();
         async move {
-            let pods = s.pods.list_attachments(ListAttachmentsRequest::default()).await.ok()?.into_inner().pods;
+            let pods = s
+                .pods
+                .list_attachments(ListAttachmentsRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .pods;
             (!pods.is_empty()).then_some(pods)
         }
     })
     .await;
     assert_eq!(held[0].attachments[0].ips, attached.attachments[1].ips);
-    c.pods.detach_pod(DetachPodRequest { sandbox_id: "p4".into(), ..Default::default() }).await.unwrap();
-    let err = c.pods.pod_network_status(PodNetworkStatusRequest { sandbox_id: "p4".into() }).await.unwrap_err();
+    c.pods
+        .detach_pod(DetachPodRequest {
+            sandbox_id: "p4".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = c
+        .pods
+        .pod_network_status(PodNetworkStatusRequest {
+            sandbox_id: "p4".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let held = second.clone().pods.list_attachments(ListAttachmentsRequest::default()).await.unwrap().into_inner().pods;
+    let held = second
+        .clone()
+        .pods
+        .list_attachments(ListAttachmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pods;
     assert!(held.is_empty());
 }
 
@@ -207,19 +404,53 @@ async fn malformed_requests_are_rejected_and_change_nothing() {
     h.wait_ready("").await;
     let mut c = h.clients().await;
     c.pods.attach_pod(pod("ok", &[])).await.unwrap();
-    let before = c.pods.list_attachments(ListAttachmentsRequest::default()).await.unwrap().into_inner();
+    let before = c
+        .pods
+        .list_attachments(ListAttachmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let mut bad = pod("ok2", &[("default", "")]);
     bad.networks[0].ips = vec!["10.0.0.256/24".into()];
     let err = c.pods.attach_pod(bad).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("networks[0].ips[0]:"), "{err:?}");
-    let err = c.pods.attach_pod(pod("ok", &[("default", ""), ("default", "")])).await.unwrap_err();
+    let err = c
+        .pods
+        .attach_pod(pod("ok", &[("default", ""), ("default", "")]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = c.services.program_service(ProgramServiceRequest { generation: 1, full_sync: true, service_upserts: vec![Service::default()], ..Default::default() }).await.unwrap_err();
+    let err = c
+        .services
+        .program_service(ProgramServiceRequest {
+            generation: 1,
+            full_sync: true,
+            service_upserts: vec![Service::default()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().starts_with("service_upserts[0].key"), "{err:?}");
-    assert_eq!(c.services.list_services(netlet_sdk::proto::ListServicesRequest::default()).await.unwrap().into_inner().applied_generation, 0);
-    let after = c.pods.list_attachments(ListAttachmentsRequest::default()).await.unwrap().into_inner();
+    assert!(
+        err.message().starts_with("service_upserts[0].key"),
+        "{err:?}"
+    );
+    assert_eq!(
+        c.services
+            .list_services(netlet_sdk::proto::ListServicesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .applied_generation,
+        0
+    );
+    let after = c
+        .pods
+        .list_attachments(ListAttachmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(before, after);
 }
 
@@ -253,54 +484,95 @@ async fn callers_not_on_the_allow_list_are_denied() {
     assert!(err.contains("does not have permission"), "{err}");
     assert!(err.contains("uid 65534"), "{err}");
     let allowed = run(None);
-    assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn config_errors_name_file_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.yaml");
-    std::fs::write(&f, "apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\ndrivers:\n- name: x\n  command: ''\n").unwrap();
-    let out = Command::new(bin("netlet")).args(["check-config", "--config", f.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &f,
+        "apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\ndrivers:\n- name: x\n  command: ''\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("netlet"))
+        .args(["check-config", "--config", f.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(f.to_str().unwrap()) && err.contains("drivers[0].command") && err.contains("required"), "{err}");
+    assert!(
+        err.contains(f.to_str().unwrap())
+            && err.contains("drivers[0].command")
+            && err.contains("required"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn conformance_passes_against_host_and_fixture() {
     let h = Host::start(&fixture_driver("main", "default", &[]), "").await;
     h.wait_ready("").await;
-    let targets = [
-        h.socket.clone(),
-        h.dir.path().join("run/drivers/main.sock"),
-    ];
+    let targets = [h.socket.clone(), h.dir.path().join("run/drivers/main.sock")];
     for t in targets {
         let junit = h.dir.path().join("junit.xml");
         let out = Command::new(bin("netlet-conformance"))
-            .args(["--target", &format!("unix://{}", t.display()), "--junit", junit.to_str().unwrap()])
+            .args([
+                "--target",
+                &format!("unix://{}", t.display()),
+                "--junit",
+                junit.to_str().unwrap(),
+            ])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}");
         assert!(text.contains(" 0 failed"), "{text}");
         let xml = std::fs::read_to_string(&junit).unwrap();
-        assert!(xml.contains("<testcase classname=\"pods\" name=\"attach-idempotent\""), "{xml}");
+        assert!(
+            xml.contains("<testcase classname=\"pods\" name=\"attach-idempotent\""),
+            "{xml}"
+        );
         assert!(xml.contains("failures=\"0\""), "{xml}");
     }
     // A Pods-only driver: the other capabilities answer UNIMPLEMENTED, and the suite checks it.
     let sock = h.plugin_dir.join("podsonly.sock");
-    let _d = Proc::start(&bin("netlet-fixture-driver"), &["--name", "podsonly", "--networks", "net2", "--capabilities", "pods", "--socket", sock.to_str().unwrap()]);
+    let _d = Proc::start(
+        &bin("netlet-fixture-driver"),
+        &[
+            "--name",
+            "podsonly",
+            "--networks",
+            "net2",
+            "--capabilities",
+            "pods",
+            "--socket",
+            sock.to_str().unwrap(),
+        ],
+    );
     wait_until("podsonly socket", T, || {
         let s = sock.clone();
         async move { tokio::net::UnixStream::connect(&s).await.ok().map(|_| ()) }
     })
     .await;
     let out = Command::new(bin("netlet-conformance"))
-        .args(["--target", &format!("unix://{}", sock.display()), "--focus", "identity/"])
+        .args([
+            "--target",
+            &format!("unix://{}", sock.display()),
+            "--focus",
+            "identity/",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("PASS  identity/unimplemented-when-undeclared"), "{text}");
+    assert!(
+        text.contains("PASS  identity/unimplemented-when-undeclared"),
+        "{text}"
+    );
 }

@@ -50,7 +50,12 @@ impl Devices for Api {
         let req = req.into_inner();
         validate::allocate_device(&req)?;
         let _guard = self.0.lock_key(&format!("claim/{}", req.claim_uid)).await;
-        if let Some(existing) = self.0.store.claim(&req.claim_uid).map_err(error::from_store)? {
+        if let Some(existing) = self
+            .0
+            .store
+            .claim(&req.claim_uid)
+            .map_err(error::from_store)?
+        {
             return Ok(Response::new(existing));
         }
         let drivers = self.0.registry.with_capability(Capability::Devices);
@@ -96,7 +101,12 @@ impl Devices for Api {
         let req = req.into_inner();
         validate::release_device(&req)?;
         let _guard = self.0.lock_key(&format!("claim/{}", req.claim_uid)).await;
-        let Some(alloc) = self.0.store.claim(&req.claim_uid).map_err(error::from_store)? else {
+        let Some(alloc) = self
+            .0
+            .store
+            .claim(&req.claim_uid)
+            .map_err(error::from_store)?
+        else {
             return Ok(Response::new(ReleaseDeviceResponse {}));
         };
         let mut owners: Vec<String> = alloc
@@ -107,7 +117,10 @@ impl Devices for Api {
         owners.dedup();
         for name in owners {
             let d = self.0.registry.get(&name).ok_or_else(|| {
-                Status::unavailable(format!("driver {name:?} holding claim {:?} is not registered", req.claim_uid))
+                Status::unavailable(format!(
+                    "driver {name:?} holding claim {:?} is not registered",
+                    req.claim_uid
+                ))
             })?;
             d.clients
                 .devices

@@ -69,7 +69,10 @@ where
         [one] => Err(one.clone()),
         many => Err(Status::new(
             many[0].code(),
-            many.iter().map(|s| s.message()).collect::<Vec<_>>().join("; "),
+            many.iter()
+                .map(|s| s.message())
+                .collect::<Vec<_>>()
+                .join("; "),
         )),
     }
 }

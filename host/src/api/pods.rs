@@ -69,7 +69,9 @@ impl Pods for Api {
             .into_iter()
             .filter(|p| {
                 req.namespace.is_empty()
-                    || p.sandbox.as_ref().is_some_and(|s| s.namespace == req.namespace)
+                    || p.sandbox
+                        .as_ref()
+                        .is_some_and(|s| s.namespace == req.namespace)
             })
             .filter(|p| {
                 req.network.is_empty() || p.attachments.iter().any(|a| a.network == req.network)

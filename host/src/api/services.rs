@@ -55,6 +55,8 @@ impl Services for Api {
         if !req.namespace.is_empty() {
             validate::dns_label("namespace", &req.namespace)?;
         }
-        Ok(Response::new(self.0.services.lock().await.list(&req.namespace)))
+        Ok(Response::new(
+            self.0.services.lock().await.list(&req.namespace),
+        ))
     }
 }

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use netlet_host::config::{self, Overrides};
 
 #[derive(Parser)]
-#[command(name = "netlet", version, about = "The netlet node host: the kubelet of networking")]
+#[command(
+    name = "netlet",
+    version,
+    about = "The netlet node host: the kubelet of networking"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

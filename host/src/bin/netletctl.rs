@@ -19,7 +19,12 @@ use serde_json::{Value, json};
 #[command(name = "netletctl", version, about = "Inspect a running netlet host")]
 struct Cli {
     /// gRPC socket of the host.
-    #[arg(long, global = true, default_value = "/run/netlet/netlet.sock", env = "NETLET_SOCKET")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/netlet/netlet.sock",
+        env = "NETLET_SOCKET"
+    )]
     socket: PathBuf,
     /// Admin socket (default: netlet-admin.sock beside --socket).
     #[arg(long, global = true, env = "NETLET_ADMIN_SOCKET")]
@@ -83,7 +88,9 @@ async fn admin_get(socket: &Path, path: &str) -> anyhow::Result<String> {
 }
 
 async fn state(socket: &Path) -> anyhow::Result<Value> {
-    Ok(serde_json::from_str(&admin_get(socket, "/debug/state").await?)?)
+    Ok(serde_json::from_str(
+        &admin_get(socket, "/debug/state").await?,
+    )?)
 }
 
 fn table(headers: &[&str], rows: Vec<Vec<String>>) {
@@ -125,7 +132,11 @@ fn drivers_table(state: &Value) {
             vec![
                 s(&d["name"]),
                 s(&d["source"]),
-                if d["ready"].as_bool() == Some(true) { "yes".into() } else { format!("no ({})", s(&d["reason"])) },
+                if d["ready"].as_bool() == Some(true) {
+                    "yes".into()
+                } else {
+                    format!("no ({})", s(&d["reason"]))
+                },
                 s(&d["networks"]),
                 s(&d["capabilities"]),
                 s(&d["apiVersion"]),
@@ -135,7 +146,16 @@ fn drivers_table(state: &Value) {
         })
         .collect();
     table(
-        &["NAME", "SOURCE", "READY", "NETWORKS", "CAPABILITIES", "API", "VERSION", "RESTARTS"],
+        &[
+            "NAME",
+            "SOURCE",
+            "READY",
+            "NETWORKS",
+            "CAPABILITIES",
+            "API",
+            "VERSION",
+            "RESTARTS",
+        ],
         rows,
     );
 }
@@ -181,10 +201,26 @@ async fn main() -> anyhow::Result<()> {
                 }
                 println!();
                 table(
-                    &["CONDITION", "STATUS", "DRIVER", "NETWORK", "REASON", "MESSAGE"],
+                    &[
+                        "CONDITION",
+                        "STATUS",
+                        "DRIVER",
+                        "NETWORK",
+                        "REASON",
+                        "MESSAGE",
+                    ],
                     conditions
                         .iter()
-                        .map(|c| vec![s(&c["type"]), s(&c["status"]), s(&c["driver"]), s(&c["network"]), s(&c["reason"]), s(&c["message"])])
+                        .map(|c| {
+                            vec![
+                                s(&c["type"]),
+                                s(&c["status"]),
+                                s(&c["driver"]),
+                                s(&c["network"]),
+                                s(&c["reason"]),
+                                s(&c["message"]),
+                            ]
+                        })
                         .collect(),
                 );
                 println!();
@@ -230,24 +266,40 @@ async fn main() -> anyhow::Result<()> {
                 let rows = view
                     .iter()
                     .flat_map(|p| {
-                        p["attachments"].as_array().cloned().unwrap_or_default().into_iter().map(move |a| {
-                            vec![
-                                s(&p["sandboxId"]),
-                                format!("{}/{}", s(&p["namespace"]), s(&p["name"])),
-                                s(&a["network"]),
-                                s(&a["interface"]),
-                                a["ips"].as_array().into_iter().flatten().map(|i| s(&i["address"])).collect::<Vec<_>>().join(","),
-                                s(&a["mac"]),
-                                s(&a["driver"]),
-                            ]
-                        })
+                        p["attachments"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(move |a| {
+                                vec![
+                                    s(&p["sandboxId"]),
+                                    format!("{}/{}", s(&p["namespace"]), s(&p["name"])),
+                                    s(&a["network"]),
+                                    s(&a["interface"]),
+                                    a["ips"]
+                                        .as_array()
+                                        .into_iter()
+                                        .flatten()
+                                        .map(|i| s(&i["address"]))
+                                        .collect::<Vec<_>>()
+                                        .join(","),
+                                    s(&a["mac"]),
+                                    s(&a["driver"]),
+                                ]
+                            })
                     })
                     .collect();
-                table(&["SANDBOX", "POD", "NETWORK", "IFACE", "IPS", "MAC", "DRIVER"], rows);
+                table(
+                    &["SANDBOX", "POD", "NETWORK", "IFACE", "IPS", "MAC", "DRIVER"],
+                    rows,
+                );
             }
         }
         Cmd::Metrics => print!("{}", admin_get(&admin, "/metrics").await?),
-        Cmd::Debug { what: DebugCmd::State } => {
+        Cmd::Debug {
+            what: DebugCmd::State,
+        } => {
             println!("{}", serde_json::to_string_pretty(&state(&admin).await?)?);
         }
     }

@@ -152,6 +152,9 @@ pub struct Options {
     pub max_message_bytes: usize,
 }
 
+/// What runs after every (re)registration.
+pub type OnRegister = Arc<dyn Fn(Arc<DriverEntry>) + Send + Sync>;
+
 /// The registry; shared behind an `Arc`.
 pub struct Registry {
     opts: Options,
@@ -161,7 +164,7 @@ pub struct Registry {
     changes: watch::Sender<u64>,
     epoch: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
-    resync: Mutex<Option<Arc<dyn Fn(Arc<DriverEntry>) + Send + Sync>>>,
+    resync: Mutex<Option<OnRegister>>,
 }
 
 /// A condition with the current time as transition time.
@@ -209,7 +212,7 @@ impl Registry {
     }
 
     /// Sets what runs after every (re)registration: the replay of desired state.
-    pub fn on_register(&self, f: Arc<dyn Fn(Arc<DriverEntry>) + Send + Sync>) {
+    pub fn on_register(&self, f: OnRegister) {
         if let Ok(mut r) = self.resync.lock() {
             *r = Some(f);
         }
@@ -239,7 +242,9 @@ impl Registry {
 
     /// The driver attaching pods to `network`.
     pub fn driver_for_network(&self, network: &str) -> Option<Arc<DriverEntry>> {
-        self.drivers().into_iter().find(|d| d.serves_network(network))
+        self.drivers()
+            .into_iter()
+            .find(|d| d.serves_network(network))
     }
 
     /// Drivers that declared `cap`.
@@ -264,7 +269,15 @@ impl Registry {
         if let Ok(mut f) = self.failures.lock() {
             f.insert(
                 name.to_string(),
-                condition("DriverRegistered", false, err.reason(), err.to_string(), "", name, None),
+                condition(
+                    "DriverRegistered",
+                    false,
+                    err.reason(),
+                    err.to_string(),
+                    "",
+                    name,
+                    None,
+                ),
             );
         }
         self.notify();
@@ -323,20 +336,23 @@ impl Registry {
                 info.name
             )));
         }
-        let api_version =
-            netlet_proto::negotiate_version(netlet_proto::SUPPORTED_API_VERSIONS, &info.api_versions)
-                .ok_or_else(|| RegisterError::Version {
-                    theirs: info.api_versions.clone(),
-                    ours: netlet_proto::SUPPORTED_API_VERSIONS
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect(),
-                })?
-                .to_string();
+        let api_version = netlet_proto::negotiate_version(
+            netlet_proto::SUPPORTED_API_VERSIONS,
+            &info.api_versions,
+        )
+        .ok_or_else(|| RegisterError::Version {
+            theirs: info.api_versions.clone(),
+            ours: netlet_proto::SUPPORTED_API_VERSIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        })?
+        .to_string();
         let entry = {
-            let mut drivers = self.drivers.write().map_err(|_| {
-                RegisterError::BadInfo("registry lock poisoned".into())
-            })?;
+            let mut drivers = self
+                .drivers
+                .write()
+                .map_err(|_| RegisterError::BadInfo("registry lock poisoned".into()))?;
             for net in &info.networks {
                 if let Some(other) = drivers
                     .values()
@@ -354,7 +370,10 @@ impl Registry {
                 source,
                 api_version,
                 clients,
-                epoch: self.epoch.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                epoch: self
+                    .epoch
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1,
                 health: Mutex::new(Health {
                     ready: false,
                     reason: "NotProbedYet".into(),

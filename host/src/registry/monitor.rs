@@ -71,11 +71,7 @@ pub fn spawn(reg: Arc<Registry>, entry: Arc<DriverEntry>) {
                     if entry.source == Source::External
                         && failures >= reg.options().probe_failure_threshold
                     {
-                        reg.deregister(
-                            &entry.name,
-                            Some(entry.epoch),
-                            "probe failed repeatedly",
-                        );
+                        reg.deregister(&entry.name, Some(entry.epoch), "probe failed repeatedly");
                         return;
                     }
                     Health {
@@ -87,7 +83,9 @@ pub fn spawn(reg: Arc<Registry>, entry: Arc<DriverEntry>) {
                 }
             };
             let changed = {
-                let Ok(mut h) = entry.health.lock() else { return };
+                let Ok(mut h) = entry.health.lock() else {
+                    return;
+                };
                 next.since = if h.ready == next.ready && h.since.is_some() {
                     h.since
                 } else {
@@ -97,8 +95,7 @@ pub fn spawn(reg: Arc<Registry>, entry: Arc<DriverEntry>) {
                     || h.reason != next.reason
                     || h.message != next.message
                     || h.conditions.len() != next.conditions.len()
-                    || h
-                        .conditions
+                    || h.conditions
                         .iter()
                         .zip(&next.conditions)
                         .any(|(a, b)| a.status != b.status || a.reason != b.reason);

@@ -71,7 +71,7 @@ pub async fn watch_dir(dir: PathBuf, reg: Arc<Registry>, shutdown: watch::Receiv
                 Some(Known::Failed { retry_at, .. }) => Instant::now() >= *retry_at,
                 // Deregistered by the monitor (failed probes): try again later.
                 Some(Known::Registered { name, epoch }) => {
-                    !reg.get(name).is_some_and(|e| e.epoch == *epoch)
+                    reg.get(name).is_none_or(|e| e.epoch != *epoch)
                 }
             };
             if !attempt {

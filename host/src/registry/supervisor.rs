@@ -11,7 +11,7 @@ use std::{
 
 use tokio::{process::Command, sync::watch};
 
-use super::{Registry, RegisterError, Source};
+use super::{RegisterError, Registry, Source};
 use crate::config::DriverConfig;
 
 /// First restart delay; doubled per quick crash up to [`MAX_BACKOFF`].
@@ -52,7 +52,10 @@ async fn wait_for_socket(path: &Path, child: &mut tokio::process::Child) -> Resu
             return Err(format!("exited during startup: {status}"));
         }
         if Instant::now() >= deadline {
-            return Err(format!("socket {} did not answer within {STARTUP_TIMEOUT:?}", path.display()));
+            return Err(format!(
+                "socket {} did not answer within {STARTUP_TIMEOUT:?}",
+                path.display()
+            ));
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(100));
@@ -87,7 +90,10 @@ fn reap_orphan(pid_file: &Path, program: &Path) {
     let wanted = std::fs::canonicalize(program).ok();
     if exe.is_some() && exe == wanted {
         tracing::warn!(pid, program = %program.display(), "killing driver orphaned by a previous host");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
     let _ = std::fs::remove_file(pid_file);
 }
@@ -123,7 +129,8 @@ pub async fn supervise(
         let started = Instant::now();
         let exit = match cmd.spawn() {
             Err(e) => {
-                let err = RegisterError::BadInfo(format!("cannot start {}: {e}", program.display()));
+                let err =
+                    RegisterError::BadInfo(format!("cannot start {}: {e}", program.display()));
                 reg.record_failure(&cfg.name, &err);
                 None
             }
@@ -141,7 +148,10 @@ pub async fn supervise(
                             &RegisterError::BadInfo(format!("startup: {why}")),
                         );
                     }
-                    Ok(()) => match reg.register(&socket, Source::Supervised, Some(&cfg.name)).await {
+                    Ok(()) => match reg
+                        .register(&socket, Source::Supervised, Some(&cfg.name))
+                        .await
+                    {
                         Ok(entry) => epoch = Some(entry.epoch),
                         Err(e) => reg.record_failure(&cfg.name, &e),
                     },

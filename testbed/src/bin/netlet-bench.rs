@@ -89,7 +89,11 @@ fn fsync_anchor(dir: &std::path::Path) -> (Duration, Duration) {
     let buf = vec![7u8; 4096];
     for _ in 0..300 {
         let t = Instant::now();
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("open");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("open");
         f.write_all(&buf).expect("write");
         f.sync_data().expect("fsync");
         lat.push(t.elapsed());
@@ -117,8 +121,16 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (conc, calls) in [(1, args.calls), (64, args.concurrent_calls)] {
         for (label, clients, target) in [
-            ("anchor: CheckDns straight to driver (1 hop)", direct.clone(), "-"),
-            ("(a) CheckDns routed by host (2 hops)", via_host.clone(), if conc == 1 { "p99 ≤ 150 µs" } else { "-" }),
+            (
+                "anchor: CheckDns straight to driver (1 hop)",
+                direct.clone(),
+                "-",
+            ),
+            (
+                "(a) CheckDns routed by host (2 hops)",
+                via_host.clone(),
+                if conc == 1 { "p99 ≤ 150 µs" } else { "-" },
+            ),
         ] {
             let req = dns.clone();
             rows.push(
@@ -135,38 +147,86 @@ async fn main() -> anyhow::Result<()> {
         let c = via_host.clone();
         let calls = (calls / 5).max(conc);
         rows.push(
-            measure("(b) AttachPod+DetachPod via host, durable", conc, calls, if conc == 1 { "p99 ≤ 1 ms" } else { "-" }, move |i| {
-                let mut pods = c.pods.clone();
-                async move {
-                    let id = format!("bench-{i}");
-                    pods.attach_pod(AttachPodRequest {
-                        sandbox: Some(PodSandbox { id: id.clone(), netns_path: format!("/var/run/netns/{id}"), ..Default::default() }),
-                        networks: vec![],
-                    })
-                    .await
-                    .expect("AttachPod");
-                    pods.detach_pod(DetachPodRequest { sandbox_id: id, ..Default::default() }).await.expect("DetachPod");
-                }
-            })
+            measure(
+                "(b) AttachPod+DetachPod via host, durable",
+                conc,
+                calls,
+                if conc == 1 { "p99 ≤ 1 ms" } else { "-" },
+                move |i| {
+                    let mut pods = c.pods.clone();
+                    async move {
+                        let id = format!("bench-{i}");
+                        pods.attach_pod(AttachPodRequest {
+                            sandbox: Some(PodSandbox {
+                                id: id.clone(),
+                                netns_path: format!("/var/run/netns/{id}"),
+                                ..Default::default()
+                            }),
+                            networks: vec![],
+                        })
+                        .await
+                        .expect("AttachPod");
+                        pods.detach_pod(DetachPodRequest {
+                            sandbox_id: id,
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("DetachPod");
+                    }
+                },
+            )
             .await,
         );
     }
     let (f50, f99) = fsync_anchor(&host.state_dir);
     println!("\nnetlet-bench (host + fixture driver over unix sockets, same run)\n");
-    println!("{:<46} {:>5} {:>10} {:>10} {:>12}  {}", "measurement", "conc", "p50", "p99", "calls/s", "target");
+    println!(
+        "{:<46} {:>5} {:>10} {:>10} {:>12}  target",
+        "measurement", "conc", "p50", "p99", "calls/s"
+    );
     for r in &rows {
-        println!("{:<46} {:>5} {:>10} {:>10} {:>12.0}  {}", r.name, r.conc, us(r.p50), us(r.p99), r.rate, r.target);
+        println!(
+            "{:<46} {:>5} {:>10} {:>10} {:>12.0}  {}",
+            r.name,
+            r.conc,
+            us(r.p50),
+            us(r.p99),
+            r.rate,
+            r.target
+        );
     }
-    println!("{:<46} {:>5} {:>10} {:>10} {:>12}  {}", "anchor: 4 KiB write + fsync in state dir", 1, us(f50), us(f99), "-", "-");
-    let get = |name: &str, conc: usize| rows.iter().find(|r| r.name.starts_with(name) && r.conc == conc);
+    println!(
+        "{:<46} {:>5} {:>10} {:>10} {:>12}  -",
+        "anchor: 4 KiB write + fsync in state dir",
+        1,
+        us(f50),
+        us(f99),
+        "-"
+    );
+    let get = |name: &str, conc: usize| {
+        rows.iter()
+            .find(|r| r.name.starts_with(name) && r.conc == conc)
+    };
     if let (Some(a), Some(d)) = (get("(a)", 1), get("anchor: CheckDns", 1)) {
-        println!("\nrouting overhead of the host at c=1: p50 {} over the direct call ({:.2}x)", us(a.p50.saturating_sub(d.p50)), a.p50.as_secs_f64() / d.p50.as_secs_f64());
+        println!(
+            "\nrouting overhead of the host at c=1: p50 {} over the direct call ({:.2}x)",
+            us(a.p50.saturating_sub(d.p50)),
+            a.p50.as_secs_f64() / d.p50.as_secs_f64()
+        );
     }
     if let Some(b) = get("(b)", 1) {
-        println!("attach+detach at c=1 = {:.1} fsyncs at p50 (two durable commits per pair)", b.p50.as_secs_f64() / f50.as_secs_f64());
+        println!(
+            "attach+detach at c=1 = {:.1} fsyncs at p50 (two durable commits per pair)",
+            b.p50.as_secs_f64() / f50.as_secs_f64()
+        );
     }
     if let (Some(b1), Some(b64)) = (get("(b)", 1), get("(b)", 64)) {
-        println!("group commit: {:.0} pairs/s at c=64 vs {:.0} at c=1 ({:.1}x)", b64.rate, b1.rate, b64.rate / b1.rate);
+        println!(
+            "group commit: {:.0} pairs/s at c=64 vs {:.0} at c=1 ({:.1}x)",
+            b64.rate,
+            b1.rate,
+            b64.rate / b1.rate
+        );
     }
     Ok(())
 }

@@ -4,11 +4,17 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use netlet_sdk::{client::{Clients, parse_target}, proto::GetInfoRequest};
+use netlet_sdk::{
+    client::{Clients, parse_target},
+    proto::GetInfoRequest,
+};
 use netlet_testbed::{checks, conformance};
 
 #[derive(Parser)]
-#[command(name = "netlet-conformance", about = "Conformance checks for netlet drivers and hosts")]
+#[command(
+    name = "netlet-conformance",
+    about = "Conformance checks for netlet drivers and hosts"
+)]
 struct Args {
     /// Endpoint, e.g. unix:///run/netlet/netlet.sock.
     #[arg(long)]
@@ -36,7 +42,12 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let focus = args.focus.as_deref().map(regex::Regex::new).transpose().context("--focus")?;
+    let focus = args
+        .focus
+        .as_deref()
+        .map(regex::Regex::new)
+        .transpose()
+        .context("--focus")?;
     let path = parse_target(&args.target);
     let mut clients = Clients::connect(&path, Some(std::time::Duration::from_secs(30)))
         .await
@@ -47,14 +58,27 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("Identity/GetInfo")?
         .into_inner();
-    println!("target {} ({} {}), capabilities {:?}, networks {:?}", args.target, info.name, info.vendor_version,
-        info.capabilities().map(|c| c.as_str_name()).collect::<Vec<_>>(), info.networks);
-    let records = conformance::run(clients, info, checks::all(), focus.as_ref(), args.replays).await;
+    println!(
+        "target {} ({} {}), capabilities {:?}, networks {:?}",
+        args.target,
+        info.name,
+        info.vendor_version,
+        info.capabilities()
+            .map(|c| c.as_str_name())
+            .collect::<Vec<_>>(),
+        info.networks
+    );
+    let records =
+        conformance::run(clients, info, checks::all(), focus.as_ref(), args.replays).await;
     print!("{}", conformance::summary(&records));
     if let Some(j) = &args.junit {
-        std::fs::write(j, conformance::junit(&args.target, &records)).with_context(|| format!("write {}", j.display()))?;
+        std::fs::write(j, conformance::junit(&args.target, &records))
+            .with_context(|| format!("write {}", j.display()))?;
     }
-    if records.iter().any(|r| matches!(r.outcome, conformance::Outcome::Failed(_))) {
+    if records
+        .iter()
+        .any(|r| matches!(r.outcome, conformance::Outcome::Failed(_)))
+    {
         std::process::exit(1);
     }
     Ok(())

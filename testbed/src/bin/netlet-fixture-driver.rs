@@ -23,9 +23,8 @@ use netlet_sdk::{
         NetworkReadyRequest, NetworkReadyResponse, PodAttachments, PodNetworkStatusRequest,
         PodNetworkStatusResponse, ProgramServiceRequest, ProgramServiceResponse,
         ReleaseDeviceRequest, ReleaseDeviceResponse, Route, WatchNetworkReadyRequest,
-        WatchNetworkReadyResponse, devices_server::Devices,
-        node_server::Node, pods_server::Pods, policy_server::Policy,
-        services_server::Services,
+        WatchNetworkReadyResponse, devices_server::Devices, node_server::Node, pods_server::Pods,
+        policy_server::Policy, services_server::Services,
     },
     state::{PolicyTable, ServiceTable},
     tonic::{self, Request, Response, Status},
@@ -42,7 +41,11 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "default")]
     networks: Vec<String>,
     /// Capabilities served: pods,node,services,policy,devices.
-    #[arg(long, value_delimiter = ',', default_value = "pods,node,services,policy,devices")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "pods,node,services,policy,devices"
+    )]
     capabilities: Vec<String>,
     /// Socket (default: $NETLET_DRIVER_SOCKET).
     #[arg(long)]
@@ -80,7 +83,9 @@ struct Fixture {
 
 impl Fixture {
     fn state(&self) -> Result<std::sync::MutexGuard<'_, State>, Status> {
-        self.state.lock().map_err(|_| Status::internal("state lock poisoned"))
+        self.state
+            .lock()
+            .map_err(|_| Status::internal("state lock poisoned"))
     }
 }
 
@@ -145,8 +150,16 @@ impl Pods for Fixture {
             let a = Attachment {
                 network: sel.network.clone(),
                 driver: self.name.clone(),
-                interface_name: if sel.interface_name.is_empty() { "eth0".into() } else { sel.interface_name.clone() },
-                mac: if sel.mac.is_empty() { format!("02:fe:00:00:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff) } else { sel.mac.clone() },
+                interface_name: if sel.interface_name.is_empty() {
+                    "eth0".into()
+                } else {
+                    sel.interface_name.clone()
+                },
+                mac: if sel.mac.is_empty() {
+                    format!("02:fe:00:00:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff)
+                } else {
+                    sel.mac.clone()
+                },
                 mtu: if sel.mtu == 0 { 1500 } else { sel.mtu },
                 ips: vec![IpConfig {
                     address: format!("{address}/15"),
@@ -162,10 +175,13 @@ impl Pods for Fixture {
                 netns_path: sandbox.netns_path.clone(),
                 ..Default::default()
             };
-            let entry = st.pods.entry(sandbox.id.clone()).or_insert_with(|| PodAttachments {
-                sandbox: Some(sandbox.clone()),
-                attachments: vec![],
-            });
+            let entry = st
+                .pods
+                .entry(sandbox.id.clone())
+                .or_insert_with(|| PodAttachments {
+                    sandbox: Some(sandbox.clone()),
+                    attachments: vec![],
+                });
             entry.attachments.push(a.clone());
             out.push(a);
         }
@@ -200,11 +216,9 @@ impl Pods for Fixture {
         let req = req.into_inner();
         validate::sandbox_id("sandbox_id", &req.sandbox_id)?;
         let st = self.state()?;
-        let pod = st
-            .pods
-            .get(&req.sandbox_id)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("sandbox_id: {:?} is not attached", req.sandbox_id)))?;
+        let pod = st.pods.get(&req.sandbox_id).cloned().ok_or_else(|| {
+            Status::not_found(format!("sandbox_id: {:?} is not attached", req.sandbox_id))
+        })?;
         Ok(Response::new(PodNetworkStatusResponse { pod: Some(pod) }))
     }
 
@@ -218,8 +232,15 @@ impl Pods for Fixture {
         let pods = st
             .pods
             .values()
-            .filter(|p| req.network.is_empty() || p.attachments.iter().any(|a| a.network == req.network))
-            .filter(|p| req.namespace.is_empty() || p.sandbox.as_ref().is_some_and(|s| s.namespace == req.namespace))
+            .filter(|p| {
+                req.network.is_empty() || p.attachments.iter().any(|a| a.network == req.network)
+            })
+            .filter(|p| {
+                req.namespace.is_empty()
+                    || p.sandbox
+                        .as_ref()
+                        .is_some_and(|s| s.namespace == req.namespace)
+            })
             .cloned()
             .collect();
         Ok(Response::new(ListAttachmentsResponse { pods }))
@@ -255,7 +276,10 @@ impl Node for Fixture {
     ) -> Result<Response<NetworkReadyResponse>, Status> {
         validate::optional_network("network", &req.into_inner().network)?;
         let readiness = match &self.not_ready {
-            None => NetworkReadiness { ready: true, ..Default::default() },
+            None => NetworkReadiness {
+                ready: true,
+                ..Default::default()
+            },
             Some(reason) => NetworkReadiness {
                 ready: false,
                 reason: reason.clone(),
@@ -263,7 +287,9 @@ impl Node for Fixture {
                 conditions: vec![],
             },
         };
-        Ok(Response::new(NetworkReadyResponse { readiness: Some(readiness) }))
+        Ok(Response::new(NetworkReadyResponse {
+            readiness: Some(readiness),
+        }))
     }
 
     async fn watch_network_ready(
@@ -271,15 +297,26 @@ impl Node for Fixture {
         req: Request<WatchNetworkReadyRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<WatchNetworkReadyResponse>>, Status> {
         let network = req.into_inner().network;
-        let now = self.network_ready(Request::new(NetworkReadyRequest { network })).await?.into_inner();
+        let now = self
+            .network_ready(Request::new(NetworkReadyRequest { network }))
+            .await?
+            .into_inner();
         // The fixture's readiness never changes: one snapshot, then the stream stays open.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
-            if tx.send(Ok(WatchNetworkReadyResponse { readiness: now.readiness })).await.is_ok() {
+            if tx
+                .send(Ok(WatchNetworkReadyResponse {
+                    readiness: now.readiness,
+                }))
+                .await
+                .is_ok()
+            {
                 tx.closed().await;
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -299,7 +336,9 @@ impl Services for Fixture {
         &self,
         req: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
-        Ok(Response::new(self.state()?.services.list(&req.into_inner().namespace)))
+        Ok(Response::new(
+            self.state()?.services.list(&req.into_inner().namespace),
+        ))
     }
 }
 
@@ -338,10 +377,18 @@ impl Policy for Fixture {
             }
             let name = format!("{}/{}", key.namespace, key.name);
             if p.deny.iter().any(|d| matches(d, &req.query_name)) {
-                return Ok(Response::new(CheckDnsResponse { action: DnsAction::Deny as i32, policy: name, reason: "denied by pattern".into() }));
+                return Ok(Response::new(CheckDnsResponse {
+                    action: DnsAction::Deny as i32,
+                    policy: name,
+                    reason: "denied by pattern".into(),
+                }));
             }
             if p.allow.iter().any(|a| matches(a, &req.query_name)) {
-                return Ok(Response::new(CheckDnsResponse { action: DnsAction::Allow as i32, policy: name, reason: "allowed by pattern".into() }));
+                return Ok(Response::new(CheckDnsResponse {
+                    action: DnsAction::Allow as i32,
+                    policy: name,
+                    reason: "allowed by pattern".into(),
+                }));
             }
         }
         Ok(Response::new(CheckDnsResponse {
@@ -368,7 +415,11 @@ impl Policy for Fixture {
                 }));
             }
         }
-        Ok(Response::new(CheckHostnameResponse { allowed: false, grant: String::new(), reason: "no grant matches".into() }))
+        Ok(Response::new(CheckHostnameResponse {
+            allowed: false,
+            grant: String::new(),
+            reason: "no grant matches".into(),
+        }))
     }
 
     async fn list_policies(
@@ -391,7 +442,11 @@ impl Devices for Fixture {
             .into_iter()
             .map(|mut d| {
                 d.driver = self.name.clone();
-                if let Some(c) = st.claims.values().find(|c| c.devices.iter().any(|a| a.device.as_ref().is_some_and(|x| x.id == d.id))) {
+                if let Some(c) = st.claims.values().find(|c| {
+                    c.devices
+                        .iter()
+                        .any(|a| a.device.as_ref().is_some_and(|x| x.id == d.id))
+                }) {
                     d.allocated_to_claim = c.claim_uid.clone();
                 }
                 d
@@ -415,31 +470,64 @@ impl Devices for Fixture {
         let taken: Vec<String> = st
             .claims
             .values()
-            .flat_map(|c| c.devices.iter().filter_map(|a| a.device.as_ref().map(|d| d.id.clone())))
+            .flat_map(|c| {
+                c.devices
+                    .iter()
+                    .filter_map(|a| a.device.as_ref().map(|d| d.id.clone()))
+            })
             .collect();
         let inv = inventory();
-        let mut out = AllocateDeviceResponse { claim_uid: req.claim_uid.clone(), devices: vec![] };
+        let mut out = AllocateDeviceResponse {
+            claim_uid: req.claim_uid.clone(),
+            devices: vec![],
+        };
         for (i, r) in req.requests.iter().enumerate() {
             let align = if r.align_with_device_id.is_empty() {
                 None
             } else {
-                Some(inv.iter().find(|d| d.id == r.align_with_device_id).cloned().ok_or_else(|| {
-                    Status::not_found(format!("requests[{i}].align_with_device_id: {:?} unknown", r.align_with_device_id))
-                })?)
+                Some(
+                    inv.iter()
+                        .find(|d| d.id == r.align_with_device_id)
+                        .cloned()
+                        .ok_or_else(|| {
+                            Status::not_found(format!(
+                                "requests[{i}].align_with_device_id: {:?} unknown",
+                                r.align_with_device_id
+                            ))
+                        })?,
+                )
             };
             if !r.device_id.is_empty() && !inv.iter().any(|d| d.id == r.device_id) {
-                return Err(Status::not_found(format!("requests[{i}].device_id: {:?} unknown", r.device_id)));
+                return Err(Status::not_found(format!(
+                    "requests[{i}].device_id: {:?} unknown",
+                    r.device_id
+                )));
             }
             for _ in 0..r.count.max(1) {
                 let dev = inv
                     .iter()
-                    .filter(|d| !taken.contains(&d.id) && !out.devices.iter().any(|a| a.device.as_ref().is_some_and(|x| x.id == d.id)))
+                    .filter(|d| {
+                        !taken.contains(&d.id)
+                            && !out
+                                .devices
+                                .iter()
+                                .any(|a| a.device.as_ref().is_some_and(|x| x.id == d.id))
+                    })
                     .filter(|d| r.device_id.is_empty() || d.id == r.device_id)
                     .filter(|d| r.kind == 0 || d.kind == r.kind)
                     .find(|d| align.as_ref().is_none_or(|a| a.numa_node == d.numa_node))
                     .cloned()
-                    .ok_or_else(|| Status::resource_exhausted(format!("requests[{i}]: no free device matches")))?;
-                out.devices.push(AllocatedDevice { request: r.name.clone(), device: Some(Device { driver: self.name.clone(), allocated_to_claim: req.claim_uid.clone(), ..dev }) });
+                    .ok_or_else(|| {
+                        Status::resource_exhausted(format!("requests[{i}]: no free device matches"))
+                    })?;
+                out.devices.push(AllocatedDevice {
+                    request: r.name.clone(),
+                    device: Some(Device {
+                        driver: self.name.clone(),
+                        allocated_to_claim: req.claim_uid.clone(),
+                        ..dev
+                    }),
+                });
             }
         }
         st.claims.insert(req.claim_uid.clone(), out.clone());
@@ -491,9 +579,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some(v) = args.api_version {
         // Speak only Identity, with a foreign version: the host must refuse to register us.
         let mut sock = netlet_sdk::server::bind_unix(&socket, 0o660)?;
-        let incoming = sock.incoming().ok_or_else(|| anyhow::anyhow!("no listener"))?;
+        let incoming = sock
+            .incoming()
+            .ok_or_else(|| anyhow::anyhow!("no listener"))?;
         tonic::transport::Server::builder()
-            .add_service(netlet_sdk::proto::identity_server::IdentityServer::new(OtherVersion(args.name, v)))
+            .add_service(netlet_sdk::proto::identity_server::IdentityServer::new(
+                OtherVersion(args.name, v),
+            ))
             .serve_with_incoming_shutdown(incoming, netlet_sdk::server::shutdown_signal())
             .await?;
         return Ok(());

@@ -2,8 +2,8 @@
 //! garbage collection.
 
 use netlet_sdk::proto::{
-    AttachPodRequest, Capability, DetachPodRequest, GarbageCollectRequest,
-    ListAttachmentsRequest, NetworkSelection, PodNetworkStatusRequest, PodSandbox,
+    AttachPodRequest, Capability, DetachPodRequest, GarbageCollectRequest, ListAttachmentsRequest,
+    NetworkSelection, PodNetworkStatusRequest, PodSandbox,
 };
 use tonic::Code;
 
@@ -30,10 +30,20 @@ fn request(ctx: &Ctx, netns: &str, network: &str) -> AttachPodRequest {
 }
 
 async fn attached_ids(ctx: &Ctx) -> Result<Vec<String>, String> {
-    let pods = expect_ok("ListAttachments", ctx.clients.pods.clone().list_attachments(ListAttachmentsRequest::default()).await)?
-        .into_inner()
-        .pods;
-    Ok(pods.into_iter().filter_map(|p| p.sandbox.map(|s| s.id)).collect())
+    let pods = expect_ok(
+        "ListAttachments",
+        ctx.clients
+            .pods
+            .clone()
+            .list_attachments(ListAttachmentsRequest::default())
+            .await,
+    )?
+    .into_inner()
+    .pods;
+    Ok(pods
+        .into_iter()
+        .filter_map(|p| p.sandbox.map(|s| s.id))
+        .collect())
 }
 
 macro_rules! setup {
@@ -51,61 +61,121 @@ macro_rules! setup {
 
 pub fn checks() -> Vec<Check> {
     vec![
-        check!("pods/attach-invalid-fields", Some(Capability::Pods), |ctx| {
-            let (net, netns) = setup!(ctx);
-            let before = attached_ids(ctx).await?;
-            type Mutation = fn(&mut AttachPodRequest);
-            let cases: Vec<(&str, Mutation)> = vec![
-                ("sandbox", |r| r.sandbox = None),
-                ("sandbox.id", |r| r.sandbox.as_mut().unwrap().id.clear()),
-                ("sandbox.id", |r| r.sandbox.as_mut().unwrap().id = "bad/id".into()),
-                ("sandbox.netns_path", |r| r.sandbox.as_mut().unwrap().netns_path.clear()),
-                ("sandbox.netns_path", |r| r.sandbox.as_mut().unwrap().netns_path = "relative/ns".into()),
-                ("networks[0].network", |r| r.networks[0].network = "Bad_Net".into()),
-                ("networks[0].interface_name", |r| r.networks[0].interface_name = "much-too-long-ifname".into()),
-                ("networks[0].ips[0]", |r| r.networks[0].ips = vec!["10.1.2.300".into()]),
-                ("networks[0].mac", |r| r.networks[0].mac = "zz:00:00:00:00:01".into()),
-                ("networks[0].mtu", |r| r.networks[0].mtu = 10),
-            ];
-            for (field, mutate) in cases {
-                let mut r = request(ctx, &netns, &net);
-                mutate(&mut r);
-                if let Some(s) = &r.sandbox {
-                    ctx.created_sandbox(&s.id);
+        check!(
+            "pods/attach-invalid-fields",
+            Some(Capability::Pods),
+            |ctx| {
+                let (net, netns) = setup!(ctx);
+                let before = attached_ids(ctx).await?;
+                type Mutation = fn(&mut AttachPodRequest);
+                let cases: Vec<(&str, Mutation)> = vec![
+                    ("sandbox", |r| r.sandbox = None),
+                    ("sandbox.id", |r| r.sandbox.as_mut().unwrap().id.clear()),
+                    ("sandbox.id", |r| {
+                        r.sandbox.as_mut().unwrap().id = "bad/id".into()
+                    }),
+                    ("sandbox.netns_path", |r| {
+                        r.sandbox.as_mut().unwrap().netns_path.clear()
+                    }),
+                    ("sandbox.netns_path", |r| {
+                        r.sandbox.as_mut().unwrap().netns_path = "relative/ns".into()
+                    }),
+                    ("networks[0].network", |r| {
+                        r.networks[0].network = "Bad_Net".into()
+                    }),
+                    ("networks[0].interface_name", |r| {
+                        r.networks[0].interface_name = "much-too-long-ifname".into()
+                    }),
+                    ("networks[0].ips[0]", |r| {
+                        r.networks[0].ips = vec!["10.1.2.300".into()]
+                    }),
+                    ("networks[0].mac", |r| {
+                        r.networks[0].mac = "zz:00:00:00:00:01".into()
+                    }),
+                    ("networks[0].mtu", |r| r.networks[0].mtu = 10),
+                ];
+                for (field, mutate) in cases {
+                    let mut r = request(ctx, &netns, &net);
+                    mutate(&mut r);
+                    if let Some(s) = &r.sandbox {
+                        ctx.created_sandbox(&s.id);
+                    }
+                    let res = ctx.clients.pods.clone().attach_pod(r).await;
+                    expect_code(
+                        &format!("AttachPod with bad {field}"),
+                        res,
+                        Code::InvalidArgument,
+                        Some(field),
+                    )?;
                 }
-                let res = ctx.clients.pods.clone().attach_pod(r).await;
-                expect_code(&format!("AttachPod with bad {field}"), res, Code::InvalidArgument, Some(field))?;
+                let after = attached_ids(ctx).await?;
+                if before != after {
+                    return Err(format!(
+                        "rejected requests changed the attachments: {before:?} -> {after:?}"
+                    ));
+                }
+                Ok(Outcome::Passed)
             }
-            let after = attached_ids(ctx).await?;
-            if before != after {
-                return Err(format!("rejected requests changed the attachments: {before:?} -> {after:?}"));
-            }
-            Ok(Outcome::Passed)
-        }),
+        ),
         check!("pods/attach-idempotent", Some(Capability::Pods), |ctx| {
             let (net, netns) = setup!(ctx);
             let req = request(ctx, &netns, &net);
-            let id = req.sandbox.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+            let id = req
+                .sandbox
+                .as_ref()
+                .map(|s| s.id.clone())
+                .unwrap_or_default();
             ctx.created_sandbox(&id);
-            let first = expect_ok("AttachPod", ctx.clients.pods.clone().attach_pod(req.clone()).await)?.into_inner();
+            let first = expect_ok(
+                "AttachPod",
+                ctx.clients.pods.clone().attach_pod(req.clone()).await,
+            )?
+            .into_inner();
             if first.attachments.len() != 1 {
-                return Err(format!("expected 1 attachment, got {}", first.attachments.len()));
+                return Err(format!(
+                    "expected 1 attachment, got {}",
+                    first.attachments.len()
+                ));
             }
             let a = &first.attachments[0];
-            if a.network != net || a.interface_name != "eth0" || a.ips.is_empty() || a.mac.is_empty() {
+            if a.network != net
+                || a.interface_name != "eth0"
+                || a.ips.is_empty()
+                || a.mac.is_empty()
+            {
                 return Err(format!("attachment lacks network/interface/ips/mac: {a:?}"));
             }
             for i in 0..ctx.replays {
-                let again = expect_ok("AttachPod replay", ctx.clients.pods.clone().attach_pod(req.clone()).await)?.into_inner();
+                let again = expect_ok(
+                    "AttachPod replay",
+                    ctx.clients.pods.clone().attach_pod(req.clone()).await,
+                )?
+                .into_inner();
                 if again != first {
-                    return Err(format!("replay {i} answered differently: {again:?} vs {first:?}"));
+                    return Err(format!(
+                        "replay {i} answered differently: {again:?} vs {first:?}"
+                    ));
                 }
             }
-            let count = attached_ids(ctx).await?.iter().filter(|x| **x == id).count();
+            let count = attached_ids(ctx)
+                .await?
+                .iter()
+                .filter(|x| **x == id)
+                .count();
             if count != 1 {
                 return Err(format!("ListAttachments shows the sandbox {count} times"));
             }
-            let st = expect_ok("PodNetworkStatus", ctx.clients.pods.clone().pod_network_status(PodNetworkStatusRequest { sandbox_id: id.clone() }).await)?.into_inner();
+            let st = expect_ok(
+                "PodNetworkStatus",
+                ctx.clients
+                    .pods
+                    .clone()
+                    .pod_network_status(PodNetworkStatusRequest {
+                        sandbox_id: id.clone(),
+                    })
+                    .await,
+            )?
+            .into_inner();
             if st.pod.map(|p| p.attachments) != Some(first.attachments) {
                 return Err("PodNetworkStatus differs from AttachPod's answer".into());
             }
@@ -114,14 +184,29 @@ pub fn checks() -> Vec<Check> {
         check!("pods/detach-idempotent", Some(Capability::Pods), |ctx| {
             let (net, netns) = setup!(ctx);
             let req = request(ctx, &netns, &net);
-            let id = req.sandbox.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+            let id = req
+                .sandbox
+                .as_ref()
+                .map(|s| s.id.clone())
+                .unwrap_or_default();
             ctx.created_sandbox(&id);
             expect_ok("AttachPod", ctx.clients.pods.clone().attach_pod(req).await)?;
             for _ in 0..ctx.replays {
-                let d = DetachPodRequest { sandbox_id: id.clone(), netns_path: netns.clone(), ..Default::default() };
+                let d = DetachPodRequest {
+                    sandbox_id: id.clone(),
+                    netns_path: netns.clone(),
+                    ..Default::default()
+                };
                 expect_ok("DetachPod", ctx.clients.pods.clone().detach_pod(d).await)?;
             }
-            let r = ctx.clients.pods.clone().pod_network_status(PodNetworkStatusRequest { sandbox_id: id.clone() }).await;
+            let r = ctx
+                .clients
+                .pods
+                .clone()
+                .pod_network_status(PodNetworkStatusRequest {
+                    sandbox_id: id.clone(),
+                })
+                .await;
             expect_code("PodNetworkStatus after detach", r, Code::NotFound, None)?;
             if attached_ids(ctx).await?.contains(&id) {
                 return Err("detached sandbox still listed".into());
@@ -129,36 +214,104 @@ pub fn checks() -> Vec<Check> {
             Ok(Outcome::Passed)
         }),
         check!("pods/detach-unknown-ok", Some(Capability::Pods), |ctx| {
-            let d = DetachPodRequest { sandbox_id: ctx.unique("never-attached"), ..Default::default() };
-            expect_ok("DetachPod of unknown sandbox", ctx.clients.pods.clone().detach_pod(d).await)?;
-            let r = ctx.clients.pods.clone().detach_pod(DetachPodRequest::default()).await;
-            expect_code("DetachPod without sandbox_id", r, Code::InvalidArgument, Some("sandbox_id"))?;
+            let d = DetachPodRequest {
+                sandbox_id: ctx.unique("never-attached"),
+                ..Default::default()
+            };
+            expect_ok(
+                "DetachPod of unknown sandbox",
+                ctx.clients.pods.clone().detach_pod(d).await,
+            )?;
+            let r = ctx
+                .clients
+                .pods
+                .clone()
+                .detach_pod(DetachPodRequest::default())
+                .await;
+            expect_code(
+                "DetachPod without sandbox_id",
+                r,
+                Code::InvalidArgument,
+                Some("sandbox_id"),
+            )?;
             Ok(Outcome::Passed)
         }),
-        check!("pods/status-unknown-not-found", Some(Capability::Pods), |ctx| {
-            let r = ctx.clients.pods.clone().pod_network_status(PodNetworkStatusRequest { sandbox_id: ctx.unique("never-attached") }).await;
-            expect_code("PodNetworkStatus of unknown sandbox", r, Code::NotFound, None)?;
-            let r = ctx.clients.pods.clone().pod_network_status(PodNetworkStatusRequest::default()).await;
-            expect_code("PodNetworkStatus without sandbox_id", r, Code::InvalidArgument, Some("sandbox_id"))?;
-            Ok(Outcome::Passed)
-        }),
+        check!(
+            "pods/status-unknown-not-found",
+            Some(Capability::Pods),
+            |ctx| {
+                let r = ctx
+                    .clients
+                    .pods
+                    .clone()
+                    .pod_network_status(PodNetworkStatusRequest {
+                        sandbox_id: ctx.unique("never-attached"),
+                    })
+                    .await;
+                expect_code(
+                    "PodNetworkStatus of unknown sandbox",
+                    r,
+                    Code::NotFound,
+                    None,
+                )?;
+                let r = ctx
+                    .clients
+                    .pods
+                    .clone()
+                    .pod_network_status(PodNetworkStatusRequest::default())
+                    .await;
+                expect_code(
+                    "PodNetworkStatus without sandbox_id",
+                    r,
+                    Code::InvalidArgument,
+                    Some("sandbox_id"),
+                )?;
+                Ok(Outcome::Passed)
+            }
+        ),
         check!("pods/garbage-collect", Some(Capability::Pods), |ctx| {
             let (net, netns) = setup!(ctx);
             let keep = request(ctx, &netns, &net);
             let drop = request(ctx, &netns, &net);
-            let keep_id = keep.sandbox.as_ref().map(|s| s.id.clone()).unwrap_or_default();
-            let drop_id = drop.sandbox.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+            let keep_id = keep
+                .sandbox
+                .as_ref()
+                .map(|s| s.id.clone())
+                .unwrap_or_default();
+            let drop_id = drop
+                .sandbox
+                .as_ref()
+                .map(|s| s.id.clone())
+                .unwrap_or_default();
             ctx.created_sandbox(&keep_id);
             ctx.created_sandbox(&drop_id);
             expect_ok("AttachPod", ctx.clients.pods.clone().attach_pod(keep).await)?;
             expect_ok("AttachPod", ctx.clients.pods.clone().attach_pod(drop).await)?;
-            let valid: Vec<String> = attached_ids(ctx).await?.into_iter().filter(|i| *i != drop_id).collect();
-            let req = GarbageCollectRequest { valid_sandbox_ids: valid.clone() };
-            let removed = expect_ok("GarbageCollect", ctx.clients.pods.clone().garbage_collect(req.clone()).await)?.into_inner().removed_sandbox_ids;
+            let valid: Vec<String> = attached_ids(ctx)
+                .await?
+                .into_iter()
+                .filter(|i| *i != drop_id)
+                .collect();
+            let req = GarbageCollectRequest {
+                valid_sandbox_ids: valid.clone(),
+            };
+            let removed = expect_ok(
+                "GarbageCollect",
+                ctx.clients.pods.clone().garbage_collect(req.clone()).await,
+            )?
+            .into_inner()
+            .removed_sandbox_ids;
             if removed != vec![drop_id.clone()] {
-                return Err(format!("GarbageCollect removed {removed:?}, expected [{drop_id:?}]"));
+                return Err(format!(
+                    "GarbageCollect removed {removed:?}, expected [{drop_id:?}]"
+                ));
             }
-            let again = expect_ok("GarbageCollect replay", ctx.clients.pods.clone().garbage_collect(req).await)?.into_inner().removed_sandbox_ids;
+            let again = expect_ok(
+                "GarbageCollect replay",
+                ctx.clients.pods.clone().garbage_collect(req).await,
+            )?
+            .into_inner()
+            .removed_sandbox_ids;
             if !again.is_empty() {
                 return Err(format!("second GarbageCollect removed {again:?}"));
             }
@@ -166,8 +319,15 @@ pub fn checks() -> Vec<Check> {
             if !ids.contains(&keep_id) || ids.contains(&drop_id) {
                 return Err(format!("after GC: {ids:?}"));
             }
-            let bad = GarbageCollectRequest { valid_sandbox_ids: vec![String::new()] };
-            expect_code("GarbageCollect with empty id", ctx.clients.pods.clone().garbage_collect(bad).await, Code::InvalidArgument, Some("valid_sandbox_ids[0]"))?;
+            let bad = GarbageCollectRequest {
+                valid_sandbox_ids: vec![String::new()],
+            };
+            expect_code(
+                "GarbageCollect with empty id",
+                ctx.clients.pods.clone().garbage_collect(bad).await,
+                Code::InvalidArgument,
+                Some("valid_sandbox_ids[0]"),
+            )?;
             Ok(Outcome::Passed)
         }),
     ]

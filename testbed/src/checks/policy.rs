@@ -11,68 +11,193 @@ use crate::conformance::{Check, Outcome};
 
 pub fn checks() -> Vec<Check> {
     vec![
-        check!("policy/apply-invalid-fields", Some(Capability::Policy), |ctx| {
-            let before = expect_ok("ListPolicies", ctx.clients.policy.clone().list_policies(ListPoliciesRequest {}).await)?.into_inner();
-            let g = before.applied_generation;
-            let base = ApplyPolicyRequest {
-                generation: g + 1,
-                full_sync: g == 0,
-                dns_policies: vec![DnsPolicy {
-                    key: Some(PolicyKey { kind: PolicyKind::DnsPolicy as i32, namespace: "conformance".into(), name: "dns".into() }),
-                    allow: vec!["*.example.com".into()],
-                    default_action: DnsAction::Deny as i32,
+        check!(
+            "policy/apply-invalid-fields",
+            Some(Capability::Policy),
+            |ctx| {
+                let before = expect_ok(
+                    "ListPolicies",
+                    ctx.clients
+                        .policy
+                        .clone()
+                        .list_policies(ListPoliciesRequest {})
+                        .await,
+                )?
+                .into_inner();
+                let g = before.applied_generation;
+                let base = ApplyPolicyRequest {
+                    generation: g + 1,
+                    full_sync: g == 0,
+                    dns_policies: vec![DnsPolicy {
+                        key: Some(PolicyKey {
+                            kind: PolicyKind::DnsPolicy as i32,
+                            namespace: "conformance".into(),
+                            name: "dns".into(),
+                        }),
+                        allow: vec!["*.example.com".into()],
+                        default_action: DnsAction::Deny as i32,
+                        ..Default::default()
+                    }],
+                    hostname_grants: vec![HostnameGrant {
+                        key: Some(PolicyKey {
+                            kind: PolicyKind::HostnameGrant as i32,
+                            namespace: String::new(),
+                            name: "grant".into(),
+                        }),
+                        namespaces: vec!["conformance".into()],
+                        hostnames: vec!["app.example.com".into()],
+                        ..Default::default()
+                    }],
                     ..Default::default()
-                }],
-                hostname_grants: vec![HostnameGrant {
-                    key: Some(PolicyKey { kind: PolicyKind::HostnameGrant as i32, namespace: String::new(), name: "grant".into() }),
-                    namespaces: vec!["conformance".into()],
-                    hostnames: vec!["app.example.com".into()],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            };
-            type Mutation = fn(&mut ApplyPolicyRequest);
-            let cases: Vec<(&str, Mutation)> = vec![
-                ("generation", |r| r.generation = 0),
-                ("dns_policies[0].key", |r| r.dns_policies[0].key = None),
-                ("dns_policies[0].key.kind", |r| r.dns_policies[0].key.as_mut().unwrap().kind = PolicyKind::NetworkPolicy as i32),
-                ("dns_policies[0].allow[0]", |r| r.dns_policies[0].allow = vec!["bad..name".into()]),
-                ("hostname_grants[0].hostnames", |r| r.hostname_grants[0].hostnames.clear()),
-                ("hostname_grants[0].key.namespace", |r| r.hostname_grants[0].key.as_mut().unwrap().namespace = "ns".into()),
-            ];
-            for (field, mutate) in cases {
-                let mut r = base.clone();
-                mutate(&mut r);
-                expect_code(&format!("ApplyPolicy with bad {field}"), ctx.clients.policy.clone().apply_policy(r).await, Code::InvalidArgument, Some(field))?;
-            }
-            let after = expect_ok("ListPolicies", ctx.clients.policy.clone().list_policies(ListPoliciesRequest {}).await)?.into_inner();
-            if before != after {
-                return Err("rejected batches changed the policies".into());
-            }
-            for _ in 0..=ctx.replays {
-                let r = expect_ok("ApplyPolicy", ctx.clients.policy.clone().apply_policy(base.clone()).await)?.into_inner();
-                if r.applied_generation != g + 1 {
-                    return Err(format!("applied_generation {} != {}", r.applied_generation, g + 1));
+                };
+                type Mutation = fn(&mut ApplyPolicyRequest);
+                let cases: Vec<(&str, Mutation)> = vec![
+                    ("generation", |r| r.generation = 0),
+                    ("dns_policies[0].key", |r| r.dns_policies[0].key = None),
+                    ("dns_policies[0].key.kind", |r| {
+                        r.dns_policies[0].key.as_mut().unwrap().kind =
+                            PolicyKind::NetworkPolicy as i32
+                    }),
+                    ("dns_policies[0].allow[0]", |r| {
+                        r.dns_policies[0].allow = vec!["bad..name".into()]
+                    }),
+                    ("hostname_grants[0].hostnames", |r| {
+                        r.hostname_grants[0].hostnames.clear()
+                    }),
+                    ("hostname_grants[0].key.namespace", |r| {
+                        r.hostname_grants[0].key.as_mut().unwrap().namespace = "ns".into()
+                    }),
+                ];
+                for (field, mutate) in cases {
+                    let mut r = base.clone();
+                    mutate(&mut r);
+                    expect_code(
+                        &format!("ApplyPolicy with bad {field}"),
+                        ctx.clients.policy.clone().apply_policy(r).await,
+                        Code::InvalidArgument,
+                        Some(field),
+                    )?;
                 }
+                let after = expect_ok(
+                    "ListPolicies",
+                    ctx.clients
+                        .policy
+                        .clone()
+                        .list_policies(ListPoliciesRequest {})
+                        .await,
+                )?
+                .into_inner();
+                if before != after {
+                    return Err("rejected batches changed the policies".into());
+                }
+                for _ in 0..=ctx.replays {
+                    let r = expect_ok(
+                        "ApplyPolicy",
+                        ctx.clients.policy.clone().apply_policy(base.clone()).await,
+                    )?
+                    .into_inner();
+                    if r.applied_generation != g + 1 {
+                        return Err(format!(
+                            "applied_generation {} != {}",
+                            r.applied_generation,
+                            g + 1
+                        ));
+                    }
+                }
+                let granted = expect_ok(
+                    "CheckHostname",
+                    ctx.clients
+                        .policy
+                        .clone()
+                        .check_hostname(CheckHostnameRequest {
+                            namespace: "conformance".into(),
+                            hostname: "app.example.com".into(),
+                            object_kind: "HTTPRoute".into(),
+                        })
+                        .await,
+                )?
+                .into_inner();
+                if !granted.allowed {
+                    return Err(format!("granted hostname refused: {granted:?}"));
+                }
+                let deletes = vec![
+                    PolicyKey {
+                        kind: PolicyKind::DnsPolicy as i32,
+                        namespace: "conformance".into(),
+                        name: "dns".into(),
+                    },
+                    PolicyKey {
+                        kind: PolicyKind::HostnameGrant as i32,
+                        namespace: String::new(),
+                        name: "grant".into(),
+                    },
+                ];
+                expect_ok(
+                    "ApplyPolicy delete",
+                    ctx.clients
+                        .policy
+                        .clone()
+                        .apply_policy(ApplyPolicyRequest {
+                            generation: g + 2,
+                            deletes,
+                            ..Default::default()
+                        })
+                        .await,
+                )?;
+                Ok(Outcome::Passed)
             }
-            let granted = expect_ok("CheckHostname", ctx.clients.policy.clone().check_hostname(CheckHostnameRequest { namespace: "conformance".into(), hostname: "app.example.com".into(), object_kind: "HTTPRoute".into() }).await)?.into_inner();
-            if !granted.allowed {
-                return Err(format!("granted hostname refused: {granted:?}"));
+        ),
+        check!(
+            "policy/check-invalid-fields",
+            Some(Capability::Policy),
+            |ctx| {
+                let ok = CheckDnsRequest {
+                    client_address: "10.244.0.5".into(),
+                    query_name: "example.com.".into(),
+                    ..Default::default()
+                };
+                expect_code(
+                    "CheckDns without query_name",
+                    ctx.clients
+                        .policy
+                        .clone()
+                        .check_dns(CheckDnsRequest {
+                            query_name: String::new(),
+                            ..ok.clone()
+                        })
+                        .await,
+                    Code::InvalidArgument,
+                    Some("query_name"),
+                )?;
+                expect_code(
+                    "CheckDns with bad client_address",
+                    ctx.clients
+                        .policy
+                        .clone()
+                        .check_dns(CheckDnsRequest {
+                            client_address: "x".into(),
+                            ..ok.clone()
+                        })
+                        .await,
+                    Code::InvalidArgument,
+                    Some("client_address"),
+                )?;
+                expect_code(
+                    "CheckHostname without namespace",
+                    ctx.clients
+                        .policy
+                        .clone()
+                        .check_hostname(CheckHostnameRequest {
+                            hostname: "a.example.com".into(),
+                            ..Default::default()
+                        })
+                        .await,
+                    Code::InvalidArgument,
+                    Some("namespace"),
+                )?;
+                expect_ok("CheckDns", ctx.clients.policy.clone().check_dns(ok).await)?;
+                Ok(Outcome::Passed)
             }
-            let deletes = vec![
-                PolicyKey { kind: PolicyKind::DnsPolicy as i32, namespace: "conformance".into(), name: "dns".into() },
-                PolicyKey { kind: PolicyKind::HostnameGrant as i32, namespace: String::new(), name: "grant".into() },
-            ];
-            expect_ok("ApplyPolicy delete", ctx.clients.policy.clone().apply_policy(ApplyPolicyRequest { generation: g + 2, deletes, ..Default::default() }).await)?;
-            Ok(Outcome::Passed)
-        }),
-        check!("policy/check-invalid-fields", Some(Capability::Policy), |ctx| {
-            let ok = CheckDnsRequest { client_address: "10.244.0.5".into(), query_name: "example.com.".into(), ..Default::default() };
-            expect_code("CheckDns without query_name", ctx.clients.policy.clone().check_dns(CheckDnsRequest { query_name: String::new(), ..ok.clone() }).await, Code::InvalidArgument, Some("query_name"))?;
-            expect_code("CheckDns with bad client_address", ctx.clients.policy.clone().check_dns(CheckDnsRequest { client_address: "x".into(), ..ok.clone() }).await, Code::InvalidArgument, Some("client_address"))?;
-            expect_code("CheckHostname without namespace", ctx.clients.policy.clone().check_hostname(CheckHostnameRequest { hostname: "a.example.com".into(), ..Default::default() }).await, Code::InvalidArgument, Some("namespace"))?;
-            expect_ok("CheckDns", ctx.clients.policy.clone().check_dns(ok).await)?;
-            Ok(Outcome::Passed)
-        }),
+        ),
     ]
 }
