@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use tonic::Status;
 
 use crate::proto::{
-    ApplyPolicyRequest, DnsPolicy, Endpoint, HostnameGrant, ListPoliciesResponse,
-    ListServicesResponse, NetworkPolicy, PolicyKey, PolicyKind, ProgramServiceRequest, Service,
-    ServiceKey, ServiceState,
+    ApplyPolicyRequest, DnsPolicy, Endpoint, HostnameGrant, ListAttachmentsRequest,
+    ListPoliciesResponse, ListServicesResponse, NetworkPolicy, PodAttachments, PolicyKey,
+    PolicyKind, ProgramServiceRequest, Service, ServiceKey, ServiceState,
 };
 
 /// Decides what to do with a batch stamped `generation` when `applied` is applied: `Ok(true)`
@@ -31,6 +31,22 @@ pub fn check_generation(applied: u64, generation: u64, full_sync: bool) -> Resul
         ));
     }
     Ok(true)
+}
+
+/// Whether a pod passes ListAttachments' filters (empty filters match everything).
+pub fn pod_matches(pod: &PodAttachments, filter: &ListAttachmentsRequest) -> bool {
+    (filter.namespace.is_empty()
+        || pod
+            .sandbox
+            .as_ref()
+            .is_some_and(|s| s.namespace == filter.namespace))
+        && (filter.network.is_empty()
+            || pod.attachments.iter().any(|a| a.network == filter.network))
+}
+
+/// The `NOT_FOUND` answered for a sandbox that is not attached.
+pub fn not_attached(sandbox_id: &str) -> Status {
+    Status::not_found(format!("sandbox_id: {sandbox_id:?} is not attached"))
 }
 
 fn skey(k: &ServiceKey) -> (String, String) {

@@ -209,6 +209,15 @@ pub fn detach_pod(r: &DetachPodRequest) -> R {
     Ok(())
 }
 
+/// ListAttachments filters.
+pub fn list_attachments(r: &crate::proto::ListAttachmentsRequest) -> R {
+    optional_network("network", &r.network)?;
+    if !r.namespace.is_empty() {
+        dns_label("namespace", &r.namespace)?;
+    }
+    Ok(())
+}
+
 /// GarbageCollect.
 pub fn garbage_collect(r: &GarbageCollectRequest) -> R {
     for (i, id) in r.valid_sandbox_ids.iter().enumerate() {

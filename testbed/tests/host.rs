@@ -36,6 +36,17 @@ fn pod(id: &str, networks: &[(&str, &str)]) -> AttachPodRequest {
     }
 }
 
+async fn readiness(c: &Clients) -> netlet_sdk::proto::NetworkReadiness {
+    c.node
+        .clone()
+        .network_ready(NetworkReadyRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .readiness
+        .unwrap()
+}
+
 async fn driver_names(c: &Clients) -> Vec<String> {
     let mut v = c
         .identity
@@ -174,15 +185,7 @@ async fn external_driver_registers_and_deregisters_with_its_socket() {
     let h = Host::start("", "").await;
     let c = h.clients().await;
     // No driver for `default`: not ready, and the reason says so.
-    let r = c
-        .node
-        .clone()
-        .network_ready(NetworkReadyRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .readiness
-        .unwrap();
+    let r = readiness(&c).await;
     assert!(!r.ready);
     assert_eq!(r.reason, "NoDriverForNetwork");
     let mut watch = c
@@ -232,15 +235,7 @@ async fn external_driver_registers_and_deregisters_with_its_socket() {
         async move { driver_names(&c).await.is_empty().then_some(()) }
     })
     .await;
-    let r = c
-        .node
-        .clone()
-        .network_ready(NetworkReadyRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .readiness
-        .unwrap();
+    let r = readiness(&c).await;
     assert!(!r.ready);
 
     // A driver without a common API version is not registered, and NetworkReady says why.

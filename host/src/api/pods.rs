@@ -7,7 +7,7 @@ use netlet_sdk::{
         ListAttachmentsResponse, PodNetworkStatusRequest, PodNetworkStatusResponse,
         pods_server::Pods,
     },
-    validate,
+    state, validate,
 };
 use tonic::{Request, Response, Status};
 
@@ -46,9 +46,7 @@ impl Pods for Api {
             .store
             .attachment(&req.sandbox_id)
             .map_err(error::from_store)?
-            .ok_or_else(|| {
-                Status::not_found(format!("sandbox_id: {:?} is not attached", req.sandbox_id))
-            })?;
+            .ok_or_else(|| state::not_attached(&req.sandbox_id))?;
         Ok(Response::new(PodNetworkStatusResponse { pod: Some(pod) }))
     }
 
@@ -57,25 +55,14 @@ impl Pods for Api {
         req: Request<ListAttachmentsRequest>,
     ) -> Result<Response<ListAttachmentsResponse>, Status> {
         let req = req.into_inner();
-        validate::optional_network("network", &req.network)?;
-        if !req.namespace.is_empty() {
-            validate::dns_label("namespace", &req.namespace)?;
-        }
+        validate::list_attachments(&req)?;
         let pods = self
             .0
             .store
             .attachments()
             .map_err(error::from_store)?
             .into_iter()
-            .filter(|p| {
-                req.namespace.is_empty()
-                    || p.sandbox
-                        .as_ref()
-                        .is_some_and(|s| s.namespace == req.namespace)
-            })
-            .filter(|p| {
-                req.network.is_empty() || p.attachments.iter().any(|a| a.network == req.network)
-            })
+            .filter(|p| state::pod_matches(p, &req))
             .collect();
         Ok(Response::new(ListAttachmentsResponse { pods }))
     }

@@ -26,7 +26,7 @@ use netlet_sdk::{
         WatchNetworkReadyResponse, devices_server::Devices, node_server::Node, pods_server::Pods,
         policy_server::Policy, services_server::Services,
     },
-    state::{PolicyTable, ServiceTable},
+    state::{self, PolicyTable, ServiceTable},
     tonic::{self, Request, Response, Status},
     validate,
 };
@@ -216,9 +216,11 @@ impl Pods for Fixture {
         let req = req.into_inner();
         validate::sandbox_id("sandbox_id", &req.sandbox_id)?;
         let st = self.state()?;
-        let pod = st.pods.get(&req.sandbox_id).cloned().ok_or_else(|| {
-            Status::not_found(format!("sandbox_id: {:?} is not attached", req.sandbox_id))
-        })?;
+        let pod = st
+            .pods
+            .get(&req.sandbox_id)
+            .cloned()
+            .ok_or_else(|| state::not_attached(&req.sandbox_id))?;
         Ok(Response::new(PodNetworkStatusResponse { pod: Some(pod) }))
     }
 
@@ -227,20 +229,12 @@ impl Pods for Fixture {
         req: Request<ListAttachmentsRequest>,
     ) -> Result<Response<ListAttachmentsResponse>, Status> {
         let req = req.into_inner();
-        validate::optional_network("network", &req.network)?;
+        validate::list_attachments(&req)?;
         let st = self.state()?;
         let pods = st
             .pods
             .values()
-            .filter(|p| {
-                req.network.is_empty() || p.attachments.iter().any(|a| a.network == req.network)
-            })
-            .filter(|p| {
-                req.namespace.is_empty()
-                    || p.sandbox
-                        .as_ref()
-                        .is_some_and(|s| s.namespace == req.namespace)
-            })
+            .filter(|p| state::pod_matches(p, &req))
             .cloned()
             .collect();
         Ok(Response::new(ListAttachmentsResponse { pods }))
