@@ -29,6 +29,18 @@ fn request(ctx: &Ctx, netns: &str, network: &str) -> AttachPodRequest {
     }
 }
 
+/// A request for a fresh sandbox, detached again at cleanup; returns it with the sandbox id.
+fn tracked_request(ctx: &Ctx, netns: &str, network: &str) -> (AttachPodRequest, String) {
+    let req = request(ctx, netns, network);
+    let id = req
+        .sandbox
+        .as_ref()
+        .map(|s| s.id.clone())
+        .unwrap_or_default();
+    ctx.created_sandbox(&id);
+    (req, id)
+}
+
 async fn attached_ids(ctx: &Ctx) -> Result<Vec<String>, String> {
     let pods = expect_ok(
         "ListAttachments",
@@ -119,13 +131,7 @@ pub fn checks() -> Vec<Check> {
         ),
         check!("pods/attach-idempotent", Some(Capability::Pods), |ctx| {
             let (net, netns) = setup!(ctx);
-            let req = request(ctx, &netns, &net);
-            let id = req
-                .sandbox
-                .as_ref()
-                .map(|s| s.id.clone())
-                .unwrap_or_default();
-            ctx.created_sandbox(&id);
+            let (req, id) = tracked_request(ctx, &netns, &net);
             let first = expect_ok(
                 "AttachPod",
                 ctx.clients.pods.clone().attach_pod(req.clone()).await,
@@ -183,13 +189,7 @@ pub fn checks() -> Vec<Check> {
         }),
         check!("pods/detach-idempotent", Some(Capability::Pods), |ctx| {
             let (net, netns) = setup!(ctx);
-            let req = request(ctx, &netns, &net);
-            let id = req
-                .sandbox
-                .as_ref()
-                .map(|s| s.id.clone())
-                .unwrap_or_default();
-            ctx.created_sandbox(&id);
+            let (req, id) = tracked_request(ctx, &netns, &net);
             expect_ok("AttachPod", ctx.clients.pods.clone().attach_pod(req).await)?;
             for _ in 0..ctx.replays {
                 let d = DetachPodRequest {
@@ -271,20 +271,8 @@ pub fn checks() -> Vec<Check> {
         ),
         check!("pods/garbage-collect", Some(Capability::Pods), |ctx| {
             let (net, netns) = setup!(ctx);
-            let keep = request(ctx, &netns, &net);
-            let drop = request(ctx, &netns, &net);
-            let keep_id = keep
-                .sandbox
-                .as_ref()
-                .map(|s| s.id.clone())
-                .unwrap_or_default();
-            let drop_id = drop
-                .sandbox
-                .as_ref()
-                .map(|s| s.id.clone())
-                .unwrap_or_default();
-            ctx.created_sandbox(&keep_id);
-            ctx.created_sandbox(&drop_id);
+            let (keep, keep_id) = tracked_request(ctx, &netns, &net);
+            let (drop, drop_id) = tracked_request(ctx, &netns, &net);
             expect_ok("AttachPod", ctx.clients.pods.clone().attach_pod(keep).await)?;
             expect_ok("AttachPod", ctx.clients.pods.clone().attach_pod(drop).await)?;
             let valid: Vec<String> = attached_ids(ctx)
