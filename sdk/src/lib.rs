@@ -47,6 +47,7 @@ mod driver;
 pub mod netns;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod validate;
 
 pub use driver::{Driver, ProbeFn};

@@ -1,0 +1,244 @@
+//! A small durable key-value store for drivers and the host: redb underneath, named tables of
+//! bytes, and one writer thread that batches whatever is queued into a single durable
+//! transaction (group commit), so concurrent writers share one fsync instead of queueing behind
+//! one another. Reads use redb's MVCC read transactions directly.
+
+use std::{path::Path, sync::Arc};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Creating the directory or the writer thread failed.
+    #[error("state dir {path}: {source}")]
+    Dir {
+        /// Directory.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] redb::Error),
+    /// A table name was not declared at open.
+    #[error("unknown table {0:?}")]
+    UnknownTable(String),
+    /// The writer thread is gone.
+    #[error("store writer stopped")]
+    WriterGone,
+}
+
+type R<T> = std::result::Result<T, StoreError>;
+
+/// One change: `value: None` deletes `key`.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// Table (declared at open).
+    pub table: &'static str,
+    /// Key.
+    pub key: String,
+    /// New value, or `None` to delete.
+    pub value: Option<Vec<u8>>,
+}
+
+struct Write {
+    changes: Vec<Change>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    tables: Arc<[&'static str]>,
+    writes: std::sync::mpsc::Sender<Write>,
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+fn def(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+impl Store {
+    /// Opens (or creates) `<dir>/<file>` with `tables`, and starts the writer thread.
+    pub fn open(dir: &Path, file: &str, tables: &[&'static str]) -> R<Self> {
+        let dir_err = |source| StoreError::Dir {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        let db = Arc::new(Database::create(dir.join(file)).map_err(db_err)?);
+        {
+            // Create the tables so that read transactions find them.
+            let tx = db.begin_write().map_err(db_err)?;
+            for t in tables {
+                tx.open_table(def(t)).map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)?;
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<Write>();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("netlet-store".into())
+            .spawn(move || writer(writer_db, rx))
+            .map_err(dir_err)?;
+        Ok(Self {
+            db,
+            tables: tables.into(),
+            writes: tx,
+        })
+    }
+
+    fn check(&self, table: &str) -> R<()> {
+        if self.tables.contains(&table) {
+            Ok(())
+        } else {
+            Err(StoreError::UnknownTable(table.to_string()))
+        }
+    }
+
+    /// Applies `changes` atomically and durably (one transaction, possibly shared with other
+    /// writers' changes).
+    pub async fn write(&self, changes: Vec<Change>) -> R<()> {
+        for c in &changes {
+            self.check(c.table)?;
+        }
+        let (done, wait) = oneshot::channel();
+        self.writes
+            .send(Write { changes, done })
+            .map_err(|_| StoreError::WriterGone)?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(StoreError::Db(redb::Error::Io(std::io::Error::other(msg)))),
+            Err(_) => Err(StoreError::WriterGone),
+        }
+    }
+
+    /// Stores `value` under `key` durably.
+    pub async fn put(&self, table: &'static str, key: &str, value: Vec<u8>) -> R<()> {
+        self.write(vec![Change {
+            table,
+            key: key.to_string(),
+            value: Some(value),
+        }])
+        .await
+    }
+
+    /// Removes `key` durably; a missing key is not an error.
+    pub async fn delete(&self, table: &'static str, key: &str) -> R<()> {
+        self.write(vec![Change {
+            table,
+            key: key.to_string(),
+            value: None,
+        }])
+        .await
+    }
+
+    /// The value under `key`.
+    pub fn get(&self, table: &'static str, key: &str) -> R<Option<Vec<u8>>> {
+        self.check(table)?;
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(def(table)).map_err(db_err)?;
+        Ok(t.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every row of `table`, ordered by key.
+    pub fn scan(&self, table: &'static str) -> R<Vec<(String, Vec<u8>)>> {
+        self.check(table)?;
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(def(table)).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+fn writer(db: Arc<Database>, rx: std::sync::mpsc::Receiver<Write>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let res = commit(&db, &batch).map_err(|e| e.to_string());
+        if let Err(e) = &res {
+            tracing::error!(error = %e, writes = batch.len(), "store commit failed");
+        }
+        for w in batch {
+            let _ = w.done.send(res.clone());
+        }
+    }
+}
+
+fn commit(db: &Database, batch: &[Write]) -> Result<(), redb::Error> {
+    let tx = db.begin_write()?;
+    for c in batch.iter().flat_map(|w| &w.changes) {
+        let mut t = tx.open_table(def(c.table))?;
+        match &c.value {
+            Some(v) => {
+                t.insert(c.key.as_str(), v.as_slice())?;
+            }
+            None => {
+                t.remove(c.key.as_str())?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn survives_reopen_and_batches_concurrent_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), "t.redb", &["t"]).unwrap();
+            let writes = (0..50).map(|i| {
+                let s = s.clone();
+                async move { s.put("t", &format!("p{i:02}"), vec![i]).await }
+            });
+            for r in futures::future::join_all(writes).await {
+                r.unwrap();
+            }
+            s.delete("t", "p00").await.unwrap();
+            s.delete("t", "never-existed").await.unwrap();
+            assert!(matches!(
+                s.put("nope", "k", vec![]).await,
+                Err(StoreError::UnknownTable(_))
+            ));
+        }
+        // The writer thread holds the database until its channel closes; reopen in a loop.
+        let mut reopened = None;
+        for _ in 0..10_000 {
+            match Store::open(dir.path(), "t.redb", &["t"]) {
+                Ok(s) => {
+                    reopened = Some(s);
+                    break;
+                }
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+        let s = reopened.expect("database reopens once the writer has let go");
+        let all = s.scan("t").unwrap();
+        assert_eq!(all.len(), 49);
+        assert!(s.get("t", "p00").unwrap().is_none());
+        assert_eq!(s.get("t", "p07").unwrap(), Some(vec![7]));
+    }
+}
