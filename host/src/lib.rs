@@ -17,10 +17,7 @@ pub mod registry;
 mod resync;
 pub mod store;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::Arc;
 
 use netlet_sdk::{
     proto::{
@@ -29,7 +26,7 @@ use netlet_sdk::{
         policy_server::PolicyServer, services_server::ServicesServer,
     },
     server,
-    state::{PolicyTable, ServiceTable},
+    state::{KeyGuard, KeyLocks, PolicyTable, ServiceTable},
 };
 use tokio::sync::watch;
 use tonic::transport::Server;
@@ -84,42 +81,13 @@ pub struct Host {
     pub metrics: Arc<Metrics>,
     /// True once shutdown began.
     pub shutdown: watch::Receiver<bool>,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// Serialises work on one key (a sandbox, a claim); removes the lock when nobody waits.
-pub struct KeyGuard<'a> {
-    host: &'a Host,
-    key: String,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for KeyGuard<'_> {
-    fn drop(&mut self) {
-        self.guard.take();
-        if let Ok(mut locks) = self.host.locks.lock()
-            && locks
-                .get(&self.key)
-                .is_some_and(|l| Arc::strong_count(l) == 1)
-        {
-            locks.remove(&self.key);
-        }
-    }
+    locks: KeyLocks,
 }
 
 impl Host {
-    /// Locks `key` until the guard drops.
+    /// Locks `key` (a sandbox, a claim) until the guard drops.
     pub async fn lock_key(&self, key: &str) -> KeyGuard<'_> {
-        let lock = self
-            .locks
-            .lock()
-            .map(|mut l| l.entry(key.to_string()).or_default().clone())
-            .unwrap_or_default();
-        KeyGuard {
-            host: self,
-            key: key.to_string(),
-            guard: Some(lock.lock_owned().await),
-        }
+        self.locks.lock(key).await
     }
 
     /// Aggregated readiness: ready when the driver of `default` (and of `network`, if given)
@@ -234,7 +202,7 @@ pub async fn run(
         policies: Default::default(),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
-        locks: Mutex::new(HashMap::new()),
+        locks: KeyLocks::default(),
     });
     resync::install(&host);
 
@@ -246,6 +214,7 @@ pub async fn run(
         tasks.push(tokio::spawn(registry::supervisor::supervise(
             d.clone(),
             settings.driver_socket_dir.clone(),
+            settings.state_dir.join("drivers").join(&d.name),
             registry.clone(),
             shutdown_rx.clone(),
         )));

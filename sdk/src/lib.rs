@@ -57,6 +57,10 @@ pub use {netlet_proto, tonic};
 /// Environment variable through which the host tells a supervised driver its socket path.
 pub const SOCKET_ENV: &str = "NETLET_DRIVER_SOCKET";
 
+/// Environment variable through which the host gives a supervised driver a state directory of
+/// its own (`<host state dir>/drivers/<name>`); the driver creates it.
+pub const STATE_DIR_ENV: &str = "NETLET_DRIVER_STATE_DIR";
+
 /// Default maximum size of one gRPC message, both directions.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 

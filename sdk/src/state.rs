@@ -4,7 +4,8 @@
 //! Batches are validated first ([`crate::validate`]); applying a valid batch cannot fail, so bad
 //! input changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use tonic::Status;
 
@@ -319,5 +320,48 @@ mod tests {
         let mut t2 = ServiceTable::default();
         t2.apply(&replay).unwrap();
         assert_eq!(t2.list("").services, t.list("").services);
+    }
+}
+
+/// Per-key async locks (one sandbox, one claim): work on one key is serialised, different keys
+/// run in parallel, and a key's lock is dropped once nobody holds or waits for it.
+#[derive(Default)]
+pub struct KeyLocks {
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds one key of a [`KeyLocks`] until dropped.
+pub struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyLocks {
+    /// Locks `key` until the guard drops.
+    pub async fn lock(&self, key: &str) -> KeyGuard<'_> {
+        let lock = self
+            .locks
+            .lock()
+            .map(|mut l| l.entry(key.to_string()).or_default().clone())
+            .unwrap_or_default();
+        KeyGuard {
+            locks: self,
+            key: key.to_string(),
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        if let Ok(mut locks) = self.locks.locks.lock()
+            && locks
+                .get(&self.key)
+                .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.key);
+        }
     }
 }

@@ -98,10 +98,12 @@ fn reap_orphan(pid_file: &Path, program: &Path) {
     let _ = std::fs::remove_file(pid_file);
 }
 
-/// Runs one supervised driver until `shutdown` turns true.
+/// Runs one supervised driver until `shutdown` turns true. The driver learns its socket from
+/// `$NETLET_DRIVER_SOCKET` and a state directory of its own from `$NETLET_DRIVER_STATE_DIR`.
 pub async fn supervise(
     cfg: DriverConfig,
     socket_dir: PathBuf,
+    state_dir: PathBuf,
     reg: Arc<Registry>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -124,6 +126,7 @@ pub async fn supervise(
         cmd.args(&cfg.args)
             .envs(cfg.env.iter().map(|e| (&e.name, &e.value)))
             .env(netlet_sdk::SOCKET_ENV, &socket)
+            .env(netlet_sdk::STATE_DIR_ENV, &state_dir)
             .stdin(Stdio::null())
             .kill_on_drop(true);
         let started = Instant::now();

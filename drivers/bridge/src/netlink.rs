@@ -1,0 +1,400 @@
+//! The data plane through rtnetlink: bridges, veth pairs, addresses, routes and sysctls. No
+//! `ip` is executed. A socket opened inside a pod's namespace stays bound to it, so pod-side
+//! work happens over a connection created on a thread that entered the namespace.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+/// Linux errno values the data plane handles by name.
+pub mod errno {
+    /// No such device.
+    pub const ENODEV: i32 = 19;
+    /// Already exists.
+    pub const EEXIST: i32 = 17;
+    /// No such process (netlink's "no such object").
+    pub const ESRCH: i32 = 3;
+    /// Invalid argument.
+    pub const EINVAL: i32 = 22;
+}
+
+/// A failed netlink (or sysctl) step, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {message}")]
+pub struct NlError {
+    /// The step.
+    pub what: String,
+    /// The kernel's errno, when it gave one.
+    pub errno: Option<i32>,
+    /// Human text.
+    pub message: String,
+}
+
+/// Result of a data-plane step.
+pub type NlResult<T> = Result<T, NlError>;
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NlError {
+    let what = what.into();
+    move |e| {
+        let errno = match &e {
+            rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+            _ => None,
+        };
+        let message = match &e {
+            rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
+            other => other.to_string(),
+        };
+        NlError {
+            what,
+            errno,
+            message,
+        }
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NlError {
+    let what = what.into();
+    move |e| NlError {
+        what,
+        errno: e.raw_os_error(),
+        message: e.to_string(),
+    }
+}
+
+/// Ignores "already exists".
+fn exists_ok(r: NlResult<()>) -> NlResult<()> {
+    match r {
+        Err(e) if e.errno == Some(errno::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// An address with its prefix length.
+pub type Cidr = (IpAddr, u8);
+
+/// One rtnetlink connection, bound to the namespace it was opened in.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// A connection in the calling process's namespace. Needs a tokio runtime.
+    pub fn connect() -> NlResult<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(io("open netlink socket"))?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// A connection inside the namespace pinned at `netns`. Needs a tokio runtime.
+    pub fn connect_in(netns: &Path) -> NlResult<Self> {
+        let rt = tokio::runtime::Handle::current();
+        let opened = netlet_sdk::netns::run_in(netns, move || {
+            let _guard = rt.enter();
+            rtnetlink::new_connection()
+        })
+        .map_err(|e| NlError {
+            what: format!("enter netns {}", netns.display()),
+            errno: None,
+            message: e.to_string(),
+        })?;
+        let (conn, handle, _) =
+            opened.map_err(io(format!("open netlink socket in {}", netns.display())))?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// The index of interface `name`, if it exists.
+    pub async fn link_index(&self, name: &str) -> NlResult<Option<u32>> {
+        let res = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await;
+        match res {
+            Ok(Some(m)) => Ok(Some(m.header.index)),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let e = nl(format!("get link {name}"))(e);
+                if e.errno == Some(errno::ENODEV) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// The MAC address of interface `name`.
+    pub async fn link_mac(&self, name: &str) -> NlResult<Option<[u8; 6]>> {
+        let res = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await;
+        let msg = match res {
+            Ok(m) => m,
+            Err(e) => {
+                let e = nl(format!("get link {name}"))(e);
+                return if e.errno == Some(errno::ENODEV) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                };
+            }
+        };
+        Ok(msg.and_then(|m| {
+            m.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::Address(b) if b.len() == 6 => b.try_into().ok(),
+                _ => None,
+            })
+        }))
+    }
+
+    /// Creates bridge `name` if missing (with a fixed MAC, so it does not change as ports come
+    /// and go), brings it up and gives it the gateway addresses. Returns its index.
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        mtu: u32,
+        mac: [u8; 6],
+        gateways: &[Cidr],
+    ) -> NlResult<u32> {
+        if self.link_index(name).await?.is_none() {
+            let res = self
+                .handle
+                .link()
+                .add(LinkBridge::new(name).mtu(mtu).address(mac.to_vec()).build())
+                .execute()
+                .await
+                .map_err(nl(format!("create bridge {name}")));
+            exists_ok(res)?;
+        }
+        let index = self
+            .link_index(name)
+            .await?
+            .ok_or_else(|| NlError {
+                what: format!("bridge {name}"),
+                errno: Some(errno::ENODEV),
+                message: "vanished after creation".into(),
+            })?;
+        for &(ip, prefix) in gateways {
+            self.add_address(index, ip, prefix).await?;
+        }
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(nl(format!("set {name} up")))?;
+        Ok(index)
+    }
+
+    /// Adds `ip/prefix` to interface `index` without duplicate address detection (the driver
+    /// owns the pool, so the address is known to be unique); an existing one is fine.
+    pub async fn add_address(&self, index: u32, ip: IpAddr, prefix: u8) -> NlResult<()> {
+        let mut req = self.handle.address().add(index, ip, prefix);
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        exists_ok(
+            req.execute()
+                .await
+                .map_err(nl(format!("add address {ip}/{prefix}"))),
+        )
+    }
+
+    /// Creates the veth pair: `host` on this side, enslaved to `bridge` and up; the peer
+    /// created directly inside the namespace at `netns` as `peer`, with `mac` and `mtu`.
+    pub async fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        netns: &Path,
+        mac: [u8; 6],
+        mtu: u32,
+        bridge: u32,
+    ) -> NlResult<()> {
+        let ns = std::fs::File::open(netns).map_err(io(format!("open netns {}", netns.display())))?;
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .address(mac.to_vec())
+            .mtu(mtu)
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(host, peer)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .mtu(mtu)
+            .controller(bridge)
+            .up()
+            .build();
+        let res = self
+            .handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("create veth {host} <-> {peer}")));
+        drop(ns);
+        res
+    }
+
+    /// Deletes interface `name`; returns whether it existed.
+    pub async fn delete_link(&self, name: &str) -> NlResult<bool> {
+        let res = self
+            .handle
+            .link()
+            .del_with_message(LinkUnspec::new_with_name(name).build())
+            .execute()
+            .await
+            .map_err(nl(format!("delete link {name}")));
+        match res {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno == Some(errno::ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Inside a pod: addresses on `ifname`, it and `lo` up, default routes via `gateways`.
+    pub async fn configure_pod(
+        &self,
+        ifname: &str,
+        addresses: &[Cidr],
+        gateways: &[IpAddr],
+    ) -> NlResult<()> {
+        let index = self.link_index(ifname).await?.ok_or_else(|| NlError {
+            what: format!("pod interface {ifname}"),
+            errno: Some(errno::ENODEV),
+            message: "not found in the pod's namespace".into(),
+        })?;
+        for &(ip, prefix) in addresses {
+            self.add_address(index, ip, prefix).await?;
+        }
+        for (i, what) in [(index, ifname), (1, "lo")] {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(i).up().build())
+                .execute()
+                .await
+                .map_err(nl(format!("set {what} up")))?;
+        }
+        for gw in gateways {
+            let msg = match gw {
+                IpAddr::V4(g) => RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(*g)
+                    .output_interface(index)
+                    .build(),
+                IpAddr::V6(g) => RouteMessageBuilder::<Ipv6Addr>::new()
+                    .gateway(*g)
+                    .output_interface(index)
+                    .build(),
+            };
+            exists_ok(
+                self.handle
+                    .route()
+                    .add(msg)
+                    .execute()
+                    .await
+                    .map_err(nl(format!("add default route via {gw}"))),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The raw handle, for traffic control.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+/// Writes a sysctl under `/proc/sys` in the calling thread's namespace.
+pub fn sysctl(key: &str, value: &str) -> NlResult<()> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    std::fs::write(&path, value).map_err(io(format!("sysctl {key}={value}")))
+}
+
+/// FNV-1a, 64 bits: stable across builds, for names derived from ids.
+pub fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0u8]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The host-side veth name of a pod interface: `veth` + 11 hex digits, the same every time
+/// for the same sandbox and interface, so a restarted driver finds it.
+pub fn host_veth_name(sandbox_id: &str, ifname: &str) -> String {
+    format!("veth{:011x}", fnv1a(&[sandbox_id, ifname]) & 0xfff_ffff_ffff)
+}
+
+/// A pod interface's MAC: `0a:58` + its IPv4 address (OVN-Kubernetes' scheme), so a reused
+/// address comes back with the same MAC and neighbours' caches stay right; without IPv4, a
+/// locally administered MAC from the last bytes of the IPv6 address.
+pub fn pod_mac(addresses: &[IpAddr]) -> [u8; 6] {
+    if let Some(IpAddr::V4(a)) = addresses.iter().find(|a| a.is_ipv4()) {
+        let o = a.octets();
+        return [0x0a, 0x58, o[0], o[1], o[2], o[3]];
+    }
+    if let Some(IpAddr::V6(a)) = addresses.iter().find(|a| a.is_ipv6()) {
+        let o = a.octets();
+        return [0x0a, 0x58, o[12], o[13], o[14], o[15]];
+    }
+    [0x0a, 0x58, 0, 0, 0, 0]
+}
+
+/// A fixed, locally administered MAC for a bridge, from its name.
+pub fn bridge_mac(name: &str) -> [u8; 6] {
+    let h = fnv1a(&["bridge", name]).to_be_bytes();
+    [0x02, h[1], h[2], h[3], h[4], h[5]]
+}
+
+/// `aa:bb:...` text.
+pub fn mac_string(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (already validated by the SDK).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let bytes: Vec<u8> = s
+        .split([':', '-'])
+        .map(|p| u8::from_str_radix(p, 16).ok())
+        .collect::<Option<_>>()?;
+    bytes.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_macs_are_stable() {
+        let n = host_veth_name("sandbox-1", "eth0");
+        assert_eq!(n.len(), 15);
+        assert_eq!(n, host_veth_name("sandbox-1", "eth0"));
+        assert_ne!(n, host_veth_name("sandbox-1", "net1"));
+        let mac = pod_mac(&["fd00::5".parse().unwrap(), "10.244.0.7".parse().unwrap()]);
+        assert_eq!(mac_string(&mac), "0a:58:0a:f4:00:07");
+        assert_eq!(parse_mac("0a:58:0a:f4:00:07"), Some(mac));
+        assert_eq!(bridge_mac("netlet0")[0], 0x02);
+    }
+}
