@@ -35,10 +35,6 @@ pub struct NetworkConfig {
     /// MTU of the bridge and of pod interfaces unless a selection asks for another.
     #[serde(default = "default_mtu")]
     pub mtu: u32,
-    /// Masquerade traffic from the pod CIDRs to destinations off them (nftables table
-    /// `netlet-bridge`, chain per network).
-    #[serde(default)]
-    pub masquerade: bool,
 }
 
 fn default_mtu() -> u32 {
@@ -89,14 +85,13 @@ impl Config {
     }
 
     /// One network from command-line flags.
-    pub fn single(name: String, bridge: String, subnets: Vec<IpNet>, mtu: u32, masquerade: bool) -> Self {
+    pub fn single(name: String, bridge: String, subnets: Vec<IpNet>, mtu: u32) -> Self {
         Self {
             networks: vec![NetworkConfig {
                 name,
                 bridge,
                 subnets,
                 mtu,
-                masquerade,
             }],
         }
     }
@@ -104,32 +99,52 @@ impl Config {
     /// Checks names, CIDRs and uniqueness.
     pub fn check(&self) -> Result<(), ConfigError> {
         let bad = |i: usize, field: &str, why: String| {
-            Err(ConfigError::Invalid(format!("networks[{i}].{field}: {why}")))
+            Err(ConfigError::Invalid(format!(
+                "networks[{i}].{field}: {why}"
+            )))
         };
         if self.networks.is_empty() {
-            return Err(ConfigError::Invalid("networks: at least one network is required".into()));
+            return Err(ConfigError::Invalid(
+                "networks: at least one network is required".into(),
+            ));
         }
         for (i, n) in self.networks.iter().enumerate() {
             if let Err(s) = netlet_sdk::validate::dns_label("name", &n.name) {
                 return bad(i, "name", s.message().to_string());
             }
             if n.bridge.is_empty() || n.bridge.len() > 15 || n.bridge.contains(['/', ' ']) {
-                return bad(i, "bridge", format!("{:?} is not a valid interface name", n.bridge));
+                return bad(
+                    i,
+                    "bridge",
+                    format!("{:?} is not a valid interface name", n.bridge),
+                );
             }
             if n.subnets.is_empty() {
                 return bad(i, "subnets", "at least one CIDR is required".into());
             }
-            let v4 = n.subnets.iter().filter(|s| matches!(s, IpNet::V4(_))).count();
+            let v4 = n
+                .subnets
+                .iter()
+                .filter(|s| matches!(s, IpNet::V4(_)))
+                .count();
             if v4 > 1 || n.subnets.len() - v4 > 1 {
                 return bad(i, "subnets", "at most one CIDR per address family".into());
             }
             for (j, s) in n.subnets.iter().enumerate() {
                 if *s != s.trunc() {
-                    return bad(i, &format!("subnets[{j}]"), format!("{s} has host bits set"));
+                    return bad(
+                        i,
+                        &format!("subnets[{j}]"),
+                        format!("{s} has host bits set"),
+                    );
                 }
                 let max = if matches!(s, IpNet::V4(_)) { 30 } else { 126 };
                 if s.prefix_len() > max {
-                    return bad(i, &format!("subnets[{j}]"), format!("{s} is too small for a gateway and pods"));
+                    return bad(
+                        i,
+                        &format!("subnets[{j}]"),
+                        format!("{s} is too small for a gateway and pods"),
+                    );
                 }
             }
             if !(68..=65535).contains(&n.mtu) {
@@ -140,10 +155,17 @@ impl Config {
                     return bad(i, "name", format!("{:?} is also networks[{k}]", n.name));
                 }
                 if o.bridge == n.bridge {
-                    return bad(i, "bridge", format!("{:?} is also used by networks[{k}]", n.bridge));
+                    return bad(
+                        i,
+                        "bridge",
+                        format!("{:?} is also used by networks[{k}]", n.bridge),
+                    );
                 }
                 for s in &n.subnets {
-                    if o.subnets.iter().any(|t| t.contains(&s.network()) || s.contains(&t.network())) {
+                    if o.subnets
+                        .iter()
+                        .any(|t| t.contains(&s.network()) || s.contains(&t.network()))
+                    {
                         return bad(i, "subnets", format!("{s} overlaps networks[{k}]"));
                     }
                 }
@@ -163,7 +185,6 @@ mod tests {
             bridge: bridge.into(),
             subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
             mtu: 1500,
-            masquerade: false,
         }
     }
 
@@ -174,16 +195,37 @@ mod tests {
         };
         ok.check().unwrap();
         let cases = [
-            (vec![net("Default", "b0", &["10.0.0.0/24"])], "networks[0].name"),
-            (vec![net("a", "b0", &["10.0.0.1/24"])], "networks[0].subnets[0]: 10.0.0.1/24 has host bits"),
-            (vec![net("a", "b0", &["10.0.0.0/24", "10.1.0.0/24"])], "at most one CIDR per address family"),
+            (
+                vec![net("Default", "b0", &["10.0.0.0/24"])],
+                "networks[0].name",
+            ),
+            (
+                vec![net("a", "b0", &["10.0.0.1/24"])],
+                "networks[0].subnets[0]: 10.0.0.1/24 has host bits",
+            ),
+            (
+                vec![net("a", "b0", &["10.0.0.0/24", "10.1.0.0/24"])],
+                "at most one CIDR per address family",
+            ),
             (vec![net("a", "b0", &["10.0.0.0/31"])], "too small"),
             (
-                vec![net("a", "b0", &["10.0.0.0/16"]), net("b", "b1", &["10.0.1.0/24"])],
+                vec![
+                    net("a", "b0", &["10.0.0.0/16"]),
+                    net("b", "b1", &["10.0.1.0/24"]),
+                ],
                 "networks[1].subnets: 10.0.1.0/24 overlaps networks[0]",
             ),
-            (vec![net("a", "b0", &["10.0.0.0/24"]), net("b", "b0", &["10.1.0.0/24"])], "networks[1].bridge"),
-            (vec![net("a", "a-very-long-bridge-name", &["10.0.0.0/24"])], "networks[0].bridge"),
+            (
+                vec![
+                    net("a", "b0", &["10.0.0.0/24"]),
+                    net("b", "b0", &["10.1.0.0/24"]),
+                ],
+                "networks[1].bridge",
+            ),
+            (
+                vec![net("a", "a-very-long-bridge-name", &["10.0.0.0/24"])],
+                "networks[0].bridge",
+            ),
         ];
         for (networks, want) in cases {
             let err = Config { networks }.check().unwrap_err().to_string();
@@ -195,8 +237,15 @@ mod tests {
     fn file_errors_name_file_and_field() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bridge.yaml");
-        std::fs::write(&p, "networks:\n- name: a\n  bridge: b0\n  subnets: [not-a-cidr]\n").unwrap();
+        std::fs::write(
+            &p,
+            "networks:\n- name: a\n  bridge: b0\n  subnets: [not-a-cidr]\n",
+        )
+        .unwrap();
         let err = Config::load(&p).unwrap_err().to_string();
-        assert!(err.contains("bridge.yaml") && err.contains("networks[0].subnets[0]"), "{err}");
+        assert!(
+            err.contains("bridge.yaml") && err.contains("networks[0].subnets[0]"),
+            "{err}"
+        );
     }
 }

@@ -15,7 +15,9 @@ pub enum IpamError {
     #[error("no free address left in {0}")]
     Exhausted(IpNet),
     /// A requested address is not in the pool's range.
-    #[error("{ip} is not a usable pod address of {subnet} (network, gateway and broadcast addresses are reserved)")]
+    #[error(
+        "{ip} is not a usable pod address of {subnet} (network, gateway and broadcast addresses are reserved)"
+    )]
     OutOfRange {
         /// Requested.
         ip: IpAddr,
@@ -65,7 +67,11 @@ impl Pool {
 
     fn size(&self) -> u128 {
         let bits = self.subnet.max_prefix_len() - self.subnet.prefix_len();
-        if bits >= 128 { u128::MAX } else { 1u128 << bits }
+        if bits >= 128 {
+            u128::MAX
+        } else {
+            1u128 << bits
+        }
     }
 
     /// Offsets handed to pods: 2 ..= last (the network address and the gateway at offset 1
@@ -155,11 +161,6 @@ impl Pool {
             self.used.remove(&ip);
         }
     }
-
-    /// Who holds `ip`.
-    pub fn owner(&self, ip: IpAddr) -> Option<&str> {
-        self.used.get(&ip).map(String::as_str)
-    }
 }
 
 #[cfg(test)]
@@ -177,8 +178,14 @@ mod tests {
         let got: Vec<String> = (0..5)
             .map(|i| p.allocate(&format!("o{i}")).unwrap().to_string())
             .collect();
-        assert_eq!(got, ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]);
-        assert_eq!(p.allocate("x"), Err(IpamError::Exhausted("10.0.0.0/29".parse().unwrap())));
+        assert_eq!(
+            got,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
+        );
+        assert_eq!(
+            p.allocate("x"),
+            Err(IpamError::Exhausted("10.0.0.0/29".parse().unwrap()))
+        );
         p.release("10.0.0.4".parse().unwrap(), "o2");
         assert_eq!(p.allocate("y").unwrap().to_string(), "10.0.0.4");
     }
@@ -197,7 +204,8 @@ mod tests {
         let mut p = pool("fd00:10:244::/64");
         assert_eq!(p.gateway().to_string(), "fd00:10:244::1");
         assert_eq!(p.allocate("a").unwrap().to_string(), "fd00:10:244::2");
-        p.reserve("fd00:10:244::ffff:ffff:ffff:ffff".parse().unwrap(), "b").unwrap();
+        p.reserve("fd00:10:244::ffff:ffff:ffff:ffff".parse().unwrap(), "b")
+            .unwrap();
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
-use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+use netlink_packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -19,10 +19,6 @@ pub mod errno {
     pub const ENODEV: i32 = 19;
     /// Already exists.
     pub const EEXIST: i32 = 17;
-    /// No such process (netlink's "no such object").
-    pub const ESRCH: i32 = 3;
-    /// Invalid argument.
-    pub const EINVAL: i32 = 22;
 }
 
 /// A failed netlink (or sysctl) step, with what was being done.
@@ -135,35 +131,6 @@ impl Netlink {
         }
     }
 
-    /// The MAC address of interface `name`.
-    pub async fn link_mac(&self, name: &str) -> NlResult<Option<[u8; 6]>> {
-        let res = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_next()
-            .await;
-        let msg = match res {
-            Ok(m) => m,
-            Err(e) => {
-                let e = nl(format!("get link {name}"))(e);
-                return if e.errno == Some(errno::ENODEV) {
-                    Ok(None)
-                } else {
-                    Err(e)
-                };
-            }
-        };
-        Ok(msg.and_then(|m| {
-            m.attributes.into_iter().find_map(|a| match a {
-                LinkAttribute::Address(b) if b.len() == 6 => b.try_into().ok(),
-                _ => None,
-            })
-        }))
-    }
-
     /// Creates bridge `name` if missing (with a fixed MAC, so it does not change as ports come
     /// and go), brings it up and gives it the gateway addresses. Returns its index.
     pub async fn ensure_bridge(
@@ -183,14 +150,11 @@ impl Netlink {
                 .map_err(nl(format!("create bridge {name}")));
             exists_ok(res)?;
         }
-        let index = self
-            .link_index(name)
-            .await?
-            .ok_or_else(|| NlError {
-                what: format!("bridge {name}"),
-                errno: Some(errno::ENODEV),
-                message: "vanished after creation".into(),
-            })?;
+        let index = self.link_index(name).await?.ok_or_else(|| NlError {
+            what: format!("bridge {name}"),
+            errno: Some(errno::ENODEV),
+            message: "vanished after creation".into(),
+        })?;
         for &(ip, prefix) in gateways {
             self.add_address(index, ip, prefix).await?;
         }
@@ -217,18 +181,22 @@ impl Netlink {
         )
     }
 
-    /// Creates the veth pair: `host` on this side, enslaved to `bridge` and up; the peer
-    /// created directly inside the namespace at `netns` as `peer`, with `mac` and `mtu`.
+    /// Creates the veth pair: `host` on this side (MAC `host_mac`), enslaved to `bridge` and
+    /// up; the peer created directly inside the namespace at `netns` as `peer`, with `mac`;
+    /// both with `mtu`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_veth(
         &self,
         host: &str,
+        host_mac: [u8; 6],
         peer: &str,
         netns: &Path,
         mac: [u8; 6],
         mtu: u32,
         bridge: u32,
     ) -> NlResult<()> {
-        let ns = std::fs::File::open(netns).map_err(io(format!("open netns {}", netns.display())))?;
+        let ns =
+            std::fs::File::open(netns).map_err(io(format!("open netns {}", netns.display())))?;
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
             .address(mac.to_vec())
@@ -237,6 +205,7 @@ impl Netlink {
             .build();
         let msg = LinkVeth::new(host, peer)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .address(host_mac.to_vec())
             .mtu(mtu)
             .controller(bridge)
             .up()
@@ -341,7 +310,10 @@ pub fn fnv1a(parts: &[&str]) -> u64 {
 /// The host-side veth name of a pod interface: `veth` + 11 hex digits, the same every time
 /// for the same sandbox and interface, so a restarted driver finds it.
 pub fn host_veth_name(sandbox_id: &str, ifname: &str) -> String {
-    format!("veth{:011x}", fnv1a(&[sandbox_id, ifname]) & 0xfff_ffff_ffff)
+    format!(
+        "veth{:011x}",
+        fnv1a(&[sandbox_id, ifname]) & 0xfff_ffff_ffff
+    )
 }
 
 /// A pod interface's MAC: `0a:58` + its IPv4 address (OVN-Kubernetes' scheme), so a reused
@@ -361,7 +333,16 @@ pub fn pod_mac(addresses: &[IpAddr]) -> [u8; 6] {
 
 /// A fixed, locally administered MAC for a bridge, from its name.
 pub fn bridge_mac(name: &str) -> [u8; 6] {
-    let h = fnv1a(&["bridge", name]).to_be_bytes();
+    stable_mac(&["bridge", name])
+}
+
+/// A fixed, locally administered MAC for a host-side veth, from its name.
+pub fn host_veth_mac(name: &str) -> [u8; 6] {
+    stable_mac(&["veth", name])
+}
+
+fn stable_mac(parts: &[&str]) -> [u8; 6] {
+    let h = fnv1a(parts).to_be_bytes();
     [0x02, h[1], h[2], h[3], h[4], h[5]]
 }
 

@@ -1,0 +1,173 @@
+//! The gRPC face of the bridge driver: Pods and Node.
+
+use std::sync::Arc;
+
+use netlet_sdk::proto::{
+    AttachPodRequest, AttachPodResponse, DetachPodRequest, DetachPodResponse,
+    GarbageCollectRequest, GarbageCollectResponse, ListAttachmentsRequest, ListAttachmentsResponse,
+    NetworkReadyRequest, NetworkReadyResponse, NetworkSelection, PodNetworkStatusRequest,
+    PodNetworkStatusResponse, WatchNetworkReadyRequest, WatchNetworkReadyResponse,
+    node_server::Node, pods_server::Pods,
+};
+use netlet_sdk::{state, validate};
+use tonic::{Request, Response, Status};
+
+use crate::driver::Bridge;
+
+/// Serves [`Bridge`] over gRPC.
+#[derive(Clone)]
+pub struct Api(pub Arc<Bridge>);
+
+#[tonic::async_trait]
+impl Pods for Api {
+    async fn attach_pod(
+        &self,
+        req: Request<AttachPodRequest>,
+    ) -> Result<Response<AttachPodResponse>, Status> {
+        let req = req.into_inner();
+        validate::attach_pod(&req)?;
+        let sandbox = req.sandbox.unwrap_or_default();
+        let nets = if req.networks.is_empty() {
+            vec![NetworkSelection {
+                network: crate::config::DEFAULT_NETWORK.into(),
+                interface_name: "eth0".into(),
+                ..Default::default()
+            }]
+        } else {
+            req.networks
+        };
+        let mut done: Vec<NetworkSelection> = Vec::new();
+        let mut attachments = Vec::new();
+        for (i, sel) in nets.iter().enumerate() {
+            match self
+                .0
+                .attach(&sandbox, sel, &format!("networks[{i}]"))
+                .await
+            {
+                Ok(a) => {
+                    let mut s = sel.clone();
+                    s.interface_name = a.interface_name.clone();
+                    done.push(s);
+                    attachments.push(a);
+                }
+                Err(e) => {
+                    if !done.is_empty()
+                        && let Err(r) = self.0.detach(&sandbox.id, &done).await
+                    {
+                        tracing::error!(sandbox = %sandbox.id, error = %r, "rollback failed");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Response::new(AttachPodResponse { attachments }))
+    }
+
+    async fn detach_pod(
+        &self,
+        req: Request<DetachPodRequest>,
+    ) -> Result<Response<DetachPodResponse>, Status> {
+        let req = req.into_inner();
+        validate::detach_pod(&req)?;
+        self.0.detach(&req.sandbox_id, &req.networks).await?;
+        Ok(Response::new(DetachPodResponse {}))
+    }
+
+    async fn pod_network_status(
+        &self,
+        req: Request<PodNetworkStatusRequest>,
+    ) -> Result<Response<PodNetworkStatusResponse>, Status> {
+        let req = req.into_inner();
+        validate::sandbox_id("sandbox_id", &req.sandbox_id)?;
+        let pod = self
+            .0
+            .pods()
+            .into_iter()
+            .find(|p| p.sandbox.as_ref().is_some_and(|s| s.id == req.sandbox_id))
+            .ok_or_else(|| state::not_attached(&req.sandbox_id))?;
+        Ok(Response::new(PodNetworkStatusResponse { pod: Some(pod) }))
+    }
+
+    async fn list_attachments(
+        &self,
+        req: Request<ListAttachmentsRequest>,
+    ) -> Result<Response<ListAttachmentsResponse>, Status> {
+        let req = req.into_inner();
+        validate::list_attachments(&req)?;
+        let pods = self
+            .0
+            .pods()
+            .into_iter()
+            .filter(|p| state::pod_matches(p, &req))
+            .collect();
+        Ok(Response::new(ListAttachmentsResponse { pods }))
+    }
+
+    async fn garbage_collect(
+        &self,
+        req: Request<GarbageCollectRequest>,
+    ) -> Result<Response<GarbageCollectResponse>, Status> {
+        let req = req.into_inner();
+        validate::garbage_collect(&req)?;
+        let stale: Vec<String> = self
+            .0
+            .pods()
+            .into_iter()
+            .filter_map(|p| p.sandbox.map(|s| s.id))
+            .filter(|id| !req.valid_sandbox_ids.contains(id))
+            .collect();
+        for id in &stale {
+            self.0.detach(id, &[]).await?;
+        }
+        Ok(Response::new(GarbageCollectResponse {
+            removed_sandbox_ids: stale,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Node for Api {
+    async fn network_ready(
+        &self,
+        req: Request<NetworkReadyRequest>,
+    ) -> Result<Response<NetworkReadyResponse>, Status> {
+        let network = req.into_inner().network;
+        validate::optional_network("network", &network)?;
+        if !network.is_empty() && !self.0.network_names().contains(&network) {
+            return Err(Status::not_found(format!(
+                "network: this driver does not serve {network:?}"
+            )));
+        }
+        Ok(Response::new(NetworkReadyResponse {
+            readiness: Some(self.0.readiness()),
+        }))
+    }
+
+    async fn watch_network_ready(
+        &self,
+        req: Request<WatchNetworkReadyRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<WatchNetworkReadyResponse>>, Status> {
+        let network = req.into_inner().network;
+        validate::optional_network("network", &network)?;
+        let mut rx = self.0.watch();
+        let (tx, out) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let now = rx.borrow_and_update().clone();
+                if tx
+                    .send(Ok(WatchNetworkReadyResponse {
+                        readiness: Some(now),
+                    }))
+                    .await
+                    .is_err()
+                    || rx.changed().await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+}

@@ -1,0 +1,716 @@
+//! The bridge driver's state and its attach/detach logic: pools, persisted attachments and
+//! the data plane, kept consistent under per-interface locks.
+//!
+//! Order of an attach: addresses are reserved in memory, the attachment record is written
+//! durably, then the data plane is built. A crash after the write leaves a record whose veth
+//! may be missing; a repeated AttachPod (the host replays its attachments whenever the driver
+//! registers) finds the record, sees the veth missing and builds it again with the same
+//! addresses. Detach removes the veth first and the record last.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use netlet_sdk::proto::{
+    Attachment, Condition, ConditionStatus, IpConfig, IpFamily, NetworkReadiness, NetworkSelection,
+    PodAttachments, PodSandbox, Route,
+};
+use netlet_sdk::state::KeyLocks;
+use netlet_sdk::store::Store;
+use netlet_sdk::validate::invalid;
+use prost::Message;
+use tokio::sync::watch;
+use tonic::Status;
+
+use crate::bandwidth;
+use crate::config::NetworkConfig;
+use crate::ipam::{IpamError, Pool};
+use crate::netlink::{self, Netlink, NlError};
+
+const TABLE: &str = "attachments";
+
+/// One served network.
+struct Network {
+    cfg: NetworkConfig,
+    pools: Vec<Pool>,
+    bridge_index: Option<u32>,
+    problem: Option<(String, String)>,
+}
+
+impl Network {
+    fn gateways(&self) -> Vec<(IpAddr, u8)> {
+        self.pools
+            .iter()
+            .map(|p| (p.gateway(), p.subnet().prefix_len()))
+            .collect()
+    }
+}
+
+struct State {
+    networks: BTreeMap<String, Network>,
+    /// `sandbox/ifname` → the record (sandbox + one attachment).
+    records: HashMap<String, PodAttachments>,
+}
+
+/// The driver.
+pub struct Bridge {
+    name: String,
+    state_dir: PathBuf,
+    store: Mutex<Option<Store>>,
+    state: Mutex<State>,
+    locks: KeyLocks,
+    nl: Netlink,
+    ready_tx: watch::Sender<NetworkReadiness>,
+}
+
+fn key(sandbox_id: &str, ifname: &str) -> String {
+    format!("{sandbox_id}/{ifname}")
+}
+
+fn internal(e: NlError) -> Status {
+    Status::internal(format!("data plane: {e}"))
+}
+
+fn family(ip: &IpAddr) -> i32 {
+    if ip.is_ipv4() {
+        IpFamily::Ipv4 as i32
+    } else {
+        IpFamily::Ipv6 as i32
+    }
+}
+
+fn default_route(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() { "0.0.0.0/0" } else { "::/0" }
+}
+
+fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+    let (ip, len) = s.split_once('/')?;
+    Some((ip.parse().ok()?, len.parse().ok()?))
+}
+
+impl Bridge {
+    /// A driver for `networks`, its records under `state_dir`. Nothing is touched yet: call
+    /// [`Bridge::reconcile`] (and keep calling it) to open the store and build the bridges.
+    pub fn new(
+        name: &str,
+        networks: Vec<NetworkConfig>,
+        state_dir: &Path,
+    ) -> Result<Arc<Self>, NlError> {
+        let nets = networks
+            .into_iter()
+            .map(|cfg| {
+                let pools = cfg.subnets.iter().map(|s| Pool::new(*s)).collect();
+                (
+                    cfg.name.clone(),
+                    Network {
+                        cfg,
+                        pools,
+                        bridge_index: None,
+                        problem: Some(("Starting".into(), "bridge not set up yet".into())),
+                    },
+                )
+            })
+            .collect();
+        let (ready_tx, _) = watch::channel(NetworkReadiness {
+            ready: false,
+            reason: "Starting".into(),
+            message: "bridge driver starting".into(),
+            conditions: vec![],
+        });
+        Ok(Arc::new(Self {
+            name: name.to_string(),
+            state_dir: state_dir.to_path_buf(),
+            store: Mutex::new(None),
+            state: Mutex::new(State {
+                networks: nets,
+                records: HashMap::new(),
+            }),
+            locks: KeyLocks::default(),
+            nl: Netlink::connect()?,
+            ready_tx,
+        }))
+    }
+
+    /// The networks served.
+    pub fn network_names(&self) -> Vec<String> {
+        self.lock().networks.keys().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn store(&self) -> Result<Store, Status> {
+        self.store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Status::unavailable("the IPAM store is not open yet; see NetworkReady"))
+    }
+
+    /// Opens the store (loading the records and their addresses) if not yet open, sets the
+    /// forwarding sysctls, and (re)creates missing bridges; then publishes readiness.
+    pub async fn reconcile(&self) {
+        let store_problem = self.open_store().err();
+        let forwarding = netlink::sysctl("net.ipv4.ip_forward", "1")
+            .and_then(|_| netlink::sysctl("net.ipv6.conf.all.forwarding", "1"))
+            .err();
+        let todo: Vec<(String, NetworkConfig, Vec<(IpAddr, u8)>, bool)> = self
+            .lock()
+            .networks
+            .values()
+            .map(|n| {
+                (
+                    n.cfg.name.clone(),
+                    n.cfg.clone(),
+                    n.gateways(),
+                    n.bridge_index.is_some(),
+                )
+            })
+            .collect();
+        for (name, cfg, gateways, had) in todo {
+            let present = if had {
+                self.nl.link_index(&cfg.bridge).await.ok().flatten()
+            } else {
+                None
+            };
+            let outcome = match present {
+                Some(i) => Ok(i),
+                None => {
+                    let r = self
+                        .nl
+                        .ensure_bridge(
+                            &cfg.bridge,
+                            cfg.mtu,
+                            netlink::bridge_mac(&cfg.bridge),
+                            &gateways,
+                        )
+                        .await;
+                    if r.is_ok() {
+                        tracing::info!(network = %name, bridge = %cfg.bridge, "bridge ready");
+                    }
+                    r
+                }
+            };
+            let mut st = self.lock();
+            let Some(n) = st.networks.get_mut(&name) else {
+                continue;
+            };
+            match outcome {
+                Ok(i) => {
+                    n.bridge_index = Some(i);
+                    n.problem = None;
+                }
+                Err(e) => {
+                    tracing::warn!(network = %name, error = %e, "bridge setup failed");
+                    n.bridge_index = None;
+                    n.problem = Some(("BridgeSetupFailed".into(), e.to_string()));
+                }
+            }
+            if let Some((reason, msg)) = &store_problem {
+                n.problem = Some((reason.clone(), msg.clone()));
+            }
+            if let Some(e) = &forwarding {
+                n.problem = Some(("SysctlFailed".into(), e.to_string()));
+            }
+        }
+        self.publish();
+    }
+
+    fn open_store(&self) -> Result<(), (String, String)> {
+        let mut slot = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return Ok(());
+        }
+        let store = Store::open(&self.state_dir, "bridge.redb", &[TABLE])
+            .map_err(|e| ("IPAMStoreUnavailable".to_string(), e.to_string()))?;
+        let rows = store
+            .scan(TABLE)
+            .map_err(|e| ("IPAMStoreUnavailable".to_string(), e.to_string()))?;
+        let mut st = self.lock();
+        for (k, v) in rows {
+            let rec = match PodAttachments::decode(v.as_slice()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(key = %k, error = %e, "undecodable attachment record kept aside");
+                    continue;
+                }
+            };
+            if let Some(a) = rec.attachments.first()
+                && let Some(n) = st.networks.get_mut(&a.network)
+            {
+                for ip in a.ips.iter().filter_map(|c| parse_cidr(&c.address)) {
+                    match n.pools.iter_mut().find(|p| p.contains(ip.0)) {
+                        Some(p) => {
+                            if let Err(e) = p.reserve(ip.0, &k) {
+                                tracing::error!(key = %k, error = %e, "restored address conflicts");
+                            }
+                        }
+                        None => {
+                            tracing::warn!(key = %k, ip = %ip.0, "restored address is outside today's subnets")
+                        }
+                    }
+                }
+            }
+            st.records.insert(k, rec);
+        }
+        tracing::info!(records = st.records.len(), dir = %self.state_dir.display(), "IPAM store open");
+        drop(st);
+        *slot = Some(store);
+        Ok(())
+    }
+
+    /// Current readiness (per network conditions; exhaustion reported, not fatal).
+    pub fn readiness(&self) -> NetworkReadiness {
+        let st = self.lock();
+        let mut conditions = Vec::new();
+        let mut first_problem: Option<(String, String)> = None;
+        let mut exhausted: Vec<String> = Vec::new();
+        for n in st.networks.values() {
+            let (ok, reason, message) = match &n.problem {
+                None => (
+                    true,
+                    "BridgeReady".to_string(),
+                    format!("bridge {} is up", n.cfg.bridge),
+                ),
+                Some((r, m)) => {
+                    if first_problem.is_none() {
+                        first_problem = Some((r.clone(), format!("network {}: {m}", n.cfg.name)));
+                    }
+                    (false, r.clone(), m.clone())
+                }
+            };
+            conditions.push(condition(
+                "NetworkReady",
+                ok,
+                &reason,
+                message,
+                &n.cfg.name,
+                &self.name,
+            ));
+            for p in &n.pools {
+                let (cap, used) = p.usage();
+                let free = used as u128 >= cap;
+                if free {
+                    exhausted.push(format!(
+                        "network {}: {} has no free address ({used} of {cap} used)",
+                        n.cfg.name,
+                        p.subnet()
+                    ));
+                }
+                conditions.push(condition(
+                    "AddressesAvailable",
+                    !free,
+                    if free {
+                        "IPAMExhausted"
+                    } else {
+                        "AddressesFree"
+                    },
+                    format!("{}: {used} of {cap} used", p.subnet()),
+                    &n.cfg.name,
+                    &self.name,
+                ));
+            }
+        }
+        match first_problem {
+            Some((reason, message)) => NetworkReadiness {
+                ready: false,
+                reason,
+                message,
+                conditions,
+            },
+            None if !exhausted.is_empty() => NetworkReadiness {
+                ready: true,
+                reason: "IPAMExhausted".into(),
+                message: exhausted.join("; "),
+                conditions,
+            },
+            None => NetworkReadiness {
+                ready: true,
+                reason: String::new(),
+                message: String::new(),
+                conditions,
+            },
+        }
+    }
+
+    fn publish(&self) {
+        let now = self.readiness();
+        self.ready_tx.send_if_modified(|old| {
+            let changed = old.ready != now.ready
+                || old.reason != now.reason
+                || old.conditions.len() != now.conditions.len()
+                || old
+                    .conditions
+                    .iter()
+                    .zip(&now.conditions)
+                    .any(|(a, b)| a.status != b.status || a.reason != b.reason);
+            if changed {
+                *old = now.clone();
+            }
+            changed
+        });
+    }
+
+    /// Readiness changes.
+    pub fn watch(&self) -> watch::Receiver<NetworkReadiness> {
+        self.ready_tx.subscribe()
+    }
+
+    /// Attaches one interface (idempotently; a missing veth of a known record is rebuilt).
+    pub async fn attach(
+        &self,
+        sandbox: &PodSandbox,
+        sel: &NetworkSelection,
+        field: &str,
+    ) -> Result<Attachment, Status> {
+        let store = self.store()?;
+        let ifname = if sel.interface_name.is_empty() {
+            "eth0"
+        } else {
+            sel.interface_name.as_str()
+        };
+        let k = key(&sandbox.id, ifname);
+        let _g = self.locks.lock(&k).await;
+        let netns = Path::new(&sandbox.netns_path);
+        if !netns.exists() {
+            return Err(invalid(
+                "sandbox.netns_path",
+                format!("{} does not exist", sandbox.netns_path),
+            ));
+        }
+        let existing = self.lock().records.get(&k).cloned();
+        let (attachment, bridge_index, fresh) = match existing {
+            Some(rec) => {
+                let a = rec.attachments.first().cloned().unwrap_or_default();
+                if a.network != sel.network {
+                    return Err(Status::already_exists(format!(
+                        "{field}.interface_name: {ifname} of sandbox {} is attached to network {:?}",
+                        sandbox.id, a.network
+                    )));
+                }
+                if self
+                    .nl
+                    .link_index(&a.host_interface)
+                    .await
+                    .map_err(internal)?
+                    .is_some()
+                {
+                    return Ok(a);
+                }
+                tracing::warn!(sandbox = %sandbox.id, ifname, "veth of a stored attachment is missing; rebuilding");
+                let bi = self.bridge_index(&sel.network, field)?;
+                (a, bi, false)
+            }
+            None => {
+                let bi = self.bridge_index(&sel.network, field)?;
+                let a = self.allocate(&k, sandbox, sel, ifname, field)?;
+                let rec = PodAttachments {
+                    sandbox: Some(sandbox.clone()),
+                    attachments: vec![a.clone()],
+                };
+                if let Err(e) = store.put(TABLE, &k, rec.encode_to_vec()).await {
+                    self.release(&k, &a);
+                    return Err(Status::unavailable(format!("IPAM store: {e}")));
+                }
+                self.lock().records.insert(k.clone(), rec);
+                self.publish();
+                (a, bi, true)
+            }
+        };
+        let limits = bandwidth::limits(sandbox, sel).map_err(|m| invalid(m.0, m.1))?;
+        if let Err(e) = self
+            .build(netns, &attachment, bridge_index, limits.as_ref())
+            .await
+        {
+            tracing::warn!(sandbox = %sandbox.id, ifname, error = %e, "attach failed; undoing");
+            let _ = self.nl.delete_link(&attachment.host_interface).await;
+            let _ = bandwidth::remove(&self.nl, &attachment.host_interface).await;
+            if fresh {
+                self.forget(&store, &k, &attachment).await;
+            }
+            return Err(internal(e));
+        }
+        Ok(attachment)
+    }
+
+    fn bridge_index(&self, network: &str, field: &str) -> Result<u32, Status> {
+        let st = self.lock();
+        let n = st.networks.get(network).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "{field}.network: driver {} does not serve network {network:?}",
+                self.name
+            ))
+        })?;
+        n.bridge_index.ok_or_else(|| {
+            let (r, m) = n.problem.clone().unwrap_or_default();
+            Status::unavailable(format!("network {network:?} is not ready: {r}: {m}"))
+        })
+    }
+
+    fn allocate(
+        &self,
+        k: &str,
+        sandbox: &PodSandbox,
+        sel: &NetworkSelection,
+        ifname: &str,
+        field: &str,
+    ) -> Result<Attachment, Status> {
+        let mut st = self.lock();
+        let n = st
+            .networks
+            .get_mut(&sel.network)
+            .ok_or_else(|| Status::failed_precondition(format!("{field}.network: not served")))?;
+        let mut wanted: Vec<Option<IpAddr>> = vec![None; n.pools.len()];
+        for (i, s) in sel.ips.iter().enumerate() {
+            let ip: IpAddr = s
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| invalid(format!("{field}.ips[{i}]"), "not an IP address"))?;
+            let Some(p) = n.pools.iter().position(|p| p.contains(ip)) else {
+                let subnets: Vec<String> = n.pools.iter().map(|p| p.subnet().to_string()).collect();
+                return Err(invalid(
+                    format!("{field}.ips[{i}]"),
+                    format!(
+                        "{ip} is in none of network {:?}'s subnets ({})",
+                        sel.network,
+                        subnets.join(", ")
+                    ),
+                ));
+            };
+            if wanted[p].replace(ip).is_some() {
+                return Err(invalid(
+                    format!("{field}.ips[{i}]"),
+                    format!("a second address in {}", n.pools[p].subnet()),
+                ));
+            }
+        }
+        let mut taken: Vec<(usize, IpAddr)> = Vec::new();
+        let mut failure = None;
+        for (p, want) in wanted.iter().enumerate() {
+            let pool = &mut n.pools[p];
+            let r = match want {
+                Some(ip) => pool.reserve(*ip, k).map(|_| *ip),
+                None => pool.allocate(k),
+            };
+            match r {
+                Ok(ip) => taken.push((p, ip)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            for (p, ip) in taken {
+                n.pools[p].release(ip, k);
+            }
+            let field_ips = format!("{field}.ips");
+            return Err(match e {
+                IpamError::Exhausted(_) => {
+                    Status::resource_exhausted(format!("network {:?}: {e}", sel.network))
+                }
+                IpamError::OutOfRange { .. } => invalid(field_ips, e.to_string()),
+                IpamError::InUse { .. } => Status::already_exists(format!("{field_ips}: {e}")),
+            });
+        }
+        let addrs: Vec<IpAddr> = taken.iter().map(|(_, ip)| *ip).collect();
+        let mac = match sel.mac.as_str() {
+            "" => netlink::pod_mac(&addrs),
+            m => netlink::parse_mac(m)
+                .ok_or_else(|| invalid(format!("{field}.mac"), "not a MAC address"))?,
+        };
+        let default = sel.default_route.unwrap_or(true);
+        let host_veth = netlink::host_veth_name(&sandbox.id, ifname);
+        let ips = taken
+            .iter()
+            .map(|(p, ip)| IpConfig {
+                address: format!("{ip}/{}", n.pools[*p].subnet().prefix_len()),
+                family: family(ip),
+                gateway: n.pools[*p].gateway().to_string(),
+            })
+            .collect();
+        let routes = if default {
+            n.pools
+                .iter()
+                .map(|p| Route {
+                    destination: default_route(&p.gateway()).into(),
+                    gateway: p.gateway().to_string(),
+                    ..Default::default()
+                })
+                .collect()
+        } else {
+            vec![]
+        };
+        Ok(Attachment {
+            network: sel.network.clone(),
+            driver: self.name.clone(),
+            interface_name: ifname.to_string(),
+            mac: netlink::mac_string(&mac),
+            mtu: if sel.mtu == 0 { n.cfg.mtu } else { sel.mtu },
+            ips,
+            routes,
+            dns: sandbox.dns_config.clone(),
+            default_route: default,
+            host_interface: host_veth.clone(),
+            host_mac: netlink::mac_string(&netlink::host_veth_mac(&host_veth)),
+            device_id: String::new(),
+            netns_path: sandbox.netns_path.clone(),
+        })
+    }
+
+    fn release(&self, k: &str, a: &Attachment) {
+        let mut st = self.lock();
+        if let Some(n) = st.networks.get_mut(&a.network) {
+            for ip in a.ips.iter().filter_map(|c| parse_cidr(&c.address)) {
+                for p in n.pools.iter_mut() {
+                    p.release(ip.0, k);
+                }
+            }
+        }
+    }
+
+    async fn forget(&self, store: &Store, k: &str, a: &Attachment) {
+        if let Err(e) = store.delete(TABLE, k).await {
+            tracing::error!(key = %k, error = %e, "could not delete attachment record; addresses stay held");
+            return;
+        }
+        self.lock().records.remove(k);
+        self.release(k, a);
+        self.publish();
+    }
+
+    async fn build(
+        &self,
+        netns: &Path,
+        a: &Attachment,
+        bridge: u32,
+        limits: Option<&bandwidth::Limits>,
+    ) -> Result<(), NlError> {
+        // A veth left by an interrupted attempt is replaced.
+        self.nl.delete_link(&a.host_interface).await?;
+        let mac = netlink::parse_mac(&a.mac).unwrap_or_default();
+        let pod = Netlink::connect_in(netns)?;
+        // The pod may still hold an interface of that name from an earlier life (a replay after
+        // the host veth was lost); it goes first.
+        pod.delete_link(&a.interface_name).await?;
+        let host_mac = netlink::host_veth_mac(&a.host_interface);
+        self.nl
+            .create_veth(
+                &a.host_interface,
+                host_mac,
+                &a.interface_name,
+                netns,
+                mac,
+                a.mtu,
+                bridge,
+            )
+            .await?;
+        let addrs: Vec<(IpAddr, u8)> = a
+            .ips
+            .iter()
+            .filter_map(|c| parse_cidr(&c.address))
+            .collect();
+        let gws: Vec<IpAddr> = a
+            .routes
+            .iter()
+            .filter_map(|r| r.gateway.parse().ok())
+            .collect();
+        pod.configure_pod(&a.interface_name, &addrs, &gws).await?;
+        if let Some(l) = limits {
+            bandwidth::apply(&self.nl, &a.host_interface, l).await?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the sandbox's interfaces (those named in `only`, or all); unknown → OK.
+    pub async fn detach(&self, sandbox_id: &str, only: &[NetworkSelection]) -> Result<(), Status> {
+        let keys: Vec<String> = {
+            let st = self.lock();
+            let prefix = format!("{sandbox_id}/");
+            st.records
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .filter(|(_, r)| {
+                    only.is_empty()
+                        || r.attachments.first().is_some_and(|a| {
+                            only.iter().any(|s| {
+                                s.network == a.network
+                                    && (s.interface_name.is_empty()
+                                        || s.interface_name == a.interface_name)
+                            })
+                        })
+                })
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let store = self.store()?;
+        for k in keys {
+            let _g = self.locks.lock(&k).await;
+            let Some(a) = self
+                .lock()
+                .records
+                .get(&k)
+                .and_then(|r| r.attachments.first().cloned())
+            else {
+                continue;
+            };
+            bandwidth::remove(&self.nl, &a.host_interface)
+                .await
+                .map_err(internal)?;
+            self.nl
+                .delete_link(&a.host_interface)
+                .await
+                .map_err(internal)?;
+            self.forget(&store, &k, &a).await;
+        }
+        Ok(())
+    }
+
+    /// Every attachment, one entry per sandbox.
+    pub fn pods(&self) -> Vec<PodAttachments> {
+        let st = self.lock();
+        let mut by_sandbox: BTreeMap<String, PodAttachments> = BTreeMap::new();
+        let mut keys: Vec<&String> = st.records.keys().collect();
+        keys.sort();
+        for k in keys {
+            let r = &st.records[k];
+            let id = r.sandbox.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+            let e = by_sandbox.entry(id).or_insert_with(|| PodAttachments {
+                sandbox: r.sandbox.clone(),
+                attachments: vec![],
+            });
+            e.attachments.extend(r.attachments.iter().cloned());
+        }
+        by_sandbox.into_values().collect()
+    }
+}
+
+fn condition(
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    network: &str,
+    driver: &str,
+) -> Condition {
+    Condition {
+        r#type: kind.into(),
+        status: if ok {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        } as i32,
+        reason: reason.into(),
+        message,
+        network: network.into(),
+        driver: driver.into(),
+        last_transition_time: None,
+    }
+}
