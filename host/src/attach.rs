@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use netlet_sdk::proto::{
-    AttachPodRequest, AttachPodResponse, Attachment, DetachPodRequest, NetworkSelection,
-    PodAttachments, PodSandbox,
+    AttachPodRequest, AttachPodResponse, Attachment, Capability, DetachPodRequest,
+    GarbageCollectRequest, NetworkSelection, PodAttachments, PodSandbox,
 };
 use tonic::Status;
 use tracing::Instrument;
@@ -273,6 +273,41 @@ impl Host {
             match self.detach(&id).await {
                 Ok(()) => removed.push(id),
                 Err(e) => failed.push(format!("{id}: {}", e.message())),
+            }
+        }
+        // Drivers may hold sandboxes the host never recorded (an attach whose answer was lost);
+        // they keep what the runtime still has and what the host still holds.
+        let mut keep: Vec<String> = valid.to_vec();
+        keep.extend(
+            self.store
+                .attachments()
+                .map_err(error::from_store)?
+                .into_iter()
+                .filter_map(|p| p.sandbox.map(|s| s.id)),
+        );
+        for d in self
+            .registry
+            .drivers()
+            .into_iter()
+            .filter(|d| d.has(Capability::Pods))
+        {
+            let r = d
+                .clients
+                .pods
+                .clone()
+                .garbage_collect(GarbageCollectRequest {
+                    valid_sandbox_ids: keep.clone(),
+                })
+                .await;
+            match r {
+                Ok(resp) => {
+                    for id in resp.into_inner().removed_sandbox_ids {
+                        if !removed.contains(&id) {
+                            removed.push(id);
+                        }
+                    }
+                }
+                Err(e) => failed.push(format!("driver {}: {}", d.name, e.message())),
             }
         }
         if failed.is_empty() {

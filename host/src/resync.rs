@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Weak};
 
-use netlet_sdk::proto::{AttachPodRequest, Capability};
+use netlet_sdk::proto::{AttachPodRequest, Capability, DetachPodRequest, ListAttachmentsRequest};
 
 use crate::{Host, attach::selection_of, registry::DriverEntry};
 
@@ -75,6 +75,17 @@ async fn replay(host: &Host, d: &DriverEntry) {
         };
         let mut replayed = 0usize;
         for pod in pods {
+            // Under the sandbox's lock, and only if it is still attached: a detach that ran
+            // since the list was read must not be undone by a late replay.
+            let id = pod
+                .sandbox
+                .as_ref()
+                .map(|s| s.id.clone())
+                .unwrap_or_default();
+            let _guard = host.lock_key(&format!("sandbox/{id}")).await;
+            let Ok(Some(pod)) = host.store.attachment(&id) else {
+                continue;
+            };
             for a in pod
                 .attachments
                 .iter()
@@ -94,6 +105,58 @@ async fn replay(host: &Host, d: &DriverEntry) {
         }
         if replayed > 0 {
             tracing::info!(driver = %d.name, attachments = replayed, "attachments replayed");
+        }
+        sweep_orphans(host, d).await;
+    }
+}
+
+/// Detaches, on `d`, the sandboxes it holds that the host has no record of: an attach whose
+/// answer was lost when the driver died, or a rollback that could not reach it. Each is
+/// re-checked under the sandbox's lock, so an attach in flight (which holds it until its
+/// record is committed) is never mistaken for an orphan.
+async fn sweep_orphans(host: &Host, d: &DriverEntry) {
+    let pods = match d
+        .clients
+        .pods
+        .clone()
+        .list_attachments(ListAttachmentsRequest::default())
+        .await
+    {
+        Ok(r) => r.into_inner().pods,
+        Err(e) => {
+            tracing::warn!(driver = %d.name, error = %e, "cannot list the driver's attachments");
+            return;
+        }
+    };
+    for id in pods.into_iter().filter_map(|p| p.sandbox.map(|s| s.id)) {
+        let _guard = host.lock_key(&format!("sandbox/{id}")).await;
+        let known = match host.store.attachment(&id) {
+            Ok(rec) => rec.is_some_and(|p| {
+                p.attachments
+                    .iter()
+                    .any(|a| a.driver == d.name || d.serves_network(&a.network))
+            }),
+            Err(_) => true,
+        };
+        if known {
+            continue;
+        }
+        let r = d
+            .clients
+            .pods
+            .clone()
+            .detach_pod(DetachPodRequest {
+                sandbox_id: id.clone(),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(_) => {
+                tracing::warn!(driver = %d.name, sandbox = %id, "detached an attachment the host had no record of")
+            }
+            Err(e) => {
+                tracing::warn!(driver = %d.name, sandbox = %id, error = %e, "orphan detach failed")
+            }
         }
     }
 }

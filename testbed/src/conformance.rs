@@ -53,6 +53,8 @@ pub struct Ctx {
     pub info: GetInfoResponse,
     /// How many times idempotency checks replay a call.
     pub replays: usize,
+    /// A second network for multi-network checks.
+    pub secondary_network: Option<String>,
     created: Mutex<Vec<Created>>,
     seq: std::sync::atomic::AtomicU32,
 }
@@ -144,24 +146,39 @@ pub struct Record {
     pub took: Duration,
 }
 
-/// Runs `checks` (those whose name matches `focus`) against the target.
+/// How a run is shaped.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Only checks whose name matches.
+    pub focus: Option<regex::Regex>,
+    /// Leave out checks whose name matches.
+    pub skip: Option<regex::Regex>,
+    /// How many times idempotency checks replay a call.
+    pub replays: usize,
+    /// A second network the target serves, for multi-network checks.
+    pub secondary_network: Option<String>,
+}
+
+/// Runs `checks` (filtered by `opts`) against the target.
 pub async fn run(
     clients: Clients,
     info: GetInfoResponse,
     checks: Vec<Check>,
-    focus: Option<&regex::Regex>,
-    replays: usize,
+    opts: &RunOptions,
 ) -> Vec<Record> {
     let ctx = Ctx {
         clients,
         info,
-        replays,
+        replays: opts.replays,
+        secondary_network: opts.secondary_network.clone(),
         created: Mutex::new(Vec::new()),
         seq: 0.into(),
     };
     let mut out = Vec::new();
     for c in checks {
-        if focus.is_some_and(|f| !f.is_match(c.name)) {
+        if opts.focus.as_ref().is_some_and(|f| !f.is_match(c.name))
+            || opts.skip.as_ref().is_some_and(|s| s.is_match(c.name))
+        {
             continue;
         }
         let start = Instant::now();

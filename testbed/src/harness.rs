@@ -75,6 +75,56 @@ pub fn fixture_driver(name: &str, networks: &str, extra_args: &[&str]) -> String
     )
 }
 
+/// A command for `program`, run inside `netns` (through `netlet-netns-exec`) when given.
+pub fn in_netns(netns: Option<&Path>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new(bin("netlet-netns-exec"));
+            c.arg(ns).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// A supervised bridge-driver entry: `network` on `bridge` with `subnets`.
+pub fn bridge_driver(name: &str, network: &str, bridge: &str, subnets: &[&str]) -> String {
+    let mut args = vec!["--name", name, "--network", network, "--bridge", bridge];
+    for s in subnets {
+        args.extend(["--subnet", s]);
+    }
+    format!(
+        "- name: {name}\n  command: {}\n  args: {}\n",
+        bin("netlet-bridge").display(),
+        serde_json::to_string(&args).unwrap_or_default()
+    )
+}
+
+/// A namespace standing for the node, with a host (and its drivers) running inside: no route
+/// leaves it. The host stops before the namespace goes.
+pub struct Node {
+    /// The host.
+    pub host: Host,
+    /// The node's namespace.
+    pub netns: crate::probe::NetNs,
+}
+
+impl Node {
+    /// A fresh node namespace `netlet-node-<tag>-<pid>` with `lo` up, and a host in it.
+    pub async fn start(tag: &str, drivers: &str, extra: &str) -> Node {
+        let netns =
+            crate::probe::NetNs::create(&format!("netlet-node-{tag}-{}", std::process::id()))
+                .expect("create node netns");
+        let host = Host::start_in(Some(&netns.path), drivers, extra).await;
+        Node { host, netns }
+    }
+
+    /// A command run inside the node's namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        in_netns(Some(&self.netns.path), program)
+    }
+}
+
 /// A running `netlet serve` in its own temporary directories.
 pub struct Host {
     /// Root of the temporary directories (kept alive with the host).
@@ -89,6 +139,8 @@ pub struct Host {
     pub state_dir: PathBuf,
     /// Config file.
     pub config: PathBuf,
+    /// Namespace the host runs in (`None`: the test's own).
+    pub netns: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -96,6 +148,11 @@ impl Host {
     /// Writes a NodeConfig with `drivers` (YAML list items) and `extra` top-level lines, and
     /// starts the host. Probes run every 100 ms so tests converge fast.
     pub async fn start(drivers: &str, extra: &str) -> Host {
+        Self::start_in(None, drivers, extra).await
+    }
+
+    /// As [`Host::start`], with the host (and so its supervised drivers) inside `netns`.
+    pub async fn start_in(netns: Option<&Path>, drivers: &str, extra: &str) -> Host {
         let dir = tempfile::Builder::new()
             .prefix("netlet-test-")
             .tempdir()
@@ -121,6 +178,7 @@ impl Host {
             state_dir: dir.path().join("state"),
             config,
             dir,
+            netns: netns.map(Path::to_path_buf),
             child: None,
         };
         h.spawn().await;
@@ -129,7 +187,7 @@ impl Host {
 
     /// (Re)starts the host process with the same directories and config.
     pub async fn spawn(&mut self) {
-        let child = Command::new(bin("netlet"))
+        let child = in_netns(self.netns.as_deref(), &bin("netlet"))
             .arg("serve")
             .arg("--config")
             .arg(&self.config)

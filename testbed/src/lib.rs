@@ -4,3 +4,4 @@
 pub mod checks;
 pub mod conformance;
 pub mod harness;
+pub mod probe;

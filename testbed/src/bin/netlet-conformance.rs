@@ -25,6 +25,13 @@ struct Args {
     /// Only run checks whose name matches this regex.
     #[arg(long)]
     focus: Option<String>,
+    /// Leave out checks whose name matches this regex (e.g. `^dataplane/` for a driver
+    /// without a data plane).
+    #[arg(long)]
+    skip: Option<String>,
+    /// A second network the target serves, for the multi-network data-plane check.
+    #[arg(long)]
+    secondary_network: Option<String>,
     /// How many times idempotency checks replay a call.
     #[arg(long, default_value_t = 5)]
     replays: usize,
@@ -42,12 +49,18 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let focus = args
-        .focus
-        .as_deref()
-        .map(regex::Regex::new)
-        .transpose()
-        .context("--focus")?;
+    let regex = |r: &Option<String>, flag: &str| {
+        r.as_deref()
+            .map(regex::Regex::new)
+            .transpose()
+            .with_context(|| flag.to_string())
+    };
+    let opts = conformance::RunOptions {
+        focus: regex(&args.focus, "--focus")?,
+        skip: regex(&args.skip, "--skip")?,
+        replays: args.replays,
+        secondary_network: args.secondary_network.clone(),
+    };
     let path = parse_target(&args.target);
     let mut clients = Clients::connect(&path, Some(std::time::Duration::from_secs(30)))
         .await
@@ -68,8 +81,7 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>(),
         info.networks
     );
-    let records =
-        conformance::run(clients, info, checks::all(), focus.as_ref(), args.replays).await;
+    let records = conformance::run(clients, info, checks::all(), &opts).await;
     print!("{}", conformance::summary(&records));
     if let Some(j) = &args.junit {
         std::fs::write(j, conformance::junit(&args.target, &records))

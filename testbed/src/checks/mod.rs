@@ -1,5 +1,6 @@
 //! The conformance checks, one file per capability.
 
+mod dataplane;
 mod devices;
 mod identity;
 mod node;
@@ -18,6 +19,7 @@ pub fn all() -> Vec<Check> {
     let mut v = identity::checks();
     v.extend(node::checks());
     v.extend(pods::checks());
+    v.extend(dataplane::checks());
     v.extend(services::checks());
     v.extend(policy::checks());
     v.extend(devices::checks());

@@ -1,0 +1,252 @@
+//! Looking inside network namespaces and sending real packets between them: what the data-plane
+//! conformance checks and benchmarks see. Sockets are opened on a thread that entered the
+//! namespace, and stay bound to it afterwards.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::net::if_::InterfaceFlags;
+
+/// How long a probe waits for a packet or a connection.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What one interface inside a namespace looks like.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Iface {
+    /// MAC, `aa:bb:..`.
+    pub mac: String,
+    /// Addresses with prefix length, `10.0.0.2/24` (link-local IPv6 left out).
+    pub addresses: BTreeSet<String>,
+    /// Administratively up and running.
+    pub up: bool,
+}
+
+/// A default route seen inside a namespace: gateway and interface.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DefaultRoute {
+    /// Gateway.
+    pub gateway: IpAddr,
+    /// Interface.
+    pub iface: String,
+}
+
+fn run_in<R: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, String> {
+    netlet_sdk::netns::run_in(netns, f).map_err(|e| e.to_string())
+}
+
+/// Interfaces of the namespace at `netns`, by name.
+pub fn interfaces(netns: &Path) -> Result<std::collections::BTreeMap<String, Iface>, String> {
+    run_in(netns, || {
+        let mut out: std::collections::BTreeMap<String, Iface> = Default::default();
+        let addrs = nix::ifaddrs::getifaddrs().map_err(|e| format!("getifaddrs: {e}"))?;
+        for a in addrs {
+            let e = out.entry(a.interface_name.clone()).or_default();
+            e.up = a.flags.contains(InterfaceFlags::IFF_UP)
+                && a.flags.contains(InterfaceFlags::IFF_RUNNING);
+            let Some(addr) = a.address else { continue };
+            if let Some(l) = addr.as_link_addr()
+                && let Some(m) = l.addr()
+            {
+                e.mac = m
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
+            }
+            let prefix = |mask: Option<nix::sys::socket::SockaddrStorage>, v6: bool| -> u32 {
+                mask.map(|m| {
+                    if v6 {
+                        m.as_sockaddr_in6()
+                            .map(|s| u128::from(s.ip()).count_ones())
+                            .unwrap_or(0)
+                    } else {
+                        m.as_sockaddr_in()
+                            .map(|s| s.ip().to_bits().count_ones())
+                            .unwrap_or(0)
+                    }
+                })
+                .unwrap_or(0)
+            };
+            if let Some(s) = addr.as_sockaddr_in() {
+                e.addresses
+                    .insert(format!("{}/{}", s.ip(), prefix(a.netmask, false)));
+            } else if let Some(s) = addr.as_sockaddr_in6() {
+                if (s.ip().segments()[0] & 0xffc0) != 0xfe80 {
+                    e.addresses
+                        .insert(format!("{}/{}", s.ip(), prefix(a.netmask, true)));
+                }
+            }
+        }
+        Ok(out)
+    })?
+}
+
+fn hex_v4_le(s: &str) -> Option<Ipv4Addr> {
+    u32::from_str_radix(s, 16)
+        .ok()
+        .map(|v| Ipv4Addr::from(v.swap_bytes()))
+}
+
+/// Default routes (IPv4 and IPv6) inside the namespace at `netns`.
+pub fn default_routes(netns: &Path) -> Result<Vec<DefaultRoute>, String> {
+    run_in(netns, || {
+        let mut out = Vec::new();
+        let v4 =
+            std::fs::read_to_string("/proc/thread-self/net/route").map_err(|e| e.to_string())?;
+        for line in v4.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
+                if let Some(gw) = hex_v4_le(f[2]) {
+                    out.push(DefaultRoute {
+                        gateway: IpAddr::V4(gw),
+                        iface: f[0].to_string(),
+                    });
+                }
+            }
+        }
+        let v6 = std::fs::read_to_string("/proc/thread-self/net/ipv6_route")
+            .map_err(|e| e.to_string())?;
+        for line in v6.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() == 10 && f[0] == "0".repeat(32) && f[1] == "00" && f[4] != "0".repeat(32) {
+                if let Ok(v) = u128::from_str_radix(f[4], 16) {
+                    out.push(DefaultRoute {
+                        gateway: IpAddr::V6(Ipv6Addr::from(v)),
+                        iface: f[9].to_string(),
+                    });
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    })?
+}
+
+/// Whether interface `name` exists in this process's own namespace.
+pub fn local_interface_exists(name: &str) -> bool {
+    nix::net::if_::if_nametoindex(name).is_ok()
+}
+
+/// A TCP echo server bound to `addr` inside `netns` (or here, with `None`) serving `conns`
+/// connections on a thread; returns the bound address.
+pub fn tcp_echo(
+    netns: Option<&Path>,
+    addr: SocketAddr,
+    conns: usize,
+) -> Result<SocketAddr, String> {
+    let bind = move || TcpListener::bind(addr).map_err(|e| format!("bind tcp {addr}: {e}"));
+    let l = match netns {
+        Some(p) => run_in(p, bind)??,
+        None => bind()?,
+    };
+    let local = l.local_addr().map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        for _ in 0..conns {
+            let Ok((mut c, peer)) = l.accept() else {
+                return;
+            };
+            let _ = c.set_read_timeout(Some(PROBE_TIMEOUT));
+            let mut buf = [0u8; 256];
+            if let Ok(n) = c.read(&mut buf) {
+                let _ = c.write_all(format!("{}|", peer.ip()).as_bytes());
+                let _ = c.write_all(&buf[..n]);
+            }
+        }
+    });
+    Ok(local)
+}
+
+/// Connects from inside `netns` to `to`, sends `msg`, returns what the echo server answered:
+/// `<client address as the server saw it>|<msg>`.
+pub fn tcp_request(netns: &Path, to: SocketAddr, msg: &str) -> Result<String, String> {
+    let msg = msg.to_string();
+    run_in(netns, move || -> Result<String, String> {
+        let mut s = TcpStream::connect_timeout(&to, PROBE_TIMEOUT)
+            .map_err(|e| format!("tcp connect {to}: {e}"))?;
+        s.set_read_timeout(Some(PROBE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        s.write_all(msg.as_bytes())
+            .map_err(|e| format!("tcp send to {to}: {e}"))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .map_err(|e| format!("tcp read from {to}: {e}"))?;
+        Ok(out)
+    })?
+}
+
+/// A UDP echo server bound to `addr` inside `netns` answering `datagrams` datagrams.
+pub fn udp_echo(netns: &Path, addr: SocketAddr, datagrams: usize) -> Result<SocketAddr, String> {
+    let s = run_in(netns, move || {
+        UdpSocket::bind(addr).map_err(|e| format!("bind udp {addr}: {e}"))
+    })??;
+    let local = s.local_addr().map_err(|e| e.to_string())?;
+    let _ = s.set_read_timeout(Some(PROBE_TIMEOUT * 2));
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        for _ in 0..datagrams {
+            let Ok((n, peer)) = s.recv_from(&mut buf) else {
+                return;
+            };
+            let mut reply = format!("{}|", peer.ip()).into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = s.send_to(&reply, peer);
+        }
+    });
+    Ok(local)
+}
+
+/// Sends `msg` over UDP from inside `netns` to `to` and returns the echo.
+pub fn udp_request(netns: &Path, to: SocketAddr, msg: &str) -> Result<String, String> {
+    let msg = msg.to_string();
+    run_in(netns, move || -> Result<String, String> {
+        let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .unwrap_or(to);
+        let s = UdpSocket::bind(any).map_err(|e| format!("udp bind: {e}"))?;
+        s.set_read_timeout(Some(PROBE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        s.send_to(msg.as_bytes(), to)
+            .map_err(|e| format!("udp send to {to}: {e}"))?;
+        let mut buf = [0u8; 256];
+        let (n, _) = s
+            .recv_from(&mut buf)
+            .map_err(|e| format!("udp reply from {to}: {e}"))?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })?
+}
+
+/// The address part of `10.0.0.2/24`.
+pub fn ip_of(cidr: &str) -> Result<IpAddr, String> {
+    cidr.split('/')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| format!("{cidr:?} is not an address"))
+}
+
+/// A namespace created for a test, deleted on drop.
+pub struct NetNs {
+    /// Pinned path under /run/netns.
+    pub path: PathBuf,
+}
+
+impl NetNs {
+    /// Creates `/run/netns/<name>`.
+    pub fn create(name: &str) -> Result<Self, String> {
+        netlet_sdk::netns::create_named(name)
+            .map(|path| Self { path })
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = netlet_sdk::netns::delete(&self.path);
+    }
+}

@@ -1,0 +1,330 @@
+//! Pod networking for real: the host and bridge drivers inside a namespace standing for the
+//! node, pods as namespaces, real packets. Needs root (CI runs as root).
+
+use std::path::Path;
+use std::time::Duration;
+
+use netlet_sdk::client::Clients;
+use netlet_sdk::proto::{
+    AttachPodRequest, DetachPodRequest, GarbageCollectRequest, ListAttachmentsRequest,
+    NetworkReadyRequest, NetworkSelection, PodSandbox,
+};
+use netlet_testbed::harness::{Node, bin, bridge_driver, privileged, wait_until};
+use netlet_testbed::probe::{self, NetNs};
+use tonic::Code;
+
+const V4: &str = "10.244.0.0/24";
+const V6: &str = "fd00:10:244::/64";
+const NET1_V4: &str = "10.245.0.0/24";
+const NET1_V6: &str = "fd00:10:245::/64";
+
+fn two_networks() -> String {
+    bridge_driver("bridge", "default", "netlet0", &[V4, V6])
+        + &bridge_driver("bridge-net1", "net1", "netlet1", &[NET1_V4, NET1_V6])
+}
+
+async fn node(tag: &str) -> Node {
+    let n = Node::start(tag, &two_networks(), "").await;
+    n.host.wait_ready("net1").await;
+    n
+}
+
+fn sandbox(id: &str, netns: &Path) -> PodSandbox {
+    PodSandbox {
+        id: id.into(),
+        name: id.into(),
+        namespace: "dataplane".into(),
+        uid: id.into(),
+        netns_path: netns.display().to_string(),
+        ..Default::default()
+    }
+}
+
+fn sel(network: &str, ifname: &str) -> NetworkSelection {
+    NetworkSelection {
+        network: network.into(),
+        interface_name: ifname.into(),
+        ..Default::default()
+    }
+}
+
+/// Interfaces of the node that belong to pods (host-side veths and ifbs).
+fn pod_links(node: &Node) -> Vec<String> {
+    probe::interfaces(&node.netns.path)
+        .unwrap()
+        .into_keys()
+        .filter(|n| n.starts_with("veth") || n.starts_with("bwp"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_data_plane_against_host_and_bridge_driver() {
+    if !privileged("conformance_data_plane_against_host_and_bridge_driver") {
+        return;
+    }
+    let n = node("conf").await;
+    let targets = [
+        n.host.socket.clone(),
+        n.host.dir.path().join("run/drivers/bridge.sock"),
+    ];
+    for t in targets {
+        let out = n
+            .command(&bin("netlet-conformance"))
+            .args(["--target", &format!("unix://{}", t.display())])
+            .args(["--secondary-network", "net1"])
+            // Only bridge drivers run here: Services, Policy and Devices have no driver.
+            .args(["--focus", "^(identity|node|pods|dataplane)/"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let direct = t.ends_with("bridge.sock");
+        assert!(
+            out.status.success(),
+            "{}\n{text}\n{}",
+            t.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(" 0 failed"), "{text}");
+        for check in [
+            "dataplane/interface-matches-attachment",
+            "dataplane/pod-to-pod-tcp-udp-every-family",
+            "dataplane/pod-to-node",
+            "dataplane/detach-removes-veth-and-frees-addresses",
+            "dataplane/attach-replayed-is-one-attachment",
+            "dataplane/concurrent-attaches-get-distinct-addresses",
+        ] {
+            assert!(
+                text.contains(&format!("PASS  {check}")),
+                "{check} did not pass against {}:\n{text}",
+                t.display()
+            );
+        }
+        // net1 is served by another driver: only the host can attach both.
+        let multi = "PASS  dataplane/secondary-network-carries-traffic";
+        assert_eq!(text.contains(multi), !direct, "{text}");
+    }
+    assert_eq!(
+        pod_links(&n),
+        Vec::<String>::new(),
+        "conformance left pod links behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failure_on_the_second_network_rolls_the_first_back() {
+    if !privileged("failure_on_the_second_network_rolls_the_first_back") {
+        return;
+    }
+    let n = node("rollback").await;
+    let c = n.host.clients().await;
+    let pod = NetNs::create(&format!("netlet-pod-rb-{}", std::process::id())).unwrap();
+    let mut bad = sel("net1", "net1");
+    bad.ips = vec!["10.99.0.5".into()];
+    let err = c
+        .pods
+        .clone()
+        .attach_pod(AttachPodRequest {
+            sandbox: Some(sandbox("rb-1", &pod.path)),
+            networks: vec![sel("default", "eth0"), bad],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("10.99.0.5"), "{err:?}");
+    let listed = c
+        .pods
+        .clone()
+        .list_attachments(ListAttachmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pods;
+    assert!(listed.is_empty(), "{listed:?}");
+    assert_eq!(
+        pod_links(&n),
+        Vec::<String>::new(),
+        "eth0's veth was not rolled back"
+    );
+    let inside = probe::interfaces(&pod.path).unwrap();
+    assert!(!inside.contains_key("eth0"), "{inside:?}");
+    // The rolled-back address is free: the same pod attaches cleanly and gets both networks.
+    let ok = c
+        .pods
+        .clone()
+        .attach_pod(AttachPodRequest {
+            sandbox: Some(sandbox("rb-1", &pod.path)),
+            networks: vec![sel("default", "eth0"), sel("net1", "net1")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.attachments.len(), 2);
+    c.pods
+        .clone()
+        .detach_pod(DetachPodRequest {
+            sandbox_id: "rb-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pod_links(&n), Vec::<String>::new());
+}
+
+fn bridge_pid(n: &Node, driver: &str) -> i32 {
+    std::fs::read_to_string(n.host.dir.path().join(format!("run/drivers/{driver}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn driver_killed_during_churn_converges_with_nothing_leaked() {
+    if !privileged("driver_killed_during_churn_converges_with_nothing_leaked") {
+        return;
+    }
+    let n = node("churn").await;
+    let c = n.host.clients().await;
+    const PODS: usize = 8;
+    let pods: Vec<NetNs> = (0..PODS)
+        .map(|i| NetNs::create(&format!("netlet-pod-churn{i}-{}", std::process::id())).unwrap())
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for (i, p) in pods.iter().enumerate() {
+        let (c, path, stop) = (c.clone(), p.path.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("churn-{i}");
+                let _ = c
+                    .pods
+                    .clone()
+                    .attach_pod(AttachPodRequest {
+                        sandbox: Some(sandbox(&id, &path)),
+                        networks: vec![],
+                    })
+                    .await;
+                let _ = c
+                    .pods
+                    .clone()
+                    .detach_pod(DetachPodRequest {
+                        sandbox_id: id,
+                        ..Default::default()
+                    })
+                    .await;
+                rounds += 1;
+            }
+            rounds
+        }));
+    }
+    // Let churn run, then kill the driver mid-flight, twice.
+    for _ in 0..2 {
+        wait_until("churn under way", Duration::from_secs(10), || async {
+            let r = c
+                .pods
+                .clone()
+                .list_attachments(ListAttachmentsRequest::default())
+                .await
+                .ok()?;
+            (!r.into_inner().pods.is_empty()).then_some(())
+        })
+        .await;
+        let pid = bridge_pid(&n, "bridge");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        wait_until("driver restarted", Duration::from_secs(20), || async {
+            (bridge_pid(&n, "bridge") != pid).then_some(())
+        })
+        .await;
+    }
+    n.host.wait_ready("").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut rounds = 0;
+    for w in workers {
+        rounds += w.await.unwrap();
+    }
+    assert!(
+        rounds as usize > PODS,
+        "churn did not run ({rounds} rounds)"
+    );
+    // The runtime's view: no sandbox is left. Detach each (idempotent) and garbage-collect.
+    for i in 0..PODS {
+        c.pods
+            .clone()
+            .detach_pod(DetachPodRequest {
+                sandbox_id: format!("churn-{i}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    c.pods
+        .clone()
+        .garbage_collect(GarbageCollectRequest {
+            valid_sandbox_ids: vec![],
+        })
+        .await
+        .unwrap();
+    let host_view = c
+        .pods
+        .clone()
+        .list_attachments(ListAttachmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pods;
+    assert!(host_view.is_empty(), "host still lists {host_view:?}");
+    let driver = Clients::connect(
+        &n.host.dir.path().join("run/drivers/bridge.sock"),
+        Some(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    let driver_view = driver
+        .pods
+        .clone()
+        .list_attachments(ListAttachmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pods;
+    assert!(driver_view.is_empty(), "driver still holds {driver_view:?}");
+    assert_eq!(
+        pod_links(&n),
+        Vec::<String>::new(),
+        "veths leaked on the node"
+    );
+    for p in &pods {
+        let inside = probe::interfaces(&p.path).unwrap();
+        assert!(
+            !inside.contains_key("eth0"),
+            "{} kept eth0",
+            p.path.display()
+        );
+    }
+    // Every address is back in the pool.
+    let r = driver
+        .node
+        .clone()
+        .network_ready(NetworkReadyRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .readiness
+        .unwrap();
+    let usage: Vec<&str> = r
+        .conditions
+        .iter()
+        .filter(|c| c.r#type == "AddressesAvailable")
+        .map(|c| c.message.as_str())
+        .collect();
+    assert_eq!(usage.len(), 2, "{r:?}");
+    assert!(
+        usage.iter().all(|m| m.contains(": 0 of ")),
+        "addresses still held: {usage:?}"
+    );
+}
