@@ -309,3 +309,44 @@ impl Drop for Proc {
         let _ = self.0.wait();
     }
 }
+
+/// Where Debian's `containernetworking-plugins` puts the reference CNI plugins.
+pub const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
+
+/// Invokes a CNI plugin exactly as a runtime does: one exec, `CNI_*` in the environment, the
+/// network configuration on stdin; inside `netns` when given. Returns the exit status and the
+/// parsed stdout (`Null` when empty).
+pub fn cni_exec(
+    netns: Option<&Path>,
+    plugin: &Path,
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> (std::process::ExitStatus, serde_json::Value) {
+    use std::io::Write;
+    let mut cmd = in_netns(netns, plugin);
+    cmd.env_clear()
+        .env("CNI_PATH", CNI_PLUGIN_DIR)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("exec {}: {e}", plugin.display()));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait plugin");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} printed non-JSON ({e}): {text}", plugin.display()))
+    };
+    (out.status, v)
+}

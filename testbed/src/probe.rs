@@ -250,3 +250,42 @@ impl Drop for NetNs {
         let _ = netlet_sdk::netns::delete(&self.path);
     }
 }
+
+/// Queueing disciplines inside the namespace at `netns`: (interface name, qdisc kind), read
+/// over rtnetlink.
+pub fn qdiscs(netns: &Path) -> Result<Vec<(String, String)>, String> {
+    use futures::TryStreamExt;
+    use rtnetlink::packet_route::{link::LinkAttribute, tc::TcAttribute};
+    run_in(netns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let (conn, h, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let mut names = std::collections::HashMap::new();
+            let mut links = h.link().get().execute();
+            while let Some(l) = links.try_next().await.map_err(|e| e.to_string())? {
+                for a in l.attributes {
+                    if let LinkAttribute::IfName(n) = a {
+                        names.insert(l.header.index as i32, n);
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            let mut q = h.qdisc().get().execute();
+            while let Some(m) = q.try_next().await.map_err(|e| e.to_string())? {
+                let kind = m.attributes.iter().find_map(|a| match a {
+                    TcAttribute::Kind(k) => Some(k.clone()),
+                    _ => None,
+                });
+                if let (Some(n), Some(k)) = (names.get(&m.header.index), kind) {
+                    out.push((n.clone(), k));
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+    })?
+}

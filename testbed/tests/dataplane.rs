@@ -328,3 +328,81 @@ async fn driver_killed_during_churn_converges_with_nothing_leaked() {
         "addresses still held: {usage:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bandwidth_annotations_become_tbf_qdiscs_and_go_with_the_pod() {
+    if !privileged("bandwidth_annotations_become_tbf_qdiscs") {
+        return;
+    }
+    let n = Node::start(
+        "bw",
+        &bridge_driver("bridge", "default", "netlet0", &[V4, V6]),
+        "",
+    )
+    .await;
+    n.host.wait_ready("").await;
+    let c = n.host.clients().await;
+    let pod = NetNs::create(&format!("netlet-pod-bw-{}", std::process::id())).unwrap();
+    let mut sb = sandbox("bw-1", &pod.path);
+    sb.annotations
+        .insert("kubernetes.io/ingress-bandwidth".into(), "10M".into());
+    sb.annotations
+        .insert("kubernetes.io/egress-bandwidth".into(), "20M".into());
+    let a = c
+        .pods
+        .clone()
+        .attach_pod(AttachPodRequest {
+            sandbox: Some(sb.clone()),
+            networks: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .attachments
+        .remove(0);
+    let veth = a.host_interface.clone();
+    let ifb = format!("bwp{}", veth.trim_start_matches("veth"));
+    let q = probe::qdiscs(&n.netns.path).unwrap();
+    for want in [
+        (veth.clone(), "tbf"),
+        (veth.clone(), "ingress"),
+        (ifb.clone(), "tbf"),
+    ] {
+        assert!(
+            q.iter().any(|(i, k)| *i == want.0 && k == want.1),
+            "missing {want:?} in {q:?}"
+        );
+    }
+    // A bad annotation names itself and changes nothing.
+    let pod2 = NetNs::create(&format!("netlet-pod-bw2-{}", std::process::id())).unwrap();
+    let mut bad = sandbox("bw-2", &pod2.path);
+    bad.annotations
+        .insert("kubernetes.io/egress-bandwidth".into(), "fast".into());
+    let err = c
+        .pods
+        .clone()
+        .attach_pod(AttachPodRequest {
+            sandbox: Some(bad),
+            networks: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("kubernetes.io/egress-bandwidth"),
+        "{err:?}"
+    );
+    c.pods
+        .clone()
+        .detach_pod(DetachPodRequest {
+            sandbox_id: "bw-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        pod_links(&n),
+        Vec::<String>::new(),
+        "veth or ifb left behind"
+    );
+}

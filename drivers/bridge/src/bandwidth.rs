@@ -93,7 +93,7 @@ pub fn limits(
         for (v, f) in [(b.ingress_bps, "ingress_bps"), (b.egress_bps, "egress_bps")] {
             if v != 0 && !(MIN_BPS..=MAX_BPS).contains(&v) {
                 return Err((
-                    format!("bandwidth.{f}"),
+                    format!("{field}.bandwidth.{f}"),
                     format!("{v} is outside 1000..1e15 bits/s"),
                 ));
             }
@@ -260,20 +260,27 @@ mod tests {
             annotations: HashMap::from([(INGRESS_ANNOTATION.to_string(), "10M".to_string())]),
             ..Default::default()
         };
-        let l = limits(&s, &NetworkSelection::default()).unwrap().unwrap();
+        let l = limits(&s, &NetworkSelection::default(), "networks[0]")
+            .unwrap()
+            .unwrap();
         assert_eq!((l.ingress_bps, l.egress_bps), (10_000_000, 0));
         assert_eq!(
-            limits(&PodSandbox::default(), &NetworkSelection::default()).unwrap(),
+            limits(
+                &PodSandbox::default(),
+                &NetworkSelection::default(),
+                "networks[0]"
+            )
+            .unwrap(),
             None
         );
         s.annotations
             .insert(EGRESS_ANNOTATION.into(), "lots".into());
-        let (field, why) = limits(&s, &NetworkSelection::default()).unwrap_err();
+        let (field, why) = limits(&s, &NetworkSelection::default(), "networks[0]").unwrap_err();
         assert_eq!(field, format!("sandbox.annotations[{EGRESS_ANNOTATION}]"));
         assert!(why.contains("lots"));
         s.annotations.insert(EGRESS_ANNOTATION.into(), "10".into());
         assert!(
-            limits(&s, &NetworkSelection::default())
+            limits(&s, &NetworkSelection::default(), "networks[0]")
                 .unwrap_err()
                 .1
                 .contains("outside")

@@ -380,6 +380,7 @@ impl Bridge {
                 format!("{} does not exist", sandbox.netns_path),
             ));
         }
+        let limits = bandwidth::limits(sandbox, sel, field).map_err(|(f, why)| invalid(f, why))?;
         let existing = self.lock().records.get(&k).cloned();
         let (attachment, bridge_index, fresh) = match existing {
             Some(rec) => {
@@ -419,7 +420,6 @@ impl Bridge {
                 (a, bi, true)
             }
         };
-        let limits = bandwidth::limits(sandbox, sel).map_err(|m| invalid(m.0, m.1))?;
         if let Err(e) = self
             .build(netns, &attachment, bridge_index, limits.as_ref())
             .await
