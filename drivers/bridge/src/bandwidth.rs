@@ -81,6 +81,7 @@ fn rate(field: &str, text: &str) -> Result<u64, (String, String)> {
 pub fn limits(
     sandbox: &PodSandbox,
     sel: &NetworkSelection,
+    field: &str,
 ) -> Result<Option<Limits>, (String, String)> {
     let mut l = Limits::default();
     if let Some(b) = &sel.bandwidth {
