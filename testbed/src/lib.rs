@@ -5,3 +5,4 @@ pub mod checks;
 pub mod conformance;
 pub mod harness;
 pub mod probe;
+pub mod stats;

@@ -218,6 +218,50 @@ impl Bridge {
         self.publish();
     }
 
+    /// Removes host-side veths on this driver's bridges, and ifb devices, that no record
+    /// explains: left by an attach that died before its record was written. Call once at
+    /// start, before serving.
+    pub async fn sweep_leftovers(&self) {
+        let (known, bridges): (std::collections::HashSet<String>, Vec<u32>) = {
+            let st = self.lock();
+            (
+                st.records
+                    .values()
+                    .flat_map(|r| r.attachments.iter().map(|a| a.host_interface.clone()))
+                    .collect(),
+                st.networks
+                    .values()
+                    .filter_map(|n| n.bridge_index)
+                    .collect(),
+            )
+        };
+        let mut stale = Vec::new();
+        for b in bridges {
+            match self.nl.ports_of(b).await {
+                Ok(ports) => stale.extend(
+                    ports
+                        .into_iter()
+                        .filter(|p| p.starts_with("veth") && !known.contains(p)),
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot list bridge ports"),
+            }
+        }
+        if let Ok(ifbs) = self.nl.links_named("bwp").await {
+            stale.extend(
+                ifbs.into_iter()
+                    .filter(|i| !known.contains(&format!("veth{}", i.trim_start_matches("bwp")))),
+            );
+        }
+        for name in stale {
+            match self.nl.delete_link(&name).await {
+                Ok(_) => {
+                    tracing::warn!(link = %name, "removed a leftover link no attachment explains")
+                }
+                Err(e) => tracing::warn!(link = %name, error = %e, "cannot remove leftover link"),
+            }
+        }
+    }
+
     fn open_store(&self) -> Result<(), (String, String)> {
         let mut slot = self.store.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_some() {
@@ -407,32 +451,44 @@ impl Bridge {
             None => {
                 let bi = self.bridge_index(&sel.network, field)?;
                 let a = self.allocate(&k, sandbox, sel, ifname, field)?;
-                let rec = PodAttachments {
-                    sandbox: Some(sandbox.clone()),
-                    attachments: vec![a.clone()],
-                };
-                if let Err(e) = store.put(TABLE, &k, rec.encode_to_vec()).await {
-                    self.release(&k, &a);
-                    return Err(Status::unavailable(format!("IPAM store: {e}")));
-                }
-                self.lock().records.insert(k.clone(), rec);
-                self.publish();
                 (a, bi, true)
             }
         };
-        if let Err(e) = self
-            .build(netns, &attachment, bridge_index, limits.as_ref())
-            .await
-        {
-            tracing::warn!(sandbox = %sandbox.id, ifname, error = %e, "attach failed; undoing");
-            let _ = self.nl.delete_link(&attachment.host_interface).await;
-            let _ = bandwidth::remove(&self.nl, &attachment.host_interface).await;
+        let rec = PodAttachments {
+            sandbox: Some(sandbox.clone()),
+            attachments: vec![attachment.clone()],
+        };
+        // A fresh record is written while the data plane is built. A crash in between leaves a
+        // record whose veth is missing (rebuilt by the next AttachPod, which the host replays)
+        // or a veth without a record (removed by the sweep at start).
+        let build = self.build(netns, &attachment, bridge_index, limits.as_ref(), !fresh);
+        let (stored, built) = if fresh {
+            tokio::join!(store.put(TABLE, &k, rec.encode_to_vec()), build)
+        } else {
+            (Ok(()), build.await)
+        };
+        if stored.is_ok() && built.is_ok() {
             if fresh {
-                self.forget(&store, &k, &attachment).await;
+                self.lock().records.insert(k, rec);
+                self.publish();
             }
-            return Err(internal(e));
+            return Ok(attachment);
         }
-        Ok(attachment)
+        tracing::warn!(sandbox = %sandbox.id, ifname, store = ?stored.as_ref().err(), data_plane = ?built.as_ref().err(), "attach failed; undoing");
+        let _ = bandwidth::remove(&self.nl, &attachment.host_interface).await;
+        let _ = self.nl.delete_link(&attachment.host_interface).await;
+        if fresh {
+            if stored.is_ok() {
+                self.forget(&store, &k, &attachment).await;
+            } else {
+                self.release(&k, &attachment);
+            }
+        }
+        match (stored, built) {
+            (_, Err(e)) => Err(internal(e)),
+            (Err(e), _) => Err(Status::unavailable(format!("IPAM store: {e}"))),
+            _ => Err(Status::internal("attach failed")),
+        }
     }
 
     fn bridge_index(&self, network: &str, field: &str) -> Result<u32, Status> {
@@ -589,17 +645,23 @@ impl Bridge {
         a: &Attachment,
         bridge: u32,
         limits: Option<&bandwidth::Limits>,
+        rebuild: bool,
     ) -> Result<(), NlError> {
-        // A veth left by an interrupted attempt is replaced.
-        self.nl.delete_link(&a.host_interface).await?;
+        // The pod-side connection (a thread entering the namespace) is opened while the veth
+        // is created.
+        let ns = netns.to_path_buf();
+        let connect = tokio::task::spawn_blocking(move || Netlink::connect_in(&ns));
+        let pod_if_stale = if rebuild {
+            // A rebuild replaces whatever an earlier life left.
+            self.nl.delete_link(&a.host_interface).await?;
+            true
+        } else {
+            false
+        };
         let mac = netlink::parse_mac(&a.mac).unwrap_or_default();
-        let pod = Netlink::connect_in(netns)?;
-        // The pod may still hold an interface of that name from an earlier life (a replay after
-        // the host veth was lost); it goes first.
-        pod.delete_link(&a.interface_name).await?;
         let host_mac = netlink::host_veth_mac(&a.host_interface);
-        self.nl
-            .create_veth(
+        let create = || {
+            self.nl.create_veth(
                 &a.host_interface,
                 host_mac,
                 &a.interface_name,
@@ -608,7 +670,24 @@ impl Bridge {
                 a.mtu,
                 bridge,
             )
-            .await?;
+        };
+        let pod = connect.await.map_err(|e| NlError {
+            what: "pod netlink connection".into(),
+            errno: None,
+            message: e.to_string(),
+        })??;
+        if pod_if_stale {
+            pod.delete_link(&a.interface_name).await?;
+        }
+        match create().await {
+            Err(e) if e.errno == Some(netlink::errno::EEXIST) => {
+                // Left by an attempt that died before its record was written.
+                self.nl.delete_link(&a.host_interface).await?;
+                pod.delete_link(&a.interface_name).await?;
+                create().await?;
+            }
+            other => other?,
+        }
         let addrs: Vec<(IpAddr, u8)> = a
             .ips
             .iter()

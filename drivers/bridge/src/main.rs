@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let bridge = driver::Bridge::new(&args.name, cfg.networks.clone(), &args.state_dir)?;
     bridge.reconcile().await;
+    bridge.sweep_leftovers().await;
     let bg = bridge.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(RECONCILE_EVERY);

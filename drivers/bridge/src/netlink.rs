@@ -7,8 +7,9 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures::TryStreamExt;
+use futures::future::BoxFuture;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
-use netlink_packet_route::link::{InfoData, InfoVeth};
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -237,7 +238,9 @@ impl Netlink {
         }
     }
 
-    /// Inside a pod: addresses on `ifname`, it and `lo` up, default routes via `gateways`.
+    /// Inside a pod: `ifname` and `lo` up, addresses on `ifname`, default routes via
+    /// `gateways`. The requests are pipelined (sent at once, answered in order: the kernel
+    /// handles one socket's requests in sequence, so each finds what the previous made).
     pub async fn configure_pod(
         &self,
         ifname: &str,
@@ -249,38 +252,67 @@ impl Netlink {
             errno: Some(errno::ENODEV),
             message: "not found in the pod's namespace".into(),
         })?;
-        for &(ip, prefix) in addresses {
-            self.add_address(index, ip, prefix).await?;
-        }
-        for (i, what) in [(index, ifname), (1, "lo")] {
-            self.handle
+        let mut steps: Vec<BoxFuture<'_, NlResult<()>>> = Vec::new();
+        for (i, what) in [(index, ifname.to_string()), (1, "lo".to_string())] {
+            let req = self
+                .handle
                 .link()
                 .set(LinkUnspec::new_with_index(i).up().build())
-                .execute()
-                .await
-                .map_err(nl(format!("set {what} up")))?;
+                .execute();
+            steps.push(Box::pin(async move {
+                req.await.map_err(nl(format!("set {what} up")))
+            }));
         }
-        for gw in gateways {
+        for &(ip, prefix) in addresses {
+            steps.push(Box::pin(self.add_address(index, ip, prefix)));
+        }
+        for gw in gateways.iter().copied() {
             let msg = match gw {
                 IpAddr::V4(g) => RouteMessageBuilder::<Ipv4Addr>::new()
-                    .gateway(*g)
+                    .gateway(g)
                     .output_interface(index)
                     .build(),
                 IpAddr::V6(g) => RouteMessageBuilder::<Ipv6Addr>::new()
-                    .gateway(*g)
+                    .gateway(g)
                     .output_interface(index)
                     .build(),
             };
-            exists_ok(
-                self.handle
-                    .route()
-                    .add(msg)
-                    .execute()
-                    .await
-                    .map_err(nl(format!("add default route via {gw}"))),
-            )?;
+            let req = self.handle.route().add(msg).execute();
+            steps.push(Box::pin(async move {
+                exists_ok(req.await.map_err(nl(format!("add default route via {gw}"))))
+            }));
         }
-        Ok(())
+        futures::future::try_join_all(steps).await.map(|_| ())
+    }
+
+    /// Names of the interfaces enslaved to bridge `index`.
+    pub async fn ports_of(&self, index: u32) -> NlResult<Vec<String>> {
+        self.links_where(|attrs| {
+            attrs
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == index))
+        })
+        .await
+    }
+
+    /// Names of the interfaces whose name starts with `prefix`.
+    pub async fn links_named(&self, prefix: &str) -> NlResult<Vec<String>> {
+        let all = self.links_where(|_| true).await?;
+        Ok(all.into_iter().filter(|n| n.starts_with(prefix)).collect())
+    }
+
+    async fn links_where(&self, keep: impl Fn(&[LinkAttribute]) -> bool) -> NlResult<Vec<String>> {
+        let mut out = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(l) = links.try_next().await.map_err(nl("list links"))? {
+            if keep(&l.attributes) {
+                out.extend(l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                }));
+            }
+        }
+        Ok(out)
     }
 
     /// The raw handle, for traffic control.

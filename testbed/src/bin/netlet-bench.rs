@@ -17,6 +17,7 @@ use netlet_sdk::{
     proto::{AttachPodRequest, CheckDnsRequest, DetachPodRequest, PodSandbox},
 };
 use netlet_testbed::harness::{Host, fixture_driver};
+use netlet_testbed::stats::{pct, us};
 
 #[derive(Parser)]
 #[command(about = "netlet host benchmarks")]
@@ -36,11 +37,6 @@ struct Row {
     p99: Duration,
     rate: f64,
     target: &'static str,
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 async fn measure<F, Fut>(name: &str, conc: usize, calls: usize, target: &'static str, f: F) -> Row
@@ -100,10 +96,6 @@ fn fsync_anchor(dir: &std::path::Path) -> (Duration, Duration) {
     }
     let _ = std::fs::remove_file(&path);
     (pct(&mut lat, 0.5), pct(&mut lat, 0.99))
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
 #[tokio::main]

@@ -1,0 +1,358 @@
+//! netlet-bench-pods: the cost of attaching and detaching a pod, for real (veth into a fresh
+//! namespace, dual-stack addresses, routes), through the host and the bridge driver, beside the
+//! CNI reference plugins `bridge` + `host-local` invoked exactly as a runtime does (environment
+//! + stdin, one exec per call) — same machine, same run. Also the netlet-cni shim (one exec per
+//! call, forwarding to the host), which is what today's runtimes would run.
+//!
+//! Each side runs in a namespace of its own standing for the node; pods are namespaces created
+//! up front (a runtime creates the namespace before calling the network plugin, too). Not a
+//! test: it gates nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use netlet_sdk::proto::{AttachPodRequest, DetachPodRequest, PodSandbox};
+use netlet_testbed::harness::{CNI_PLUGIN_DIR, Node, bin, bridge_driver, cni_exec};
+use netlet_testbed::probe::NetNs;
+use netlet_testbed::stats::{ms, pct};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "pod attach/detach: netlet vs the CNI reference plugins")]
+struct Args {
+    /// Attach+detach rounds per path at concurrency 1.
+    #[arg(long, default_value_t = 300)]
+    rounds: usize,
+    /// Pods attached at once for the throughput rows.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Pods per throughput run.
+    #[arg(long, default_value_t = 200)]
+    burst: usize,
+}
+
+struct Lat {
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+}
+
+fn sandbox(id: &str, netns: &Path) -> PodSandbox {
+    PodSandbox {
+        id: id.into(),
+        name: id.into(),
+        namespace: "bench".into(),
+        uid: id.into(),
+        netns_path: netns.display().to_string(),
+        ..Default::default()
+    }
+}
+
+fn cni_env<'a>(cmd: &'a str, id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_COMMAND", cmd),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+        (
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p",
+        ),
+    ]
+}
+
+/// One CNI call (ADD or DEL) as a runtime makes it, timed.
+fn cni_call(
+    node: Option<&Path>,
+    plugin: &Path,
+    cmd: &str,
+    id: &str,
+    netns: &Path,
+    conf: &str,
+) -> Duration {
+    let ns = netns.display().to_string();
+    let t = Instant::now();
+    let (st, out) = cni_exec(node, plugin, &cni_env(cmd, id, &ns), conf);
+    let took = t.elapsed();
+    assert!(st.success(), "{} {cmd}: {out}", plugin.display());
+    took
+}
+
+async fn grpc_rounds(n: &Node, pods: &[NetNs], rounds: usize) -> Lat {
+    let c = n.host.clients().await;
+    let mut lat = Lat {
+        add: vec![],
+        del: vec![],
+    };
+    for i in 0..rounds {
+        let p = &pods[i % pods.len()];
+        let id = format!("g{i}");
+        let t = Instant::now();
+        c.pods
+            .clone()
+            .attach_pod(AttachPodRequest {
+                sandbox: Some(sandbox(&id, &p.path)),
+                networks: vec![],
+            })
+            .await
+            .expect("AttachPod");
+        lat.add.push(t.elapsed());
+        let t = Instant::now();
+        c.pods
+            .clone()
+            .detach_pod(DetachPodRequest {
+                sandbox_id: id,
+                ..Default::default()
+            })
+            .await
+            .expect("DetachPod");
+        lat.del.push(t.elapsed());
+    }
+    lat
+}
+
+fn exec_rounds(
+    node: Option<&Path>,
+    plugin: &Path,
+    conf: &str,
+    pods: &[NetNs],
+    rounds: usize,
+    tag: &str,
+) -> Lat {
+    let mut lat = Lat {
+        add: vec![],
+        del: vec![],
+    };
+    for i in 0..rounds {
+        let p = &pods[i % pods.len()];
+        let id = format!("{tag}{i}");
+        lat.add
+            .push(cni_call(node, plugin, "ADD", &id, &p.path, conf));
+        lat.del
+            .push(cni_call(node, plugin, "DEL", &id, &p.path, conf));
+    }
+    lat
+}
+
+/// Attaches `burst` pods `conc` at a time, then detaches them; returns attaches per second.
+async fn grpc_throughput(n: &Node, pods: &[NetNs], conc: usize, burst: usize) -> f64 {
+    let c = n.host.clients().await;
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(conc));
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..burst)
+        .map(|i| {
+            let (c, sem, path) = (c.clone(), sem.clone(), pods[i].path.clone());
+            tokio::spawn(async move {
+                let _p = sem.acquire_owned().await;
+                c.pods
+                    .clone()
+                    .attach_pod(AttachPodRequest {
+                        sandbox: Some(sandbox(&format!("t{i}"), &path)),
+                        networks: vec![],
+                    })
+                    .await
+                    .expect("AttachPod");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("attach task");
+    }
+    let rate = burst as f64 / t.elapsed().as_secs_f64();
+    for i in 0..burst {
+        c.pods
+            .clone()
+            .detach_pod(DetachPodRequest {
+                sandbox_id: format!("t{i}"),
+                ..Default::default()
+            })
+            .await
+            .expect("DetachPod");
+    }
+    rate
+}
+
+fn exec_throughput(
+    node: Option<&Path>,
+    plugin: &Path,
+    conf: &str,
+    pods: &[NetNs],
+    conc: usize,
+    burst: usize,
+    tag: &str,
+) -> f64 {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..conc {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= burst {
+                        return;
+                    }
+                    cni_call(
+                        node,
+                        plugin,
+                        "ADD",
+                        &format!("{tag}{i}"),
+                        &pods[i].path,
+                        conf,
+                    );
+                }
+            });
+        }
+    });
+    let rate = burst as f64 / t.elapsed().as_secs_f64();
+    for (i, p) in pods.iter().enumerate().take(burst) {
+        cni_call(node, plugin, "DEL", &format!("{tag}{i}"), &p.path, conf);
+    }
+    rate
+}
+
+fn row(name: &str, op: &str, v: &mut [Duration]) -> (Duration, Duration) {
+    let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
+    println!(
+        "{name:<44} {op:<7} {:>10} {:>10} {:>10.0}",
+        ms(p50),
+        ms(p99),
+        v.len() as f64 / v.iter().sum::<Duration>().as_secs_f64()
+    );
+    (p50, p99)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bridge_plugin = PathBuf::from(CNI_PLUGIN_DIR).join("bridge");
+    anyhow::ensure!(
+        bridge_plugin.is_file(),
+        "{} missing: apt-get install containernetworking-plugins",
+        bridge_plugin.display()
+    );
+    let pid = std::process::id();
+    let pool = args.burst.max(args.concurrency).max(16);
+    let pods: Vec<NetNs> = (0..pool)
+        .map(|i| NetNs::create(&format!("netlet-bench-pod{i}-{pid}")).map_err(anyhow::Error::msg))
+        .collect::<Result<_, _>>()?;
+
+    // netlet: host + bridge driver in their node namespace.
+    let n = Node::start(
+        "bench",
+        &bridge_driver(
+            "bridge",
+            "default",
+            "netlet0",
+            &["10.244.0.0/22", "fd00:10:244::/64"],
+        ),
+        "",
+    )
+    .await;
+    n.host.wait_ready("").await;
+    let shim_conf =
+        json!({"cniVersion": "1.0.0", "name": "netlet", "type": "netlet", "socket": n.host.socket})
+            .to_string();
+    // The reference plugins in a node namespace of their own.
+    let ref_node =
+        NetNs::create(&format!("netlet-bench-refnode-{pid}")).map_err(anyhow::Error::msg)?;
+    let data = tempfile::tempdir()?;
+    let ref_conf = json!({
+        "cniVersion": "1.0.0", "name": "reference", "type": "bridge", "bridge": "cni0", "isGateway": true,
+        "ipam": {"type": "host-local", "dataDir": data.path(),
+                 "ranges": [[{"subnet": "10.88.0.0/22"}], [{"subnet": "fd00:88::/64"}]],
+                 "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}
+    })
+    .to_string();
+
+    // Warm-up: bridges exist, caches are hot, binaries are in the page cache.
+    grpc_rounds(&n, &pods, 20).await;
+    exec_rounds(None, &bin("netlet-cni"), &shim_conf, &pods, 5, "w");
+    exec_rounds(
+        Some(&ref_node.path),
+        &bridge_plugin,
+        &ref_conf,
+        &pods,
+        5,
+        "w",
+    );
+
+    let mut g = grpc_rounds(&n, &pods, args.rounds).await;
+    let mut s = exec_rounds(
+        None,
+        &bin("netlet-cni"),
+        &shim_conf,
+        &pods,
+        args.rounds,
+        "s",
+    );
+    let mut r = exec_rounds(
+        Some(&ref_node.path),
+        &bridge_plugin,
+        &ref_conf,
+        &pods,
+        args.rounds,
+        "r",
+    );
+    let g_rate = grpc_throughput(&n, &pods, args.concurrency, args.burst).await;
+    let s_rate = exec_throughput(
+        None,
+        &bin("netlet-cni"),
+        &shim_conf,
+        &pods,
+        args.concurrency,
+        args.burst,
+        "st",
+    );
+    let r_rate = exec_throughput(
+        Some(&ref_node.path),
+        &bridge_plugin,
+        &ref_conf,
+        &pods,
+        args.concurrency,
+        args.burst,
+        "rt",
+    );
+
+    println!(
+        "\nnetlet-bench-pods: attach = veth into a fresh netns + IPv4 + IPv6 + routes, same run, {} rounds\n",
+        args.rounds
+    );
+    println!(
+        "{:<44} {:<7} {:>10} {:>10} {:>10}",
+        "path", "op", "p50", "p99", "ops/s"
+    );
+    let (ga, _) = row(
+        "netlet: AttachPod/DetachPod via host (gRPC)",
+        "attach",
+        &mut g.add,
+    );
+    let (gd, _) = row("", "detach", &mut g.del);
+    let (sa, _) = row("netlet-cni shim exec -> host", "ADD", &mut s.add);
+    let (sd, _) = row("", "DEL", &mut s.del);
+    let (ra, _) = row("anchor: CNI bridge + host-local exec", "ADD", &mut r.add);
+    let (rd, _) = row("", "DEL", &mut r.del);
+    let x = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    println!(
+        "\nattaches/s with {} at once ({} pods): netlet gRPC {g_rate:.0}, netlet-cni {s_rate:.0}, CNI reference {r_rate:.0}",
+        args.concurrency, args.burst
+    );
+    println!(
+        "ratio (CNI reference / netlet, p50): attach {:.1}x via gRPC, {:.1}x via the shim; detach {:.1}x via gRPC, {:.1}x via the shim",
+        x(ra, ga),
+        x(ra, sa),
+        x(rd, gd),
+        x(rd, sd)
+    );
+    println!(
+        "target: attach p50 <= 2 ms and >= 10x faster than CNI -> p50 {} ({}), {:.1}x ({})",
+        ms(ga),
+        if ga <= Duration::from_millis(2) {
+            "met"
+        } else {
+            "missed"
+        },
+        x(ra, ga),
+        if x(ra, ga) >= 10.0 { "met" } else { "missed" }
+    );
+    Ok(())
+}
