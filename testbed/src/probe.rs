@@ -76,11 +76,11 @@ pub fn interfaces(netns: &Path) -> Result<std::collections::BTreeMap<String, Ifa
             if let Some(s) = addr.as_sockaddr_in() {
                 e.addresses
                     .insert(format!("{}/{}", s.ip(), prefix(a.netmask, false)));
-            } else if let Some(s) = addr.as_sockaddr_in6() {
-                if (s.ip().segments()[0] & 0xffc0) != 0xfe80 {
-                    e.addresses
-                        .insert(format!("{}/{}", s.ip(), prefix(a.netmask, true)));
-                }
+            } else if let Some(s) = addr.as_sockaddr_in6()
+                && (s.ip().segments()[0] & 0xffc0) != 0xfe80
+            {
+                e.addresses
+                    .insert(format!("{}/{}", s.ip(), prefix(a.netmask, true)));
             }
         }
         Ok(out)
@@ -101,8 +101,12 @@ pub fn default_routes(netns: &Path) -> Result<Vec<DefaultRoute>, String> {
             std::fs::read_to_string("/proc/thread-self/net/route").map_err(|e| e.to_string())?;
         for line in v4.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
-                if let Some(gw) = hex_v4_le(f[2]) {
+            if f.len() > 7
+                && f[1] == "00000000"
+                && f[7] == "00000000"
+                && let Some(gw) = hex_v4_le(f[2])
+            {
+                {
                     out.push(DefaultRoute {
                         gateway: IpAddr::V4(gw),
                         iface: f[0].to_string(),
@@ -114,8 +118,13 @@ pub fn default_routes(netns: &Path) -> Result<Vec<DefaultRoute>, String> {
             .map_err(|e| e.to_string())?;
         for line in v6.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() == 10 && f[0] == "0".repeat(32) && f[1] == "00" && f[4] != "0".repeat(32) {
-                if let Ok(v) = u128::from_str_radix(f[4], 16) {
+            if f.len() == 10
+                && f[0] == "0".repeat(32)
+                && f[1] == "00"
+                && f[4] != "0".repeat(32)
+                && let Ok(v) = u128::from_str_radix(f[4], 16)
+            {
+                {
                     out.push(DefaultRoute {
                         gateway: IpAddr::V6(Ipv6Addr::from(v)),
                         iface: f[9].to_string(),

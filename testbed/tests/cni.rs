@@ -52,7 +52,7 @@ fn shape(v: &Value) -> Vec<(String, BTreeSet<String>)> {
             .as_array()
             .into_iter()
             .flatten()
-            .flat_map(|e| keys(e))
+            .flat_map(&keys)
             .collect();
         out.push((part.to_string(), u));
     }

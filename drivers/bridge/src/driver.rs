@@ -156,20 +156,15 @@ impl Bridge {
         let forwarding = netlink::sysctl("net.ipv4.ip_forward", "1")
             .and_then(|_| netlink::sysctl("net.ipv6.conf.all.forwarding", "1"))
             .err();
-        let todo: Vec<(String, NetworkConfig, Vec<(IpAddr, u8)>, bool)> = self
+        // (config, gateway addresses, whether the bridge was up at the last look)
+        let todo: Vec<(NetworkConfig, Vec<netlink::Cidr>, bool)> = self
             .lock()
             .networks
             .values()
-            .map(|n| {
-                (
-                    n.cfg.name.clone(),
-                    n.cfg.clone(),
-                    n.gateways(),
-                    n.bridge_index.is_some(),
-                )
-            })
+            .map(|n| (n.cfg.clone(), n.gateways(), n.bridge_index.is_some()))
             .collect();
-        for (name, cfg, gateways, had) in todo {
+        for (cfg, gateways, had) in todo {
+            let name = cfg.name.clone();
             let present = if had {
                 self.nl.link_index(&cfg.bridge).await.ok().flatten()
             } else {
@@ -651,13 +646,11 @@ impl Bridge {
         // is created.
         let ns = netns.to_path_buf();
         let connect = tokio::task::spawn_blocking(move || Netlink::connect_in(&ns));
-        let pod_if_stale = if rebuild {
-            // A rebuild replaces whatever an earlier life left.
+        if rebuild {
+            // A rebuild replaces whatever an earlier life left on the node side; a leftover
+            // pod-side interface makes the creation fail with EEXIST, handled below.
             self.nl.delete_link(&a.host_interface).await?;
-            true
-        } else {
-            false
-        };
+        }
         let mac = netlink::parse_mac(&a.mac).unwrap_or_default();
         let host_mac = netlink::host_veth_mac(&a.host_interface);
         let create = || {
@@ -671,17 +664,16 @@ impl Bridge {
                 bridge,
             )
         };
-        let pod = connect.await.map_err(|e| NlError {
+        let (connected, created) = tokio::join!(connect, create());
+        let pod = connected.map_err(|e| NlError {
             what: "pod netlink connection".into(),
             errno: None,
             message: e.to_string(),
         })??;
-        if pod_if_stale {
-            pod.delete_link(&a.interface_name).await?;
-        }
-        match create().await {
+        match created {
             Err(e) if e.errno == Some(netlink::errno::EEXIST) => {
-                // Left by an attempt that died before its record was written.
+                // Left by an attempt that died before its record was written, or by an earlier
+                // life of a rebuilt attachment: both ends go, then the pair is made again.
                 self.nl.delete_link(&a.host_interface).await?;
                 pod.delete_link(&a.interface_name).await?;
                 create().await?;

@@ -126,8 +126,8 @@ impl Pool {
         loop {
             off = if off >= last { 2 } else { off + 1 };
             let ip = self.at(off);
-            if !self.used.contains_key(&ip) {
-                self.used.insert(ip, owner.to_string());
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.used.entry(ip) {
+                slot.insert(owner.to_string());
                 self.cursor = off;
                 return Ok(ip);
             }

@@ -54,7 +54,7 @@ struct Args {
     socket: Option<PathBuf>,
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     netlet_sdk::init_tracing();
     let args = Args::parse();

@@ -198,6 +198,8 @@ impl Netlink {
     ) -> NlResult<()> {
         let ns =
             std::fs::File::open(netns).map_err(io(format!("open netns {}", netns.display())))?;
+        // (The peer cannot be brought up here: veth refuses to open a peer before its pair
+        // is complete, with ENOTCONN.)
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
             .address(mac.to_vec())

@@ -47,7 +47,7 @@ enum Cmd {
     DefaultConfig,
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     netlet_sdk::init_tracing();
     match Cli::parse().cmd {

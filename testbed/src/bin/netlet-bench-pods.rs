@@ -1,7 +1,7 @@
 //! netlet-bench-pods: the cost of attaching and detaching a pod, for real (veth into a fresh
 //! namespace, dual-stack addresses, routes), through the host and the bridge driver, beside the
 //! CNI reference plugins `bridge` + `host-local` invoked exactly as a runtime does (environment
-//! + stdin, one exec per call) — same machine, same run. Also the netlet-cni shim (one exec per
+//! and stdin, one exec per call) — same machine, same run. Also the netlet-cni shim (one exec per
 //! call, forwarding to the host), which is what today's runtimes would run.
 //!
 //! Each side runs in a namespace of its own standing for the node; pods are namespaces created
@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use netlet_sdk::client::Clients;
 use netlet_sdk::proto::{AttachPodRequest, DetachPodRequest, PodSandbox};
 use netlet_testbed::harness::{CNI_PLUGIN_DIR, Node, bin, bridge_driver, cni_exec};
 use netlet_testbed::probe::NetNs;
@@ -78,8 +79,7 @@ fn cni_call(
     took
 }
 
-async fn grpc_rounds(n: &Node, pods: &[NetNs], rounds: usize) -> Lat {
-    let c = n.host.clients().await;
+async fn grpc_rounds(c: &Clients, pods: &[NetNs], rounds: usize) -> Lat {
     let mut lat = Lat {
         add: vec![],
         del: vec![],
@@ -264,8 +264,10 @@ async fn main() -> anyhow::Result<()> {
     })
     .to_string();
 
+    let via_host = n.host.clients().await;
+    let direct = Clients::connect(&n.host.dir.path().join("run/drivers/bridge.sock"), None).await?;
     // Warm-up: bridges exist, caches are hot, binaries are in the page cache.
-    grpc_rounds(&n, &pods, 20).await;
+    grpc_rounds(&via_host, &pods, 20).await;
     exec_rounds(None, &bin("netlet-cni"), &shim_conf, &pods, 5, "w");
     exec_rounds(
         Some(&ref_node.path),
@@ -276,7 +278,8 @@ async fn main() -> anyhow::Result<()> {
         "w",
     );
 
-    let mut g = grpc_rounds(&n, &pods, args.rounds).await;
+    let mut g = grpc_rounds(&via_host, &pods, args.rounds).await;
+    let mut d = grpc_rounds(&direct, &pods, args.rounds).await;
     let mut s = exec_rounds(
         None,
         &bin("netlet-cni"),
@@ -327,6 +330,12 @@ async fn main() -> anyhow::Result<()> {
         &mut g.add,
     );
     let (gd, _) = row("", "detach", &mut g.del);
+    row(
+        "  of which: bridge driver alone (no host)",
+        "attach",
+        &mut d.add,
+    );
+    row("", "detach", &mut d.del);
     let (sa, _) = row("netlet-cni shim exec -> host", "ADD", &mut s.add);
     let (sd, _) = row("", "DEL", &mut s.del);
     let (ra, _) = row("anchor: CNI bridge + host-local exec", "ADD", &mut r.add);
