@@ -10,8 +10,9 @@ use std::sync::Arc;
 use tonic::Status;
 
 use crate::proto::{
-    ApplyPolicyRequest, DnsPolicy, Endpoint, HostnameGrant, ListAttachmentsRequest,
-    ListPoliciesResponse, ListServicesResponse, NetworkPolicy, PodAttachments, PolicyKey,
+    ApplyPolicyRequest, DnsPolicy, Endpoint, GarbageCollectRequest, HostnameGrant,
+    ListAttachmentsRequest, ListAttachmentsResponse, ListPoliciesResponse, ListServicesResponse,
+    NetworkPolicy, PodAttachments, PodNetworkStatusRequest, PodNetworkStatusResponse, PolicyKey,
     PolicyKind, ProgramServiceRequest, Service, ServiceKey, ServiceState,
 };
 
@@ -48,6 +49,43 @@ pub fn pod_matches(pod: &PodAttachments, filter: &ListAttachmentsRequest) -> boo
 /// The `NOT_FOUND` answered for a sandbox that is not attached.
 pub fn not_attached(sandbox_id: &str) -> Status {
     Status::not_found(format!("sandbox_id: {sandbox_id:?} is not attached"))
+}
+
+/// ListAttachments over a Pods server's records: the filter validated, the matching pods kept.
+pub fn list_attachments(
+    req: &ListAttachmentsRequest,
+    pods: impl IntoIterator<Item = PodAttachments>,
+) -> Result<ListAttachmentsResponse, Status> {
+    crate::validate::list_attachments(req)?;
+    Ok(ListAttachmentsResponse {
+        pods: pods.into_iter().filter(|p| pod_matches(p, req)).collect(),
+    })
+}
+
+/// PodNetworkStatus over a Pods server's records: the id validated, the sandbox or `NOT_FOUND`.
+pub fn pod_network_status(
+    req: &PodNetworkStatusRequest,
+    pods: impl IntoIterator<Item = PodAttachments>,
+) -> Result<PodNetworkStatusResponse, Status> {
+    crate::validate::sandbox_id("sandbox_id", &req.sandbox_id)?;
+    let pod = pods
+        .into_iter()
+        .find(|p| p.sandbox.as_ref().is_some_and(|s| s.id == req.sandbox_id))
+        .ok_or_else(|| not_attached(&req.sandbox_id))?;
+    Ok(PodNetworkStatusResponse { pod: Some(pod) })
+}
+
+/// GarbageCollect: the request validated, the ids among `pods` that are not valid any more.
+pub fn stale_sandboxes(
+    req: &GarbageCollectRequest,
+    pods: impl IntoIterator<Item = PodAttachments>,
+) -> Result<Vec<String>, Status> {
+    crate::validate::garbage_collect(req)?;
+    Ok(pods
+        .into_iter()
+        .filter_map(|p| p.sandbox.map(|s| s.id))
+        .filter(|id| !req.valid_sandbox_ids.contains(id))
+        .collect())
 }
 
 fn skey(k: &ServiceKey) -> (String, String) {

@@ -48,6 +48,42 @@ fn sel(network: &str, ifname: &str) -> NetworkSelection {
     }
 }
 
+async fn attach(
+    c: &Clients,
+    sandbox: PodSandbox,
+    networks: Vec<NetworkSelection>,
+) -> Result<Vec<netlet_sdk::proto::Attachment>, tonic::Status> {
+    c.pods
+        .clone()
+        .attach_pod(AttachPodRequest {
+            sandbox: Some(sandbox),
+            networks,
+        })
+        .await
+        .map(|r| r.into_inner().attachments)
+}
+
+async fn detach(c: &Clients, id: &str) -> Result<(), tonic::Status> {
+    c.pods
+        .clone()
+        .detach_pod(DetachPodRequest {
+            sandbox_id: id.to_string(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn listed(c: &Clients) -> Vec<netlet_sdk::proto::PodAttachments> {
+    c.pods
+        .clone()
+        .list_attachments(ListAttachmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .pods
+}
+
 /// Interfaces of the node that belong to pods (host-side veths and ifbs).
 fn pod_links(node: &Node) -> Vec<String> {
     probe::interfaces(&node.netns.path)
@@ -120,25 +156,16 @@ async fn failure_on_the_second_network_rolls_the_first_back() {
     let pod = NetNs::create(&format!("netlet-pod-rb-{}", std::process::id())).unwrap();
     let mut bad = sel("net1", "net1");
     bad.ips = vec!["10.99.0.5".into()];
-    let err = c
-        .pods
-        .clone()
-        .attach_pod(AttachPodRequest {
-            sandbox: Some(sandbox("rb-1", &pod.path)),
-            networks: vec![sel("default", "eth0"), bad],
-        })
-        .await
-        .unwrap_err();
+    let err = attach(
+        &c,
+        sandbox("rb-1", &pod.path),
+        vec![sel("default", "eth0"), bad],
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("10.99.0.5"), "{err:?}");
-    let listed = c
-        .pods
-        .clone()
-        .list_attachments(ListAttachmentsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .pods;
+    let listed = listed(&c).await;
     assert!(listed.is_empty(), "{listed:?}");
     assert_eq!(
         pod_links(&n),
@@ -148,34 +175,25 @@ async fn failure_on_the_second_network_rolls_the_first_back() {
     let inside = probe::interfaces(&pod.path).unwrap();
     assert!(!inside.contains_key("eth0"), "{inside:?}");
     // The rolled-back address is free: the same pod attaches cleanly and gets both networks.
-    let ok = c
-        .pods
-        .clone()
-        .attach_pod(AttachPodRequest {
-            sandbox: Some(sandbox("rb-1", &pod.path)),
-            networks: vec![sel("default", "eth0"), sel("net1", "net1")],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(ok.attachments.len(), 2);
-    c.pods
-        .clone()
-        .detach_pod(DetachPodRequest {
-            sandbox_id: "rb-1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let ok = attach(
+        &c,
+        sandbox("rb-1", &pod.path),
+        vec![sel("default", "eth0"), sel("net1", "net1")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.len(), 2);
+    detach(&c, "rb-1").await.unwrap();
     assert_eq!(pod_links(&n), Vec::<String>::new());
 }
 
-fn bridge_pid(n: &Node, driver: &str) -> i32 {
+/// The supervised driver's pid, from the host's pid file (`None` while it is being rewritten).
+fn bridge_pid(n: &Node, driver: &str) -> Option<i32> {
     std::fs::read_to_string(n.host.dir.path().join(format!("run/drivers/{driver}.pid")))
-        .unwrap()
+        .ok()?
         .trim()
         .parse()
-        .unwrap()
+        .ok()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -197,22 +215,8 @@ async fn driver_killed_during_churn_converges_with_nothing_leaked() {
             let mut rounds = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let id = format!("churn-{i}");
-                let _ = c
-                    .pods
-                    .clone()
-                    .attach_pod(AttachPodRequest {
-                        sandbox: Some(sandbox(&id, &path)),
-                        networks: vec![],
-                    })
-                    .await;
-                let _ = c
-                    .pods
-                    .clone()
-                    .detach_pod(DetachPodRequest {
-                        sandbox_id: id,
-                        ..Default::default()
-                    })
-                    .await;
+                let _ = attach(&c, sandbox(&id, &path), vec![]).await;
+                let _ = detach(&c, &id).await;
                 rounds += 1;
             }
             rounds
@@ -230,14 +234,17 @@ async fn driver_killed_during_churn_converges_with_nothing_leaked() {
             (!r.into_inner().pods.is_empty()).then_some(())
         })
         .await;
-        let pid = bridge_pid(&n, "bridge");
+        let pid = wait_until("driver pid file", Duration::from_secs(10), || async {
+            bridge_pid(&n, "bridge")
+        })
+        .await;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
         wait_until("driver restarted", Duration::from_secs(20), || async {
-            (bridge_pid(&n, "bridge") != pid).then_some(())
+            bridge_pid(&n, "bridge").filter(|p| *p != pid).map(|_| ())
         })
         .await;
     }
@@ -253,14 +260,7 @@ async fn driver_killed_during_churn_converges_with_nothing_leaked() {
     );
     // The runtime's view: no sandbox is left. Detach each (idempotent) and garbage-collect.
     for i in 0..PODS {
-        c.pods
-            .clone()
-            .detach_pod(DetachPodRequest {
-                sandbox_id: format!("churn-{i}"),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        detach(&c, &format!("churn-{i}")).await.unwrap();
     }
     c.pods
         .clone()
@@ -269,14 +269,7 @@ async fn driver_killed_during_churn_converges_with_nothing_leaked() {
         })
         .await
         .unwrap();
-    let host_view = c
-        .pods
-        .clone()
-        .list_attachments(ListAttachmentsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .pods;
+    let host_view = listed(&c).await;
     assert!(host_view.is_empty(), "host still lists {host_view:?}");
     let driver = Clients::connect(
         &n.host.dir.path().join("run/drivers/bridge.sock"),
@@ -284,14 +277,7 @@ async fn driver_killed_during_churn_converges_with_nothing_leaked() {
     )
     .await
     .unwrap();
-    let driver_view = driver
-        .pods
-        .clone()
-        .list_attachments(ListAttachmentsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .pods;
+    let driver_view = listed(&driver).await;
     assert!(driver_view.is_empty(), "driver still holds {driver_view:?}");
     assert_eq!(
         pod_links(&n),
@@ -348,18 +334,7 @@ async fn bandwidth_annotations_become_tbf_qdiscs_and_go_with_the_pod() {
         .insert("kubernetes.io/ingress-bandwidth".into(), "10M".into());
     sb.annotations
         .insert("kubernetes.io/egress-bandwidth".into(), "20M".into());
-    let a = c
-        .pods
-        .clone()
-        .attach_pod(AttachPodRequest {
-            sandbox: Some(sb.clone()),
-            networks: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .attachments
-        .remove(0);
+    let a = attach(&c, sb.clone(), vec![]).await.unwrap().remove(0);
     let veth = a.host_interface.clone();
     let ifb = format!("bwp{}", veth.trim_start_matches("veth"));
     let q = probe::qdiscs(&n.netns.path).unwrap();
@@ -378,28 +353,13 @@ async fn bandwidth_annotations_become_tbf_qdiscs_and_go_with_the_pod() {
     let mut bad = sandbox("bw-2", &pod2.path);
     bad.annotations
         .insert("kubernetes.io/egress-bandwidth".into(), "fast".into());
-    let err = c
-        .pods
-        .clone()
-        .attach_pod(AttachPodRequest {
-            sandbox: Some(bad),
-            networks: vec![],
-        })
-        .await
-        .unwrap_err();
+    let err = attach(&c, bad, vec![]).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(
         err.message().contains("kubernetes.io/egress-bandwidth"),
         "{err:?}"
     );
-    c.pods
-        .clone()
-        .detach_pod(DetachPodRequest {
-            sandbox_id: "bw-1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    detach(&c, "bw-1").await.unwrap();
     assert_eq!(
         pod_links(&n),
         Vec::<String>::new(),

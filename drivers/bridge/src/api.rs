@@ -77,45 +77,21 @@ impl Pods for Api {
         &self,
         req: Request<PodNetworkStatusRequest>,
     ) -> Result<Response<PodNetworkStatusResponse>, Status> {
-        let req = req.into_inner();
-        validate::sandbox_id("sandbox_id", &req.sandbox_id)?;
-        let pod = self
-            .0
-            .pods()
-            .into_iter()
-            .find(|p| p.sandbox.as_ref().is_some_and(|s| s.id == req.sandbox_id))
-            .ok_or_else(|| state::not_attached(&req.sandbox_id))?;
-        Ok(Response::new(PodNetworkStatusResponse { pod: Some(pod) }))
+        state::pod_network_status(&req.into_inner(), self.0.pods()).map(Response::new)
     }
 
     async fn list_attachments(
         &self,
         req: Request<ListAttachmentsRequest>,
     ) -> Result<Response<ListAttachmentsResponse>, Status> {
-        let req = req.into_inner();
-        validate::list_attachments(&req)?;
-        let pods = self
-            .0
-            .pods()
-            .into_iter()
-            .filter(|p| state::pod_matches(p, &req))
-            .collect();
-        Ok(Response::new(ListAttachmentsResponse { pods }))
+        state::list_attachments(&req.into_inner(), self.0.pods()).map(Response::new)
     }
 
     async fn garbage_collect(
         &self,
         req: Request<GarbageCollectRequest>,
     ) -> Result<Response<GarbageCollectResponse>, Status> {
-        let req = req.into_inner();
-        validate::garbage_collect(&req)?;
-        let stale: Vec<String> = self
-            .0
-            .pods()
-            .into_iter()
-            .filter_map(|p| p.sandbox.map(|s| s.id))
-            .filter(|id| !req.valid_sandbox_ids.contains(id))
-            .collect();
+        let stale = state::stale_sandboxes(&req.into_inner(), self.0.pods())?;
         for id in &stale {
             self.0.detach(id, &[]).await?;
         }

@@ -54,17 +54,8 @@ impl Pods for Api {
         &self,
         req: Request<ListAttachmentsRequest>,
     ) -> Result<Response<ListAttachmentsResponse>, Status> {
-        let req = req.into_inner();
-        validate::list_attachments(&req)?;
-        let pods = self
-            .0
-            .store
-            .attachments()
-            .map_err(error::from_store)?
-            .into_iter()
-            .filter(|p| state::pod_matches(p, &req))
-            .collect();
-        Ok(Response::new(ListAttachmentsResponse { pods }))
+        let pods = self.0.store.attachments().map_err(error::from_store)?;
+        state::list_attachments(&req.into_inner(), pods).map(Response::new)
     }
 
     async fn garbage_collect(

@@ -213,46 +213,24 @@ impl Pods for Fixture {
         &self,
         req: Request<PodNetworkStatusRequest>,
     ) -> Result<Response<PodNetworkStatusResponse>, Status> {
-        let req = req.into_inner();
-        validate::sandbox_id("sandbox_id", &req.sandbox_id)?;
-        let st = self.state()?;
-        let pod = st
-            .pods
-            .get(&req.sandbox_id)
-            .cloned()
-            .ok_or_else(|| state::not_attached(&req.sandbox_id))?;
-        Ok(Response::new(PodNetworkStatusResponse { pod: Some(pod) }))
+        let pods = self.state()?.pods.values().cloned().collect::<Vec<_>>();
+        state::pod_network_status(&req.into_inner(), pods).map(Response::new)
     }
 
     async fn list_attachments(
         &self,
         req: Request<ListAttachmentsRequest>,
     ) -> Result<Response<ListAttachmentsResponse>, Status> {
-        let req = req.into_inner();
-        validate::list_attachments(&req)?;
-        let st = self.state()?;
-        let pods = st
-            .pods
-            .values()
-            .filter(|p| state::pod_matches(p, &req))
-            .cloned()
-            .collect();
-        Ok(Response::new(ListAttachmentsResponse { pods }))
+        let pods = self.state()?.pods.values().cloned().collect::<Vec<_>>();
+        state::list_attachments(&req.into_inner(), pods).map(Response::new)
     }
 
     async fn garbage_collect(
         &self,
         req: Request<GarbageCollectRequest>,
     ) -> Result<Response<GarbageCollectResponse>, Status> {
-        let req = req.into_inner();
-        validate::garbage_collect(&req)?;
         let mut st = self.state()?;
-        let stale: Vec<String> = st
-            .pods
-            .keys()
-            .filter(|k| !req.valid_sandbox_ids.contains(k))
-            .cloned()
-            .collect();
+        let stale = state::stale_sandboxes(&req.into_inner(), st.pods.values().cloned())?;
         for k in &stale {
             st.pods.remove(k);
         }
