@@ -123,6 +123,8 @@ async fn sweep_orphans(host: &Host, d: &DriverEntry) {
         .await
     {
         Ok(r) => r.into_inner().pods,
+        // A driver that does not list its attachments keeps no state to sweep.
+        Err(e) if e.code() == tonic::Code::Unimplemented => return,
         Err(e) => {
             tracing::warn!(driver = %d.name, error = %e, "cannot list the driver's attachments");
             return;
