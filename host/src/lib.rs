@@ -15,6 +15,7 @@ pub mod error;
 pub mod metrics;
 pub mod registry;
 mod resync;
+pub mod services;
 pub mod store;
 
 use std::sync::Arc;

@@ -1,0 +1,5 @@
+//! The host's Service view: Kubernetes Services and EndpointSlices from the sources (a
+//! manifests directory, the host socket, later the Kubernetes API) turned into this node's
+//! per-endpoint decisions ([`view`]).
+
+pub mod view;
