@@ -2,4 +2,5 @@
 //! manifests directory, the host socket, later the Kubernetes API) turned into this node's
 //! per-endpoint decisions ([`view`]).
 
+pub mod sources;
 pub mod view;

@@ -1,0 +1,389 @@
+//! How the sources of Services coexist, and how their changes become deltas for drivers.
+//!
+//! Each source (the manifests directory, callers of `ProgramService` on the host socket, later
+//! the Kubernetes API) owns the Services it wrote first: a key owned by one source is not
+//! overwritten by another — the other's change is refused (a `FAILED_PRECONDITION` naming the
+//! field for the socket, a reported error for a manifest) until the owner deletes it.
+//!
+//! The node's table (what drivers are told) is the union of the sources, with each endpoint's
+//! `local` / `use_for_internal` / `use_for_external` computed for this node ([`super::view`]).
+//! A change touches only its Services: the batch for drivers carries the Service objects that
+//! changed and the endpoints whose state changed, so one endpoint's change costs the same in a
+//! Service of 10 endpoints as in one of 1000.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use netlet_sdk::proto::{
+    Endpoint, EndpointKey, EndpointUpsert, ProgramServiceRequest, Service, ServiceKey,
+};
+use netlet_sdk::state::ServiceTable;
+
+use super::view::{self, NodeInfo};
+
+/// Where a Service came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// `netlet serve --manifests DIR`.
+    Manifests,
+    /// `ProgramService` on the host socket.
+    Socket,
+    /// The Kubernetes API (kube-rs); next issue.
+    Kubernetes,
+}
+
+impl Source {
+    /// Name used in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Manifests => "manifests",
+            Source::Socket => "host socket (ProgramService)",
+            Source::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// A Service's key as `(namespace, name)`.
+pub type Key = (String, String);
+
+/// The map key of a Service key.
+pub fn k(key: &ServiceKey) -> Key {
+    (key.namespace.clone(), key.name.clone())
+}
+
+fn sk(key: &Key) -> ServiceKey {
+    view::key(&key.0, &key.1)
+}
+
+/// One Service as a source wants it: the object, and its endpoints by address (conditions as
+/// the source gave them; the node's view is computed here).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Wanted {
+    /// The Service.
+    pub service: Option<Service>,
+    /// Endpoints by address.
+    pub endpoints: BTreeMap<String, Endpoint>,
+}
+
+/// A refused change: the key, and who owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The Service.
+    pub key: ServiceKey,
+    /// Its owner.
+    pub owner: Source,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} is owned by the {} source",
+            self.key.namespace,
+            self.key.name,
+            self.owner.as_str()
+        )
+    }
+}
+
+/// The node's Services: the sources, who owns what, and the table drivers are told.
+#[derive(Debug, Default)]
+pub struct ServiceView {
+    node: NodeInfo,
+    owners: HashMap<Key, Source>,
+    wanted: HashMap<Source, BTreeMap<Key, Wanted>>,
+    /// What drivers are told (all sources, per-node decisions made), with its generation.
+    pub table: ServiceTable,
+    /// The socket source's own table: callers' generations and idempotent replays.
+    pub socket: ServiceTable,
+}
+
+impl ServiceView {
+    /// An empty view for `node`.
+    pub fn new(node: NodeInfo) -> Self {
+        Self {
+            node,
+            ..Default::default()
+        }
+    }
+
+    /// The owner of a Service, if any.
+    pub fn owner(&self, key: &ServiceKey) -> Option<Source> {
+        self.owners.get(&k(key)).copied()
+    }
+
+    /// Whether `source` may write `key`.
+    pub fn check(&self, source: Source, key: &ServiceKey) -> Result<(), Conflict> {
+        match self.owner(key) {
+            Some(o) if o != source => Err(Conflict {
+                key: key.clone(),
+                owner: o,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Replaces everything `source` wants. Keys owned by another source are left out and
+    /// returned as conflicts. Returns the batch for drivers (already applied to the table),
+    /// or `None` when nothing changed.
+    pub fn replace(
+        &mut self,
+        source: Source,
+        mut wanted: BTreeMap<Key, Wanted>,
+    ) -> (Option<ProgramServiceRequest>, Vec<Conflict>) {
+        let mut conflicts = Vec::new();
+        wanted.retain(|key, _| match self.check(source, &sk(key)) {
+            Ok(()) => true,
+            Err(c) => {
+                conflicts.push(c);
+                false
+            }
+        });
+        let new = wanted;
+        let old = self.wanted.remove(&source).unwrap_or_default();
+        let mut touched: BTreeSet<Key> = old.keys().cloned().collect();
+        touched.extend(new.keys().cloned());
+        touched.retain(|key| old.get(key) != new.get(key));
+        self.wanted.insert(source, new);
+        (self.settle(source, touched), conflicts)
+    }
+
+    /// Sets what `source` wants for the given keys only (`None`: nothing any more).
+    pub fn update(
+        &mut self,
+        source: Source,
+        changes: BTreeMap<Key, Option<Wanted>>,
+    ) -> Result<Option<ProgramServiceRequest>, Conflict> {
+        for key in changes.keys() {
+            self.check(source, &sk(key))?;
+        }
+        let mine = self.wanted.entry(source).or_default();
+        let mut touched = BTreeSet::new();
+        for (key, w) in changes {
+            match w {
+                Some(w) if w.service.is_some() || !w.endpoints.is_empty() => {
+                    mine.insert(key.clone(), w);
+                }
+                _ => {
+                    mine.remove(&key);
+                }
+            }
+            touched.insert(key);
+        }
+        Ok(self.settle(source, touched))
+    }
+
+    /// Updates ownership for `touched` keys of `source`, recomputes their node view and
+    /// returns the difference to the table as a batch (applied).
+    fn settle(&mut self, source: Source, touched: BTreeSet<Key>) -> Option<ProgramServiceRequest> {
+        let mine = self.wanted.get(&source);
+        for key in &touched {
+            match mine.and_then(|m| m.get(key)) {
+                Some(_) => {
+                    self.owners.insert(key.clone(), source);
+                }
+                None => {
+                    if self.owners.get(key) == Some(&source) {
+                        self.owners.remove(key);
+                    }
+                }
+            }
+        }
+        let mut req = ProgramServiceRequest {
+            generation: self.table.generation() + 1,
+            full_sync: self.table.generation() == 0,
+            ..Default::default()
+        };
+        for key in &touched {
+            let want = mine.and_then(|m| m.get(key)).cloned().unwrap_or_default();
+            let now = self.node_view(&want);
+            let skey = sk(key);
+            let (have_svc, have_eps) = match self.table.entry(&skey) {
+                Some((s, e)) => (s.cloned(), e.clone()),
+                None => (None, BTreeMap::new()),
+            };
+            match (&now.service, &have_svc) {
+                (Some(n), h) if h.as_ref() != Some(n) => req.service_upserts.push(n.clone()),
+                (None, Some(_)) => req.service_deletes.push(skey.clone()),
+                _ => {}
+            }
+            let gone_with_service = now.service.is_none() && have_svc.is_some();
+            for (addr, ep) in &now.endpoints {
+                if have_eps.get(addr) != Some(ep) {
+                    req.endpoint_upserts.push(EndpointUpsert {
+                        service: Some(skey.clone()),
+                        endpoint: Some(ep.clone()),
+                    });
+                }
+            }
+            for addr in have_eps.keys() {
+                if !now.endpoints.contains_key(addr) && !gone_with_service {
+                    req.endpoint_deletes.push(EndpointKey {
+                        service: Some(skey.clone()),
+                        address: addr.clone(),
+                    });
+                }
+            }
+        }
+        let empty = req.service_upserts.is_empty()
+            && req.service_deletes.is_empty()
+            && req.endpoint_upserts.is_empty()
+            && req.endpoint_deletes.is_empty();
+        if empty {
+            return None;
+        }
+        // Valid by construction: keys and addresses come from validated or converted objects.
+        self.table.apply(&req).ok()?;
+        Some(req)
+    }
+
+    /// This node's view of one wanted Service: endpoints categorized for the node.
+    fn node_view(&self, want: &Wanted) -> Wanted {
+        let Some(svc) = &want.service else {
+            // Endpoints without their Service are kept (they may arrive first) but unused.
+            let mut endpoints = want.endpoints.clone();
+            for e in endpoints.values_mut() {
+                e.local = !self.node.name.is_empty() && e.node_name == self.node.name;
+                e.use_for_internal = false;
+                e.use_for_external = false;
+            }
+            return Wanted {
+                service: None,
+                endpoints,
+            };
+        };
+        let mut eps: Vec<Endpoint> = want.endpoints.values().cloned().collect();
+        for e in &mut eps {
+            e.local = !self.node.name.is_empty() && e.node_name == self.node.name;
+        }
+        view::categorize(svc, &mut eps, &self.node);
+        Wanted {
+            service: Some(svc.clone()),
+            endpoints: eps.into_iter().map(|e| (e.address.clone(), e)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlet_sdk::proto::ServiceType;
+
+    fn svc(name: &str) -> Service {
+        Service {
+            key: Some(view::key("ns", name)),
+            r#type: ServiceType::ClusterIp as i32,
+            cluster_ips: vec!["10.96.0.1".into()],
+            ..Default::default()
+        }
+    }
+
+    fn ep(addr: &str, ready: bool) -> Endpoint {
+        Endpoint {
+            address: addr.into(),
+            ready,
+            serving: ready,
+            node_name: "n1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn wanted(name: &str, eps: &[(&str, bool)]) -> (Key, Wanted) {
+        (
+            ("ns".to_string(), name.to_string()),
+            Wanted {
+                service: Some(svc(name)),
+                endpoints: eps
+                    .iter()
+                    .map(|(a, r)| (a.to_string(), ep(a, *r)))
+                    .collect(),
+            },
+        )
+    }
+
+    fn view() -> ServiceView {
+        ServiceView::new(NodeInfo {
+            name: "n1".into(),
+            zone: String::new(),
+        })
+    }
+
+    #[test]
+    fn one_endpoint_change_sends_one_endpoint_whatever_the_size() {
+        for size in [10usize, 1000] {
+            let mut v = view();
+            let addrs: Vec<String> = (0..size)
+                .map(|i| format!("10.1.{}.{}", i / 250, i % 250 + 1))
+                .collect();
+            let eps: Vec<(&str, bool)> = addrs.iter().map(|a| (a.as_str(), true)).collect();
+            let (first, _) = v.replace(Source::Manifests, [wanted("big", &eps)].into());
+            let first = first.unwrap();
+            assert!(first.full_sync && first.endpoint_upserts.len() == size);
+            let mut changed = eps.clone();
+            changed[3].1 = false;
+            let (delta, _) = v.replace(Source::Manifests, [wanted("big", &changed)].into());
+            let delta = delta.unwrap();
+            assert!(!delta.full_sync);
+            assert_eq!(delta.generation, 2);
+            assert!(delta.service_upserts.is_empty());
+            assert_eq!(delta.endpoint_upserts.len(), 1, "size {size}");
+            assert!(
+                !delta.endpoint_upserts[0]
+                    .endpoint
+                    .as_ref()
+                    .unwrap()
+                    .use_for_internal
+            );
+            assert_eq!(
+                v.replace(Source::Manifests, [wanted("big", &changed)].into())
+                    .0,
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn terminating_fallback_flips_other_endpoints_in_the_same_batch() {
+        let mut v = view();
+        let mut term = ep("10.0.0.2", false);
+        term.serving = true;
+        term.terminating = true;
+        let (key, mut w) = wanted("web", &[("10.0.0.1", true)]);
+        w.endpoints.insert("10.0.0.2".into(), term);
+        v.replace(Source::Manifests, [(key.clone(), w.clone())].into());
+        w.endpoints.remove("10.0.0.1");
+        let (delta, _) = v.replace(Source::Manifests, [(key, w)].into());
+        let delta = delta.unwrap();
+        assert_eq!(delta.endpoint_deletes.len(), 1);
+        let up = delta.endpoint_upserts[0].endpoint.as_ref().unwrap();
+        assert_eq!(
+            (up.address.as_str(), up.use_for_internal),
+            ("10.0.0.2", true)
+        );
+    }
+
+    #[test]
+    fn a_key_owned_by_one_source_is_not_overwritten_by_another() {
+        let mut v = view();
+        v.replace(
+            Source::Manifests,
+            [wanted("web", &[("10.0.0.1", true)])].into(),
+        );
+        let (key, w) = wanted("web", &[("10.0.0.9", true)]);
+        let err = v
+            .update(Source::Socket, [(key.clone(), Some(w.clone()))].into())
+            .unwrap_err();
+        assert_eq!(err.to_string(), "ns/web is owned by the manifests source");
+        let (_, conflicts) = v.replace(Source::Kubernetes, [(key.clone(), w.clone())].into());
+        assert_eq!(conflicts.len(), 1);
+        assert!(v.table.entry(&sk(&key)).unwrap().1.contains_key("10.0.0.1"));
+        // Once the owner lets go, another source may take it.
+        let (gone, _) = v.replace(Source::Manifests, BTreeMap::new());
+        assert_eq!(gone.unwrap().service_deletes, vec![sk(&key)]);
+        assert!(
+            v.update(Source::Socket, [(key.clone(), Some(w))].into())
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(v.owner(&sk(&key)), Some(Source::Socket));
+    }
+}
