@@ -82,9 +82,14 @@ pub async fn state(host: &Host) -> Value {
         .collect();
     let attachments = host.store.attachments().map(|a| a.len()).unwrap_or(0);
     let (svc_gen, svc_count) = {
-        let t = host.services.lock().await;
-        (t.generation(), t.len())
+        let v = host.services.lock().await;
+        (v.table.generation(), v.table.len())
     };
+    let manifest_errors = host
+        .manifest_errors
+        .lock()
+        .map(|e| e.clone())
+        .unwrap_or_default();
     let policy_gen = host.policies.lock().await.generation();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -99,7 +104,7 @@ pub async fn state(host: &Host) -> Value {
         },
         "drivers": drivers,
         "attachments": attachments,
-        "services": { "generation": svc_gen, "count": svc_count },
+        "services": { "generation": svc_gen, "count": svc_count, "manifestErrors": manifest_errors },
         "policies": { "generation": policy_gen },
     })
 }

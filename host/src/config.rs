@@ -90,6 +90,15 @@ pub struct NodeConfig {
     /// Maximum gRPC message size in bytes, both directions.
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
+    /// This node's name, as EndpointSlices name it (`nodeName`); default: the hostname.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// This node's zone (`topology.kubernetes.io/zone`), for topology-aware routing.
+    #[serde(default)]
+    pub node_zone: Option<String>,
+    /// Directory of Service and EndpointSlice manifests, watched (flag `--manifests` wins).
+    #[serde(default)]
+    pub manifests_dir: Option<PathBuf>,
     /// Drivers the host starts and supervises.
     #[serde(default)]
     pub drivers: Vec<DriverConfig>,
@@ -174,6 +183,10 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// Supervised drivers.
     pub drivers: Vec<DriverConfig>,
+    /// This node's name and zone.
+    pub node: crate::services::view::NodeInfo,
+    /// Manifests directory, if any.
+    pub manifests_dir: Option<PathBuf>,
 }
 
 /// Command-line overrides.
@@ -187,6 +200,8 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     /// `--admin-socket`.
     pub admin_socket: Option<PathBuf>,
+    /// `--manifests`.
+    pub manifests_dir: Option<PathBuf>,
 }
 
 /// Parses a document; `file` names it in errors.
@@ -357,6 +372,14 @@ impl NodeConfig {
             probe_failure_threshold,
             max_message_bytes,
             drivers: self.drivers,
+            node: crate::services::view::NodeInfo {
+                name: self
+                    .node_name
+                    .or_else(|| nix::unistd::gethostname().ok()?.into_string().ok())
+                    .unwrap_or_default(),
+                zone: self.node_zone.unwrap_or_default(),
+            },
+            manifests_dir: o.manifests_dir.or(self.manifests_dir),
         })
     }
 }

@@ -27,7 +27,7 @@ use netlet_sdk::{
         policy_server::PolicyServer, services_server::ServicesServer,
     },
     server,
-    state::{KeyGuard, KeyLocks, PolicyTable, ServiceTable},
+    state::{KeyGuard, KeyLocks, PolicyTable},
 };
 use tokio::sync::watch;
 use tonic::transport::Server;
@@ -75,7 +75,9 @@ pub struct Host {
     /// The embedded database.
     pub store: Store,
     /// Desired Services (replayed to drivers).
-    pub services: tokio::sync::Mutex<ServiceTable>,
+    pub services: tokio::sync::Mutex<services::sources::ServiceView>,
+    /// Manifest files that did not load, with why (their last good content stays in effect).
+    pub manifest_errors: std::sync::Mutex<Vec<String>>,
     /// Desired policies (replayed to drivers).
     pub policies: tokio::sync::Mutex<PolicyTable>,
     /// Metrics.
@@ -199,7 +201,10 @@ pub async fn run(
         settings: settings.clone(),
         registry: registry.clone(),
         store,
-        services: Default::default(),
+        services: tokio::sync::Mutex::new(services::sources::ServiceView::new(
+            settings.node.clone(),
+        )),
+        manifest_errors: Default::default(),
         policies: Default::default(),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
@@ -225,6 +230,9 @@ pub async fn run(
         registry.clone(),
         shutdown_rx.clone(),
     )));
+    if let Some(dir) = settings.manifests_dir.clone() {
+        tasks.push(tokio::spawn(services::manifests::watch(host.clone(), dir)));
+    }
     tasks.push(tokio::spawn(admin::serve(
         admin,
         host.clone(),

@@ -24,7 +24,8 @@ pub(crate) fn install(host: &Arc<Host>) {
 
 async fn replay(host: &Host, d: &DriverEntry) {
     if d.has(Capability::Services) {
-        let table = host.services.lock().await;
+        let view = host.services.lock().await;
+        let table = &view.table;
         if table.generation() > 0 {
             let r = d
                 .clients

@@ -223,6 +223,7 @@ impl ServiceTable {
                     })
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 }

@@ -6,7 +6,7 @@ mod identity;
 mod node;
 mod pods;
 mod policy;
-mod services;
+pub(crate) mod services;
 
 pub use identity::{HOST_CAPABILITIES, host_services};
 

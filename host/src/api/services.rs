@@ -1,17 +1,83 @@
-//! `Services`: the host keeps the desired Service table and fans batches out to every driver
-//! serving Services (deltas to drivers in step, the full table to those that are not).
+//! `Services`: callers of the host socket are one source of Services among others
+//! ([`crate::services::sources`]); the node's table is fanned out to every driver serving
+//! Services (deltas to drivers in step, the full table to those that are not).
+
+use std::collections::BTreeSet;
 
 use netlet_sdk::{
     proto::{
-        Capability, ListServicesRequest, ListServicesResponse, ProgramServiceRequest,
-        ProgramServiceResponse, services_server::Services,
+        Capability, DriverGeneration, ListServicesRequest, ListServicesResponse,
+        ProgramServiceRequest, ProgramServiceResponse, services_server::Services,
     },
     validate,
 };
 use tonic::{Request, Response, Status};
 
 use super::{Api, sync_to_drivers};
-use crate::error;
+use crate::services::sources::{Key, ServiceView, Source, Wanted, k};
+use crate::{Host, error};
+
+/// Brings every Services driver to the view's table: `delta` (from `prev`) to drivers that had
+/// `prev`, the full table to the others.
+pub(crate) async fn push(
+    host: &Host,
+    view: &ServiceView,
+    prev: u64,
+    delta: Option<ProgramServiceRequest>,
+) -> Result<(), Status> {
+    let drivers = host.registry.with_capability(Capability::Services);
+    let now = view.table.generation();
+    if drivers.is_empty() || now == 0 {
+        return Ok(());
+    }
+    let delta = delta.unwrap_or(ProgramServiceRequest {
+        generation: now,
+        ..Default::default()
+    });
+    sync_to_drivers(
+        drivers,
+        |d| &d.services_generation,
+        prev,
+        now,
+        &delta,
+        || view.table.full_sync_request(),
+        |d, r| async move {
+            let resp = d.clients.services.clone().program_service(r).await?;
+            Ok(resp.into_inner().applied_generation)
+        },
+    )
+    .await
+}
+
+/// Every Service a batch names, with the field that names it.
+fn named_keys(req: &ProgramServiceRequest) -> Vec<(String, Key)> {
+    let mut out = Vec::new();
+    for (i, s) in req.service_upserts.iter().enumerate() {
+        out.extend(
+            s.key
+                .as_ref()
+                .map(|key| (format!("service_upserts[{i}].key"), k(key))),
+        );
+    }
+    for (i, key) in req.service_deletes.iter().enumerate() {
+        out.push((format!("service_deletes[{i}]"), k(key)));
+    }
+    for (i, u) in req.endpoint_upserts.iter().enumerate() {
+        out.extend(
+            u.service
+                .as_ref()
+                .map(|key| (format!("endpoint_upserts[{i}].service"), k(key))),
+        );
+    }
+    for (i, d) in req.endpoint_deletes.iter().enumerate() {
+        out.extend(
+            d.service
+                .as_ref()
+                .map(|key| (format!("endpoint_deletes[{i}].service"), k(key))),
+        );
+    }
+    out
+}
 
 #[tonic::async_trait]
 impl Services for Api {
@@ -21,27 +87,48 @@ impl Services for Api {
     ) -> Result<Response<ProgramServiceResponse>, Status> {
         let req = req.into_inner();
         validate::program_service(&req)?;
-        let drivers = self.0.registry.with_capability(Capability::Services);
-        if drivers.is_empty() {
+        if self
+            .0
+            .registry
+            .with_capability(Capability::Services)
+            .is_empty()
+        {
             return Err(error::nothing_serves("Services"));
         }
         // Held across the fan-out: batches reach drivers in generation order.
-        let mut table = self.0.services.lock().await;
-        let prev = table.generation();
-        let applied = table.apply(&req)?;
-        sync_to_drivers(
-            drivers,
-            |d| &d.services_generation,
-            prev,
-            applied,
-            &req,
-            || table.full_sync_request(),
-            |d, r| async move {
-                let resp = d.clients.services.clone().program_service(r).await?;
-                Ok(resp.into_inner().applied_generation)
-            },
-        )
-        .await?;
+        let mut view = self.0.services.lock().await;
+        let named = named_keys(&req);
+        for (field, key) in &named {
+            view.check(Source::Socket, &crate::services::view::key(&key.0, &key.1))
+                .map_err(|c| Status::failed_precondition(format!("{field}: {c}")))?;
+        }
+        let mut touched: BTreeSet<Key> = named.into_iter().map(|(_, key)| key).collect();
+        if req.full_sync {
+            touched.extend(view.socket.keys().iter().map(k));
+        }
+        let before = view.socket.generation();
+        let applied = view.socket.apply(&req)?;
+        let prev = view.table.generation();
+        let delta = if applied == before {
+            None
+        } else {
+            let changes = touched
+                .into_iter()
+                .map(|key| {
+                    let w = view
+                        .socket
+                        .entry(&crate::services::view::key(&key.0, &key.1))
+                        .map(|(s, e)| Wanted {
+                            service: s.cloned(),
+                            endpoints: e.clone(),
+                        });
+                    (key, w)
+                })
+                .collect();
+            view.update(Source::Socket, changes)
+                .map_err(|c| Status::failed_precondition(c.to_string()))?
+        };
+        push(&self.0, &view, prev, delta).await?;
         Ok(Response::new(ProgramServiceResponse {
             applied_generation: applied,
         }))
@@ -55,8 +142,27 @@ impl Services for Api {
         if !req.namespace.is_empty() {
             validate::dns_label("namespace", &req.namespace)?;
         }
-        Ok(Response::new(
-            self.0.services.lock().await.list(&req.namespace),
-        ))
+        let view = self.0.services.lock().await;
+        let node_generation = view.table.generation();
+        let drivers = self
+            .0
+            .registry
+            .with_capability(Capability::Services)
+            .into_iter()
+            .map(|d| {
+                let g = d.services_generation.lock().map(|g| *g).unwrap_or(0);
+                DriverGeneration {
+                    driver: d.name.clone(),
+                    acknowledged_generation: g,
+                    in_sync: g == node_generation,
+                }
+            })
+            .collect();
+        Ok(Response::new(ListServicesResponse {
+            applied_generation: view.socket.generation(),
+            services: view.table.list(&req.namespace).services,
+            node_generation,
+            drivers,
+        }))
     }
 }

@@ -36,6 +36,9 @@ enum Cmd {
         /// Admin HTTP unix socket (default: netlet-admin.sock beside --socket).
         #[arg(long)]
         admin_socket: Option<PathBuf>,
+        /// Directory of Service/EndpointSlice YAML manifests, watched for changes.
+        #[arg(long)]
+        manifests: Option<PathBuf>,
     },
     /// Validate a NodeConfig and print the effective settings.
     CheckConfig {
@@ -57,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
             plugin_dir,
             state_dir,
             admin_socket,
+            manifests,
         } => {
             let (file, cfg) = config::load(config.as_deref())?;
             let settings = cfg.settings(
@@ -66,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
                     plugin_dir,
                     state_dir,
                     admin_socket,
+                    manifests_dir: manifests,
                 },
             )?;
             netlet_host::run(settings, netlet_sdk::server::shutdown_signal())

@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyperlocal::{UnixClientExt, UnixConnector, Uri};
 use netlet_sdk::{
     client::Clients,
-    proto::{IpFamily, ListAttachmentsRequest, NetworkReadyRequest},
+    proto::{IpFamily, ListAttachmentsRequest, ListServicesRequest, NetworkReadyRequest},
 };
 use serde_json::{Value, json};
 
@@ -53,6 +53,13 @@ enum Cmd {
         /// Only this network.
         #[arg(long, default_value = "")]
         network: String,
+        /// Only this namespace.
+        #[arg(long, default_value = "")]
+        namespace: String,
+    },
+    /// The node's Services: each with its endpoints in use here, and every driver's
+    /// acknowledged generation.
+    Services {
         /// Only this namespace.
         #[arg(long, default_value = "")]
         namespace: String,
@@ -292,6 +299,91 @@ async fn main() -> anyhow::Result<()> {
                     .collect();
                 table(
                     &["SANDBOX", "POD", "NETWORK", "IFACE", "IPS", "MAC", "DRIVER"],
+                    rows,
+                );
+            }
+        }
+        Cmd::Services { namespace } => {
+            let mut c = Clients::connect(&cli.socket, Some(std::time::Duration::from_secs(10)))
+                .await
+                .with_context(|| format!("connect {}", cli.socket.display()))?;
+            let l = c
+                .services
+                .list_services(ListServicesRequest { namespace })
+                .await?
+                .into_inner();
+            let services: Vec<Value> = l
+                .services
+                .iter()
+                .map(|st| {
+                    let svc = st.service.clone().unwrap_or_default();
+                    let key = svc.key.clone().unwrap_or_default();
+                    json!({
+                        "namespace": key.namespace, "name": key.name, "type": svc.r#type().as_str_name(),
+                        "clusterIPs": svc.cluster_ips,
+                        "ports": svc.ports.iter().map(|p| json!({"name": p.name, "port": p.port, "protocol": p.protocol().as_str_name(), "nodePort": p.node_port})).collect::<Vec<_>>(),
+                        "endpoints": st.endpoints.iter().map(|e| json!({"address": e.address, "node": e.node_name, "local": e.local,
+                            "ready": e.ready, "serving": e.serving, "terminating": e.terminating,
+                            "internal": e.use_for_internal, "external": e.use_for_external})).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let drivers: Vec<Value> = l
+                .drivers
+                .iter()
+                .map(|d| json!({"driver": d.driver, "acknowledgedGeneration": d.acknowledged_generation, "inSync": d.in_sync}))
+                .collect();
+            if json_out {
+                let v = json!({"nodeGeneration": l.node_generation, "socketGeneration": l.applied_generation,
+                    "drivers": drivers, "services": services});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("node generation {}", l.node_generation);
+                for d in &l.drivers {
+                    println!(
+                        "driver {}: acknowledged {}{}",
+                        d.driver,
+                        d.acknowledged_generation,
+                        if d.in_sync { " (in sync)" } else { " (behind)" }
+                    );
+                }
+                let rows = services
+                    .iter()
+                    .map(|v| {
+                        let eps = v["endpoints"].as_array().cloned().unwrap_or_default();
+                        let used =
+                            |f: &str| eps.iter().filter(|e| e[f].as_bool() == Some(true)).count();
+                        vec![
+                            format!("{}/{}", s(&v["namespace"]), s(&v["name"])),
+                            s(&v["type"])
+                                .trim_start_matches("SERVICE_TYPE_")
+                                .to_string(),
+                            s(&v["clusterIPs"]),
+                            v["ports"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(|p| {
+                                    format!(
+                                        "{}/{}",
+                                        p["port"],
+                                        s(&p["protocol"]).trim_start_matches("PROTOCOL_")
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            format!("{}/{}/{}", used("internal"), used("external"), eps.len()),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "SERVICE",
+                        "TYPE",
+                        "CLUSTER-IPS",
+                        "PORTS",
+                        "ENDPOINTS(INT/EXT/ALL)",
+                    ],
                     rows,
                 );
             }

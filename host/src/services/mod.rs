@@ -2,5 +2,6 @@
 //! manifests directory, the host socket, later the Kubernetes API) turned into this node's
 //! per-endpoint decisions ([`view`]).
 
+pub mod manifests;
 pub mod sources;
 pub mod view;

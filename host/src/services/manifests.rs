@@ -1,0 +1,255 @@
+//! The manifests source: a directory of YAML files holding Kubernetes `Service` and
+//! `EndpointSlice` objects (several documents per file), watched so edits, additions and
+//! deletions take effect without a restart. A file that does not load is reported with its
+//! name and the reason, and its last good content stays in effect.
+//!
+//! The directory is polled (every [`POLL`]): a file is read again only when its size or
+//! modification time changed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Service as KService;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::Deserialize;
+
+use super::sources::{Key, Source, Wanted, k};
+use super::view::{self, NodeInfo};
+use crate::Host;
+
+/// How often the directory is looked at.
+pub const POLL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Default, Clone)]
+struct FileState {
+    stamp: Option<(SystemTime, u64)>,
+    services: Vec<KService>,
+    slices: Vec<EndpointSlice>,
+    error: Option<String>,
+}
+
+/// What the directory holds.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+/// Parses one file's documents into Services and EndpointSlices; errors name the document.
+pub fn parse(text: &str) -> Result<(Vec<KService>, Vec<EndpointSlice>), String> {
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let v =
+            serde_yaml::Value::deserialize(doc).map_err(|e| format!("document {}: {e}", i + 1))?;
+        if v.is_null() {
+            continue;
+        }
+        let kind = v
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let what = |e: serde_yaml::Error| format!("document {} ({kind}): {e}", i + 1);
+        match kind.as_str() {
+            "Service" => services.push(serde_yaml::from_value(v).map_err(what)?),
+            "EndpointSlice" => slices.push(serde_yaml::from_value(v).map_err(what)?),
+            "" => return Err(format!("document {}: no kind", i + 1)),
+            other => {
+                return Err(format!(
+                    "document {}: kind {other} is not Service or EndpointSlice",
+                    i + 1
+                ));
+            }
+        }
+    }
+    Ok((services, slices))
+}
+
+fn is_manifest(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+impl Manifests {
+    /// A source over `dir` (read by [`Manifests::scan`]).
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Reads what changed; returns whether anything did.
+    pub fn scan(&mut self) -> bool {
+        let mut seen = Vec::new();
+        let mut changed = false;
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) => {
+                let had = !self.files.is_empty();
+                self.files.clear();
+                tracing::warn!(dir = %self.dir.display(), error = %e, "manifests directory unreadable");
+                return had;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !is_manifest(&path) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            seen.push(path.clone());
+            let stamp = Some((
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            ));
+            let st = self.files.entry(path.clone()).or_default();
+            if st.stamp == stamp {
+                continue;
+            }
+            st.stamp = stamp;
+            changed = true;
+            let loaded = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| parse(&t));
+            match loaded {
+                Ok((services, slices)) => {
+                    st.services = services;
+                    st.slices = slices;
+                    st.error = None;
+                    tracing::info!(file = %path.display(), services = st.services.len(), slices = st.slices.len(), "manifest loaded");
+                }
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "manifest not loaded; its last good content stays");
+                    st.error = Some(e);
+                }
+            }
+        }
+        let before = self.files.len();
+        self.files.retain(|p, _| seen.contains(p));
+        changed || self.files.len() != before
+    }
+
+    /// Files that did not load, as `file: reason`.
+    pub fn errors(&self) -> Vec<String> {
+        self.files
+            .iter()
+            .filter_map(|(p, s)| Some(format!("{}: {}", p.display(), s.error.as_ref()?)))
+            .collect()
+    }
+
+    /// Every Service the files hold, as this node's source wants it.
+    pub fn wanted(&self, node: &NodeInfo) -> BTreeMap<Key, Wanted> {
+        let mut slices: BTreeMap<Key, Vec<&EndpointSlice>> = BTreeMap::new();
+        for s in self.files.values().flat_map(|f| &f.slices) {
+            if let Some(key) = view::slice_service(s) {
+                slices.entry(k(&key)).or_default().push(s);
+            }
+        }
+        let mut out = BTreeMap::new();
+        for ks in self.files.values().flat_map(|f| &f.services) {
+            let Some(svc) = view::service(ks) else {
+                continue;
+            };
+            let Some(key) = svc.key.as_ref().map(k) else {
+                continue;
+            };
+            let eps = view::endpoints(
+                &svc,
+                slices.get(&key).map(Vec::as_slice).unwrap_or(&[]),
+                node,
+            );
+            out.insert(
+                key,
+                Wanted {
+                    service: Some(svc),
+                    endpoints: eps.into_iter().map(|e| (e.address.clone(), e)).collect(),
+                },
+            );
+        }
+        out
+    }
+}
+
+/// Watches `dir` until shutdown, feeding changes into the node's Service view.
+pub async fn watch(host: Arc<Host>, dir: PathBuf) {
+    let mut m = Manifests::new(&dir);
+    let mut tick = tokio::time::interval(POLL);
+    let mut shutdown = host.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if !m.scan() {
+            continue;
+        }
+        let wanted = m.wanted(&host.settings.node);
+        let mut view = host.services.lock().await;
+        let prev = view.table.generation();
+        let (delta, conflicts) = view.replace(Source::Manifests, wanted);
+        let mut errors = m.errors();
+        for c in conflicts {
+            tracing::error!(service = %format!("{}/{}", c.key.namespace, c.key.name), owner = c.owner.as_str(), "manifest Service not applied: another source owns it");
+            errors.push(format!("{}: {c}", dir.display()));
+        }
+        if let Ok(mut e) = host.manifest_errors.lock() {
+            *e = errors;
+        }
+        if delta.is_some()
+            && let Err(e) = crate::api::services::push(&host, &view, prev, delta).await
+        {
+            tracing::warn!(error = %e, "Services drivers not brought up to date; retried at their next resync");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}\n";
+    const SLICE: &str = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.244.0.5], conditions: {ready: true}, nodeName: n1}]\n";
+
+    #[test]
+    fn files_load_change_break_and_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeInfo {
+            name: "n1".into(),
+            zone: String::new(),
+        };
+        let f = dir.path().join("web.yaml");
+        std::fs::write(&f, format!("{SVC}---\n{SLICE}")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+        let mut m = Manifests::new(dir.path());
+        assert!(m.scan());
+        let w = m.wanted(&node);
+        let web = &w[&("shop".to_string(), "web".to_string())];
+        assert!(web.endpoints["10.244.0.5"].use_for_internal && web.endpoints["10.244.0.5"].local);
+        assert!(!m.scan(), "nothing changed");
+        // A broken edit is reported with the file and keeps the last good content.
+        std::fs::write(&f, "kind: Service\nspec: [oops\n").unwrap();
+        assert!(m.scan());
+        assert!(
+            m.errors()[0].starts_with(&f.display().to_string()),
+            "{:?}",
+            m.errors()
+        );
+        assert_eq!(m.wanted(&node).len(), 1);
+        std::fs::write(&f, "kind: ConfigMap\n").unwrap();
+        assert!(m.scan());
+        assert!(m.errors()[0].contains("kind ConfigMap is not Service or EndpointSlice"));
+        // Deleting the file deletes its Services.
+        std::fs::remove_file(&f).unwrap();
+        assert!(m.scan());
+        assert!(m.wanted(&node).is_empty() && m.errors().is_empty());
+    }
+}

@@ -1,0 +1,194 @@
+//! The host's Service view from a manifests directory: loaded, edited, broken, conflicting with
+//! another source, deleted — and what reaches a Services driver.
+
+use std::time::Duration;
+
+use netlet_sdk::client::Clients;
+use netlet_sdk::proto::{
+    ListServicesRequest, ListServicesResponse, ProgramServiceRequest, Service, ServiceKey,
+};
+use netlet_testbed::harness::{Host, bin, fixture_driver, wait_until};
+use tonic::Code;
+
+const T: Duration = Duration::from_secs(20);
+
+fn manifest(ready: bool) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec:
+  clusterIPs: [10.96.0.10]
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-a, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+- {{addresses: [10.244.0.5], nodeName: node-a, conditions: {{ready: {ready}}}}}
+- {{addresses: [10.244.1.7], nodeName: node-b, conditions: {{ready: true}}}}
+"#
+    )
+}
+
+async fn list(c: &Clients) -> ListServicesResponse {
+    c.services
+        .clone()
+        .list_services(ListServicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// (address, local, use_for_internal) of the one Service listed.
+fn endpoints(l: &ListServicesResponse) -> Vec<(String, bool, bool)> {
+    l.services
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .map(|e| (e.address.clone(), e.local, e.use_for_internal))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manifests_become_the_node_view_and_deltas_reach_drivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.yaml");
+    std::fs::write(&file, manifest(true)).unwrap();
+    let extra = format!("nodeName: node-a\nmanifestsDir: {}\n", dir.path().display());
+    let h = Host::start(&fixture_driver("svc", "default", &[]), &extra).await;
+    h.wait_ready("").await;
+    let c = h.clients().await;
+    let driver = Clients::connect(&h.dir.path().join("run/drivers/svc.sock"), None)
+        .await
+        .unwrap();
+    let l = wait_until("manifest loaded", T, || {
+        let c = c.clone();
+        async move {
+            let l = list(&c).await;
+            (!l.services.is_empty()).then_some(l)
+        }
+    })
+    .await;
+    assert_eq!(
+        endpoints(&l),
+        [
+            ("10.244.0.5".to_string(), true, true),
+            ("10.244.1.7".to_string(), false, true)
+        ]
+    );
+    let svc = l.services[0].service.clone().unwrap();
+    assert_eq!(svc.ports[0].target_port_name, "http");
+    // The driver has what the node has, at the node's generation.
+    let synced = |want: u64| {
+        let (c, d) = (c.clone(), driver.clone());
+        async move {
+            let l = list(&c).await;
+            let dl = list(&d).await;
+            (l.node_generation >= want
+                && l.drivers.iter().all(|g| g.in_sync)
+                && dl.applied_generation == l.node_generation)
+                .then_some((l, dl))
+        }
+    };
+    let (l, dl) = wait_until("driver in sync", T, || synced(1)).await;
+    assert_eq!(endpoints(&dl), endpoints(&l));
+    assert_eq!(l.drivers[0].driver, "svc");
+    // netletctl shows the same, with the driver's acknowledged generation.
+    let out = std::process::Command::new(bin("netletctl"))
+        .arg("--socket")
+        .arg(&h.socket)
+        .arg("services")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "driver svc: acknowledged {} (in sync)",
+            l.node_generation
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("shop/web") && text.contains("2/2/2"),
+        "{text}"
+    );
+
+    // An edit becomes a delta: the local endpoint goes not-ready.
+    std::fs::write(&file, manifest(false)).unwrap();
+    let g = l.node_generation;
+    let (l, dl) = wait_until("edit applied", T, || synced(g + 1)).await;
+    assert_eq!(
+        endpoints(&l),
+        [
+            ("10.244.0.5".to_string(), true, false),
+            ("10.244.1.7".to_string(), false, true)
+        ]
+    );
+    assert_eq!(endpoints(&dl), endpoints(&l));
+
+    // A broken file keeps its last good content.
+    std::fs::write(&file, "kind: Service\nspec: [oops\n").unwrap();
+    let errors = wait_until("manifest error reported", T, || {
+        let out = std::process::Command::new(bin("netletctl"))
+            .arg("--socket")
+            .arg(&h.socket)
+            .arg("--admin-socket")
+            .arg(&h.admin_socket)
+            .args(["debug", "state"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let e = v["services"]["manifestErrors"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        async move { (!e.is_empty()).then_some(e) }
+    })
+    .await;
+    assert!(
+        errors[0]
+            .as_str()
+            .unwrap()
+            .starts_with(&file.display().to_string()),
+        "{errors:?}"
+    );
+    assert_eq!(list(&c).await.services.len(), 1, "last good content stays");
+
+    // Another source cannot overwrite a Service the manifests own.
+    let err = c
+        .services
+        .clone()
+        .program_service(ProgramServiceRequest {
+            generation: list(&c).await.applied_generation + 1,
+            full_sync: true,
+            service_upserts: vec![Service {
+                key: Some(ServiceKey {
+                    namespace: "shop".into(),
+                    name: "web".into(),
+                }),
+                cluster_ips: vec!["10.96.0.99".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("service_upserts[0].key: shop/web is owned by the manifests source"),
+        "{err:?}"
+    );
+
+    // Deleting the file deletes the Service, on the node and in the driver.
+    std::fs::remove_file(&file).unwrap();
+    let g = list(&c).await.node_generation;
+    let (l, dl) = wait_until("deletion applied", T, || synced(g + 1)).await;
+    assert!(
+        l.services.is_empty() && dl.services.is_empty(),
+        "{l:?} {dl:?}"
+    );
+}
