@@ -76,6 +76,8 @@ pub struct Host {
     pub store: Store,
     /// Desired Services (replayed to drivers).
     pub services: tokio::sync::Mutex<services::sources::ServiceView>,
+    /// Health-check node ports of `externalTrafficPolicy: Local` Services.
+    pub health_checks: services::health::HealthChecks,
     /// Manifest files that did not load, with why (their last good content stays in effect).
     pub manifest_errors: std::sync::Mutex<Vec<String>>,
     /// Desired policies (replayed to drivers).
@@ -205,6 +207,7 @@ pub async fn run(
             settings.node.clone(),
         )),
         manifest_errors: Default::default(),
+        health_checks: Default::default(),
         policies: Default::default(),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),

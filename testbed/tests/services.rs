@@ -192,3 +192,52 @@ async fn manifests_become_the_node_view_and_deltas_reach_drivers() {
         "{l:?} {dl:?}"
     );
 }
+
+fn http_get(port: u16) -> Option<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split("\r\n\r\n").nth(1)?;
+    Some((code, serde_json::from_str(body).ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_check_node_port_answers_with_the_local_endpoint_count() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let lb = |ready: bool| {
+        manifest(ready).replace(
+            "  clusterIPs: [10.96.0.10]\n",
+            &format!(
+                "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {port}\n  clusterIPs: [10.96.0.10]\n"
+            ),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lb.yaml");
+    std::fs::write(&file, lb(true)).unwrap();
+    let extra = format!("nodeName: node-a\nmanifestsDir: {}\n", dir.path().display());
+    let h = Host::start(&fixture_driver("svc", "default", &[]), &extra).await;
+    let (code, body) = wait_until("health check served", T, || async move {
+        http_get(port).filter(|(c, _)| *c == 200)
+    })
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(body["localEndpoints"], 1);
+    assert_eq!(body["service"]["name"], "web");
+    // The local endpoint goes not-ready: the node has nothing for external traffic.
+    std::fs::write(&file, lb(false)).unwrap();
+    let (_, body) = wait_until("503 once nothing is local", T, || async move {
+        http_get(port).filter(|(c, _)| *c == 503)
+    })
+    .await;
+    assert_eq!(body["localEndpoints"], 0);
+    drop(h);
+}

@@ -25,6 +25,7 @@ pub(crate) async fn push(
     prev: u64,
     delta: Option<ProgramServiceRequest>,
 ) -> Result<(), Status> {
+    host.health_checks.reconcile(view);
     let drivers = host.registry.with_capability(Capability::Services);
     let now = view.table.generation();
     if drivers.is_empty() || now == 0 {

@@ -204,9 +204,7 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
         if let Ok(mut e) = host.manifest_errors.lock() {
             *e = errors;
         }
-        if delta.is_some()
-            && let Err(e) = crate::api::services::push(&host, &view, prev, delta).await
-        {
+        if let Err(e) = crate::api::services::push(&host, &view, prev, delta).await {
             tracing::warn!(error = %e, "Services drivers not brought up to date; retried at their next resync");
         }
     }

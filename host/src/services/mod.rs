@@ -2,6 +2,7 @@
 //! manifests directory, the host socket, later the Kubernetes API) turned into this node's
 //! per-endpoint decisions ([`view`]).
 
+pub mod health;
 pub mod manifests;
 pub mod sources;
 pub mod view;
