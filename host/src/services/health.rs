@@ -22,15 +22,18 @@ struct Entry {
     local_endpoints: usize,
 }
 
+/// Port → what its server answers.
+type Shared = Arc<RwLock<HashMap<u16, Entry>>>;
+
 /// The running health-check servers.
 #[derive(Default)]
 pub struct HealthChecks {
-    state: Arc<RwLock<HashMap<u16, Entry>>>,
+    state: Shared,
     servers: std::sync::Mutex<HashMap<u16, tokio::task::JoinHandle<()>>>,
 }
 
 async fn answer(
-    State((state, port)): State<(Arc<RwLock<HashMap<u16, Entry>>>, u16)>,
+    State((state, port)): State<(Shared, u16)>,
 ) -> (StatusCode, Json<serde_json::Value>) {
     let e = state.read().ok().and_then(|s| s.get(&port).cloned());
     match e {
