@@ -392,6 +392,11 @@ spec:
         .unwrap()
     }
 
+    /// A ready endpoint on `node` with zone hints.
+    fn zoned<'a>(addr: &'a str, node: &'a str, zones: &'a [&'a str]) -> Ep<'a> {
+        (addr, node, Some(true), None, None, zones, &[])
+    }
+
     fn used(eps: &[Endpoint]) -> (Vec<&str>, Vec<&str>) {
         (
             eps.iter()
@@ -584,40 +589,16 @@ spec:
         let hinted = slice(
             "a",
             &[
-                (
-                    "10.0.0.1",
-                    "node-b",
-                    Some(true),
-                    None,
-                    None,
-                    &["zone-a"],
-                    &[],
-                ),
-                (
-                    "10.0.0.2",
-                    "node-c",
-                    Some(true),
-                    None,
-                    None,
-                    &["zone-b"],
-                    &[],
-                ),
+                zoned("10.0.0.1", "node-b", &["zone-a"]),
+                zoned("10.0.0.2", "node-c", &["zone-b"]),
             ],
         );
         assert_eq!(used(&endpoints(&s, &[&hinted], &node())).0, ["10.0.0.1"]);
         let partly = slice(
             "a",
             &[
-                (
-                    "10.0.0.1",
-                    "node-b",
-                    Some(true),
-                    None,
-                    None,
-                    &["zone-a"],
-                    &[],
-                ),
-                ("10.0.0.2", "node-c", Some(true), None, None, &[], &[]),
+                zoned("10.0.0.1", "node-b", &["zone-a"]),
+                zoned("10.0.0.2", "node-c", &[]),
             ],
         );
         assert_eq!(

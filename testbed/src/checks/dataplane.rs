@@ -6,8 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use netlet_sdk::proto::{
-    AttachPodRequest, Attachment, Capability, DetachPodRequest, ListAttachmentsRequest,
-    NetworkSelection, PodSandbox,
+    AttachPodRequest, Attachment, Capability, DetachPodRequest, NetworkSelection, PodSandbox,
 };
 
 use super::{check, expect_ok};
@@ -400,19 +399,10 @@ pub fn checks() -> Vec<Check> {
                         _ => {}
                     }
                 }
-                let pods = expect_ok(
-                    "ListAttachments",
-                    ctx.clients
-                        .pods
-                        .clone()
-                        .list_attachments(ListAttachmentsRequest::default())
-                        .await,
-                )?
-                .into_inner()
-                .pods;
-                let n = pods
+                let n = super::pods::attached_ids(ctx)
+                    .await?
                     .iter()
-                    .filter(|p| p.sandbox.as_ref().is_some_and(|s| s.id == id))
+                    .filter(|s| **s == id)
                     .count();
                 if n != 1 {
                     return Err(format!("ListAttachments shows the sandbox {n} times"));

@@ -4,7 +4,7 @@ mod dataplane;
 mod devices;
 mod identity;
 mod node;
-mod pods;
+pub(crate) mod pods;
 mod policy;
 mod services;
 

@@ -41,7 +41,7 @@ fn tracked_request(ctx: &Ctx, netns: &str, network: &str) -> (AttachPodRequest, 
     (req, id)
 }
 
-async fn attached_ids(ctx: &Ctx) -> Result<Vec<String>, String> {
+pub(crate) async fn attached_ids(ctx: &Ctx) -> Result<Vec<String>, String> {
     let pods = expect_ok(
         "ListAttachments",
         ctx.clients
