@@ -298,3 +298,87 @@ pub fn qdiscs(netns: &Path) -> Result<Vec<(String, String)>, String> {
         })
     })?
 }
+
+async fn nl_up_with_address(h: &rtnetlink::Handle, name: &str, cidr: &str) -> Result<(), String> {
+    use futures::TryStreamExt;
+    let (ip, len) = cidr.split_once('/').ok_or("cidr")?;
+    let ip: IpAddr = ip.parse().map_err(|_| format!("bad address {cidr}"))?;
+    let link = h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or(format!("{name} missing"))?;
+    let idx = link.header.index;
+    h.address()
+        .add(idx, ip, len.parse().map_err(|_| "prefix")?)
+        .execute()
+        .await
+        .map_err(|e| format!("address {cidr} on {name}: {e}"))?;
+    h.link()
+        .set(rtnetlink::LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await
+        .map_err(|e| format!("{name} up: {e}"))
+}
+
+fn in_ns_rt<R: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce(rtnetlink::Handle) -> std::pin::Pin<Box<dyn Future<Output = Result<R, String>>>>
+    + Send
+    + 'static,
+) -> Result<R, String> {
+    run_in(netns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async move {
+            let (conn, h, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            f(h).await
+        })
+    })?
+}
+
+/// Wires two namespaces with a veth pair: `a_if` with `a_cidr` in `a`, `b_if` with `b_cidr`
+/// in `b` (e.g. a node and an "outside" client), both up. Gone with either namespace.
+pub fn wire(
+    a: &Path,
+    a_if: &str,
+    a_cidr: &str,
+    b: &Path,
+    b_if: &str,
+    b_cidr: &str,
+) -> Result<(), String> {
+    let peer_ns = std::fs::File::open(b).map_err(|e| e.to_string())?;
+    let (a_if2, b_if2, a_cidr2) = (a_if.to_string(), b_if.to_string(), a_cidr.to_string());
+    in_ns_rt(a, move |h| {
+        Box::pin(async move {
+            use std::os::fd::AsRawFd;
+            let peer = rtnetlink::LinkMessageBuilder::<rtnetlink::LinkUnspec>::new()
+                .name(b_if2.clone())
+                .setns_by_fd(peer_ns.as_raw_fd())
+                .build();
+            let msg = rtnetlink::LinkVeth::new(&a_if2, &b_if2)
+                .set_info_data(rtnetlink::packet_route::link::InfoData::Veth(
+                    rtnetlink::packet_route::link::InfoVeth::Peer(peer),
+                ))
+                .build();
+            h.link()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(|e| format!("veth {a_if2}: {e}"))?;
+            drop(peer_ns);
+            nl_up_with_address(&h, &a_if2, &a_cidr2).await
+        })
+    })?;
+    let (b_if3, b_cidr3) = (b_if.to_string(), b_cidr.to_string());
+    in_ns_rt(b, move |h| {
+        Box::pin(async move { nl_up_with_address(&h, &b_if3, &b_cidr3).await })
+    })
+}

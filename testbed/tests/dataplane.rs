@@ -366,3 +366,58 @@ async fn bandwidth_annotations_become_tbf_qdiscs_and_go_with_the_pod() {
         "veth or ifb left behind"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn masquerade_hides_pods_behind_the_node_off_node_only() {
+    if !privileged("masquerade_hides_pods_behind_the_node_off_node_only") {
+        return;
+    }
+    let mut driver = bridge_driver("bridge", "default", "netlet0", &[V4, V6]);
+    driver = driver.replacen("\"--subnet\"", "\"--masquerade\",\"--subnet\"", 1);
+    assert!(driver.contains("--masquerade"), "{driver}");
+    let n = Node::start("masq", &driver, "").await;
+    n.host.wait_ready("").await;
+    let pid = std::process::id();
+    // An outside client on a link of the node that has no route back to the pod CIDR.
+    let outside = NetNs::create(&format!("netlet-outside-masq-{pid}")).unwrap();
+    probe::wire(
+        &n.netns.path,
+        "uplink0",
+        "192.0.2.1/24",
+        &outside.path,
+        "out0",
+        "192.0.2.2/24",
+    )
+    .unwrap();
+    let c = n.host.clients().await;
+    let pod = NetNs::create(&format!("netlet-pod-masq-{pid}")).unwrap();
+    let a = attach(&c, sandbox("masq-1", &pod.path), vec![])
+        .await
+        .unwrap()
+        .remove(0);
+    let pod_ip = probe::ip_of(&a.ips[0].address).unwrap();
+    let (pod_path, out_path) = (pod.path.clone(), outside.path.clone());
+    let seen = tokio::task::spawn_blocking(move || {
+        let srv = probe::tcp_echo(Some(&out_path), "192.0.2.2:0".parse().unwrap(), 1)?;
+        probe::tcp_request(&pod_path, srv, "out")
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        seen, "192.0.2.1|out",
+        "off-node traffic leaves as the node's address"
+    );
+    // Traffic within the pod network (here: to the gateway on the node) keeps the pod's address.
+    let (pod_path, node_path) = (pod.path.clone(), n.netns.path.clone());
+    let gw: std::net::IpAddr = a.ips[0].gateway.parse().unwrap();
+    let seen = tokio::task::spawn_blocking(move || {
+        let srv = probe::tcp_echo(Some(&node_path), std::net::SocketAddr::new(gw, 0), 1)?;
+        probe::tcp_request(&pod_path, srv, "in")
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(seen, format!("{pod_ip}|in"));
+    detach(&c, "masq-1").await.unwrap();
+}

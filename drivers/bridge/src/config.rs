@@ -35,6 +35,10 @@ pub struct NetworkConfig {
     /// MTU of the bridge and of pod interfaces unless a selection asks for another.
     #[serde(default = "default_mtu")]
     pub mtu: u32,
+    /// Masquerade traffic from the pod CIDRs to destinations outside them (nftables table
+    /// `inet netlet-bridge`).
+    #[serde(default)]
+    pub masquerade: bool,
 }
 
 fn default_mtu() -> u32 {
@@ -85,13 +89,20 @@ impl Config {
     }
 
     /// One network from command-line flags.
-    pub fn single(name: String, bridge: String, subnets: Vec<IpNet>, mtu: u32) -> Self {
+    pub fn single(
+        name: String,
+        bridge: String,
+        subnets: Vec<IpNet>,
+        mtu: u32,
+        masquerade: bool,
+    ) -> Self {
         Self {
             networks: vec![NetworkConfig {
                 name,
                 bridge,
                 subnets,
                 mtu,
+                masquerade,
             }],
         }
     }
@@ -185,6 +196,7 @@ mod tests {
             bridge: bridge.into(),
             subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
             mtu: 1500,
+            masquerade: false,
         }
     }
 

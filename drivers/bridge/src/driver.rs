@@ -56,6 +56,8 @@ struct State {
 /// The driver.
 pub struct Bridge {
     name: String,
+    /// Whether the masquerade table matches the configuration.
+    masquerade_done: std::sync::atomic::AtomicBool,
     state_dir: PathBuf,
     store: Mutex<Option<Store>>,
     state: Mutex<State>,
@@ -119,6 +121,7 @@ impl Bridge {
             conditions: vec![],
         });
         Ok(Arc::new(Self {
+            masquerade_done: false.into(),
             name: name.to_string(),
             state_dir: state_dir.to_path_buf(),
             store: Mutex::new(None),
@@ -156,6 +159,7 @@ impl Bridge {
         let forwarding = netlink::sysctl("net.ipv4.ip_forward", "1")
             .and_then(|_| netlink::sysctl("net.ipv6.conf.all.forwarding", "1"))
             .err();
+        let masquerade = self.ensure_masquerade().err();
         // (config, gateway addresses, whether the bridge was up at the last look)
         let todo: Vec<(NetworkConfig, Vec<netlink::Cidr>, bool)> = self
             .lock()
@@ -209,6 +213,11 @@ impl Bridge {
             if let Some(e) = &forwarding {
                 n.problem = Some(("SysctlFailed".into(), e.to_string()));
             }
+            if let Some(e) = &masquerade
+                && n.cfg.masquerade
+            {
+                n.problem = Some(("MasqueradeFailed".into(), e.to_string()));
+            }
         }
         self.publish();
     }
@@ -254,6 +263,35 @@ impl Bridge {
                 }
                 Err(e) => tracing::warn!(link = %name, error = %e, "cannot remove leftover link"),
             }
+        }
+    }
+
+    /// Makes the driver's nftables table masquerade exactly the configured networks' CIDRs (and
+    /// removes a leftover table when none is configured). Done once; retried until it works.
+    fn ensure_masquerade(&self) -> Result<(), NlError> {
+        use std::sync::atomic::Ordering;
+        if self.masquerade_done.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let cidrs: Vec<ipnet::IpNet> = self
+            .lock()
+            .networks
+            .values()
+            .filter(|n| n.cfg.masquerade)
+            .flat_map(|n| n.cfg.subnets.clone())
+            .collect();
+        match crate::masquerade::apply(&cidrs) {
+            Ok(()) => {
+                self.masquerade_done.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) if cidrs.is_empty() => {
+                // Nothing to masquerade: a kernel without nf_tables is fine.
+                tracing::debug!(error = %e, "no masquerade table to clean up");
+                self.masquerade_done.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 

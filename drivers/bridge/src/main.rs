@@ -9,6 +9,7 @@ mod bandwidth;
 mod config;
 mod driver;
 mod ipam;
+mod masquerade;
 mod netlink;
 
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ struct Args {
     /// MTU (single-network mode).
     #[arg(long, default_value_t = config::DEFAULT_MTU)]
     mtu: u32,
+    /// Masquerade traffic from the pod CIDRs to destinations outside them (single-network mode).
+    #[arg(long)]
+    masquerade: bool,
     /// Where attachments and addresses are kept; defaults to `$NETLET_DRIVER_STATE_DIR`
     /// (set by the host), else /var/lib/netlet/bridge.
     #[arg(long, env = netlet_sdk::STATE_DIR_ENV, default_value = "/var/lib/netlet/bridge")]
@@ -69,7 +73,13 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 args.subnets.clone()
             };
-            let c = Config::single(args.network.clone(), args.bridge.clone(), subnets, args.mtu);
+            let c = Config::single(
+                args.network.clone(),
+                args.bridge.clone(),
+                subnets,
+                args.mtu,
+                args.masquerade,
+            );
             c.check()?;
             c
         }
