@@ -421,3 +421,92 @@ async fn masquerade_hides_pods_behind_the_node_off_node_only() {
     assert_eq!(seen, format!("{pod_ip}|in"));
     detach(&c, "masq-1").await.unwrap();
 }
+
+/// The bridge driver's own NetworkReady, straight from its socket.
+async fn driver_readiness(n: &Node, driver: &str) -> netlet_sdk::proto::NetworkReadiness {
+    let d = Clients::connect(
+        &n.host.dir.path().join(format!("run/drivers/{driver}.sock")),
+        Some(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    d.node
+        .clone()
+        .network_ready(NetworkReadyRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .readiness
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exhausted_pool_is_resource_exhausted_and_a_readiness_reason() {
+    if !privileged("exhausted_pool_is_resource_exhausted_and_a_readiness_reason") {
+        return;
+    }
+    // A /30 leaves one pod address after the network address, the gateway and broadcast.
+    let n = Node::start(
+        "exhaust",
+        &bridge_driver("bridge", "default", "netlet0", &["10.250.0.0/30"]),
+        "",
+    )
+    .await;
+    n.host.wait_ready("").await;
+    let c = n.host.clients().await;
+    let pid = std::process::id();
+    let p1 = NetNs::create(&format!("netlet-pod-ex1-{pid}")).unwrap();
+    let p2 = NetNs::create(&format!("netlet-pod-ex2-{pid}")).unwrap();
+    let a = attach(&c, sandbox("ex-1", &p1.path), vec![]).await.unwrap();
+    assert_eq!(a[0].ips[0].address, "10.250.0.2/30");
+    let err = attach(&c, sandbox("ex-2", &p2.path), vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("10.250.0.0/30"), "{err:?}");
+    let r = driver_readiness(&n, "bridge").await;
+    assert!(r.ready && r.reason == "IPAMExhausted", "{r:?}");
+    assert!(!probe::interfaces(&p2.path).unwrap().contains_key("eth0"));
+    detach(&c, "ex-1").await.unwrap();
+    assert_eq!(driver_readiness(&n, "bridge").await.reason, "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unusable_store_means_not_ready_with_the_reason() {
+    if !privileged("unusable_store_means_not_ready_with_the_reason") {
+        return;
+    }
+    let driver = bridge_driver("bridge", "default", "netlet0", &[V4]).replacen(
+        "\"--name\"",
+        "\"--state-dir\",\"/proc/netlet-no-such-dir\",\"--name\"",
+        1,
+    );
+    let n = Node::start("nostore", &driver, "").await;
+    let c = n.host.clients().await;
+    let r = wait_until(
+        "driver not ready with a reason",
+        Duration::from_secs(20),
+        || {
+            let mut node = c.node.clone();
+            async move {
+                let r = node
+                    .network_ready(NetworkReadyRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .readiness?;
+                r.conditions
+                    .iter()
+                    .any(|c| c.reason == "IPAMStoreUnavailable")
+                    .then_some(r)
+            }
+        },
+    )
+    .await;
+    assert!(!r.ready, "{r:?}");
+    let pod = NetNs::create(&format!("netlet-pod-nostore-{}", std::process::id())).unwrap();
+    let err = attach(&c, sandbox("ns-1", &pod.path), vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+}
