@@ -156,8 +156,31 @@ impl ServiceTable {
                 entry.endpoints.remove(&d.address);
             }
         }
-        self.entries
-            .retain(|_, e| e.service.is_some() || !e.endpoints.is_empty());
+        // Drop entries the batch left empty (only those it touched: O(batch), not O(table)).
+        let touched = req
+            .service_upserts
+            .iter()
+            .filter_map(|s| s.key.as_ref())
+            .chain(
+                req.endpoint_upserts
+                    .iter()
+                    .filter_map(|u| u.service.as_ref()),
+            )
+            .chain(
+                req.endpoint_deletes
+                    .iter()
+                    .filter_map(|d| d.service.as_ref()),
+            );
+        for k in touched {
+            let key = skey(k);
+            if self
+                .entries
+                .get(&key)
+                .is_some_and(|e| e.service.is_none() && e.endpoints.is_empty())
+            {
+                self.entries.remove(&key);
+            }
+        }
         self.generation = req.generation;
         Ok(self.generation)
     }

@@ -2,8 +2,6 @@
 //! ([`crate::services::sources`]); the node's table is fanned out to every driver serving
 //! Services (deltas to drivers in step, the full table to those that are not).
 
-use std::collections::BTreeSet;
-
 use netlet_sdk::{
     proto::{
         Capability, DriverGeneration, ListServicesRequest, ListServicesResponse,
@@ -14,7 +12,7 @@ use netlet_sdk::{
 use tonic::{Request, Response, Status};
 
 use super::{Api, sync_to_drivers};
-use crate::services::sources::{Key, ServiceView, Source, Wanted, k};
+use crate::services::sources::ServiceView;
 use crate::{Host, error};
 
 /// Brings every Services driver to the view's table: `delta` (from `prev`) to drivers that had
@@ -50,36 +48,6 @@ pub(crate) async fn push(
     .await
 }
 
-/// Every Service a batch names, with the field that names it.
-fn named_keys(req: &ProgramServiceRequest) -> Vec<(String, Key)> {
-    let mut out = Vec::new();
-    for (i, s) in req.service_upserts.iter().enumerate() {
-        out.extend(
-            s.key
-                .as_ref()
-                .map(|key| (format!("service_upserts[{i}].key"), k(key))),
-        );
-    }
-    for (i, key) in req.service_deletes.iter().enumerate() {
-        out.push((format!("service_deletes[{i}]"), k(key)));
-    }
-    for (i, u) in req.endpoint_upserts.iter().enumerate() {
-        out.extend(
-            u.service
-                .as_ref()
-                .map(|key| (format!("endpoint_upserts[{i}].service"), k(key))),
-        );
-    }
-    for (i, d) in req.endpoint_deletes.iter().enumerate() {
-        out.extend(
-            d.service
-                .as_ref()
-                .map(|key| (format!("endpoint_deletes[{i}].service"), k(key))),
-        );
-    }
-    out
-}
-
 #[tonic::async_trait]
 impl Services for Api {
     async fn program_service(
@@ -98,37 +66,8 @@ impl Services for Api {
         }
         // Held across the fan-out: batches reach drivers in generation order.
         let mut view = self.0.services.lock().await;
-        let named = named_keys(&req);
-        for (field, key) in &named {
-            view.check(Source::Socket, &crate::services::view::key(&key.0, &key.1))
-                .map_err(|c| Status::failed_precondition(format!("{field}: {c}")))?;
-        }
-        let mut touched: BTreeSet<Key> = named.into_iter().map(|(_, key)| key).collect();
-        if req.full_sync {
-            touched.extend(view.socket.keys().iter().map(k));
-        }
-        let before = view.socket.generation();
-        let applied = view.socket.apply(&req)?;
         let prev = view.table.generation();
-        let delta = if applied == before {
-            None
-        } else {
-            let changes = touched
-                .into_iter()
-                .map(|key| {
-                    let w = view
-                        .socket
-                        .entry(&crate::services::view::key(&key.0, &key.1))
-                        .map(|(s, e)| Wanted {
-                            service: s.cloned(),
-                            endpoints: e.clone(),
-                        });
-                    (key, w)
-                })
-                .collect();
-            view.update(Source::Socket, changes)
-                .map_err(|c| Status::failed_precondition(c.to_string()))?
-        };
+        let (applied, delta) = view.apply_socket(&req)?;
         push(&self.0, &view, prev, delta).await?;
         Ok(Response::new(ProgramServiceResponse {
             applied_generation: applied,
@@ -160,7 +99,7 @@ impl Services for Api {
             })
             .collect();
         Ok(Response::new(ListServicesResponse {
-            applied_generation: view.socket.generation(),
+            applied_generation: view.socket_generation(),
             services: view.table.list(&req.namespace).services,
             node_generation,
             drivers,

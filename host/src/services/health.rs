@@ -9,7 +9,6 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
-use netlet_sdk::proto::TrafficPolicy;
 use serde_json::json;
 
 use super::sources::ServiceView;
@@ -57,28 +56,20 @@ impl HealthChecks {
     /// Brings the servers in line with the view: new ports served, gone ones stopped, counts
     /// updated.
     pub fn reconcile(&self, view: &ServiceView) {
-        let mut want: HashMap<u16, Entry> = HashMap::new();
-        for st in view.table.list("").services {
-            let Some(svc) = st.service else { continue };
-            if svc.external_traffic_policy != TrafficPolicy::Local as i32
-                || svc.health_check_node_port == 0
-            {
-                continue;
-            }
-            let key = svc.key.unwrap_or_default();
-            want.insert(
-                svc.health_check_node_port as u16,
-                Entry {
-                    namespace: key.namespace,
-                    name: key.name,
-                    local_endpoints: st
-                        .endpoints
-                        .iter()
-                        .filter(|e| e.local && e.use_for_external)
-                        .count(),
-                },
-            );
-        }
+        let want: HashMap<u16, Entry> = view
+            .health_checks()
+            .into_iter()
+            .map(|(port, key, local_endpoints)| {
+                (
+                    port,
+                    Entry {
+                        namespace: key.namespace,
+                        name: key.name,
+                        local_endpoints,
+                    },
+                )
+            })
+            .collect();
         let Ok(mut servers) = self.servers.lock() else {
             return;
         };

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use netlet_sdk::proto::{
     Endpoint, EndpointKey, EndpointUpsert, ProgramServiceRequest, Service, ServiceKey,
+    TrafficPolicy,
 };
 use netlet_sdk::state::ServiceTable;
 
@@ -64,6 +65,36 @@ pub struct Wanted {
     pub endpoints: BTreeMap<String, Endpoint>,
 }
 
+/// Every Service a batch names, with the field that names it.
+fn named_keys(req: &ProgramServiceRequest) -> Vec<(String, Key)> {
+    let mut out = Vec::new();
+    for (i, s) in req.service_upserts.iter().enumerate() {
+        out.extend(
+            s.key
+                .as_ref()
+                .map(|key| (format!("service_upserts[{i}].key"), k(key))),
+        );
+    }
+    for (i, key) in req.service_deletes.iter().enumerate() {
+        out.push((format!("service_deletes[{i}]"), k(key)));
+    }
+    for (i, u) in req.endpoint_upserts.iter().enumerate() {
+        out.extend(
+            u.service
+                .as_ref()
+                .map(|key| (format!("endpoint_upserts[{i}].service"), k(key))),
+        );
+    }
+    for (i, d) in req.endpoint_deletes.iter().enumerate() {
+        out.extend(
+            d.service
+                .as_ref()
+                .map(|key| (format!("endpoint_deletes[{i}].service"), k(key))),
+        );
+    }
+    out
+}
+
 /// A refused change: the key, and who owns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
@@ -93,8 +124,10 @@ pub struct ServiceView {
     wanted: HashMap<Source, BTreeMap<Key, Wanted>>,
     /// What drivers are told (all sources, per-node decisions made), with its generation.
     pub table: ServiceTable,
-    /// The socket source's own table: callers' generations and idempotent replays.
-    pub socket: ServiceTable,
+    /// The generation callers of the host socket have reached (their batches' own numbering).
+    socket_generation: u64,
+    /// Services that need a health-check node port (externalTrafficPolicy Local with a port).
+    health_checked: BTreeSet<Key>,
 }
 
 impl ServiceView {
@@ -196,6 +229,15 @@ impl ServiceView {
         for key in &touched {
             let want = mine.and_then(|m| m.get(key)).cloned().unwrap_or_default();
             let now = self.node_view(&want);
+            let health_checked = now.service.as_ref().is_some_and(|s| {
+                s.external_traffic_policy == TrafficPolicy::Local as i32
+                    && s.health_check_node_port != 0
+            });
+            if health_checked {
+                self.health_checked.insert(key.clone());
+            } else {
+                self.health_checked.remove(key);
+            }
             let skey = sk(key);
             let (have_svc, have_eps) = match self.table.entry(&skey) {
                 Some((s, e)) => (s.cloned(), e.clone()),
@@ -234,6 +276,88 @@ impl ServiceView {
         // Valid by construction: keys and addresses come from validated or converted objects.
         self.table.apply(&req).ok()?;
         Some(req)
+    }
+
+    /// The generation of the socket source's batches.
+    pub fn socket_generation(&self) -> u64 {
+        self.socket_generation
+    }
+
+    /// Applies a validated `ProgramService` batch from the host socket: its generation checked
+    /// against the socket source's (a replay of the applied one changes nothing), a full sync
+    /// replacing everything that source owns. Returns the source's applied generation and the
+    /// batch for drivers.
+    pub fn apply_socket(
+        &mut self,
+        req: &ProgramServiceRequest,
+    ) -> Result<(u64, Option<ProgramServiceRequest>), tonic::Status> {
+        let named = named_keys(req);
+        for (field, key) in &named {
+            self.check(Source::Socket, &sk(key))
+                .map_err(|c| tonic::Status::failed_precondition(format!("{field}: {c}")))?;
+        }
+        if !netlet_sdk::state::check_generation(
+            self.socket_generation,
+            req.generation,
+            req.full_sync,
+        )? {
+            return Ok((self.socket_generation, None));
+        }
+        let mine = self.wanted.entry(Source::Socket).or_default();
+        let mut touched: BTreeSet<Key> = named.into_iter().map(|(_, key)| key).collect();
+        if req.full_sync {
+            touched.extend(mine.keys().cloned());
+            mine.clear();
+        }
+        for svc in &req.service_upserts {
+            if let Some(key) = &svc.key {
+                mine.entry(k(key)).or_default().service = Some(svc.clone());
+            }
+        }
+        for key in &req.service_deletes {
+            mine.remove(&k(key));
+        }
+        for u in &req.endpoint_upserts {
+            if let (Some(key), Some(e)) = (&u.service, &u.endpoint) {
+                mine.entry(k(key))
+                    .or_default()
+                    .endpoints
+                    .insert(e.address.clone(), e.clone());
+            }
+        }
+        for d in &req.endpoint_deletes {
+            if let Some(w) = d.service.as_ref().and_then(|key| mine.get_mut(&k(key))) {
+                w.endpoints.remove(&d.address);
+            }
+        }
+        for key in &touched {
+            if mine
+                .get(key)
+                .is_some_and(|w| w.service.is_none() && w.endpoints.is_empty())
+            {
+                mine.remove(key);
+            }
+        }
+        self.socket_generation = req.generation;
+        Ok((self.socket_generation, self.settle(Source::Socket, touched)))
+    }
+
+    /// Services with a health-check node port: (port, key, endpoints local and in use for
+    /// external traffic here).
+    pub fn health_checks(&self) -> Vec<(u16, ServiceKey, usize)> {
+        self.health_checked
+            .iter()
+            .filter_map(|key| {
+                let skey = sk(key);
+                let (svc, eps) = self.table.entry(&skey)?;
+                let port = svc?.health_check_node_port as u16;
+                let local = eps
+                    .values()
+                    .filter(|e| e.local && e.use_for_external)
+                    .count();
+                Some((port, skey, local))
+            })
+            .collect()
     }
 
     /// This node's view of one wanted Service: endpoints categorized for the node.
