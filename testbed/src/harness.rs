@@ -350,3 +350,54 @@ pub fn cni_exec(
     };
     (out.status, v)
 }
+
+/// NetworkReady (all networks) from `c`.
+pub async fn readiness(c: &Clients) -> netlet_sdk::proto::NetworkReadiness {
+    c.node
+        .clone()
+        .network_ready(netlet_sdk::proto::NetworkReadyRequest::default())
+        .await
+        .expect("NetworkReady")
+        .into_inner()
+        .readiness
+        .unwrap_or_default()
+}
+
+/// Every attachment `c` lists.
+pub async fn listed(c: &Clients) -> Vec<netlet_sdk::proto::PodAttachments> {
+    c.pods
+        .clone()
+        .list_attachments(netlet_sdk::proto::ListAttachmentsRequest::default())
+        .await
+        .expect("ListAttachments")
+        .into_inner()
+        .pods
+}
+
+/// AttachPod of `sandbox` to `networks` (empty: `default`); the attachments.
+pub async fn attach(
+    c: &Clients,
+    sandbox: netlet_sdk::proto::PodSandbox,
+    networks: Vec<netlet_sdk::proto::NetworkSelection>,
+) -> Result<Vec<netlet_sdk::proto::Attachment>, tonic::Status> {
+    c.pods
+        .clone()
+        .attach_pod(netlet_sdk::proto::AttachPodRequest {
+            sandbox: Some(sandbox),
+            networks,
+        })
+        .await
+        .map(|r| r.into_inner().attachments)
+}
+
+/// DetachPod of sandbox `id`.
+pub async fn detach(c: &Clients, id: &str) -> Result<(), tonic::Status> {
+    c.pods
+        .clone()
+        .detach_pod(netlet_sdk::proto::DetachPodRequest {
+            sandbox_id: id.to_string(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use netlet_sdk::client::Clients;
 use netlet_sdk::proto::{
-    AttachPodRequest, DetachPodRequest, GarbageCollectRequest, ListAttachmentsRequest,
-    NetworkReadyRequest, NetworkSelection, PodSandbox,
+    GarbageCollectRequest, ListAttachmentsRequest, NetworkReadyRequest, NetworkSelection,
+    PodSandbox,
 };
-use netlet_testbed::harness::{Node, bin, bridge_driver, privileged, wait_until};
+use netlet_testbed::harness::{
+    Node, attach, bin, bridge_driver, detach, listed, privileged, readiness, wait_until,
+};
 use netlet_testbed::probe::{self, NetNs};
 use tonic::Code;
 
@@ -46,42 +48,6 @@ fn sel(network: &str, ifname: &str) -> NetworkSelection {
         interface_name: ifname.into(),
         ..Default::default()
     }
-}
-
-async fn attach(
-    c: &Clients,
-    sandbox: PodSandbox,
-    networks: Vec<NetworkSelection>,
-) -> Result<Vec<netlet_sdk::proto::Attachment>, tonic::Status> {
-    c.pods
-        .clone()
-        .attach_pod(AttachPodRequest {
-            sandbox: Some(sandbox),
-            networks,
-        })
-        .await
-        .map(|r| r.into_inner().attachments)
-}
-
-async fn detach(c: &Clients, id: &str) -> Result<(), tonic::Status> {
-    c.pods
-        .clone()
-        .detach_pod(DetachPodRequest {
-            sandbox_id: id.to_string(),
-            ..Default::default()
-        })
-        .await
-        .map(|_| ())
-}
-
-async fn listed(c: &Clients) -> Vec<netlet_sdk::proto::PodAttachments> {
-    c.pods
-        .clone()
-        .list_attachments(ListAttachmentsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .pods
 }
 
 /// Interfaces of the node that belong to pods (host-side veths and ifbs).
@@ -430,14 +396,7 @@ async fn driver_readiness(n: &Node, driver: &str) -> netlet_sdk::proto::NetworkR
     )
     .await
     .unwrap();
-    d.node
-        .clone()
-        .network_ready(NetworkReadyRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .readiness
-        .unwrap()
+    readiness(&d).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,7 @@ use netlet_sdk::{
         ProgramServiceRequest, Service, ServiceKey, WatchNetworkReadyRequest,
     },
 };
-use netlet_testbed::harness::{Host, Proc, bin, fixture_driver, privileged, wait_until};
+use netlet_testbed::harness::{Host, Proc, bin, fixture_driver, privileged, readiness, wait_until};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -34,17 +34,6 @@ fn pod(id: &str, networks: &[(&str, &str)]) -> AttachPodRequest {
             })
             .collect(),
     }
-}
-
-async fn readiness(c: &Clients) -> netlet_sdk::proto::NetworkReadiness {
-    c.node
-        .clone()
-        .network_ready(NetworkReadyRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .readiness
-        .unwrap()
 }
 
 async fn driver_names(c: &Clients) -> Vec<String> {
