@@ -382,3 +382,17 @@ pub fn wire(
         Box::pin(async move { nl_up_with_address(&h, &b_if3, &b_cidr3).await })
     })
 }
+
+/// Deletes interface `name` inside the namespace at `netns` (fault injection in tests).
+pub fn delete_link(netns: &Path, name: &str) -> Result<(), String> {
+    let name = name.to_string();
+    in_ns_rt(netns, move |h| {
+        Box::pin(async move {
+            h.link()
+                .del_with_message(rtnetlink::LinkUnspec::new_with_name(&name).build())
+                .execute()
+                .await
+                .map_err(|e| format!("delete {name}: {e}"))
+        })
+    })
+}

@@ -469,3 +469,52 @@ async fn unusable_store_means_not_ready_with_the_reason() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_bridge_is_made_again_with_its_pods_on_it() {
+    if !privileged("a_deleted_bridge_is_made_again_with_its_pods_on_it") {
+        return;
+    }
+    let n = Node::start(
+        "rebridge",
+        &bridge_driver("bridge", "default", "netlet0", &[V4, V6]),
+        "",
+    )
+    .await;
+    n.host.wait_ready("").await;
+    let c = n.host.clients().await;
+    let pid = std::process::id();
+    let a_ns = NetNs::create(&format!("netlet-pod-rb-a-{pid}")).unwrap();
+    let b_ns = NetNs::create(&format!("netlet-pod-rb-b-{pid}")).unwrap();
+    attach(&c, sandbox("rb-a", &a_ns.path), vec![])
+        .await
+        .unwrap();
+    let b = attach(&c, sandbox("rb-b", &b_ns.path), vec![])
+        .await
+        .unwrap()
+        .remove(0);
+    let b_ip = probe::ip_of(&b.ips[0].address).unwrap();
+    probe::delete_link(&n.netns.path, "netlet0").unwrap();
+    // Within a reconcile period the bridge is back, with both pods' veths on it.
+    let (a_path, b_path) = (a_ns.path.clone(), b_ns.path.clone());
+    let seen = wait_until("pods talk again", Duration::from_secs(15), || {
+        let (a_path, b_path) = (a_path.clone(), b_path.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let srv =
+                    probe::tcp_echo(Some(&b_path), std::net::SocketAddr::new(b_ip, 0), 1).ok()?;
+                probe::tcp_request(&a_path, srv, "again").ok()
+            })
+            .await
+            .ok()
+            .flatten()
+        }
+    })
+    .await;
+    assert!(seen.ends_with("|again"), "{seen}");
+    assert!(readiness(&c).await.ready);
+    for id in ["rb-a", "rb-b"] {
+        detach(&c, id).await.unwrap();
+    }
+    assert_eq!(pod_links(&n), Vec::<String>::new());
+}

@@ -186,8 +186,11 @@ impl Bridge {
                             &gateways,
                         )
                         .await;
-                    if r.is_ok() {
+                    if let Ok(index) = r {
                         tracing::info!(network = %name, bridge = %cfg.bridge, "bridge ready");
+                        if had {
+                            self.reattach_ports(&name, index).await;
+                        }
                     }
                     r
                 }
@@ -220,6 +223,34 @@ impl Bridge {
             }
         }
         self.publish();
+    }
+
+    /// Puts the host veths of `network`'s attachments back on its bridge, after the bridge was
+    /// lost and made again (deleting a bridge frees its ports; the pods keep their addresses).
+    async fn reattach_ports(&self, network: &str, bridge: u32) {
+        let veths: Vec<String> = self
+            .lock()
+            .records
+            .values()
+            .flat_map(|r| r.attachments.iter())
+            .filter(|a| a.network == network)
+            .map(|a| a.host_interface.clone())
+            .collect();
+        let mut back = 0usize;
+        for v in veths {
+            match self.nl.set_master(&v, bridge).await {
+                Ok(true) => back += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(link = %v, error = %e, "cannot put a pod's veth back on its bridge")
+                }
+            }
+        }
+        tracing::warn!(
+            network,
+            ports = back,
+            "bridge was recreated; pods' veths put back on it"
+        );
     }
 
     /// Removes host-side veths on this driver's bridges, and ifb devices, that no record

@@ -224,6 +224,22 @@ impl Netlink {
         res
     }
 
+    /// Enslaves interface `name` to bridge `bridge`; returns whether the interface exists.
+    pub async fn set_master(&self, name: &str, bridge: u32) -> NlResult<bool> {
+        let res = self
+            .handle
+            .link()
+            .set(LinkUnspec::new_with_name(name).controller(bridge).build())
+            .execute()
+            .await
+            .map_err(nl(format!("set master of {name}")));
+        match res {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno == Some(errno::ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes interface `name`; returns whether it existed.
     pub async fn delete_link(&self, name: &str) -> NlResult<bool> {
         let res = self
