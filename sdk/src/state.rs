@@ -195,17 +195,6 @@ impl ServiceTable {
             .map(|e| (e.service.as_ref(), &e.endpoints))
     }
 
-    /// Keys of every entry.
-    pub fn keys(&self) -> Vec<ServiceKey> {
-        self.entries
-            .keys()
-            .map(|(ns, name)| ServiceKey {
-                namespace: ns.clone(),
-                name: name.clone(),
-            })
-            .collect()
-    }
-
     /// The whole table as one full-sync batch at the applied generation.
     pub fn full_sync_request(&self) -> ProgramServiceRequest {
         let mut req = ProgramServiceRequest {

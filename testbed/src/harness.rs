@@ -313,6 +313,23 @@ impl Drop for Proc {
 /// Where Debian's `containernetworking-plugins` puts the reference CNI plugins.
 pub const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
 
+/// The `CNI_*` environment of one call.
+pub fn cni_env<'a>(
+    cmd: &'a str,
+    id: &'a str,
+    netns: &'a str,
+    ifname: &'a str,
+    args: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_COMMAND", cmd),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", ifname),
+        ("CNI_ARGS", args),
+    ]
+}
+
 /// Invokes a CNI plugin exactly as a runtime does: one exec, `CNI_*` in the environment, the
 /// network configuration on stdin; inside `netns` when given. Returns the exit status and the
 /// parsed stdout (`Null` when empty).

@@ -265,14 +265,8 @@ impl Drop for NetNs {
 pub fn qdiscs(netns: &Path) -> Result<Vec<(String, String)>, String> {
     use futures::TryStreamExt;
     use rtnetlink::packet_route::{link::LinkAttribute, tc::TcAttribute};
-    run_in(netns, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let (conn, h, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
+    in_ns_rt(netns, |h| {
+        Box::pin(async move {
             let mut names = std::collections::HashMap::new();
             let mut links = h.link().get().execute();
             while let Some(l) = links.try_next().await.map_err(|e| e.to_string())? {
@@ -296,7 +290,7 @@ pub fn qdiscs(netns: &Path) -> Result<Vec<(String, String)>, String> {
             out.sort();
             Ok(out)
         })
-    })?
+    })
 }
 
 async fn nl_up_with_address(h: &rtnetlink::Handle, name: &str, cidr: &str) -> Result<(), String> {

@@ -6,8 +6,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use netlet_sdk::proto::ListAttachmentsRequest;
-use netlet_testbed::harness::{CNI_PLUGIN_DIR, Node, bin, bridge_driver, cni_exec, privileged};
+use netlet_testbed::harness::{
+    CNI_PLUGIN_DIR, Node, bin, bridge_driver, cni_env, cni_exec, listed, privileged,
+};
 use netlet_testbed::probe::{self, NetNs};
 use serde_json::{Value, json};
 
@@ -21,22 +22,6 @@ fn reference_plugins() -> bool {
         eprintln!("skipped: {CNI_PLUGIN_DIR}/bridge missing (containernetworking-plugins)");
     }
     ok
-}
-
-fn env<'a>(
-    cmd: &'a str,
-    id: &'a str,
-    netns: &'a str,
-    ifname: &'a str,
-    args: &'a str,
-) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("CNI_COMMAND", cmd),
-        ("CNI_CONTAINERID", id),
-        ("CNI_NETNS", netns),
-        ("CNI_IFNAME", ifname),
-        ("CNI_ARGS", args),
-    ]
 }
 
 /// Key sets of the result's parts: top level, and the union over the entries of each list.
@@ -112,7 +97,12 @@ async fn cni_shim_speaks_cni_on_real_namespaces_like_the_reference_plugins() {
     };
 
     // VERSION
-    let (st, v) = cni_exec(None, &shim, &env("VERSION", "", "", "", ""), &conf("1.1.0"));
+    let (st, v) = cni_exec(
+        None,
+        &shim,
+        &cni_env("VERSION", "", "", "", ""),
+        &conf("1.1.0"),
+    );
     assert!(st.success());
     assert_eq!(v["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
 
@@ -120,7 +110,7 @@ async fn cni_shim_speaks_cni_on_real_namespaces_like_the_reference_plugins() {
     let (st, res) = cni_exec(
         None,
         &shim,
-        &env("ADD", &id, &pod_path, "eth0", &args),
+        &cni_env("ADD", &id, &pod_path, "eth0", &args),
         &conf("1.0.0"),
     );
     assert!(st.success(), "{res}");
@@ -140,17 +130,8 @@ async fn cni_shim_speaks_cni_on_real_namespaces_like_the_reference_plugins() {
         .map(|i| i["address"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(eth0.addresses, reported);
-    let listed = n
-        .host
-        .clients()
-        .await
-        .pods
-        .list_attachments(ListAttachmentsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .pods;
-    let sb = listed[0].sandbox.clone().unwrap();
+    let pods = listed(&n.host.clients().await).await;
+    let sb = pods[0].sandbox.clone().unwrap();
     assert_eq!(
         (
             sb.id.as_str(),
@@ -173,7 +154,7 @@ async fn cni_shim_speaks_cni_on_real_namespaces_like_the_reference_plugins() {
     let (st, again) = cni_exec(
         None,
         &shim,
-        &env("ADD", &id, &pod_path, "eth0", &args),
+        &cni_env("ADD", &id, &pod_path, "eth0", &args),
         &conf("1.0.0"),
     );
     assert!(st.success());
@@ -190,7 +171,7 @@ async fn cni_shim_speaks_cni_on_real_namespaces_like_the_reference_plugins() {
         let (st, want) = cni_exec(
             Some(&ref_node.path),
             &bridge,
-            &env("ADD", "ref", &ref_pod_path, ifname, &args),
+            &cni_env("ADD", "ref", &ref_pod_path, ifname, &args),
             &reference_conf(version, data.path()),
         );
         assert!(st.success(), "reference ADD {version}: {want}");
@@ -202,14 +183,14 @@ async fn cni_shim_speaks_cni_on_real_namespaces_like_the_reference_plugins() {
             let (st, r) = cni_exec(
                 None,
                 &shim,
-                &env("ADD", &id2, &pod2.path.display().to_string(), "eth0", &args),
+                &cni_env("ADD", &id2, &pod2.path.display().to_string(), "eth0", &args),
                 &conf("0.4.0"),
             );
             assert!(st.success(), "{r}");
             let (st, _) = cni_exec(
                 None,
                 &shim,
-                &env("DEL", &id2, &pod2.path.display().to_string(), "eth0", &args),
+                &cni_env("DEL", &id2, &pod2.path.display().to_string(), "eth0", &args),
                 &conf("0.4.0"),
             );
             assert!(st.success());
@@ -223,7 +204,7 @@ async fn cni_shim_speaks_cni_on_real_namespaces_like_the_reference_plugins() {
         let (st, _) = cni_exec(
             Some(&ref_node.path),
             &bridge,
-            &env("DEL", "ref", &ref_pod_path, ifname, &args),
+            &cni_env("DEL", "ref", &ref_pod_path, ifname, &args),
             &reference_conf(version, data.path()),
         );
         assert!(st.success());
@@ -235,17 +216,22 @@ async fn cni_shim_speaks_cni_on_real_namespaces_like_the_reference_plugins() {
     let (st, out) = cni_exec(
         None,
         &shim,
-        &env("CHECK", &id, &pod_path, "eth0", &args),
+        &cni_env("CHECK", &id, &pod_path, "eth0", &args),
         &check_conf.to_string(),
     );
     assert!(st.success() && out.is_null(), "{out}");
-    let (st, out) = cni_exec(None, &shim, &env("STATUS", "", "", "", ""), &conf("1.1.0"));
+    let (st, out) = cni_exec(
+        None,
+        &shim,
+        &cni_env("STATUS", "", "", "", ""),
+        &conf("1.1.0"),
+    );
     assert!(st.success() && out.is_null(), "{out}");
     for _ in 0..2 {
         let (st, out) = cni_exec(
             None,
             &shim,
-            &env("DEL", &id, &pod_path, "eth0", &args),
+            &cni_env("DEL", &id, &pod_path, "eth0", &args),
             &conf("1.0.0"),
         );
         assert!(st.success() && out.is_null(), "{out}");
@@ -254,14 +240,14 @@ async fn cni_shim_speaks_cni_on_real_namespaces_like_the_reference_plugins() {
     let (st, out) = cni_exec(
         None,
         &shim,
-        &env("CHECK", &id, &pod_path, "eth0", &args),
+        &cni_env("CHECK", &id, &pod_path, "eth0", &args),
         &conf("1.0.0"),
     );
     assert!(!st.success());
     assert_eq!(out["code"], 3, "{out}");
     let mut gc: Value = serde_json::from_str(&conf("1.1.0")).unwrap();
     gc["cni.dev/valid-attachments"] = json!([]);
-    let (st, out) = cni_exec(None, &shim, &env("GC", "", "", "", ""), &gc.to_string());
+    let (st, out) = cni_exec(None, &shim, &cni_env("GC", "", "", "", ""), &gc.to_string());
     assert!(st.success() && out.is_null(), "{out}");
 }
 
@@ -275,25 +261,29 @@ fn cni_shim_errors_take_the_spec_shape() {
     };
     let cases = [
         (
-            env("ADD", "c1", "/run/netns/x", "eth0", ""),
+            cni_env("ADD", "c1", "/run/netns/x", "eth0", ""),
             conf("1.1.0"),
             11,
         ),
-        (env("STATUS", "", "", "", ""), conf("1.1.0"), 11),
-        (env("DEL", "c1", "", "eth0", ""), conf("1.0.0"), 11),
+        (cni_env("STATUS", "", "", "", ""), conf("1.1.0"), 11),
+        (cni_env("DEL", "c1", "", "eth0", ""), conf("1.0.0"), 11),
         (
-            env("ADD", "c1", "/run/netns/x", "eth0", ""),
+            cni_env("ADD", "c1", "/run/netns/x", "eth0", ""),
             conf("9.9.9"),
             1,
         ),
-        (env("ADD", "", "/run/netns/x", "eth0", ""), conf("1.1.0"), 4),
         (
-            env("ADD", "c1", "/run/netns/x", "eth0", ""),
+            cni_env("ADD", "", "/run/netns/x", "eth0", ""),
+            conf("1.1.0"),
+            4,
+        ),
+        (
+            cni_env("ADD", "c1", "/run/netns/x", "eth0", ""),
             "{not json".to_string(),
             6,
         ),
         (
-            env("ADD", "c1", "/run/netns/x", "eth0", ""),
+            cni_env("ADD", "c1", "/run/netns/x", "eth0", ""),
             json!({"cniVersion": "1.1.0", "type": "netlet"}).to_string(),
             7,
         ),

@@ -259,15 +259,7 @@ async fn driver_killed_during_churn_converges_with_nothing_leaked() {
         );
     }
     // Every address is back in the pool.
-    let r = driver
-        .node
-        .clone()
-        .network_ready(NetworkReadyRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .readiness
-        .unwrap();
+    let r = readiness(&driver).await;
     let usage: Vec<&str> = r
         .conditions
         .iter()

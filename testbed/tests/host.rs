@@ -10,7 +10,9 @@ use netlet_sdk::{
         ProgramServiceRequest, Service, ServiceKey, WatchNetworkReadyRequest,
     },
 };
-use netlet_testbed::harness::{Host, Proc, bin, fixture_driver, privileged, readiness, wait_until};
+use netlet_testbed::harness::{
+    Host, Proc, bin, fixture_driver, listed, privileged, readiness, wait_until,
+};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -282,24 +284,9 @@ async fn multi_network_attach_rolls_back_on_failure() {
     let main = Clients::connect(&h.dir.path().join("run/drivers/main.sock"), None)
         .await
         .unwrap();
-    let held = main
-        .pods
-        .clone()
-        .list_attachments(ListAttachmentsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .pods;
+    let held = listed(&main).await;
     assert!(held.is_empty(), "rolled back: {held:?}");
-    assert!(
-        c.pods
-            .list_attachments(ListAttachmentsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .pods
-            .is_empty()
-    );
+    assert!(listed(&c).await.is_empty());
     // An unknown network fails before anything is attached.
     let err = c
         .pods
@@ -371,14 +358,7 @@ async fn attachments_survive_a_host_restart() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let held = second
-        .clone()
-        .pods
-        .list_attachments(ListAttachmentsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .pods;
+    let held = listed(&second).await;
     assert!(held.is_empty());
 }
 

@@ -14,7 +14,7 @@ use rtnetlink::packet_core::{
     DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 
-use crate::netlink::{Netlink, NlError, NlResult, errno};
+use crate::netlink::{self, Netlink, NlError, NlResult, errno};
 
 /// Pod annotation limiting traffic to the pod.
 pub const INGRESS_ANNOTATION: &str = "kubernetes.io/ingress-bandwidth";
@@ -113,9 +113,12 @@ pub fn limits(
     Ok((l.ingress_bps != 0 || l.egress_bps != 0).then_some(l))
 }
 
-/// The ifb device carrying a pod's egress: `bwp` + the veth's hash.
+/// Name prefix of the ifb devices carrying pods' egress.
+pub const IFB_PREFIX: &str = "bwp";
+
+/// The ifb device carrying a pod's egress: [`IFB_PREFIX`] + the veth's hash.
 pub fn ifb_name(host_veth: &str) -> String {
-    format!("bwp{}", host_veth.trim_start_matches("veth"))
+    format!("{IFB_PREFIX}{}", host_veth.trim_start_matches("veth"))
 }
 
 /// A tbf qdisc's options: rate in bytes/s, burst in bytes, queue limit for [`LATENCY_MS`].
@@ -180,20 +183,6 @@ async fn add_tbf(nl: &Netlink, index: u32, what: &str, bps: u64, burst_bits: u64
     Ok(())
 }
 
-fn nl_err(what: String) -> impl FnOnce(rtnetlink::Error) -> NlError {
-    move |e| {
-        let errno = match &e {
-            rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
-            _ => None,
-        };
-        NlError {
-            what,
-            errno,
-            message: e.to_string(),
-        }
-    }
-}
-
 /// Shapes the pod behind `host_veth`.
 pub async fn apply(nl: &Netlink, host_veth: &str, l: &Limits) -> NlResult<()> {
     let veth = nl.link_index(host_veth).await?.ok_or_else(|| NlError {
@@ -212,7 +201,7 @@ pub async fn apply(nl: &Netlink, host_veth: &str, l: &Limits) -> NlResult<()> {
             .add(LinkIfb::new(&ifb).up().build())
             .execute()
             .await
-            .map_err(nl_err(format!("create ifb {ifb}")))?;
+            .map_err(netlink::nl(format!("create ifb {ifb}")))?;
         let ifb_index = nl.link_index(&ifb).await?.unwrap_or_default();
         add_tbf(nl, ifb_index, &ifb, l.egress_bps, l.egress_burst_bits).await?;
         h.qdisc()
@@ -220,16 +209,16 @@ pub async fn apply(nl: &Netlink, host_veth: &str, l: &Limits) -> NlResult<()> {
             .ingress()
             .execute()
             .await
-            .map_err(nl_err(format!("ingress qdisc on {host_veth}")))?;
+            .map_err(netlink::nl(format!("ingress qdisc on {host_veth}")))?;
         h.traffic_filter(veth as i32)
             .add()
             .parent(0xffff_0000)
             .protocol(0x0003u16.to_be())
             .redirect(ifb_index)
-            .map_err(nl_err(format!("redirect filter on {host_veth}")))?
+            .map_err(netlink::nl(format!("redirect filter on {host_veth}")))?
             .execute()
             .await
-            .map_err(nl_err(format!("redirect {host_veth} to {ifb}")))?;
+            .map_err(netlink::nl(format!("redirect {host_veth} to {ifb}")))?;
     }
     Ok(())
 }

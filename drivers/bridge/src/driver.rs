@@ -281,11 +281,10 @@ impl Bridge {
                 Err(e) => tracing::warn!(error = %e, "cannot list bridge ports"),
             }
         }
-        if let Ok(ifbs) = self.nl.links_named("bwp").await {
-            stale.extend(
-                ifbs.into_iter()
-                    .filter(|i| !known.contains(&format!("veth{}", i.trim_start_matches("bwp")))),
-            );
+        let known_ifbs: std::collections::HashSet<String> =
+            known.iter().map(|v| bandwidth::ifb_name(v)).collect();
+        if let Ok(ifbs) = self.nl.links_named(bandwidth::IFB_PREFIX).await {
+            stale.extend(ifbs.into_iter().filter(|i| !known_ifbs.contains(i)));
         }
         for name in stale {
             match self.nl.delete_link(&name).await {

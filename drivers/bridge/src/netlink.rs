@@ -37,7 +37,8 @@ pub struct NlError {
 /// Result of a data-plane step.
 pub type NlResult<T> = Result<T, NlError>;
 
-fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NlError {
+/// Maps an rtnetlink error to an [`NlError`] saying what was being done.
+pub fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NlError {
     let what = what.into();
     move |e| {
         let errno = match &e {

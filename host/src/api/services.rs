@@ -15,8 +15,9 @@ use super::{Api, sync_to_drivers};
 use crate::services::sources::ServiceView;
 use crate::{Host, error};
 
-/// Brings every Services driver to the view's table: `delta` (from `prev`) to drivers that had
-/// `prev`, the full table to the others.
+/// What follows every change of the view: the health-check node ports are brought in line, and
+/// every Services driver is brought to the view's table (`delta` from `prev` to drivers that had
+/// `prev`, the full table to the others).
 pub(crate) async fn push(
     host: &Host,
     view: &ServiceView,

@@ -180,7 +180,8 @@ impl ServiceView {
         (self.settle(source, touched), conflicts)
     }
 
-    /// Sets what `source` wants for the given keys only (`None`: nothing any more).
+    /// Sets what `source` wants for the given keys only (`None`: nothing any more): the entry
+    /// point for event-driven sources, such as a watch on the Kubernetes API.
     pub fn update(
         &mut self,
         source: Source,

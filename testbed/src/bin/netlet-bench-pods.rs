@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use netlet_sdk::client::Clients;
 use netlet_sdk::proto::{AttachPodRequest, DetachPodRequest, PodSandbox};
-use netlet_testbed::harness::{CNI_PLUGIN_DIR, Node, bin, bridge_driver, cni_exec};
+use netlet_testbed::harness::{CNI_PLUGIN_DIR, Node, bin, bridge_driver, cni_env, cni_exec};
 use netlet_testbed::probe::NetNs;
 use netlet_testbed::stats::{ms, pct};
 use serde_json::json;
@@ -49,18 +49,8 @@ fn sandbox(id: &str, netns: &Path) -> PodSandbox {
     }
 }
 
-fn cni_env<'a>(cmd: &'a str, id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("CNI_COMMAND", cmd),
-        ("CNI_CONTAINERID", id),
-        ("CNI_NETNS", netns),
-        ("CNI_IFNAME", "eth0"),
-        (
-            "CNI_ARGS",
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p",
-        ),
-    ]
-}
+/// What a runtime passes in `CNI_ARGS`.
+const CNI_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p";
 
 /// One CNI call (ADD or DEL) as a runtime makes it, timed.
 fn cni_call(
@@ -73,7 +63,7 @@ fn cni_call(
 ) -> Duration {
     let ns = netns.display().to_string();
     let t = Instant::now();
-    let (st, out) = cni_exec(node, plugin, &cni_env(cmd, id, &ns), conf);
+    let (st, out) = cni_exec(node, plugin, &cni_env(cmd, id, &ns, "eth0", CNI_ARGS), conf);
     let took = t.elapsed();
     assert!(st.success(), "{} {cmd}: {out}", plugin.display());
     took
