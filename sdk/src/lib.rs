@@ -45,6 +45,8 @@
 pub mod client;
 mod driver;
 pub mod netns;
+#[cfg(feature = "nftables")]
+pub mod nftables;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -100,6 +100,17 @@ pub fn bridge_driver(name: &str, network: &str, bridge: &str, subnets: &[&str]) 
     )
 }
 
+/// A supervised nft (Services) driver entry with `args`.
+pub fn nft_driver(name: &str, args: &[&str]) -> String {
+    let mut all = vec!["--name", name];
+    all.extend(args);
+    format!(
+        "- name: {name}\n  command: {}\n  args: {}\n",
+        bin("netlet-nft").display(),
+        serde_json::to_string(&all).unwrap_or_default()
+    )
+}
+
 /// A namespace standing for the node, with a host (and its drivers) running inside: no route
 /// leaves it. The host stops before the namespace goes.
 pub struct Node {

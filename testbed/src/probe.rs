@@ -390,3 +390,96 @@ pub fn delete_link(netns: &Path, name: &str) -> Result<(), String> {
         })
     })
 }
+
+/// Adds `cidr` to interface `name` inside `netns`.
+pub fn add_address(netns: &Path, name: &str, cidr: &str) -> Result<(), String> {
+    let (name, cidr) = (name.to_string(), cidr.to_string());
+    in_ns_rt(netns, move |h| {
+        Box::pin(async move { nl_up_with_address(&h, &name, &cidr).await })
+    })
+}
+
+/// Adds a route to `dst` (a CIDR; `0.0.0.0/0` or `::/0` for a default route) via `gateway`
+/// inside `netns`.
+pub fn add_route(netns: &Path, dst: &str, gateway: IpAddr) -> Result<(), String> {
+    let (ip, len) = dst.split_once('/').ok_or("cidr")?;
+    let ip: IpAddr = ip.parse().map_err(|_| format!("bad address {dst}"))?;
+    let len: u8 = len.parse().map_err(|_| format!("bad prefix {dst}"))?;
+    let dst = dst.to_string();
+    in_ns_rt(netns, move |h| {
+        Box::pin(async move {
+            let msg = match (ip, gateway) {
+                (IpAddr::V4(d), IpAddr::V4(g)) => rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(d, len)
+                    .gateway(g)
+                    .build(),
+                (IpAddr::V6(d), IpAddr::V6(g)) => rtnetlink::RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(d, len)
+                    .gateway(g)
+                    .build(),
+                _ => return Err(format!("route {dst}: families differ")),
+            };
+            h.route()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(|e| format!("route {dst} via {gateway}: {e}"))
+        })
+    })
+}
+
+/// A TCP server bound to `addr` inside `netns` for the life of the process: each connection is
+/// answered with `<tag>|<client address as seen>` and closed. Returns the bound address.
+pub fn tcp_tagged(netns: &Path, addr: SocketAddr, tag: &str) -> Result<SocketAddr, String> {
+    let l = run_in(netns, move || {
+        TcpListener::bind(addr).map_err(|e| format!("bind tcp {addr}: {e}"))
+    })??;
+    let local = l.local_addr().map_err(|e| e.to_string())?;
+    let tag = tag.to_string();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let peer = c
+                .peer_addr()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
+            let _ = c.write_all(format!("{tag}|{peer}").as_bytes());
+        }
+    });
+    Ok(local)
+}
+
+/// A UDP server bound to `addr` inside `netns` for the life of the process, answering each
+/// datagram with `<tag>|<client address as seen>`.
+pub fn udp_tagged(netns: &Path, addr: SocketAddr, tag: &str) -> Result<SocketAddr, String> {
+    let s = run_in(netns, move || {
+        UdpSocket::bind(addr).map_err(|e| format!("bind udp {addr}: {e}"))
+    })??;
+    let local = s.local_addr().map_err(|e| e.to_string())?;
+    let tag = tag.to_string();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        loop {
+            let Ok((_, peer)) = s.recv_from(&mut buf) else {
+                return;
+            };
+            let _ = s.send_to(format!("{tag}|{}", peer.ip()).as_bytes(), peer);
+        }
+    });
+    Ok(local)
+}
+
+/// Connects from inside `netns` to `to` and reads until the server closes: what a
+/// [`tcp_tagged`] server answered. Errors keep the io error's text ("Connection refused").
+pub fn tcp_read(netns: &Path, to: SocketAddr, timeout: Duration) -> Result<String, String> {
+    run_in(netns, move || -> Result<String, String> {
+        let mut s = TcpStream::connect_timeout(&to, timeout)
+            .map_err(|e| format!("tcp connect {to}: {e}"))?;
+        s.set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .map_err(|e| format!("tcp read from {to}: {e}"))?;
+        Ok(out)
+    })?
+}

@@ -239,7 +239,12 @@ impl Bridge {
         let mut back = 0usize;
         for v in veths {
             match self.nl.set_master(&v, bridge).await {
-                Ok(true) => back += 1,
+                Ok(true) => {
+                    back += 1;
+                    if let Err(e) = self.nl.set_hairpin(&v).await {
+                        tracing::warn!(link = %v, error = %e, "cannot set hairpin mode");
+                    }
+                }
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(link = %v, error = %e, "cannot put a pod's veth back on its bridge")

@@ -222,7 +222,38 @@ impl Netlink {
             .await
             .map_err(nl(format!("create veth {host} <-> {peer}")));
         drop(ns);
-        res
+        res?;
+        self.set_hairpin(host).await
+    }
+
+    /// Hairpin mode on bridge port `name`: a frame may leave by the port it came in on. A pod
+    /// reaching itself through a Service needs it when bridged traffic passes netfilter
+    /// (br_netfilter): the DNAT back to the pod happens at the bridge.
+    pub async fn set_hairpin(&self, name: &str) -> NlResult<()> {
+        let link = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await
+            .map_err(nl(format!("find {name}")))?
+            .ok_or_else(|| NlError {
+                what: format!("find {name}"),
+                errno: Some(errno::ENODEV),
+                message: "no such interface".into(),
+            })?;
+        self.handle
+            .link()
+            .set_port(
+                rtnetlink::LinkBridgePort::new(link.header.index)
+                    .hairpin(true)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("hairpin mode on {name}")))
     }
 
     /// Enslaves interface `name` to bridge `bridge`; returns whether the interface exists.

@@ -1,0 +1,200 @@
+//! The Services face of the nft driver: batches checked, turned into the few nftables objects
+//! they change, sent as one transaction, and only then recorded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use netlet_sdk::nftables::{Batch, Conn, NftError};
+use netlet_sdk::proto::{
+    Endpoint, ListServicesRequest, ListServicesResponse, ProgramServiceRequest,
+    ProgramServiceResponse, Service, ServiceKey, services_server::Services,
+};
+use netlet_sdk::state::{ServiceTable, check_generation};
+use netlet_sdk::validate;
+use tonic::{Request, Response, Status};
+
+use crate::conntrack;
+use crate::ruleset::{self, Fam, Objects, Plan, Settings};
+
+type Key = (String, String);
+
+fn k(key: &ServiceKey) -> Key {
+    (key.namespace.clone(), key.name.clone())
+}
+
+/// A Service as a batch leaves it: the object and its endpoints by address.
+type Entry = (Option<Service>, BTreeMap<String, Endpoint>);
+
+struct State {
+    table: ServiceTable,
+    /// Per Service, its objects in the ip and ip6 tables.
+    objects: HashMap<Key, [Objects; 2]>,
+    conn: Conn,
+}
+
+/// The driver.
+pub struct Nft {
+    settings: Settings,
+    state: Mutex<State>,
+}
+
+fn nft_status(e: NftError) -> Status {
+    Status::internal(e.to_string())
+}
+
+impl Nft {
+    /// Opens netlink and replaces the driver's tables with empty skeletons (leftovers of an
+    /// earlier run go; other tables are never touched).
+    pub fn start(settings: Settings) -> Result<Self, NftError> {
+        let mut conn = Conn::open()?;
+        let mut b = Batch::new();
+        for fam in Fam::ALL {
+            ruleset::skeleton(&settings, fam, &mut b);
+        }
+        conn.send(b)?;
+        Ok(Self {
+            settings,
+            state: Mutex::new(State {
+                table: ServiceTable::default(),
+                objects: HashMap::new(),
+                conn,
+            }),
+        })
+    }
+
+    /// Applies a validated batch.
+    pub fn program(&self, req: &ProgramServiceRequest) -> Result<u64, Status> {
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| Status::internal("state lock poisoned"))?;
+        if !check_generation(st.table.generation(), req.generation, req.full_sync)? {
+            return Ok(st.table.generation());
+        }
+        let post = after(&st, req);
+        let mut plan = Plan::default();
+        let mut next: Vec<(Key, [Objects; 2])> = Vec::with_capacity(post.len());
+        let empty = [Objects::default(), Objects::default()];
+        for (key, (svc, eps)) in &post {
+            let old = st.objects.get(key).unwrap_or(&empty);
+            let new = Fam::ALL.map(|fam| {
+                let i = fam as usize;
+                let o = ruleset::desired(&self.settings, svc.as_ref(), eps, fam, Some(&old[i]));
+                plan.diff(fam, &old[i], &o);
+                o
+            });
+            next.push((key.clone(), new));
+        }
+        let udp_gone = std::mem::take(&mut plan.udp_gone);
+        let touched = plan.touched;
+        st.conn.send(plan.into_batch()).map_err(nft_status)?;
+        st.table.apply(req)?;
+        for (key, objs) in next {
+            if objs.iter().all(Objects::is_empty) {
+                st.objects.remove(&key);
+            } else {
+                st.objects.insert(key, objs);
+            }
+        }
+        drop(st);
+        tracing::debug!(
+            generation = req.generation,
+            full_sync = req.full_sync,
+            services = post.len(),
+            touched,
+            "programmed"
+        );
+        if !udp_gone.is_empty() {
+            match conntrack::flush_udp(&udp_gone) {
+                Ok(n) => tracing::debug!(flows = n, "stale UDP flows flushed"),
+                Err(e) => tracing::warn!(error = %e, "flushing stale UDP flows failed"),
+            }
+        }
+        Ok(req.generation)
+    }
+}
+
+/// Every Service the batch touches, as the batch leaves it (applied in ServiceTable's order:
+/// full-sync clear, Service upserts, Service deletes, endpoint upserts, endpoint deletes).
+fn after(st: &State, req: &ProgramServiceRequest) -> BTreeMap<Key, Entry> {
+    let mut post: BTreeMap<Key, Entry> = BTreeMap::new();
+    let base = |key: &Key| -> Entry {
+        if req.full_sync {
+            return Entry::default();
+        }
+        let sk = ServiceKey {
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+        };
+        st.table
+            .entry(&sk)
+            .map(|(s, e)| (s.cloned(), e.clone()))
+            .unwrap_or_default()
+    };
+    for s in &req.service_upserts {
+        if let Some(key) = &s.key {
+            let key = k(key);
+            let e = post.entry(key.clone()).or_insert_with(|| base(&key));
+            e.0 = Some(s.clone());
+        }
+    }
+    for key in &req.service_deletes {
+        post.insert(k(key), Entry::default());
+    }
+    for u in &req.endpoint_upserts {
+        if let (Some(key), Some(ep)) = (&u.service, &u.endpoint) {
+            let key = k(key);
+            post.entry(key.clone())
+                .or_insert_with(|| base(&key))
+                .1
+                .insert(ep.address.clone(), ep.clone());
+        }
+    }
+    for d in &req.endpoint_deletes {
+        if let Some(key) = &d.service {
+            let key = k(key);
+            post.entry(key.clone())
+                .or_insert_with(|| base(&key))
+                .1
+                .remove(&d.address);
+        }
+    }
+    if req.full_sync {
+        for key in st.objects.keys() {
+            post.entry(key.clone()).or_default();
+        }
+    }
+    post
+}
+
+/// Serves [`Nft`] over gRPC.
+pub struct Api(pub std::sync::Arc<Nft>);
+
+#[tonic::async_trait]
+impl Services for Api {
+    async fn program_service(
+        &self,
+        req: Request<ProgramServiceRequest>,
+    ) -> Result<Response<ProgramServiceResponse>, Status> {
+        let req = req.into_inner();
+        validate::program_service(&req)?;
+        let applied_generation = self.0.program(&req)?;
+        Ok(Response::new(ProgramServiceResponse { applied_generation }))
+    }
+
+    async fn list_services(
+        &self,
+        req: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        let req = req.into_inner();
+        if !req.namespace.is_empty() {
+            validate::dns_label("namespace", &req.namespace)?;
+        }
+        let st = self
+            .0
+            .state
+            .lock()
+            .map_err(|_| Status::internal("state lock poisoned"))?;
+        Ok(Response::new(st.table.list(&req.namespace)))
+    }
+}

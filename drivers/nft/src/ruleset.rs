@@ -1,0 +1,999 @@
+//! The nftables ruleset for Services, per family (`ip netlet-nft`, `ip6 netlet-nft`), and how
+//! one Service's change becomes the few objects a transaction touches.
+//!
+//! ```text
+//! nat-prerouting / nat-output (nat, -100)   jump services
+//! services                                  daddr . l4proto . dport vmap @service-ips
+//!                                           <node address> l4proto . dport vmap @service-nodeports
+//! svc-<ns>/<name>/<proto>/<port>            [masquerade mark] [affinity: saddr @aff-<ep> goto <ep>]
+//!                                           numgen random mod N vmap @eps-svc-...  (slot -> endpoint)
+//! ext-<...>  (NodePort, external/LB IPs)    Cluster: mark for masquerade; Local: pods and the node
+//!                                           go to svc-<...>, others keep their address
+//! ep-<...>/<addr>:<port>                    saddr == addr -> mark (hairpin); [update @aff-<ep>]; dnat
+//! filter-input/forward/output (filter,-110) ct state new jump endpoints-check
+//! endpoints-check                           vmap @no-endpoint-services / @no-endpoint-nodeports
+//!                                           (goto reject-chain: refused; drop: none local)
+//! nat-postrouting (nat, 100)                mark set -> clear it, masquerade
+//! ```
+//!
+//! Endpoints sit in a per-chain map indexed by slot: adding or removing one endpoint changes a
+//! few elements and, when the count changes, the chain's few rules; never the other Services.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use netlet_sdk::nftables::{
+    self as nft, BaseChain, Batch, Expr, Family, MetaKey, Operator, Register, SetSpec, VerdictData,
+    base, hook,
+};
+use netlet_sdk::proto::{Endpoint, Protocol, Service, ServiceType, SessionAffinity, TrafficPolicy};
+
+/// The driver's table name (in families ip and ip6).
+pub const TABLE: &str = "netlet-nft";
+/// The packet mark bit that asks for masquerade.
+pub const MASQ_BIT: u32 = 0x4000;
+const SERVICE_IPS: &str = "service-ips";
+const SERVICE_NODEPORTS: &str = "service-nodeports";
+const NO_EP_SERVICES: &str = "no-endpoint-services";
+const NO_EP_NODEPORTS: &str = "no-endpoint-nodeports";
+const REJECT_CHAIN: &str = "reject-chain";
+const MARK_CHAIN: &str = "mark-for-masquerade";
+/// nft's types, for listings: inet_proto, inet_service, mark.
+const TYPE_INET_PROTO: u32 = 12;
+const TYPE_INET_SERVICE: u32 = 13;
+const TYPE_MARK: u32 = 19;
+/// Kubernetes' default ClientIP affinity timeout.
+const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
+
+/// What the ruleset needs from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Pod CIDRs (at most one per family is used): ClusterIP traffic from elsewhere is
+    /// masqueraded; externalTrafficPolicy Local lets traffic from them use every endpoint.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Where NodePorts answer; empty: every local address but loopback.
+    pub nodeport_cidrs: Vec<IpNet>,
+}
+
+/// The address family's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fam {
+    /// IPv4
+    V4,
+    /// IPv6
+    V6,
+}
+
+impl Fam {
+    /// Both families.
+    pub const ALL: [Fam; 2] = [Fam::V4, Fam::V6];
+
+    /// The nftables table family.
+    pub fn family(self) -> Family {
+        match self {
+            Fam::V4 => Family::Ip,
+            Fam::V6 => Family::Ip6,
+        }
+    }
+    fn addr_len(self) -> u32 {
+        match self {
+            Fam::V4 => 4,
+            Fam::V6 => 16,
+        }
+    }
+    /// nft's type: ipv4_addr / ipv6_addr.
+    fn addr_type(self) -> u32 {
+        match self {
+            Fam::V4 => 7,
+            Fam::V6 => 8,
+        }
+    }
+    fn saddr_offset(self) -> u32 {
+        match self {
+            Fam::V4 => 12,
+            Fam::V6 => 8,
+        }
+    }
+    fn daddr_offset(self) -> u32 {
+        match self {
+            Fam::V4 => 16,
+            Fam::V6 => 24,
+        }
+    }
+    fn of(ip: &IpAddr) -> Fam {
+        if ip.is_ipv4() { Fam::V4 } else { Fam::V6 }
+    }
+    /// The register after an address loaded into Reg32_00.
+    fn after_addr(self) -> (Register, Register) {
+        match self {
+            Fam::V4 => (Register::Reg32_01, Register::Reg32_02),
+            Fam::V6 => (Register::Reg32_04, Register::Reg32_05),
+        }
+    }
+}
+
+fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+fn proto_num(p: i32) -> u8 {
+    match Protocol::try_from(p).unwrap_or(Protocol::Tcp) {
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+        _ => 6,
+    }
+}
+
+fn proto_name(n: u8) -> &'static str {
+    match n {
+        17 => "udp",
+        132 => "sctp",
+        _ => "tcp",
+    }
+}
+
+/// `addr . proto . port`, each field padded to 4 bytes.
+fn ip_key(ip: &IpAddr, proto: u8, port: u16) -> Vec<u8> {
+    let mut k = ip_bytes(ip);
+    k.extend([proto, 0, 0, 0]);
+    k.extend(port.to_be_bytes());
+    k.extend([0, 0]);
+    k
+}
+
+/// `proto . port`.
+fn port_key(proto: u8, port: u16) -> Vec<u8> {
+    let mut k = vec![proto, 0, 0, 0];
+    k.extend(port.to_be_bytes());
+    k.extend([0, 0]);
+    k
+}
+
+/// How a Service chain treats the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Masq {
+    /// Leave it.
+    None,
+    /// Masquerade every connection (external traffic, externalTrafficPolicy Cluster).
+    All,
+    /// Masquerade unless it comes from the pod CIDR (ClusterIP with a known pod CIDR).
+    NotFrom(IpNet),
+    /// externalTrafficPolicy Local: the pod CIDR and the node itself go to the internal chain
+    /// (the node's own connections masqueraded); others keep their address.
+    ShortCircuit(Option<IpNet>, String),
+}
+
+/// What a chain holds; the rules are generated from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// A Service port's chain: source handling, affinity lookups, random choice of a slot.
+    Service {
+        /// Source handling.
+        masq: Masq,
+        /// Affinity: (set, endpoint chain) per endpoint.
+        affinity: Vec<(String, String)>,
+        /// Number of slots in `map`.
+        slots: u32,
+        /// The slot → endpoint chain map.
+        map: String,
+    },
+    /// One endpoint of a Service port.
+    Endpoint {
+        /// Address.
+        ip: IpAddr,
+        /// Port.
+        port: u16,
+        /// Protocol number.
+        proto: u8,
+        /// Affinity set this endpoint refreshes.
+        affinity: Option<String>,
+    },
+}
+
+/// The nftables objects of one Service in one family.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Objects {
+    /// Chains by name.
+    pub chains: BTreeMap<String, Body>,
+    /// Sets and maps of this Service by name.
+    pub sets: BTreeMap<String, SetSpec>,
+    /// Elements: (set, key) → verdict (None: a plain set's key).
+    pub elems: BTreeMap<(String, Vec<u8>), Option<VerdictData>>,
+    /// Endpoint chains in slot order, per slot map (kept stable across changes).
+    pub slots: BTreeMap<String, Vec<String>>,
+}
+
+impl Objects {
+    /// Whether there is nothing.
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.sets.is_empty() && self.elems.is_empty()
+    }
+}
+
+fn parse_ips(list: &[String], fam: Fam) -> Vec<IpAddr> {
+    list.iter()
+        .filter_map(|s| s.parse::<IpAddr>().ok())
+        .filter(|ip| Fam::of(ip) == fam)
+        .collect()
+}
+
+fn cidr_of(cidrs: &[IpNet], fam: Fam) -> Option<IpNet> {
+    cidrs.iter().copied().find(|c| match (c, fam) {
+        (IpNet::V4(_), Fam::V4) | (IpNet::V6(_), Fam::V6) => true,
+        _ => false,
+    })
+}
+
+/// The endpoint's port for a Service port: by name, else the numeric target port.
+fn endpoint_port(e: &Endpoint, name: &str, proto: u8, target: u32, port: u32) -> Option<u16> {
+    if e.ports.is_empty() {
+        let p = if target != 0 { target } else { port };
+        return u16::try_from(p).ok().filter(|p| *p != 0);
+    }
+    e.ports
+        .iter()
+        .find(|p| p.name == name && proto_num(p.protocol) == proto)
+        .and_then(|p| u16::try_from(p.port).ok())
+        .filter(|p| *p != 0)
+}
+
+/// Keeps every endpoint chain that stays in its slot; fills holes with the last ones, then
+/// appends newcomers. A removal moves at most one other endpoint.
+fn assign_slots(old: Option<&Vec<String>>, want: &BTreeSet<String>) -> Vec<String> {
+    let mut slots: Vec<Option<String>> = old
+        .map(|o| {
+            o.iter()
+                .map(|c| want.contains(c).then(|| c.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let placed: BTreeSet<&String> = slots.iter().flatten().collect();
+    let mut newcomers: Vec<String> = want
+        .iter()
+        .filter(|c| !placed.contains(c))
+        .cloned()
+        .collect();
+    // Trailing holes go; inner holes take a newcomer or the last endpoint.
+    let mut i = 0;
+    while i < slots.len() {
+        if slots[i].is_none() {
+            if let Some(n) = newcomers.pop() {
+                slots[i] = Some(n);
+            } else {
+                while slots.last().is_some_and(Option::is_none) {
+                    slots.pop();
+                }
+                if i < slots.len() {
+                    slots.swap_remove(i);
+                    continue;
+                }
+            }
+        }
+        i += 1;
+    }
+    let mut out: Vec<String> = slots.into_iter().flatten().collect();
+    newcomers.reverse();
+    out.extend(newcomers);
+    out
+}
+
+/// The objects one Service needs in one family, given what it had (for stable slots).
+pub fn desired(
+    set: &Settings,
+    svc: Option<&Service>,
+    eps: &BTreeMap<String, Endpoint>,
+    fam: Fam,
+    old: Option<&Objects>,
+) -> Objects {
+    let mut o = Objects::default();
+    let Some(svc) = svc else { return o };
+    if svc.r#type == ServiceType::ExternalName as i32 {
+        return o;
+    }
+    let key = svc.key.clone().unwrap_or_default();
+    let cluster_ips = parse_ips(&svc.cluster_ips, fam);
+    let mut external_ips = parse_ips(&svc.external_ips, fam);
+    external_ips.extend(parse_ips(&svc.load_balancer_ips, fam));
+    let node_ports = svc.r#type == ServiceType::NodePort as i32
+        || svc.r#type == ServiceType::LoadBalancer as i32;
+    let has_fam_ip = !cluster_ips.is_empty() || !external_ips.is_empty();
+    if !has_fam_ip {
+        // A single-stack Service of the other family: its NodePorts are not served here.
+        return o;
+    }
+    let affinity_timeout = (svc.session_affinity == SessionAffinity::ClientIp as i32).then(|| {
+        match svc.session_affinity_timeout_seconds {
+            0 => DEFAULT_AFFINITY_SECONDS,
+            s => s,
+        }
+    });
+    let etp_local = svc.external_traffic_policy == TrafficPolicy::Local as i32;
+    let fam_eps: Vec<(&Endpoint, IpAddr)> = eps
+        .values()
+        .filter_map(|e| e.address.parse::<IpAddr>().ok().map(|ip| (e, ip)))
+        .filter(|(_, ip)| Fam::of(ip) == fam)
+        .collect();
+    let cluster_cidr = cidr_of(&set.cluster_cidrs, fam);
+    for p in &svc.ports {
+        let proto = proto_num(p.protocol);
+        let Ok(port) = u16::try_from(p.port) else {
+            continue;
+        };
+        let id = format!(
+            "{}/{}/{}/{}",
+            key.namespace,
+            key.name,
+            proto_name(proto),
+            port
+        );
+        let svc_chain = format!("svc-{id}");
+        let ext_chain = format!("ext-{id}");
+        let has_external = !external_ips.is_empty() || (node_ports && p.node_port != 0);
+        let mut internal = BTreeSet::new();
+        let mut external = BTreeSet::new();
+        let mut any = false;
+        for (e, ip) in &fam_eps {
+            let Some(eport) = endpoint_port(e, &p.name, proto, p.target_port, p.port) else {
+                continue;
+            };
+            any |= e.ready || e.serving;
+            if !e.use_for_internal && !e.use_for_external {
+                continue;
+            }
+            let chain = match ip {
+                IpAddr::V4(a) => format!("ep-{id}/{a}:{eport}"),
+                IpAddr::V6(a) => format!("ep-{id}/[{a}]:{eport}"),
+            };
+            if e.use_for_internal {
+                internal.insert(chain.clone());
+            }
+            if e.use_for_external && has_external {
+                external.insert(chain.clone());
+            }
+            let aff = affinity_timeout.map(|t| format!("aff-{}-{t}", &chain[3..]));
+            if let Some(a) = &aff {
+                o.sets.insert(
+                    a.clone(),
+                    SetSpec {
+                        name: a.clone(),
+                        key_len: fam.addr_len(),
+                        key_type: fam.addr_type(),
+                        verdict_map: false,
+                        timeout_ms: Some(u64::from(affinity_timeout.unwrap_or(0)) * 1000),
+                    },
+                );
+            }
+            o.chains.insert(
+                chain,
+                Body::Endpoint {
+                    ip: *ip,
+                    port: eport,
+                    proto,
+                    affinity: aff,
+                },
+            );
+        }
+        let none_verdict = if any {
+            VerdictData::Drop
+        } else {
+            VerdictData::Goto(REJECT_CHAIN.into())
+        };
+        let chain_for = |o: &mut Objects, name: &str, members: &BTreeSet<String>, masq: Masq| {
+            let map = format!("eps-{name}");
+            let slots = assign_slots(old.and_then(|x| x.slots.get(&map)), members);
+            for (i, ep) in slots.iter().enumerate() {
+                o.elems.insert(
+                    (map.clone(), (i as u32).to_ne_bytes().to_vec()),
+                    Some(VerdictData::Goto(ep.clone())),
+                );
+            }
+            let affinity = match affinity_timeout {
+                Some(_) => slots
+                    .iter()
+                    .map(|ep| {
+                        let Some(Body::Endpoint { affinity, .. }) = o.chains.get(ep) else {
+                            unreachable!("endpoint chains are made first")
+                        };
+                        (affinity.clone().unwrap_or_default(), ep.clone())
+                    })
+                    .collect(),
+                None => vec![],
+            };
+            o.sets.insert(
+                map.clone(),
+                SetSpec {
+                    name: map.clone(),
+                    key_len: 4,
+                    key_type: TYPE_MARK,
+                    verdict_map: true,
+                    timeout_ms: None,
+                },
+            );
+            o.chains.insert(
+                name.to_string(),
+                Body::Service {
+                    masq,
+                    affinity,
+                    slots: slots.len() as u32,
+                    map: map.clone(),
+                },
+            );
+            o.slots.insert(map, slots);
+        };
+        let internal_masq = cluster_cidr.map_or(Masq::None, Masq::NotFrom);
+        chain_for(&mut o, &svc_chain, &internal, internal_masq);
+        if has_external {
+            let masq = if etp_local {
+                Masq::ShortCircuit(cluster_cidr, svc_chain.clone())
+            } else {
+                Masq::All
+            };
+            chain_for(&mut o, &ext_chain, &external, masq);
+        }
+        let target = |members: &BTreeSet<String>, chain: &str| {
+            if members.is_empty() {
+                (NO_EP_SERVICES, none_verdict.clone())
+            } else {
+                (SERVICE_IPS, VerdictData::Goto(chain.to_string()))
+            }
+        };
+        for ip in &cluster_ips {
+            let (map, v) = target(&internal, &svc_chain);
+            o.elems
+                .insert((map.into(), ip_key(ip, proto, port)), Some(v));
+        }
+        if has_external {
+            for ip in &external_ips {
+                let (map, v) = target(&external, &ext_chain);
+                o.elems
+                    .insert((map.into(), ip_key(ip, proto, port)), Some(v));
+            }
+            if node_ports && p.node_port != 0 {
+                let (map, v) = target(&external, &ext_chain);
+                let map = if map == SERVICE_IPS {
+                    SERVICE_NODEPORTS
+                } else {
+                    NO_EP_NODEPORTS
+                };
+                o.elems
+                    .insert((map.into(), port_key(proto, p.node_port as u16)), Some(v));
+            }
+        }
+    }
+    o
+}
+
+/// `saddr` or `daddr` into Reg1 and, with `cidr`, compared against it.
+fn addr_in(fam: Fam, daddr: bool, cidr: &IpNet, op: Operator) -> Vec<Expr> {
+    let (net, mask) = match cidr {
+        IpNet::V4(n) => (n.network().octets().to_vec(), n.netmask().octets().to_vec()),
+        IpNet::V6(n) => (n.network().octets().to_vec(), n.netmask().octets().to_vec()),
+    };
+    let off = if daddr {
+        fam.daddr_offset()
+    } else {
+        fam.saddr_offset()
+    };
+    let len = fam.addr_len();
+    vec![
+        nft::payload(base::NETWORK, off, len, Register::Reg1),
+        nft::bitwise(Register::Reg1, Register::Reg1, mask, vec![0; len as usize]),
+        nft::cmp(op, Register::Reg1, net),
+    ]
+}
+
+fn fib_local(daddr: bool) -> Vec<Expr> {
+    vec![
+        if daddr {
+            nft::fib_daddr_type(Register::Reg1)
+        } else {
+            nft::fib_saddr_type(Register::Reg1)
+        },
+        nft::cmp(
+            Operator::Equal,
+            Register::Reg1,
+            nft::RTN_LOCAL.to_ne_bytes().to_vec(),
+        ),
+    ]
+}
+
+fn goto(chain: &str) -> Expr {
+    nft::verdict(&VerdictData::Goto(chain.into()))
+}
+
+fn jump(chain: &str) -> Expr {
+    nft::verdict(&VerdictData::Jump(chain.into()))
+}
+
+/// The rules of a chain.
+pub fn rules(fam: Fam, body: &Body) -> Vec<Vec<Expr>> {
+    let saddr = || {
+        nft::payload(
+            base::NETWORK,
+            fam.saddr_offset(),
+            fam.addr_len(),
+            Register::Reg1,
+        )
+    };
+    match body {
+        Body::Endpoint {
+            ip, port, affinity, ..
+        } => {
+            let mut r = vec![vec![
+                saddr(),
+                nft::cmp(Operator::Equal, Register::Reg1, ip_bytes(ip)),
+                jump(MARK_CHAIN),
+            ]];
+            if let Some(a) = affinity {
+                r.push(vec![saddr(), nft::dynset_update(a, Register::Reg1)]);
+            }
+            r.push(vec![
+                nft::immediate(Register::Reg1, ip_bytes(ip)),
+                nft::immediate(Register::Reg2, port.to_be_bytes().to_vec()),
+                nft::dnat(fam == Fam::V6, Register::Reg1, Register::Reg2),
+            ]);
+            r
+        }
+        Body::Service {
+            masq,
+            affinity,
+            slots,
+            map,
+        } => {
+            let mut r = Vec::new();
+            match masq {
+                Masq::None => {}
+                Masq::All => r.push(vec![jump(MARK_CHAIN)]),
+                Masq::NotFrom(c) => {
+                    let mut e = addr_in(fam, false, c, Operator::NotEqual);
+                    e.push(jump(MARK_CHAIN));
+                    r.push(e);
+                }
+                Masq::ShortCircuit(c, internal) => {
+                    if let Some(c) = c {
+                        let mut e = addr_in(fam, false, c, Operator::Equal);
+                        e.push(goto(internal));
+                        r.push(e);
+                    }
+                    let mut e = fib_local(false);
+                    e.push(jump(MARK_CHAIN));
+                    r.push(e);
+                    let mut e = fib_local(false);
+                    e.push(goto(internal));
+                    r.push(e);
+                }
+            }
+            for (set, ep) in affinity {
+                r.push(vec![
+                    saddr(),
+                    nft::lookup(set, Register::Reg1, None),
+                    goto(ep),
+                ]);
+            }
+            if *slots > 0 {
+                r.push(vec![
+                    nft::numgen_random(Register::Reg1, *slots),
+                    nft::lookup(map, Register::Reg1, Some(Register::Verdict)),
+                ]);
+            }
+            r
+        }
+    }
+}
+
+/// Loads `daddr . l4proto . dport` (or `l4proto . dport` without the address) from Reg32_00.
+fn service_key_load(fam: Fam, with_addr: bool) -> Vec<Expr> {
+    let (p, d) = if with_addr {
+        fam.after_addr()
+    } else {
+        (Register::Reg32_00, Register::Reg32_01)
+    };
+    let mut e = Vec::new();
+    if with_addr {
+        e.push(nft::payload(
+            base::NETWORK,
+            fam.daddr_offset(),
+            fam.addr_len(),
+            Register::Reg32_00,
+        ));
+    }
+    e.push(nft::meta(MetaKey::L4Proto, p));
+    e.push(nft::payload(base::TRANSPORT, 2, 2, d));
+    e
+}
+
+/// Matches destinations where NodePorts answer.
+fn node_address_guards(set: &Settings, fam: Fam) -> Vec<Vec<Expr>> {
+    let cidrs: Vec<&IpNet> = set
+        .nodeport_cidrs
+        .iter()
+        .filter(|c| matches!((c, fam), (IpNet::V4(_), Fam::V4) | (IpNet::V6(_), Fam::V6)))
+        .collect();
+    if !set.nodeport_cidrs.is_empty() {
+        return cidrs
+            .into_iter()
+            .map(|c| addr_in(fam, true, c, Operator::Equal))
+            .collect();
+    }
+    let lo: IpNet = match fam {
+        Fam::V4 => "127.0.0.0/8".parse().unwrap(),
+        Fam::V6 => "::1/128".parse().unwrap(),
+    };
+    let mut e = fib_local(true);
+    e.extend(addr_in(fam, true, &lo, Operator::NotEqual));
+    vec![e]
+}
+
+/// The batch that replaces the table with the skeleton (no Service yet).
+pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
+    let f = fam.family();
+    b.replace_table(f, TABLE);
+    let key_len = fam.addr_len() + 8;
+    let ip_type = (fam.addr_type() << 6 | TYPE_INET_PROTO) << 6 | TYPE_INET_SERVICE;
+    let port_type = TYPE_INET_PROTO << 6 | TYPE_INET_SERVICE;
+    for (name, len, key_type) in [
+        (SERVICE_IPS, key_len, ip_type),
+        (SERVICE_NODEPORTS, 8, port_type),
+        (NO_EP_SERVICES, key_len, ip_type),
+        (NO_EP_NODEPORTS, 8, port_type),
+    ] {
+        b.add_set(
+            f,
+            TABLE,
+            &SetSpec {
+                name: name.into(),
+                key_len: len,
+                key_type,
+                verdict_map: true,
+                timeout_ms: None,
+            },
+        );
+    }
+    let base = |kind, hook, priority| BaseChain {
+        kind,
+        hook,
+        priority,
+    };
+    let chains: [(&str, Option<BaseChain>); 11] = [
+        ("services", None),
+        ("endpoints-check", None),
+        (REJECT_CHAIN, None),
+        (MARK_CHAIN, None),
+        ("masquerading", None),
+        ("nat-prerouting", Some(base("nat", hook::PREROUTING, -100))),
+        ("nat-output", Some(base("nat", hook::OUTPUT, -100))),
+        ("nat-postrouting", Some(base("nat", hook::POSTROUTING, 100))),
+        ("filter-input", Some(base("filter", hook::INPUT, -110))),
+        ("filter-forward", Some(base("filter", hook::FORWARD, -110))),
+        ("filter-output", Some(base("filter", hook::OUTPUT, -110))),
+    ];
+    for (name, bc) in &chains {
+        b.add_chain(f, TABLE, name, bc.as_ref());
+    }
+    let mut rule = |chain: &str, e: Vec<Expr>| b.add_rule(f, TABLE, chain, e);
+    // services: by address, then NodePorts on node addresses.
+    let mut e = service_key_load(fam, true);
+    e.push(nft::lookup(
+        SERVICE_IPS,
+        Register::Reg32_00,
+        Some(Register::Verdict),
+    ));
+    rule("services", e);
+    for guard in node_address_guards(set, fam) {
+        let mut e = guard;
+        e.extend(service_key_load(fam, false));
+        e.push(nft::lookup(
+            SERVICE_NODEPORTS,
+            Register::Reg32_00,
+            Some(Register::Verdict),
+        ));
+        rule("services", e);
+    }
+    // endpoints-check: Services without usable endpoints.
+    let mut e = service_key_load(fam, true);
+    e.push(nft::lookup(
+        NO_EP_SERVICES,
+        Register::Reg32_00,
+        Some(Register::Verdict),
+    ));
+    rule("endpoints-check", e);
+    for guard in node_address_guards(set, fam) {
+        let mut e = guard;
+        e.extend(service_key_load(fam, false));
+        e.push(nft::lookup(
+            NO_EP_NODEPORTS,
+            Register::Reg32_00,
+            Some(Register::Verdict),
+        ));
+        rule("endpoints-check", e);
+    }
+    rule(
+        REJECT_CHAIN,
+        vec![
+            nft::meta(MetaKey::L4Proto, Register::Reg1),
+            nft::cmp(Operator::Equal, Register::Reg1, vec![6]),
+            nft::reject_tcp_reset(),
+        ],
+    );
+    rule(
+        REJECT_CHAIN,
+        vec![nft::reject_port_unreachable(fam == Fam::V6)],
+    );
+    // mark-for-masquerade: mark |= MASQ_BIT
+    rule(
+        MARK_CHAIN,
+        vec![
+            nft::meta(MetaKey::Mark, Register::Reg1),
+            nft::bitwise(
+                Register::Reg1,
+                Register::Reg1,
+                (!MASQ_BIT).to_ne_bytes().to_vec(),
+                MASQ_BIT.to_ne_bytes().to_vec(),
+            ),
+            nft::meta_set(MetaKey::Mark, Register::Reg1),
+        ],
+    );
+    // masquerading: return unless marked; clear the bit; masquerade.
+    rule(
+        "masquerading",
+        vec![
+            nft::meta(MetaKey::Mark, Register::Reg1),
+            nft::bitwise(
+                Register::Reg1,
+                Register::Reg1,
+                MASQ_BIT.to_ne_bytes().to_vec(),
+                vec![0; 4],
+            ),
+            nft::cmp(Operator::Equal, Register::Reg1, vec![0; 4]),
+            nft::ret(),
+        ],
+    );
+    rule(
+        "masquerading",
+        vec![
+            nft::meta(MetaKey::Mark, Register::Reg1),
+            nft::bitwise(
+                Register::Reg1,
+                Register::Reg1,
+                (!MASQ_BIT).to_ne_bytes().to_vec(),
+                vec![0; 4],
+            ),
+            nft::meta_set(MetaKey::Mark, Register::Reg1),
+            nft::masquerade(),
+        ],
+    );
+    rule("nat-prerouting", vec![jump("services")]);
+    rule("nat-output", vec![jump("services")]);
+    rule("nat-postrouting", vec![jump("masquerading")]);
+    for chain in ["filter-input", "filter-forward", "filter-output"] {
+        rule(
+            chain,
+            vec![
+                nft::ct_state(Register::Reg1),
+                nft::bitwise(
+                    Register::Reg1,
+                    Register::Reg1,
+                    nft::CT_STATE_NEW.to_ne_bytes().to_vec(),
+                    vec![0; 4],
+                ),
+                nft::cmp(Operator::NotEqual, Register::Reg1, vec![0; 4]),
+                jump("endpoints-check"),
+            ],
+        );
+    }
+}
+
+/// The transaction's phases: objects are made before they are referenced and removed after
+/// nothing references them.
+#[derive(Default)]
+pub struct Plan {
+    make: Batch,
+    unlink: Batch,
+    flush: Batch,
+    fill: Batch,
+    drop_sets: Batch,
+    remove: Batch,
+    /// UDP endpoints that went away: (address, port), for the conntrack flush.
+    pub udp_gone: Vec<(IpAddr, u16)>,
+    /// Objects touched (chains, sets, elements), for the log and the benchmark.
+    pub touched: usize,
+}
+
+impl Plan {
+    /// The whole transaction, in order.
+    pub fn into_batch(self) -> Batch {
+        let mut b = self.make;
+        b.append(self.unlink);
+        b.append(self.flush);
+        b.append(self.fill);
+        // Sets before chains: a map's elements may still name a chain that goes.
+        b.append(self.drop_sets);
+        b.append(self.remove);
+        b
+    }
+
+    /// Adds the difference between two states of one Service.
+    pub fn diff(&mut self, fam: Fam, old: &Objects, new: &Objects) {
+        let f = fam.family();
+        for (name, s) in &new.sets {
+            if old.sets.get(name) != Some(s) {
+                self.make.add_set(f, TABLE, s);
+                self.touched += 1;
+            }
+        }
+        for (name, body) in &new.chains {
+            match old.chains.get(name) {
+                Some(b) if b == body => {}
+                Some(_) => {
+                    self.flush.flush_chain(f, TABLE, name);
+                    self.fill_rules(fam, name, body);
+                }
+                None => {
+                    self.make.add_chain(f, TABLE, name, None);
+                    self.fill_rules(fam, name, body);
+                }
+            }
+        }
+        // Elements: grouped per set, deletes before adds.
+        let mut dels: BTreeMap<&str, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut adds: BTreeMap<&str, Vec<(Vec<u8>, Option<VerdictData>)>> = BTreeMap::new();
+        for ((set, key), v) in &old.elems {
+            match new.elems.get(&(set.clone(), key.clone())) {
+                Some(n) if n == v => {}
+                _ => dels.entry(set).or_default().push(key.clone()),
+            }
+        }
+        for ((set, key), v) in &new.elems {
+            if old.elems.get(&(set.clone(), key.clone())) != Some(v) {
+                adds.entry(set).or_default().push((key.clone(), v.clone()));
+            }
+        }
+        for (set, keys) in dels {
+            // Elements of a set that goes away go with it.
+            if new.sets.contains_key(set) || !old.sets.contains_key(set) {
+                self.touched += keys.len();
+                self.unlink.delete_keys(f, TABLE, set, keys);
+            }
+        }
+        for (set, elems) in adds {
+            self.touched += elems.len();
+            let (verdicts, keys): (Vec<_>, Vec<_>) =
+                elems.into_iter().partition(|(_, v)| v.is_some());
+            self.fill.add_verdicts(
+                f,
+                TABLE,
+                set,
+                verdicts
+                    .into_iter()
+                    .map(|(k, v)| (k, v.unwrap_or(VerdictData::Drop)))
+                    .collect(),
+            );
+            self.fill
+                .add_keys(f, TABLE, set, keys.into_iter().map(|(k, _)| k).collect());
+        }
+        for (name, body) in &old.chains {
+            if !new.chains.contains_key(name) {
+                // Flush first: its rules may reference chains deleted in the same batch.
+                self.flush.flush_chain(f, TABLE, name);
+                self.remove.delete_chain(f, TABLE, name);
+                self.touched += 1;
+                if let Body::Endpoint {
+                    ip,
+                    port,
+                    proto: 17,
+                    ..
+                } = body
+                {
+                    self.udp_gone.push((*ip, *port));
+                }
+            }
+        }
+        for name in old.sets.keys() {
+            if !new.sets.contains_key(name) {
+                self.drop_sets.delete_set(f, TABLE, name);
+                self.touched += 1;
+            }
+        }
+    }
+
+    fn fill_rules(&mut self, fam: Fam, name: &str, body: &Body) {
+        self.touched += 1;
+        for r in rules(fam, body) {
+            self.fill.add_rule(fam.family(), TABLE, name, r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlet_sdk::proto::{ServiceKey, ServicePort};
+
+    fn svc() -> Service {
+        Service {
+            key: Some(ServiceKey {
+                namespace: "ns".into(),
+                name: "web".into(),
+            }),
+            r#type: ServiceType::NodePort as i32,
+            cluster_ips: vec!["10.96.0.10".into()],
+            ports: vec![ServicePort {
+                port: 80,
+                target_port: 8080,
+                node_port: 30080,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn eps(n: usize) -> BTreeMap<String, Endpoint> {
+        (0..n)
+            .map(|i| {
+                let a = format!("10.244.0.{}", i + 2);
+                (
+                    a.clone(),
+                    Endpoint {
+                        address: a,
+                        ready: true,
+                        serving: true,
+                        use_for_internal: true,
+                        use_for_external: true,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn slots_stay_put_and_a_removal_moves_at_most_one() {
+        let want: BTreeSet<String> = ["a", "b", "c", "d"].map(String::from).into();
+        let s1 = assign_slots(None, &want);
+        let mut want2 = want.clone();
+        want2.remove("b");
+        let s2 = assign_slots(Some(&s1), &want2);
+        let moved = s1.iter().zip(&s2).filter(|(a, b)| a != b).count();
+        assert_eq!(s2.len(), 3);
+        assert_eq!(moved, 1, "{s1:?} -> {s2:?}");
+        want2.insert("e".into());
+        let s3 = assign_slots(Some(&s2), &want2);
+        assert_eq!(&s3[..3], &s2[..], "a newcomer is appended");
+    }
+
+    #[test]
+    fn one_endpoint_change_touches_few_objects_whatever_the_size() {
+        let set = Settings::default();
+        for n in [10usize, 1000] {
+            let e = eps(n);
+            let a = desired(&set, Some(&svc()), &e, Fam::V4, None);
+            let mut e2 = e.clone();
+            e2.values_mut().nth(3).unwrap().use_for_internal = false;
+            e2.values_mut().nth(3).unwrap().use_for_external = false;
+            let b = desired(&set, Some(&svc()), &e2, Fam::V4, Some(&a));
+            let mut plan = Plan::default();
+            plan.diff(Fam::V4, &a, &b);
+            // one endpoint chain, two chains' rules (svc, ext), 2 x (delete 2 slots, add 1)
+            assert!(plan.touched <= 9, "n={n}: {}", plan.touched);
+        }
+    }
+
+    #[test]
+    fn no_endpoints_reject_and_other_family_untouched() {
+        let set = Settings::default();
+        let o = desired(&set, Some(&svc()), &BTreeMap::new(), Fam::V4, None);
+        assert!(o.elems.contains_key(&(
+            NO_EP_SERVICES.into(),
+            ip_key(&"10.96.0.10".parse().unwrap(), 6, 80)
+        )));
+        assert!(
+            o.elems
+                .contains_key(&(NO_EP_NODEPORTS.into(), port_key(6, 30080)))
+        );
+        assert!(desired(&set, Some(&svc()), &eps(3), Fam::V6, None).is_empty());
+    }
+}

@@ -1,0 +1,437 @@
+//! Services for real, modeled on the Kubernetes sig-network Service e2e tests: the host with
+//! the bridge and nft drivers inside a node namespace, pods as namespaces, an outside client
+//! as one more namespace on a veth to the node, and real connections. Services are given to
+//! the host through ProgramService on its socket; the host computes the node's view and the
+//! nft driver programs nftables. Needs root (CI runs as root).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use netlet_sdk::client::Clients;
+use netlet_sdk::proto::{
+    Endpoint, EndpointPort, EndpointUpsert, IpFamily, ProgramServiceRequest, Protocol, Service,
+    ServiceKey, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
+};
+use netlet_testbed::harness::{Node, attach, bridge_driver, nft_driver, privileged};
+use netlet_testbed::probe::{self, NetNs};
+
+const V4: &str = "10.244.0.0/24";
+const V6: &str = "fd00:10:244::/64";
+const NODE: &str = "node-a";
+const NODE_IP: &str = "192.168.77.1";
+const OUTSIDE_IP: &str = "192.168.77.2";
+const EXTERNAL_IP: &str = "192.168.99.10";
+/// Long enough for a connection through the node, short enough for "it is dropped".
+const QUICK: Duration = Duration::from_millis(1500);
+
+struct Pod {
+    ns: NetNs,
+    v4: IpAddr,
+    v6: IpAddr,
+}
+
+fn key(name: &str) -> ServiceKey {
+    ServiceKey {
+        namespace: "e2e".into(),
+        name: name.into(),
+    }
+}
+
+fn port(name: &str, proto: Protocol, port: u32, target: u32) -> ServicePort {
+    ServicePort {
+        name: name.into(),
+        protocol: proto as i32,
+        port,
+        target_port: target,
+        ..Default::default()
+    }
+}
+
+fn cluster_ip(name: &str, ips: &[&str], ports: Vec<ServicePort>) -> Service {
+    Service {
+        key: Some(key(name)),
+        r#type: ServiceType::ClusterIp as i32,
+        cluster_ips: ips.iter().map(|s| s.to_string()).collect(),
+        ports,
+        internal_traffic_policy: TrafficPolicy::Cluster as i32,
+        external_traffic_policy: TrafficPolicy::Cluster as i32,
+        ..Default::default()
+    }
+}
+
+/// An endpoint on `node` with the conditions given and the pod's ports http 8080, alt 8081,
+/// dns 5353/udp.
+fn ep(ip: IpAddr, node: &str, ready: bool, serving: bool, terminating: bool) -> Endpoint {
+    let p = |name: &str, port: u32, proto: Protocol| EndpointPort {
+        name: name.into(),
+        port,
+        protocol: proto as i32,
+        ..Default::default()
+    };
+    Endpoint {
+        address: ip.to_string(),
+        family: if ip.is_ipv4() {
+            IpFamily::Ipv4
+        } else {
+            IpFamily::Ipv6
+        } as i32,
+        ports: vec![
+            p("http", 8080, Protocol::Tcp),
+            p("alt", 8081, Protocol::Tcp),
+            p("dns", 5353, Protocol::Udp),
+        ],
+        ready,
+        serving,
+        terminating,
+        node_name: node.into(),
+        ..Default::default()
+    }
+}
+
+fn ready(ip: IpAddr) -> Endpoint {
+    ep(ip, NODE, true, true, false)
+}
+
+/// Gives the host the whole desired set of Services (a full sync of the socket source; the
+/// host sends drivers only what changed). Returns once the drivers acknowledged it.
+struct Programmer {
+    clients: Clients,
+    generation: u64,
+}
+
+impl Programmer {
+    async fn set(&mut self, services: Vec<(Service, Vec<Endpoint>)>) {
+        self.generation += 1;
+        let mut req = ProgramServiceRequest {
+            generation: self.generation,
+            full_sync: true,
+            ..Default::default()
+        };
+        for (s, eps) in services {
+            for e in eps {
+                req.endpoint_upserts.push(EndpointUpsert {
+                    service: s.key.clone(),
+                    endpoint: Some(e),
+                });
+            }
+            req.service_upserts.push(s);
+        }
+        self.clients
+            .services
+            .clone()
+            .program_service(req)
+            .await
+            .expect("ProgramService on the host");
+    }
+}
+
+fn sa(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Who answered (the tag) and whom it saw, for one TCP connection.
+fn ask(from: &std::path::Path, to: SocketAddr) -> Result<(String, String), String> {
+    let out = probe::tcp_read(from, to, QUICK)?;
+    let (tag, peer) = out
+        .split_once('|')
+        .ok_or_else(|| format!("unexpected answer {out:?}"))?;
+    Ok((tag.to_string(), peer.to_string()))
+}
+
+fn backends(from: &std::path::Path, to: SocketAddr, n: usize) -> Result<Vec<String>, String> {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        seen.push(ask(from, to)?.0);
+    }
+    seen.sort();
+    seen.dedup();
+    Ok(seen)
+}
+
+fn expect(cond: bool, what: impl Into<String>) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(what.into()) }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_data_plane_conformance() {
+    if !privileged("service_data_plane_conformance") {
+        return;
+    }
+    let drivers = bridge_driver("bridge", "default", "netlet0", &[V4, V6])
+        + &nft_driver("nft", &["--cluster-cidr", V4, "--cluster-cidr", V6]);
+    let node = Node::start("svc", &drivers, &format!("nodeName: {NODE}\n")).await;
+    node.host.wait_ready("default").await;
+    let c = node.host.clients().await;
+
+    // The outside client: a veth to the node; the node's default route points at it (so a
+    // ClusterIP is routable, as in a real cluster), and it reaches the external IP via the
+    // node. Nothing leaves these namespaces.
+    let outside = NetNs::create(&format!("netlet-outside-{}", std::process::id())).unwrap();
+    probe::wire(
+        &node.netns.path,
+        "ext0",
+        &format!("{NODE_IP}/24"),
+        &outside.path,
+        "eth0",
+        &format!("{OUTSIDE_IP}/24"),
+    )
+    .unwrap();
+    probe::add_route(&node.netns.path, "0.0.0.0/0", ip(OUTSIDE_IP)).unwrap();
+    probe::add_route(&outside.path, &format!("{EXTERNAL_IP}/32"), ip(NODE_IP)).unwrap();
+
+    let mut pods = Vec::new();
+    for i in 1..=3 {
+        let name = format!("p{i}");
+        let ns = NetNs::create(&format!("netlet-svc-{name}-{}", std::process::id())).unwrap();
+        let sandbox = netlet_sdk::proto::PodSandbox {
+            id: format!("svc-{name}"),
+            name: name.clone(),
+            namespace: "e2e".into(),
+            uid: name.clone(),
+            netns_path: ns.path.display().to_string(),
+            ..Default::default()
+        };
+        let a = attach(&c, sandbox, vec![]).await.expect("attach");
+        let ips: Vec<IpAddr> = a[0]
+            .ips
+            .iter()
+            .map(|x| probe::ip_of(&x.address).unwrap())
+            .collect();
+        let v4 = *ips.iter().find(|i| i.is_ipv4()).unwrap();
+        let v6 = *ips.iter().find(|i| i.is_ipv6()).unwrap();
+        for addr in [sa(ip("0.0.0.0"), 8080), sa(v6, 8080)] {
+            probe::tcp_tagged(&ns.path, addr, &name).unwrap();
+        }
+        probe::tcp_tagged(&ns.path, sa(ip("0.0.0.0"), 8081), &format!("{name}-alt")).unwrap();
+        probe::udp_tagged(&ns.path, sa(ip("0.0.0.0"), 5353), &name).unwrap();
+        pods.push(Pod { ns, v4, v6 });
+    }
+    let (p1, p2, p3) = (&pods[0], &pods[1], &pods[2]);
+    let mut prog = Programmer {
+        clients: c.clone(),
+        generation: 0,
+    };
+
+    let web_ip = ip("10.96.0.10");
+    let web = || {
+        let mut s = cluster_ip(
+            "web",
+            &["10.96.0.10"],
+            vec![
+                port("http", Protocol::Tcp, 80, 0),
+                port("alt", Protocol::Tcp, 81, 0),
+                port("dns", Protocol::Udp, 53, 0),
+            ],
+        );
+        s.r#type = ServiceType::NodePort as i32;
+        s.ports[0].node_port = 30080;
+        s.external_ips = vec![EXTERNAL_IP.into()];
+        s
+    };
+    let both = vec![ready(p1.v4), ready(p2.v4)];
+    let mut results: Vec<(&str, Result<(), String>)> = Vec::new();
+
+    prog.set(vec![(web(), both.clone())]).await;
+    results.push((
+        "clusterip-tcp-from-pod-reaches-every-endpoint",
+        (|| {
+            let seen = backends(&p3.ns.path, sa(web_ip, 80), 30)?;
+            expect(seen == ["p1", "p2"], format!("backends seen: {seen:?}"))
+        })(),
+    ));
+    results.push((
+        "clusterip-tcp-from-node",
+        (|| {
+            let (tag, _) = ask(&node.netns.path, sa(web_ip, 80))?;
+            expect(tag == "p1" || tag == "p2", format!("answered by {tag}"))
+        })(),
+    ));
+    results.push((
+        "clusterip-keeps-pod-client-address",
+        (|| {
+            let (_, peer) = ask(&p3.ns.path, sa(web_ip, 80))?;
+            expect(
+                peer == p3.v4.to_string(),
+                format!("server saw {peer}, not {}", p3.v4),
+            )
+        })(),
+    ));
+    results.push((
+        "clusterip-udp-from-pod",
+        (|| {
+            let out = probe::udp_request(&p3.ns.path, sa(web_ip, 53), "q")?;
+            expect(
+                out.starts_with("p1|") || out.starts_with("p2|"),
+                format!("answer {out:?}"),
+            )
+        })(),
+    ));
+    results.push((
+        "multi-port-service",
+        (|| {
+            let (tag, _) = ask(&p3.ns.path, sa(web_ip, 81))?;
+            expect(tag.ends_with("-alt"), format!("port 81 answered by {tag}"))
+        })(),
+    ));
+    results.push((
+        "nodeport-on-node-address-from-outside",
+        (|| {
+            let (tag, peer) = ask(&outside.path, sa(ip(NODE_IP), 30080))?;
+            expect(tag == "p1" || tag == "p2", format!("answered by {tag}"))?;
+            // externalTrafficPolicy Cluster: masqueraded.
+            expect(
+                peer != OUTSIDE_IP,
+                format!("server saw the client {peer} under ETP Cluster"),
+            )
+        })(),
+    ));
+    results.push((
+        "external-ip-from-outside",
+        (|| {
+            let (tag, _) = ask(&outside.path, sa(ip(EXTERNAL_IP), 80))?;
+            expect(tag == "p1" || tag == "p2", format!("answered by {tag}"))
+        })(),
+    ));
+    results.push((
+        "nodeport-not-on-other-addresses",
+        (|| {
+            // The pod gateway is a node address too, but 30080 on the ClusterIP is not a NodePort.
+            match ask(&p3.ns.path, sa(web_ip, 30080)) {
+                Ok(a) => Err(format!("ClusterIP:NodePort answered {a:?}")),
+                Err(_) => Ok(()),
+            }
+        })(),
+    ));
+
+    // Hairpin: a pod reaching itself through its Service.
+    results.push(("hairpin-pod-reaches-itself", {
+        prog.set(vec![(web(), vec![ready(p1.v4)])]).await;
+        (|| {
+            let (tag, _) = ask(&p1.ns.path, sa(web_ip, 80))?;
+            expect(tag == "p1", format!("answered by {tag}"))
+        })()
+    }));
+
+    // Session affinity: one backend for every request; off again: spread.
+    results.push(("session-affinity-client-ip", {
+        let mut s = web();
+        s.session_affinity = SessionAffinity::ClientIp as i32;
+        s.session_affinity_timeout_seconds = 60;
+        prog.set(vec![(s, both.clone())]).await;
+        let sticky = backends(&p3.ns.path, sa(web_ip, 80), 20);
+        prog.set(vec![(web(), both.clone())]).await;
+        let spread = backends(&p3.ns.path, sa(web_ip, 80), 30);
+        (|| {
+            let sticky = sticky?;
+            expect(sticky.len() == 1, format!("with affinity: {sticky:?}"))?;
+            let spread = spread?;
+            expect(spread.len() == 2, format!("affinity off: {spread:?}"))
+        })()
+    }));
+
+    // No endpoints: refused, quickly (not a timeout).
+    results.push(("no-endpoints-connection-refused", {
+        prog.set(vec![(web(), vec![])]).await;
+        let t = Instant::now();
+        let r = ask(&p3.ns.path, sa(web_ip, 80));
+        let took = t.elapsed();
+        (|| {
+            let e = r.err().ok_or("answered without endpoints")?;
+            expect(e.contains("refused"), format!("pod: {e}"))?;
+            expect(
+                took < Duration::from_secs(1),
+                format!("refusal took {took:?}"),
+            )
+        })()
+    }));
+
+    // Terminating fallback: only serving+terminating endpoints left: still served.
+    results.push(("terminating-endpoints-serve-when-no-ready-one", {
+        prog.set(vec![(web(), vec![ep(p2.v4, NODE, false, true, true)])])
+            .await;
+        (|| {
+            let (tag, _) = ask(&p3.ns.path, sa(web_ip, 80))?;
+            expect(tag == "p2", format!("answered by {tag}"))
+        })()
+    }));
+
+    // internalTrafficPolicy Local with the only endpoint on another node: dropped.
+    results.push((
+        "internal-traffic-policy-local-drops-without-local-endpoint",
+        {
+            let mut s = web();
+            s.internal_traffic_policy = TrafficPolicy::Local as i32;
+            prog.set(vec![(s, vec![ep(p2.v4, "node-b", true, true, false)])])
+                .await;
+            let r = ask(&p3.ns.path, sa(web_ip, 80));
+            (|| {
+                let e = r.err().ok_or("answered through a remote endpoint")?;
+                expect(
+                    !e.contains("refused"),
+                    format!("refused instead of dropped: {e}"),
+                )
+            })()
+        },
+    ));
+
+    // externalTrafficPolicy Local: the client's address reaches the pod.
+    results.push(("external-traffic-policy-local-keeps-client-address", {
+        let mut s = web();
+        s.external_traffic_policy = TrafficPolicy::Local as i32;
+        prog.set(vec![(s, vec![ready(p1.v4)])]).await;
+        (|| {
+            let (tag, peer) = ask(&outside.path, sa(ip(NODE_IP), 30080))?;
+            expect(tag == "p1", format!("answered by {tag}"))?;
+            expect(
+                peer == OUTSIDE_IP,
+                format!("server saw {peer}, not {OUTSIDE_IP}"),
+            )?;
+            let (tag, _) = ask(&p3.ns.path, sa(ip(EXTERNAL_IP), 80))?;
+            expect(tag == "p1", format!("pod to the external IP: {tag}"))
+        })()
+    }));
+
+    // Dual-stack.
+    results.push(("dual-stack-service", {
+        let s = cluster_ip(
+            "dual",
+            &["10.96.0.20", "fd00:96::20"],
+            vec![port("http", Protocol::Tcp, 80, 0)],
+        );
+        prog.set(vec![(s, vec![ready(p1.v4), ready(p1.v6)])]).await;
+        (|| {
+            let (t4, _) = ask(&p3.ns.path, sa(ip("10.96.0.20"), 80))?;
+            let (t6, peer6) = ask(&p3.ns.path, sa(ip("fd00:96::20"), 80))?;
+            expect(t4 == "p1" && t6 == "p1", format!("v4 {t4}, v6 {t6}"))?;
+            expect(peer6 == p3.v6.to_string(), format!("v6 server saw {peer6}"))
+        })()
+    }));
+
+    // Updates and deletions take effect.
+    results.push(("endpoint-update-and-service-deletion", {
+        prog.set(vec![(web(), vec![ready(p2.v4)])]).await;
+        let moved = backends(&p3.ns.path, sa(web_ip, 80), 10);
+        prog.set(vec![]).await;
+        let gone = ask(&p3.ns.path, sa(web_ip, 80));
+        (|| {
+            let moved = moved?;
+            expect(moved == ["p2"], format!("after the update: {moved:?}"))?;
+            expect(gone.is_err(), format!("deleted Service answered: {gone:?}"))
+        })()
+    }));
+
+    let mut report = String::new();
+    for (name, r) in &results {
+        match r {
+            Ok(()) => report.push_str(&format!("PASS  services/{name}\n")),
+            Err(e) => report.push_str(&format!("FAIL  services/{name}: {e}\n")),
+        }
+    }
+    println!("{report}");
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{report}");
+    drop(pods);
+}
