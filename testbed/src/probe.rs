@@ -483,3 +483,21 @@ pub fn tcp_read(netns: &Path, to: SocketAddr, timeout: Duration) -> Result<Strin
         Ok(out)
     })?
 }
+
+/// `n` TCP connections from inside `netns` to a [`tcp_tagged`] server at `to`, one after the
+/// other on one thread: the time from connect to the server's answer, each.
+pub fn tcp_latencies(netns: &Path, to: SocketAddr, n: usize) -> Result<Vec<Duration>, String> {
+    run_in(netns, move || -> Result<Vec<Duration>, String> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            let mut s = TcpStream::connect_timeout(&to, PROBE_TIMEOUT)
+                .map_err(|e| format!("tcp connect {to}: {e}"))?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf)
+                .map_err(|e| format!("tcp read from {to}: {e}"))?;
+            out.push(t.elapsed());
+        }
+        Ok(out)
+    })?
+}

@@ -125,6 +125,24 @@ impl Programmer {
     }
 }
 
+/// The outside client: a namespace on a veth to the node, the node's default route pointing
+/// at it (as a real node has one; a ClusterIP without endpoints must be routable to be
+/// refused).
+fn outside_client(node: &Node, tag: &str) -> NetNs {
+    let outside = NetNs::create(&format!("netlet-outside-{tag}-{}", std::process::id())).unwrap();
+    probe::wire(
+        &node.netns.path,
+        "ext0",
+        &format!("{NODE_IP}/24"),
+        &outside.path,
+        "eth0",
+        &format!("{OUTSIDE_IP}/24"),
+    )
+    .unwrap();
+    probe::add_route(&node.netns.path, "0.0.0.0/0", ip(OUTSIDE_IP)).unwrap();
+    outside
+}
+
 fn sa(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
@@ -170,17 +188,7 @@ async fn service_data_plane_conformance() {
     // The outside client: a veth to the node; the node's default route points at it (so a
     // ClusterIP is routable, as in a real cluster), and it reaches the external IP via the
     // node. Nothing leaves these namespaces.
-    let outside = NetNs::create(&format!("netlet-outside-{}", std::process::id())).unwrap();
-    probe::wire(
-        &node.netns.path,
-        "ext0",
-        &format!("{NODE_IP}/24"),
-        &outside.path,
-        "eth0",
-        &format!("{OUTSIDE_IP}/24"),
-    )
-    .unwrap();
-    probe::add_route(&node.netns.path, "0.0.0.0/0", ip(OUTSIDE_IP)).unwrap();
+    let outside = outside_client(&node, "svc");
     probe::add_route(&outside.path, &format!("{EXTERNAL_IP}/32"), ip(NODE_IP)).unwrap();
 
     let mut pods = Vec::new();
@@ -434,4 +442,96 @@ async fn service_data_plane_conformance() {
     println!("{report}");
     assert!(results.iter().all(|(_, r)| r.is_ok()), "{report}");
     drop(pods);
+}
+
+/// The README's walk-through: a Service and its EndpointSlice in a manifest file, a pod with a
+/// fixed address serving it, another pod reaching it by the ClusterIP; then the file edited to
+/// no endpoints, and the connection is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn service_from_a_manifest_is_reached_from_a_pod() {
+    if !privileged("service_from_a_manifest_is_reached_from_a_pod") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let drivers = bridge_driver("bridge", "default", "netlet0", &[V4, V6])
+        + &nft_driver("nft", &["--cluster-cidr", V4]);
+    let extra = format!("nodeName: {NODE}\nmanifestsDir: {}\n", dir.path().display());
+    let node = Node::start("manifest", &drivers, &extra).await;
+    node.host.wait_ready("default").await;
+    let _outside = outside_client(&node, "manifest");
+    let c = node.host.clients().await;
+    let mut pods = Vec::new();
+    for (name, ips) in [("web", vec!["10.244.0.10".to_string()]), ("client", vec![])] {
+        let ns = NetNs::create(&format!("netlet-mf-{name}-{}", std::process::id())).unwrap();
+        attach(
+            &c,
+            netlet_sdk::proto::PodSandbox {
+                id: format!("mf-{name}"),
+                name: name.into(),
+                namespace: "default".into(),
+                uid: name.into(),
+                netns_path: ns.path.display().to_string(),
+                ..Default::default()
+            },
+            vec![netlet_sdk::proto::NetworkSelection {
+                network: "default".into(),
+                interface_name: "eth0".into(),
+                ips,
+                ..Default::default()
+            }],
+        )
+        .await
+        .expect("attach");
+        pods.push(ns);
+    }
+    probe::tcp_tagged(&pods[0].path, sa(ip("10.244.0.10"), 8080), "web").unwrap();
+    let manifest = |ready: bool| {
+        format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  clusterIP: 10.96.0.80
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+  - addresses: [10.244.0.10]
+    conditions: {{ready: {ready}}}
+    nodeName: {NODE}
+"#
+        )
+    };
+    let file = dir.path().join("web.yaml");
+    std::fs::write(&file, manifest(true)).unwrap();
+    let client = pods[1].path.clone();
+    let answer =
+        netlet_testbed::harness::wait_until("the Service answers", Duration::from_secs(10), || {
+            let client = client.clone();
+            async move { ask(&client, sa(ip("10.96.0.80"), 80)).ok() }
+        })
+        .await;
+    assert_eq!(answer.0, "web");
+    std::fs::write(&file, manifest(false)).unwrap();
+    let refused = netlet_testbed::harness::wait_until(
+        "no endpoints: refused",
+        Duration::from_secs(10),
+        || {
+            let client = client.clone();
+            async move {
+                ask(&client, sa(ip("10.96.0.80"), 80))
+                    .err()
+                    .filter(|e| e.contains("refused"))
+            }
+        },
+    )
+    .await;
+    assert!(refused.contains("refused"));
 }

@@ -340,7 +340,8 @@ pub fn desired(
             let Some(eport) = endpoint_port(e, &p.name, proto, p.target_port, p.port) else {
                 continue;
             };
-            any |= e.ready || e.serving;
+            // Usable somewhere (ready, or the serving∧terminating fallback).
+            any |= e.ready || (e.serving && e.terminating);
             if !e.use_for_internal && !e.use_for_external {
                 continue;
             }
@@ -377,10 +378,15 @@ pub fn desired(
                 },
             );
         }
-        let none_verdict = if any {
-            VerdictData::Drop
-        } else {
-            VerdictData::Goto(REJECT_CHAIN.into())
+        // No endpoint for this traffic: refused, unless a Local policy hides endpoints that
+        // exist on other nodes: then dropped (kube-proxy's rule).
+        let itp_local = svc.internal_traffic_policy == TrafficPolicy::Local as i32;
+        let none_verdict = |local: bool| {
+            if any && local {
+                VerdictData::Drop
+            } else {
+                VerdictData::Goto(REJECT_CHAIN.into())
+            }
         };
         let chain_for = |o: &mut Objects, name: &str, members: &BTreeSet<String>, masq: Masq| {
             let map = format!("eps-{name}");
@@ -434,26 +440,26 @@ pub fn desired(
             };
             chain_for(&mut o, &ext_chain, &external, masq);
         }
-        let target = |members: &BTreeSet<String>, chain: &str| {
+        let target = |members: &BTreeSet<String>, chain: &str, local: bool| {
             if members.is_empty() {
-                (NO_EP_SERVICES, none_verdict.clone())
+                (NO_EP_SERVICES, none_verdict(local))
             } else {
                 (SERVICE_IPS, VerdictData::Goto(chain.to_string()))
             }
         };
         for ip in &cluster_ips {
-            let (map, v) = target(&internal, &svc_chain);
+            let (map, v) = target(&internal, &svc_chain, itp_local);
             o.elems
                 .insert((map.into(), ip_key(ip, proto, port)), Some(v));
         }
         if has_external {
             for ip in &external_ips {
-                let (map, v) = target(&external, &ext_chain);
+                let (map, v) = target(&external, &ext_chain, etp_local);
                 o.elems
                     .insert((map.into(), ip_key(ip, proto, port)), Some(v));
             }
             if node_ports && p.node_port != 0 {
-                let (map, v) = target(&external, &ext_chain);
+                let (map, v) = target(&external, &ext_chain, etp_local);
                 let map = if map == SERVICE_IPS {
                     SERVICE_NODEPORTS
                 } else {

@@ -18,13 +18,21 @@ use netlet_sdk::proto::{
     Endpoint, EndpointPort, EndpointUpsert, IpFamily, ListServicesRequest, ProgramServiceRequest,
     Protocol, Service, ServiceKey, ServicePort, ServiceType,
 };
-use netlet_testbed::harness::{Host, fixture_driver};
+use netlet_testbed::harness::{Host, Node, attach, bridge_driver, fixture_driver, nft_driver};
+use netlet_testbed::probe::{self, NetNs};
 use netlet_testbed::stats::{ms, pct};
 use prost::Message;
 
 #[derive(Parser)]
 #[command(about = "Services through the host at scale")]
 struct Args {
+    /// Services driver: `nft` (the real data plane, in a node namespace with pods) or
+    /// `fixture` (no data plane: the host's own costs).
+    #[arg(long, default_value = "nft")]
+    driver: String,
+    /// Connections per new-connection latency sample.
+    #[arg(long, default_value_t = 300)]
+    connections: usize,
     /// Endpoints per Service.
     #[arg(long, default_value_t = 10)]
     endpoints: usize,
@@ -168,31 +176,172 @@ fn delta_bytes(size: usize) -> (usize, usize) {
     )
 }
 
+/// Process id of the first process whose command line starts with `prog`.
+fn pid_of(prog: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|d| {
+        let pid: u32 = d.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(d.path().join("cmdline")).ok()?;
+        let first = cmd.split(|b| *b == 0).next()?;
+        std::str::from_utf8(first)
+            .ok()?
+            .ends_with(prog)
+            .then_some(pid)
+    })
+}
+
+/// Two pods on the node (server and client) and the server's IPv4 address.
+async fn pods(node: &Node) -> (NetNs, NetNs, std::net::IpAddr) {
+    let c = node.host.clients().await;
+    let mut out = Vec::new();
+    for name in ["server", "client"] {
+        let ns = NetNs::create(&format!("netlet-bench-{name}-{}", std::process::id()))
+            .expect("pod netns");
+        let a = attach(
+            &c,
+            netlet_sdk::proto::PodSandbox {
+                id: format!("bench-{name}"),
+                name: name.into(),
+                namespace: "bench".into(),
+                uid: name.into(),
+                netns_path: ns.path.display().to_string(),
+                ..Default::default()
+            },
+            vec![],
+        )
+        .await
+        .expect("attach");
+        let ip = a[0]
+            .ips
+            .iter()
+            .map(|x| probe::ip_of(&x.address).unwrap())
+            .find(|i| i.is_ipv4())
+            .unwrap();
+        out.push((ns, ip));
+    }
+    let (client, _) = out.pop().unwrap();
+    let (server, ip) = out.pop().unwrap();
+    probe::tcp_tagged(&server.path, std::net::SocketAddr::new(ip, 8080), "server").expect("server");
+    (server, client, ip)
+}
+
+/// The Service the latency is measured through: 10.97.0.1:80 -> server:8080.
+fn target(server: std::net::IpAddr) -> ProgramServiceRequest {
+    let key = ServiceKey {
+        namespace: "bench".into(),
+        name: "target".into(),
+    };
+    let mut svc = service(0);
+    svc.key = Some(key.clone());
+    svc.cluster_ips = vec!["10.97.0.1".into()];
+    let mut ep = endpoint(0, 0, true);
+    ep.address = server.to_string();
+    ep.node_name = "node-0".into();
+    ProgramServiceRequest {
+        service_upserts: vec![svc],
+        endpoint_upserts: vec![EndpointUpsert {
+            service: Some(key),
+            endpoint: Some(ep),
+        }],
+        ..Default::default()
+    }
+}
+
+fn latency(client: &NetNs, to: std::net::SocketAddr, n: usize) -> (Duration, Duration) {
+    let mut l = probe::tcp_latencies(&client.path, to, n).expect("connections");
+    (pct(&mut l, 0.5), pct(&mut l, 0.99))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let eps = args.endpoints;
-    let host = Host::start(&fixture_driver("svc", "default", &[]), "nodeName: node-0\n").await;
-    host.wait_ready("").await;
-    let pid = host.pid().unwrap_or(0);
+    let nft = args.driver == "nft";
+    let mut node = None;
+    let mut host = None;
+    if nft {
+        let drivers = bridge_driver("bridge", "default", "netlet0", &["10.244.0.0/24"])
+            + &nft_driver("svc", &["--cluster-cidr", "10.244.0.0/24"]);
+        let n = Node::start("bench-svc", &drivers, "nodeName: node-0\n").await;
+        n.host.wait_ready("default").await;
+        node = Some(n);
+    } else {
+        let h = Host::start(&fixture_driver("svc", "default", &[]), "nodeName: node-0\n").await;
+        h.wait_ready("").await;
+        host = Some(h);
+    }
+    let host_ref: &Host = match (&node, &host) {
+        (Some(n), _) => &n.host,
+        (None, Some(h)) => h,
+        (None, None) => unreachable!("one of them was started"),
+    };
+    let pid = host_ref.pid().unwrap_or(0);
     let mut s = Session {
-        c: host.clients().await,
+        c: host_ref.clients().await,
         generation: 0,
     };
     let rss0 = rss_kib(pid, "VmRSS:");
     let mut rows: Vec<(String, String, String)> = Vec::new();
+    // (c) with 10 Services (+ the target) programmed.
+    let mut lat = None;
+    let mut pod_nses = None;
+    if nft {
+        let (server, client, server_ip) = pods(node.as_ref().expect("node")).await;
+        load(&mut s, 10, eps).await;
+        s.send(target(server_ip)).await;
+        let via = std::net::SocketAddr::new("10.97.0.1".parse()?, 80);
+        let direct = std::net::SocketAddr::new(server_ip, 8080);
+        lat = Some((
+            latency(&client, via, args.connections),
+            latency(&client, direct, args.connections),
+            via,
+        ));
+        pod_nses = Some((server, client, server_ip));
+    }
 
     for n in [1_000usize, 10_000] {
         let t = load(&mut s, n, eps).await;
+        // The naive way: everything removed, everything emitted again.
+        let empty = s
+            .send(ProgramServiceRequest {
+                full_sync: true,
+                ..Default::default()
+            })
+            .await;
         let again = naive(&mut s, n, eps).await;
         rows.push((
-            format!("(a) load {n} Services x {eps} endpoints (batches of {BATCH})"),
+            format!("(a) full sync {n} Services x {eps} endpoints (batches of {BATCH})"),
             ms(t),
-            format!("re-send whole table: {}", ms(again)),
+            format!("naive re-emit (drop all + load): {}", ms(empty + again)),
         ));
+    }
+    if let Some((_, _, ip)) = &pod_nses {
+        // The full syncs above replaced it.
+        s.send(target(*ip)).await;
     }
     let rss = rss_kib(pid, "VmRSS:");
     let hwm = rss_kib(pid, "VmHWM:");
+    let driver_pid = if nft { pid_of("netlet-nft") } else { None };
+    let driver_rss = driver_pid.map(|p| rss_kib(p, "VmRSS:")).unwrap_or(0);
+
+    if let (Some(((p50_10, p99_10), (d50, d99), via)), Some((_, client, _))) = (&lat, &pod_nses) {
+        let (p50_10k, p99_10k) = latency(client, *via, args.connections);
+        rows.push((
+            format!(
+                "(c) new connection to a ClusterIP, {} Services, p50/p99",
+                11
+            ),
+            format!("{} / {}", ms(*p50_10), ms(*p99_10)),
+            format!("straight to the pod: {} / {}", ms(*d50), ms(*d99)),
+        ));
+        rows.push((
+            "(c) same, 10k Services programmed, p50/p99".into(),
+            format!("{} / {}", ms(p50_10k), ms(p99_10k)),
+            format!(
+                "10k vs 10: {:+.1} % at p50 (target within 10 %)",
+                (p50_10k.as_secs_f64() / p50_10.as_secs_f64() - 1.0) * 100.0
+            ),
+        ));
+    }
 
     let mut add = Vec::new();
     let mut change = Vec::new();
@@ -217,11 +366,17 @@ async fn main() -> anyhow::Result<()> {
             .await,
         );
     }
-    let naive_one = naive(&mut s, 10_000, eps).await;
+    let empty = s
+        .send(ProgramServiceRequest {
+            full_sync: true,
+            ..Default::default()
+        })
+        .await;
+    let naive_one = empty + naive(&mut s, 10_000, eps).await;
     rows.push((
-        "(b) add 1 Service, 10k present (host + driver ack), p50/p99".into(),
+        "(b) add 1 Service, 10k present, call to rule live, p50/p99".into(),
         format!("{} / {}", ms(pct(&mut add, 0.5)), ms(pct(&mut add, 0.99))),
-        format!("re-send whole table: {}", ms(naive_one)),
+        format!("naive re-emit of the whole table: {}", ms(naive_one)),
     ));
     rows.push((
         "(b) change 1 endpoint, 10k present, p50/p99".into(),
@@ -230,7 +385,7 @@ async fn main() -> anyhow::Result<()> {
             ms(pct(&mut change, 0.5)),
             ms(pct(&mut change, 0.99))
         ),
-        format!("re-send whole table: {}", ms(naive_one)),
+        format!("naive re-emit of the whole table: {}", ms(naive_one)),
     ));
     for size in [10usize, 1000] {
         let (d, whole) = delta_bytes(size);
@@ -245,13 +400,25 @@ async fn main() -> anyhow::Result<()> {
         format!("{} MiB / {} MiB", rss / 1024, hwm / 1024),
         format!("idle host: {} MiB; target <= 150 MiB", rss0 / 1024),
     ));
+    if nft {
+        rows.push((
+            "(e) nft driver memory, same table (RSS)".into(),
+            format!("{} MiB", driver_rss / 1024),
+            "kube-proxy nftables: 260 MiB peak".into(),
+        ));
+    }
     let listed =
         s.c.services
             .list_services(ListServicesRequest::default())
             .await?
             .into_inner();
     println!(
-        "\nnetlet-bench-services (host + no-data-plane Services driver; node generation {}, driver in sync: {})\n",
+        "\nnetlet-bench-services (host + {} driver; node generation {}, driver in sync: {})\n",
+        if nft {
+            "nft (nftables data plane)"
+        } else {
+            "no-data-plane fixture"
+        },
         listed.node_generation,
         listed.drivers.iter().all(|d| d.in_sync)
     );
