@@ -306,13 +306,11 @@ async fn service_data_plane_conformance() {
     ));
     results.push((
         "nodeport-not-on-other-addresses",
-        (|| {
-            // The pod gateway is a node address too, but 30080 on the ClusterIP is not a NodePort.
-            match ask(&p3.ns.path, sa(web_ip, 30080)) {
-                Ok(a) => Err(format!("ClusterIP:NodePort answered {a:?}")),
-                Err(_) => Ok(()),
-            }
-        })(),
+        // A NodePort answers on node addresses, not on the ClusterIP.
+        match ask(&p3.ns.path, sa(web_ip, 30080)) {
+            Ok(a) => Err(format!("ClusterIP:NodePort answered {a:?}")),
+            Err(_) => Ok(()),
+        },
     ));
 
     // Hairpin: a pod reaching itself through its Service.

@@ -222,10 +222,10 @@ fn parse_ips(list: &[String], fam: Fam) -> Vec<IpAddr> {
 }
 
 fn cidr_of(cidrs: &[IpNet], fam: Fam) -> Option<IpNet> {
-    cidrs.iter().copied().find(|c| match (c, fam) {
-        (IpNet::V4(_), Fam::V4) | (IpNet::V6(_), Fam::V6) => true,
-        _ => false,
-    })
+    cidrs
+        .iter()
+        .copied()
+        .find(|c| matches!((c, fam), (IpNet::V4(_), Fam::V4) | (IpNet::V6(_), Fam::V6)))
 }
 
 /// The endpoint's port for a Service port: by name, else the numeric target port.
@@ -305,12 +305,12 @@ pub fn desired(
         // A single-stack Service of the other family: its NodePorts are not served here.
         return o;
     }
-    let affinity_timeout = (svc.session_affinity == SessionAffinity::ClientIp as i32).then(|| {
+    let affinity_timeout = (svc.session_affinity == SessionAffinity::ClientIp as i32).then_some(
         match svc.session_affinity_timeout_seconds {
             0 => DEFAULT_AFFINITY_SECONDS,
             s => s,
-        }
-    });
+        },
+    );
     let etp_local = svc.external_traffic_policy == TrafficPolicy::Local as i32;
     let fam_eps: Vec<(&Endpoint, IpAddr)> = eps
         .values()
@@ -793,6 +793,9 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
     }
 }
 
+/// A set element: key, and its verdict in a map.
+type Element = (Vec<u8>, Option<VerdictData>);
+
 /// The transaction's phases: objects are made before they are referenced and removed after
 /// nothing references them.
 #[derive(Default)]
@@ -846,7 +849,7 @@ impl Plan {
         }
         // Elements: grouped per set, deletes before adds.
         let mut dels: BTreeMap<&str, Vec<Vec<u8>>> = BTreeMap::new();
-        let mut adds: BTreeMap<&str, Vec<(Vec<u8>, Option<VerdictData>)>> = BTreeMap::new();
+        let mut adds: BTreeMap<&str, Vec<Element>> = BTreeMap::new();
         for ((set, key), v) in &old.elems {
             match new.elems.get(&(set.clone(), key.clone())) {
                 Some(n) if n == v => {}
