@@ -681,41 +681,28 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
         b.add_chain(f, TABLE, name, bc.as_ref());
     }
     let mut rule = |chain: &str, e: Vec<Expr>| b.add_rule(f, TABLE, chain, e);
-    // services: by address, then NodePorts on node addresses.
-    let mut e = service_key_load(fam, true);
-    e.push(nft::lookup(
-        SERVICE_IPS,
-        Register::Reg32_00,
-        Some(Register::Verdict),
-    ));
-    rule("services", e);
-    for guard in node_address_guards(set, fam) {
-        let mut e = guard;
-        e.extend(service_key_load(fam, false));
+    // services: by address, then NodePorts on node addresses; endpoints-check: the same keys
+    // in the maps of Services without usable endpoints.
+    for (chain, by_ip, by_port) in [
+        ("services", SERVICE_IPS, SERVICE_NODEPORTS),
+        ("endpoints-check", NO_EP_SERVICES, NO_EP_NODEPORTS),
+    ] {
+        let mut e = service_key_load(fam, true);
         e.push(nft::lookup(
-            SERVICE_NODEPORTS,
+            by_ip,
             Register::Reg32_00,
             Some(Register::Verdict),
         ));
-        rule("services", e);
-    }
-    // endpoints-check: Services without usable endpoints.
-    let mut e = service_key_load(fam, true);
-    e.push(nft::lookup(
-        NO_EP_SERVICES,
-        Register::Reg32_00,
-        Some(Register::Verdict),
-    ));
-    rule("endpoints-check", e);
-    for guard in node_address_guards(set, fam) {
-        let mut e = guard;
-        e.extend(service_key_load(fam, false));
-        e.push(nft::lookup(
-            NO_EP_NODEPORTS,
-            Register::Reg32_00,
-            Some(Register::Verdict),
-        ));
-        rule("endpoints-check", e);
+        rule(chain, e);
+        for mut e in node_address_guards(set, fam) {
+            e.extend(service_key_load(fam, false));
+            e.push(nft::lookup(
+                by_port,
+                Register::Reg32_00,
+                Some(Register::Verdict),
+            ));
+            rule(chain, e);
+        }
     }
     rule(
         REJECT_CHAIN,
