@@ -230,27 +230,14 @@ impl Netlink {
     /// reaching itself through a Service needs it when bridged traffic passes netfilter
     /// (br_netfilter): the DNAT back to the pod happens at the bridge.
     pub async fn set_hairpin(&self, name: &str) -> NlResult<()> {
-        let link = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_next()
-            .await
-            .map_err(nl(format!("find {name}")))?
-            .ok_or_else(|| NlError {
-                what: format!("find {name}"),
-                errno: Some(errno::ENODEV),
-                message: "no such interface".into(),
-            })?;
+        let index = self.link_index(name).await?.ok_or_else(|| NlError {
+            what: format!("find {name}"),
+            errno: Some(errno::ENODEV),
+            message: "no such interface".into(),
+        })?;
         self.handle
             .link()
-            .set_port(
-                rtnetlink::LinkBridgePort::new(link.header.index)
-                    .hairpin(true)
-                    .build(),
-            )
+            .set_port(rtnetlink::LinkBridgePort::new(index).hairpin(true).build())
             .execute()
             .await
             .map_err(nl(format!("hairpin mode on {name}")))
