@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use netlet_sdk::proto::{
     AttachPodRequest, AttachPodResponse, Attachment, Capability, DetachPodRequest,
-    GarbageCollectRequest, NetworkSelection, PodAttachments, PodSandbox,
+    GarbageCollectRequest, HostPorts, NetworkSelection, PodAttachments, PodSandbox,
 };
 use tonic::Status;
 use tracing::Instrument;
@@ -53,6 +53,39 @@ pub fn selection_of(a: &Attachment) -> NetworkSelection {
         device_id: a.device_id.clone(),
         ..Default::default()
     }
+}
+
+/// The host ports of an attached pod (CRI port mappings) with the addresses they lead to: those
+/// of the attachment carrying the default route (else the first), one per family. `None` when
+/// the pod maps no port or has no address.
+pub fn host_ports_of(pod: &PodAttachments) -> Option<HostPorts> {
+    let sandbox = pod.sandbox.as_ref()?;
+    if sandbox.port_mappings.is_empty() {
+        return None;
+    }
+    let a = pod
+        .attachments
+        .iter()
+        .find(|a| a.default_route)
+        .or_else(|| pod.attachments.first())?;
+    let mut pod_ips: Vec<std::net::IpAddr> = Vec::new();
+    for ip in &a.ips {
+        let addr = ip.address.split('/').next().unwrap_or_default();
+        if let Ok(ip) = addr.parse::<std::net::IpAddr>()
+            && !pod_ips.iter().any(|p| p.is_ipv4() == ip.is_ipv4())
+        {
+            pod_ips.push(ip);
+        }
+    }
+    if pod_ips.is_empty() {
+        return None;
+    }
+    Some(HostPorts {
+        sandbox_id: sandbox.id.clone(),
+        pod: pod_name(sandbox),
+        pod_ips: pod_ips.iter().map(ToString::to_string).collect(),
+        port_mappings: sandbox.port_mappings.clone(),
+    })
 }
 
 fn pod_name(s: &PodSandbox) -> String {
@@ -104,6 +137,20 @@ impl Host {
         }
     }
 
+    /// Hands a pod's host ports (or their removal) to the drivers serving Services. A driver
+    /// that fails is brought up to date at its next resync (a full sync), as for every change
+    /// of the Service table.
+    async fn hand_host_ports(&self, sandbox_id: &str, ports: Option<HostPorts>) {
+        let mut view = self.services.lock().await;
+        let prev = view.table.generation();
+        let Some(delta) = view.set_host_ports(sandbox_id, ports) else {
+            return;
+        };
+        if let Err(e) = crate::api::services::push(self, &view, prev, Some(delta)).await {
+            tracing::warn!(error = %e, "host ports not handed to every Services driver yet; retried at its resync");
+        }
+    }
+
     /// AttachPod: all requested networks, in order, or none.
     pub async fn attach(&self, req: AttachPodRequest) -> Result<AttachPodResponse, Status> {
         let sandbox = req
@@ -132,6 +179,18 @@ impl Host {
                     sandbox.id
                 )));
             }
+            // Host ports another pod holds: refused before anything is made (pods with host
+            // ports attach one at a time, so two cannot both pass the check).
+            let _ports_guard = if sandbox.port_mappings.is_empty() {
+                None
+            } else {
+                Some(self.lock_key("host-ports").await)
+            };
+            self.services.lock().await.check_host_ports(
+                &sandbox.id,
+                "sandbox.port_mappings",
+                &sandbox.port_mappings,
+            )?;
             // Resolve every network before touching anything.
             let mut plan = Vec::with_capacity(selections.len());
             for (i, sel) in selections.into_iter().enumerate() {
@@ -207,6 +266,8 @@ impl Host {
                 return Err(error::from_store(e));
             }
             tracing::info!(networks = record.attachments.len(), "pod attached");
+            self.hand_host_ports(&sandbox.id, host_ports_of(&record))
+                .await;
             Ok(AttachPodResponse {
                 attachments: record.attachments,
             })
@@ -250,6 +311,7 @@ impl Host {
                 .delete_attachment(sandbox_id)
                 .await
                 .map_err(error::from_store)?;
+            self.hand_host_ports(sandbox_id, None).await;
             tracing::info!("pod detached");
             Ok(())
         }

@@ -199,13 +199,18 @@ pub async fn run(
         metrics.clone(),
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Host ports of the pods attached before a restart are handed to drivers again.
+    let mut service_view = services::sources::ServiceView::new(settings.node.clone());
+    for pod in store.attachments()? {
+        if let (Some(s), Some(hp)) = (&pod.sandbox, attach::host_ports_of(&pod)) {
+            service_view.set_host_ports(&s.id, Some(hp));
+        }
+    }
     let host = Arc::new(Host {
         settings: settings.clone(),
         registry: registry.clone(),
         store,
-        services: tokio::sync::Mutex::new(services::sources::ServiceView::new(
-            settings.node.clone(),
-        )),
+        services: tokio::sync::Mutex::new(service_view),
         manifest_errors: Default::default(),
         health_checks: Default::default(),
         policies: Default::default(),

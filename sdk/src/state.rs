@@ -10,10 +10,10 @@ use std::sync::Arc;
 use tonic::Status;
 
 use crate::proto::{
-    ApplyPolicyRequest, DnsPolicy, Endpoint, GarbageCollectRequest, HostnameGrant,
+    ApplyPolicyRequest, DnsPolicy, Endpoint, GarbageCollectRequest, HostPorts, HostnameGrant,
     ListAttachmentsRequest, ListAttachmentsResponse, ListPoliciesResponse, ListServicesResponse,
     NetworkPolicy, PodAttachments, PodNetworkStatusRequest, PodNetworkStatusResponse, PolicyKey,
-    PolicyKind, ProgramServiceRequest, Service, ServiceKey, ServiceState,
+    PolicyKind, PortMapping, ProgramServiceRequest, Protocol, Service, ServiceKey, ServiceState,
 };
 
 /// Decides what to do with a batch stamped `generation` when `applied` is applied: `Ok(true)`
@@ -88,6 +88,24 @@ pub fn stale_sandboxes(
         .collect())
 }
 
+/// What a host port is known by on the node: (host_ip, protocol, host_port), the protocol
+/// defaulted to TCP.
+pub fn host_port_key(pm: &PortMapping) -> (String, i32, u32) {
+    let proto = match Protocol::try_from(pm.protocol) {
+        Ok(Protocol::Udp) | Ok(Protocol::Sctp) => pm.protocol,
+        _ => Protocol::Tcp as i32,
+    };
+    (pm.host_ip.clone(), proto, pm.host_port)
+}
+
+/// Whether two host ports collide: same protocol and port, and the same address or one of
+/// them on every address.
+pub fn host_ports_collide(a: &PortMapping, b: &PortMapping) -> bool {
+    let (ai, ap, an) = host_port_key(a);
+    let (bi, bp, bn) = host_port_key(b);
+    ap == bp && an == bn && (ai.is_empty() || bi.is_empty() || ai == bi)
+}
+
 fn skey(k: &ServiceKey) -> (String, String) {
     (k.namespace.clone(), k.name.clone())
 }
@@ -103,6 +121,7 @@ struct ServiceEntry {
 pub struct ServiceTable {
     generation: u64,
     entries: BTreeMap<(String, String), ServiceEntry>,
+    host_ports: BTreeMap<String, HostPorts>,
 }
 
 impl ServiceTable {
@@ -131,7 +150,9 @@ impl ServiceTable {
         }
         if req.full_sync {
             self.entries.clear();
+            self.host_ports.clear();
         }
+        apply_host_ports(&mut self.host_ports, req);
         for s in &req.service_upserts {
             if let Some(k) = &s.key {
                 self.entries.entry(skey(k)).or_default().service = Some(s.clone());
@@ -185,6 +206,11 @@ impl ServiceTable {
         Ok(self.generation)
     }
 
+    /// Host ports of attached pods, by sandbox id.
+    pub fn host_ports(&self) -> &BTreeMap<String, HostPorts> {
+        &self.host_ports
+    }
+
     /// One Service's entry: its object (if known) and its endpoints by address.
     pub fn entry(
         &self,
@@ -200,6 +226,7 @@ impl ServiceTable {
         let mut req = ProgramServiceRequest {
             generation: self.generation,
             full_sync: true,
+            host_port_upserts: self.host_ports.values().cloned().collect(),
             ..Default::default()
         };
         for ((ns, name), e) in &self.entries {
@@ -235,8 +262,24 @@ impl ServiceTable {
                     })
                 })
                 .collect(),
+            host_ports: self
+                .host_ports
+                .values()
+                .filter(|h| namespace.is_empty() || h.pod.split('/').next() == Some(namespace))
+                .cloned()
+                .collect(),
             ..Default::default()
         }
+    }
+}
+
+/// Applies a batch's host port upserts and deletes to `map` (by sandbox id).
+pub fn apply_host_ports(map: &mut BTreeMap<String, HostPorts>, req: &ProgramServiceRequest) {
+    for h in &req.host_port_upserts {
+        map.insert(h.sandbox_id.clone(), h.clone());
+    }
+    for id in &req.host_port_deletes {
+        map.remove(id);
     }
 }
 

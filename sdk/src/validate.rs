@@ -8,7 +8,7 @@ use tonic::Status;
 use crate::proto::{
     AllocateDeviceRequest, ApplyPolicyRequest, AttachPodRequest, CheckDnsRequest,
     CheckHostnameRequest, DetachPodRequest, GarbageCollectRequest, NetworkSelection, PolicyKey,
-    PolicyKind, ProgramServiceRequest, ReleaseDeviceRequest, ServiceKey,
+    PolicyKind, PortMapping, ProgramServiceRequest, Protocol, ReleaseDeviceRequest, ServiceKey,
 };
 
 /// `INVALID_ARGUMENT` with the message `"<field>: <why>"`.
@@ -140,6 +140,39 @@ fn port(field: &str, v: u32) -> R {
     }
 }
 
+/// Port mappings at `field`: ports in range, `host_ip` a plain address, no (host_ip, protocol,
+/// host_port) twice.
+pub fn port_mappings(field: &str, list: &[PortMapping]) -> R {
+    let mut seen = std::collections::HashSet::new();
+    for (i, pm) in list.iter().enumerate() {
+        port(&format!("{field}[{i}].host_port"), pm.host_port)?;
+        port(&format!("{field}[{i}].container_port"), pm.container_port)?;
+        if !pm.host_ip.is_empty()
+            && ip_or_cidr(&format!("{field}[{i}].host_ip"), &pm.host_ip)?
+                .1
+                .is_some()
+        {
+            return Err(invalid(
+                format!("{field}[{i}].host_ip"),
+                format!("{:?} is not an IP address (no prefix length)", pm.host_ip),
+            ));
+        }
+        if Protocol::try_from(pm.protocol).is_err() {
+            return Err(invalid(
+                format!("{field}[{i}].protocol"),
+                format!("{} is not a protocol", pm.protocol),
+            ));
+        }
+        if !seen.insert(crate::state::host_port_key(pm)) {
+            return Err(invalid(
+                format!("{field}[{i}].host_port"),
+                format!("{} mapped twice", pm.host_port),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A network selection at `field`.
 pub fn network_selection(field: &str, n: &NetworkSelection) -> R {
     dns_label(&format!("{field}.network"), &n.network)?;
@@ -172,19 +205,7 @@ pub fn attach_pod(r: &AttachPodRequest) -> R {
     if !s.netns_path.starts_with('/') {
         return Err(invalid("sandbox.netns_path", "must be an absolute path"));
     }
-    for (i, pm) in s.port_mappings.iter().enumerate() {
-        port(
-            &format!("sandbox.port_mappings[{i}].host_port"),
-            pm.host_port,
-        )?;
-        port(
-            &format!("sandbox.port_mappings[{i}].container_port"),
-            pm.container_port,
-        )?;
-        if !pm.host_ip.is_empty() {
-            ip_or_cidr(&format!("sandbox.port_mappings[{i}].host_ip"), &pm.host_ip)?;
-        }
-    }
+    port_mappings("sandbox.port_mappings", &s.port_mappings)?;
     let mut ifnames = std::collections::HashSet::new();
     let mut nets = std::collections::HashSet::new();
     for (i, n) in r.networks.iter().enumerate() {
@@ -291,6 +312,31 @@ pub fn program_service(r: &ProgramServiceRequest) -> R {
         service_key(&format!("{f}.service"), k.service.as_ref())?;
         required(&format!("{f}.address"), &k.address)?;
         ip_or_cidr(&format!("{f}.address"), &k.address)?;
+    }
+    for (i, h) in r.host_port_upserts.iter().enumerate() {
+        let f = format!("host_port_upserts[{i}]");
+        sandbox_id(&format!("{f}.sandbox_id"), &h.sandbox_id)?;
+        if h.pod_ips.is_empty() {
+            return Err(invalid(format!("{f}.pod_ips"), "required"));
+        }
+        let mut families = std::collections::HashSet::new();
+        for (j, ip) in h.pod_ips.iter().enumerate() {
+            let fj = format!("{f}.pod_ips[{j}]");
+            let (ip, prefix) = ip_or_cidr(&fj, ip)?;
+            if prefix.is_some() {
+                return Err(invalid(fj, "an address, not a CIDR"));
+            }
+            if !families.insert(ip.is_ipv4()) {
+                return Err(invalid(fj, "a second address of the same family"));
+            }
+        }
+        if h.port_mappings.is_empty() {
+            return Err(invalid(format!("{f}.port_mappings"), "required"));
+        }
+        port_mappings(&format!("{f}.port_mappings"), &h.port_mappings)?;
+    }
+    for (i, id) in r.host_port_deletes.iter().enumerate() {
+        sandbox_id(&format!("host_port_deletes[{i}]"), id)?;
     }
     Ok(())
 }
@@ -491,6 +537,47 @@ mod tests {
         assert!(msg(attach_pod(&r)).starts_with("networks[0].interface_name:"));
         r.networks[0].interface_name = "eth0".into();
         assert!(attach_pod(&r).is_ok());
+        let pm = |host_port, host_ip: &str| PortMapping {
+            host_port,
+            container_port: 80,
+            host_ip: host_ip.into(),
+            ..Default::default()
+        };
+        let sb = r.sandbox.as_mut().unwrap();
+        sb.port_mappings = vec![pm(8080, "10.0.0.0/8")];
+        assert!(msg(attach_pod(&r)).starts_with("sandbox.port_mappings[0].host_ip:"));
+        let sb = r.sandbox.as_mut().unwrap();
+        sb.port_mappings = vec![pm(8080, ""), pm(70000, "")];
+        assert!(msg(attach_pod(&r)).starts_with("sandbox.port_mappings[1].host_port:"));
+        let sb = r.sandbox.as_mut().unwrap();
+        sb.port_mappings = vec![pm(8080, ""), pm(8080, "")];
+        assert!(msg(attach_pod(&r)).contains("8080 mapped twice"));
+    }
+
+    #[test]
+    fn host_ports_in_a_batch_name_the_field() {
+        let mut r = ProgramServiceRequest {
+            generation: 1,
+            host_port_upserts: vec![crate::proto::HostPorts {
+                sandbox_id: "s1".into(),
+                pod_ips: vec!["10.244.0.5".into(), "10.244.0.6".into()],
+                port_mappings: vec![PortMapping {
+                    host_port: 80,
+                    container_port: 8080,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(msg(program_service(&r)).starts_with("host_port_upserts[0].pod_ips[1]:"));
+        r.host_port_upserts[0].pod_ips[1] = "fd00::6".into();
+        assert!(program_service(&r).is_ok());
+        r.host_port_upserts[0].port_mappings.clear();
+        assert!(msg(program_service(&r)).starts_with("host_port_upserts[0].port_mappings:"));
+        r.host_port_upserts.clear();
+        r.host_port_deletes = vec!["bad id!".into()];
+        assert!(msg(program_service(&r)).starts_with("host_port_deletes[0]:"));
     }
 
     #[test]

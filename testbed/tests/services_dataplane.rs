@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use netlet_sdk::client::Clients;
 use netlet_sdk::proto::{
-    Endpoint, EndpointPort, EndpointUpsert, IpFamily, ProgramServiceRequest, Protocol, Service,
-    ServiceKey, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
+    Endpoint, EndpointPort, EndpointUpsert, IpFamily, ListAttachmentsRequest, PortMapping,
+    ProgramServiceRequest, Protocol, Service, ServiceKey, ServicePort, ServiceType,
+    SessionAffinity, TrafficPolicy,
 };
-use netlet_testbed::harness::{Node, attach, bridge_driver, nft_driver, privileged};
+use netlet_testbed::harness::{Node, attach, bridge_driver, detach, nft_driver, privileged};
 use netlet_testbed::probe::{self, NetNs};
 
 const V4: &str = "10.244.0.0/24";
@@ -143,6 +144,35 @@ fn outside_client(node: &Node, tag: &str) -> NetNs {
     outside
 }
 
+/// A pod namespace attached through the host, serving "<name>" on TCP 8080 (v4 and v6),
+/// "<name>-alt" on TCP 8081 and "<name>" on UDP 5353.
+async fn start_pod(c: &Clients, name: &str, port_mappings: Vec<PortMapping>) -> Pod {
+    let ns = NetNs::create(&format!("netlet-svc-{name}-{}", std::process::id())).unwrap();
+    let sandbox = netlet_sdk::proto::PodSandbox {
+        id: format!("svc-{name}"),
+        name: name.to_string(),
+        namespace: "e2e".into(),
+        uid: name.to_string(),
+        netns_path: ns.path.display().to_string(),
+        port_mappings,
+        ..Default::default()
+    };
+    let a = attach(c, sandbox, vec![]).await.expect("attach");
+    let ips: Vec<IpAddr> = a[0]
+        .ips
+        .iter()
+        .map(|x| probe::ip_of(&x.address).unwrap())
+        .collect();
+    let v4 = *ips.iter().find(|i| i.is_ipv4()).unwrap();
+    let v6 = *ips.iter().find(|i| i.is_ipv6()).unwrap();
+    for addr in [sa(ip("0.0.0.0"), 8080), sa(v6, 8080)] {
+        probe::tcp_tagged(&ns.path, addr, name).unwrap();
+    }
+    probe::tcp_tagged(&ns.path, sa(ip("0.0.0.0"), 8081), &format!("{name}-alt")).unwrap();
+    probe::udp_tagged(&ns.path, sa(ip("0.0.0.0"), 5353), name).unwrap();
+    Pod { ns, v4, v6 }
+}
+
 fn sa(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
@@ -193,30 +223,7 @@ async fn service_data_plane_conformance() {
 
     let mut pods = Vec::new();
     for i in 1..=3 {
-        let name = format!("p{i}");
-        let ns = NetNs::create(&format!("netlet-svc-{name}-{}", std::process::id())).unwrap();
-        let sandbox = netlet_sdk::proto::PodSandbox {
-            id: format!("svc-{name}"),
-            name: name.clone(),
-            namespace: "e2e".into(),
-            uid: name.clone(),
-            netns_path: ns.path.display().to_string(),
-            ..Default::default()
-        };
-        let a = attach(&c, sandbox, vec![]).await.expect("attach");
-        let ips: Vec<IpAddr> = a[0]
-            .ips
-            .iter()
-            .map(|x| probe::ip_of(&x.address).unwrap())
-            .collect();
-        let v4 = *ips.iter().find(|i| i.is_ipv4()).unwrap();
-        let v6 = *ips.iter().find(|i| i.is_ipv6()).unwrap();
-        for addr in [sa(ip("0.0.0.0"), 8080), sa(v6, 8080)] {
-            probe::tcp_tagged(&ns.path, addr, &name).unwrap();
-        }
-        probe::tcp_tagged(&ns.path, sa(ip("0.0.0.0"), 8081), &format!("{name}-alt")).unwrap();
-        probe::udp_tagged(&ns.path, sa(ip("0.0.0.0"), 5353), &name).unwrap();
-        pods.push(Pod { ns, v4, v6 });
+        pods.push(start_pod(&c, &format!("p{i}"), vec![]).await);
     }
     let (p1, p2, p3) = (&pods[0], &pods[1], &pods[2]);
     let mut prog = Programmer {
@@ -430,6 +437,92 @@ async fn service_data_plane_conformance() {
         })()
     }));
 
+    // hostPort: a pod's CRI port mappings, handed over with AttachPod, answer on the node's
+    // address from outside (the client's address kept), from the pod itself (hairpin), on
+    // the node address they name only; a second pod asking for a held port is refused and
+    // not attached; detaching the pod closes them.
+    let mapping = |host_port, container_port, protocol: Protocol, host_ip: &str| PortMapping {
+        host_port,
+        container_port,
+        protocol: protocol as i32,
+        host_ip: host_ip.to_string(),
+    };
+    let hp = start_pod(
+        &c,
+        "hp",
+        vec![
+            mapping(8088, 8080, Protocol::Tcp, ""),
+            mapping(5300, 5353, Protocol::Udp, NODE_IP),
+        ],
+    )
+    .await;
+    results.push((
+        "host-port-from-outside-keeps-client-address",
+        (|| {
+            let (tag, peer) = ask(&outside.path, sa(ip(NODE_IP), 8088))?;
+            expect(tag == "hp", format!("answered by {tag}"))?;
+            expect(
+                peer == OUTSIDE_IP,
+                format!("server saw {peer}, not {OUTSIDE_IP}"),
+            )
+        })(),
+    ));
+    results.push((
+        "host-port-udp-on-its-host-ip",
+        (|| {
+            let out = probe::udp_request(&outside.path, sa(ip(NODE_IP), 5300), "q")?;
+            expect(out.starts_with("hp|"), format!("answer {out:?}"))
+        })(),
+    ));
+    results.push((
+        "host-port-hairpin-pod-reaches-itself",
+        (|| {
+            let (tag, _) = ask(&hp.ns.path, sa(ip(NODE_IP), 8088))?;
+            expect(tag == "hp", format!("answered by {tag}"))
+        })(),
+    ));
+    results.push(("host-port-held-is-refused-and-attaches-nothing", {
+        let ns = NetNs::create(&format!("netlet-svc-hp2-{}", std::process::id())).unwrap();
+        let sandbox = netlet_sdk::proto::PodSandbox {
+            id: "svc-hp2".into(),
+            name: "hp2".into(),
+            namespace: "e2e".into(),
+            netns_path: ns.path.display().to_string(),
+            port_mappings: vec![mapping(8088, 9090, Protocol::Tcp, NODE_IP)],
+            ..Default::default()
+        };
+        let r = attach(&c, sandbox, vec![]).await;
+        let listed = c
+            .pods
+            .clone()
+            .list_attachments(ListAttachmentsRequest::default())
+            .await
+            .map(|l| l.into_inner().pods);
+        (|| {
+            let e = r.err().ok_or("a second pod got host port 8088")?;
+            expect(
+                e.code() == tonic::Code::AlreadyExists
+                    && e.message().contains("sandbox.port_mappings[0].host_port"),
+                format!("answer: {e:?}"),
+            )?;
+            let listed = listed.map_err(|e| e.to_string())?;
+            expect(
+                !listed
+                    .iter()
+                    .any(|p| p.sandbox.as_ref().is_some_and(|s| s.id == "svc-hp2")),
+                "the refused pod is attached",
+            )
+        })()
+    }));
+    results.push(("host-port-gone-with-the-pod", {
+        let r = detach(&c, "svc-hp").await;
+        let after = ask(&outside.path, sa(ip(NODE_IP), 8088));
+        (|| {
+            r.map_err(|e| format!("detach: {e}"))?;
+            expect(after.is_err(), format!("answered after detach: {after:?}"))
+        })()
+    }));
+
     let mut report = String::new();
     for (name, r) in &results {
         match r {
@@ -440,6 +533,7 @@ async fn service_data_plane_conformance() {
     println!("{report}");
     assert!(results.iter().all(|(_, r)| r.is_ok()), "{report}");
     drop(pods);
+    drop(hp);
 }
 
 /// The README's walk-through: a Service and its EndpointSlice in a manifest file, a pod with a

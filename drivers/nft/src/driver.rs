@@ -9,7 +9,7 @@ use netlet_sdk::proto::{
     Endpoint, ListServicesRequest, ListServicesResponse, ProgramServiceRequest,
     ProgramServiceResponse, Service, ServiceKey, services_server::Services,
 };
-use netlet_sdk::state::{ServiceTable, check_generation};
+use netlet_sdk::state::{ServiceTable, apply_host_ports, check_generation};
 use netlet_sdk::validate;
 use tonic::{Request, Response, Status};
 
@@ -29,6 +29,8 @@ struct State {
     table: ServiceTable,
     /// Per Service, its objects in the ip and ip6 tables.
     objects: HashMap<Key, [Objects; 2]>,
+    /// The objects of every pod's host ports, in the ip and ip6 tables.
+    host_ports: [Objects; 2],
     conn: Conn,
 }
 
@@ -57,6 +59,7 @@ impl Nft {
             state: Mutex::new(State {
                 table: ServiceTable::default(),
                 objects: HashMap::new(),
+                host_ports: Default::default(),
                 conn,
             }),
         })
@@ -85,10 +88,29 @@ impl Nft {
             });
             next.push((key.clone(), new));
         }
+        let host_ports = (req.full_sync
+            || !req.host_port_upserts.is_empty()
+            || !req.host_port_deletes.is_empty())
+        .then(|| {
+            let mut all = if req.full_sync {
+                BTreeMap::new()
+            } else {
+                st.table.host_ports().clone()
+            };
+            apply_host_ports(&mut all, req);
+            Fam::ALL.map(|fam| {
+                let o = ruleset::host_port_objects(&all, fam);
+                plan.diff(fam, &st.host_ports[fam as usize], &o);
+                o
+            })
+        });
         let udp_gone = std::mem::take(&mut plan.udp_gone);
         let touched = plan.touched;
         st.conn.send(plan.into_batch()).map_err(nft_status)?;
         st.table.apply(req)?;
+        if let Some(h) = host_ports {
+            st.host_ports = h;
+        }
         for (key, objs) in next {
             if objs.iter().all(Objects::is_empty) {
                 st.objects.remove(&key);

@@ -3,13 +3,16 @@
 //!
 //! ```text
 //! nat-prerouting / nat-output (nat, -100)   jump services
-//! services                                  daddr . l4proto . dport vmap @service-ips
+//! services                                  daddr . l4proto . dport vmap @host-ports
+//!                                           <local, not loopback> l4proto . dport vmap @host-ports-any
+//!                                           daddr . l4proto . dport vmap @service-ips
 //!                                           <node address> l4proto . dport vmap @service-nodeports
 //! svc-<ns>/<name>/<proto>/<port>            [masquerade mark] [affinity: saddr @aff-<ep> goto <ep>]
 //!                                           numgen random mod N vmap @eps-svc-...  (slot -> endpoint)
 //! ext-<...>  (NodePort, external/LB IPs)    Cluster: mark for masquerade; Local: pods and the node
 //!                                           go to svc-<...>, others keep their address
 //! ep-<...>/<addr>:<port>                    saddr == addr -> mark (hairpin); [update @aff-<ep>]; dnat
+//! hp-<sandbox>/<proto>/<host ip|*>:<port>   a pod's host port: as an endpoint chain
 //! filter-input/forward/output (filter,-110) ct state new jump endpoints-check
 //! endpoints-check                           vmap @no-endpoint-services / @no-endpoint-nodeports
 //!                                           (goto reject-chain: refused; drop: none local)
@@ -27,7 +30,9 @@ use netlet_sdk::nftables::{
     self as nft, BaseChain, Batch, Expr, Family, MetaKey, Operator, Register, SetSpec, VerdictData,
     base, hook,
 };
-use netlet_sdk::proto::{Endpoint, Protocol, Service, ServiceType, SessionAffinity, TrafficPolicy};
+use netlet_sdk::proto::{
+    Endpoint, HostPorts, Protocol, Service, ServiceType, SessionAffinity, TrafficPolicy,
+};
 
 /// The driver's table name (in families ip and ip6).
 pub const TABLE: &str = "netlet-nft";
@@ -37,6 +42,8 @@ const SERVICE_IPS: &str = "service-ips";
 const SERVICE_NODEPORTS: &str = "service-nodeports";
 const NO_EP_SERVICES: &str = "no-endpoint-services";
 const NO_EP_NODEPORTS: &str = "no-endpoint-nodeports";
+const HOST_PORTS: &str = "host-ports";
+const HOST_PORTS_ANY: &str = "host-ports-any";
 const REJECT_CHAIN: &str = "reject-chain";
 const MARK_CHAIN: &str = "mark-for-masquerade";
 /// nft's types, for listings: inet_proto, inet_service, mark.
@@ -473,6 +480,51 @@ pub fn desired(
     o
 }
 
+/// The objects of every pod's host ports in one family: per mapping a chain (hairpin mark, dnat
+/// to the pod) reached from `host-ports` (a given node address) or `host-ports-any`.
+pub fn host_port_objects(all: &BTreeMap<String, HostPorts>, fam: Fam) -> Objects {
+    let mut o = Objects::default();
+    for h in all.values() {
+        let Some(pod_ip) = parse_ips(&h.pod_ips, fam).into_iter().next() else {
+            continue;
+        };
+        // Chain names are at most 255 bytes; sandbox ids up to 256.
+        let id: String = h.sandbox_id.chars().take(180).collect();
+        for m in &h.port_mappings {
+            let proto = proto_num(m.protocol);
+            let (Ok(port), Ok(to)) = (u16::try_from(m.host_port), u16::try_from(m.container_port))
+            else {
+                continue;
+            };
+            let host_ip = match m.host_ip.parse::<IpAddr>() {
+                Ok(ip) if Fam::of(&ip) != fam => continue,
+                Ok(ip) => Some(ip),
+                Err(_) => None,
+            };
+            let chain = format!(
+                "hp-{id}/{}/{}:{port}",
+                proto_name(proto),
+                host_ip.map_or("*".to_string(), |ip| ip.to_string())
+            );
+            let elem = match host_ip {
+                Some(ip) => (HOST_PORTS.to_string(), ip_key(&ip, proto, port)),
+                None => (HOST_PORTS_ANY.to_string(), port_key(proto, port)),
+            };
+            o.elems.insert(elem, Some(VerdictData::Goto(chain.clone())));
+            o.chains.insert(
+                chain,
+                Body::Endpoint {
+                    ip: pod_ip,
+                    port: to,
+                    proto,
+                    affinity: None,
+                },
+            );
+        }
+    }
+    o
+}
+
 /// `saddr` or `daddr` into Reg1 and, with `cidr`, compared against it.
 fn addr_in(fam: Fam, daddr: bool, cidr: &IpNet, op: Operator) -> Vec<Expr> {
     let (net, mask) = match cidr {
@@ -625,13 +677,18 @@ fn node_address_guards(set: &Settings, fam: Fam) -> Vec<Vec<Expr>> {
             .map(|c| addr_in(fam, true, c, Operator::Equal))
             .collect();
     }
+    vec![local_not_loopback(fam)]
+}
+
+/// Matches destinations that are local addresses of the node but not loopback.
+fn local_not_loopback(fam: Fam) -> Vec<Expr> {
     let lo: IpNet = match fam {
         Fam::V4 => "127.0.0.0/8".parse().unwrap(),
         Fam::V6 => "::1/128".parse().unwrap(),
     };
     let mut e = fib_local(true);
     e.extend(addr_in(fam, true, &lo, Operator::NotEqual));
-    vec![e]
+    e
 }
 
 /// The batch that replaces the table with the skeleton (no Service yet).
@@ -642,6 +699,8 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
     let ip_type = (fam.addr_type() << 6 | TYPE_INET_PROTO) << 6 | TYPE_INET_SERVICE;
     let port_type = TYPE_INET_PROTO << 6 | TYPE_INET_SERVICE;
     for (name, len, key_type) in [
+        (HOST_PORTS, key_len, ip_type),
+        (HOST_PORTS_ANY, 8, port_type),
         (SERVICE_IPS, key_len, ip_type),
         (SERVICE_NODEPORTS, 8, port_type),
         (NO_EP_SERVICES, key_len, ip_type),
@@ -681,6 +740,22 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
         b.add_chain(f, TABLE, name, bc.as_ref());
     }
     let mut rule = |chain: &str, e: Vec<Expr>| b.add_rule(f, TABLE, chain, e);
+    // Pods' host ports first: on a given node address, then on every one.
+    let mut e = service_key_load(fam, true);
+    e.push(nft::lookup(
+        HOST_PORTS,
+        Register::Reg32_00,
+        Some(Register::Verdict),
+    ));
+    rule("services", e);
+    let mut e = local_not_loopback(fam);
+    e.extend(service_key_load(fam, false));
+    e.push(nft::lookup(
+        HOST_PORTS_ANY,
+        Register::Reg32_00,
+        Some(Register::Verdict),
+    ));
+    rule("services", e);
     // services: by address, then NodePorts on node addresses; endpoints-check: the same keys
     // in the maps of Services without usable endpoints.
     for (chain, by_ip, by_port) in [
@@ -991,5 +1066,48 @@ mod tests {
                 .contains_key(&(NO_EP_NODEPORTS.into(), port_key(6, 30080)))
         );
         assert!(desired(&set, Some(&svc()), &eps(3), Fam::V6, None).is_empty());
+    }
+
+    #[test]
+    fn host_ports_by_family_and_address() {
+        use netlet_sdk::proto::PortMapping;
+        let pm = |port, ip: &str| PortMapping {
+            host_port: port,
+            container_port: 8080,
+            host_ip: ip.into(),
+            protocol: Protocol::Udp as i32,
+        };
+        let hp = HostPorts {
+            sandbox_id: "s1".into(),
+            pod: "ns/a".into(),
+            pod_ips: vec!["10.244.0.5".into(), "fd00::5".into()],
+            port_mappings: vec![pm(53, ""), pm(54, "192.168.1.1")],
+        };
+        let all: BTreeMap<String, HostPorts> = [("s1".to_string(), hp)].into();
+        let v4 = host_port_objects(&all, Fam::V4);
+        assert_eq!(
+            v4.chains.keys().collect::<Vec<_>>(),
+            ["hp-s1/udp/*:53", "hp-s1/udp/192.168.1.1:54"]
+        );
+        assert!(
+            v4.elems
+                .contains_key(&(HOST_PORTS_ANY.into(), port_key(17, 53)))
+        );
+        assert!(v4.elems.contains_key(&(
+            HOST_PORTS.into(),
+            ip_key(&"192.168.1.1".parse().unwrap(), 17, 54)
+        )));
+        // The v4 host IP's mapping is not served in v6; the any-address one is.
+        let v6 = host_port_objects(&all, Fam::V6);
+        assert_eq!(v6.chains.keys().collect::<Vec<_>>(), ["hp-s1/udp/*:53"]);
+        assert_eq!(
+            v6.chains["hp-s1/udp/*:53"],
+            Body::Endpoint {
+                ip: "fd00::5".parse().unwrap(),
+                port: 8080,
+                proto: 17,
+                affinity: None
+            }
+        );
     }
 }

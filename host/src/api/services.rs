@@ -57,6 +57,17 @@ impl Services for Api {
     ) -> Result<Response<ProgramServiceResponse>, Status> {
         let req = req.into_inner();
         validate::program_service(&req)?;
+        if !req.host_port_upserts.is_empty() || !req.host_port_deletes.is_empty() {
+            let field = if req.host_port_upserts.is_empty() {
+                "host_port_deletes"
+            } else {
+                "host_port_upserts"
+            };
+            return Err(validate::invalid(
+                field,
+                "host ports come from the port mappings of pods attached with AttachPod; the host does not take them from callers",
+            ));
+        }
         if self
             .0
             .registry
@@ -99,11 +110,13 @@ impl Services for Api {
                 }
             })
             .collect();
+        let listed = view.table.list(&req.namespace);
         Ok(Response::new(ListServicesResponse {
             applied_generation: view.socket_generation(),
-            services: view.table.list(&req.namespace).services,
+            services: listed.services,
             node_generation,
             drivers,
+            host_ports: listed.host_ports,
         }))
     }
 }

@@ -333,9 +333,20 @@ async fn main() -> anyhow::Result<()> {
                 .iter()
                 .map(|d| json!({"driver": d.driver, "acknowledgedGeneration": d.acknowledged_generation, "inSync": d.in_sync}))
                 .collect();
+            let host_ports: Vec<Value> = l
+                .host_ports
+                .iter()
+                .flat_map(|h| {
+                    h.port_mappings.iter().map(|m| {
+                        json!({"sandbox": h.sandbox_id, "pod": h.pod, "podIPs": h.pod_ips,
+                            "hostIP": m.host_ip, "hostPort": m.host_port,
+                            "containerPort": m.container_port, "protocol": m.protocol().as_str_name()})
+                    })
+                })
+                .collect();
             if json_out {
                 let v = json!({"nodeGeneration": l.node_generation, "socketGeneration": l.applied_generation,
-                    "drivers": drivers, "services": services});
+                    "drivers": drivers, "services": services, "hostPorts": host_ports});
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("node generation {}", l.node_generation);
@@ -386,6 +397,26 @@ async fn main() -> anyhow::Result<()> {
                     ],
                     rows,
                 );
+                if !host_ports.is_empty() {
+                    let rows = host_ports
+                        .iter()
+                        .map(|h| {
+                            let ip = s(&h["hostIP"]);
+                            vec![
+                                s(&h["pod"]),
+                                format!(
+                                    "{}:{}/{}",
+                                    if ip.is_empty() { "*" } else { ip.as_str() },
+                                    h["hostPort"],
+                                    s(&h["protocol"]).trim_start_matches("PROTOCOL_")
+                                ),
+                                format!("{} port {}", s(&h["podIPs"]), h["containerPort"]),
+                            ]
+                        })
+                        .collect();
+                    println!();
+                    table(&["POD", "HOST-PORT", "TO"], rows);
+                }
             }
         }
         Cmd::Metrics => print!("{}", admin_get(&admin, "/metrics").await?),

@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use netlet_sdk::proto::{
-    Endpoint, EndpointKey, EndpointUpsert, ProgramServiceRequest, Service, ServiceKey,
-    TrafficPolicy,
+    Endpoint, EndpointKey, EndpointUpsert, HostPorts, PortMapping, ProgramServiceRequest, Service,
+    ServiceKey, TrafficPolicy,
 };
 use netlet_sdk::state::ServiceTable;
 
@@ -222,11 +222,7 @@ impl ServiceView {
                 }
             }
         }
-        let mut req = ProgramServiceRequest {
-            generation: self.table.generation() + 1,
-            full_sync: self.table.generation() == 0,
-            ..Default::default()
-        };
+        let mut req = self.next_batch();
         for key in &touched {
             let want = mine.and_then(|m| m.get(key)).cloned().unwrap_or_default();
             let now = self.node_view(&want);
@@ -275,6 +271,64 @@ impl ServiceView {
             return None;
         }
         // Valid by construction: keys and addresses come from validated or converted objects.
+        self.table.apply(&req).ok()?;
+        Some(req)
+    }
+
+    /// The next batch for drivers (a full sync when nothing was sent yet).
+    fn next_batch(&self) -> ProgramServiceRequest {
+        ProgramServiceRequest {
+            generation: self.table.generation() + 1,
+            full_sync: self.table.generation() == 0,
+            ..Default::default()
+        }
+    }
+
+    /// Refuses host ports that another pod holds: `ALREADY_EXISTS` naming the mapping and the
+    /// pod that has it.
+    pub fn check_host_ports(
+        &self,
+        sandbox_id: &str,
+        field: &str,
+        mappings: &[PortMapping],
+    ) -> Result<(), tonic::Status> {
+        for (i, pm) in mappings.iter().enumerate() {
+            let taken = self
+                .table
+                .host_ports()
+                .values()
+                .filter(|h| h.sandbox_id != sandbox_id)
+                .find(|h| {
+                    h.port_mappings
+                        .iter()
+                        .any(|o| netlet_sdk::state::host_ports_collide(pm, o))
+                });
+            if let Some(h) = taken {
+                return Err(tonic::Status::already_exists(format!(
+                    "{field}[{i}].host_port: {} is held by pod {} (sandbox {})",
+                    pm.host_port, h.pod, h.sandbox_id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets (or with `None` removes) one pod's host ports; returns the batch for drivers
+    /// (applied), or `None` when nothing changed.
+    pub fn set_host_ports(
+        &mut self,
+        sandbox_id: &str,
+        ports: Option<HostPorts>,
+    ) -> Option<ProgramServiceRequest> {
+        let have = self.table.host_ports().get(sandbox_id);
+        if have == ports.as_ref() {
+            return None;
+        }
+        let mut req = self.next_batch();
+        match ports {
+            Some(p) => req.host_port_upserts.push(p),
+            None => req.host_port_deletes.push(sandbox_id.to_string()),
+        }
         self.table.apply(&req).ok()?;
         Some(req)
     }
@@ -510,5 +564,56 @@ mod tests {
                 .is_some()
         );
         assert_eq!(v.owner(&sk(&key)), Some(Source::Socket));
+    }
+
+    #[test]
+    fn host_ports_are_held_by_one_pod_and_go_with_it() {
+        let mut v = view();
+        let pm = |port, ip: &str| PortMapping {
+            host_port: port,
+            container_port: 80,
+            host_ip: ip.into(),
+            ..Default::default()
+        };
+        let hp = HostPorts {
+            sandbox_id: "s1".into(),
+            pod: "ns/a".into(),
+            pod_ips: vec!["10.244.0.5".into()],
+            port_mappings: vec![pm(8080, "")],
+        };
+        let first = v.set_host_ports("s1", Some(hp.clone())).unwrap();
+        assert!(first.full_sync && first.host_port_upserts == vec![hp.clone()]);
+        assert_eq!(
+            v.set_host_ports("s1", Some(hp)),
+            None,
+            "no change, no batch"
+        );
+        // Every address held: a given address of the same port and protocol collides.
+        let e = v
+            .check_host_ports(
+                "s2",
+                "sandbox.port_mappings",
+                &[pm(9090, ""), pm(8080, "192.168.1.1")],
+            )
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::AlreadyExists);
+        assert!(
+            e.message()
+                .starts_with("sandbox.port_mappings[1].host_port: 8080 is held by pod ns/a")
+        );
+        let mut udp = pm(8080, "");
+        udp.protocol = netlet_sdk::proto::Protocol::Udp as i32;
+        assert!(v.check_host_ports("s2", "f", &[udp]).is_ok());
+        assert!(
+            v.check_host_ports("s1", "f", &[pm(8080, "")]).is_ok(),
+            "its own"
+        );
+        let gone = v.set_host_ports("s1", None).unwrap();
+        assert_eq!(
+            (gone.full_sync, gone.host_port_deletes.clone()),
+            (false, vec!["s1".to_string()])
+        );
+        assert!(v.check_host_ports("s2", "f", &[pm(8080, "")]).is_ok());
+        assert!(v.table.full_sync_request().host_port_upserts.is_empty());
     }
 }
