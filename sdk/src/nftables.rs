@@ -98,8 +98,10 @@ pub struct SetSpec {
     /// Key type as `nft` names types (for listing only; e.g. 7 ipv4_addr, 8 ipv6_addr,
     /// 12 inet_proto, 13 inet_service, 19 mark; concatenations `(a << 6 | b) << 6 | c`).
     pub key_type: u32,
-    /// Verdict map (else a plain set).
+    /// Verdict map (else a plain set, or a data map with `data`).
     pub verdict_map: bool,
+    /// A map to data of this (type, length in bytes), e.g. `ipv4_addr . inet_service`.
+    pub data: Option<(u32, u32)>,
     /// Elements time out after this many ms (the set is updated from the packet path).
     pub timeout_ms: Option<u64>,
 }
@@ -288,7 +290,7 @@ impl Batch {
     /// Adds a set or map.
     pub fn add_set(&mut self, family: Family, table: &str, s: &SetSpec) {
         let mut flags = SetFlags::empty();
-        if s.verdict_map {
+        if s.verdict_map || s.data.is_some() {
             flags |= SetFlags::Map;
         }
         let mut attributes = vec![
@@ -299,6 +301,9 @@ impl Batch {
         ];
         if s.verdict_map {
             attributes.push(SetAttribute::DataType(NFT_DATA_VERDICT));
+        } else if let Some((data_type, len)) = s.data {
+            attributes.push(SetAttribute::DataType(data_type));
+            attributes.push(SetAttribute::DataLen(len));
         }
         if let Some(t) = s.timeout_ms {
             flags |= SetFlags::Timeout | SetFlags::Eval;
@@ -390,6 +395,26 @@ impl Batch {
                 vec![
                     SetElementAttribute::Key(DataAttribute::Value(k)),
                     SetElementAttribute::Data(DataAttribute::Verdict(verdict_attrs(&v))),
+                ]
+            })
+            .collect();
+        self.elements(family, table, set, elems, true);
+    }
+
+    /// Adds `key : data` elements to a data map.
+    pub fn add_data(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        elems: Vec<(Vec<u8>, Vec<u8>)>,
+    ) {
+        let elems = elems
+            .into_iter()
+            .map(|(k, d)| {
+                vec![
+                    SetElementAttribute::Key(DataAttribute::Value(k)),
+                    SetElementAttribute::Data(DataAttribute::Value(d)),
                 ]
             })
             .collect();
@@ -638,6 +663,16 @@ pub fn lookup(set: &str, sreg: Register, dreg: Option<Register>) -> Expr {
     Expressions::Lookup(a).into()
 }
 
+/// Matches when `sreg` is not in the set (`!= @set`).
+pub fn lookup_absent(set: &str, sreg: Register) -> Expr {
+    Expressions::Lookup(vec![
+        Lookup::Set(set.into()),
+        Lookup::SourceRegister(sreg),
+        Lookup::Flags(1), // NFT_LOOKUP_F_INV
+    ])
+    .into()
+}
+
 /// A verdict.
 pub fn verdict(v: &VerdictData) -> Expr {
     Expressions::Immediate(vec![
@@ -718,12 +753,33 @@ pub const CT_STATE_NEW: u32 = 1 << 3;
 
 /// Adds or refreshes the key in `sreg` in a timed set (`update @set { key }`).
 pub fn dynset_update(set: &str, sreg: Register) -> Expr {
+    dynset(set, 1, sreg, None)
+}
+
+/// Adds the key in `key` with the data in `data` to a timed map, or refreshes its timeout when
+/// present (`update @map { key timeout T : data }`); `timeout_ms` overrides the map's.
+pub fn dynset_update_data(set: &str, key: Register, data: Register, timeout_ms: u64) -> Expr {
+    dynset(set, 1, key, Some((data, Some(timeout_ms))))
+}
+
+/// Deletes the key in `key` from a map updated from the packet path (`delete @map { key :
+/// data }`; the kernel wants a map's data register even to delete).
+pub fn dynset_delete(set: &str, key: Register, data: Register) -> Expr {
+    dynset(set, 2, key, Some((data, None)))
+}
+
+fn dynset(set: &str, op: u32, key: Register, data: Option<(Register, Option<u64>)>) -> Expr {
     let mut name = set.as_bytes().to_vec();
     name.push(0);
-    other(
-        "dynset",
-        vec![(1, name), (3, be32(1)), (4, reg(sreg))], // SET_NAME, OP = UPDATE, SREG_KEY
-    )
+    // SET_NAME, OP (ADD 0, UPDATE 1, DELETE 2), SREG_KEY, SREG_DATA, TIMEOUT (ms, be64)
+    let mut attrs = vec![(1, name), (3, be32(op)), (4, reg(key))];
+    if let Some((d, timeout_ms)) = data {
+        attrs.push((5, reg(d)));
+        if let Some(t) = timeout_ms {
+            attrs.push((6, t.to_be_bytes().to_vec()));
+        }
+    }
+    other("dynset", attrs)
 }
 
 /// The address type of the destination (`fib daddr type`) into `dreg`.

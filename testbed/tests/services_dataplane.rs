@@ -334,13 +334,28 @@ async fn service_data_plane_conformance() {
         let mut s = web();
         s.session_affinity = SessionAffinity::ClientIp as i32;
         s.session_affinity_timeout_seconds = 60;
-        prog.set(vec![(s, both.clone())]).await;
+        prog.set(vec![(s.clone(), both.clone())]).await;
         let sticky = backends(&p3.ns.path, sa(web_ip, 80), 20);
+        // The remembered endpoint goes: the client moves to the one left, and stays.
+        let left = match sticky.as_ref().map(|s| s.as_slice()) {
+            Ok([one]) if one == "p1" => vec![ready(p2.v4)],
+            _ => vec![ready(p1.v4)],
+        };
+        prog.set(vec![(s.clone(), left)]).await;
+        let moved = backends(&p3.ns.path, sa(web_ip, 80), 5);
+        prog.set(vec![(s, both.clone())]).await;
+        let kept = backends(&p3.ns.path, sa(web_ip, 80), 10);
         prog.set(vec![(web(), both.clone())]).await;
         let spread = backends(&p3.ns.path, sa(web_ip, 80), 30);
         (|| {
             let sticky = sticky?;
             expect(sticky.len() == 1, format!("with affinity: {sticky:?}"))?;
+            let (moved, kept) = (moved?, kept?);
+            expect(
+                moved.len() == 1 && moved != sticky,
+                format!("after its endpoint went: {moved:?} (was {sticky:?})"),
+            )?;
+            expect(kept == moved, format!("the first one back: {kept:?}"))?;
             let spread = spread?;
             expect(spread.len() == 2, format!("affinity off: {spread:?}"))
         })()

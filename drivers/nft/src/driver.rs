@@ -1,7 +1,8 @@
 //! The Services face of the nft driver: batches checked, turned into the few nftables objects
 //! they change, sent as one transaction, and only then recorded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 use netlet_sdk::nftables::{Batch, Conn, NftError};
@@ -31,6 +32,8 @@ struct State {
     objects: HashMap<Key, [Objects; 2]>,
     /// The objects of every pod's host ports, in the ip and ip6 tables.
     host_ports: [Objects; 2],
+    /// Backend addresses with the number of Services leading to them (the `hairpin` set).
+    hairpin: HashMap<IpAddr, u32>,
     conn: Conn,
 }
 
@@ -60,6 +63,7 @@ impl Nft {
                 table: ServiceTable::default(),
                 objects: HashMap::new(),
                 host_ports: Default::default(),
+                hairpin: HashMap::new(),
                 conn,
             }),
         })
@@ -78,6 +82,8 @@ impl Nft {
         let mut plan = Plan::default();
         let mut next: Vec<(Key, [Objects; 2])> = Vec::with_capacity(post.len());
         let empty = [Objects::default(), Objects::default()];
+        // Per backend address, how many more (or fewer) Services lead to it.
+        let mut pins: BTreeMap<IpAddr, i64> = BTreeMap::new();
         for (key, (svc, eps)) in &post {
             let old = st.objects.get(key).unwrap_or(&empty);
             let new = Fam::ALL.map(|fam| {
@@ -86,7 +92,28 @@ impl Nft {
                 plan.diff(fam, &old[i], &o);
                 o
             });
+            for ip in addresses(old) {
+                *pins.entry(ip).or_default() -= 1;
+            }
+            for ip in addresses(&new) {
+                *pins.entry(ip).or_default() += 1;
+            }
             next.push((key.clone(), new));
+        }
+        pins.retain(|_, d| *d != 0);
+        let mut pin_changes: [(Vec<IpAddr>, Vec<IpAddr>); 2] = Default::default();
+        for (ip, d) in &pins {
+            let now = i64::from(st.hairpin.get(ip).copied().unwrap_or(0));
+            let fam = if ip.is_ipv4() { Fam::V4 } else { Fam::V6 };
+            let (add, del) = &mut pin_changes[fam as usize];
+            match (now, now + d) {
+                (0, n) if n > 0 => add.push(*ip),
+                (n, 0) if n > 0 => del.push(*ip),
+                _ => {}
+            }
+        }
+        for (fam, (add, del)) in Fam::ALL.into_iter().zip(pin_changes) {
+            plan.hairpin(fam, add, del);
         }
         let host_ports = (req.full_sync
             || !req.host_port_upserts.is_empty()
@@ -111,6 +138,14 @@ impl Nft {
         if let Some(h) = host_ports {
             st.host_ports = h;
         }
+        for (ip, d) in pins {
+            let n = i64::from(st.hairpin.get(&ip).copied().unwrap_or(0)) + d;
+            if n > 0 {
+                st.hairpin.insert(ip, n as u32);
+            } else {
+                st.hairpin.remove(&ip);
+            }
+        }
         for (key, objs) in next {
             if objs.iter().all(Objects::is_empty) {
                 st.objects.remove(&key);
@@ -134,6 +169,13 @@ impl Nft {
         }
         Ok(req.generation)
     }
+}
+
+/// The backend addresses of one Service's objects, each once.
+fn addresses(objs: &[Objects; 2]) -> BTreeSet<IpAddr> {
+    objs.iter()
+        .flat_map(|o| o.backends.iter().map(|(ip, _, _)| *ip))
+        .collect()
 }
 
 /// Every Service the batch touches, as the batch leaves it (applied in ServiceTable's order:

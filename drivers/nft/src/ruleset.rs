@@ -7,20 +7,25 @@
 //!                                           <local, not loopback> l4proto . dport vmap @host-ports-any
 //!                                           daddr . l4proto . dport vmap @service-ips
 //!                                           <node address> l4proto . dport vmap @service-nodeports
-//! svc-<ns>/<name>/<proto>/<port>            [masquerade mark] [affinity: saddr @aff-<ep> goto <ep>]
-//!                                           numgen random mod N vmap @eps-svc-...  (slot -> endpoint)
+//! svc-<ns>/<name>/<proto>/<port>            [masquerade mark]
+//!                                           [affinity: saddr's entry in @aff-.. gone from @live-..
+//!                                            -> delete it; saddr in @aff-.. -> refresh, dnat to it]
+//!                                           dnat to numgen random mod N map @eps-svc-...
+//!                                           (slot -> endpoint address . port) [update @aff-..]
 //! ext-<...>  (NodePort, external/LB IPs)    Cluster: mark for masquerade; Local: pods and the node
 //!                                           go to svc-<...>, others keep their address
-//! ep-<...>/<addr>:<port>                    saddr == addr -> mark (hairpin); [update @aff-<ep>]; dnat
-//! hp-<sandbox>/<proto>/<host ip|*>:<port>   a pod's host port: as an endpoint chain
+//! hp-<sandbox>/<proto>/<host ip|*>:<port>   a pod's host port: hairpin mark, dnat to the pod
 //! filter-input/forward/output (filter,-110) ct state new jump endpoints-check
 //! endpoints-check                           vmap @no-endpoint-services / @no-endpoint-nodeports
 //!                                           (goto reject-chain: refused; drop: none local)
-//! nat-postrouting (nat, 100)                mark set -> clear it, masquerade
+//! nat-postrouting (nat, 100)                saddr . daddr @hairpin (a pod sent to itself) -> masquerade
+//!                                           mark set -> clear it, masquerade
 //! ```
 //!
-//! Endpoints sit in a per-chain map indexed by slot: adding or removing one endpoint changes a
-//! few elements and, when the count changes, the chain's few rules; never the other Services.
+//! Endpoints are data, not chains: they sit in a per-chain map indexed by slot whose values are
+//! `address . port`, so adding or removing one endpoint changes a few elements (and, when the
+//! count changes, the chain's few rules); no verdict changes, so the kernel does not re-check
+//! the table's jump graph. Never the other Services.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -43,6 +48,10 @@ const SERVICE_NODEPORTS: &str = "service-nodeports";
 const NO_EP_SERVICES: &str = "no-endpoint-services";
 const NO_EP_NODEPORTS: &str = "no-endpoint-nodeports";
 const HOST_PORTS: &str = "host-ports";
+const HAIRPIN: &str = "hairpin";
+const ENDPOINTS: &str = "endpoints";
+const AFFINITY: &str = "affinity";
+const LIVE: &str = "live-endpoints";
 const HOST_PORTS_ANY: &str = "host-ports-any";
 const REJECT_CHAIN: &str = "reject-chain";
 const MARK_CHAIN: &str = "mark-for-masquerade";
@@ -160,6 +169,40 @@ fn port_key(proto: u8, port: u16) -> Vec<u8> {
     k
 }
 
+/// A Service chain's id in the shared maps' keys (FNV-1a of its name: stable, and with 64 bits
+/// no two of a node's chains collide in practice).
+fn chain_id(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// `addr . port` as a map's data (the port padded to 4 bytes).
+fn backend_bytes(ip: &IpAddr, port: u16) -> Vec<u8> {
+    let mut d = ip_bytes(ip);
+    d.extend(port.to_be_bytes());
+    d.extend([0, 0]);
+    d
+}
+
+/// The `hairpin` set's key for an endpoint address: `addr . addr`.
+pub fn hairpin_key(ip: &IpAddr) -> Vec<u8> {
+    let mut k = ip_bytes(ip);
+    k.extend(ip_bytes(ip));
+    k
+}
+
+/// A set element's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Elem {
+    /// A plain set's key.
+    Key,
+    /// A verdict map's verdict.
+    Verdict(VerdictData),
+    /// A data map's value.
+    Data(Vec<u8>),
+}
+
 /// How a Service chain treats the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Masq {
@@ -177,18 +220,18 @@ pub enum Masq {
 /// What a chain holds; the rules are generated from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
-    /// A Service port's chain: source handling, affinity lookups, random choice of a slot.
+    /// A Service port's chain: source handling, affinity, random choice of a slot.
     Service {
         /// Source handling.
         masq: Masq,
-        /// Affinity: (set, endpoint chain) per endpoint.
-        affinity: Vec<(String, String)>,
-        /// Number of slots in `map`.
+        /// The chain's id in the `endpoints`, `affinity` and `live-endpoints` keys.
+        id: u64,
+        /// ClientIP affinity timeout, ms.
+        affinity_ms: Option<u64>,
+        /// Number of endpoint slots.
         slots: u32,
-        /// The slot → endpoint chain map.
-        map: String,
     },
-    /// One endpoint of a Service port.
+    /// A single destination (a pod's host port).
     Endpoint {
         /// Address.
         ip: IpAddr,
@@ -201,6 +244,9 @@ pub enum Body {
     },
 }
 
+/// A backend: address, port, protocol number.
+pub type Backend = (IpAddr, u16, u8);
+
 /// The nftables objects of one Service in one family.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Objects {
@@ -208,10 +254,12 @@ pub struct Objects {
     pub chains: BTreeMap<String, Body>,
     /// Sets and maps of this Service by name.
     pub sets: BTreeMap<String, SetSpec>,
-    /// Elements: (set, key) → verdict (None: a plain set's key).
-    pub elems: BTreeMap<(String, Vec<u8>), Option<VerdictData>>,
-    /// Endpoint chains in slot order, per slot map (kept stable across changes).
+    /// Elements: (set, key) → value.
+    pub elems: BTreeMap<(String, Vec<u8>), Elem>,
+    /// Endpoints (`addr:port`) in slot order, per Service chain (kept stable across changes).
     pub slots: BTreeMap<String, Vec<String>>,
+    /// Every backend the Service's maps lead to.
+    pub backends: BTreeSet<Backend>,
 }
 
 impl Objects {
@@ -342,6 +390,7 @@ pub fn desired(
         let has_external = !external_ips.is_empty() || (node_ports && p.node_port != 0);
         let mut internal = BTreeSet::new();
         let mut external = BTreeSet::new();
+        let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut any = false;
         for (e, ip) in &fam_eps {
             let Some(eport) = endpoint_port(e, &p.name, proto, p.target_port, p.port) else {
@@ -352,38 +401,20 @@ pub fn desired(
             if !e.use_for_internal && !e.use_for_external {
                 continue;
             }
-            let chain = match ip {
-                IpAddr::V4(a) => format!("ep-{id}/{a}:{eport}"),
-                IpAddr::V6(a) => format!("ep-{id}/[{a}]:{eport}"),
+            let id = match ip {
+                IpAddr::V4(a) => format!("{a}:{eport}"),
+                IpAddr::V6(a) => format!("[{a}]:{eport}"),
             };
             if e.use_for_internal {
-                internal.insert(chain.clone());
+                internal.insert(id.clone());
             }
             if e.use_for_external && has_external {
-                external.insert(chain.clone());
+                external.insert(id.clone());
             }
-            let aff = affinity_timeout.map(|t| format!("aff-{}-{t}", &chain[3..]));
-            if let Some(a) = &aff {
-                o.sets.insert(
-                    a.clone(),
-                    SetSpec {
-                        name: a.clone(),
-                        key_len: fam.addr_len(),
-                        key_type: fam.addr_type(),
-                        verdict_map: false,
-                        timeout_ms: Some(u64::from(affinity_timeout.unwrap_or(0)) * 1000),
-                    },
-                );
+            if e.use_for_internal || has_external {
+                o.backends.insert((*ip, eport, proto));
             }
-            o.chains.insert(
-                chain,
-                Body::Endpoint {
-                    ip: *ip,
-                    port: eport,
-                    proto,
-                    affinity: aff,
-                },
-            );
+            data.insert(id, backend_bytes(ip, eport));
         }
         // No endpoint for this traffic: refused, unless a Local policy hides endpoints that
         // exist on other nodes: then dropped (kube-proxy's rule).
@@ -396,46 +427,29 @@ pub fn desired(
             }
         };
         let chain_for = |o: &mut Objects, name: &str, members: &BTreeSet<String>, masq: Masq| {
-            let map = format!("eps-{name}");
-            let slots = assign_slots(old.and_then(|x| x.slots.get(&map)), members);
+            let id = chain_id(name);
+            let slots = assign_slots(old.and_then(|x| x.slots.get(name)), members);
             for (i, ep) in slots.iter().enumerate() {
-                o.elems.insert(
-                    (map.clone(), (i as u32).to_ne_bytes().to_vec()),
-                    Some(VerdictData::Goto(ep.clone())),
-                );
+                let mut key = id.to_ne_bytes().to_vec();
+                key.extend((i as u32).to_ne_bytes());
+                o.elems
+                    .insert((ENDPOINTS.into(), key), Elem::Data(data[ep].clone()));
+                if affinity_timeout.is_some() {
+                    let mut key = id.to_ne_bytes().to_vec();
+                    key.extend(&data[ep]);
+                    o.elems.insert((LIVE.into(), key), Elem::Key);
+                }
             }
-            let affinity = match affinity_timeout {
-                Some(_) => slots
-                    .iter()
-                    .map(|ep| {
-                        let Some(Body::Endpoint { affinity, .. }) = o.chains.get(ep) else {
-                            unreachable!("endpoint chains are made first")
-                        };
-                        (affinity.clone().unwrap_or_default(), ep.clone())
-                    })
-                    .collect(),
-                None => vec![],
-            };
-            o.sets.insert(
-                map.clone(),
-                SetSpec {
-                    name: map.clone(),
-                    key_len: 4,
-                    key_type: TYPE_MARK,
-                    verdict_map: true,
-                    timeout_ms: None,
-                },
-            );
             o.chains.insert(
                 name.to_string(),
                 Body::Service {
                     masq,
-                    affinity,
+                    id,
+                    affinity_ms: affinity_timeout.map(|t| u64::from(t) * 1000),
                     slots: slots.len() as u32,
-                    map: map.clone(),
                 },
             );
-            o.slots.insert(map, slots);
+            o.slots.insert(name.to_string(), slots);
         };
         let internal_masq = cluster_cidr.map_or(Masq::None, Masq::NotFrom);
         chain_for(&mut o, &svc_chain, &internal, internal_masq);
@@ -457,13 +471,13 @@ pub fn desired(
         for ip in &cluster_ips {
             let (map, v) = target(&internal, &svc_chain, itp_local);
             o.elems
-                .insert((map.into(), ip_key(ip, proto, port)), Some(v));
+                .insert((map.into(), ip_key(ip, proto, port)), Elem::Verdict(v));
         }
         if has_external {
             for ip in &external_ips {
                 let (map, v) = target(&external, &ext_chain, etp_local);
                 o.elems
-                    .insert((map.into(), ip_key(ip, proto, port)), Some(v));
+                    .insert((map.into(), ip_key(ip, proto, port)), Elem::Verdict(v));
             }
             if node_ports && p.node_port != 0 {
                 let (map, v) = target(&external, &ext_chain, etp_local);
@@ -472,8 +486,10 @@ pub fn desired(
                 } else {
                     NO_EP_NODEPORTS
                 };
-                o.elems
-                    .insert((map.into(), port_key(proto, p.node_port as u16)), Some(v));
+                o.elems.insert(
+                    (map.into(), port_key(proto, p.node_port as u16)),
+                    Elem::Verdict(v),
+                );
             }
         }
     }
@@ -510,7 +526,8 @@ pub fn host_port_objects(all: &BTreeMap<String, HostPorts>, fam: Fam) -> Objects
                 Some(ip) => (HOST_PORTS.to_string(), ip_key(&ip, proto, port)),
                 None => (HOST_PORTS_ANY.to_string(), port_key(proto, port)),
             };
-            o.elems.insert(elem, Some(VerdictData::Goto(chain.clone())));
+            o.elems
+                .insert(elem, Elem::Verdict(VerdictData::Goto(chain.clone())));
             o.chains.insert(
                 chain,
                 Body::Endpoint {
@@ -598,9 +615,9 @@ pub fn rules(fam: Fam, body: &Body) -> Vec<Vec<Expr>> {
         }
         Body::Service {
             masq,
-            affinity,
+            id,
+            affinity_ms,
             slots,
-            map,
         } => {
             let mut r = Vec::new();
             match masq {
@@ -625,18 +642,61 @@ pub fn rules(fam: Fam, body: &Body) -> Vec<Vec<Expr>> {
                     r.push(e);
                 }
             }
-            for (set, ep) in affinity {
+            // Registers: the chain's id in Reg32_00..01 then the chosen backend (`addr . port`)
+            // from Reg32_02 (so Reg32_00.. holds a `live-endpoints` key); the id again in
+            // Reg32_08..09 followed by the client address (an `affinity` key).
+            let port_reg = match fam {
+                Fam::V4 => Register::Reg32_03,
+                Fam::V6 => Register::Reg32_06,
+            };
+            let dnat = || nft::dnat(fam == Fam::V6, Register::Reg32_02, port_reg);
+            let id_bytes = id.to_ne_bytes().to_vec();
+            let id_at = |r| nft::immediate(r, id_bytes.clone());
+            let client = || {
+                nft::payload(
+                    base::NETWORK,
+                    fam.saddr_offset(),
+                    fam.addr_len(),
+                    Register::Reg32_10,
+                )
+            };
+            if let Some(ms) = affinity_ms {
+                // A remembered endpoint that is gone is forgotten...
                 r.push(vec![
-                    saddr(),
-                    nft::lookup(set, Register::Reg1, None),
-                    goto(ep),
+                    id_at(Register::Reg32_00),
+                    id_at(Register::Reg32_08),
+                    client(),
+                    nft::lookup(AFFINITY, Register::Reg32_08, Some(Register::Reg32_02)),
+                    nft::lookup_absent(LIVE, Register::Reg32_00),
+                    nft::dynset_delete(AFFINITY, Register::Reg32_08, Register::Reg32_02),
+                ]);
+                // ...a live one is used again, its timeout refreshed.
+                r.push(vec![
+                    id_at(Register::Reg32_08),
+                    client(),
+                    nft::lookup(AFFINITY, Register::Reg32_08, Some(Register::Reg32_02)),
+                    nft::dynset_update_data(AFFINITY, Register::Reg32_08, Register::Reg32_02, *ms),
+                    dnat(),
                 ]);
             }
             if *slots > 0 {
-                r.push(vec![
-                    nft::numgen_random(Register::Reg1, *slots),
-                    nft::lookup(map, Register::Reg1, Some(Register::Verdict)),
-                ]);
+                let mut e = vec![
+                    id_at(Register::Reg32_00),
+                    nft::numgen_random(Register::Reg32_02, *slots),
+                    nft::lookup(ENDPOINTS, Register::Reg32_00, Some(Register::Reg32_02)),
+                ];
+                if let Some(ms) = affinity_ms {
+                    e.push(id_at(Register::Reg32_08));
+                    e.push(client());
+                    e.push(nft::dynset_update_data(
+                        AFFINITY,
+                        Register::Reg32_08,
+                        Register::Reg32_02,
+                        *ms,
+                    ));
+                }
+                e.push(dnat());
+                r.push(e);
             }
             r
         }
@@ -714,10 +774,65 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
                 key_len: len,
                 key_type,
                 verdict_map: true,
+                data: None,
                 timeout_ms: None,
             },
         );
     }
+    let backend_type = fam.addr_type() << 6 | TYPE_INET_SERVICE;
+    let backend_len = fam.addr_len() + 4;
+    let id_type = TYPE_MARK << 6 | TYPE_MARK;
+    for (name, key_len, key_type, data, timeout_ms) in [
+        // chain id . slot -> addr . port
+        (
+            ENDPOINTS,
+            12,
+            id_type << 6 | TYPE_MARK,
+            Some((backend_type, backend_len)),
+            None,
+        ),
+        // chain id . client -> addr . port, timed (each rule gives its Service's timeout)
+        (
+            AFFINITY,
+            8 + fam.addr_len(),
+            id_type << 6 | fam.addr_type(),
+            Some((backend_type, backend_len)),
+            Some(u64::from(DEFAULT_AFFINITY_SECONDS) * 1000),
+        ),
+        // chain id . addr . port of Services with affinity
+        (
+            LIVE,
+            8 + backend_len,
+            (id_type << 6 | fam.addr_type()) << 6 | TYPE_INET_SERVICE,
+            None,
+            None,
+        ),
+    ] {
+        b.add_set(
+            f,
+            TABLE,
+            &SetSpec {
+                name: name.into(),
+                key_len,
+                key_type,
+                verdict_map: false,
+                data,
+                timeout_ms,
+            },
+        );
+    }
+    b.add_set(
+        f,
+        TABLE,
+        &SetSpec {
+            name: HAIRPIN.into(),
+            key_len: 2 * fam.addr_len(),
+            key_type: fam.addr_type() << 6 | fam.addr_type(),
+            verdict_map: false,
+            data: None,
+            timeout_ms: None,
+        },
+    );
     let base = |kind, hook, priority| BaseChain {
         kind,
         hook,
@@ -836,6 +951,27 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
     );
     rule("nat-prerouting", vec![jump("services")]);
     rule("nat-output", vec![jump("services")]);
+    // A pod that reached itself through a Service: masqueraded, so the answer comes back
+    // through the node (hairpin).
+    rule(
+        "nat-postrouting",
+        vec![
+            nft::payload(
+                base::NETWORK,
+                fam.saddr_offset(),
+                fam.addr_len(),
+                Register::Reg32_00,
+            ),
+            nft::payload(
+                base::NETWORK,
+                fam.daddr_offset(),
+                fam.addr_len(),
+                fam.after_addr().0,
+            ),
+            nft::lookup(HAIRPIN, Register::Reg32_00, None),
+            nft::masquerade(),
+        ],
+    );
     rule("nat-postrouting", vec![jump("masquerading")]);
     for chain in ["filter-input", "filter-forward", "filter-output"] {
         rule(
@@ -856,7 +992,7 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
 }
 
 /// A set element: key, and its verdict in a map.
-type Element = (Vec<u8>, Option<VerdictData>);
+type Element = (Vec<u8>, Elem);
 
 /// The transaction's phases: objects are made before they are referenced and removed after
 /// nothing references them.
@@ -932,19 +1068,17 @@ impl Plan {
         }
         for (set, elems) in adds {
             self.touched += elems.len();
-            let (verdicts, keys): (Vec<_>, Vec<_>) =
-                elems.into_iter().partition(|(_, v)| v.is_some());
-            self.fill.add_verdicts(
-                f,
-                TABLE,
-                set,
-                verdicts
-                    .into_iter()
-                    .map(|(k, v)| (k, v.unwrap_or(VerdictData::Drop)))
-                    .collect(),
-            );
-            self.fill
-                .add_keys(f, TABLE, set, keys.into_iter().map(|(k, _)| k).collect());
+            let (mut keys, mut verdicts, mut data) = (Vec::new(), Vec::new(), Vec::new());
+            for (k, v) in elems {
+                match v {
+                    Elem::Key => keys.push(k),
+                    Elem::Verdict(v) => verdicts.push((k, v)),
+                    Elem::Data(d) => data.push((k, d)),
+                }
+            }
+            self.fill.add_verdicts(f, TABLE, set, verdicts);
+            self.fill.add_data(f, TABLE, set, data);
+            self.fill.add_keys(f, TABLE, set, keys);
         }
         for (name, body) in &old.chains {
             if !new.chains.contains_key(name) {
@@ -963,12 +1097,28 @@ impl Plan {
                 }
             }
         }
+        for (ip, port, proto) in old.backends.difference(&new.backends) {
+            if *proto == 17 {
+                self.udp_gone.push((*ip, *port));
+            }
+        }
         for name in old.sets.keys() {
             if !new.sets.contains_key(name) {
                 self.drop_sets.delete_set(f, TABLE, name);
                 self.touched += 1;
             }
         }
+    }
+
+    /// Adds and removes `hairpin` elements (addresses that became, or stopped being, a
+    /// backend of any Service).
+    pub fn hairpin(&mut self, fam: Fam, add: Vec<IpAddr>, del: Vec<IpAddr>) {
+        let f = fam.family();
+        self.touched += add.len() + del.len();
+        self.unlink
+            .delete_keys(f, TABLE, HAIRPIN, del.iter().map(hairpin_key).collect());
+        self.fill
+            .add_keys(f, TABLE, HAIRPIN, add.iter().map(hairpin_key).collect());
     }
 
     fn fill_rules(&mut self, fam: Fam, name: &str, body: &Body) {
