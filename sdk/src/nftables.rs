@@ -9,7 +9,7 @@
 //! message by what it was asked to do ("add rule to chain X"). A failed batch changes nothing.
 
 use netlink_packet_core::{
-    DefaultNla, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage,
+    DefaultNla, Emitable, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
 };
 use netlink_packet_netfilter::nftables::{
@@ -344,9 +344,32 @@ impl Batch {
         elems: Vec<Vec<SetElementAttribute>>,
         add: bool,
     ) {
-        if elems.is_empty() {
-            return;
+        // An attribute's length is 16 bits: elements go in messages of at most ~32 KiB.
+        const CHUNK_BYTES: usize = 32 * 1024;
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for e in elems {
+            let size = e.as_slice().buffer_len() + 4;
+            if bytes + size > CHUNK_BYTES && !chunk.is_empty() {
+                self.element_message(family, table, set, std::mem::take(&mut chunk), add);
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(e);
         }
+        if !chunk.is_empty() {
+            self.element_message(family, table, set, chunk, add);
+        }
+    }
+
+    fn element_message(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        elems: Vec<Vec<SetElementAttribute>>,
+        add: bool,
+    ) {
         let n = elems.len();
         let m = SetElementMessage {
             attributes: vec![
@@ -809,5 +832,26 @@ mod tests {
         b.delete_keys(Family::Ip, "t", "s", vec![]);
         assert_eq!(b.len(), 5, "an empty element list sends nothing");
         assert_eq!(b.msgs[4].1, "add rule to chain c");
+        // Attribute lengths are 16 bits: 10k elements go in several messages.
+        b.add_keys(
+            Family::Ip,
+            "t",
+            "s",
+            (0u32..10_000).map(|i| i.to_ne_bytes().repeat(3)).collect(),
+        );
+        let parts: Vec<&String> = b.msgs[5..].iter().map(|m| &m.1).collect();
+        assert!(parts.len() > 1, "{parts:?}");
+        let total: usize = parts
+            .iter()
+            .map(|p| {
+                p.trim_start_matches("add ")
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(total, 10_000);
     }
 }

@@ -8,10 +8,11 @@
 //!                                           daddr . l4proto . dport vmap @service-ips
 //!                                           <node address> l4proto . dport vmap @service-nodeports
 //! svc-<ns>/<name>/<proto>/<port>            [masquerade mark]
-//!                                           [affinity: saddr's entry in @aff-.. gone from @live-..
-//!                                            -> delete it; saddr in @aff-.. -> refresh, dnat to it]
-//!                                           dnat to numgen random mod N map @eps-svc-...
-//!                                           (slot -> endpoint address . port) [update @aff-..]
+//!                                           [affinity: id . saddr's entry in @affinity-NN gone
+//!                                            from @live-NN -> delete it; present -> refresh it,
+//!                                            dnat to it]
+//!                                           dnat to id . numgen random mod N map @endpoints-NN
+//!                                           (-> endpoint address . port) [update @affinity-NN]
 //! ext-<...>  (NodePort, external/LB IPs)    Cluster: mark for masquerade; Local: pods and the node
 //!                                           go to svc-<...>, others keep their address
 //! hp-<sandbox>/<proto>/<host ip|*>:<port>   a pod's host port: hairpin mark, dnat to the pod
@@ -22,10 +23,10 @@
 //!                                           mark set -> clear it, masquerade
 //! ```
 //!
-//! Endpoints are data, not chains: they sit in a per-chain map indexed by slot whose values are
-//! `address . port`, so adding or removing one endpoint changes a few elements (and, when the
-//! count changes, the chain's few rules); no verdict changes, so the kernel does not re-check
-//! the table's jump graph. Never the other Services.
+//! Endpoints are data, not chains: they sit in shared maps keyed by the chain's id and a slot
+//! whose values are `address . port`, so adding or removing one endpoint changes a few elements
+//! (and, when the count changes, the chain's one rule); no verdict changes, so the kernel does
+//! not re-check the table's jump graph. Never the other Services.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -49,9 +50,22 @@ const NO_EP_SERVICES: &str = "no-endpoint-services";
 const NO_EP_NODEPORTS: &str = "no-endpoint-nodeports";
 const HOST_PORTS: &str = "host-ports";
 const HAIRPIN: &str = "hairpin";
-const ENDPOINTS: &str = "endpoints";
-const AFFINITY: &str = "affinity";
-const LIVE: &str = "live-endpoints";
+/// Service chains share their endpoint, affinity and live-endpoint maps in this many buckets
+/// (by chain id): a rule naming a data map makes the kernel walk the map's elements, and a
+/// table's sets are found by name one after another, so neither one map for all nor one per
+/// Service scales.
+const BUCKETS: u64 = 64;
+
+/// The endpoint map (`chain id . slot -> addr . port`), affinity map (`chain id . client ->
+/// addr . port`, timed) and live-endpoint set (`chain id . addr . port`) of a chain's bucket.
+fn bucket(id: u64) -> [String; 3] {
+    let b = id % BUCKETS;
+    [
+        format!("endpoints-{b:02}"),
+        format!("affinity-{b:02}"),
+        format!("live-{b:02}"),
+    ]
+}
 const HOST_PORTS_ANY: &str = "host-ports-any";
 const REJECT_CHAIN: &str = "reject-chain";
 const MARK_CHAIN: &str = "mark-for-masquerade";
@@ -428,16 +442,17 @@ pub fn desired(
         };
         let chain_for = |o: &mut Objects, name: &str, members: &BTreeSet<String>, masq: Masq| {
             let id = chain_id(name);
+            let [endpoints, _, live] = bucket(id);
             let slots = assign_slots(old.and_then(|x| x.slots.get(name)), members);
             for (i, ep) in slots.iter().enumerate() {
                 let mut key = id.to_ne_bytes().to_vec();
                 key.extend((i as u32).to_ne_bytes());
                 o.elems
-                    .insert((ENDPOINTS.into(), key), Elem::Data(data[ep].clone()));
+                    .insert((endpoints.clone(), key), Elem::Data(data[ep].clone()));
                 if affinity_timeout.is_some() {
                     let mut key = id.to_ne_bytes().to_vec();
                     key.extend(&data[ep]);
-                    o.elems.insert((LIVE.into(), key), Elem::Key);
+                    o.elems.insert((live.clone(), key), Elem::Key);
                 }
             }
             o.chains.insert(
@@ -651,6 +666,7 @@ pub fn rules(fam: Fam, body: &Body) -> Vec<Vec<Expr>> {
             };
             let dnat = || nft::dnat(fam == Fam::V6, Register::Reg32_02, port_reg);
             let id_bytes = id.to_ne_bytes().to_vec();
+            let [endpoints, aff, live] = &bucket(*id);
             let id_at = |r| nft::immediate(r, id_bytes.clone());
             let client = || {
                 nft::payload(
@@ -666,16 +682,16 @@ pub fn rules(fam: Fam, body: &Body) -> Vec<Vec<Expr>> {
                     id_at(Register::Reg32_00),
                     id_at(Register::Reg32_08),
                     client(),
-                    nft::lookup(AFFINITY, Register::Reg32_08, Some(Register::Reg32_02)),
-                    nft::lookup_absent(LIVE, Register::Reg32_00),
-                    nft::dynset_delete(AFFINITY, Register::Reg32_08, Register::Reg32_02),
+                    nft::lookup(aff, Register::Reg32_08, Some(Register::Reg32_02)),
+                    nft::lookup_absent(live, Register::Reg32_00),
+                    nft::dynset_delete(aff, Register::Reg32_08, Register::Reg32_02),
                 ]);
                 // ...a live one is used again, its timeout refreshed.
                 r.push(vec![
                     id_at(Register::Reg32_08),
                     client(),
-                    nft::lookup(AFFINITY, Register::Reg32_08, Some(Register::Reg32_02)),
-                    nft::dynset_update_data(AFFINITY, Register::Reg32_08, Register::Reg32_02, *ms),
+                    nft::lookup(aff, Register::Reg32_08, Some(Register::Reg32_02)),
+                    nft::dynset_update_data(aff, Register::Reg32_08, Register::Reg32_02, *ms),
                     dnat(),
                 ]);
             }
@@ -683,13 +699,13 @@ pub fn rules(fam: Fam, body: &Body) -> Vec<Vec<Expr>> {
                 let mut e = vec![
                     id_at(Register::Reg32_00),
                     nft::numgen_random(Register::Reg32_02, *slots),
-                    nft::lookup(ENDPOINTS, Register::Reg32_00, Some(Register::Reg32_02)),
+                    nft::lookup(endpoints, Register::Reg32_00, Some(Register::Reg32_02)),
                 ];
                 if let Some(ms) = affinity_ms {
                     e.push(id_at(Register::Reg32_08));
                     e.push(client());
                     e.push(nft::dynset_update_data(
-                        AFFINITY,
+                        aff,
                         Register::Reg32_08,
                         Register::Reg32_02,
                         *ms,
@@ -782,44 +798,45 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
     let backend_type = fam.addr_type() << 6 | TYPE_INET_SERVICE;
     let backend_len = fam.addr_len() + 4;
     let id_type = TYPE_MARK << 6 | TYPE_MARK;
-    for (name, key_len, key_type, data, timeout_ms) in [
-        // chain id . slot -> addr . port
-        (
-            ENDPOINTS,
-            12,
-            id_type << 6 | TYPE_MARK,
-            Some((backend_type, backend_len)),
-            None,
-        ),
-        // chain id . client -> addr . port, timed (each rule gives its Service's timeout)
-        (
-            AFFINITY,
-            8 + fam.addr_len(),
-            id_type << 6 | fam.addr_type(),
-            Some((backend_type, backend_len)),
-            Some(u64::from(DEFAULT_AFFINITY_SECONDS) * 1000),
-        ),
-        // chain id . addr . port of Services with affinity
-        (
-            LIVE,
-            8 + backend_len,
-            (id_type << 6 | fam.addr_type()) << 6 | TYPE_INET_SERVICE,
-            None,
-            None,
-        ),
-    ] {
-        b.add_set(
-            f,
-            TABLE,
-            &SetSpec {
-                name: name.into(),
-                key_len,
-                key_type,
-                verdict_map: false,
-                data,
-                timeout_ms,
-            },
-        );
+    for b_id in 0..BUCKETS {
+        let [endpoints, affinity, live] = bucket(b_id);
+        for (name, key_len, key_type, data, timeout_ms) in [
+            (
+                endpoints,
+                12,
+                id_type << 6 | TYPE_MARK,
+                Some((backend_type, backend_len)),
+                None,
+            ),
+            // Each rule gives its Service's own timeout.
+            (
+                affinity,
+                8 + fam.addr_len(),
+                id_type << 6 | fam.addr_type(),
+                Some((backend_type, backend_len)),
+                Some(u64::from(DEFAULT_AFFINITY_SECONDS) * 1000),
+            ),
+            (
+                live,
+                8 + backend_len,
+                (id_type << 6 | fam.addr_type()) << 6 | TYPE_INET_SERVICE,
+                None,
+                None,
+            ),
+        ] {
+            b.add_set(
+                f,
+                TABLE,
+                &SetSpec {
+                    name,
+                    key_len,
+                    key_type,
+                    verdict_map: false,
+                    data,
+                    timeout_ms,
+                },
+            );
+        }
     }
     b.add_set(
         f,
