@@ -54,7 +54,7 @@ const HAIRPIN: &str = "hairpin";
 /// (by chain id): a rule naming a data map makes the kernel walk the map's elements, and a
 /// table's sets are found by name one after another, so neither one map for all nor one per
 /// Service scales.
-const BUCKETS: u64 = 64;
+const BUCKETS: u64 = 256;
 
 /// The endpoint map (`chain id . slot -> addr . port`), affinity map (`chain id . client ->
 /// addr . port`, timed) and live-endpoint set (`chain id . addr . port`) of a chain's bucket.
