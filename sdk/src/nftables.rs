@@ -169,6 +169,11 @@ impl Batch {
         self.msgs.len()
     }
 
+    /// What each message asks, in order ("add chain c", ...).
+    pub fn steps(&self) -> impl Iterator<Item = &str> {
+        self.msgs.iter().map(|(_, what)| what.as_str())
+    }
+
     /// Whether there is nothing to send.
     pub fn is_empty(&self) -> bool {
         self.msgs.is_empty()

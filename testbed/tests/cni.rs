@@ -88,13 +88,14 @@ async fn cni_shim_speaks_cni_on_real_namespaces_like_the_reference_plugins() {
     let args = format!(
         "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID={id};K8S_POD_UID=uid-1"
     );
-    let conf = |v: &str| {
+    let conf_port = |v: &str, host_port: u16| {
         json!({
             "cniVersion": v, "name": "netlet", "type": "netlet", "socket": sock,
-            "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}
+            "runtimeConfig": {"portMappings": [{"hostPort": host_port, "containerPort": 80, "protocol": "tcp"}]}
         })
         .to_string()
     };
+    let conf = |v: &str| conf_port(v, 8080);
 
     // VERSION
     let (st, v) = cni_exec(
@@ -180,11 +181,25 @@ async fn cni_shim_speaks_cni_on_real_namespaces_like_the_reference_plugins() {
         } else {
             let pod2 = NetNs::create(&format!("netlet-cni-pod04-{pid}")).unwrap();
             let id2 = format!("c0ffee04{pid}");
+            // The first pod holds host port 8080: refused, in the spec's error shape.
             let (st, r) = cni_exec(
                 None,
                 &shim,
                 &cni_env("ADD", &id2, &pod2.path.display().to_string(), "eth0", &args),
                 &conf("0.4.0"),
+            );
+            assert!(!st.success(), "{r}");
+            assert!(
+                r["msg"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("8080 is held by pod shop/web-0")),
+                "{r}"
+            );
+            let (st, r) = cni_exec(
+                None,
+                &shim,
+                &cni_env("ADD", &id2, &pod2.path.display().to_string(), "eth0", &args),
+                &conf_port("0.4.0", 8081),
             );
             assert!(st.success(), "{r}");
             let (st, _) = cni_exec(
