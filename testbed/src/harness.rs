@@ -126,6 +126,9 @@ impl Node {
         let netns =
             crate::probe::NetNs::create(&format!("netlet-node-{tag}-{}", std::process::id()))
                 .expect("create node netns");
+        // A node's own connections to its own addresses (and the resets and ICMP errors
+        // netfilter sends it) go through lo.
+        crate::probe::link_up(&netns.path, "lo").expect("lo up in the node");
         let host = Host::start_in(Some(&netns.path), drivers, extra).await;
         Node { host, netns }
     }

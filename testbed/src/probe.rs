@@ -293,10 +293,8 @@ pub fn qdiscs(netns: &Path) -> Result<Vec<(String, String)>, String> {
     })
 }
 
-async fn nl_up_with_address(h: &rtnetlink::Handle, name: &str, cidr: &str) -> Result<(), String> {
+async fn nl_index(h: &rtnetlink::Handle, name: &str) -> Result<u32, String> {
     use futures::TryStreamExt;
-    let (ip, len) = cidr.split_once('/').ok_or("cidr")?;
-    let ip: IpAddr = ip.parse().map_err(|_| format!("bad address {cidr}"))?;
     let link = h
         .link()
         .get()
@@ -306,17 +304,38 @@ async fn nl_up_with_address(h: &rtnetlink::Handle, name: &str, cidr: &str) -> Re
         .await
         .map_err(|e| e.to_string())?
         .ok_or(format!("{name} missing"))?;
-    let idx = link.header.index;
-    h.address()
-        .add(idx, ip, len.parse().map_err(|_| "prefix")?)
-        .execute()
-        .await
-        .map_err(|e| format!("address {cidr} on {name}: {e}"))?;
+    Ok(link.header.index)
+}
+
+async fn nl_up(h: &rtnetlink::Handle, name: &str, idx: u32) -> Result<(), String> {
     h.link()
         .set(rtnetlink::LinkUnspec::new_with_index(idx).up().build())
         .execute()
         .await
         .map_err(|e| format!("{name} up: {e}"))
+}
+
+async fn nl_up_with_address(h: &rtnetlink::Handle, name: &str, cidr: &str) -> Result<(), String> {
+    let (ip, len) = cidr.split_once('/').ok_or("cidr")?;
+    let ip: IpAddr = ip.parse().map_err(|_| format!("bad address {cidr}"))?;
+    let idx = nl_index(h, name).await?;
+    h.address()
+        .add(idx, ip, len.parse().map_err(|_| "prefix")?)
+        .execute()
+        .await
+        .map_err(|e| format!("address {cidr} on {name}: {e}"))?;
+    nl_up(h, name, idx).await
+}
+
+/// Sets interface `name` up inside `netns` (e.g. `lo` of a fresh namespace).
+pub fn link_up(netns: &Path, name: &str) -> Result<(), String> {
+    let name = name.to_string();
+    in_ns_rt(netns, move |h| {
+        Box::pin(async move {
+            let idx = nl_index(&h, &name).await?;
+            nl_up(&h, &name, idx).await
+        })
+    })
 }
 
 fn in_ns_rt<R: Send + 'static>(

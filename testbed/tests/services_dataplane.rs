@@ -367,12 +367,23 @@ async fn service_data_plane_conformance() {
         let t = Instant::now();
         let r = ask(&p3.ns.path, sa(web_ip, 80));
         let took = t.elapsed();
+        let t = Instant::now();
+        let from_node = ask(&node.netns.path, sa(web_ip, 80));
+        let node_took = t.elapsed();
         (|| {
             let e = r.err().ok_or("answered without endpoints")?;
             expect(e.contains("refused"), format!("pod: {e}"))?;
             expect(
                 took < Duration::from_secs(1),
                 format!("refusal took {took:?}"),
+            )?;
+            let e = from_node
+                .err()
+                .ok_or("answered the node without endpoints")?;
+            expect(e.contains("refused"), format!("node: {e}"))?;
+            expect(
+                node_took < Duration::from_secs(1),
+                format!("refusal to the node took {node_took:?}"),
             )
         })()
     }));
