@@ -450,6 +450,36 @@ async fn service_data_plane_conformance() {
         })()
     }));
 
+    // Two Services asking for the same ClusterIP and port (a bad manifest): the first keeps
+    // it, the batch still succeeds, and the other takes over when the first goes.
+    results.push(("same-clusterip-and-port-first-keeps-it", {
+        prog.set(vec![(web(), vec![ready(p1.v4)])]).await;
+        let dup = || {
+            cluster_ip(
+                "dup",
+                &["10.96.0.10"],
+                vec![port("http", Protocol::Tcp, 80, 0)],
+            )
+        };
+        prog.set(vec![
+            (web(), vec![ready(p1.v4)]),
+            (dup(), vec![ready(p2.v4)]),
+        ])
+        .await;
+        let kept = backends(&p3.ns.path, sa(web_ip, 80), 5);
+        prog.set(vec![(dup(), vec![ready(p2.v4)])]).await;
+        let taken_over = backends(&p3.ns.path, sa(web_ip, 80), 5);
+        (|| {
+            let kept = kept?;
+            expect(kept == ["p1"], format!("while both ask: {kept:?}"))?;
+            let taken_over = taken_over?;
+            expect(
+                taken_over == ["p2"],
+                format!("after the first went: {taken_over:?}"),
+            )
+        })()
+    }));
+
     // Updates and deletions take effect.
     results.push(("endpoint-update-and-service-deletion", {
         prog.set(vec![(web(), vec![ready(p2.v4)])]).await;

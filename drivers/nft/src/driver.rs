@@ -15,7 +15,7 @@ use netlet_sdk::validate;
 use tonic::{Request, Response, Status};
 
 use crate::conntrack;
-use crate::ruleset::{self, Fam, Objects, Plan, Settings};
+use crate::ruleset::{self, Claim, Fam, Objects, Plan, Settings};
 
 type Key = (String, String);
 
@@ -34,6 +34,10 @@ struct State {
     host_ports: [Objects; 2],
     /// Backend addresses with the number of Services leading to them (the `hairpin` set).
     hairpin: HashMap<IpAddr, u32>,
+    /// Which Service holds each address . protocol . port and NodePort (the first to ask).
+    claims: HashMap<Claim, Key>,
+    /// Services left out of a claim another holds, to look at again when it is released.
+    blocked: HashMap<Claim, BTreeSet<Key>>,
     conn: Conn,
 }
 
@@ -64,6 +68,8 @@ impl Nft {
                 objects: HashMap::new(),
                 host_ports: Default::default(),
                 hairpin: HashMap::new(),
+                claims: HashMap::new(),
+                blocked: HashMap::new(),
                 conn,
             }),
         })
@@ -78,17 +84,60 @@ impl Nft {
         if !check_generation(st.table.generation(), req.generation, req.full_sync)? {
             return Ok(st.table.generation());
         }
-        let post = after(&st, req);
+        let mut post = after(&st, req);
+        let empty = [Objects::default(), Objects::default()];
+        // Claims the touched Services held are released (in this batch's view: `taken`
+        // overlays `st.claims`); Services waiting for them are looked at again.
+        let mut taken: HashMap<Claim, Option<Key>> = HashMap::new();
+        let mut waiters = BTreeSet::new();
+        for key in post.keys() {
+            let old = st.objects.get(key).unwrap_or(&empty);
+            for fam in Fam::ALL {
+                for c in ruleset::claims(&old[fam as usize], fam) {
+                    if st.claims.get(&c) == Some(key) {
+                        waiters.extend(st.blocked.get(&c).into_iter().flatten().cloned());
+                        taken.insert(c, None);
+                    }
+                }
+            }
+        }
+        if !req.full_sync {
+            for w in waiters {
+                if !post.contains_key(&w) {
+                    let sk = ServiceKey {
+                        namespace: w.0.clone(),
+                        name: w.1.clone(),
+                    };
+                    let entry = st.table.entry(&sk).map(|(s, e)| (s.cloned(), e.clone()));
+                    post.insert(w, entry.unwrap_or_default());
+                }
+            }
+        }
+        let mut conflicts: Vec<(Claim, Key)> = Vec::new();
         let mut plan = Plan::default();
         let mut next: Vec<(Key, [Objects; 2])> = Vec::with_capacity(post.len());
-        let empty = [Objects::default(), Objects::default()];
         // Per backend address, how many more (or fewer) Services lead to it.
         let mut pins: BTreeMap<IpAddr, i64> = BTreeMap::new();
         for (key, (svc, eps)) in &post {
             let old = st.objects.get(key).unwrap_or(&empty);
             let new = Fam::ALL.map(|fam| {
                 let i = fam as usize;
-                let o = ruleset::desired(&self.settings, svc.as_ref(), eps, fam, Some(&old[i]));
+                let mut o = ruleset::desired(&self.settings, svc.as_ref(), eps, fam, Some(&old[i]));
+                for c in ruleset::claims(&o, fam) {
+                    let owner = match taken.get(&c) {
+                        Some(o) => o.as_ref(),
+                        None => st.claims.get(&c),
+                    };
+                    match owner {
+                        Some(other) if other != key => {
+                            ruleset::give_up(&mut o, &c);
+                            conflicts.push((c, key.clone()));
+                        }
+                        _ => {
+                            taken.insert(c, Some(key.clone()));
+                        }
+                    }
+                }
                 plan.diff(fam, &old[i], &o);
                 o
             });
@@ -137,6 +186,25 @@ impl Nft {
         st.table.apply(req)?;
         if let Some(h) = host_ports {
             st.host_ports = h;
+        }
+        for (c, owner) in taken {
+            match owner {
+                Some(k) => st.claims.insert(c, k),
+                None => st.claims.remove(&c),
+            };
+        }
+        for waiting in st.blocked.values_mut() {
+            waiting.retain(|k| !post.contains_key(k));
+        }
+        st.blocked.retain(|_, w| !w.is_empty());
+        for (c, key) in &conflicts {
+            tracing::warn!(
+                service = %format!("{}/{}", key.0, key.1),
+                held_by = ?st.claims.get(c).map(|o| format!("{}/{}", o.0, o.1)),
+                what = %ruleset::describe(c),
+                "left out: another Service holds it"
+            );
+            st.blocked.entry(c.clone()).or_default().insert(key.clone());
         }
         for (ip, d) in pins {
             let n = i64::from(st.hairpin.get(&ip).copied().unwrap_or(0)) + d;

@@ -258,6 +258,55 @@ pub enum Body {
     },
 }
 
+/// What a Service takes that no other may: an address . protocol . port (`false`) or a
+/// protocol . NodePort (`true`) in one family's table.
+pub type Claim = (Fam, bool, Vec<u8>);
+
+fn claim_kind(set: &str) -> Option<bool> {
+    match set {
+        SERVICE_IPS | NO_EP_SERVICES => Some(false),
+        SERVICE_NODEPORTS | NO_EP_NODEPORTS => Some(true),
+        _ => None,
+    }
+}
+
+/// The claims of one Service's objects in `fam`.
+pub fn claims(o: &Objects, fam: Fam) -> Vec<Claim> {
+    o.elems
+        .keys()
+        .filter_map(|(set, key)| claim_kind(set).map(|n| (fam, n, key.clone())))
+        .collect()
+}
+
+/// Leaves out the elements behind a claim another Service holds.
+pub fn give_up(o: &mut Objects, c: &Claim) {
+    o.elems
+        .retain(|(set, key), _| !(claim_kind(set) == Some(c.1) && *key == c.2));
+}
+
+/// A claim for messages: "10.96.0.10 tcp 80" or "NodePort tcp 30080".
+pub fn describe(c: &Claim) -> String {
+    let k = &c.2;
+    if c.1 {
+        return format!(
+            "NodePort {} {}",
+            proto_name(k[0]),
+            u16::from_be_bytes([k[4], k[5]])
+        );
+    }
+    let n = c.0.addr_len() as usize;
+    let ip: Option<IpAddr> = match n {
+        4 => <[u8; 4]>::try_from(&k[..4]).ok().map(IpAddr::from),
+        _ => <[u8; 16]>::try_from(&k[..16]).ok().map(IpAddr::from),
+    };
+    let ip = ip.map_or_else(String::new, |i| i.to_string());
+    format!(
+        "{ip} {} {}",
+        proto_name(k[n]),
+        u16::from_be_bytes([k[n + 4], k[n + 5]])
+    )
+}
+
 /// A backend: address, port, protocol number.
 pub type Backend = (IpAddr, u16, u8);
 
