@@ -103,13 +103,13 @@ impl Nft {
         }
         if !req.full_sync {
             for w in waiters {
-                if !post.contains_key(&w) {
+                if let std::collections::btree_map::Entry::Vacant(v) = post.entry(w) {
                     let sk = ServiceKey {
-                        namespace: w.0.clone(),
-                        name: w.1.clone(),
+                        namespace: v.key().0.clone(),
+                        name: v.key().1.clone(),
                     };
                     let entry = st.table.entry(&sk).map(|(s, e)| (s.cloned(), e.clone()));
-                    post.insert(w, entry.unwrap_or_default());
+                    v.insert(entry.unwrap_or_default());
                 }
             }
         }
