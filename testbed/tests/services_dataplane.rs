@@ -22,6 +22,7 @@ const NODE: &str = "node-a";
 const NODE_IP: &str = "192.168.77.1";
 const OUTSIDE_IP: &str = "192.168.77.2";
 const EXTERNAL_IP: &str = "192.168.99.10";
+const LB_IP: &str = "192.168.99.11";
 /// Long enough for a connection through the node, short enough for "it is dropped".
 const QUICK: Duration = Duration::from_millis(1500);
 
@@ -220,6 +221,7 @@ async fn service_data_plane_conformance() {
     // node. Nothing leaves these namespaces.
     let outside = outside_client(&node, "svc");
     probe::add_route(&outside.path, &format!("{EXTERNAL_IP}/32"), ip(NODE_IP)).unwrap();
+    probe::add_route(&outside.path, &format!("{LB_IP}/32"), ip(NODE_IP)).unwrap();
 
     let mut pods = Vec::new();
     for i in 1..=3 {
@@ -477,6 +479,38 @@ async fn service_data_plane_conformance() {
                 taken_over == ["p2"],
                 format!("after the first went: {taken_over:?}"),
             )
+        })()
+    }));
+
+    // loadBalancerSourceRanges: the LoadBalancer IP answers the allowed client only; other
+    // sources are dropped; the NodePort is not restricted.
+    results.push(("load-balancer-source-ranges", {
+        let lb = |ranges: &[&str]| {
+            let mut s = web();
+            s.r#type = ServiceType::LoadBalancer as i32;
+            s.load_balancer_ips = vec![LB_IP.into()];
+            s.load_balancer_source_ranges = ranges.iter().map(|r| r.to_string()).collect();
+            s
+        };
+        prog.set(vec![(
+            lb(&[&format!("{OUTSIDE_IP}/32")]),
+            vec![ready(p1.v4)],
+        )])
+        .await;
+        let allowed = ask(&outside.path, sa(ip(LB_IP), 80));
+        prog.set(vec![(lb(&["10.0.0.0/8"]), vec![ready(p1.v4)])])
+            .await;
+        let denied = ask(&outside.path, sa(ip(LB_IP), 80));
+        let node_port = ask(&outside.path, sa(ip(NODE_IP), 30080));
+        (|| {
+            let (tag, _) = allowed?;
+            expect(tag == "p1", format!("allowed client answered by {tag}"))?;
+            let e = denied
+                .err()
+                .ok_or("a client outside the ranges was answered")?;
+            expect(!e.contains("refused"), format!("refused, not dropped: {e}"))?;
+            let (tag, _) = node_port?;
+            expect(tag == "p1", format!("NodePort answered by {tag}"))
         })()
     }));
 

@@ -15,6 +15,8 @@
 //!                                           (-> endpoint address . port) [update @affinity-NN]
 //! ext-<...>  (NodePort, external/LB IPs)    Cluster: mark for masquerade; Local: pods and the node
 //!                                           go to svc-<...>, others keep their address
+//! fw-<...>  (LoadBalancer IPs with          allowed source -> goto ext-<...>; else drop
+//!           loadBalancerSourceRanges)
 //! hp-<sandbox>/<proto>/<host ip|*>:<port>   a pod's host port: hairpin mark, dnat to the pod
 //! filter-input/forward/output (filter,-110) ct state new jump endpoints-check
 //! endpoints-check                           vmap @no-endpoint-services / @no-endpoint-nodeports
@@ -245,6 +247,14 @@ pub enum Body {
         /// Number of endpoint slots.
         slots: u32,
     },
+    /// loadBalancerSourceRanges in front of a LoadBalancer IP: allowed sources go on to
+    /// `then`, others are dropped.
+    Firewall {
+        /// Allowed source CIDRs.
+        allowed: Vec<IpNet>,
+        /// The chain allowed traffic goes to.
+        then: String,
+    },
     /// A single destination (a pod's host port).
     Endpoint {
         /// Address.
@@ -415,7 +425,20 @@ pub fn desired(
     let key = svc.key.clone().unwrap_or_default();
     let cluster_ips = parse_ips(&svc.cluster_ips, fam);
     let mut external_ips = parse_ips(&svc.external_ips, fam);
-    external_ips.extend(parse_ips(&svc.load_balancer_ips, fam));
+    let lb_ips = parse_ips(&svc.load_balancer_ips, fam);
+    external_ips.extend(lb_ips.iter().copied());
+    // loadBalancerSourceRanges: on LoadBalancer IPs, only these sources (of this family; none
+    // when all are of the other one).
+    let source_ranges: Vec<IpNet> = svc
+        .load_balancer_source_ranges
+        .iter()
+        .filter_map(|c| c.parse::<IpNet>().ok())
+        .collect();
+    let firewalled = !source_ranges.is_empty();
+    let allowed: Vec<IpNet> = source_ranges
+        .into_iter()
+        .filter(|c| matches!((c, fam), (IpNet::V4(_), Fam::V4) | (IpNet::V6(_), Fam::V6)))
+        .collect();
     let node_ports = svc.r#type == ServiceType::NodePort as i32
         || svc.r#type == ServiceType::LoadBalancer as i32;
     let has_fam_ip = !cluster_ips.is_empty() || !external_ips.is_empty();
@@ -539,7 +562,18 @@ pub fn desired(
         }
         if has_external {
             for ip in &external_ips {
-                let (map, v) = target(&external, &ext_chain, etp_local);
+                let (map, mut v) = target(&external, &ext_chain, etp_local);
+                if firewalled && map == SERVICE_IPS && lb_ips.contains(ip) {
+                    let fw = format!("fw-{id}");
+                    o.chains.insert(
+                        fw.clone(),
+                        Body::Firewall {
+                            allowed: allowed.clone(),
+                            then: ext_chain.clone(),
+                        },
+                    );
+                    v = VerdictData::Goto(fw);
+                }
                 o.elems
                     .insert((map.into(), ip_key(ip, proto, port)), Elem::Verdict(v));
             }
@@ -659,6 +693,18 @@ pub fn rules(fam: Fam, body: &Body) -> Vec<Vec<Expr>> {
         )
     };
     match body {
+        Body::Firewall { allowed, then } => {
+            let mut r: Vec<Vec<Expr>> = allowed
+                .iter()
+                .map(|c| {
+                    let mut e = addr_in(fam, false, c, Operator::Equal);
+                    e.push(goto(then));
+                    e
+                })
+                .collect();
+            r.push(vec![nft::verdict(&VerdictData::Drop)]);
+            r
+        }
         Body::Endpoint {
             ip, port, affinity, ..
         } => {
