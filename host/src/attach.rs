@@ -388,6 +388,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn host_ports_lead_to_the_default_route_attachment() {
+        use netlet_sdk::proto::{IpConfig, PortMapping};
+        let att = |net: &str, default_route, ips: &[&str]| Attachment {
+            network: net.into(),
+            default_route,
+            ips: ips
+                .iter()
+                .map(|a| IpConfig {
+                    address: a.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut pod = PodAttachments {
+            sandbox: Some(PodSandbox {
+                id: "s1".into(),
+                name: "web".into(),
+                namespace: "shop".into(),
+                port_mappings: vec![PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            attachments: vec![
+                att("storage", false, &["192.168.50.5/24"]),
+                att(
+                    "default",
+                    true,
+                    &["10.244.0.5/24", "fd00::5/64", "10.244.0.6/24"],
+                ),
+            ],
+        };
+        let hp = host_ports_of(&pod).unwrap();
+        assert_eq!(
+            (hp.sandbox_id.as_str(), hp.pod.as_str()),
+            ("s1", "shop/web")
+        );
+        assert_eq!(hp.pod_ips, ["10.244.0.5", "fd00::5"], "one per family");
+        pod.sandbox.as_mut().unwrap().port_mappings.clear();
+        assert_eq!(host_ports_of(&pod), None);
+    }
+
+    #[test]
     fn defaults_fill_in() {
         let n = normalize(vec![]);
         assert_eq!(n.len(), 1);

@@ -516,6 +516,9 @@ pub fn tcp_latencies(netns: &Path, to: SocketAddr, n: usize) -> Result<Vec<Durat
             s.read_to_end(&mut buf)
                 .map_err(|e| format!("tcp read from {to}: {e}"))?;
             out.push(t.elapsed());
+            if buf.is_empty() {
+                return Err(format!("tcp {to}: closed without an answer"));
+            }
         }
         Ok(out)
     })?

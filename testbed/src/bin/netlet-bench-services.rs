@@ -247,6 +247,8 @@ fn target(server: std::net::IpAddr) -> ProgramServiceRequest {
 }
 
 fn latency(client: &NetNs, to: std::net::SocketAddr, n: usize) -> (Duration, Duration) {
+    let answer = probe::tcp_read(&client.path, to, Duration::from_secs(2)).expect("answer");
+    assert!(answer.starts_with("server|"), "{to} answered {answer:?}");
     // Warm-up (caches, conntrack, CPU clocks), not counted.
     probe::tcp_latencies(&client.path, to, n).expect("connections");
     let mut l = probe::tcp_latencies(&client.path, to, n).expect("connections");
