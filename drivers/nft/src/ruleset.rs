@@ -263,8 +263,6 @@ pub enum Body {
         port: u16,
         /// Protocol number.
         proto: u8,
-        /// Affinity set this endpoint refreshes.
-        affinity: Option<String>,
     },
 }
 
@@ -632,7 +630,6 @@ pub fn host_port_objects(all: &BTreeMap<String, HostPorts>, fam: Fam) -> Objects
                     ip: pod_ip,
                     port: to,
                     proto,
-                    affinity: None,
                 },
             );
         }
@@ -705,24 +702,19 @@ pub fn rules(fam: Fam, body: &Body) -> Vec<Vec<Expr>> {
             r.push(vec![nft::verdict(&VerdictData::Drop)]);
             r
         }
-        Body::Endpoint {
-            ip, port, affinity, ..
-        } => {
-            let mut r = vec![vec![
+        Body::Endpoint { ip, port, .. } => vec![
+            // The pod reaching itself: masqueraded (hairpin).
+            vec![
                 saddr(),
                 nft::cmp(Operator::Equal, Register::Reg1, ip_bytes(ip)),
                 jump(MARK_CHAIN),
-            ]];
-            if let Some(a) = affinity {
-                r.push(vec![saddr(), nft::dynset_update(a, Register::Reg1)]);
-            }
-            r.push(vec![
+            ],
+            vec![
                 nft::immediate(Register::Reg1, ip_bytes(ip)),
                 nft::immediate(Register::Reg2, port.to_be_bytes().to_vec()),
                 nft::dnat(fam == Fam::V6, Register::Reg1, Register::Reg2),
-            ]);
-            r
-        }
+            ],
+        ],
         Body::Service {
             masq,
             id,
@@ -1368,7 +1360,6 @@ mod tests {
                 ip: "fd00::5".parse().unwrap(),
                 port: 8080,
                 proto: 17,
-                affinity: None
             }
         );
     }
