@@ -103,6 +103,15 @@ struct Programmer {
 
 impl Programmer {
     async fn set(&mut self, services: Vec<(Service, Vec<Endpoint>)>) {
+        self.try_set(services)
+            .await
+            .expect("ProgramService on the host");
+    }
+
+    async fn try_set(
+        &mut self,
+        services: Vec<(Service, Vec<Endpoint>)>,
+    ) -> Result<(), tonic::Status> {
         self.generation += 1;
         let mut req = ProgramServiceRequest {
             generation: self.generation,
@@ -118,12 +127,12 @@ impl Programmer {
             }
             req.service_upserts.push(s);
         }
-        self.clients
-            .services
-            .clone()
-            .program_service(req)
-            .await
-            .expect("ProgramService on the host");
+        let r = self.clients.services.clone().program_service(req).await;
+        if r.is_err() {
+            // Refused: the host's source generation did not move.
+            self.generation -= 1;
+        }
+        r.map(|_| ())
     }
 }
 
@@ -452,33 +461,30 @@ async fn service_data_plane_conformance() {
         })()
     }));
 
-    // Two Services asking for the same ClusterIP and port (a bad manifest): the first keeps
-    // it, the batch still succeeds, and the other takes over when the first goes.
-    results.push(("same-clusterip-and-port-first-keeps-it", {
+    // A second Service asking for the same ClusterIP and port through the socket: refused
+    // (ALREADY_EXISTS naming the field), nothing changes, the first keeps serving.
+    results.push(("same-clusterip-and-port-refused", {
         prog.set(vec![(web(), vec![ready(p1.v4)])]).await;
-        let dup = || {
-            cluster_ip(
-                "dup",
-                &["10.96.0.10"],
-                vec![port("http", Protocol::Tcp, 80, 0)],
-            )
-        };
-        prog.set(vec![
-            (web(), vec![ready(p1.v4)]),
-            (dup(), vec![ready(p2.v4)]),
-        ])
-        .await;
+        let dup = cluster_ip(
+            "dup",
+            &["10.96.0.10"],
+            vec![port("http", Protocol::Tcp, 80, 0)],
+        );
+        let r = prog
+            .try_set(vec![(web(), vec![ready(p1.v4)]), (dup, vec![ready(p2.v4)])])
+            .await;
         let kept = backends(&p3.ns.path, sa(web_ip, 80), 5);
-        prog.set(vec![(dup(), vec![ready(p2.v4)])]).await;
-        let taken_over = backends(&p3.ns.path, sa(web_ip, 80), 5);
         (|| {
-            let kept = kept?;
-            expect(kept == ["p1"], format!("while both ask: {kept:?}"))?;
-            let taken_over = taken_over?;
+            let e = r.err().ok_or("a second Service got 10.96.0.10:80")?;
             expect(
-                taken_over == ["p2"],
-                format!("after the first went: {taken_over:?}"),
-            )
+                e.code() == tonic::Code::AlreadyExists
+                    && e.message()
+                        .starts_with("service_upserts[1].cluster_ips[0]:")
+                    && e.message().contains("held by Service e2e/web"),
+                format!("answer: {e:?}"),
+            )?;
+            let kept = kept?;
+            expect(kept == ["p1"], format!("after the refusal: {kept:?}"))
         })()
     }));
 
@@ -716,4 +722,68 @@ endpoints:
     )
     .await;
     assert!(refused.contains("refused"));
+
+    // A second file asking for the same ClusterIP and port (web-alt, port 8081): reported;
+    // the first keeps it; when the first file goes, the second takes over.
+    probe::tcp_tagged(&pods[0].path, sa(ip("10.244.0.10"), 8081), "web-alt").unwrap();
+    std::fs::write(&file, manifest(true)).unwrap();
+    let second = dir.path().join("web2.yaml");
+    std::fs::write(
+        &second,
+        manifest(true)
+            .replace("name: web,", "name: web2,")
+            .replace("web-1", "web2-1")
+            .replace("service-name: web}", "service-name: web2}")
+            .replace("port: 8080", "port: 8081")
+            .replace("targetPort: 8080", "targetPort: 8081"),
+    )
+    .unwrap();
+    let errors = netlet_testbed::harness::wait_until(
+        "the conflict reported",
+        Duration::from_secs(10),
+        || {
+            let out = node
+                .command(&netlet_testbed::harness::bin("netletctl"))
+                .arg("--socket")
+                .arg(&node.host.socket)
+                .arg("--admin-socket")
+                .arg(&node.host.admin_socket)
+                .args(["debug", "state"])
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let e: Vec<String> = v["services"]["manifestErrors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(String::from))
+                .filter(|x| x.contains("held by"))
+                .collect();
+            async move { (!e.is_empty()).then_some(e) }
+        },
+    )
+    .await;
+    assert!(
+        errors[0].ends_with("default/web2: 10.96.0.80 TCP 80 is held by default/web"),
+        "{errors:?}"
+    );
+    let client2 = client.clone();
+    let first = netlet_testbed::harness::wait_until("web answers", Duration::from_secs(10), || {
+        let client = client2.clone();
+        async move { ask(&client, sa(ip("10.96.0.80"), 80)).ok() }
+    })
+    .await;
+    assert_eq!(first.0, "web", "the first keeps it");
+    std::fs::remove_file(&file).unwrap();
+    let taken_over =
+        netlet_testbed::harness::wait_until("web2 takes over", Duration::from_secs(10), || {
+            let client = client.clone();
+            async move {
+                ask(&client, sa(ip("10.96.0.80"), 80))
+                    .ok()
+                    .filter(|a| a.0 == "web-alt")
+            }
+        })
+        .await;
+    assert_eq!(taken_over.0, "web-alt");
 }

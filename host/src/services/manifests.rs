@@ -201,6 +201,12 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
             tracing::error!(service = %format!("{}/{}", c.key.namespace, c.key.name), owner = c.owner.as_str(), "manifest Service not applied: another source owns it");
             errors.push(format!("{}: {c}", dir.display()));
         }
+        // Two Services asking for one address and port: the first holds it (reported, not
+        // refused: the data plane keeps serving the holder and hands it on when it goes).
+        for m in view.claim_conflicts(Source::Manifests) {
+            tracing::error!(conflict = %m, "manifest Service asks for what another holds");
+            errors.push(format!("{}: {m}", dir.display()));
+        }
         if let Ok(mut e) = host.manifest_errors.lock() {
             *e = errors;
         }

@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use netlet_sdk::proto::{
-    Endpoint, EndpointKey, EndpointUpsert, HostPorts, PortMapping, ProgramServiceRequest, Service,
-    ServiceKey, TrafficPolicy,
+    Endpoint, EndpointKey, EndpointUpsert, HostPorts, PortMapping, ProgramServiceRequest, Protocol,
+    Service, ServiceKey, ServiceType, TrafficPolicy,
 };
 use netlet_sdk::state::ServiceTable;
 
@@ -95,6 +95,52 @@ fn named_keys(req: &ProgramServiceRequest) -> Vec<(String, Key)> {
     out
 }
 
+/// What a Service takes on the node that no other may: (address, or "NodePort", protocol,
+/// port), the address in canonical form and the protocol defaulted to TCP.
+type Claim = (String, i32, u32);
+
+/// A Service's claims, each with the field (within the Service) that makes it.
+fn claims_of(svc: &Service) -> Vec<(Claim, String)> {
+    if svc.r#type == ServiceType::ExternalName as i32 {
+        return Vec::new();
+    }
+    let node_ports = svc.r#type == ServiceType::NodePort as i32
+        || svc.r#type == ServiceType::LoadBalancer as i32;
+    let mut out = Vec::new();
+    for (k, p) in svc.ports.iter().enumerate() {
+        let proto = match Protocol::try_from(p.protocol) {
+            Ok(Protocol::Udp) | Ok(Protocol::Sctp) => p.protocol,
+            _ => Protocol::Tcp as i32,
+        };
+        for (field, list) in [
+            ("cluster_ips", &svc.cluster_ips),
+            ("external_ips", &svc.external_ips),
+            ("load_balancer_ips", &svc.load_balancer_ips),
+        ] {
+            for (j, ip) in list.iter().enumerate() {
+                let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+                    continue; // "None" (headless) or empty
+                };
+                out.push(((ip.to_string(), proto, p.port), format!("{field}[{j}]")));
+            }
+        }
+        if node_ports && p.node_port != 0 {
+            out.push((
+                ("NodePort".into(), proto, p.node_port),
+                format!("ports[{k}].node_port"),
+            ));
+        }
+    }
+    out
+}
+
+fn describe_claim(c: &Claim) -> String {
+    let proto = Protocol::try_from(c.1)
+        .map(|p| p.as_str_name().trim_start_matches("PROTOCOL_"))
+        .unwrap_or("TCP");
+    format!("{} {proto} {}", c.0, c.2)
+}
+
 /// A refused change: the key, and who owns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
@@ -128,6 +174,9 @@ pub struct ServiceView {
     socket_generation: u64,
     /// Services that need a health-check node port (externalTrafficPolicy Local with a port).
     health_checked: BTreeSet<Key>,
+    /// Who asked for each address . protocol . port and NodePort, in order: the first holds it
+    /// (the data plane gives it to the first too), the others wait for it.
+    claims: HashMap<Claim, Vec<Key>>,
 }
 
 impl ServiceView {
@@ -240,6 +289,24 @@ impl ServiceView {
                 Some((s, e)) => (s.cloned(), e.clone()),
                 None => (None, BTreeMap::new()),
             };
+            let old: BTreeSet<Claim> = have_svc.iter().flat_map(claims_of).map(|c| c.0).collect();
+            let new: BTreeSet<Claim> = now
+                .service
+                .iter()
+                .flat_map(claims_of)
+                .map(|c| c.0)
+                .collect();
+            for c in old.difference(&new) {
+                if let Some(list) = self.claims.get_mut(c) {
+                    list.retain(|k| k != key);
+                    if list.is_empty() {
+                        self.claims.remove(c);
+                    }
+                }
+            }
+            for c in new.difference(&old) {
+                self.claims.entry(c.clone()).or_default().push(key.clone());
+            }
             match (&now.service, &have_svc) {
                 (Some(n), h) if h.as_ref() != Some(n) => req.service_upserts.push(n.clone()),
                 (None, Some(_)) => req.service_deletes.push(skey.clone()),
@@ -333,6 +400,81 @@ impl ServiceView {
         Some(req)
     }
 
+    /// Services of `source` that ask for an address . protocol . port or NodePort another
+    /// Service holds, as messages ("ns/b: 10.96.0.10 TCP 80 is held by ns/a"). The holder keeps
+    /// it; the other gets it when the holder lets go.
+    pub fn claim_conflicts(&self, source: Source) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .claims
+            .iter()
+            .flat_map(|(c, keys)| {
+                keys.iter()
+                    .skip(1)
+                    .filter(|k| self.owners.get(*k) == Some(&source))
+                    .map(move |k| {
+                        format!(
+                            "{}/{}: {} is held by {}/{}",
+                            k.0,
+                            k.1,
+                            describe_claim(c),
+                            keys[0].0,
+                            keys[0].1
+                        )
+                    })
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Refuses a socket batch whose Services ask for what another Service keeps holding
+    /// (`ALREADY_EXISTS` naming the field and the holder).
+    fn check_claims(&self, req: &ProgramServiceRequest) -> Result<(), tonic::Status> {
+        let upserts: HashMap<Key, &Service> = req
+            .service_upserts
+            .iter()
+            .filter_map(|s| s.key.as_ref().map(|key| (k(key), s)))
+            .collect();
+        let deleted: BTreeSet<Key> = req.service_deletes.iter().map(k).collect();
+        // Whether `holder` still holds `c` once the batch is applied.
+        let keeps = |holder: &Key, c: &Claim| {
+            if deleted.contains(holder) {
+                return false;
+            }
+            match upserts.get(holder) {
+                Some(s) => claims_of(s).iter().any(|(x, _)| x == c),
+                None => !(req.full_sync && self.owners.get(holder) == Some(&Source::Socket)),
+            }
+        };
+        let mut in_batch: HashMap<Claim, Key> = HashMap::new();
+        for (i, svc) in req.service_upserts.iter().enumerate() {
+            let Some(key) = svc.key.as_ref().map(k) else {
+                continue;
+            };
+            for (c, field) in claims_of(svc) {
+                let holder = self
+                    .claims
+                    .get(&c)
+                    .into_iter()
+                    .flatten()
+                    .take_while(|h| **h != key)
+                    .find(|h| keeps(h, &c))
+                    .cloned()
+                    .or_else(|| in_batch.get(&c).filter(|h| **h != key).cloned());
+                if let Some(h) = holder {
+                    return Err(tonic::Status::already_exists(format!(
+                        "service_upserts[{i}].{field}: {} is held by Service {}/{}",
+                        describe_claim(&c),
+                        h.0,
+                        h.1
+                    )));
+                }
+                in_batch.entry(c).or_insert_with(|| key.clone());
+            }
+        }
+        Ok(())
+    }
+
     /// The generation of the socket source's batches.
     pub fn socket_generation(&self) -> u64 {
         self.socket_generation
@@ -351,6 +493,7 @@ impl ServiceView {
             self.check(Source::Socket, &sk(key))
                 .map_err(|c| tonic::Status::failed_precondition(format!("{field}: {c}")))?;
         }
+        self.check_claims(req)?;
         if !netlet_sdk::state::check_generation(
             self.socket_generation,
             req.generation,
@@ -615,5 +758,64 @@ mod tests {
         );
         assert!(v.check_host_ports("s2", "f", &[pm(8080, "")]).is_ok());
         assert!(v.table.full_sync_request().host_port_upserts.is_empty());
+    }
+
+    #[test]
+    fn an_address_and_port_is_held_by_the_first_service() {
+        let mut v = view();
+        v.replace(
+            Source::Manifests,
+            [wanted("web", &[("10.0.0.1", true)])].into(),
+        );
+        let with_port = |name: &str| {
+            let mut s = svc(name);
+            s.ports = vec![netlet_sdk::proto::ServicePort {
+                port: 80,
+                ..Default::default()
+            }];
+            s
+        };
+        // The manifests' web gets a port; a second manifest Service asks for the same.
+        let (key, mut w) = wanted("web", &[("10.0.0.1", true)]);
+        w.service = Some(with_port("web"));
+        let (key2, mut w2) = wanted("web2", &[("10.0.0.2", true)]);
+        w2.service = Some(with_port("web2"));
+        v.replace(
+            Source::Manifests,
+            [(key.clone(), w.clone()), (key2.clone(), w2.clone())].into(),
+        );
+        assert_eq!(
+            v.claim_conflicts(Source::Manifests),
+            ["ns/web2: 10.96.0.1 TCP 80 is held by ns/web"]
+        );
+        // The socket cannot take it: refused, nothing changes.
+        let before = v.table.generation();
+        let err = v
+            .apply_socket(&ProgramServiceRequest {
+                generation: 1,
+                full_sync: true,
+                service_upserts: vec![with_port("other")],
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists);
+        assert_eq!(
+            err.message(),
+            "service_upserts[0].cluster_ips[0]: 10.96.0.1 TCP 80 is held by Service ns/web"
+        );
+        assert_eq!(v.table.generation(), before);
+        // The holder goes: the waiting one holds it now.
+        v.replace(Source::Manifests, [(key2, w2)].into());
+        assert!(v.claim_conflicts(Source::Manifests).is_empty());
+        assert!(
+            v.apply_socket(&ProgramServiceRequest {
+                generation: 1,
+                full_sync: true,
+                service_upserts: vec![with_port("other")],
+                ..Default::default()
+            })
+            .is_err(),
+            "web2 holds it now"
+        );
     }
 }
