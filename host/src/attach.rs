@@ -180,17 +180,20 @@ impl Host {
                 )));
             }
             // Host ports another pod holds: refused before anything is made (pods with host
-            // ports attach one at a time, so two cannot both pass the check).
-            let _ports_guard = if sandbox.port_mappings.is_empty() {
-                None
+            // ports attach one at a time, so two cannot both pass the check). Pods without
+            // any never touch the Service view.
+            let has_ports = !sandbox.port_mappings.is_empty();
+            let _ports_guard = if has_ports {
+                let guard = self.lock_key("host-ports").await;
+                self.services.lock().await.check_host_ports(
+                    &sandbox.id,
+                    "sandbox.port_mappings",
+                    &sandbox.port_mappings,
+                )?;
+                Some(guard)
             } else {
-                Some(self.lock_key("host-ports").await)
+                None
             };
-            self.services.lock().await.check_host_ports(
-                &sandbox.id,
-                "sandbox.port_mappings",
-                &sandbox.port_mappings,
-            )?;
             // Resolve every network before touching anything.
             let mut plan = Vec::with_capacity(selections.len());
             for (i, sel) in selections.into_iter().enumerate() {
@@ -266,8 +269,10 @@ impl Host {
                 return Err(error::from_store(e));
             }
             tracing::info!(networks = record.attachments.len(), "pod attached");
-            self.hand_host_ports(&sandbox.id, host_ports_of(&record))
-                .await;
+            if has_ports {
+                self.hand_host_ports(&sandbox.id, host_ports_of(&record))
+                    .await;
+            }
             Ok(AttachPodResponse {
                 attachments: record.attachments,
             })
@@ -311,7 +316,13 @@ impl Host {
                 .delete_attachment(sandbox_id)
                 .await
                 .map_err(error::from_store)?;
-            self.hand_host_ports(sandbox_id, None).await;
+            if record
+                .sandbox
+                .as_ref()
+                .is_some_and(|s| !s.port_mappings.is_empty())
+            {
+                self.hand_host_ports(sandbox_id, None).await;
+            }
             tracing::info!("pod detached");
             Ok(())
         }

@@ -650,6 +650,21 @@ pub fn payload(base: u32, offset: u32, len: u32, dreg: Register) -> Expr {
     .into()
 }
 
+/// Matches when the address at `offset` of the network header (4 bytes for an IPv4 CIDR, 16
+/// for IPv6) is (`Equal`) or is not (`NotEqual`) in `cidr`; uses Reg1.
+pub fn addr_in(offset: u32, cidr: &ipnet::IpNet, op: Operator) -> Vec<Expr> {
+    let (net, mask) = match cidr {
+        ipnet::IpNet::V4(n) => (n.network().octets().to_vec(), n.netmask().octets().to_vec()),
+        ipnet::IpNet::V6(n) => (n.network().octets().to_vec(), n.netmask().octets().to_vec()),
+    };
+    let len = net.len();
+    vec![
+        payload(base::NETWORK, offset, len as u32, Register::Reg1),
+        bitwise(Register::Reg1, Register::Reg1, mask, vec![0; len]),
+        cmp(op, Register::Reg1, net),
+    ]
+}
+
 /// Loads a meta key into `dreg`.
 pub fn meta(key: MetaKey, dreg: Register) -> Expr {
     Expressions::Meta(vec![Meta::Key(key), Meta::DestinationRegister(dreg)]).into()
@@ -778,11 +793,6 @@ pub fn ct_state(dreg: Register) -> Expr {
 
 /// `ct state new` bit.
 pub const CT_STATE_NEW: u32 = 1 << 3;
-
-/// Adds or refreshes the key in `sreg` in a timed set (`update @set { key }`).
-pub fn dynset_update(set: &str, sreg: Register) -> Expr {
-    dynset(set, 1, sreg, None)
-}
 
 /// Adds the key in `key` with the data in `data` to a timed map, or refreshes its timeout when
 /// present (`update @map { key timeout T : data }`); `timeout_ms` overrides the map's.

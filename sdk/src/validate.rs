@@ -239,6 +239,14 @@ pub fn list_attachments(r: &crate::proto::ListAttachmentsRequest) -> R {
     Ok(())
 }
 
+/// ListServices.
+pub fn list_services(r: &crate::proto::ListServicesRequest) -> R {
+    if !r.namespace.is_empty() {
+        dns_label("namespace", &r.namespace)?;
+    }
+    Ok(())
+}
+
 /// GarbageCollect.
 pub fn garbage_collect(r: &GarbageCollectRequest) -> R {
     for (i, id) in r.valid_sandbox_ids.iter().enumerate() {

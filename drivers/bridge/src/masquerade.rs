@@ -6,7 +6,7 @@
 
 use ipnet::IpNet;
 use netlet_sdk::nftables::{
-    self as nft, BaseChain, Batch, Conn, Expr, Family, MetaKey, Operator, Register, base, hook,
+    self as nft, BaseChain, Batch, Conn, Expr, Family, MetaKey, Operator, Register, hook,
 };
 
 use crate::netlink::NlError;
@@ -21,32 +21,16 @@ const SRCNAT: i32 = 100;
 
 /// `saddr in cidr && daddr not in cidr → masquerade`, for the CIDR's family.
 fn rule(cidr: &IpNet) -> Vec<Expr> {
-    let (proto, src_off, dst_off, len) = match cidr {
-        IpNet::V4(_) => (NFPROTO_IPV4, 12, 16, 4u32),
-        IpNet::V6(_) => (NFPROTO_IPV6, 8, 24, 16u32),
-    };
-    let (net, mask) = match cidr {
-        IpNet::V4(n) => (n.network().octets().to_vec(), n.netmask().octets().to_vec()),
-        IpNet::V6(n) => (n.network().octets().to_vec(), n.netmask().octets().to_vec()),
-    };
-    let addr_in = |offset: u32, op: Operator| {
-        vec![
-            nft::payload(base::NETWORK, offset, len, Register::Reg1),
-            nft::bitwise(
-                Register::Reg1,
-                Register::Reg1,
-                mask.clone(),
-                vec![0; len as usize],
-            ),
-            nft::cmp(op, Register::Reg1, net.clone()),
-        ]
+    let (proto, src_off, dst_off) = match cidr {
+        IpNet::V4(_) => (NFPROTO_IPV4, 12, 16),
+        IpNet::V6(_) => (NFPROTO_IPV6, 8, 24),
     };
     let mut exprs = vec![
         nft::meta(MetaKey::Nfproto, Register::Reg1),
         nft::cmp(Operator::Equal, Register::Reg1, vec![proto]),
     ];
-    exprs.extend(addr_in(src_off, Operator::Equal));
-    exprs.extend(addr_in(dst_off, Operator::NotEqual));
+    exprs.extend(nft::addr_in(src_off, cidr, Operator::Equal));
+    exprs.extend(nft::addr_in(dst_off, cidr, Operator::NotEqual));
     exprs.push(nft::masquerade());
     exprs
 }

@@ -41,6 +41,66 @@ struct State {
     conn: Conn,
 }
 
+impl State {
+    /// The `hairpin` elements to add and delete, per family, for the given changes in the number
+    /// of Services leading to each address.
+    fn hairpin_changes(&self, pins: &BTreeMap<IpAddr, i64>) -> [(Vec<IpAddr>, Vec<IpAddr>); 2] {
+        let mut out: [(Vec<IpAddr>, Vec<IpAddr>); 2] = Default::default();
+        for (ip, d) in pins {
+            let now = i64::from(self.hairpin.get(ip).copied().unwrap_or(0));
+            let fam = if ip.is_ipv4() { Fam::V4 } else { Fam::V6 };
+            let (add, del) = &mut out[fam as usize];
+            match (now, now + d) {
+                (0, n) if n > 0 => add.push(*ip),
+                (n, 0) if n > 0 => del.push(*ip),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Records the hairpin counts once the transaction committed.
+    fn commit_pins(&mut self, pins: BTreeMap<IpAddr, i64>) {
+        for (ip, d) in pins {
+            let n = i64::from(self.hairpin.get(&ip).copied().unwrap_or(0)) + d;
+            if n > 0 {
+                self.hairpin.insert(ip, n as u32);
+            } else {
+                self.hairpin.remove(&ip);
+            }
+        }
+    }
+
+    /// Records the batch's claims once the transaction committed: who holds what now, and who
+    /// waits for what (`touched` Services wait again only for what they were refused now).
+    fn commit_claims<V>(
+        &mut self,
+        taken: HashMap<Claim, Option<Key>>,
+        touched: &BTreeMap<Key, V>,
+        conflicts: Vec<(Claim, Key)>,
+    ) {
+        for (c, owner) in taken {
+            match owner {
+                Some(k) => self.claims.insert(c, k),
+                None => self.claims.remove(&c),
+            };
+        }
+        for waiting in self.blocked.values_mut() {
+            waiting.retain(|k| !touched.contains_key(k));
+        }
+        self.blocked.retain(|_, w| !w.is_empty());
+        for (c, key) in conflicts {
+            tracing::warn!(
+                service = %format!("{}/{}", key.0, key.1),
+                held_by = ?self.claims.get(&c).map(|o| format!("{}/{}", o.0, o.1)),
+                what = %ruleset::describe(&c),
+                "left out: another Service holds it"
+            );
+            self.blocked.entry(c).or_default().insert(key);
+        }
+    }
+}
+
 /// The driver.
 pub struct Nft {
     settings: Settings,
@@ -150,18 +210,7 @@ impl Nft {
             next.push((key.clone(), new));
         }
         pins.retain(|_, d| *d != 0);
-        let mut pin_changes: [(Vec<IpAddr>, Vec<IpAddr>); 2] = Default::default();
-        for (ip, d) in &pins {
-            let now = i64::from(st.hairpin.get(ip).copied().unwrap_or(0));
-            let fam = if ip.is_ipv4() { Fam::V4 } else { Fam::V6 };
-            let (add, del) = &mut pin_changes[fam as usize];
-            match (now, now + d) {
-                (0, n) if n > 0 => add.push(*ip),
-                (n, 0) if n > 0 => del.push(*ip),
-                _ => {}
-            }
-        }
-        for (fam, (add, del)) in Fam::ALL.into_iter().zip(pin_changes) {
+        for (fam, (add, del)) in Fam::ALL.into_iter().zip(st.hairpin_changes(&pins)) {
             plan.hairpin(fam, add, del);
         }
         let host_ports = (req.full_sync
@@ -187,33 +236,8 @@ impl Nft {
         if let Some(h) = host_ports {
             st.host_ports = h;
         }
-        for (c, owner) in taken {
-            match owner {
-                Some(k) => st.claims.insert(c, k),
-                None => st.claims.remove(&c),
-            };
-        }
-        for waiting in st.blocked.values_mut() {
-            waiting.retain(|k| !post.contains_key(k));
-        }
-        st.blocked.retain(|_, w| !w.is_empty());
-        for (c, key) in &conflicts {
-            tracing::warn!(
-                service = %format!("{}/{}", key.0, key.1),
-                held_by = ?st.claims.get(c).map(|o| format!("{}/{}", o.0, o.1)),
-                what = %ruleset::describe(c),
-                "left out: another Service holds it"
-            );
-            st.blocked.entry(c.clone()).or_default().insert(key.clone());
-        }
-        for (ip, d) in pins {
-            let n = i64::from(st.hairpin.get(&ip).copied().unwrap_or(0)) + d;
-            if n > 0 {
-                st.hairpin.insert(ip, n as u32);
-            } else {
-                st.hairpin.remove(&ip);
-            }
-        }
+        st.commit_claims(taken, &post, conflicts);
+        st.commit_pins(pins);
         for (key, objs) in next {
             if objs.iter().all(Objects::is_empty) {
                 st.objects.remove(&key);
@@ -319,9 +343,7 @@ impl Services for Api {
         req: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
         let req = req.into_inner();
-        if !req.namespace.is_empty() {
-            validate::dns_label("namespace", &req.namespace)?;
-        }
+        validate::list_services(&req)?;
         let st = self
             .0
             .state

@@ -323,8 +323,6 @@ pub type Backend = (IpAddr, u16, u8);
 pub struct Objects {
     /// Chains by name.
     pub chains: BTreeMap<String, Body>,
-    /// Sets and maps of this Service by name.
-    pub sets: BTreeMap<String, SetSpec>,
     /// Elements: (set, key) → value.
     pub elems: BTreeMap<(String, Vec<u8>), Elem>,
     /// Endpoints (`addr:port`) in slot order, per Service chain (kept stable across changes).
@@ -336,7 +334,7 @@ pub struct Objects {
 impl Objects {
     /// Whether there is nothing.
     pub fn is_empty(&self) -> bool {
-        self.chains.is_empty() && self.sets.is_empty() && self.elems.is_empty()
+        self.chains.is_empty() && self.elems.is_empty()
     }
 }
 
@@ -367,7 +365,7 @@ fn endpoint_port(e: &Endpoint, name: &str, proto: u8, target: u32, port: u32) ->
         .filter(|p| *p != 0)
 }
 
-/// Keeps every endpoint chain that stays in its slot; fills holes with the last ones, then
+/// Keeps every endpoint that stays in its slot; fills holes with the last ones, then
 /// appends newcomers. A removal moves at most one other endpoint.
 fn assign_slots(old: Option<&Vec<String>>, want: &BTreeSet<String>) -> Vec<String> {
     let mut slots: Vec<Option<String>> = old
@@ -639,21 +637,12 @@ pub fn host_port_objects(all: &BTreeMap<String, HostPorts>, fam: Fam) -> Objects
 
 /// `saddr` or `daddr` into Reg1 and, with `cidr`, compared against it.
 fn addr_in(fam: Fam, daddr: bool, cidr: &IpNet, op: Operator) -> Vec<Expr> {
-    let (net, mask) = match cidr {
-        IpNet::V4(n) => (n.network().octets().to_vec(), n.netmask().octets().to_vec()),
-        IpNet::V6(n) => (n.network().octets().to_vec(), n.netmask().octets().to_vec()),
-    };
     let off = if daddr {
         fam.daddr_offset()
     } else {
         fam.saddr_offset()
     };
-    let len = fam.addr_len();
-    vec![
-        nft::payload(base::NETWORK, off, len, Register::Reg1),
-        nft::bitwise(Register::Reg1, Register::Reg1, mask, vec![0; len as usize]),
-        nft::cmp(op, Register::Reg1, net),
-    ]
+    nft::addr_in(off, cidr, op)
 }
 
 fn fib_local(daddr: bool) -> Vec<Expr> {
@@ -1106,11 +1095,10 @@ pub struct Plan {
     unlink: Batch,
     flush: Batch,
     fill: Batch,
-    drop_sets: Batch,
     remove: Batch,
     /// UDP endpoints that went away: (address, port), for the conntrack flush.
     pub udp_gone: Vec<(IpAddr, u16)>,
-    /// Objects touched (chains, sets, elements), for the log and the benchmark.
+    /// Objects touched (chains, elements), for the log and the benchmark.
     pub touched: usize,
 }
 
@@ -1121,8 +1109,6 @@ impl Plan {
         b.append(self.unlink);
         b.append(self.flush);
         b.append(self.fill);
-        // Sets before chains: a map's elements may still name a chain that goes.
-        b.append(self.drop_sets);
         b.append(self.remove);
         b
     }
@@ -1130,12 +1116,6 @@ impl Plan {
     /// Adds the difference between two states of one Service.
     pub fn diff(&mut self, fam: Fam, old: &Objects, new: &Objects) {
         let f = fam.family();
-        for (name, s) in &new.sets {
-            if old.sets.get(name) != Some(s) {
-                self.make.add_set(f, TABLE, s);
-                self.touched += 1;
-            }
-        }
         for (name, body) in &new.chains {
             match old.chains.get(name) {
                 Some(b) if b == body => {}
@@ -1164,11 +1144,8 @@ impl Plan {
             }
         }
         for (set, keys) in dels {
-            // Elements of a set that goes away go with it.
-            if new.sets.contains_key(set) || !old.sets.contains_key(set) {
-                self.touched += keys.len();
-                self.unlink.delete_keys(f, TABLE, set, keys);
-            }
+            self.touched += keys.len();
+            self.unlink.delete_keys(f, TABLE, set, keys);
         }
         for (set, elems) in adds {
             self.touched += elems.len();
@@ -1204,12 +1181,6 @@ impl Plan {
         for (ip, port, proto) in old.backends.difference(&new.backends) {
             if *proto == 17 {
                 self.udp_gone.push((*ip, *port));
-            }
-        }
-        for name in old.sets.keys() {
-            if !new.sets.contains_key(name) {
-                self.drop_sets.delete_set(f, TABLE, name);
-                self.touched += 1;
             }
         }
     }
@@ -1302,7 +1273,7 @@ mod tests {
             let b = desired(&set, Some(&svc()), &e2, Fam::V4, Some(&a));
             let mut plan = Plan::default();
             plan.diff(Fam::V4, &a, &b);
-            // one endpoint chain, two chains' rules (svc, ext), 2 x (delete 2 slots, add 1)
+            // two chains' rules (svc, ext), 2 x (delete 2 slot elements, add 1)
             assert!(plan.touched <= 9, "n={n}: {}", plan.touched);
         }
     }

@@ -91,9 +91,7 @@ impl Services for Api {
         req: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
         let req = req.into_inner();
-        if !req.namespace.is_empty() {
-            validate::dns_label("namespace", &req.namespace)?;
-        }
+        validate::list_services(&req)?;
         let view = self.0.services.lock().await;
         let node_generation = view.table.generation();
         let drivers = self

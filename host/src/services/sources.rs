@@ -134,6 +134,29 @@ fn claims_of(svc: &Service) -> Vec<(Claim, String)> {
     out
 }
 
+/// Moves `key`'s claims from what `old` asked for to what `new` asks for (a claim both ask
+/// for keeps its place in line).
+fn reclaim(
+    claims: &mut HashMap<Claim, Vec<Key>>,
+    key: &Key,
+    old: Option<&Service>,
+    new: Option<&Service>,
+) {
+    let old: BTreeSet<Claim> = old.into_iter().flat_map(claims_of).map(|c| c.0).collect();
+    let new: BTreeSet<Claim> = new.into_iter().flat_map(claims_of).map(|c| c.0).collect();
+    for c in old.difference(&new) {
+        if let Some(list) = claims.get_mut(c) {
+            list.retain(|k| k != key);
+            if list.is_empty() {
+                claims.remove(c);
+            }
+        }
+    }
+    for c in new.difference(&old) {
+        claims.entry(c.clone()).or_default().push(key.clone());
+    }
+}
+
 fn describe_claim(c: &Claim) -> String {
     let proto = Protocol::try_from(c.1)
         .map(|p| p.as_str_name().trim_start_matches("PROTOCOL_"))
@@ -289,23 +312,13 @@ impl ServiceView {
                 Some((s, e)) => (s.cloned(), e.clone()),
                 None => (None, BTreeMap::new()),
             };
-            let old: BTreeSet<Claim> = have_svc.iter().flat_map(claims_of).map(|c| c.0).collect();
-            let new: BTreeSet<Claim> = now
-                .service
-                .iter()
-                .flat_map(claims_of)
-                .map(|c| c.0)
-                .collect();
-            for c in old.difference(&new) {
-                if let Some(list) = self.claims.get_mut(c) {
-                    list.retain(|k| k != key);
-                    if list.is_empty() {
-                        self.claims.remove(c);
-                    }
-                }
-            }
-            for c in new.difference(&old) {
-                self.claims.entry(c.clone()).or_default().push(key.clone());
+            if have_svc != now.service {
+                reclaim(
+                    &mut self.claims,
+                    key,
+                    have_svc.as_ref(),
+                    now.service.as_ref(),
+                );
             }
             match (&now.service, &have_svc) {
                 (Some(n), h) if h.as_ref() != Some(n) => req.service_upserts.push(n.clone()),
