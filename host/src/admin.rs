@@ -90,7 +90,7 @@ pub async fn state(host: &Host) -> Value {
         .lock()
         .map(|e| e.clone())
         .unwrap_or_default();
-    let policy_gen = host.policies.lock().await.generation();
+    let policy_gen = host.policies.lock().await.table.generation();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "socket": host.settings.socket,

@@ -6,7 +6,8 @@ use netlet_sdk::proto::{
     AttachPodRequest, AttachPodResponse, Attachment, Capability, DetachPodRequest,
     GarbageCollectRequest, HostPorts, NetworkSelection, PodAttachments, PodSandbox,
 };
-use tonic::Status;
+use netlet_sdk::validate::field_error;
+use tonic::{Code, Status};
 use tracing::Instrument;
 
 use crate::{Host, error, registry::DriverEntry};
@@ -174,10 +175,15 @@ impl Host {
                         attachments: existing.attachments,
                     });
                 }
-                return Err(Status::already_exists(format!(
-                    "sandbox.id: {:?} is already attached to other networks; detach it first",
-                    sandbox.id
-                )));
+                return Err(field_error(
+                    Code::AlreadyExists,
+                    "sandbox.id",
+                    format!(
+                        "{:?} is already attached to other networks; detach it first",
+                        sandbox.id
+                    ),
+                    "SANDBOX_ATTACHED_DIFFERENTLY",
+                ));
             }
             // Host ports another pod holds: refused before anything is made (pods with host
             // ports attach one at a time, so two cannot both pass the check). Pods without
@@ -201,10 +207,12 @@ impl Host {
                     .registry
                     .driver_for_network(&sel.network)
                     .ok_or_else(|| {
-                        Status::failed_precondition(format!(
-                            "networks[{i}].network: no registered driver serves network {:?}",
-                            sel.network
-                        ))
+                        field_error(
+                            Code::FailedPrecondition,
+                            format!("networks[{i}].network"),
+                            format!("no registered driver serves network {:?}", sel.network),
+                            "NETWORK_NOT_SERVED",
+                        )
                     })?;
                 plan.push((sel, d));
             }

@@ -20,12 +20,21 @@ pub fn from_driver(driver: &DriverEntry, network: Option<&str>, s: Status) -> St
         Code::Unknown | Code::Cancelled if transport => Code::Unavailable,
         c => c,
     };
-    Status::new(code, format!("{place}: {}", s.message()))
+    // The details (field violations, reason) travel on unchanged.
+    Status::with_details(
+        code,
+        format!("{place}: {}", s.message()),
+        s.details().to_vec().into(),
+    )
 }
 
 /// No registered driver can serve this.
 pub fn nothing_serves(what: &str) -> Status {
-    Status::unavailable(format!("no registered driver serves {what}"))
+    netlet_sdk::validate::reason_error(
+        Code::Unavailable,
+        format!("no registered driver serves {what}"),
+        "NO_DRIVER",
+    )
 }
 
 /// The embedded database failed.

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod policy;
 pub mod registry;
 mod resync;
 pub mod services;
@@ -27,7 +28,7 @@ use netlet_sdk::{
         policy_server::PolicyServer, services_server::ServicesServer,
     },
     server,
-    state::{KeyGuard, KeyLocks, PolicyTable},
+    state::{KeyGuard, KeyLocks},
 };
 use tokio::sync::watch;
 use tonic::transport::Server;
@@ -81,7 +82,7 @@ pub struct Host {
     /// Manifest files that did not load, with why (their last good content stays in effect).
     pub manifest_errors: std::sync::Mutex<Vec<String>>,
     /// Desired policies (replayed to drivers).
-    pub policies: tokio::sync::Mutex<PolicyTable>,
+    pub policies: tokio::sync::Mutex<policy::PolicyView>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// True once shutdown began.
@@ -200,7 +201,10 @@ pub async fn run(
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Host ports of the pods attached before a restart are handed to drivers again.
-    let mut service_view = services::sources::ServiceView::new(settings.node.clone());
+    // This incarnation's epoch: every batch to drivers carries it, so a driver that outlived an
+    // earlier host takes this one's first full sync whatever its generation.
+    let epoch = netlet_sdk::generation::new_epoch();
+    let mut service_view = services::sources::ServiceView::new(settings.node.clone(), epoch);
     for pod in store.attachments()? {
         if let (Some(s), Some(hp)) = (&pod.sandbox, attach::host_ports_of(&pod)) {
             service_view.set_host_ports(&s.id, Some(hp));
@@ -213,7 +217,7 @@ pub async fn run(
         services: tokio::sync::Mutex::new(service_view),
         manifest_errors: Default::default(),
         health_checks: Default::default(),
-        policies: Default::default(),
+        policies: tokio::sync::Mutex::new(policy::PolicyView::new(epoch)),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
         locks: KeyLocks::default(),

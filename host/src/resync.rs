@@ -23,48 +23,37 @@ pub(crate) fn install(host: &Arc<Host>) {
 }
 
 async fn replay(host: &Host, d: &DriverEntry) {
+    // A full sync in the host's epoch, even of an empty table: a driver that outlived an
+    // earlier host drops what this one does not want.
     if d.has(Capability::Services) {
         let view = host.services.lock().await;
-        let table = &view.table;
-        if table.generation() > 0 {
-            let r = d
-                .clients
-                .services
-                .clone()
-                .program_service(table.full_sync_request())
-                .await;
-            let applied = match r {
-                Ok(resp) => resp.into_inner().applied_generation,
-                Err(e) => {
-                    tracing::warn!(driver = %d.name, error = %e, "Services replay failed");
-                    0
-                }
-            };
-            if let Ok(mut g) = d.services_generation.lock() {
-                *g = applied;
-            }
-        }
+        let r = d
+            .clients
+            .services
+            .clone()
+            .program_service(view.table.full_sync_request())
+            .await;
+        record(
+            d,
+            &d.services_generation,
+            "Services",
+            r.map(|r| r.into_inner().applied_generation),
+        );
     }
     if d.has(Capability::Policy) {
-        let table = host.policies.lock().await;
-        if table.generation() > 0 {
-            let r = d
-                .clients
-                .policy
-                .clone()
-                .apply_policy(table.full_sync_request())
-                .await;
-            let applied = match r {
-                Ok(resp) => resp.into_inner().applied_generation,
-                Err(e) => {
-                    tracing::warn!(driver = %d.name, error = %e, "Policy replay failed");
-                    0
-                }
-            };
-            if let Ok(mut g) = d.policy_generation.lock() {
-                *g = applied;
-            }
-        }
+        let view = host.policies.lock().await;
+        let r = d
+            .clients
+            .policy
+            .clone()
+            .apply_policy(view.table.full_sync_request())
+            .await;
+        record(
+            d,
+            &d.policy_generation,
+            "Policy",
+            r.map(|r| r.into_inner().applied_generation),
+        );
     }
     if d.has(Capability::Pods) {
         let pods = match host.store.attachments() {
@@ -108,6 +97,23 @@ async fn replay(host: &Host, d: &DriverEntry) {
             tracing::info!(driver = %d.name, attachments = replayed, "attachments replayed");
         }
         sweep_orphans(host, d).await;
+    }
+}
+
+/// Records what a driver acknowledged of a replay (0 when it failed: the next batch is a full
+/// sync again).
+fn record(
+    d: &DriverEntry,
+    generation: &std::sync::Mutex<u64>,
+    what: &str,
+    r: Result<u64, tonic::Status>,
+) {
+    let applied = r.unwrap_or_else(|e| {
+        tracing::warn!(driver = %d.name, error = %e, "{what} replay failed");
+        0
+    });
+    if let Ok(mut g) = generation.lock() {
+        *g = applied;
     }
 }
 

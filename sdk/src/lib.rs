@@ -44,6 +44,7 @@
 
 pub mod client;
 mod driver;
+pub mod generation;
 pub mod netns;
 #[cfg(feature = "nftables")]
 pub mod nftables;

@@ -9,31 +9,14 @@ use std::sync::Arc;
 
 use tonic::Status;
 
+use crate::generation::{Applied, Batch};
+
 use crate::proto::{
     ApplyPolicyRequest, DnsPolicy, Endpoint, GarbageCollectRequest, HostPorts, HostnameGrant,
     ListAttachmentsRequest, ListAttachmentsResponse, ListPoliciesResponse, ListServicesResponse,
     NetworkPolicy, PodAttachments, PodNetworkStatusRequest, PodNetworkStatusResponse, PolicyKey,
     PolicyKind, PortMapping, ProgramServiceRequest, Protocol, Service, ServiceKey, ServiceState,
 };
-
-/// Decides what to do with a batch stamped `generation` when `applied` is applied: `Ok(true)`
-/// apply it, `Ok(false)` it is a replay of the applied generation (answer OK, change nothing).
-pub fn check_generation(applied: u64, generation: u64, full_sync: bool) -> Result<bool, Status> {
-    if generation == applied && applied != 0 {
-        return Ok(false);
-    }
-    if generation < applied {
-        return Err(Status::failed_precondition(format!(
-            "generation: {generation} is older than the applied generation {applied}"
-        )));
-    }
-    if applied == 0 && !full_sync {
-        return Err(Status::failed_precondition(
-            "full_sync: nothing applied yet; the first batch must be a full sync",
-        ));
-    }
-    Ok(true)
-}
 
 /// Whether a pod passes ListAttachments' filters (empty filters match everything).
 pub fn pod_matches(pod: &PodAttachments, filter: &ListAttachmentsRequest) -> bool {
@@ -48,7 +31,12 @@ pub fn pod_matches(pod: &PodAttachments, filter: &ListAttachmentsRequest) -> boo
 
 /// The `NOT_FOUND` answered for a sandbox that is not attached.
 pub fn not_attached(sandbox_id: &str) -> Status {
-    Status::not_found(format!("sandbox_id: {sandbox_id:?} is not attached"))
+    crate::validate::field_error(
+        tonic::Code::NotFound,
+        "sandbox_id",
+        format!("{sandbox_id:?} is not attached"),
+        "SANDBOX_NOT_ATTACHED",
+    )
 }
 
 /// ListAttachments over a Pods server's records: the filter validated, the matching pods kept.
@@ -119,7 +107,7 @@ struct ServiceEntry {
 /// Services with their endpoints, as programmed.
 #[derive(Debug, Default, Clone)]
 pub struct ServiceTable {
-    generation: u64,
+    applied: Applied,
     entries: BTreeMap<(String, String), ServiceEntry>,
     host_ports: BTreeMap<String, HostPorts>,
 }
@@ -127,7 +115,12 @@ pub struct ServiceTable {
 impl ServiceTable {
     /// Applied generation (0 before the first sync).
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.applied.generation
+    }
+
+    /// Applied epoch and generation.
+    pub fn applied(&self) -> Applied {
+        self.applied
     }
 
     /// Number of Services.
@@ -143,10 +136,11 @@ impl ServiceTable {
         self.len() == 0
     }
 
-    /// Applies a validated batch; returns the applied generation.
-    pub fn apply(&mut self, req: &ProgramServiceRequest) -> Result<u64, Status> {
-        if !check_generation(self.generation, req.generation, req.full_sync)? {
-            return Ok(self.generation);
+    /// Applies a validated batch (see [`Applied::check`]); returns what is applied.
+    pub fn apply(&mut self, req: &ProgramServiceRequest) -> Result<Applied, Status> {
+        let batch = Batch::from(req);
+        if !self.applied.check(batch)? {
+            return Ok(self.applied);
         }
         if req.full_sync {
             self.entries.clear();
@@ -202,8 +196,8 @@ impl ServiceTable {
                 self.entries.remove(&key);
             }
         }
-        self.generation = req.generation;
-        Ok(self.generation)
+        self.applied = Applied::after(batch);
+        Ok(self.applied)
     }
 
     /// Host ports of attached pods, by sandbox id.
@@ -224,7 +218,8 @@ impl ServiceTable {
     /// The whole table as one full-sync batch at the applied generation.
     pub fn full_sync_request(&self) -> ProgramServiceRequest {
         let mut req = ProgramServiceRequest {
-            generation: self.generation,
+            generation: self.applied.generation,
+            epoch: self.applied.epoch,
             full_sync: true,
             host_port_upserts: self.host_ports.values().cloned().collect(),
             ..Default::default()
@@ -250,7 +245,8 @@ impl ServiceTable {
     /// Services (those whose Service object is known), optionally in one namespace.
     pub fn list(&self, namespace: &str) -> ListServicesResponse {
         ListServicesResponse {
-            applied_generation: self.generation,
+            applied_generation: self.applied.generation,
+            applied_epoch: self.applied.epoch,
             services: self
                 .entries
                 .iter()
@@ -293,7 +289,7 @@ fn pkey(k: &Option<PolicyKey>) -> Option<PKey> {
 /// NetworkPolicies, DNS policies and hostname grants, as applied.
 #[derive(Debug, Default, Clone)]
 pub struct PolicyTable {
-    generation: u64,
+    applied: Applied,
     network: BTreeMap<PKey, NetworkPolicy>,
     dns: BTreeMap<PKey, DnsPolicy>,
     grants: BTreeMap<PKey, HostnameGrant>,
@@ -302,13 +298,19 @@ pub struct PolicyTable {
 impl PolicyTable {
     /// Applied generation (0 before the first sync).
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.applied.generation
     }
 
-    /// Applies a validated batch; returns the applied generation.
-    pub fn apply(&mut self, req: &ApplyPolicyRequest) -> Result<u64, Status> {
-        if !check_generation(self.generation, req.generation, req.full_sync)? {
-            return Ok(self.generation);
+    /// Applied epoch and generation.
+    pub fn applied(&self) -> Applied {
+        self.applied
+    }
+
+    /// Applies a validated batch (see [`Applied::check`]); returns what is applied.
+    pub fn apply(&mut self, req: &ApplyPolicyRequest) -> Result<Applied, Status> {
+        let batch = Batch::from(req);
+        if !self.applied.check(batch)? {
+            return Ok(self.applied);
         }
         if req.full_sync {
             self.network.clear();
@@ -339,14 +341,15 @@ impl PolicyTable {
                 _ => None,
             };
         }
-        self.generation = req.generation;
-        Ok(self.generation)
+        self.applied = Applied::after(batch);
+        Ok(self.applied)
     }
 
     /// Everything as one full-sync batch at the applied generation.
     pub fn full_sync_request(&self) -> ApplyPolicyRequest {
         ApplyPolicyRequest {
-            generation: self.generation,
+            generation: self.applied.generation,
+            epoch: self.applied.epoch,
             full_sync: true,
             network_policies: self.network.values().cloned().collect(),
             dns_policies: self.dns.values().cloned().collect(),
@@ -358,7 +361,8 @@ impl PolicyTable {
     /// Everything applied.
     pub fn list(&self) -> ListPoliciesResponse {
         ListPoliciesResponse {
-            applied_generation: self.generation,
+            applied_generation: self.applied.generation,
+            applied_epoch: self.applied.epoch,
             network_policies: self.network.values().cloned().collect(),
             dns_policies: self.dns.values().cloned().collect(),
             hostname_grants: self.grants.values().cloned().collect(),
@@ -415,8 +419,8 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert_eq!(t.apply(&sync).unwrap(), 2);
-        assert_eq!(t.apply(&sync).unwrap(), 2, "replay is a no-op");
+        assert_eq!(t.apply(&sync).unwrap().generation, 2);
+        assert_eq!(t.apply(&sync).unwrap().generation, 2, "replay is a no-op");
         let del = ProgramServiceRequest {
             generation: 3,
             endpoint_deletes: vec![EndpointKey {

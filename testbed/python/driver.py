@@ -26,7 +26,26 @@ def main():
     sys.path.insert(0, args.stubs)
 
     import grpc
+    from google.protobuf import any_pb2
+    from google.rpc import error_details_pb2, status_pb2
+    from grpc_status import rpc_status
     from netlet.v1alpha1 import identity_pb2, identity_pb2_grpc, pods_pb2, pods_pb2_grpc, types_pb2
+
+    def field_error(context, code, field, why, reason="INVALID_FIELD"):
+        """Aborts the call the way the contract asks (types.proto, "Errors"): the message
+        "<field>: <why>", and in the details a google.rpc.BadRequest naming the field and a
+        google.rpc.ErrorInfo with the reason in domain netlet.io."""
+        bad = error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=why)])
+        info = error_details_pb2.ErrorInfo(reason=reason, domain="netlet.io",
+                                           metadata={"field": field})
+        details = []
+        for d in (bad, info):
+            a = any_pb2.Any()
+            a.Pack(d)
+            details.append(a)
+        context.abort_with_status(rpc_status.to_status(status_pb2.Status(
+            code=code.value[0], message="%s: %s" % (field, why), details=details)))
 
     attachments = {}
     lock = threading.Lock()
@@ -48,9 +67,9 @@ def main():
     class Pods(pods_pb2_grpc.PodsServicer):
         def AttachPod(self, request, context):
             if not request.HasField("sandbox"):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sandbox: required")
+                field_error(context, grpc.StatusCode.INVALID_ARGUMENT, "sandbox", "required")
             if not request.sandbox.id:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sandbox.id: required")
+                field_error(context, grpc.StatusCode.INVALID_ARGUMENT, "sandbox.id", "required")
             out = []
             with lock:
                 for i, sel in enumerate(request.networks):
@@ -73,7 +92,7 @@ def main():
 
         def DetachPod(self, request, context):
             if not request.sandbox_id:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sandbox_id: required")
+                field_error(context, grpc.StatusCode.INVALID_ARGUMENT, "sandbox_id", "required")
             with lock:
                 for key in [k for k in attachments if k[0] == request.sandbox_id]:
                     if not request.networks or any(n.network == key[1] for n in request.networks):

@@ -110,9 +110,12 @@ impl Node for Api {
         let network = req.into_inner().network;
         validate::optional_network("network", &network)?;
         if !network.is_empty() && !self.0.network_names().contains(&network) {
-            return Err(Status::not_found(format!(
-                "network: this driver does not serve {network:?}"
-            )));
+            return Err(validate::field_error(
+                tonic::Code::NotFound,
+                "network",
+                format!("this driver does not serve {network:?}"),
+                "NETWORK_NOT_SERVED",
+            ));
         }
         Ok(Response::new(NetworkReadyResponse {
             readiness: Some(self.0.readiness()),

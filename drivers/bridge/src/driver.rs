@@ -18,10 +18,10 @@ use netlet_sdk::proto::{
 };
 use netlet_sdk::state::KeyLocks;
 use netlet_sdk::store::Store;
-use netlet_sdk::validate::invalid;
+use netlet_sdk::validate::{field_error, invalid, reason_error};
 use prost::Message;
 use tokio::sync::watch;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::bandwidth;
 use crate::config::NetworkConfig;
@@ -498,10 +498,15 @@ impl Bridge {
             Some(rec) => {
                 let a = rec.attachments.first().cloned().unwrap_or_default();
                 if a.network != sel.network {
-                    return Err(Status::already_exists(format!(
-                        "{field}.interface_name: {ifname} of sandbox {} is attached to network {:?}",
-                        sandbox.id, a.network
-                    )));
+                    return Err(field_error(
+                        Code::AlreadyExists,
+                        format!("{field}.interface_name"),
+                        format!(
+                            "{ifname} of sandbox {} is attached to network {:?}",
+                            sandbox.id, a.network
+                        ),
+                        "INTERFACE_IN_USE",
+                    ));
                 }
                 if self
                     .nl
@@ -562,10 +567,12 @@ impl Bridge {
     fn bridge_index(&self, network: &str, field: &str) -> Result<u32, Status> {
         let st = self.lock();
         let n = st.networks.get(network).ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "{field}.network: driver {} does not serve network {network:?}",
-                self.name
-            ))
+            field_error(
+                Code::FailedPrecondition,
+                format!("{field}.network"),
+                format!("driver {} does not serve network {network:?}", self.name),
+                "NETWORK_NOT_SERVED",
+            )
         })?;
         n.bridge_index.ok_or_else(|| {
             let (r, m) = n.problem.clone().unwrap_or_default();
@@ -582,10 +589,14 @@ impl Bridge {
         field: &str,
     ) -> Result<Attachment, Status> {
         let mut st = self.lock();
-        let n = st
-            .networks
-            .get_mut(&sel.network)
-            .ok_or_else(|| Status::failed_precondition(format!("{field}.network: not served")))?;
+        let n = st.networks.get_mut(&sel.network).ok_or_else(|| {
+            field_error(
+                Code::FailedPrecondition,
+                format!("{field}.network"),
+                "not served",
+                "NETWORK_NOT_SERVED",
+            )
+        })?;
         let mut wanted: Vec<Option<IpAddr>> = vec![None; n.pools.len()];
         for (i, s) in sel.ips.iter().enumerate() {
             let ip: IpAddr = s
@@ -634,11 +645,15 @@ impl Bridge {
             }
             let field_ips = format!("{field}.ips");
             return Err(match e {
-                IpamError::Exhausted(_) => {
-                    Status::resource_exhausted(format!("network {:?}: {e}", sel.network))
-                }
+                IpamError::Exhausted(_) => reason_error(
+                    Code::ResourceExhausted,
+                    format!("network {:?}: {e}", sel.network),
+                    "POOL_EXHAUSTED",
+                ),
                 IpamError::OutOfRange { .. } => invalid(field_ips, e.to_string()),
-                IpamError::InUse { .. } => Status::already_exists(format!("{field_ips}: {e}")),
+                IpamError::InUse { .. } => {
+                    field_error(Code::AlreadyExists, field_ips, e, "ADDRESS_IN_USE")
+                }
             });
         }
         let addrs: Vec<IpAddr> = taken.iter().map(|(_, ip)| *ip).collect();

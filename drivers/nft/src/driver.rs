@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+use netlet_sdk::generation::{self, Applied};
 use netlet_sdk::nftables::{Batch, Conn, NftError};
 use netlet_sdk::proto::{
     Endpoint, ListServicesRequest, ListServicesResponse, ProgramServiceRequest,
     ProgramServiceResponse, Service, ServiceKey, services_server::Services,
 };
-use netlet_sdk::state::{ServiceTable, apply_host_ports, check_generation};
+use netlet_sdk::state::{ServiceTable, apply_host_ports};
 use netlet_sdk::validate;
 use tonic::{Request, Response, Status};
 
@@ -136,13 +137,13 @@ impl Nft {
     }
 
     /// Applies a validated batch.
-    pub fn program(&self, req: &ProgramServiceRequest) -> Result<u64, Status> {
+    pub fn program(&self, req: &ProgramServiceRequest) -> Result<Applied, Status> {
         let mut st = self
             .state
             .lock()
             .map_err(|_| Status::internal("state lock poisoned"))?;
-        if !check_generation(st.table.generation(), req.generation, req.full_sync)? {
-            return Ok(st.table.generation());
+        if !st.table.applied().check(generation::Batch::from(req))? {
+            return Ok(st.table.applied());
         }
         let mut post = after(&st, req);
         let empty = [Objects::default(), Objects::default()];
@@ -259,7 +260,7 @@ impl Nft {
                 Err(e) => tracing::warn!(error = %e, "flushing stale UDP flows failed"),
             }
         }
-        Ok(req.generation)
+        Ok(Applied::after(generation::Batch::from(req)))
     }
 }
 
@@ -334,8 +335,8 @@ impl Services for Api {
     ) -> Result<Response<ProgramServiceResponse>, Status> {
         let req = req.into_inner();
         validate::program_service(&req)?;
-        let applied_generation = self.0.program(&req)?;
-        Ok(Response::new(ProgramServiceResponse { applied_generation }))
+        let applied = self.0.program(&req)?;
+        Ok(Response::new(ProgramServiceResponse::from(applied)))
     }
 
     async fn list_services(

@@ -228,13 +228,15 @@ async fn connect(socket: &str) -> Result<Clients, CniError> {
     }
 }
 
-/// gRPC status → CNI error: unreachable or busy → 11; a field of ours → 4 (environment) or 7
-/// (configuration); unknown sandbox → 3; anything else → 100 + the gRPC code.
+/// gRPC status → CNI error, from the code and the structured details (never the text):
+/// unreachable or busy → 11; a field of the sandbox (filled from `CNI_*`) → 4 (environment),
+/// another field → 7 (configuration); unknown sandbox → 3; anything else → 100 + the gRPC code.
 fn from_status(s: tonic::Status) -> CniError {
     let m = s.message().to_string();
+    let field = netlet_sdk::validate::error_field(&s).unwrap_or_default();
     let c = match s.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => code::TRY_AGAIN_LATER,
-        Code::InvalidArgument if m.starts_with("sandbox.") => code::INVALID_ENV,
+        Code::InvalidArgument if field.starts_with("sandbox.") => code::INVALID_ENV,
         Code::InvalidArgument => code::INVALID_CONFIG,
         Code::NotFound => code::UNKNOWN_CONTAINER,
         other => code::PLUGIN + other as u32,
@@ -423,11 +425,16 @@ mod tests {
     fn status_codes_map_to_cni_codes() {
         assert_eq!(from_status(tonic::Status::unavailable("x")).code, 11);
         assert_eq!(
-            from_status(tonic::Status::invalid_argument("sandbox.netns_path: x")).code,
+            from_status(netlet_sdk::validate::invalid("sandbox.netns_path", "x")).code,
             4
         );
         assert_eq!(
-            from_status(tonic::Status::invalid_argument("networks[0].ips[0]: x")).code,
+            from_status(netlet_sdk::validate::invalid("networks[0].ips[0]", "x")).code,
+            7
+        );
+        // The field comes from the BadRequest detail, not from the text.
+        assert_eq!(
+            from_status(tonic::Status::invalid_argument("sandbox.netns_path: x")).code,
             7
         );
         assert_eq!(

@@ -62,7 +62,12 @@ impl Devices for Api {
         if drivers.is_empty() {
             return Err(error::nothing_serves("Devices"));
         }
-        let mut last = Status::resource_exhausted("requests: no free device matches");
+        let mut last = netlet_sdk::validate::field_error(
+            tonic::Code::ResourceExhausted,
+            "requests",
+            "no free device matches",
+            "NO_DEVICE_FREE",
+        );
         for d in drivers {
             match d.clients.devices.clone().allocate_device(req.clone()).await {
                 Ok(resp) => {

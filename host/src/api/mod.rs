@@ -40,18 +40,25 @@ where
 {
     let calls = drivers.into_iter().map(|d| {
         let have = generation_of(&d).lock().map(|g| *g).unwrap_or(0);
-        let req = if have == applied {
-            None
-        } else if have == prev && prev != 0 {
-            Some(delta.clone())
-        } else {
-            Some(full())
-        };
-        let fut = req.map(|r| call(d.clone(), r));
+        let delta = (have == prev && prev != 0).then(|| delta.clone());
+        let req = (have != applied).then(|| delta.clone().unwrap_or_else(&full));
+        let full = (have != applied && delta.is_some()).then(&full);
+        let call = &call;
         async move {
-            let res = match fut {
+            let res = match req {
                 None => Ok(applied),
-                Some(f) => f.await,
+                Some(r) => match call(d.clone(), r).await {
+                    // A driver that refuses a delta (it restarted, or lost its state) gets the
+                    // whole table at once: a full sync always applies.
+                    Err(s) if s.code() == tonic::Code::FailedPrecondition => match full {
+                        Some(f) => {
+                            tracing::info!(driver = %d.name, reason = %s.message(), "delta refused; sending a full sync");
+                            call(d.clone(), f).await
+                        }
+                        None => Err(s),
+                    },
+                    other => other,
+                },
             };
             if let Ok(mut g) = generation_of(&d).lock() {
                 *g = *res.as_ref().unwrap_or(&0);

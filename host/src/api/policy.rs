@@ -37,25 +37,26 @@ impl Policy for Api {
         if drivers.is_empty() {
             return Err(error::nothing_serves("Policy"));
         }
-        let mut table = self.0.policies.lock().await;
-        let prev = table.generation();
-        let applied = table.apply(&req)?;
-        sync_to_drivers(
-            drivers,
-            |d| &d.policy_generation,
-            prev,
-            applied,
-            &req,
-            || table.full_sync_request(),
-            |d, r| async move {
-                let resp = d.clients.policy.clone().apply_policy(r).await?;
-                Ok(resp.into_inner().applied_generation)
-            },
-        )
-        .await?;
-        Ok(Response::new(ApplyPolicyResponse {
-            applied_generation: applied,
-        }))
+        let mut view = self.0.policies.lock().await;
+        let prev = view.table.generation();
+        let (applied, out) = view.apply_socket(&req)?;
+        if let Some(out) = out {
+            let table = &view.table;
+            sync_to_drivers(
+                drivers,
+                |d| &d.policy_generation,
+                prev,
+                table.generation(),
+                &out,
+                || table.full_sync_request(),
+                |d, r| async move {
+                    let resp = d.clients.policy.clone().apply_policy(r).await?;
+                    Ok(resp.into_inner().applied_generation)
+                },
+            )
+            .await?;
+        }
+        Ok(Response::new(ApplyPolicyResponse::from(applied)))
     }
 
     async fn check_dns(

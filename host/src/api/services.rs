@@ -81,9 +81,7 @@ impl Services for Api {
         let prev = view.table.generation();
         let (applied, delta) = view.apply_socket(&req)?;
         push(&self.0, &view, prev, delta).await?;
-        Ok(Response::new(ProgramServiceResponse {
-            applied_generation: applied,
-        }))
+        Ok(Response::new(ProgramServiceResponse::from(applied)))
     }
 
     async fn list_services(
@@ -109,8 +107,10 @@ impl Services for Api {
             })
             .collect();
         let listed = view.table.list(&req.namespace);
+        let socket = view.socket_applied();
         Ok(Response::new(ListServicesResponse {
-            applied_generation: view.socket_generation(),
+            applied_generation: socket.generation,
+            applied_epoch: socket.epoch,
             services: listed.services,
             node_generation,
             drivers,

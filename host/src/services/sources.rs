@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use netlet_sdk::generation::{Applied, Batch};
 use netlet_sdk::proto::{
     Endpoint, EndpointKey, EndpointUpsert, HostPorts, PortMapping, ProgramServiceRequest, Protocol,
     Service, ServiceKey, ServiceType, TrafficPolicy,
@@ -193,8 +194,8 @@ pub struct ServiceView {
     wanted: HashMap<Source, BTreeMap<Key, Wanted>>,
     /// What drivers are told (all sources, per-node decisions made), with its generation.
     pub table: ServiceTable,
-    /// The generation callers of the host socket have reached (their batches' own numbering).
-    socket_generation: u64,
+    /// What callers of the host socket have reached (their batches' own epoch and numbering).
+    socket: Applied,
     /// Services that need a health-check node port (externalTrafficPolicy Local with a port).
     health_checked: BTreeSet<Key>,
     /// Who asked for each address . protocol . port and NodePort, in order: the first holds it
@@ -203,10 +204,23 @@ pub struct ServiceView {
 }
 
 impl ServiceView {
-    /// An empty view for `node`.
-    pub fn new(node: NodeInfo) -> Self {
+    /// An empty view for `node`, whose batches to drivers carry `epoch` (the host's, new at
+    /// every start). The table starts at generation 1, empty: every driver that registers gets
+    /// a full sync, even before any source has spoken, so one that outlived an earlier host
+    /// drops what this one does not want.
+    pub fn new(node: NodeInfo, epoch: u64) -> Self {
+        let mut table = ServiceTable::default();
+        let start = ProgramServiceRequest {
+            epoch,
+            generation: 1,
+            full_sync: true,
+            ..Default::default()
+        };
+        // An empty full sync onto an empty table always applies.
+        let _ = table.apply(&start);
         Self {
             node,
+            table,
             ..Default::default()
         }
     }
@@ -355,11 +369,13 @@ impl ServiceView {
         Some(req)
     }
 
-    /// The next batch for drivers (a full sync when nothing was sent yet).
+    /// The next batch for drivers: a delta in the host's epoch.
     fn next_batch(&self) -> ProgramServiceRequest {
+        let applied = self.table.applied();
         ProgramServiceRequest {
-            generation: self.table.generation() + 1,
-            full_sync: self.table.generation() == 0,
+            epoch: applied.epoch,
+            generation: applied.generation + 1,
+            full_sync: applied.is_empty(),
             ..Default::default()
         }
     }
@@ -384,10 +400,15 @@ impl ServiceView {
                         .any(|o| netlet_sdk::state::host_ports_collide(pm, o))
                 });
             if let Some(h) = taken {
-                return Err(tonic::Status::already_exists(format!(
-                    "{field}[{i}].host_port: {} is held by pod {} (sandbox {})",
-                    pm.host_port, h.pod, h.sandbox_id
-                )));
+                return Err(netlet_sdk::validate::field_error(
+                    tonic::Code::AlreadyExists,
+                    format!("{field}[{i}].host_port"),
+                    format!(
+                        "{} is held by pod {} (sandbox {})",
+                        pm.host_port, h.pod, h.sandbox_id
+                    ),
+                    "HOST_PORT_HELD",
+                ));
             }
         }
         Ok(())
@@ -475,12 +496,12 @@ impl ServiceView {
                     .cloned()
                     .or_else(|| in_batch.get(&c).filter(|h| **h != key).cloned());
                 if let Some(h) = holder {
-                    return Err(tonic::Status::already_exists(format!(
-                        "service_upserts[{i}].{field}: {} is held by Service {}/{}",
-                        describe_claim(&c),
-                        h.0,
-                        h.1
-                    )));
+                    return Err(netlet_sdk::validate::field_error(
+                        tonic::Code::AlreadyExists,
+                        format!("service_upserts[{i}].{field}"),
+                        format!("{} is held by Service {}/{}", describe_claim(&c), h.0, h.1),
+                        "SERVICE_PORT_HELD",
+                    ));
                 }
                 in_batch.entry(c).or_insert_with(|| key.clone());
             }
@@ -488,9 +509,9 @@ impl ServiceView {
         Ok(())
     }
 
-    /// The generation of the socket source's batches.
-    pub fn socket_generation(&self) -> u64 {
-        self.socket_generation
+    /// The epoch and generation of the socket source's batches.
+    pub fn socket_applied(&self) -> Applied {
+        self.socket
     }
 
     /// Applies a validated `ProgramService` batch from the host socket: its generation checked
@@ -500,19 +521,22 @@ impl ServiceView {
     pub fn apply_socket(
         &mut self,
         req: &ProgramServiceRequest,
-    ) -> Result<(u64, Option<ProgramServiceRequest>), tonic::Status> {
+    ) -> Result<(Applied, Option<ProgramServiceRequest>), tonic::Status> {
         let named = named_keys(req);
         for (field, key) in &named {
-            self.check(Source::Socket, &sk(key))
-                .map_err(|c| tonic::Status::failed_precondition(format!("{field}: {c}")))?;
+            self.check(Source::Socket, &sk(key)).map_err(|c| {
+                netlet_sdk::validate::field_error(
+                    tonic::Code::FailedPrecondition,
+                    field,
+                    c,
+                    "SERVICE_OWNED_BY_OTHER_SOURCE",
+                )
+            })?;
         }
         self.check_claims(req)?;
-        if !netlet_sdk::state::check_generation(
-            self.socket_generation,
-            req.generation,
-            req.full_sync,
-        )? {
-            return Ok((self.socket_generation, None));
+        let batch = Batch::from(req);
+        if !self.socket.check(batch)? {
+            return Ok((self.socket, None));
         }
         let mine = self.wanted.entry(Source::Socket).or_default();
         let mut touched: BTreeSet<Key> = named.into_iter().map(|(_, key)| key).collect();
@@ -549,8 +573,8 @@ impl ServiceView {
                 mine.remove(key);
             }
         }
-        self.socket_generation = req.generation;
-        Ok((self.socket_generation, self.settle(Source::Socket, touched)))
+        self.socket = Applied::after(batch);
+        Ok((self.socket, self.settle(Source::Socket, touched)))
     }
 
     /// Services with a health-check node port: (port, key, endpoints local and in use for
@@ -636,10 +660,13 @@ mod tests {
     }
 
     fn view() -> ServiceView {
-        ServiceView::new(NodeInfo {
-            name: "n1".into(),
-            zone: String::new(),
-        })
+        ServiceView::new(
+            NodeInfo {
+                name: "n1".into(),
+                zone: String::new(),
+            },
+            7,
+        )
     }
 
     #[test]
@@ -652,13 +679,15 @@ mod tests {
             let eps: Vec<(&str, bool)> = addrs.iter().map(|a| (a.as_str(), true)).collect();
             let (first, _) = v.replace(Source::Manifests, [wanted("big", &eps)].into());
             let first = first.unwrap();
-            assert!(first.full_sync && first.endpoint_upserts.len() == size);
+            // The view starts synced at generation 1 (empty): this is a delta in its epoch.
+            assert!(!first.full_sync && first.endpoint_upserts.len() == size);
+            assert_eq!((first.epoch, first.generation), (7, 2));
             let mut changed = eps.clone();
             changed[3].1 = false;
             let (delta, _) = v.replace(Source::Manifests, [wanted("big", &changed)].into());
             let delta = delta.unwrap();
             assert!(!delta.full_sync);
-            assert_eq!(delta.generation, 2);
+            assert_eq!((delta.epoch, delta.generation), (7, 3));
             assert!(delta.service_upserts.is_empty());
             assert_eq!(delta.endpoint_upserts.len(), 1, "size {size}");
             assert!(
@@ -738,7 +767,7 @@ mod tests {
             port_mappings: vec![pm(8080, "")],
         };
         let first = v.set_host_ports("s1", Some(hp.clone())).unwrap();
-        assert!(first.full_sync && first.host_port_upserts == vec![hp.clone()]);
+        assert!(!first.full_sync && first.host_port_upserts == vec![hp.clone()]);
         assert_eq!(
             v.set_host_ports("s1", Some(hp)),
             None,

@@ -147,10 +147,13 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 /// Bytes the host sends a driver for one endpoint change in a Service of `size` endpoints,
 /// and the bytes of re-sending that Service's endpoints whole (the Endpoints-object way).
 fn delta_bytes(size: usize) -> (usize, usize) {
-    let mut v = ServiceView::new(NodeInfo {
-        name: "node-0".into(),
-        zone: String::new(),
-    });
+    let mut v = ServiceView::new(
+        NodeInfo {
+            name: "node-0".into(),
+            zone: String::new(),
+        },
+        1,
+    );
     let wanted = |flip: bool| {
         let svc_key = ("ns0".to_string(), "svc0".to_string());
         let w = Wanted {

@@ -300,8 +300,8 @@ impl Services for Fixture {
     ) -> Result<Response<ProgramServiceResponse>, Status> {
         let req = req.into_inner();
         validate::program_service(&req)?;
-        let applied_generation = self.state()?.services.apply(&req)?;
-        Ok(Response::new(ProgramServiceResponse { applied_generation }))
+        let applied = self.state()?.services.apply(&req)?;
+        Ok(Response::new(ProgramServiceResponse::from(applied)))
     }
 
     async fn list_services(
@@ -331,8 +331,8 @@ impl Policy for Fixture {
     ) -> Result<Response<ApplyPolicyResponse>, Status> {
         let req = req.into_inner();
         validate::apply_policy(&req)?;
-        let applied_generation = self.state()?.policies.apply(&req)?;
-        Ok(Response::new(ApplyPolicyResponse { applied_generation }))
+        let applied = self.state()?.policies.apply(&req)?;
+        Ok(Response::new(ApplyPolicyResponse::from(applied)))
     }
 
     async fn check_dns(
@@ -462,18 +462,22 @@ impl Devices for Fixture {
                         .find(|d| d.id == r.align_with_device_id)
                         .cloned()
                         .ok_or_else(|| {
-                            Status::not_found(format!(
-                                "requests[{i}].align_with_device_id: {:?} unknown",
-                                r.align_with_device_id
-                            ))
+                            validate::field_error(
+                                tonic::Code::NotFound,
+                                format!("requests[{i}].align_with_device_id"),
+                                format!("{:?} unknown", r.align_with_device_id),
+                                "DEVICE_UNKNOWN",
+                            )
                         })?,
                 )
             };
             if !r.device_id.is_empty() && !inv.iter().any(|d| d.id == r.device_id) {
-                return Err(Status::not_found(format!(
-                    "requests[{i}].device_id: {:?} unknown",
-                    r.device_id
-                )));
+                return Err(validate::field_error(
+                    tonic::Code::NotFound,
+                    format!("requests[{i}].device_id"),
+                    format!("{:?} unknown", r.device_id),
+                    "DEVICE_UNKNOWN",
+                ));
             }
             for _ in 0..r.count.max(1) {
                 let dev = inv
@@ -490,7 +494,12 @@ impl Devices for Fixture {
                     .find(|d| align.as_ref().is_none_or(|a| a.numa_node == d.numa_node))
                     .cloned()
                     .ok_or_else(|| {
-                        Status::resource_exhausted(format!("requests[{i}]: no free device matches"))
+                        validate::field_error(
+                            tonic::Code::ResourceExhausted,
+                            format!("requests[{i}]"),
+                            "no free device matches",
+                            "NO_DEVICE_FREE",
+                        )
                     })?;
                 out.devices.push(AllocatedDevice {
                     request: r.name.clone(),

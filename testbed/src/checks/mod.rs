@@ -38,31 +38,59 @@ macro_rules! check {
 }
 pub(crate) use check;
 
-/// Expects a call to fail with `code` and a message starting with `field` (when given).
+/// Expects a call to fail with `code`; when `field` is given, the status must name it the way
+/// the contract says every field error does: the message starts with it, the details carry a
+/// `google.rpc.BadRequest` whose first violation is that field and a `google.rpc.ErrorInfo`
+/// with a reason. A failure is one line: what was sent, what was expected, what came, the rule.
 pub(crate) fn expect_code<T: Debug>(
     what: &str,
     res: Result<T, tonic::Status>,
     code: Code,
     field: Option<&str>,
 ) -> Result<(), String> {
-    match res {
-        Ok(v) => Err(format!("{what}: expected {code:?}, got OK: {v:?}")),
-        Err(s) if s.code() != code => Err(format!(
-            "{what}: expected {code:?}, got {:?}: {}",
+    let s = match res {
+        Ok(v) => {
+            return Err(format!(
+                "sent {what}: expected {code:?}, got OK: {v:?} (contract: the RPC's error table)"
+            ));
+        }
+        Err(s) => s,
+    };
+    if s.code() != code {
+        return Err(format!(
+            "sent {what}: expected {code:?}, got {:?}: {} (contract: the RPC's error table)",
             s.code(),
             s.message()
-        )),
-        Err(s) => match field {
-            Some(f) if !s.message().starts_with(f) => Err(format!(
-                "{what}: {code:?} message should name field {f:?} first, got {:?}",
-                s.message()
-            )),
-            _ => Ok(()),
-        },
+        ));
     }
+    let Some(f) = field else { return Ok(()) };
+    if !s.message().starts_with(f) {
+        return Err(format!(
+            "sent {what}: expected {code:?} naming {f:?} first, got {:?} (contract: an error names the field at fault)",
+            s.message()
+        ));
+    }
+    let violation = netlet_sdk::validate::error_field(&s);
+    if violation.as_deref() != Some(f) {
+        return Err(format!(
+            "sent {what}: expected a google.rpc.BadRequest naming {f:?} in the status details, got {violation:?} (contract: structured errors, types.proto)"
+        ));
+    }
+    if netlet_sdk::validate::error_reason(&s).is_none_or(|r| r.is_empty()) {
+        return Err(format!(
+            "sent {what}: expected a google.rpc.ErrorInfo with a reason in the status details, got none (contract: structured errors, types.proto)"
+        ));
+    }
+    Ok(())
 }
 
 /// Expects OK.
 pub(crate) fn expect_ok<T>(what: &str, res: Result<T, tonic::Status>) -> Result<T, String> {
-    res.map_err(|s| format!("{what}: expected OK, got {:?}: {}", s.code(), s.message()))
+    res.map_err(|s| {
+        format!(
+            "sent {what}: expected OK, got {:?}: {}",
+            s.code(),
+            s.message()
+        )
+    })
 }

@@ -25,7 +25,9 @@ pub fn checks() -> Vec<Check> {
                 )?
                 .into_inner();
                 let g = before.applied_generation;
+                let epoch = before.applied_epoch;
                 let base = ApplyPolicyRequest {
+                    epoch,
                     generation: g + 1,
                     full_sync: g == 0,
                     dns_policies: vec![DnsPolicy {
@@ -138,6 +140,7 @@ pub fn checks() -> Vec<Check> {
                         .policy
                         .clone()
                         .apply_policy(ApplyPolicyRequest {
+                            epoch,
                             generation: g + 2,
                             deletes,
                             ..Default::default()
@@ -196,6 +199,106 @@ pub fn checks() -> Vec<Check> {
                     Some("namespace"),
                 )?;
                 expect_ok("CheckDns", ctx.clients.policy.clone().check_dns(ok).await)?;
+                Ok(Outcome::Passed)
+            }
+        ),
+        check!(
+            "policy/full-sync-from-a-new-epoch-applies",
+            Some(Capability::Policy),
+            |ctx| {
+                let list = || async {
+                    expect_ok(
+                        "ListPolicies",
+                        ctx.clients
+                            .policy
+                            .clone()
+                            .list_policies(ListPoliciesRequest {})
+                            .await,
+                    )
+                    .map(|r| r.into_inner())
+                };
+                let before = list().await?;
+                let (old_epoch, g0) = (before.applied_epoch, before.applied_generation);
+                let epoch = old_epoch.wrapping_add(1).max(1);
+                let key = PolicyKey {
+                    kind: PolicyKind::HostnameGrant as i32,
+                    namespace: String::new(),
+                    name: ctx.unique("epoch"),
+                };
+                let grant = HostnameGrant {
+                    key: Some(key.clone()),
+                    namespaces: vec!["conformance".into()],
+                    hostnames: vec!["epoch.example.com".into()],
+                    ..Default::default()
+                };
+                let what = format!(
+                    "ApplyPolicy full sync, epoch {epoch}, generation 1, onto epoch {old_epoch} generation {g0}"
+                );
+                let r = expect_ok(
+                    &what,
+                    ctx.clients
+                        .policy
+                        .clone()
+                        .apply_policy(ApplyPolicyRequest {
+                            epoch,
+                            generation: 1,
+                            full_sync: true,
+                            hostname_grants: vec![grant.clone()],
+                            ..Default::default()
+                        })
+                        .await,
+                )?
+                .into_inner();
+                let after = list().await?;
+                if (r.applied_epoch, r.applied_generation) != (epoch, 1)
+                    || (after.applied_epoch, after.applied_generation) != (epoch, 1)
+                    || after.hostname_grants != vec![grant]
+                    || !after.dns_policies.is_empty()
+                    || !after.network_policies.is_empty()
+                {
+                    return Err(format!(
+                        "sent {what}: expected exactly its one grant at (epoch {epoch}, generation 1), got ({}, {}) with {} grants, {} DNS policies, {} NetworkPolicies (contract: a full sync from another epoch always applies and replaces everything)",
+                        after.applied_epoch,
+                        after.applied_generation,
+                        after.hostname_grants.len(),
+                        after.dns_policies.len(),
+                        after.network_policies.len()
+                    ));
+                }
+                expect_code(
+                    "ApplyPolicy delta from the previous epoch",
+                    ctx.clients
+                        .policy
+                        .clone()
+                        .apply_policy(ApplyPolicyRequest {
+                            epoch: old_epoch,
+                            generation: 2,
+                            deletes: vec![key.clone()],
+                            ..Default::default()
+                        })
+                        .await,
+                    Code::FailedPrecondition,
+                    Some("epoch"),
+                )?;
+                expect_ok(
+                    "ApplyPolicy delta in the new epoch",
+                    ctx.clients
+                        .policy
+                        .clone()
+                        .apply_policy(ApplyPolicyRequest {
+                            epoch,
+                            generation: 2,
+                            deletes: vec![key],
+                            ..Default::default()
+                        })
+                        .await,
+                )?;
+                if !list().await?.hostname_grants.is_empty() {
+                    return Err(
+                        "sent a delta deleting the only grant in the new epoch: it is still listed"
+                            .into(),
+                    );
+                }
                 Ok(Outcome::Passed)
             }
         ),

@@ -9,17 +9,20 @@ use tonic::Code;
 use super::{check, expect_code, expect_ok};
 use crate::conformance::{Check, Ctx, Outcome};
 
-async fn generation(ctx: &Ctx) -> Result<(u64, usize), String> {
+/// (applied epoch, applied generation), and the number of Services in namespace `conformance`.
+async fn generation(ctx: &Ctx) -> Result<((u64, u64), usize), String> {
     let l = expect_ok(
         "ListServices",
         ctx.clients
             .services
             .clone()
-            .list_services(ListServicesRequest::default())
+            .list_services(ListServicesRequest {
+                namespace: "conformance".into(),
+            })
             .await,
     )?
     .into_inner();
-    Ok((l.applied_generation, l.services.len()))
+    Ok(((l.applied_epoch, l.applied_generation), l.services.len()))
 }
 
 fn service(name: &str) -> (Service, EndpointUpsert) {
@@ -58,10 +61,12 @@ pub fn checks() -> Vec<Check> {
             Some(Capability::Services),
             |ctx| {
                 let before = generation(ctx).await?;
+                let ((epoch, g), _) = before;
                 let (svc, ep) = service("bad");
                 let base = ProgramServiceRequest {
-                    generation: before.0 + 1,
-                    full_sync: before.0 == 0,
+                    epoch,
+                    generation: g + 1,
+                    full_sync: g == 0,
                     service_upserts: vec![svc],
                     endpoint_upserts: vec![ep],
                     ..Default::default()
@@ -108,10 +113,11 @@ pub fn checks() -> Vec<Check> {
             "services/program-idempotent-and-ordered",
             Some(Capability::Services),
             |ctx| {
-                let (g0, _) = generation(ctx).await?;
+                let ((epoch, g0), _) = generation(ctx).await?;
                 let (svc, ep) = service(&ctx.unique("svc"));
                 let key = svc.key.clone();
                 let req = ProgramServiceRequest {
+                    epoch,
                     generation: g0 + 1,
                     full_sync: g0 == 0,
                     service_upserts: vec![svc],
@@ -161,13 +167,14 @@ pub fn checks() -> Vec<Check> {
                 };
                 if g0 > 0 {
                     expect_code(
-                        "ProgramService with an older generation",
+                        "ProgramService with an older generation in the same epoch",
                         ctx.clients.services.clone().program_service(stale).await,
                         Code::FailedPrecondition,
-                        None,
+                        Some("generation"),
                     )?;
                 }
                 let delete = ProgramServiceRequest {
+                    epoch,
                     generation: g0 + 2,
                     service_deletes: key.into_iter().collect(),
                     ..Default::default()
@@ -176,6 +183,89 @@ pub fn checks() -> Vec<Check> {
                     "ProgramService delete",
                     ctx.clients.services.clone().program_service(delete).await,
                 )?;
+                Ok(Outcome::Passed)
+            }
+        ),
+        check!(
+            "services/full-sync-from-a-new-epoch-applies",
+            Some(Capability::Services),
+            |ctx| {
+                // A sender that restarted (a new epoch) numbers its batches from 1 again: its
+                // full sync applies whatever the generation applied before, and replaces it.
+                let ((old_epoch, g0), _) = generation(ctx).await?;
+                let epoch = old_epoch.wrapping_add(1).max(1);
+                let (svc, ep) = service(&ctx.unique("epoch"));
+                let key = svc.key.clone();
+                let sync = ProgramServiceRequest {
+                    epoch,
+                    generation: 1,
+                    full_sync: true,
+                    service_upserts: vec![svc],
+                    endpoint_upserts: vec![ep],
+                    ..Default::default()
+                };
+                let what = format!(
+                    "ProgramService full sync, epoch {epoch}, generation 1, onto epoch {old_epoch} generation {g0}"
+                );
+                let r = expect_ok(
+                    &what,
+                    ctx.clients
+                        .services
+                        .clone()
+                        .program_service(sync.clone())
+                        .await,
+                )?
+                .into_inner();
+                if (r.applied_epoch, r.applied_generation) != (epoch, 1) {
+                    return Err(format!(
+                        "sent {what}: expected applied (epoch {epoch}, generation 1), got ({}, {}) (contract: a full sync from another epoch always applies)",
+                        r.applied_epoch, r.applied_generation
+                    ));
+                }
+                let ((e1, g1), n1) = generation(ctx).await?;
+                if (e1, g1) != (epoch, 1) || n1 != 1 {
+                    return Err(format!(
+                        "sent {what}: expected ListServices at (epoch {epoch}, generation 1) with exactly its 1 Service in namespace conformance, got ({e1}, {g1}) with {n1} (contract: a full sync replaces everything)"
+                    ));
+                }
+                // The same batch again is a replay.
+                expect_ok(
+                    "the same full sync again",
+                    ctx.clients.services.clone().program_service(sync).await,
+                )?;
+                // A delta from the old epoch is refused, naming `epoch`, and changes nothing.
+                let stale = ProgramServiceRequest {
+                    epoch: old_epoch,
+                    generation: 2,
+                    service_deletes: key.clone().into_iter().collect(),
+                    ..Default::default()
+                };
+                expect_code(
+                    "ProgramService delta from the previous epoch",
+                    ctx.clients.services.clone().program_service(stale).await,
+                    Code::FailedPrecondition,
+                    Some("epoch"),
+                )?;
+                if generation(ctx).await? != ((epoch, 1), 1) {
+                    return Err("a refused delta changed the Services (contract: FAILED_PRECONDITION changes nothing)".into());
+                }
+                // A delta in the new epoch applies.
+                let delete = ProgramServiceRequest {
+                    epoch,
+                    generation: 2,
+                    service_deletes: key.into_iter().collect(),
+                    ..Default::default()
+                };
+                expect_ok(
+                    "ProgramService delta in the new epoch",
+                    ctx.clients.services.clone().program_service(delete).await,
+                )?;
+                let (_, n) = generation(ctx).await?;
+                if n != 0 {
+                    return Err(format!(
+                        "sent a delta deleting the only Service in the new epoch: expected 0 Services, got {n}"
+                    ));
+                }
                 Ok(Outcome::Passed)
             }
         ),
