@@ -554,3 +554,187 @@ async fn conformance_passes_against_host_and_fixture() {
         "{text}"
     );
 }
+
+/// A Service manifest for `name` in namespace `keep`.
+fn service_yaml(name: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: keep}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+    )
+}
+
+/// Names of the Services a driver lists, and its applied (epoch, generation).
+async fn driver_services(d: &Clients) -> Option<(Vec<String>, (u64, u64))> {
+    let l = d
+        .services
+        .clone()
+        .list_services(netlet_sdk::proto::ListServicesRequest::default())
+        .await
+        .ok()?
+        .into_inner();
+    let mut names: Vec<String> = l
+        .services
+        .iter()
+        .filter_map(|s| s.service.as_ref()?.key.as_ref())
+        .map(|k| format!("{}/{}", k.namespace, k.name))
+        .collect();
+    names.sort();
+    Some((names, (l.applied_epoch, l.applied_generation)))
+}
+
+async fn driver_grants(d: &Clients) -> Option<Vec<String>> {
+    let l = d
+        .policy
+        .clone()
+        .list_policies(netlet_sdk::proto::ListPoliciesRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    Some(
+        l.hostname_grants
+            .iter()
+            .filter_map(|g| Some(g.key.as_ref()?.name.clone()))
+            .collect(),
+    )
+}
+
+fn grant_batch(epoch: u64, generation: u64, name: &str) -> netlet_sdk::proto::ApplyPolicyRequest {
+    use netlet_sdk::proto::{ApplyPolicyRequest, HostnameGrant, PolicyKey, PolicyKind};
+    ApplyPolicyRequest {
+        epoch,
+        generation,
+        full_sync: true,
+        hostname_grants: vec![HostnameGrant {
+            key: Some(PolicyKey {
+                kind: PolicyKind::HostnameGrant as i32,
+                namespace: String::new(),
+                name: name.into(),
+            }),
+            namespaces: vec!["keep".into()],
+            hostnames: vec![format!("{name}.example.com")],
+            module: String::new(),
+        }],
+        ..Default::default()
+    }
+}
+
+// An external driver keeps running while the host is killed and started again. The new host
+// numbers its batches from 1 again; its first full sync must still replace the driver's state
+// (before epochs, the driver refused it as older, or took it for a replay at an equal number).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_external_driver_that_outlives_the_host_converges_to_the_new_host() {
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::write(
+        manifests.path().join("a.yaml"),
+        service_yaml("a", "10.96.5.1"),
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.path().join("b.yaml"),
+        service_yaml("b", "10.96.5.2"),
+    )
+    .unwrap();
+    let extra = format!("manifestsDir: {}\n", manifests.path().display());
+    let mut h = Host::start("", &extra).await;
+    std::fs::create_dir_all(&h.plugin_dir).unwrap();
+    let sock = h.plugin_dir.join("ext.sock");
+    let _ext = Proc::start(
+        &bin("netlet-fixture-driver"),
+        &[
+            "--name",
+            "ext",
+            "--networks",
+            "default",
+            "--socket",
+            sock.to_str().unwrap(),
+        ],
+    );
+    h.wait_ready("").await;
+    let d = wait_until("driver socket", T, || {
+        let s = sock.clone();
+        async move { Clients::connect(&s, None).await.ok() }
+    })
+    .await;
+    let mut c = h.clients().await;
+    // Socket callers' Services and policies, in several batches: the driver's generation climbs
+    // above anything the next host reaches soon.
+    for g in 1..=6u64 {
+        c.services
+            .program_service(ProgramServiceRequest {
+                epoch: 77,
+                generation: g,
+                full_sync: true,
+                service_upserts: vec![Service {
+                    key: Some(ServiceKey {
+                        namespace: "caller".into(),
+                        name: format!("s{g}"),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        c.policy
+            .apply_policy(grant_batch(77, g, "old"))
+            .await
+            .unwrap();
+    }
+    let (before, applied_before) = wait_until("driver holds a, b and caller/s6", T, || {
+        let d = d.clone();
+        async move {
+            let (names, applied) = driver_services(&d).await?;
+            (names == ["caller/s6", "keep/a", "keep/b"]).then_some((names, applied))
+        }
+    })
+    .await;
+    assert_eq!(driver_grants(&d).await.unwrap(), ["old"], "{before:?}");
+
+    // The host dies; while it is away the manifests change; it comes back.
+    h.stop_with(nix::sys::signal::Signal::SIGKILL);
+    std::fs::remove_file(manifests.path().join("b.yaml")).unwrap();
+    std::fs::write(
+        manifests.path().join("c.yaml"),
+        service_yaml("c", "10.96.5.3"),
+    )
+    .unwrap();
+    h.spawn().await;
+    let mut c = h.clients().await;
+
+    // The driver converges to the new host: a and c; the callers' Services and grants, which
+    // the host does not keep across restarts, are gone; the driver is in the new epoch.
+    let applied_after = wait_until("driver holds exactly a and c, in sync", T, || {
+        let (d, c) = (d.clone(), c.clone());
+        async move {
+            let (names, applied) = driver_services(&d).await?;
+            let host = c
+                .services
+                .clone()
+                .list_services(netlet_sdk::proto::ListServicesRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            let in_sync = host.drivers.iter().any(|g| g.driver == "ext" && g.in_sync);
+            (names == ["keep/a", "keep/c"] && in_sync).then_some(applied)
+        }
+    })
+    .await;
+    assert_ne!(
+        applied_after.0, applied_before.0,
+        "a new host is a new epoch"
+    );
+    assert!(
+        applied_after.1 < applied_before.1,
+        "the new host's numbering started again ({applied_after:?} after {applied_before:?}), so the test proves what it means to"
+    );
+    wait_until("driver drops the old grants", T, || {
+        let d = d.clone();
+        async move { driver_grants(&d).await?.is_empty().then_some(()) }
+    })
+    .await;
+    // A caller that restarted too starts again at generation 1 in an epoch of its own.
+    c.policy
+        .apply_policy(grant_batch(78, 1, "new"))
+        .await
+        .unwrap();
+    assert_eq!(driver_grants(&d).await.unwrap(), ["new"]);
+}
