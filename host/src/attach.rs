@@ -61,7 +61,8 @@ pub fn selection_of(a: &Attachment) -> NetworkSelection {
 /// the pod maps no port or has no address.
 pub fn host_ports_of(pod: &PodAttachments) -> Option<HostPorts> {
     let sandbox = pod.sandbox.as_ref()?;
-    if sandbox.port_mappings.is_empty() {
+    let port_mappings = netlet_sdk::state::published(&sandbox.port_mappings);
+    if port_mappings.is_empty() {
         return None;
     }
     let a = pod
@@ -85,7 +86,7 @@ pub fn host_ports_of(pod: &PodAttachments) -> Option<HostPorts> {
         sandbox_id: sandbox.id.clone(),
         pod: pod_name(sandbox),
         pod_ips: pod_ips.iter().map(ToString::to_string).collect(),
-        port_mappings: sandbox.port_mappings.clone(),
+        port_mappings,
     })
 }
 
@@ -188,7 +189,7 @@ impl Host {
             // Host ports another pod holds: refused before anything is made (pods with host
             // ports attach one at a time, so two cannot both pass the check). Pods without
             // any never touch the Service view.
-            let has_ports = !sandbox.port_mappings.is_empty();
+            let has_ports = sandbox.port_mappings.iter().any(|pm| pm.host_port != 0);
             let _ports_guard = if has_ports {
                 let guard = self.lock_key("host-ports").await;
                 self.services.lock().await.check_host_ports(
@@ -327,7 +328,7 @@ impl Host {
             if record
                 .sandbox
                 .as_ref()
-                .is_some_and(|s| !s.port_mappings.is_empty())
+                .is_some_and(|s| s.port_mappings.iter().any(|pm| pm.host_port != 0))
             {
                 self.hand_host_ports(sandbox_id, None).await;
             }
@@ -448,6 +449,20 @@ mod tests {
             ("s1", "shop/web")
         );
         assert_eq!(hp.pod_ips, ["10.244.0.5", "fd00::5"], "one per family");
+        // A containerPort without a hostPort (host_port 0) publishes nothing.
+        let unpublished = PortMapping {
+            host_port: 0,
+            container_port: 9090,
+            ..Default::default()
+        };
+        pod.sandbox
+            .as_mut()
+            .unwrap()
+            .port_mappings
+            .push(unpublished.clone());
+        assert_eq!(host_ports_of(&pod).unwrap().port_mappings.len(), 1);
+        pod.sandbox.as_mut().unwrap().port_mappings = vec![unpublished];
+        assert_eq!(host_ports_of(&pod), None);
         pod.sandbox.as_mut().unwrap().port_mappings.clear();
         assert_eq!(host_ports_of(&pod), None);
     }

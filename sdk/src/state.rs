@@ -76,6 +76,16 @@ pub fn stale_sandboxes(
         .collect())
 }
 
+/// The mappings that publish a port on the node: those with a `host_port` (0 is a containerPort
+/// without hostPort, which the kubelet passes too).
+pub fn published(mappings: &[PortMapping]) -> Vec<PortMapping> {
+    mappings
+        .iter()
+        .filter(|pm| pm.host_port != 0)
+        .cloned()
+        .collect()
+}
+
 /// What a host port is known by on the node: (host_ip, protocol, host_port), the protocol
 /// defaulted to TCP.
 pub fn host_port_key(pm: &PortMapping) -> (String, i32, u32) {

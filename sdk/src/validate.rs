@@ -196,12 +196,15 @@ fn port(field: &str, v: u32) -> R {
     }
 }
 
-/// Port mappings at `field`: ports in range, `host_ip` a plain address, no (host_ip, protocol,
-/// host_port) twice.
+/// Port mappings at `field` (a pod's CRI port mappings): `host_port` 0 (the kubelet passes every
+/// containerPort; only those with a hostPort are published) or in range, `container_port` in
+/// range, `host_ip` a plain address, no published (host_ip, protocol, host_port) twice.
 pub fn port_mappings(field: &str, list: &[PortMapping]) -> R {
     let mut seen = std::collections::HashSet::new();
     for (i, pm) in list.iter().enumerate() {
-        port(&format!("{field}[{i}].host_port"), pm.host_port)?;
+        if pm.host_port != 0 {
+            port(&format!("{field}[{i}].host_port"), pm.host_port)?;
+        }
         port(&format!("{field}[{i}].container_port"), pm.container_port)?;
         if !pm.host_ip.is_empty()
             && ip_or_cidr(&format!("{field}[{i}].host_ip"), &pm.host_ip)?
@@ -219,7 +222,7 @@ pub fn port_mappings(field: &str, list: &[PortMapping]) -> R {
                 format!("{} is not a protocol", pm.protocol),
             ));
         }
-        if !seen.insert(crate::state::host_port_key(pm)) {
+        if pm.host_port != 0 && !seen.insert(crate::state::host_port_key(pm)) {
             return Err(invalid(
                 format!("{field}[{i}].host_port"),
                 format!("{} mapped twice", pm.host_port),
@@ -398,6 +401,13 @@ pub fn program_service(r: &ProgramServiceRequest) -> R {
             return Err(invalid(format!("{f}.port_mappings"), "required"));
         }
         port_mappings(&format!("{f}.port_mappings"), &h.port_mappings)?;
+        // What the host hands drivers is published: every mapping has a host port.
+        if let Some(j) = h.port_mappings.iter().position(|pm| pm.host_port == 0) {
+            return Err(invalid(
+                format!("{f}.port_mappings[{j}].host_port"),
+                "required (1-65535): only published ports are handed to drivers",
+            ));
+        }
     }
     for (i, id) in r.host_port_deletes.iter().enumerate() {
         sandbox_id(&format!("host_port_deletes[{i}]"), id)?;
@@ -616,6 +626,13 @@ mod tests {
         let sb = r.sandbox.as_mut().unwrap();
         sb.port_mappings = vec![pm(8080, ""), pm(8080, "")];
         assert!(msg(attach_pod(&r)).contains("8080 mapped twice"));
+        // The kubelet passes every containerPort; those without a hostPort have host_port 0.
+        let sb = r.sandbox.as_mut().unwrap();
+        sb.port_mappings = vec![pm(0, ""), pm(0, ""), pm(8080, "")];
+        assert!(attach_pod(&r).is_ok(), "host_port 0 is not published");
+        let sb = r.sandbox.as_mut().unwrap();
+        sb.port_mappings[0].container_port = 0;
+        assert!(msg(attach_pod(&r)).starts_with("sandbox.port_mappings[0].container_port:"));
     }
 
     #[test]
@@ -637,6 +654,11 @@ mod tests {
         assert!(msg(program_service(&r)).starts_with("host_port_upserts[0].pod_ips[1]:"));
         r.host_port_upserts[0].pod_ips[1] = "fd00::6".into();
         assert!(program_service(&r).is_ok());
+        r.host_port_upserts[0].port_mappings[0].host_port = 0;
+        assert!(
+            msg(program_service(&r))
+                .starts_with("host_port_upserts[0].port_mappings[0].host_port:")
+        );
         r.host_port_upserts[0].port_mappings.clear();
         assert!(msg(program_service(&r)).starts_with("host_port_upserts[0].port_mappings:"));
         r.host_port_upserts.clear();

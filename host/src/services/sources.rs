@@ -389,6 +389,10 @@ impl ServiceView {
         mappings: &[PortMapping],
     ) -> Result<(), tonic::Status> {
         for (i, pm) in mappings.iter().enumerate() {
+            if pm.host_port == 0 {
+                // A containerPort without hostPort publishes nothing.
+                continue;
+            }
             let taken = self
                 .table
                 .host_ports()

@@ -3,7 +3,7 @@
 
 use netlet_sdk::proto::{
     AttachPodRequest, Capability, DetachPodRequest, GarbageCollectRequest, ListAttachmentsRequest,
-    NetworkSelection, PodNetworkStatusRequest, PodSandbox,
+    NetworkSelection, PodNetworkStatusRequest, PodSandbox, PortMapping, Protocol,
 };
 use tonic::Code;
 
@@ -213,6 +213,37 @@ pub fn checks() -> Vec<Check> {
             }
             Ok(Outcome::Passed)
         }),
+        check!(
+            "pods/attach-accepts-unpublished-port-mappings",
+            Some(Capability::Pods),
+            |ctx| {
+                // The kubelet passes every containerPort as a CRI PortMapping; one without a
+                // hostPort has host_port 0 and must not be refused (types.proto PortMapping).
+                let (net, netns) = setup!(ctx);
+                let (mut req, id) = tracked_request(ctx, &netns, &net);
+                if let Some(s) = req.sandbox.as_mut() {
+                    s.port_mappings = vec![
+                        PortMapping {
+                            host_port: 0,
+                            container_port: 8080,
+                            ..Default::default()
+                        },
+                        PortMapping {
+                            host_port: 0,
+                            container_port: 8080,
+                            protocol: Protocol::Udp as i32,
+                            ..Default::default()
+                        },
+                    ];
+                }
+                let what = "AttachPod with port_mappings [{host_port: 0, container_port: 8080} TCP and UDP]";
+                expect_ok(what, ctx.clients.pods.clone().attach_pod(req).await)?;
+                if !attached_ids(ctx).await?.contains(&id) {
+                    return Err(format!("sent {what}: answered OK but {id} is not listed"));
+                }
+                Ok(Outcome::Passed)
+            }
+        ),
         check!("pods/detach-unknown-ok", Some(Capability::Pods), |ctx| {
             let d = DetachPodRequest {
                 sandbox_id: ctx.unique("never-attached"),
