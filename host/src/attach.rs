@@ -290,8 +290,11 @@ impl Host {
         .await
     }
 
-    /// DetachPod: every attachment in reverse order; unknown sandboxes are OK.
-    pub async fn detach(&self, sandbox_id: &str) -> Result<(), Status> {
+    /// DetachPod: the attachments `only` names (every one when empty), in reverse order;
+    /// unknown sandboxes, and selections matching no attachment, are OK. A selection matches the
+    /// attachments of its network, and of its interface when it names one. The record keeps
+    /// what stays attached.
+    pub async fn detach(&self, sandbox_id: &str, only: &[NetworkSelection]) -> Result<(), Status> {
         let span = tracing::info_span!("detach", sandbox = %sandbox_id);
         async move {
             let _guard = self.lock_key(&format!("sandbox/{sandbox_id}")).await;
@@ -307,7 +310,19 @@ impl Host {
                 .as_ref()
                 .map(|s| s.netns_path.clone())
                 .unwrap_or_default();
-            for a in record.attachments.iter().rev() {
+            let chosen = |a: &Attachment| {
+                only.is_empty()
+                    || only.iter().any(|s| {
+                        s.network == a.network
+                            && (s.interface_name.is_empty() || s.interface_name == a.interface_name)
+                    })
+            };
+            let mut rest = record.clone();
+            rest.attachments.retain(|a| !chosen(a));
+            if rest.attachments.len() == record.attachments.len() {
+                return Ok(());
+            }
+            for a in record.attachments.iter().rev().filter(|a| chosen(a)) {
                 let d = self
                     .registry
                     .get(&a.driver)
@@ -321,18 +336,33 @@ impl Host {
                 self.detach_one(&d, sandbox_id, &netns, selection_of(a))
                     .await?;
             }
-            self.store
-                .delete_attachment(sandbox_id)
-                .await
-                .map_err(error::from_store)?;
-            if record
+            let published = record
                 .sandbox
                 .as_ref()
-                .is_some_and(|s| s.port_mappings.iter().any(|pm| pm.host_port != 0))
-            {
-                self.hand_host_ports(sandbox_id, None).await;
+                .is_some_and(|s| s.port_mappings.iter().any(|pm| pm.host_port != 0));
+            if rest.attachments.is_empty() {
+                self.store
+                    .delete_attachment(sandbox_id)
+                    .await
+                    .map_err(error::from_store)?;
+                if published {
+                    self.hand_host_ports(sandbox_id, None).await;
+                }
+                tracing::info!("pod detached");
+            } else {
+                self.store
+                    .put_attachment(&rest)
+                    .await
+                    .map_err(error::from_store)?;
+                if published {
+                    // The host ports follow the pod's remaining addresses (or go with them).
+                    self.hand_host_ports(sandbox_id, host_ports_of(&rest)).await;
+                }
+                tracing::info!(
+                    networks = rest.attachments.len(),
+                    "pod partly detached; the rest stays"
+                );
             }
-            tracing::info!("pod detached");
             Ok(())
         }
         .instrument(span)
@@ -352,7 +382,7 @@ impl Host {
         let mut removed = Vec::new();
         let mut failed = Vec::new();
         for id in stale {
-            match self.detach(&id).await {
+            match self.detach(&id, &[]).await {
                 Ok(()) => removed.push(id),
                 Err(e) => failed.push(format!("{id}: {}", e.message())),
             }

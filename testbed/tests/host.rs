@@ -738,3 +738,63 @@ async fn an_external_driver_that_outlives_the_host_converges_to_the_new_host() {
         .unwrap();
     assert_eq!(driver_grants(&d).await.unwrap(), ["new"]);
 }
+
+// DetachPodRequest.networks is honoured on the host: only the named attachments go (their
+// drivers are told), the record keeps the rest, and naming one that is gone is OK.
+#[tokio::test(flavor = "multi_thread")]
+async fn detach_of_some_networks_keeps_the_others() {
+    let drivers = fixture_driver("main", "default", &[]) + &fixture_driver("second", "net1", &[]);
+    let h = Host::start(&drivers, "").await;
+    h.wait_ready("net1").await;
+    let mut c = h.clients().await;
+    let attached = c
+        .pods
+        .attach_pod(pod("p6", &[("default", "eth0"), ("net1", "net1")]))
+        .await
+        .unwrap()
+        .into_inner();
+    let only_net1 = DetachPodRequest {
+        sandbox_id: "p6".into(),
+        networks: vec![NetworkSelection {
+            network: "net1".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        c.pods.detach_pod(only_net1.clone()).await.unwrap();
+    }
+    let st = c
+        .pods
+        .pod_network_status(PodNetworkStatusRequest {
+            sandbox_id: "p6".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.pod.unwrap().attachments, attached.attachments[..1]);
+    let held_by = |name: &'static str| {
+        let sock = h.dir.path().join(format!("run/drivers/{name}.sock"));
+        async move {
+            let mut d = Clients::connect(&sock, None).await.unwrap();
+            d.pods
+                .list_attachments(ListAttachmentsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .pods
+                .len()
+        }
+    };
+    assert_eq!(held_by("second").await, 0, "net1's driver was told");
+    assert_eq!(held_by("main").await, 1, "eth0 stays");
+    c.pods
+        .detach_pod(DetachPodRequest {
+            sandbox_id: "p6".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(listed(&c).await.is_empty());
+    assert_eq!(held_by("main").await, 0);
+}

@@ -31,7 +31,7 @@ impl Pods for Api {
     ) -> Result<Response<DetachPodResponse>, Status> {
         let req = req.into_inner();
         validate::detach_pod(&req)?;
-        self.0.detach(&req.sandbox_id).await?;
+        self.0.detach(&req.sandbox_id, &req.networks).await?;
         Ok(Response::new(DetachPodResponse {}))
     }
 
