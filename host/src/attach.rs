@@ -219,7 +219,7 @@ impl Host {
             }
             let mut done: Vec<(NetworkSelection, Arc<DriverEntry>)> = Vec::new();
             let mut attachments = Vec::new();
-            for (sel, d) in plan {
+            for (i, (sel, d)) in plan.into_iter().enumerate() {
                 let call = d
                     .clients
                     .pods
@@ -245,7 +245,7 @@ impl Host {
                                 d.name
                             ))
                         }),
-                    Err(s) => Err(error::from_driver(&d, Some(&net), s)),
+                    Err(s) => Err(error::from_driver_at(&d, Some(&net), Some(i), s)),
                 };
                 // Whatever the driver answered, it may have done something: roll back this one
                 // too on failure (detach is idempotent).

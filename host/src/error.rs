@@ -3,12 +3,26 @@
 use std::error::Error as _;
 
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::registry::DriverEntry;
 
 /// A driver call failed: keep its code (a transport failure becomes `UNAVAILABLE`, a timeout
-/// `DEADLINE_EXCEEDED`) and say which driver and network.
+/// `DEADLINE_EXCEEDED`) and its details, and say which driver and network.
 pub fn from_driver(driver: &DriverEntry, network: Option<&str>, s: Status) -> Status {
+    from_driver_at(driver, network, None, s)
+}
+
+/// As [`from_driver`], for a call that carried the caller's `networks[index]` alone as the
+/// driver's `networks[0]`: a field the driver names there is renamed to the caller's, and the
+/// message still starts with the field ("networks[1].ips[0]: ... (network "net1", driver
+/// "bridge")"), as the contract asks of every field error.
+pub fn from_driver_at(
+    driver: &DriverEntry,
+    network: Option<&str>,
+    index: Option<usize>,
+    s: Status,
+) -> Status {
     let place = match network {
         Some(n) => format!("network {n:?} (driver {:?})", driver.name),
         None => format!("driver {:?}", driver.name),
@@ -20,7 +34,40 @@ pub fn from_driver(driver: &DriverEntry, network: Option<&str>, s: Status) -> St
         Code::Unknown | Code::Cancelled if transport => Code::Unavailable,
         c => c,
     };
-    // The details (field violations, reason) travel on unchanged.
+    let rename = |f: &str| match (index, f.strip_prefix("networks[0]")) {
+        (Some(i), Some(rest)) => format!("networks[{i}]{rest}"),
+        _ => f.to_string(),
+    };
+    let details = s.get_error_details();
+    if let Some(field) = details
+        .bad_request()
+        .and_then(|b| b.field_violations.first())
+        .map(|v| v.field.clone())
+    {
+        // The driver's "<field>: <why>" becomes "<caller's field>: <why> (<place>)".
+        let why = s
+            .message()
+            .strip_prefix(&format!("{field}: "))
+            .unwrap_or(s.message())
+            .to_string();
+        let renamed = rename(&field);
+        let mut out = ErrorDetails::new();
+        if let Some(b) = details.bad_request() {
+            let mut violations = b.field_violations.clone();
+            for v in &mut violations {
+                v.field = rename(&v.field);
+            }
+            out.set_bad_request(violations);
+        }
+        if let Some(info) = details.error_info().cloned() {
+            let mut metadata = info.metadata;
+            metadata.insert("field".into(), renamed.clone());
+            metadata.insert("driver".into(), driver.name.clone());
+            out.set_error_info(info.reason, info.domain, metadata);
+        }
+        return Status::with_error_details(code, format!("{renamed}: {why} ({place})"), out);
+    }
+    // The details (a reason) travel on unchanged.
     Status::with_details(
         code,
         format!("{place}: {}", s.message()),

@@ -396,6 +396,22 @@ pub fn wire(
     })
 }
 
+/// Makes a veth pair `a` / `b` inside `netns` (a link the pod has before a driver comes), up.
+pub fn veth_inside(netns: &Path, a: &str, b: &str) -> Result<(), String> {
+    let (a, b) = (a.to_string(), b.to_string());
+    in_ns_rt(netns, move |h| {
+        Box::pin(async move {
+            h.link()
+                .add(rtnetlink::LinkVeth::new(&a, &b).build())
+                .execute()
+                .await
+                .map_err(|e| format!("veth {a}: {e}"))?;
+            let idx = nl_index(&h, &a).await?;
+            nl_up(&h, &a, idx).await
+        })
+    })
+}
+
 /// Deletes interface `name` inside the namespace at `netns` (fault injection in tests).
 pub fn delete_link(netns: &Path, name: &str) -> Result<(), String> {
     let name = name.to_string();

@@ -30,6 +30,9 @@ use crate::netlink::{self, Netlink, NlError};
 
 const TABLE: &str = "attachments";
 
+/// The step named when the pod already has a link of the requested name.
+const POD_INTERFACE_EXISTS: &str = "pod interface";
+
 /// One served network.
 struct Network {
     cfg: NetworkConfig,
@@ -558,6 +561,12 @@ impl Bridge {
             }
         }
         match (stored, built) {
+            (_, Err(e)) if e.what == POD_INTERFACE_EXISTS => Err(field_error(
+                Code::AlreadyExists,
+                format!("{field}.interface_name"),
+                e.message,
+                "INTERFACE_EXISTS",
+            )),
             (_, Err(e)) => Err(internal(e)),
             (Err(e), _) => Err(Status::unavailable(format!("IPAM store: {e}"))),
             _ => Err(Status::internal("attach failed")),
@@ -760,10 +769,21 @@ impl Bridge {
         })??;
         match created {
             Err(e) if e.errno == Some(netlink::errno::EEXIST) => {
-                // Left by an attempt that died before its record was written, or by an earlier
-                // life of a rebuilt attachment: both ends go, then the pair is made again.
-                self.nl.delete_link(&a.host_interface).await?;
-                pod.delete_link(&a.interface_name).await?;
+                // Our host-side name is taken: a pair left by an attempt that died before its
+                // record was written, or by an earlier life of a rebuilt attachment. Deleting
+                // our end takes its peer too, then the pair is made again. Otherwise the pod
+                // already has a link of that name that this driver did not make: it is left
+                // alone and the attach refused (pods.proto, AttachPod).
+                if !self.nl.delete_link(&a.host_interface).await? {
+                    return Err(NlError {
+                        what: POD_INTERFACE_EXISTS.into(),
+                        errno: Some(netlink::errno::EEXIST),
+                        message: format!(
+                            "{} already exists in the pod's namespace; this driver did not make it",
+                            a.interface_name
+                        ),
+                    });
+                }
                 create().await?;
             }
             other => other?,

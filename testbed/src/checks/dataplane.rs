@@ -244,6 +244,51 @@ pub fn checks() -> Vec<Check> {
                 Ok(Outcome::Passed)
             }
         ),
+        check!(
+            "dataplane/existing-interface-is-refused-and-kept",
+            Some(Capability::Pods),
+            |ctx| {
+                // The pod's namespace already has an eth0 the driver did not make: AttachPod is
+                // ALREADY_EXISTS naming the interface, and that link is left as it was
+                // (pods.proto, AttachPod; the CNI reference plugins refuse too).
+                let net = network!(ctx);
+                let netns = match ctx.pod_netns() {
+                    Ok(p) => PathBuf::from(p),
+                    Err(o) => return Ok(o),
+                };
+                let ns = netns.clone();
+                let before = blocking(move || {
+                    probe::veth_inside(&ns, "eth0", "theirs0")?;
+                    probe::interfaces(&ns)
+                })
+                .await?;
+                let req = request(ctx, &netns, vec![selection(&net, "eth0")]);
+                let id = req
+                    .sandbox
+                    .as_ref()
+                    .map(|s| s.id.clone())
+                    .unwrap_or_default();
+                super::expect_code(
+                    "AttachPod into a namespace that has an eth0 already",
+                    ctx.clients.pods.clone().attach_pod(req).await,
+                    tonic::Code::AlreadyExists,
+                    Some("networks[0].interface_name"),
+                )?;
+                let ns = netns.clone();
+                let after = blocking(move || probe::interfaces(&ns)).await?;
+                if after.get("eth0").map(|i| &i.mac) != before.get("eth0").map(|i| &i.mac)
+                    || !after.contains_key("theirs0")
+                {
+                    return Err(format!(
+                        "the pod's own eth0 was changed: before {before:?}, after {after:?} (contract: a driver never deletes a link it did not make)"
+                    ));
+                }
+                if super::pods::attached_ids(ctx).await?.contains(&id) {
+                    return Err(format!("{id} is listed although its attach was refused"));
+                }
+                Ok(Outcome::Passed)
+            }
+        ),
         check!("dataplane/pod-to-node", Some(Capability::Pods), |ctx| {
             let net = network!(ctx);
             let pod = pod!(ctx, vec![selection(&net, "eth0")]);

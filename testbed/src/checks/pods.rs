@@ -302,8 +302,13 @@ pub fn checks() -> Vec<Check> {
         ),
         check!("pods/garbage-collect", Some(Capability::Pods), |ctx| {
             let (net, netns) = setup!(ctx);
+            // One namespace per pod: a pod's namespace never holds another pod's eth0.
+            let drop_ns = match ctx.pod_netns() {
+                Ok(p) => p,
+                Err(o) => return Ok(o),
+            };
             let (keep, keep_id) = tracked_request(ctx, &netns, &net);
-            let (drop, drop_id) = tracked_request(ctx, &netns, &net);
+            let (drop, drop_id) = tracked_request(ctx, &drop_ns, &net);
             expect_ok("AttachPod", ctx.clients.pods.clone().attach_pod(keep).await)?;
             expect_ok("AttachPod", ctx.clients.pods.clone().attach_pod(drop).await)?;
             let valid: Vec<String> = attached_ids(ctx)
