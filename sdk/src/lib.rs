@@ -21,9 +21,8 @@
 //!         req: Request<AttachPodRequest>,
 //!     ) -> Result<Response<AttachPodResponse>, Status> {
 //!         let req = req.into_inner();
-//!         if req.sandbox.as_ref().is_none_or(|s| s.id.is_empty()) {
-//!             return Err(Status::invalid_argument("sandbox.id: required"));
-//!         }
+//!         // The contract's field rules, refused naming the field (google.rpc.BadRequest).
+//!         netlet_sdk::validate::attach_pod(&req)?;
 //!         Ok(Response::new(AttachPodResponse::default()))
 //!     }
 //! }
@@ -40,16 +39,21 @@
 //!         .await
 //! }
 //! ```
+//!
+//! Beyond that: [`validate`] (the contract's field rules and structured errors), [`generation`]
+//! (the epoch and generation rules of ProgramService and ApplyPolicy), [`state`] (tables that
+//! apply those batches), [`client`]; behind features, `store` (a redb store with group commit)
+//! and `netns` (creating and entering network namespaces).
 #![forbid(unsafe_code)]
 
 pub mod client;
 mod driver;
 pub mod generation;
+#[cfg(feature = "netns")]
 pub mod netns;
-#[cfg(feature = "nftables")]
-pub mod nftables;
 pub mod server;
 pub mod state;
+#[cfg(feature = "store")]
 pub mod store;
 pub mod validate;
 

@@ -5,7 +5,7 @@
 //! and nothing else is touched).
 
 use ipnet::IpNet;
-use netlet_sdk::nftables::{
+use netlet_nftables::{
     self as nft, BaseChain, Batch, Conn, Expr, Family, MetaKey, Operator, Register, hook,
 };
 

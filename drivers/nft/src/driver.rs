@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+use netlet_nftables::{Batch, Conn, NftError};
 use netlet_sdk::generation::{self, Applied};
-use netlet_sdk::nftables::{Batch, Conn, NftError};
 use netlet_sdk::proto::{
     Endpoint, ListServicesRequest, ListServicesResponse, ProgramServiceRequest,
     ProgramServiceResponse, Service, ServiceKey, services_server::Services,

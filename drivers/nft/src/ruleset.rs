@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netlet_sdk::nftables::{
+use netlet_nftables::{
     self as nft, BaseChain, Batch, Expr, Family, MetaKey, Operator, Register, SetSpec, VerdictData,
     base, hook,
 };

@@ -1,12 +1,14 @@
-//! A thin nftables layer over netlink (feature `nftables`): batches of table, chain, set,
-//! element and rule messages sent as one transaction, and the expressions netlet's drivers
-//! use. No `nft` CLI: it re-reads the kernel's whole ruleset on every call.
+//! netlet-nftables: a thin nftables layer over netlink, shared by netlet's own drivers (bridge,
+//! nft): batches of table, chain, set, element and rule messages sent as one transaction, and the
+//! expressions those drivers use. Not part of the SDK: a third-party driver needs none of it.
+//! No `nft` CLI: it re-reads the kernel's whole ruleset on every call.
 //!
 //! Messages come from `netlink-packet-netfilter`; expressions it does not model (nat, masq,
 //! numgen, reject, ct, dynset, fib) are encoded here from `linux/netfilter/nf_tables.h`.
 //!
 //! Errors: the kernel reports a failed message by its sequence number; [`NftError`] names the
 //! message by what it was asked to do ("add rule to chain X"). A failed batch changes nothing.
+#![forbid(unsafe_code)]
 
 use netlink_packet_core::{
     DefaultNla, Emitable, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage,
