@@ -99,6 +99,10 @@ pub struct NodeConfig {
     /// Directory of Service and EndpointSlice manifests, watched (flag `--manifests` wins).
     #[serde(default)]
     pub manifests_dir: Option<PathBuf>,
+    /// Networks whose driver must be registered and ready before the node is ready
+    /// (NetworkReady); default `[default]`. Empty: the node is ready with no pod network.
+    #[serde(default)]
+    pub required_networks: Option<Vec<String>>,
     /// Drivers the host starts and supervises.
     #[serde(default)]
     pub drivers: Vec<DriverConfig>,
@@ -187,6 +191,8 @@ pub struct Settings {
     pub node: crate::services::view::NodeInfo,
     /// Manifests directory, if any.
     pub manifests_dir: Option<PathBuf>,
+    /// Networks the node needs before it is ready.
+    pub required_networks: Vec<String>,
 }
 
 /// Command-line overrides.
@@ -344,6 +350,17 @@ impl NodeConfig {
                 }
             }
         }
+        let required_networks = self
+            .required_networks
+            .unwrap_or_else(|| vec![crate::attach::DEFAULT_NETWORK.to_string()]);
+        for (i, n) in required_networks.iter().enumerate() {
+            if !is_dns_label(n) {
+                return Err(invalid(
+                    &format!("requiredNetworks[{i}]"),
+                    format!("{n:?} is not a DNS-1123 label"),
+                ));
+            }
+        }
         let socket = o
             .socket
             .or(self.socket)
@@ -380,6 +397,7 @@ impl NodeConfig {
                 zone: self.node_zone.unwrap_or_default(),
             },
             manifests_dir: o.manifests_dir.or(self.manifests_dir),
+            required_networks,
         })
     }
 }
@@ -398,6 +416,7 @@ mod tests {
         let s = cfg.settings(&file, Overrides::default()).unwrap();
         assert_eq!(s.socket, PathBuf::from("/run/netlet/netlet.sock"));
         assert_eq!(s.authorization.uids, vec![0]);
+        assert_eq!(s.required_networks, ["default"]);
     }
 
     #[test]
@@ -423,6 +442,11 @@ mod tests {
         assert!(e.to_string().contains("`driverCallTimeout`"), "{e}");
         let e = settings("apiVersion: v1\nkind: NodeConfig\n").unwrap_err();
         assert!(e.to_string().contains("`apiVersion`"), "{e}");
+        let e = settings(
+            "apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\nrequiredNetworks: [default, Net_2]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`requiredNetworks[1]`"), "{e}");
     }
 
     #[test]

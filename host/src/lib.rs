@@ -34,7 +34,6 @@ use tokio::sync::watch;
 use tonic::transport::Server;
 
 use crate::{
-    attach::DEFAULT_NETWORK,
     auth::{AllowList, AuthLayer},
     config::Settings,
     metrics::{Metrics, MetricsLayer},
@@ -96,8 +95,8 @@ impl Host {
         self.locks.lock(key).await
     }
 
-    /// Aggregated readiness: ready when the driver of `default` (and of `network`, if given)
-    /// is registered and ready. Conditions per driver and network, plus registration failures.
+    /// Aggregated readiness: ready when the driver of every required network (`requiredNetworks`,
+    /// default `default`) and of `network`, if given, is registered and ready. Conditions per driver and network, plus registration failures.
     pub fn readiness(&self, network: &str) -> NetworkReadiness {
         let mut conditions = Vec::new();
         for d in self.registry.drivers() {
@@ -142,8 +141,13 @@ impl Host {
             }));
         }
         conditions.extend(self.registry.failures());
-        let mut wanted = vec![DEFAULT_NETWORK];
-        if !network.is_empty() && network != DEFAULT_NETWORK {
+        let mut wanted: Vec<&str> = self
+            .settings
+            .required_networks
+            .iter()
+            .map(String::as_str)
+            .collect();
+        if !network.is_empty() && !wanted.contains(&network) {
             wanted.push(network);
         }
         let mut out = NetworkReadiness {

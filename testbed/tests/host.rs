@@ -798,3 +798,42 @@ async fn detach_of_some_networks_keeps_the_others() {
     assert!(listed(&c).await.is_empty());
     assert_eq!(held_by("main").await, 0);
 }
+
+// Which networks the node needs before it is ready is configured (`requiredNetworks`).
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_waits_for_every_required_network() {
+    let h = Host::start(
+        &fixture_driver("main", "default", &[]),
+        "requiredNetworks: [default, storage]\n",
+    )
+    .await;
+    let c = h.clients().await;
+    let r = wait_until("default's driver registered", T, || {
+        let c = c.clone();
+        async move {
+            let r = readiness(&c).await;
+            r.conditions
+                .iter()
+                .any(|k| k.r#type == "NetworkReady" && k.network == "default")
+                .then_some(r)
+        }
+    })
+    .await;
+    assert!(!r.ready, "{r:?}");
+    assert_eq!(r.reason, "NoDriverForNetwork");
+    assert!(r.message.contains("\"storage\""), "{}", r.message);
+    std::fs::create_dir_all(&h.plugin_dir).unwrap();
+    let sock = h.plugin_dir.join("storage.sock");
+    let _d = Proc::start(
+        &bin("netlet-fixture-driver"),
+        &[
+            "--name",
+            "storage",
+            "--networks",
+            "storage",
+            "--socket",
+            sock.to_str().unwrap(),
+        ],
+    );
+    h.wait_ready("").await;
+}
