@@ -128,6 +128,7 @@ impl Driver {
                 .map(str::to_string)
                 .collect(),
             networks: self.networks.clone(),
+            role: crate::proto::EndpointRole::Driver as i32,
         }
     }
 

@@ -63,6 +63,7 @@ def main():
                 capabilities=[identity_pb2.CAPABILITY_PODS],
                 services=["netlet.v1alpha1.Identity", "netlet.v1alpha1.Pods"],
                 networks=[args.network],
+                role=identity_pb2.ENDPOINT_ROLE_DRIVER,
             )
 
         def Probe(self, request, context):

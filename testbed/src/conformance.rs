@@ -29,12 +29,42 @@ pub enum Outcome {
 /// Result of a check body: `Err` is a failure.
 pub type CheckResult = Result<Outcome, String>;
 
+/// What the target is: the host (which routes to drivers) or a driver. Some rules differ
+/// (the proto's "On the host" and "On a driver" paragraphs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The netlet host.
+    Host,
+    /// A network driver.
+    Driver,
+}
+
+impl Mode {
+    /// The mode a target's GetInfo declares (`role`; unspecified is a driver).
+    pub fn of(info: &GetInfoResponse) -> Self {
+        if info.role() == netlet_sdk::proto::EndpointRole::Host {
+            Mode::Host
+        } else {
+            Mode::Driver
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Host => "host",
+            Mode::Driver => "driver",
+        }
+    }
+}
+
 /// One conformance check.
 pub struct Check {
     /// Name, `area/what`.
     pub name: &'static str,
     /// Capability it needs; skipped when the target does not declare it.
     pub needs: Option<Capability>,
+    /// Only for a host or only for a driver; `None`: both.
+    pub only: Option<Mode>,
     /// Body.
     pub run: for<'a> fn(&'a Ctx) -> BoxFuture<'a, CheckResult>,
 }
@@ -55,6 +85,8 @@ pub struct Ctx {
     pub replays: usize,
     /// A second network for multi-network checks.
     pub secondary_network: Option<String>,
+    /// Whether the target is the host or a driver.
+    pub mode: Mode,
     created: Mutex<Vec<Created>>,
     seq: std::sync::atomic::AtomicU32,
 }
@@ -157,6 +189,8 @@ pub struct RunOptions {
     pub replays: usize,
     /// A second network the target serves, for multi-network checks.
     pub secondary_network: Option<String>,
+    /// Host or driver; `None`: as the target's GetInfo says.
+    pub mode: Option<Mode>,
 }
 
 /// Runs `checks` (filtered by `opts`) against the target.
@@ -166,11 +200,13 @@ pub async fn run(
     checks: Vec<Check>,
     opts: &RunOptions,
 ) -> Vec<Record> {
+    let mode = opts.mode.unwrap_or_else(|| Mode::of(&info));
     let ctx = Ctx {
         clients,
         info,
         replays: opts.replays,
         secondary_network: opts.secondary_network.clone(),
+        mode,
         created: Mutex::new(Vec::new()),
         seq: 0.into(),
     };
@@ -186,6 +222,11 @@ pub async fn run(
             Some(cap) if !ctx.info.capabilities.contains(&(cap as i32)) => {
                 Outcome::Skipped(format!("target does not declare {}", cap.as_str_name()))
             }
+            _ if c.only.is_some_and(|m| m != mode) => Outcome::Skipped(format!(
+                "meant for a {}; the target is a {} (--mode)",
+                c.only.map(Mode::as_str).unwrap_or_default(),
+                mode.as_str()
+            )),
             _ => {
                 let r = tokio::time::timeout(Duration::from_secs(60), (c.run)(&ctx)).await;
                 ctx.cleanup().await;

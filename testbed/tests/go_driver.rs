@@ -72,7 +72,7 @@ async fn go_driver_passes_conformance_directly_and_through_the_host() {
         );
         assert!(text.contains(" 0 failed"), "{text}");
         if direct {
-            assert!(text.contains("(ptp 0.1.0-go)"), "{text}");
+            assert!(text.contains("(ptp 0.1.0-go, Driver)"), "{text}");
         }
         for check in [
             "pods/attach-invalid-fields",

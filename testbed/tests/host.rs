@@ -511,6 +511,20 @@ async fn conformance_passes_against_host_and_fixture() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}");
         assert!(text.contains(" 0 failed"), "{text}");
+        // The target's role picks the checks meant for it.
+        let (mine, other) = if t == h.socket {
+            ("host-ports-come-only-from-attachpod", "host-ports-applied-and-listed")
+        } else {
+            ("host-ports-applied-and-listed", "host-ports-come-only-from-attachpod")
+        };
+        assert!(text.contains(&format!("PASS  services/{mine}")), "{text}");
+        assert!(text.contains(&format!("SKIP  services/{other}: meant for a")), "{text}");
+        for check in [
+            "services/full-sync-from-a-new-epoch-applies",
+            "policy/full-sync-from-a-new-epoch-applies",
+        ] {
+            assert!(text.contains(&format!("PASS  {check}")), "{text}");
+        }
         let xml = std::fs::read_to_string(&junit).unwrap();
         assert!(
             xml.contains("<testcase classname=\"pods\" name=\"attach-idempotent\""),

@@ -1,14 +1,15 @@
 //! `Identity`: the host describes itself like any driver (the host is a driver of drivers).
 
 use netlet_sdk::proto::{
-    Capability, GetInfoRequest, GetInfoResponse, ProbeRequest, ProbeResponse,
+    Capability, EndpointRole, GetInfoRequest, GetInfoResponse, ProbeRequest, ProbeResponse,
     identity_server::Identity,
 };
 use tonic::{Request, Response, Status};
 
 use super::Api;
 
-/// Capabilities the host serves (routing them to drivers).
+/// Capabilities the host can serve (routing them to drivers); GetInfo lists Node and those of
+/// the others some registered driver serves.
 pub const HOST_CAPABILITIES: &[Capability] = &[
     Capability::Node,
     Capability::Pods,
@@ -45,6 +46,12 @@ impl Identity for Api {
             .collect();
         networks.sort();
         networks.dedup();
+        // Node is the host's own; the others only while some registered driver serves them.
+        let caps: Vec<Capability> = HOST_CAPABILITIES
+            .iter()
+            .copied()
+            .filter(|c| *c == Capability::Node || !self.0.registry.with_capability(*c).is_empty())
+            .collect();
         Ok(Response::new(GetInfoResponse {
             name: "netlet".into(),
             vendor_version: env!("CARGO_PKG_VERSION").into(),
@@ -52,9 +59,16 @@ impl Identity for Api {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
-            capabilities: HOST_CAPABILITIES.iter().map(|c| *c as i32).collect(),
-            services: host_services(),
+            capabilities: caps.iter().map(|c| *c as i32).collect(),
+            services: std::iter::once(netlet_proto::IDENTITY_SERVICE)
+                .chain(
+                    caps.iter()
+                        .flat_map(|c| netlet_proto::services_of(*c).iter().copied()),
+                )
+                .map(str::to_string)
+                .collect(),
             networks,
+            role: EndpointRole::Host as i32,
         }))
     }
 

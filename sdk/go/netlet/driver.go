@@ -73,6 +73,7 @@ func (i identity) GetInfo(context.Context, *pb.GetInfoRequest) (*pb.GetInfoRespo
 		Capabilities:  i.d.capabilities(),
 		Services:      i.d.serviceNames(),
 		Networks:      i.d.Networks,
+		Role:          pb.EndpointRole_ENDPOINT_ROLE_DRIVER,
 	}, nil
 }
 

@@ -35,6 +35,10 @@ struct Args {
     /// How many times idempotency checks replay a call.
     #[arg(long, default_value_t = 5)]
     replays: usize,
+    /// What the target is: `host`, `driver`, or `auto` (its GetInfo `role`). Checks meant
+    /// for the other kind are skipped with the reason.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "host", "driver"])]
+    mode: String,
     /// List the checks and exit.
     #[arg(long)]
     list: bool,
@@ -60,6 +64,11 @@ async fn main() -> anyhow::Result<()> {
         skip: regex(&args.skip, "--skip")?,
         replays: args.replays,
         secondary_network: args.secondary_network.clone(),
+        mode: match args.mode.as_str() {
+            "host" => Some(conformance::Mode::Host),
+            "driver" => Some(conformance::Mode::Driver),
+            _ => None,
+        },
     };
     let path = parse_target(&args.target);
     let mut clients = Clients::connect(&path, Some(std::time::Duration::from_secs(30)))
@@ -71,8 +80,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("Identity/GetInfo")?
         .into_inner();
+    let mode = opts.mode.unwrap_or_else(|| conformance::Mode::of(&info));
     println!(
-        "target {} ({} {}), capabilities {:?}, networks {:?}",
+        "target {} ({} {}, {mode:?}), capabilities {:?}, networks {:?}",
         args.target,
         info.name,
         info.vendor_version,

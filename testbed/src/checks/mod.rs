@@ -32,6 +32,15 @@ macro_rules! check {
         $crate::conformance::Check {
             name: $name,
             needs: $needs,
+            only: None,
+            run: |$ctx| Box::pin(async move { $body }),
+        }
+    };
+    ($name:literal, $needs:expr, only $mode:expr, |$ctx:ident| $body:block) => {
+        $crate::conformance::Check {
+            name: $name,
+            needs: $needs,
+            only: Some($mode),
             run: |$ctx| Box::pin(async move { $body }),
         }
     };

@@ -1,13 +1,13 @@
 //! Services: field errors that change nothing, generation semantics, idempotent replay.
 
 use netlet_sdk::proto::{
-    Capability, Endpoint, EndpointUpsert, ListServicesRequest, ProgramServiceRequest, Service,
-    ServiceKey, ServicePort, ServiceType,
+    Capability, Endpoint, EndpointUpsert, HostPorts, ListServicesRequest, PortMapping,
+    ProgramServiceRequest, Service, ServiceKey, ServicePort, ServiceType,
 };
 use tonic::Code;
 
 use super::{check, expect_code, expect_ok};
-use crate::conformance::{Check, Ctx, Outcome};
+use crate::conformance::{Check, Ctx, Mode, Outcome};
 
 /// (applied epoch, applied generation), and the number of Services in namespace `conformance`.
 async fn generation(ctx: &Ctx) -> Result<((u64, u64), usize), String> {
@@ -269,5 +269,104 @@ pub fn checks() -> Vec<Check> {
                 Ok(Outcome::Passed)
             }
         ),
+        check!(
+            "services/host-ports-come-only-from-attachpod",
+            Some(Capability::Services),
+            only Mode::Host,
+            |ctx| {
+                // On the host, host ports are the port mappings of attached pods: a caller of
+                // ProgramService cannot send them (services.proto, "On the host").
+                let ((epoch, g), _) = generation(ctx).await?;
+                let req = ProgramServiceRequest {
+                    epoch,
+                    generation: g + 1,
+                    full_sync: g == 0,
+                    host_port_upserts: vec![host_ports("conf-hp")],
+                    ..Default::default()
+                };
+                expect_code(
+                    "ProgramService with host_port_upserts to the host",
+                    ctx.clients.services.clone().program_service(req).await,
+                    Code::InvalidArgument,
+                    Some("host_port_upserts"),
+                )?;
+                Ok(Outcome::Passed)
+            }
+        ),
+        check!(
+            "services/host-ports-applied-and-listed",
+            Some(Capability::Services),
+            only Mode::Driver,
+            |ctx| {
+                // On a driver, host ports arrive in ProgramService like Services and are
+                // listed back until deleted.
+                let ((epoch, g), _) = generation(ctx).await?;
+                let hp = host_ports(&ctx.unique("hp"));
+                let services = ctx.clients.services.clone();
+                let listed = || {
+                    let mut services = services.clone();
+                    async move {
+                        expect_ok(
+                            "ListServices",
+                            services
+                                .list_services(ListServicesRequest::default())
+                                .await,
+                        )
+                        .map(|l| l.into_inner().host_ports)
+                    }
+                };
+                expect_ok(
+                    "ProgramService with one host_port_upsert",
+                    ctx.clients
+                        .services
+                        .clone()
+                        .program_service(ProgramServiceRequest {
+                            epoch,
+                            generation: g + 1,
+                            full_sync: g == 0,
+                            host_port_upserts: vec![hp.clone()],
+                            ..Default::default()
+                        })
+                        .await,
+                )?;
+                if !listed().await?.contains(&hp) {
+                    return Err("sent a host_port_upsert: ListServices.host_ports does not list it (contract: ListServices returns what is programmed)".into());
+                }
+                expect_ok(
+                    "ProgramService deleting it",
+                    ctx.clients
+                        .services
+                        .clone()
+                        .program_service(ProgramServiceRequest {
+                            epoch,
+                            generation: g + 2,
+                            host_port_deletes: vec![hp.sandbox_id.clone()],
+                            ..Default::default()
+                        })
+                        .await,
+                )?;
+                if listed()
+                    .await?
+                    .iter()
+                    .any(|h| h.sandbox_id == hp.sandbox_id)
+                {
+                    return Err("sent a host_port_delete: still listed".into());
+                }
+                Ok(Outcome::Passed)
+            }
+        ),
     ]
+}
+
+fn host_ports(sandbox_id: &str) -> HostPorts {
+    HostPorts {
+        sandbox_id: sandbox_id.into(),
+        pod: format!("conformance/{sandbox_id}"),
+        pod_ips: vec!["10.244.77.9".into()],
+        port_mappings: vec![PortMapping {
+            host_port: 30777,
+            container_port: 8080,
+            ..Default::default()
+        }],
+    }
 }

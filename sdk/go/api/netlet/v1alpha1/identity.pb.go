@@ -87,6 +87,59 @@ func (Capability) EnumDescriptor() ([]byte, []int) {
 	return file_netlet_v1alpha1_identity_proto_rawDescGZIP(), []int{0}
 }
 
+// EndpointRole tells the host from a driver: both serve this package.
+type EndpointRole int32
+
+const (
+	// A driver written before roles existed: treated as a driver.
+	EndpointRole_ENDPOINT_ROLE_UNSPECIFIED EndpointRole = 0
+	// A network driver.
+	EndpointRole_ENDPOINT_ROLE_DRIVER EndpointRole = 1
+	// The netlet host, which routes to drivers.
+	EndpointRole_ENDPOINT_ROLE_HOST EndpointRole = 2
+)
+
+// Enum value maps for EndpointRole.
+var (
+	EndpointRole_name = map[int32]string{
+		0: "ENDPOINT_ROLE_UNSPECIFIED",
+		1: "ENDPOINT_ROLE_DRIVER",
+		2: "ENDPOINT_ROLE_HOST",
+	}
+	EndpointRole_value = map[string]int32{
+		"ENDPOINT_ROLE_UNSPECIFIED": 0,
+		"ENDPOINT_ROLE_DRIVER":      1,
+		"ENDPOINT_ROLE_HOST":        2,
+	}
+)
+
+func (x EndpointRole) Enum() *EndpointRole {
+	p := new(EndpointRole)
+	*p = x
+	return p
+}
+
+func (x EndpointRole) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EndpointRole) Descriptor() protoreflect.EnumDescriptor {
+	return file_netlet_v1alpha1_identity_proto_enumTypes[1].Descriptor()
+}
+
+func (EndpointRole) Type() protoreflect.EnumType {
+	return &file_netlet_v1alpha1_identity_proto_enumTypes[1]
+}
+
+func (x EndpointRole) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EndpointRole.Descriptor instead.
+func (EndpointRole) EnumDescriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_identity_proto_rawDescGZIP(), []int{1}
+}
+
 // GetInfoRequest carries the API versions the caller speaks so the callee may log a mismatch.
 type GetInfoRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -148,7 +201,10 @@ type GetInfoResponse struct {
 	// Fully qualified service names served, e.g. "netlet.v1alpha1.Pods".
 	Services []string `protobuf:"bytes,5,rep,name=services,proto3" json:"services,omitempty"`
 	// Networks this endpoint attaches pods to (meaningful with CAPABILITY_PODS).
-	Networks      []string `protobuf:"bytes,6,rep,name=networks,proto3" json:"networks,omitempty"`
+	Networks []string `protobuf:"bytes,6,rep,name=networks,proto3" json:"networks,omitempty"`
+	// What the endpoint is. A driver leaves it unspecified or says ENDPOINT_ROLE_DRIVER; the
+	// host says ENDPOINT_ROLE_HOST. The conformance suite runs the checks meant for each.
+	Role          EndpointRole `protobuf:"varint,7,opt,name=role,proto3,enum=netlet.v1alpha1.EndpointRole" json:"role,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -223,6 +279,13 @@ func (x *GetInfoResponse) GetNetworks() []string {
 		return x.Networks
 	}
 	return nil
+}
+
+func (x *GetInfoResponse) GetRole() EndpointRole {
+	if x != nil {
+		return x.Role
+	}
+	return EndpointRole_ENDPOINT_ROLE_UNSPECIFIED
 }
 
 // ProbeRequest is empty.
@@ -332,14 +395,15 @@ const file_netlet_v1alpha1_identity_proto_rawDesc = "" +
 	"\n" +
 	"\x1enetlet/v1alpha1/identity.proto\x12\x0fnetlet.v1alpha1\"@\n" +
 	"\x0eGetInfoRequest\x12.\n" +
-	"\x13caller_api_versions\x18\x01 \x03(\tR\x11callerApiVersions\"\xe8\x01\n" +
+	"\x13caller_api_versions\x18\x01 \x03(\tR\x11callerApiVersions\"\x9b\x02\n" +
 	"\x0fGetInfoResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12%\n" +
 	"\x0evendor_version\x18\x02 \x01(\tR\rvendorVersion\x12!\n" +
 	"\fapi_versions\x18\x03 \x03(\tR\vapiVersions\x12?\n" +
 	"\fcapabilities\x18\x04 \x03(\x0e2\x1b.netlet.v1alpha1.CapabilityR\fcapabilities\x12\x1a\n" +
 	"\bservices\x18\x05 \x03(\tR\bservices\x12\x1a\n" +
-	"\bnetworks\x18\x06 \x03(\tR\bnetworks\"\x0e\n" +
+	"\bnetworks\x18\x06 \x03(\tR\bnetworks\x121\n" +
+	"\x04role\x18\a \x01(\x0e2\x1d.netlet.v1alpha1.EndpointRoleR\x04role\"\x0e\n" +
 	"\fProbeRequest\"W\n" +
 	"\rProbeResponse\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\bR\x05ready\x12\x16\n" +
@@ -352,7 +416,11 @@ const file_netlet_v1alpha1_identity_proto_rawDesc = "" +
 	"\x0fCAPABILITY_PODS\x10\x02\x12\x17\n" +
 	"\x13CAPABILITY_SERVICES\x10\x03\x12\x15\n" +
 	"\x11CAPABILITY_POLICY\x10\x04\x12\x16\n" +
-	"\x12CAPABILITY_DEVICES\x10\x052\xa0\x01\n" +
+	"\x12CAPABILITY_DEVICES\x10\x05*_\n" +
+	"\fEndpointRole\x12\x1d\n" +
+	"\x19ENDPOINT_ROLE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14ENDPOINT_ROLE_DRIVER\x10\x01\x12\x16\n" +
+	"\x12ENDPOINT_ROLE_HOST\x10\x022\xa0\x01\n" +
 	"\bIdentity\x12L\n" +
 	"\aGetInfo\x12\x1f.netlet.v1alpha1.GetInfoRequest\x1a .netlet.v1alpha1.GetInfoResponse\x12F\n" +
 	"\x05Probe\x12\x1d.netlet.v1alpha1.ProbeRequest\x1a\x1e.netlet.v1alpha1.ProbeResponseb\x06proto3"
@@ -369,26 +437,28 @@ func file_netlet_v1alpha1_identity_proto_rawDescGZIP() []byte {
 	return file_netlet_v1alpha1_identity_proto_rawDescData
 }
 
-var file_netlet_v1alpha1_identity_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_netlet_v1alpha1_identity_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_netlet_v1alpha1_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_netlet_v1alpha1_identity_proto_goTypes = []any{
 	(Capability)(0),         // 0: netlet.v1alpha1.Capability
-	(*GetInfoRequest)(nil),  // 1: netlet.v1alpha1.GetInfoRequest
-	(*GetInfoResponse)(nil), // 2: netlet.v1alpha1.GetInfoResponse
-	(*ProbeRequest)(nil),    // 3: netlet.v1alpha1.ProbeRequest
-	(*ProbeResponse)(nil),   // 4: netlet.v1alpha1.ProbeResponse
+	(EndpointRole)(0),       // 1: netlet.v1alpha1.EndpointRole
+	(*GetInfoRequest)(nil),  // 2: netlet.v1alpha1.GetInfoRequest
+	(*GetInfoResponse)(nil), // 3: netlet.v1alpha1.GetInfoResponse
+	(*ProbeRequest)(nil),    // 4: netlet.v1alpha1.ProbeRequest
+	(*ProbeResponse)(nil),   // 5: netlet.v1alpha1.ProbeResponse
 }
 var file_netlet_v1alpha1_identity_proto_depIdxs = []int32{
 	0, // 0: netlet.v1alpha1.GetInfoResponse.capabilities:type_name -> netlet.v1alpha1.Capability
-	1, // 1: netlet.v1alpha1.Identity.GetInfo:input_type -> netlet.v1alpha1.GetInfoRequest
-	3, // 2: netlet.v1alpha1.Identity.Probe:input_type -> netlet.v1alpha1.ProbeRequest
-	2, // 3: netlet.v1alpha1.Identity.GetInfo:output_type -> netlet.v1alpha1.GetInfoResponse
-	4, // 4: netlet.v1alpha1.Identity.Probe:output_type -> netlet.v1alpha1.ProbeResponse
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	1, // 1: netlet.v1alpha1.GetInfoResponse.role:type_name -> netlet.v1alpha1.EndpointRole
+	2, // 2: netlet.v1alpha1.Identity.GetInfo:input_type -> netlet.v1alpha1.GetInfoRequest
+	4, // 3: netlet.v1alpha1.Identity.Probe:input_type -> netlet.v1alpha1.ProbeRequest
+	3, // 4: netlet.v1alpha1.Identity.GetInfo:output_type -> netlet.v1alpha1.GetInfoResponse
+	5, // 5: netlet.v1alpha1.Identity.Probe:output_type -> netlet.v1alpha1.ProbeResponse
+	4, // [4:6] is the sub-list for method output_type
+	2, // [2:4] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_netlet_v1alpha1_identity_proto_init() }
@@ -401,7 +471,7 @@ func file_netlet_v1alpha1_identity_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netlet_v1alpha1_identity_proto_rawDesc), len(file_netlet_v1alpha1_identity_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
