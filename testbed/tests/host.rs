@@ -513,12 +513,21 @@ async fn conformance_passes_against_host_and_fixture() {
         assert!(text.contains(" 0 failed"), "{text}");
         // The target's role picks the checks meant for it.
         let (mine, other) = if t == h.socket {
-            ("host-ports-come-only-from-attachpod", "host-ports-applied-and-listed")
+            (
+                "host-ports-come-only-from-attachpod",
+                "host-ports-applied-and-listed",
+            )
         } else {
-            ("host-ports-applied-and-listed", "host-ports-come-only-from-attachpod")
+            (
+                "host-ports-applied-and-listed",
+                "host-ports-come-only-from-attachpod",
+            )
         };
         assert!(text.contains(&format!("PASS  services/{mine}")), "{text}");
-        assert!(text.contains(&format!("SKIP  services/{other}: meant for a")), "{text}");
+        assert!(
+            text.contains(&format!("SKIP  services/{other}: meant for a")),
+            "{text}"
+        );
         for check in [
             "services/full-sync-from-a-new-epoch-applies",
             "policy/full-sync-from-a-new-epoch-applies",

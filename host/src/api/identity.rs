@@ -8,8 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::Api;
 
-/// Capabilities the host can serve (routing them to drivers); GetInfo lists Node and those of
-/// the others some registered driver serves.
+/// Capabilities the host serves (routing them to drivers).
 pub const HOST_CAPABILITIES: &[Capability] = &[
     Capability::Node,
     Capability::Pods,
@@ -46,12 +45,10 @@ impl Identity for Api {
             .collect();
         networks.sort();
         networks.dedup();
-        // Node is the host's own; the others only while some registered driver serves them.
-        let caps: Vec<Capability> = HOST_CAPABILITIES
-            .iter()
-            .copied()
-            .filter(|c| *c == Capability::Node || !self.0.registry.with_capability(*c).is_empty())
-            .collect();
+        // The host serves every capability itself (its own views: attachments, Services,
+        // policies, devices); calls that need a driver answer UNAVAILABLE while none serves
+        // them, never UNIMPLEMENTED.
+        let caps = HOST_CAPABILITIES;
         Ok(Response::new(GetInfoResponse {
             name: "netlet".into(),
             vendor_version: env!("CARGO_PKG_VERSION").into(),
