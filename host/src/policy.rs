@@ -6,6 +6,7 @@
 
 use netlet_sdk::{
     generation::{Applied, Batch},
+    parts::Parts,
     proto::{ApplyPolicyRequest, ListPoliciesResponse},
     state::PolicyTable,
 };
@@ -17,6 +18,7 @@ pub struct PolicyView {
     /// What drivers are told, in the host's epoch; starts at generation 1, empty.
     pub table: PolicyTable,
     socket: Applied,
+    socket_parts: Parts<ApplyPolicyRequest>,
 }
 
 impl PolicyView {
@@ -34,6 +36,7 @@ impl PolicyView {
         Self {
             table,
             socket: Applied::default(),
+            socket_parts: Parts::default(),
         }
     }
 
@@ -44,6 +47,11 @@ impl PolicyView {
         &mut self,
         req: &ApplyPolicyRequest,
     ) -> Result<(Applied, Option<ApplyPolicyRequest>), Status> {
+        // A full sync in parts is kept until its last part, then taken as one batch.
+        let Some(whole) = self.socket_parts.offer(req.clone())? else {
+            return Ok((self.socket, None));
+        };
+        let req = &whole;
         let batch = Batch::from(req);
         if !self.socket.check(batch)? {
             return Ok((self.socket, None));
@@ -52,6 +60,8 @@ impl PolicyView {
         let out = ApplyPolicyRequest {
             epoch: at.epoch,
             generation: at.generation + 1,
+            full_sync_continues: false,
+            full_sync_part: 0,
             ..req.clone()
         };
         self.table.apply(&out)?;

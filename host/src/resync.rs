@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 
 use netlet_sdk::proto::{AttachPodRequest, Capability, DetachPodRequest, ListAttachmentsRequest};
 
-use crate::{Host, attach::selection_of, registry::DriverEntry};
+use crate::{Host, api::send, attach::selection_of, registry::DriverEntry};
 
 /// Installs the replay hook on the host's registry.
 pub(crate) fn install(host: &Arc<Host>) {
@@ -22,38 +22,26 @@ pub(crate) fn install(host: &Arc<Host>) {
         }));
 }
 
-async fn replay(host: &Host, d: &DriverEntry) {
+async fn replay(host: &Host, d: &Arc<DriverEntry>) {
     // A full sync in the host's epoch, even of an empty table: a driver that outlived an
     // earlier host drops what this one does not want.
     if d.has(Capability::Services) {
         let view = host.services.lock().await;
-        let r = d
-            .clients
-            .services
-            .clone()
-            .program_service(view.table.full_sync_request())
-            .await;
-        record(
-            d,
-            &d.services_generation,
-            "Services",
-            r.map(|r| r.into_inner().applied_generation),
-        );
+        let call = |d: Arc<DriverEntry>, r| async move {
+            let resp = d.clients.services.clone().program_service(r).await?;
+            Ok(resp.into_inner().applied_generation)
+        };
+        let r = send(d, view.table.full_sync_request(), &call).await;
+        record(d, &d.services_generation, "Services", r);
     }
     if d.has(Capability::Policy) {
         let view = host.policies.lock().await;
-        let r = d
-            .clients
-            .policy
-            .clone()
-            .apply_policy(view.table.full_sync_request())
-            .await;
-        record(
-            d,
-            &d.policy_generation,
-            "Policy",
-            r.map(|r| r.into_inner().applied_generation),
-        );
+        let call = |d: Arc<DriverEntry>, r| async move {
+            let resp = d.clients.policy.clone().apply_policy(r).await?;
+            Ok(resp.into_inner().applied_generation)
+        };
+        let r = send(d, view.table.full_sync_request(), &call).await;
+        record(d, &d.policy_generation, "Policy", r);
     }
     if d.has(Capability::Pods) {
         let pods = match host.store.attachments() {

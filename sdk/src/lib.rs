@@ -51,6 +51,7 @@ mod driver;
 pub mod generation;
 #[cfg(feature = "netns")]
 pub mod netns;
+pub mod parts;
 pub mod server;
 pub mod state;
 #[cfg(feature = "store")]

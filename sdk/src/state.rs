@@ -364,7 +364,7 @@ impl PolicyTable {
             network_policies: self.network.values().cloned().collect(),
             dns_policies: self.dns.values().cloned().collect(),
             hostname_grants: self.grants.values().cloned().collect(),
-            deletes: Vec::new(),
+            ..Default::default()
         }
     }
 

@@ -7,7 +7,7 @@ use netlet_sdk::client::Clients;
 use netlet_sdk::proto::{
     ListServicesRequest, ListServicesResponse, ProgramServiceRequest, Service, ServiceKey,
 };
-use netlet_testbed::harness::{Host, bin, fixture_driver, wait_until};
+use netlet_testbed::harness::{Host, Proc, bin, fixture_driver, wait_until};
 use tonic::Code;
 
 const T: Duration = Duration::from_secs(20);
@@ -240,4 +240,113 @@ async fn health_check_node_port_answers_with_the_local_endpoint_count() {
     .await;
     assert_eq!(body["localEndpoints"], 0);
     drop(h);
+}
+
+/// A full sync larger than 4 MiB reaches a driver that accepts 4 MiB messages (grpc-go's and
+/// grpcio's default): the host sends it in parts, and the driver applies them as one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_sync_over_4_mib_reaches_a_driver_limited_to_4_mib() {
+    use netlet_sdk::proto::{Endpoint, EndpointUpsert};
+    let h = Host::start(&fixture_driver("main", "default", &[]), "").await;
+    h.wait_ready("").await;
+    let mut c = h.clients().await;
+    // 40 namespaces x 100 Services x 40 endpoints, sent by a caller in batches of one namespace.
+    let (namespaces, services, endpoints) = (40usize, 100usize, 40usize);
+    let mut total_bytes = 0;
+    for ns in 0..namespaces {
+        let mut req = ProgramServiceRequest {
+            epoch: 1,
+            generation: ns as u64 + 1,
+            full_sync: ns == 0,
+            ..Default::default()
+        };
+        for s in 0..services {
+            let key = ServiceKey {
+                namespace: format!("ns{ns}"),
+                name: format!("svc{s}"),
+            };
+            req.service_upserts.push(Service {
+                key: Some(key.clone()),
+                cluster_ips: vec![format!(
+                    "10.{}.{}.{}",
+                    96 + ns / 20,
+                    (ns % 20) * 10 + s / 250,
+                    s % 250 + 1
+                )],
+                ports: vec![netlet_sdk::proto::ServicePort {
+                    port: 80,
+                    target_port: 8080,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            for e in 0..endpoints {
+                req.endpoint_upserts.push(EndpointUpsert {
+                    service: Some(key.clone()),
+                    endpoint: Some(Endpoint {
+                        address: format!("10.{}.{}.{}", 128 + ns, s, e + 1),
+                        ready: true,
+                        serving: true,
+                        ..Default::default()
+                    }),
+                });
+            }
+        }
+        total_bytes += prost::Message::encoded_len(&req);
+        c.services.program_service(req).await.unwrap();
+    }
+    assert!(
+        total_bytes > 5 * 1024 * 1024,
+        "the test needs a table over 4 MiB: {total_bytes}"
+    );
+    // A second driver, limited to 4 MiB, registers now: its full sync is the whole table.
+    std::fs::create_dir_all(&h.plugin_dir).unwrap();
+    let sock = h.plugin_dir.join("small.sock");
+    let _d = Proc::start(
+        &bin("netlet-fixture-driver"),
+        &[
+            "--name",
+            "small",
+            "--networks",
+            "small",
+            "--capabilities",
+            "services",
+            "--max-message-bytes",
+            "4194304",
+            "--socket",
+            sock.to_str().unwrap(),
+        ],
+    );
+    wait_until("the 4 MiB driver in sync", T, || {
+        let mut c = c.clone();
+        async move {
+            let l = c
+                .services
+                .list_services(ListServicesRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            l.drivers
+                .iter()
+                .any(|d| d.driver == "small" && d.in_sync)
+                .then_some(())
+        }
+    })
+    .await;
+    let mut d = Clients::connect(&sock, None).await.unwrap();
+    for ns in [0, namespaces / 2, namespaces - 1] {
+        let l = d
+            .services
+            .list_services(ListServicesRequest {
+                namespace: format!("ns{ns}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(l.services.len(), services, "ns{ns}");
+        assert!(
+            l.services.iter().all(|s| s.endpoints.len() == endpoints),
+            "ns{ns}"
+        );
+    }
 }

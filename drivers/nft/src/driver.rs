@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use netlet_nftables::{Batch, Conn, NftError};
 use netlet_sdk::generation::{self, Applied};
+use netlet_sdk::parts::Parts;
 use netlet_sdk::proto::{
     Endpoint, ListServicesRequest, ListServicesResponse, ProgramServiceRequest,
     ProgramServiceResponse, Service, ServiceKey, services_server::Services,
@@ -106,6 +107,8 @@ impl State {
 pub struct Nft {
     settings: Settings,
     state: Mutex<State>,
+    /// Parts of a full sync sent in parts, until the last.
+    parts: Mutex<Parts<ProgramServiceRequest>>,
 }
 
 fn nft_status(e: NftError) -> Status {
@@ -133,7 +136,16 @@ impl Nft {
                 blocked: HashMap::new(),
                 conn,
             }),
+            parts: Mutex::default(),
         })
+    }
+
+    /// What is applied.
+    pub fn applied(&self) -> Result<Applied, Status> {
+        self.state
+            .lock()
+            .map(|st| st.table.applied())
+            .map_err(|_| Status::internal("state lock poisoned"))
     }
 
     /// Applies a validated batch.
@@ -335,7 +347,16 @@ impl Services for Api {
     ) -> Result<Response<ProgramServiceResponse>, Status> {
         let req = req.into_inner();
         validate::program_service(&req)?;
-        let applied = self.0.program(&req)?;
+        let whole = self
+            .0
+            .parts
+            .lock()
+            .map_err(|_| Status::internal("parts lock poisoned"))?
+            .offer(req)?;
+        let applied = match whole {
+            Some(req) => self.0.program(&req)?,
+            None => self.0.applied()?,
+        };
         Ok(Response::new(ProgramServiceResponse::from(applied)))
     }
 

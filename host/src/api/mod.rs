@@ -13,6 +13,7 @@ pub use identity::{HOST_CAPABILITIES, host_services};
 use std::sync::{Arc, Mutex};
 
 use futures::future::join_all;
+use netlet_sdk::parts::{MAX_BATCH_BYTES, Splittable, split};
 use tonic::Status;
 
 use crate::{Host, error, registry::DriverEntry};
@@ -20,6 +21,26 @@ use crate::{Host, error, registry::DriverEntry};
 /// The host's implementation of every `netlet.v1alpha1` service.
 #[derive(Clone)]
 pub struct Api(pub Arc<Host>);
+
+/// Sends one batch to a driver: as it is, or, when it is a full sync over 4 MiB, in parts one
+/// after the other (the driver applies them as one at the last). Returns the driver's answer
+/// to the last.
+pub(crate) async fn send<Req, F, Fut>(
+    d: &Arc<DriverEntry>,
+    req: Req,
+    call: &F,
+) -> Result<u64, Status>
+where
+    Req: Splittable,
+    F: Fn(Arc<DriverEntry>, Req) -> Fut,
+    Fut: Future<Output = Result<u64, Status>>,
+{
+    let mut applied = 0;
+    for part in split(req, MAX_BATCH_BYTES) {
+        applied = call(d.clone(), part).await?;
+    }
+    Ok(applied)
+}
 
 /// Sends a generation-stamped batch to every driver in `drivers`: the delta to a driver that
 /// applied `prev`, the full state to one that did not (restarted, or failed a delta). Records
@@ -34,26 +55,28 @@ pub(crate) async fn sync_to_drivers<Req, F, Fut>(
     call: F,
 ) -> Result<(), Status>
 where
-    Req: Clone,
+    Req: Splittable,
     F: Fn(Arc<DriverEntry>, Req) -> Fut,
     Fut: Future<Output = Result<u64, Status>>,
 {
+    // A delta too large for one message goes as a full sync, which is sent in parts.
+    let fits = delta.encoded_len() <= MAX_BATCH_BYTES;
     let calls = drivers.into_iter().map(|d| {
         let have = generation_of(&d).lock().map(|g| *g).unwrap_or(0);
-        let delta = (have == prev && prev != 0).then(|| delta.clone());
+        let delta = (have == prev && prev != 0 && fits).then(|| delta.clone());
         let req = (have != applied).then(|| delta.clone().unwrap_or_else(&full));
         let full = (have != applied && delta.is_some()).then(&full);
         let call = &call;
         async move {
             let res = match req {
                 None => Ok(applied),
-                Some(r) => match call(d.clone(), r).await {
+                Some(r) => match send(&d, r, call).await {
                     // A driver that refuses a delta (it restarted, or lost its state) gets the
                     // whole table at once: a full sync always applies.
                     Err(s) if s.code() == tonic::Code::FailedPrecondition => match full {
                         Some(f) => {
                             tracing::info!(driver = %d.name, reason = %s.message(), "delta refused; sending a full sync");
-                            call(d.clone(), f).await
+                            send(&d, f, call).await
                         }
                         None => Err(s),
                     },

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use netlet_sdk::generation::{Applied, Batch};
+use netlet_sdk::parts::Parts;
 use netlet_sdk::proto::{
     Endpoint, EndpointKey, EndpointUpsert, HostPorts, PortMapping, ProgramServiceRequest, Protocol,
     Service, ServiceKey, ServiceType, TrafficPolicy,
@@ -196,6 +197,8 @@ pub struct ServiceView {
     pub table: ServiceTable,
     /// What callers of the host socket have reached (their batches' own epoch and numbering).
     socket: Applied,
+    /// Parts of a socket caller's full sync, until the last.
+    socket_parts: Parts<ProgramServiceRequest>,
     /// Services that need a health-check node port (externalTrafficPolicy Local with a port).
     health_checked: BTreeSet<Key>,
     /// Who asked for each address . protocol . port and NodePort, in order: the first holds it
@@ -526,6 +529,11 @@ impl ServiceView {
         &mut self,
         req: &ProgramServiceRequest,
     ) -> Result<(Applied, Option<ProgramServiceRequest>), tonic::Status> {
+        // A full sync in parts is kept until its last part, then taken as one batch.
+        let Some(whole) = self.socket_parts.offer(req.clone())? else {
+            return Ok((self.socket, None));
+        };
+        let req = &whole;
         let named = named_keys(req);
         for (field, key) in &named {
             self.check(Source::Socket, &sk(key)).map_err(|c| {

@@ -12,6 +12,7 @@ use std::{
 use clap::Parser;
 use netlet_sdk::{
     Driver,
+    parts::Parts,
     proto::{
         AllocateDeviceRequest, AllocateDeviceResponse, AllocatedDevice, ApplyPolicyRequest,
         ApplyPolicyResponse, AttachPodRequest, AttachPodResponse, Attachment, CheckDnsRequest,
@@ -59,6 +60,9 @@ struct Args {
     /// Write the process id here once serving.
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// Largest message accepted or sent (grpc-go and grpcio default to 4 MiB).
+    #[arg(long, default_value_t = netlet_sdk::DEFAULT_MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
     /// Report not ready with this reason.
     #[arg(long)]
     not_ready: Option<String>,
@@ -70,6 +74,8 @@ struct State {
     next_host: u32,
     services: ServiceTable,
     policies: PolicyTable,
+    service_parts: Parts<ProgramServiceRequest>,
+    policy_parts: Parts<ApplyPolicyRequest>,
     claims: BTreeMap<String, AllocateDeviceResponse>,
 }
 
@@ -300,7 +306,12 @@ impl Services for Fixture {
     ) -> Result<Response<ProgramServiceResponse>, Status> {
         let req = req.into_inner();
         validate::program_service(&req)?;
-        let applied = self.state()?.services.apply(&req)?;
+        let mut st = self.state()?;
+        // A part of a full sync is kept until the last; then they apply as one.
+        let applied = match st.service_parts.offer(req)? {
+            Some(req) => st.services.apply(&req)?,
+            None => st.services.applied(),
+        };
         Ok(Response::new(ProgramServiceResponse::from(applied)))
     }
 
@@ -331,7 +342,11 @@ impl Policy for Fixture {
     ) -> Result<Response<ApplyPolicyResponse>, Status> {
         let req = req.into_inner();
         validate::apply_policy(&req)?;
-        let applied = self.state()?.policies.apply(&req)?;
+        let mut st = self.state()?;
+        let applied = match st.policy_parts.offer(req)? {
+            Some(req) => st.policies.apply(&req)?,
+            None => st.policies.applied(),
+        };
         Ok(Response::new(ApplyPolicyResponse::from(applied)))
     }
 
@@ -577,7 +592,9 @@ async fn main() -> anyhow::Result<()> {
         not_ready: args.not_ready.clone(),
         state: Arc::new(Mutex::new(State::default())),
     };
-    let mut d = Driver::new(&args.name, env!("CARGO_PKG_VERSION")).socket(socket);
+    let mut d = Driver::new(&args.name, env!("CARGO_PKG_VERSION"))
+        .socket(socket)
+        .max_message_bytes(args.max_message_bytes);
     for n in &args.networks {
         d = d.network(n);
     }

@@ -762,7 +762,11 @@ type ApplyPolicyRequest struct {
 	// Policies to delete.
 	Deletes []*PolicyKey `protobuf:"bytes,6,rep,name=deletes,proto3" json:"deletes,omitempty"`
 	// The sender's incarnation (see ProgramServiceRequest.epoch).
-	Epoch         uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Epoch uint64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// A full sync over 4 MiB comes in parts (see ProgramServiceRequest.full_sync_continues).
+	FullSyncContinues bool `protobuf:"varint,8,opt,name=full_sync_continues,json=fullSyncContinues,proto3" json:"full_sync_continues,omitempty"`
+	// Index of this part (see ProgramServiceRequest.full_sync_part).
+	FullSyncPart  uint32 `protobuf:"varint,9,opt,name=full_sync_part,json=fullSyncPart,proto3" json:"full_sync_part,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -842,6 +846,20 @@ func (x *ApplyPolicyRequest) GetDeletes() []*PolicyKey {
 func (x *ApplyPolicyRequest) GetEpoch() uint64 {
 	if x != nil {
 		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ApplyPolicyRequest) GetFullSyncContinues() bool {
+	if x != nil {
+		return x.FullSyncContinues
+	}
+	return false
+}
+
+func (x *ApplyPolicyRequest) GetFullSyncPart() uint32 {
+	if x != nil {
+		return x.FullSyncPart
 	}
 	return 0
 }
@@ -1345,7 +1363,7 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"namespaces\x18\x02 \x03(\tR\n" +
 	"namespaces\x12\x1c\n" +
 	"\thostnames\x18\x03 \x03(\tR\thostnames\x12\x16\n" +
-	"\x06module\x18\x04 \x01(\tR\x06module\"\xf0\x02\n" +
+	"\x06module\x18\x04 \x01(\tR\x06module\"\xc6\x03\n" +
 	"\x12ApplyPolicyRequest\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1355,7 +1373,9 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\fdns_policies\x18\x04 \x03(\v2\x1a.netlet.v1alpha1.DnsPolicyR\vdnsPolicies\x12G\n" +
 	"\x0fhostname_grants\x18\x05 \x03(\v2\x1e.netlet.v1alpha1.HostnameGrantR\x0ehostnameGrants\x124\n" +
 	"\adeletes\x18\x06 \x03(\v2\x1a.netlet.v1alpha1.PolicyKeyR\adeletes\x12\x14\n" +
-	"\x05epoch\x18\a \x01(\x04R\x05epoch\"i\n" +
+	"\x05epoch\x18\a \x01(\x04R\x05epoch\x12.\n" +
+	"\x13full_sync_continues\x18\b \x01(\bR\x11fullSyncContinues\x12$\n" +
+	"\x0efull_sync_part\x18\t \x01(\rR\ffullSyncPart\"i\n" +
 	"\x13ApplyPolicyResponse\x12-\n" +
 	"\x12applied_generation\x18\x01 \x01(\x04R\x11appliedGeneration\x12#\n" +
 	"\rapplied_epoch\x18\x02 \x01(\x04R\fappliedEpoch\"\xa6\x01\n" +

@@ -950,7 +950,17 @@ type ProgramServiceRequest struct {
 	// The sender's incarnation: a number it picks anew each time it starts (the host: at every
 	// start) and keeps while it runs. Compared for equality only. 0 is an epoch like any other
 	// (senders written before epochs existed send 0).
-	Epoch         uint64 `protobuf:"varint,9,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Epoch uint64 `protobuf:"varint,9,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// A full sync larger than 4 MiB (the default limit of grpc-go and grpcio) is sent in parts:
+	// every part has `full_sync`, the same epoch and generation, its index in `full_sync_part`
+	// (0, 1, ...), and this flag, except the last. A receiver keeps the parts aside (answering
+	// each OK with the generation applied before) and applies them as one batch when the last
+	// arrives. A batch with another epoch or generation drops the parts kept; a part whose index
+	// does not follow the parts kept is FAILED_PRECONDITION naming `full_sync_part` (the sender
+	// sends the full sync again). The host never sends a message over 4 MiB.
+	FullSyncContinues bool `protobuf:"varint,10,opt,name=full_sync_continues,json=fullSyncContinues,proto3" json:"full_sync_continues,omitempty"`
+	// Index of this part of a full sync sent in parts; 0 for a batch sent whole.
+	FullSyncPart  uint32 `protobuf:"varint,11,opt,name=full_sync_part,json=fullSyncPart,proto3" json:"full_sync_part,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1044,6 +1054,20 @@ func (x *ProgramServiceRequest) GetHostPortDeletes() []string {
 func (x *ProgramServiceRequest) GetEpoch() uint64 {
 	if x != nil {
 		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ProgramServiceRequest) GetFullSyncContinues() bool {
+	if x != nil {
+		return x.FullSyncContinues
+	}
+	return false
+}
+
+func (x *ProgramServiceRequest) GetFullSyncPart() uint32 {
+	if x != nil {
+		return x.FullSyncPart
 	}
 	return 0
 }
@@ -1506,7 +1530,7 @@ const file_netlet_v1alpha1_services_proto_rawDesc = "" +
 	"\bendpoint\x18\x02 \x01(\v2\x19.netlet.v1alpha1.EndpointR\bendpoint\"^\n" +
 	"\vEndpointKey\x125\n" +
 	"\aservice\x18\x01 \x01(\v2\x1b.netlet.v1alpha1.ServiceKeyR\aservice\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\tR\aaddress\"\xfc\x03\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\"\xd2\x04\n" +
 	"\x15ProgramServiceRequest\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1518,7 +1542,10 @@ const file_netlet_v1alpha1_services_proto_rawDesc = "" +
 	"\x10endpoint_deletes\x18\x06 \x03(\v2\x1c.netlet.v1alpha1.EndpointKeyR\x0fendpointDeletes\x12F\n" +
 	"\x11host_port_upserts\x18\a \x03(\v2\x1a.netlet.v1alpha1.HostPortsR\x0fhostPortUpserts\x12*\n" +
 	"\x11host_port_deletes\x18\b \x03(\tR\x0fhostPortDeletes\x12\x14\n" +
-	"\x05epoch\x18\t \x01(\x04R\x05epoch\"\x98\x01\n" +
+	"\x05epoch\x18\t \x01(\x04R\x05epoch\x12.\n" +
+	"\x13full_sync_continues\x18\n" +
+	" \x01(\bR\x11fullSyncContinues\x12$\n" +
+	"\x0efull_sync_part\x18\v \x01(\rR\ffullSyncPart\"\x98\x01\n" +
 	"\tHostPorts\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x10\n" +
