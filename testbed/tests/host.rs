@@ -831,13 +831,17 @@ async fn readiness_waits_for_every_required_network() {
     )
     .await;
     let c = h.clients().await;
-    let r = wait_until("default's driver registered", T, || {
+    let r = wait_until("default's driver registered and ready", T, || {
         let c = c.clone();
         async move {
             let r = readiness(&c).await;
             r.conditions
                 .iter()
-                .any(|k| k.r#type == "NetworkReady" && k.network == "default")
+                .any(|k| {
+                    k.r#type == "NetworkReady"
+                        && k.network == "default"
+                        && k.status == netlet_sdk::proto::ConditionStatus::True as i32
+                })
                 .then_some(r)
         }
     })
