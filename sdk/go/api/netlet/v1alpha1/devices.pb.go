@@ -27,6 +27,7 @@ const (
 type DeviceKind int32
 
 const (
+	// In a request or filter: any kind. On a device: a kind not listed here.
 	DeviceKind_DEVICE_KIND_UNSPECIFIED DeviceKind = 0
 	// A physical or virtual network interface.
 	DeviceKind_DEVICE_KIND_NIC DeviceKind = 1
@@ -83,6 +84,7 @@ func (DeviceKind) EnumDescriptor() ([]byte, []int) {
 type TopologyScope int32
 
 const (
+	// No alignment.
 	TopologyScope_TOPOLOGY_SCOPE_UNSPECIFIED TopologyScope = 0
 	TopologyScope_TOPOLOGY_SCOPE_NUMA_NODE   TopologyScope = 1
 	TopologyScope_TOPOLOGY_SCOPE_PCIE_ROOT   TopologyScope = 2

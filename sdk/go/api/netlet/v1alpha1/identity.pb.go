@@ -27,6 +27,7 @@ const (
 type Capability int32
 
 const (
+	// Not a capability; ignored in lists.
 	Capability_CAPABILITY_UNSPECIFIED Capability = 0
 	// Node: NetworkReady, WatchNetworkReady.
 	Capability_CAPABILITY_NODE Capability = 1
@@ -196,7 +197,9 @@ type GetInfoResponse struct {
 	// Fully qualified proto package names supported, newest first, e.g. "netlet.v1alpha1".
 	// The caller picks the newest version both sides support. Required, non-empty.
 	ApiVersions []string `protobuf:"bytes,3,rep,name=api_versions,json=apiVersions,proto3" json:"api_versions,omitempty"`
-	// Capabilities served. A capability not listed answers UNIMPLEMENTED.
+	// Capabilities served. A capability not listed answers UNIMPLEMENTED. The host lists all:
+	// it serves each itself (its own view), answering UNAVAILABLE where a driver is needed and
+	// none is registered.
 	Capabilities []Capability `protobuf:"varint,4,rep,packed,name=capabilities,proto3,enum=netlet.v1alpha1.Capability" json:"capabilities,omitempty"`
 	// Fully qualified service names served, e.g. "netlet.v1alpha1.Pods".
 	Services []string `protobuf:"bytes,5,rep,name=services,proto3" json:"services,omitempty"`

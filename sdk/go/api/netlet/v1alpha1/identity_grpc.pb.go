@@ -30,6 +30,31 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // Identity is served by every driver and by the host.
+//
+// A driver's life with the host, and what the driver does at each step:
+//
+//  1. Socket. A supervised driver (started by the host from its config) binds the path in
+//     $NETLET_DRIVER_SOCKET and keeps what it must across restarts in $NETLET_DRIVER_STATE_DIR.
+//     An external driver binds `<plugin dir>/<name>.sock` (default /run/netlet/plugins),
+//     removing a stale file first. Create the socket only once GetInfo can be answered: the
+//     host registers a socket within 250 ms of it appearing and retries a failed registration
+//     every 2 s.
+//  2. GetInfo. The host reads the name (a supervised driver must answer its configured name;
+//     an external one names its socket after it), the API versions, capabilities, networks.
+//  3. Version. The host picks the newest version in both its list and `api_versions`; with
+//     none in common the driver is not registered (reported as a registration failure).
+//  4. Registered. Each network in `networks` is served by the first driver that declared it.
+//  5. Readiness. The host probes every probe interval (default 2 s): NetworkReady when the
+//     driver declares CAPABILITY_NODE (its readiness and conditions are the driver's), else
+//     Probe. A driver that is not ready keeps its registration; the node is not ready while a
+//     required network's driver is not (see Node.NetworkReady). An external driver whose probes
+//     fail at the transport 3 times in a row is deregistered; a supervised one is restarted.
+//  6. Full sync. Right after registration the host sends a full sync of Services
+//     (ProgramService) and policies (ApplyPolicy) to a driver declaring them, even empty ones,
+//     and replays AttachPod for the attachments it holds on the driver's networks (with their
+//     addresses, so none changes), then detaches what the driver lists that it has no record of.
+//  7. Deltas. Then every change, as generation-stamped deltas (see ProgramService).
+//  8. Deregistered. Removing the socket (or exiting, for a supervised driver) deregisters it.
 type IdentityClient interface {
 	// GetInfo returns the name, version, supported API versions, capabilities and networks.
 	//
@@ -39,8 +64,12 @@ type IdentityClient interface {
 	// |-----------|------|
 	// | success   | OK   |
 	GetInfo(ctx context.Context, in *GetInfoRequest, opts ...grpc.CallOption) (*GetInfoResponse, error)
-	// Probe reports whether the endpoint can serve requests now. The host probes external drivers
-	// periodically and deregisters one whose probe keeps failing.
+	// Probe reports whether the endpoint can serve requests now. The host probes drivers that do
+	// not declare CAPABILITY_NODE with it (see the lifecycle above); `ready` false with a
+	// CamelCase `reason` makes the driver not ready, a transport failure counts towards
+	// deregistering an external driver.
+	//
+	// On the host: ready when the node is (Node.NetworkReady with no network).
 	//
 	// Idempotent: yes; no side effects.
 	//
@@ -84,6 +113,31 @@ func (c *identityClient) Probe(ctx context.Context, in *ProbeRequest, opts ...gr
 // for forward compatibility.
 //
 // Identity is served by every driver and by the host.
+//
+// A driver's life with the host, and what the driver does at each step:
+//
+//  1. Socket. A supervised driver (started by the host from its config) binds the path in
+//     $NETLET_DRIVER_SOCKET and keeps what it must across restarts in $NETLET_DRIVER_STATE_DIR.
+//     An external driver binds `<plugin dir>/<name>.sock` (default /run/netlet/plugins),
+//     removing a stale file first. Create the socket only once GetInfo can be answered: the
+//     host registers a socket within 250 ms of it appearing and retries a failed registration
+//     every 2 s.
+//  2. GetInfo. The host reads the name (a supervised driver must answer its configured name;
+//     an external one names its socket after it), the API versions, capabilities, networks.
+//  3. Version. The host picks the newest version in both its list and `api_versions`; with
+//     none in common the driver is not registered (reported as a registration failure).
+//  4. Registered. Each network in `networks` is served by the first driver that declared it.
+//  5. Readiness. The host probes every probe interval (default 2 s): NetworkReady when the
+//     driver declares CAPABILITY_NODE (its readiness and conditions are the driver's), else
+//     Probe. A driver that is not ready keeps its registration; the node is not ready while a
+//     required network's driver is not (see Node.NetworkReady). An external driver whose probes
+//     fail at the transport 3 times in a row is deregistered; a supervised one is restarted.
+//  6. Full sync. Right after registration the host sends a full sync of Services
+//     (ProgramService) and policies (ApplyPolicy) to a driver declaring them, even empty ones,
+//     and replays AttachPod for the attachments it holds on the driver's networks (with their
+//     addresses, so none changes), then detaches what the driver lists that it has no record of.
+//  7. Deltas. Then every change, as generation-stamped deltas (see ProgramService).
+//  8. Deregistered. Removing the socket (or exiting, for a supervised driver) deregisters it.
 type IdentityServer interface {
 	// GetInfo returns the name, version, supported API versions, capabilities and networks.
 	//
@@ -93,8 +147,12 @@ type IdentityServer interface {
 	// |-----------|------|
 	// | success   | OK   |
 	GetInfo(context.Context, *GetInfoRequest) (*GetInfoResponse, error)
-	// Probe reports whether the endpoint can serve requests now. The host probes external drivers
-	// periodically and deregisters one whose probe keeps failing.
+	// Probe reports whether the endpoint can serve requests now. The host probes drivers that do
+	// not declare CAPABILITY_NODE with it (see the lifecycle above); `ready` false with a
+	// CamelCase `reason` makes the driver not ready, a transport failure counts towards
+	// deregistering an external driver.
+	//
+	// On the host: ready when the node is (Node.NetworkReady with no network).
 	//
 	// Idempotent: yes; no side effects.
 	//

@@ -32,8 +32,18 @@ const (
 // Node reports whether the node's network is ready for pods.
 type NodeClient interface {
 	// NetworkReady returns the aggregated readiness and typed conditions per network and driver.
-	// On the host: ready only when the driver of network "default" is registered and ready, and
-	// (when `network` is set) that network's driver too.
+	//
+	// On the host: ready only when the driver of every required network (the host's
+	// `requiredNetworks` setting, default ["default"]) is registered and ready, and, when
+	// `network` is set, that network's driver too. Not ready reasons: NoDriverForNetwork,
+	// DriverNotReady. Conditions: DriverRegistered, DriverReady and NetworkReady per driver and
+	// network, plus each driver's own conditions.
+	//
+	// On a driver: whether the driver can attach pods to its networks now (bridge made, address
+	// store open, ...), with a CamelCase reason when not, and conditions of its own (e.g.
+	// AddressesAvailable per subnet). The host probes it with this call when the driver declares
+	// CAPABILITY_NODE; `network` names one of its networks (NOT_FOUND when it serves none of
+	// that name). A driver without CAPABILITY_NODE is judged by Identity.Probe alone.
 	//
 	// Idempotent: yes; no side effects.
 	//
@@ -41,6 +51,7 @@ type NodeClient interface {
 	// |------------------------------------|------------------|
 	// | success (ready or not, see body)   | OK               |
 	// | `network` not a valid name         | INVALID_ARGUMENT |
+	// | `network` not served (driver)      | NOT_FOUND        |
 	NetworkReady(ctx context.Context, in *NetworkReadyRequest, opts ...grpc.CallOption) (*NetworkReadyResponse, error)
 	// WatchNetworkReady streams the current readiness at once, then every change.
 	//
@@ -98,8 +109,18 @@ type Node_WatchNetworkReadyClient = grpc.ServerStreamingClient[WatchNetworkReady
 // Node reports whether the node's network is ready for pods.
 type NodeServer interface {
 	// NetworkReady returns the aggregated readiness and typed conditions per network and driver.
-	// On the host: ready only when the driver of network "default" is registered and ready, and
-	// (when `network` is set) that network's driver too.
+	//
+	// On the host: ready only when the driver of every required network (the host's
+	// `requiredNetworks` setting, default ["default"]) is registered and ready, and, when
+	// `network` is set, that network's driver too. Not ready reasons: NoDriverForNetwork,
+	// DriverNotReady. Conditions: DriverRegistered, DriverReady and NetworkReady per driver and
+	// network, plus each driver's own conditions.
+	//
+	// On a driver: whether the driver can attach pods to its networks now (bridge made, address
+	// store open, ...), with a CamelCase reason when not, and conditions of its own (e.g.
+	// AddressesAvailable per subnet). The host probes it with this call when the driver declares
+	// CAPABILITY_NODE; `network` names one of its networks (NOT_FOUND when it serves none of
+	// that name). A driver without CAPABILITY_NODE is judged by Identity.Probe alone.
 	//
 	// Idempotent: yes; no side effects.
 	//
@@ -107,6 +128,7 @@ type NodeServer interface {
 	// |------------------------------------|------------------|
 	// | success (ready or not, see body)   | OK               |
 	// | `network` not a valid name         | INVALID_ARGUMENT |
+	// | `network` not served (driver)      | NOT_FOUND        |
 	NetworkReady(context.Context, *NetworkReadyRequest) (*NetworkReadyResponse, error)
 	// WatchNetworkReady streams the current readiness at once, then every change.
 	//

@@ -28,14 +28,15 @@ type PodSandbox struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Runtime sandbox (infra container) id. Required; 1..256 chars of [A-Za-z0-9_.-].
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// Pod name.
+	// Pod name. Messages that name a pod in one string write "namespace/name".
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// Pod namespace.
 	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Pod UID.
 	Uid string `protobuf:"bytes,4,opt,name=uid,proto3" json:"uid,omitempty"`
 	// Path of the sandbox network namespace, e.g. "/var/run/netns/cni-1234". Required for
-	// AttachPod; absolute.
+	// AttachPod; absolute; a network namespace file as the host's mount namespace sees it (see
+	// AttachPod).
 	NetnsPath string `protobuf:"bytes,5,opt,name=netns_path,json=netnsPath,proto3" json:"netns_path,omitempty"`
 	// Pod hostname.
 	Hostname string `protobuf:"bytes,6,opt,name=hostname,proto3" json:"hostname,omitempty"`
@@ -168,7 +169,9 @@ type NetworkSelection struct {
 	// Interface name in the pod; 1..15 chars, no "/" or whitespace. Empty: "eth0" for the first
 	// attachment, "net<N>" for the N-th further one.
 	InterfaceName string `protobuf:"bytes,2,opt,name=interface_name,json=interfaceName,proto3" json:"interface_name,omitempty"`
-	// Static addresses requested, CIDR or plain; the driver refuses with ALREADY_EXISTS when taken.
+	// Static addresses requested, CIDR or plain; the driver refuses with ALREADY_EXISTS when taken
+	// and INVALID_ARGUMENT when outside its pools. Requests carry addresses as strings; results
+	// carry IpConfig (address with prefix, family, gateway).
 	Ips []string `protobuf:"bytes,3,rep,name=ips,proto3" json:"ips,omitempty"`
 	// Static MAC requested, e.g. "02:42:ac:11:00:02".
 	Mac string `protobuf:"bytes,4,opt,name=mac,proto3" json:"mac,omitempty"`

@@ -37,34 +37,75 @@ const (
 // Served by the host (which orchestrates several networks with rollback and persists the result)
 // and by drivers (which attach one or more of the networks they declared in GetInfo).
 type PodsClient interface {
-	// AttachPod attaches the sandbox to every requested network, in order. An empty `networks`
-	// means network "default" on interface "eth0". All-or-nothing: when one network fails, the
-	// ones already attached are detached again and the error is returned.
+	// AttachPod attaches the sandbox to every requested network, in order, and answers one
+	// attachment per selection, in request order.
 	//
-	// Idempotent: yes. Repeating AttachPod for a sandbox that is already attached returns the
-	// stored result and changes nothing.
+	// Defaults, the same on the host and on a driver: an empty `networks` means
+	// [{network: "default"}]; an empty `interface_name` is "eth0" for the first selection and
+	// "net<N>" for the N-th further one (net1, net2, ...); an unset `default_route` is true for
+	// the first selection only.
 	//
-	// | condition                                             | code                |
-	// |-------------------------------------------------------|---------------------|
-	// | success                                               | OK                  |
-	// | missing/invalid field (named in the message)          | INVALID_ARGUMENT    |
-	// | sandbox attached with a different network list        | ALREADY_EXISTS      |
-	// | requested static IP or MAC unavailable                | ALREADY_EXISTS      |
-	// | no driver serves a requested network                  | FAILED_PRECONDITION |
-	// | address pool exhausted                                | RESOURCE_EXHAUSTED  |
-	// | driver down or not ready                              | UNAVAILABLE         |
-	// | deadline to the driver exceeded                       | DEADLINE_EXCEEDED   |
+	// On the host: all-or-nothing. The host calls the driver of each network with that one
+	// selection, defaults filled in (so a driver handed the caller's second network gets its
+	// resolved interface name, "net1", and default_route false), and, when one fails, detaches
+	// the ones already attached and returns the error, its field renamed to the caller's
+	// (`networks[1].ips[0]`). The sandbox id is the idempotency key: the same sandbox with the
+	// same networks returns the stored result; with other networks, ALREADY_EXISTS. Published
+	// port mappings (host_port != 0) go to the Services drivers; one another pod holds is
+	// ALREADY_EXISTS before anything is made. The result is kept in the host's store.
+	//
+	// On a driver: the idempotency key is (sandbox id, network, interface name): a repeat returns
+	// the stored attachment unchanged, whatever else the request says. A driver serves only the
+	// networks it declared (FAILED_PRECONDITION naming `networks[i].network` otherwise). It
+	// creates the interface in the namespace at `sandbox.netns_path`; when that namespace already
+	// has a link of the requested name that the driver did not make, the attach is
+	// ALREADY_EXISTS naming `networks[i].interface_name` (reason INTERFACE_EXISTS) and the link
+	// is left untouched: a driver never deletes or renames a link it did not create.
+	//
+	// netns_path is resolved in the host's mount namespace and handed to drivers unchanged:
+	// drivers and the host must see the same files (run them in one mount namespace; `ip netns
+	// exec` gives each process a private mount namespace, so namespaces made later look like
+	// empty files there, use `nsenter --net=<path>` instead). A path that does not exist or is
+	// not a network namespace is INVALID_ARGUMENT naming `sandbox.netns_path` (reason
+	// NETNS_INVALID).
+	//
+	// Pod IPs: the attachment whose `default_route` is true (else the first) carries the
+	// addresses a CRI runtime reports for the pod, in their order: the first is the pod IP, the
+	// others (another family) its additional IPs.
+	//
+	// Idempotent: yes (see the keys above).
+	//
+	// | condition                                             | code                | retry |
+	// |-------------------------------------------------------|---------------------|-------|
+	// | success                                               | OK                  |       |
+	// | missing/invalid field (named), netns_path unusable    | INVALID_ARGUMENT    | no    |
+	// | sandbox attached with a different network list (host) | ALREADY_EXISTS      | no: detach first |
+	// | requested static IP or MAC taken                      | ALREADY_EXISTS      | no    |
+	// | interface name present in the pod, not the driver's   | ALREADY_EXISTS      | no    |
+	// | host port held by another pod (host)                  | ALREADY_EXISTS      | no    |
+	// | no driver serves a requested network                  | FAILED_PRECONDITION | yes, once one registers |
+	// | address pool exhausted                                | RESOURCE_EXHAUSTED  | yes, after pods leave |
+	// | driver down or not ready                              | UNAVAILABLE         | yes, with backoff |
+	// | deadline to the driver exceeded                       | DEADLINE_EXCEEDED   | yes (idempotent) |
 	AttachPod(ctx context.Context, in *AttachPodRequest, opts ...grpc.CallOption) (*AttachPodResponse, error)
 	// DetachPod detaches the sandbox from its networks in reverse order and frees its addresses.
-	// Safe when the network namespace is already gone.
+	// Safe when the network namespace is already gone. `networks` narrows it: each selection
+	// matches the attachments of its network (and of its interface, when `interface_name` is
+	// set); empty detaches everything. A selection matching nothing is OK.
+	//
+	// On the host: the attachments left stay recorded (and their host ports follow them); the
+	// host calls each attachment's driver with that one selection and the namespace as attached.
+	//
+	// On a driver: detach the sandbox's attachments the selections match (all of the sandbox's
+	// on this driver when empty) and free their addresses once nothing can send from them.
 	//
 	// Idempotent: yes. Detaching an unknown sandbox, or one already detached, returns OK.
 	//
 	// | condition                                | code             |
 	// |------------------------------------------|------------------|
 	// | success, or sandbox unknown              | OK               |
-	// | `sandbox_id` missing                     | INVALID_ARGUMENT |
-	// | a driver holding an attachment is down   | UNAVAILABLE      |
+	// | `sandbox_id` missing, bad selection      | INVALID_ARGUMENT |
+	// | a driver holding an attachment is down   | UNAVAILABLE (retry with backoff) |
 	DetachPod(ctx context.Context, in *DetachPodRequest, opts ...grpc.CallOption) (*DetachPodResponse, error)
 	// PodNetworkStatus returns the attachments of one sandbox (CNI CHECK, Multus network-status).
 	//
@@ -86,6 +127,11 @@ type PodsClient interface {
 	// | invalid filter                | INVALID_ARGUMENT |
 	ListAttachments(ctx context.Context, in *ListAttachmentsRequest, opts ...grpc.CallOption) (*ListAttachmentsResponse, error)
 	// GarbageCollect detaches every sandbox not in `valid_sandbox_ids` (CNI GC).
+	//
+	// On the host: its own records, then every Pods driver with the runtime's list plus the
+	// sandboxes the host still holds (so a driver drops what neither knows).
+	//
+	// On a driver: its own attachments.
 	//
 	// Idempotent: yes. A second call with the same list removes nothing.
 	//
@@ -164,34 +210,75 @@ func (c *podsClient) GarbageCollect(ctx context.Context, in *GarbageCollectReque
 // Served by the host (which orchestrates several networks with rollback and persists the result)
 // and by drivers (which attach one or more of the networks they declared in GetInfo).
 type PodsServer interface {
-	// AttachPod attaches the sandbox to every requested network, in order. An empty `networks`
-	// means network "default" on interface "eth0". All-or-nothing: when one network fails, the
-	// ones already attached are detached again and the error is returned.
+	// AttachPod attaches the sandbox to every requested network, in order, and answers one
+	// attachment per selection, in request order.
 	//
-	// Idempotent: yes. Repeating AttachPod for a sandbox that is already attached returns the
-	// stored result and changes nothing.
+	// Defaults, the same on the host and on a driver: an empty `networks` means
+	// [{network: "default"}]; an empty `interface_name` is "eth0" for the first selection and
+	// "net<N>" for the N-th further one (net1, net2, ...); an unset `default_route` is true for
+	// the first selection only.
 	//
-	// | condition                                             | code                |
-	// |-------------------------------------------------------|---------------------|
-	// | success                                               | OK                  |
-	// | missing/invalid field (named in the message)          | INVALID_ARGUMENT    |
-	// | sandbox attached with a different network list        | ALREADY_EXISTS      |
-	// | requested static IP or MAC unavailable                | ALREADY_EXISTS      |
-	// | no driver serves a requested network                  | FAILED_PRECONDITION |
-	// | address pool exhausted                                | RESOURCE_EXHAUSTED  |
-	// | driver down or not ready                              | UNAVAILABLE         |
-	// | deadline to the driver exceeded                       | DEADLINE_EXCEEDED   |
+	// On the host: all-or-nothing. The host calls the driver of each network with that one
+	// selection, defaults filled in (so a driver handed the caller's second network gets its
+	// resolved interface name, "net1", and default_route false), and, when one fails, detaches
+	// the ones already attached and returns the error, its field renamed to the caller's
+	// (`networks[1].ips[0]`). The sandbox id is the idempotency key: the same sandbox with the
+	// same networks returns the stored result; with other networks, ALREADY_EXISTS. Published
+	// port mappings (host_port != 0) go to the Services drivers; one another pod holds is
+	// ALREADY_EXISTS before anything is made. The result is kept in the host's store.
+	//
+	// On a driver: the idempotency key is (sandbox id, network, interface name): a repeat returns
+	// the stored attachment unchanged, whatever else the request says. A driver serves only the
+	// networks it declared (FAILED_PRECONDITION naming `networks[i].network` otherwise). It
+	// creates the interface in the namespace at `sandbox.netns_path`; when that namespace already
+	// has a link of the requested name that the driver did not make, the attach is
+	// ALREADY_EXISTS naming `networks[i].interface_name` (reason INTERFACE_EXISTS) and the link
+	// is left untouched: a driver never deletes or renames a link it did not create.
+	//
+	// netns_path is resolved in the host's mount namespace and handed to drivers unchanged:
+	// drivers and the host must see the same files (run them in one mount namespace; `ip netns
+	// exec` gives each process a private mount namespace, so namespaces made later look like
+	// empty files there, use `nsenter --net=<path>` instead). A path that does not exist or is
+	// not a network namespace is INVALID_ARGUMENT naming `sandbox.netns_path` (reason
+	// NETNS_INVALID).
+	//
+	// Pod IPs: the attachment whose `default_route` is true (else the first) carries the
+	// addresses a CRI runtime reports for the pod, in their order: the first is the pod IP, the
+	// others (another family) its additional IPs.
+	//
+	// Idempotent: yes (see the keys above).
+	//
+	// | condition                                             | code                | retry |
+	// |-------------------------------------------------------|---------------------|-------|
+	// | success                                               | OK                  |       |
+	// | missing/invalid field (named), netns_path unusable    | INVALID_ARGUMENT    | no    |
+	// | sandbox attached with a different network list (host) | ALREADY_EXISTS      | no: detach first |
+	// | requested static IP or MAC taken                      | ALREADY_EXISTS      | no    |
+	// | interface name present in the pod, not the driver's   | ALREADY_EXISTS      | no    |
+	// | host port held by another pod (host)                  | ALREADY_EXISTS      | no    |
+	// | no driver serves a requested network                  | FAILED_PRECONDITION | yes, once one registers |
+	// | address pool exhausted                                | RESOURCE_EXHAUSTED  | yes, after pods leave |
+	// | driver down or not ready                              | UNAVAILABLE         | yes, with backoff |
+	// | deadline to the driver exceeded                       | DEADLINE_EXCEEDED   | yes (idempotent) |
 	AttachPod(context.Context, *AttachPodRequest) (*AttachPodResponse, error)
 	// DetachPod detaches the sandbox from its networks in reverse order and frees its addresses.
-	// Safe when the network namespace is already gone.
+	// Safe when the network namespace is already gone. `networks` narrows it: each selection
+	// matches the attachments of its network (and of its interface, when `interface_name` is
+	// set); empty detaches everything. A selection matching nothing is OK.
+	//
+	// On the host: the attachments left stay recorded (and their host ports follow them); the
+	// host calls each attachment's driver with that one selection and the namespace as attached.
+	//
+	// On a driver: detach the sandbox's attachments the selections match (all of the sandbox's
+	// on this driver when empty) and free their addresses once nothing can send from them.
 	//
 	// Idempotent: yes. Detaching an unknown sandbox, or one already detached, returns OK.
 	//
 	// | condition                                | code             |
 	// |------------------------------------------|------------------|
 	// | success, or sandbox unknown              | OK               |
-	// | `sandbox_id` missing                     | INVALID_ARGUMENT |
-	// | a driver holding an attachment is down   | UNAVAILABLE      |
+	// | `sandbox_id` missing, bad selection      | INVALID_ARGUMENT |
+	// | a driver holding an attachment is down   | UNAVAILABLE (retry with backoff) |
 	DetachPod(context.Context, *DetachPodRequest) (*DetachPodResponse, error)
 	// PodNetworkStatus returns the attachments of one sandbox (CNI CHECK, Multus network-status).
 	//
@@ -213,6 +300,11 @@ type PodsServer interface {
 	// | invalid filter                | INVALID_ARGUMENT |
 	ListAttachments(context.Context, *ListAttachmentsRequest) (*ListAttachmentsResponse, error)
 	// GarbageCollect detaches every sandbox not in `valid_sandbox_ids` (CNI GC).
+	//
+	// On the host: its own records, then every Pods driver with the runtime's list plus the
+	// sandboxes the host still holds (so a driver drops what neither knows).
+	//
+	// On a driver: its own attachments.
 	//
 	// Idempotent: yes. A second call with the same list removes nothing.
 	//

@@ -27,6 +27,7 @@ const (
 type PolicyKind int32
 
 const (
+	// Invalid in a key (INVALID_ARGUMENT naming the field).
 	PolicyKind_POLICY_KIND_UNSPECIFIED    PolicyKind = 0
 	PolicyKind_POLICY_KIND_NETWORK_POLICY PolicyKind = 1
 	PolicyKind_POLICY_KIND_DNS_POLICY     PolicyKind = 2
@@ -80,6 +81,7 @@ func (PolicyKind) EnumDescriptor() ([]byte, []int) {
 type PolicyDirection int32
 
 const (
+	// Invalid in `directions` (INVALID_ARGUMENT naming the field).
 	PolicyDirection_POLICY_DIRECTION_UNSPECIFIED PolicyDirection = 0
 	PolicyDirection_POLICY_DIRECTION_INGRESS     PolicyDirection = 1
 	PolicyDirection_POLICY_DIRECTION_EGRESS      PolicyDirection = 2
@@ -130,6 +132,7 @@ func (PolicyDirection) EnumDescriptor() ([]byte, []int) {
 type DnsAction int32
 
 const (
+	// As `default_action`: ALLOW. As `failure_action`: REFUSE (fail closed). Never an answer.
 	DnsAction_DNS_ACTION_UNSPECIFIED DnsAction = 0
 	DnsAction_DNS_ACTION_ALLOW       DnsAction = 1
 	// Answer NXDOMAIN.

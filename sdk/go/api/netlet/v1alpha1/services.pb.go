@@ -27,6 +27,7 @@ const (
 type ServiceType int32
 
 const (
+	// ClusterIP.
 	ServiceType_SERVICE_TYPE_UNSPECIFIED   ServiceType = 0
 	ServiceType_SERVICE_TYPE_CLUSTER_IP    ServiceType = 1
 	ServiceType_SERVICE_TYPE_NODE_PORT     ServiceType = 2
@@ -83,6 +84,7 @@ func (ServiceType) EnumDescriptor() ([]byte, []int) {
 type TrafficPolicy int32
 
 const (
+	// Cluster.
 	TrafficPolicy_TRAFFIC_POLICY_UNSPECIFIED TrafficPolicy = 0
 	// Cluster: every usable endpoint.
 	TrafficPolicy_TRAFFIC_POLICY_CLUSTER TrafficPolicy = 1
@@ -135,6 +137,7 @@ func (TrafficPolicy) EnumDescriptor() ([]byte, []int) {
 type SessionAffinity int32
 
 const (
+	// None.
 	SessionAffinity_SESSION_AFFINITY_UNSPECIFIED SessionAffinity = 0
 	SessionAffinity_SESSION_AFFINITY_NONE        SessionAffinity = 1
 	SessionAffinity_SESSION_AFFINITY_CLIENT_IP   SessionAffinity = 2
@@ -185,6 +188,7 @@ func (SessionAffinity) EnumDescriptor() ([]byte, []int) {
 type IpFamilyPolicy int32
 
 const (
+	// SingleStack.
 	IpFamilyPolicy_IP_FAMILY_POLICY_UNSPECIFIED        IpFamilyPolicy = 0
 	IpFamilyPolicy_IP_FAMILY_POLICY_SINGLE_STACK       IpFamilyPolicy = 1
 	IpFamilyPolicy_IP_FAMILY_POLICY_PREFER_DUAL_STACK  IpFamilyPolicy = 2
@@ -1081,7 +1085,8 @@ type HostPorts struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Sandbox id of the pod. Required.
 	SandboxId string `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
-	// The pod, "namespace/name", for listings and messages.
+	// The pod, "namespace/name" (the spelling of a pod in one string everywhere), for listings
+	// and messages.
 	Pod string `protobuf:"bytes,2,opt,name=pod,proto3" json:"pod,omitempty"`
 	// The pod's addresses, at most one per family (from its default-route attachment). Required.
 	PodIps []string `protobuf:"bytes,3,rep,name=pod_ips,json=podIps,proto3" json:"pod_ips,omitempty"`
