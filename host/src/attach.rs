@@ -189,6 +189,7 @@ impl Host {
             // Host ports another pod holds: refused before anything is made (pods with host
             // ports attach one at a time, so two cannot both pass the check). Pods without
             // any never touch the Service view.
+            crate::features::check_host_ports(&sandbox, &self.registry)?;
             let has_ports = sandbox.port_mappings.iter().any(|pm| pm.host_port != 0);
             let _ports_guard = if has_ports {
                 let guard = self.lock_key("host-ports").await;
@@ -215,6 +216,7 @@ impl Host {
                             "NETWORK_NOT_SERVED",
                         )
                     })?;
+                crate::features::check_selection(i, &sel, &sandbox, &d)?;
                 plan.push((sel, d));
             }
             let mut done: Vec<(NetworkSelection, Arc<DriverEntry>)> = Vec::new();

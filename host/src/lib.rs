@@ -12,6 +12,7 @@ pub mod attach;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod features;
 pub mod metrics;
 pub mod policy;
 pub mod registry;

@@ -28,6 +28,7 @@ pub struct Driver {
     socket_mode: u32,
     max_message_bytes: usize,
     capabilities: Vec<Capability>,
+    features: Vec<crate::proto::Feature>,
     routes: RoutesBuilder,
     probe: Option<ProbeFn>,
 }
@@ -59,9 +60,17 @@ impl Driver {
             socket_mode: 0o660,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             capabilities: Vec::new(),
+            features: Vec::new(),
             routes: RoutesBuilder::default(),
             probe: None,
         }
+    }
+
+    /// Declares an optional feature the driver has (GetInfo lists exactly those declared; the
+    /// host refuses requests that need one the driver lacks).
+    pub fn feature(mut self, f: crate::proto::Feature) -> Self {
+        self.features.push(f);
+        self
     }
 
     /// Declares a network this driver attaches pods to.
@@ -129,6 +138,9 @@ impl Driver {
                 .collect(),
             networks: self.networks.clone(),
             role: crate::proto::EndpointRole::Driver as i32,
+            features: Some(crate::proto::Features {
+                supported: self.features.iter().map(|f| *f as i32).collect(),
+            }),
         }
     }
 

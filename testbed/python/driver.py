@@ -64,6 +64,9 @@ def main():
                 services=["netlet.v1alpha1.Identity", "netlet.v1alpha1.Pods"],
                 networks=[args.network],
                 role=identity_pb2.ENDPOINT_ROLE_DRIVER,
+                # Present and empty: it has none of the optional features (it ignores static
+                # addresses), so the host refuses requests that need one.
+                features=identity_pb2.Features(supported=[]),
             )
 
         def Probe(self, request, context):

@@ -127,6 +127,15 @@ impl Ctx {
         Ok(path.display().to_string())
     }
 
+    /// Whether the target has an optional feature (every one when its GetInfo lists none:
+    /// written before features existed).
+    pub fn has_feature(&self, f: netlet_sdk::proto::Feature) -> bool {
+        self.info
+            .features
+            .as_ref()
+            .is_none_or(|fs| fs.supported.contains(&(f as i32)))
+    }
+
     /// The network pod checks attach to: the first the target serves.
     pub fn network(&self) -> Option<String> {
         self.info.networks.first().cloned()

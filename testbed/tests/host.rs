@@ -864,3 +864,133 @@ async fn readiness_waits_for_every_required_network() {
     );
     h.wait_ready("").await;
 }
+
+// A request that needs an optional feature the driver it would go to lacks is refused by the
+// host, naming the field, and reaches no driver; GetInfo of the host lists what its drivers
+// have.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_needing_a_feature_no_driver_has_are_refused() {
+    use netlet_sdk::proto::{
+        ApplyPolicyRequest, DnsPolicy, Feature, PolicyKey, PolicyKind, Protocol, ServicePort,
+    };
+    use tonic_types::StatusExt;
+    let h = Host::start(
+        &fixture_driver("plain", "default", &["--features", "none"]),
+        "",
+    )
+    .await;
+    h.wait_ready("").await;
+    let mut c = h.clients().await;
+    let info = c
+        .identity
+        .get_info(GetInfoRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.features.unwrap().supported, Vec::<i32>::new());
+    let reason = |e: &tonic::Status| e.get_details_error_info().map(|i| i.reason);
+
+    let mut req = pod("f1", &[("default", "eth0")]);
+    req.networks[0].ips = vec!["10.244.0.50".into()];
+    let e = c.pods.attach_pod(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().starts_with("networks[0].ips:"), "{e:?}");
+    assert!(e.message().contains("FEATURE_STATIC_IPS"), "{e:?}");
+    assert_eq!(reason(&e).as_deref(), Some("FEATURE_NOT_SUPPORTED"));
+    assert!(listed(&c).await.is_empty(), "nothing attached");
+    let mut req = pod("f2", &[("default", "eth0")]);
+    req.sandbox.as_mut().unwrap().port_mappings = vec![netlet_sdk::proto::PortMapping {
+        host_port: 8080,
+        container_port: 80,
+        ..Default::default()
+    }];
+    let e = c.pods.attach_pod(req).await.unwrap_err();
+    assert!(
+        e.message().starts_with("sandbox.port_mappings[0]:"),
+        "{e:?}"
+    );
+
+    let e = c
+        .services
+        .program_service(ProgramServiceRequest {
+            generation: 1,
+            full_sync: true,
+            service_upserts: vec![Service {
+                key: Some(ServiceKey {
+                    namespace: "default".into(),
+                    name: "sctp".into(),
+                }),
+                cluster_ips: vec!["10.96.9.9".into()],
+                ports: vec![ServicePort {
+                    port: 9,
+                    protocol: Protocol::Sctp as i32,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.message()
+            .starts_with("service_upserts[0].ports[0].protocol:"),
+        "{e:?}"
+    );
+    let e = c
+        .policy
+        .apply_policy(ApplyPolicyRequest {
+            generation: 1,
+            full_sync: true,
+            dns_policies: vec![DnsPolicy {
+                key: Some(PolicyKey {
+                    kind: PolicyKind::DnsPolicy as i32,
+                    namespace: "default".into(),
+                    name: "p".into(),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("dns_policies[0]:"), "{e:?}");
+    // Without those, the same driver serves the pod.
+    c.pods
+        .attach_pod(pod("f3", &[("default", "eth0")]))
+        .await
+        .unwrap();
+    // A driver that has the feature makes it available (and advertised).
+    let sock = h.plugin_dir.join("rich.sock");
+    std::fs::create_dir_all(&h.plugin_dir).unwrap();
+    let _d = Proc::start(
+        &bin("netlet-fixture-driver"),
+        &[
+            "--name",
+            "rich",
+            "--networks",
+            "rich",
+            "--socket",
+            sock.to_str().unwrap(),
+        ],
+    );
+    wait_until("rich registered", T, || {
+        let mut c = c.clone();
+        async move {
+            let info = c
+                .identity
+                .get_info(GetInfoRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            info.features?
+                .supported
+                .contains(&(Feature::StaticIps as i32))
+                .then_some(())
+        }
+    })
+    .await;
+    let mut req = pod("f4", &[("rich", "eth0")]);
+    req.networks[0].ips = vec!["10.244.0.50".into()];
+    c.pods.attach_pod(req).await.unwrap();
+}

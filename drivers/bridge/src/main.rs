@@ -104,6 +104,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some(s) = &args.socket {
         d = d.socket(s);
     }
-    d.pods(api.clone()).node(api).serve().await?;
+    use netlet_sdk::proto::Feature;
+    d.feature(Feature::StaticIps)
+        .feature(Feature::StaticMac)
+        .feature(Feature::Bandwidth)
+        .pods(api.clone())
+        .node(api)
+        .serve()
+        .await?;
     Ok(())
 }

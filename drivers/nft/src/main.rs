@@ -48,6 +48,12 @@ async fn main() -> anyhow::Result<()> {
     if let Some(s) = &args.socket {
         d = d.socket(s);
     }
-    d.services(driver::Api(nft)).serve().await?;
+    use netlet_sdk::proto::Feature;
+    d.feature(Feature::Sctp)
+        .feature(Feature::SessionAffinity)
+        .feature(Feature::HostPorts)
+        .services(driver::Api(nft))
+        .serve()
+        .await?;
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! `Identity`: the host describes itself like any driver (the host is a driver of drivers).
 
 use netlet_sdk::proto::{
-    Capability, EndpointRole, GetInfoRequest, GetInfoResponse, ProbeRequest, ProbeResponse,
-    identity_server::Identity,
+    Capability, EndpointRole, Features, GetInfoRequest, GetInfoResponse, ProbeRequest,
+    ProbeResponse, identity_server::Identity,
 };
 use tonic::{Request, Response, Status};
 
@@ -66,6 +66,9 @@ impl Identity for Api {
                 .collect(),
             networks,
             role: EndpointRole::Host as i32,
+            features: Some(Features {
+                supported: crate::features::advertised(&self.0.registry),
+            }),
         }))
     }
 

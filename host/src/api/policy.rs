@@ -37,6 +37,7 @@ impl Policy for Api {
         if drivers.is_empty() {
             return Err(error::nothing_serves("Policy"));
         }
+        crate::features::check_policies(&req, &drivers)?;
         let mut view = self.0.policies.lock().await;
         let prev = view.table.generation();
         let (applied, out) = view.apply_socket(&req)?;

@@ -68,14 +68,11 @@ impl Services for Api {
                 "host ports come from the port mappings of pods attached with AttachPod; the host does not take them from callers",
             ));
         }
-        if self
-            .0
-            .registry
-            .with_capability(Capability::Services)
-            .is_empty()
-        {
+        let drivers = self.0.registry.with_capability(Capability::Services);
+        if drivers.is_empty() {
             return Err(error::nothing_serves("Services"));
         }
+        crate::features::check_services(&req, &drivers)?;
         // Held across the fan-out: batches reach drivers in generation order.
         let mut view = self.0.services.lock().await;
         let prev = view.table.generation();

@@ -80,6 +80,15 @@ impl DriverEntry {
         self.info.capabilities.contains(&(cap as i32))
     }
 
+    /// Whether it has an optional feature: as declared, or every one when its GetInfo has no
+    /// `features` (a driver written before features existed).
+    pub fn has_feature(&self, f: netlet_sdk::proto::Feature) -> bool {
+        self.info
+            .features
+            .as_ref()
+            .is_none_or(|fs| fs.supported.contains(&(f as i32)))
+    }
+
     /// Whether it attaches pods to `network`.
     pub fn serves_network(&self, network: &str) -> bool {
         self.has(Capability::Pods) && self.info.networks.iter().any(|n| n == network)

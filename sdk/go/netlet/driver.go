@@ -50,6 +50,9 @@ type Driver struct {
 	// Socket to bind; empty: $NETLET_DRIVER_SOCKET (supervised drivers). An external driver
 	// binds <plugin dir>/<Name>.sock.
 	Socket string
+	// Features are the optional features the driver has (GetInfo lists exactly these; the host
+	// refuses requests needing one it lacks).
+	Features []pb.Feature
 	// Probe decides readiness; nil: always ready.
 	Probe           func(context.Context) Readiness
 	Pods            pb.PodsServer
@@ -74,6 +77,7 @@ func (i identity) GetInfo(context.Context, *pb.GetInfoRequest) (*pb.GetInfoRespo
 		Services:      i.d.serviceNames(),
 		Networks:      i.d.Networks,
 		Role:          pb.EndpointRole_ENDPOINT_ROLE_DRIVER,
+		Features:      &pb.Features{Supported: i.d.Features},
 	}, nil
 }
 

@@ -60,6 +60,15 @@ struct Args {
     /// Write the process id here once serving.
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// Optional features declared (static-ips, static-mac, bandwidth, sctp, session-affinity,
+    /// host-ports, network-policy, dns-policy, hostname-grants), or `none`. It records
+    /// whatever it is sent either way: this is what a driver would lack.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "static-ips,static-mac,bandwidth,sctp,session-affinity,host-ports,network-policy,dns-policy,hostname-grants"
+    )]
+    features: Vec<String>,
     /// Largest message accepted or sent (grpc-go and grpcio default to 4 MiB).
     #[arg(long, default_value_t = netlet_sdk::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
@@ -597,6 +606,12 @@ async fn main() -> anyhow::Result<()> {
         .max_message_bytes(args.max_message_bytes);
     for n in &args.networks {
         d = d.network(n);
+    }
+    for f in args.features.iter().filter(|f| *f != "none") {
+        let name = format!("FEATURE_{}", f.to_ascii_uppercase().replace('-', "_"));
+        let feature = netlet_sdk::proto::Feature::from_str_name(&name)
+            .ok_or_else(|| anyhow::anyhow!("unknown feature {f:?}"))?;
+        d = d.feature(feature);
     }
     for c in &args.capabilities {
         d = match c.as_str() {

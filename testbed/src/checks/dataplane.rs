@@ -397,6 +397,11 @@ pub fn checks() -> Vec<Check> {
                     ));
                 }
                 // The same addresses, asked for statically by a new pod, must be free again.
+                if !ctx.has_feature(netlet_sdk::proto::Feature::StaticIps) {
+                    return Ok(Outcome::Skipped(
+                        "veth and interface gone; whether the addresses are free is asked with static addresses, and the target does not declare FEATURE_STATIC_IPS".into(),
+                    ));
+                }
                 let mut sel = selection(&net, "eth0");
                 sel.ips = att.ips.iter().map(|c| c.address.clone()).collect();
                 let again = pod!(ctx, vec![sel]);

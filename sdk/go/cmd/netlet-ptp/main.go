@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"os"
 
+	pb "netlet.io/sdk/go/api/netlet/v1alpha1"
 	"netlet.io/sdk/go/netlet"
 )
 
@@ -53,6 +54,8 @@ func main() {
 		Networks: []string{*network},
 		Socket:   *socket,
 		Probe:    p.probe,
+		// Static addresses and MACs are honoured; bandwidth limits are not.
+		Features: []pb.Feature{pb.Feature_FEATURE_STATIC_IPS, pb.Feature_FEATURE_STATIC_MAC},
 		Pods:     p,
 		Node:     nodeServer{p: p},
 	}

@@ -88,6 +88,88 @@ func (Capability) EnumDescriptor() ([]byte, []int) {
 	return file_netlet_v1alpha1_identity_proto_rawDescGZIP(), []int{0}
 }
 
+// An optional feature within a capability.
+type Feature int32
+
+const (
+	// Not a feature; ignored.
+	Feature_FEATURE_UNSPECIFIED Feature = 0
+	// Pods: static addresses (NetworkSelection.ips).
+	Feature_FEATURE_STATIC_IPS Feature = 1
+	// Pods: a requested MAC (NetworkSelection.mac).
+	Feature_FEATURE_STATIC_MAC Feature = 2
+	// Pods: bandwidth limits (NetworkSelection.bandwidth, the kubernetes.io/ingress-bandwidth
+	// and egress-bandwidth annotations).
+	Feature_FEATURE_BANDWIDTH Feature = 3
+	// Services: SCTP ports.
+	Feature_FEATURE_SCTP Feature = 4
+	// Services: sessionAffinity ClientIP.
+	Feature_FEATURE_SESSION_AFFINITY Feature = 5
+	// Services: pods' host ports (HostPorts).
+	Feature_FEATURE_HOST_PORTS Feature = 6
+	// Policy: NetworkPolicy.
+	Feature_FEATURE_NETWORK_POLICY Feature = 7
+	// Policy: DNS policies.
+	Feature_FEATURE_DNS_POLICY Feature = 8
+	// Policy: hostname grants.
+	Feature_FEATURE_HOSTNAME_GRANTS Feature = 9
+)
+
+// Enum value maps for Feature.
+var (
+	Feature_name = map[int32]string{
+		0: "FEATURE_UNSPECIFIED",
+		1: "FEATURE_STATIC_IPS",
+		2: "FEATURE_STATIC_MAC",
+		3: "FEATURE_BANDWIDTH",
+		4: "FEATURE_SCTP",
+		5: "FEATURE_SESSION_AFFINITY",
+		6: "FEATURE_HOST_PORTS",
+		7: "FEATURE_NETWORK_POLICY",
+		8: "FEATURE_DNS_POLICY",
+		9: "FEATURE_HOSTNAME_GRANTS",
+	}
+	Feature_value = map[string]int32{
+		"FEATURE_UNSPECIFIED":      0,
+		"FEATURE_STATIC_IPS":       1,
+		"FEATURE_STATIC_MAC":       2,
+		"FEATURE_BANDWIDTH":        3,
+		"FEATURE_SCTP":             4,
+		"FEATURE_SESSION_AFFINITY": 5,
+		"FEATURE_HOST_PORTS":       6,
+		"FEATURE_NETWORK_POLICY":   7,
+		"FEATURE_DNS_POLICY":       8,
+		"FEATURE_HOSTNAME_GRANTS":  9,
+	}
+)
+
+func (x Feature) Enum() *Feature {
+	p := new(Feature)
+	*p = x
+	return p
+}
+
+func (x Feature) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Feature) Descriptor() protoreflect.EnumDescriptor {
+	return file_netlet_v1alpha1_identity_proto_enumTypes[1].Descriptor()
+}
+
+func (Feature) Type() protoreflect.EnumType {
+	return &file_netlet_v1alpha1_identity_proto_enumTypes[1]
+}
+
+func (x Feature) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Feature.Descriptor instead.
+func (Feature) EnumDescriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_identity_proto_rawDescGZIP(), []int{1}
+}
+
 // EndpointRole tells the host from a driver: both serve this package.
 type EndpointRole int32
 
@@ -125,11 +207,11 @@ func (x EndpointRole) String() string {
 }
 
 func (EndpointRole) Descriptor() protoreflect.EnumDescriptor {
-	return file_netlet_v1alpha1_identity_proto_enumTypes[1].Descriptor()
+	return file_netlet_v1alpha1_identity_proto_enumTypes[2].Descriptor()
 }
 
 func (EndpointRole) Type() protoreflect.EnumType {
-	return &file_netlet_v1alpha1_identity_proto_enumTypes[1]
+	return &file_netlet_v1alpha1_identity_proto_enumTypes[2]
 }
 
 func (x EndpointRole) Number() protoreflect.EnumNumber {
@@ -138,7 +220,7 @@ func (x EndpointRole) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EndpointRole.Descriptor instead.
 func (EndpointRole) EnumDescriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_identity_proto_rawDescGZIP(), []int{1}
+	return file_netlet_v1alpha1_identity_proto_rawDescGZIP(), []int{2}
 }
 
 // GetInfoRequest carries the API versions the caller speaks so the callee may log a mismatch.
@@ -207,7 +289,13 @@ type GetInfoResponse struct {
 	Networks []string `protobuf:"bytes,6,rep,name=networks,proto3" json:"networks,omitempty"`
 	// What the endpoint is. A driver leaves it unspecified or says ENDPOINT_ROLE_DRIVER; the
 	// host says ENDPOINT_ROLE_HOST. The conformance suite runs the checks meant for each.
-	Role          EndpointRole `protobuf:"varint,7,opt,name=role,proto3,enum=netlet.v1alpha1.EndpointRole" json:"role,omitempty"`
+	Role EndpointRole `protobuf:"varint,7,opt,name=role,proto3,enum=netlet.v1alpha1.EndpointRole" json:"role,omitempty"`
+	// The optional features the endpoint has within its capabilities. Present (even empty):
+	// exactly those; the host refuses, with FAILED_PRECONDITION naming the field and the reason
+	// FEATURE_NOT_SUPPORTED, a request that needs a feature the driver it would go to lacks
+	// (instead of the driver silently ignoring it). Absent: a driver written before features
+	// existed, taken to have all. The host lists the features some registered driver has.
+	Features      *Features `protobuf:"bytes,8,opt,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -291,6 +379,59 @@ func (x *GetInfoResponse) GetRole() EndpointRole {
 	return EndpointRole_ENDPOINT_ROLE_UNSPECIFIED
 }
 
+func (x *GetInfoResponse) GetFeatures() *Features {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+// Features lists optional features.
+type Features struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The features had.
+	Supported     []Feature `protobuf:"varint,1,rep,packed,name=supported,proto3,enum=netlet.v1alpha1.Feature" json:"supported,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Features) Reset() {
+	*x = Features{}
+	mi := &file_netlet_v1alpha1_identity_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Features) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Features) ProtoMessage() {}
+
+func (x *Features) ProtoReflect() protoreflect.Message {
+	mi := &file_netlet_v1alpha1_identity_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Features.ProtoReflect.Descriptor instead.
+func (*Features) Descriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_identity_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Features) GetSupported() []Feature {
+	if x != nil {
+		return x.Supported
+	}
+	return nil
+}
+
 // ProbeRequest is empty.
 type ProbeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -300,7 +441,7 @@ type ProbeRequest struct {
 
 func (x *ProbeRequest) Reset() {
 	*x = ProbeRequest{}
-	mi := &file_netlet_v1alpha1_identity_proto_msgTypes[2]
+	mi := &file_netlet_v1alpha1_identity_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -312,7 +453,7 @@ func (x *ProbeRequest) String() string {
 func (*ProbeRequest) ProtoMessage() {}
 
 func (x *ProbeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_identity_proto_msgTypes[2]
+	mi := &file_netlet_v1alpha1_identity_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -325,7 +466,7 @@ func (x *ProbeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeRequest.ProtoReflect.Descriptor instead.
 func (*ProbeRequest) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_identity_proto_rawDescGZIP(), []int{2}
+	return file_netlet_v1alpha1_identity_proto_rawDescGZIP(), []int{3}
 }
 
 // ProbeResponse tells readiness.
@@ -343,7 +484,7 @@ type ProbeResponse struct {
 
 func (x *ProbeResponse) Reset() {
 	*x = ProbeResponse{}
-	mi := &file_netlet_v1alpha1_identity_proto_msgTypes[3]
+	mi := &file_netlet_v1alpha1_identity_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -355,7 +496,7 @@ func (x *ProbeResponse) String() string {
 func (*ProbeResponse) ProtoMessage() {}
 
 func (x *ProbeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_identity_proto_msgTypes[3]
+	mi := &file_netlet_v1alpha1_identity_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -368,7 +509,7 @@ func (x *ProbeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeResponse.ProtoReflect.Descriptor instead.
 func (*ProbeResponse) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_identity_proto_rawDescGZIP(), []int{3}
+	return file_netlet_v1alpha1_identity_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ProbeResponse) GetReady() bool {
@@ -398,7 +539,7 @@ const file_netlet_v1alpha1_identity_proto_rawDesc = "" +
 	"\n" +
 	"\x1enetlet/v1alpha1/identity.proto\x12\x0fnetlet.v1alpha1\"@\n" +
 	"\x0eGetInfoRequest\x12.\n" +
-	"\x13caller_api_versions\x18\x01 \x03(\tR\x11callerApiVersions\"\x9b\x02\n" +
+	"\x13caller_api_versions\x18\x01 \x03(\tR\x11callerApiVersions\"\xd2\x02\n" +
 	"\x0fGetInfoResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12%\n" +
 	"\x0evendor_version\x18\x02 \x01(\tR\rvendorVersion\x12!\n" +
@@ -406,7 +547,10 @@ const file_netlet_v1alpha1_identity_proto_rawDesc = "" +
 	"\fcapabilities\x18\x04 \x03(\x0e2\x1b.netlet.v1alpha1.CapabilityR\fcapabilities\x12\x1a\n" +
 	"\bservices\x18\x05 \x03(\tR\bservices\x12\x1a\n" +
 	"\bnetworks\x18\x06 \x03(\tR\bnetworks\x121\n" +
-	"\x04role\x18\a \x01(\x0e2\x1d.netlet.v1alpha1.EndpointRoleR\x04role\"\x0e\n" +
+	"\x04role\x18\a \x01(\x0e2\x1d.netlet.v1alpha1.EndpointRoleR\x04role\x125\n" +
+	"\bfeatures\x18\b \x01(\v2\x19.netlet.v1alpha1.FeaturesR\bfeatures\"B\n" +
+	"\bFeatures\x126\n" +
+	"\tsupported\x18\x01 \x03(\x0e2\x18.netlet.v1alpha1.FeatureR\tsupported\"\x0e\n" +
 	"\fProbeRequest\"W\n" +
 	"\rProbeResponse\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\bR\x05ready\x12\x16\n" +
@@ -419,7 +563,18 @@ const file_netlet_v1alpha1_identity_proto_rawDesc = "" +
 	"\x0fCAPABILITY_PODS\x10\x02\x12\x17\n" +
 	"\x13CAPABILITY_SERVICES\x10\x03\x12\x15\n" +
 	"\x11CAPABILITY_POLICY\x10\x04\x12\x16\n" +
-	"\x12CAPABILITY_DEVICES\x10\x05*_\n" +
+	"\x12CAPABILITY_DEVICES\x10\x05*\x82\x02\n" +
+	"\aFeature\x12\x17\n" +
+	"\x13FEATURE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12FEATURE_STATIC_IPS\x10\x01\x12\x16\n" +
+	"\x12FEATURE_STATIC_MAC\x10\x02\x12\x15\n" +
+	"\x11FEATURE_BANDWIDTH\x10\x03\x12\x10\n" +
+	"\fFEATURE_SCTP\x10\x04\x12\x1c\n" +
+	"\x18FEATURE_SESSION_AFFINITY\x10\x05\x12\x16\n" +
+	"\x12FEATURE_HOST_PORTS\x10\x06\x12\x1a\n" +
+	"\x16FEATURE_NETWORK_POLICY\x10\a\x12\x16\n" +
+	"\x12FEATURE_DNS_POLICY\x10\b\x12\x1b\n" +
+	"\x17FEATURE_HOSTNAME_GRANTS\x10\t*_\n" +
 	"\fEndpointRole\x12\x1d\n" +
 	"\x19ENDPOINT_ROLE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ENDPOINT_ROLE_DRIVER\x10\x01\x12\x16\n" +
@@ -440,28 +595,32 @@ func file_netlet_v1alpha1_identity_proto_rawDescGZIP() []byte {
 	return file_netlet_v1alpha1_identity_proto_rawDescData
 }
 
-var file_netlet_v1alpha1_identity_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_netlet_v1alpha1_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_netlet_v1alpha1_identity_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_netlet_v1alpha1_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_netlet_v1alpha1_identity_proto_goTypes = []any{
 	(Capability)(0),         // 0: netlet.v1alpha1.Capability
-	(EndpointRole)(0),       // 1: netlet.v1alpha1.EndpointRole
-	(*GetInfoRequest)(nil),  // 2: netlet.v1alpha1.GetInfoRequest
-	(*GetInfoResponse)(nil), // 3: netlet.v1alpha1.GetInfoResponse
-	(*ProbeRequest)(nil),    // 4: netlet.v1alpha1.ProbeRequest
-	(*ProbeResponse)(nil),   // 5: netlet.v1alpha1.ProbeResponse
+	(Feature)(0),            // 1: netlet.v1alpha1.Feature
+	(EndpointRole)(0),       // 2: netlet.v1alpha1.EndpointRole
+	(*GetInfoRequest)(nil),  // 3: netlet.v1alpha1.GetInfoRequest
+	(*GetInfoResponse)(nil), // 4: netlet.v1alpha1.GetInfoResponse
+	(*Features)(nil),        // 5: netlet.v1alpha1.Features
+	(*ProbeRequest)(nil),    // 6: netlet.v1alpha1.ProbeRequest
+	(*ProbeResponse)(nil),   // 7: netlet.v1alpha1.ProbeResponse
 }
 var file_netlet_v1alpha1_identity_proto_depIdxs = []int32{
 	0, // 0: netlet.v1alpha1.GetInfoResponse.capabilities:type_name -> netlet.v1alpha1.Capability
-	1, // 1: netlet.v1alpha1.GetInfoResponse.role:type_name -> netlet.v1alpha1.EndpointRole
-	2, // 2: netlet.v1alpha1.Identity.GetInfo:input_type -> netlet.v1alpha1.GetInfoRequest
-	4, // 3: netlet.v1alpha1.Identity.Probe:input_type -> netlet.v1alpha1.ProbeRequest
-	3, // 4: netlet.v1alpha1.Identity.GetInfo:output_type -> netlet.v1alpha1.GetInfoResponse
-	5, // 5: netlet.v1alpha1.Identity.Probe:output_type -> netlet.v1alpha1.ProbeResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	2, // 1: netlet.v1alpha1.GetInfoResponse.role:type_name -> netlet.v1alpha1.EndpointRole
+	5, // 2: netlet.v1alpha1.GetInfoResponse.features:type_name -> netlet.v1alpha1.Features
+	1, // 3: netlet.v1alpha1.Features.supported:type_name -> netlet.v1alpha1.Feature
+	3, // 4: netlet.v1alpha1.Identity.GetInfo:input_type -> netlet.v1alpha1.GetInfoRequest
+	6, // 5: netlet.v1alpha1.Identity.Probe:input_type -> netlet.v1alpha1.ProbeRequest
+	4, // 6: netlet.v1alpha1.Identity.GetInfo:output_type -> netlet.v1alpha1.GetInfoResponse
+	7, // 7: netlet.v1alpha1.Identity.Probe:output_type -> netlet.v1alpha1.ProbeResponse
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_netlet_v1alpha1_identity_proto_init() }
@@ -474,8 +633,8 @@ func file_netlet_v1alpha1_identity_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netlet_v1alpha1_identity_proto_rawDesc), len(file_netlet_v1alpha1_identity_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   4,
+			NumEnums:      3,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
