@@ -86,6 +86,7 @@ type PodsClient interface {
 	// | no driver serves a requested network                  | FAILED_PRECONDITION | yes, once one registers |
 	// | address pool exhausted                                | RESOURCE_EXHAUSTED  | yes, after pods leave |
 	// | driver down or not ready                              | UNAVAILABLE         | yes, with backoff |
+	// | a feature the network's driver lacks (host)           | FAILED_PRECONDITION | no    |
 	// | deadline to the driver exceeded                       | DEADLINE_EXCEEDED   | yes (idempotent) |
 	AttachPod(ctx context.Context, in *AttachPodRequest, opts ...grpc.CallOption) (*AttachPodResponse, error)
 	// DetachPod detaches the sandbox from its networks in reverse order and frees its addresses.
@@ -259,6 +260,7 @@ type PodsServer interface {
 	// | no driver serves a requested network                  | FAILED_PRECONDITION | yes, once one registers |
 	// | address pool exhausted                                | RESOURCE_EXHAUSTED  | yes, after pods leave |
 	// | driver down or not ready                              | UNAVAILABLE         | yes, with backoff |
+	// | a feature the network's driver lacks (host)           | FAILED_PRECONDITION | no    |
 	// | deadline to the driver exceeded                       | DEADLINE_EXCEEDED   | yes (idempotent) |
 	AttachPod(context.Context, *AttachPodRequest) (*AttachPodResponse, error)
 	// DetachPod detaches the sandbox from its networks in reverse order and frees its addresses.

@@ -929,7 +929,7 @@ type CheckDnsRequest struct {
 	ClientAddress string `protobuf:"bytes,1,opt,name=client_address,json=clientAddress,proto3" json:"client_address,omitempty"`
 	// Client pod namespace, when known; the host fills it from its attachments.
 	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	// Client pod name, when known.
+	// Client pod name (the name alone; `namespace` above), when known.
 	Pod string `protobuf:"bytes,3,opt,name=pod,proto3" json:"pod,omitempty"`
 	// Query name, e.g. "google.com." Required.
 	QueryName string `protobuf:"bytes,4,opt,name=query_name,json=queryName,proto3" json:"query_name,omitempty"`

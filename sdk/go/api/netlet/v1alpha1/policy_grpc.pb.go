@@ -52,6 +52,8 @@ type PolicyClient interface {
 	// | missing/invalid field (named in the message)        | INVALID_ARGUMENT    | no    |
 	// | generation older than applied in the same epoch     | FAILED_PRECONDITION | no: send a full sync |
 	// | delta from another epoch, or without a prior full sync | FAILED_PRECONDITION | no: send a full sync |
+	// | a part of a full sync out of order                  | FAILED_PRECONDITION | no: send it again |
+	// | a policy kind the Policy drivers lack (host)        | FAILED_PRECONDITION | no    |
 	// | no driver serves Policy (host)                      | UNAVAILABLE         | yes, with backoff |
 	ApplyPolicy(ctx context.Context, in *ApplyPolicyRequest, opts ...grpc.CallOption) (*ApplyPolicyResponse, error)
 	// CheckDns decides whether a client may resolve a name.
@@ -157,6 +159,8 @@ type PolicyServer interface {
 	// | missing/invalid field (named in the message)        | INVALID_ARGUMENT    | no    |
 	// | generation older than applied in the same epoch     | FAILED_PRECONDITION | no: send a full sync |
 	// | delta from another epoch, or without a prior full sync | FAILED_PRECONDITION | no: send a full sync |
+	// | a part of a full sync out of order                  | FAILED_PRECONDITION | no: send it again |
+	// | a policy kind the Policy drivers lack (host)        | FAILED_PRECONDITION | no    |
 	// | no driver serves Policy (host)                      | UNAVAILABLE         | yes, with backoff |
 	ApplyPolicy(context.Context, *ApplyPolicyRequest) (*ApplyPolicyResponse, error)
 	// CheckDns decides whether a client may resolve a name.

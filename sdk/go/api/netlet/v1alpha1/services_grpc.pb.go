@@ -71,6 +71,11 @@ type ServicesClient interface {
 	// | missing/invalid field (named in the message)               | INVALID_ARGUMENT    | no    |
 	// | generation older than applied in the same epoch            | FAILED_PRECONDITION | no: send a full sync |
 	// | delta from another epoch, or without a prior full sync     | FAILED_PRECONDITION | no: send a full sync |
+	// | a part of a full sync out of order                         | FAILED_PRECONDITION | no: send it again |
+	// | a Service another source wrote (host)                      | FAILED_PRECONDITION | no, until it lets go |
+	// | a feature the Services drivers lack, e.g. SCTP (host)      | FAILED_PRECONDITION | no    |
+	// | an address/port or NodePort another Service holds (host)   | ALREADY_EXISTS      | no, until it lets go |
+	// | host ports from a caller (host: they come from AttachPod)  | INVALID_ARGUMENT    | no    |
 	// | no driver serves Services (host)                           | UNAVAILABLE         | yes, with backoff |
 	ProgramService(ctx context.Context, in *ProgramServiceRequest, opts ...grpc.CallOption) (*ProgramServiceResponse, error)
 	// ListServices returns the programmed services with their endpoints.
@@ -158,6 +163,11 @@ type ServicesServer interface {
 	// | missing/invalid field (named in the message)               | INVALID_ARGUMENT    | no    |
 	// | generation older than applied in the same epoch            | FAILED_PRECONDITION | no: send a full sync |
 	// | delta from another epoch, or without a prior full sync     | FAILED_PRECONDITION | no: send a full sync |
+	// | a part of a full sync out of order                         | FAILED_PRECONDITION | no: send it again |
+	// | a Service another source wrote (host)                      | FAILED_PRECONDITION | no, until it lets go |
+	// | a feature the Services drivers lack, e.g. SCTP (host)      | FAILED_PRECONDITION | no    |
+	// | an address/port or NodePort another Service holds (host)   | ALREADY_EXISTS      | no, until it lets go |
+	// | host ports from a caller (host: they come from AttachPod)  | INVALID_ARGUMENT    | no    |
 	// | no driver serves Services (host)                           | UNAVAILABLE         | yes, with backoff |
 	ProgramService(context.Context, *ProgramServiceRequest) (*ProgramServiceResponse, error)
 	// ListServices returns the programmed services with their endpoints.

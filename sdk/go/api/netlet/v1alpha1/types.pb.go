@@ -19,6 +19,7 @@
 // | SERVICE_PORT_HELD              | ALREADY_EXISTS      | another Service holds the address/port    | no    |
 // | SERVICE_OWNED_BY_OTHER_SOURCE  | FAILED_PRECONDITION | another source wrote the Service (host)   | no    |
 // | NETWORK_NOT_SERVED             | FAILED_PRECONDITION | no (registered) driver serves the network | yes, once one does |
+// | FEATURE_NOT_SUPPORTED          | FAILED_PRECONDITION | the driver lacks an optional feature      | no    |
 // | FULL_SYNC_REQUIRED             | FAILED_PRECONDITION | a delta before any full sync              | no: send a full sync |
 // | EPOCH_MISMATCH                 | FAILED_PRECONDITION | a delta from another epoch                | no: send a full sync |
 // | GENERATION_STALE               | FAILED_PRECONDITION | a generation older than the applied one   | no: send a full sync |
