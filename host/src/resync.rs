@@ -6,7 +6,12 @@ use std::sync::{Arc, Weak};
 
 use netlet_sdk::proto::{AttachPodRequest, Capability, DetachPodRequest, ListAttachmentsRequest};
 
-use crate::{Host, api::send, attach::selection_of, registry::DriverEntry};
+use crate::{
+    Host,
+    api::{self, send},
+    attach::selection_of,
+    registry::DriverEntry,
+};
 
 /// Installs the replay hook on the host's registry.
 pub(crate) fn install(host: &Arc<Host>) {
@@ -27,20 +32,12 @@ async fn replay(host: &Host, d: &Arc<DriverEntry>) {
     // earlier host drops what this one does not want.
     if d.has(Capability::Services) {
         let view = host.services.lock().await;
-        let call = |d: Arc<DriverEntry>, r| async move {
-            let resp = d.clients.services.clone().program_service(r).await?;
-            Ok(resp.into_inner().applied_generation)
-        };
-        let r = send(d, view.table.full_sync_request(), &call).await;
+        let r = send(d, view.table.full_sync_request(), &api::program_service).await;
         record(d, &d.services_generation, "Services", r);
     }
     if d.has(Capability::Policy) {
         let view = host.policies.lock().await;
-        let call = |d: Arc<DriverEntry>, r| async move {
-            let resp = d.clients.policy.clone().apply_policy(r).await?;
-            Ok(resp.into_inner().applied_generation)
-        };
-        let r = send(d, view.table.full_sync_request(), &call).await;
+        let r = send(d, view.table.full_sync_request(), &api::apply_policy).await;
         record(d, &d.policy_generation, "Policy", r);
     }
     if d.has(Capability::Pods) {

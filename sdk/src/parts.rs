@@ -79,30 +79,37 @@ impl<R: Splittable> Filling<R> {
     }
 }
 
-impl Splittable for ProgramServiceRequest {
-    fn stamp(&self) -> (u64, u64, bool, bool) {
-        (
-            self.epoch,
-            self.generation,
-            self.full_sync,
-            self.full_sync_continues,
-        )
-    }
-    fn part(&self) -> u32 {
-        self.full_sync_part
-    }
-    fn set_part(&mut self, index: u32, continues: bool) {
-        self.full_sync_part = index;
-        self.full_sync_continues = continues;
-    }
-    fn empty_like(&self) -> Self {
-        Self {
-            epoch: self.epoch,
-            generation: self.generation,
-            full_sync: self.full_sync,
-            ..Default::default()
+/// The stamp accessors, the same for both batch types (their fields share names).
+macro_rules! stamped {
+    () => {
+        fn stamp(&self) -> (u64, u64, bool, bool) {
+            (
+                self.epoch,
+                self.generation,
+                self.full_sync,
+                self.full_sync_continues,
+            )
         }
-    }
+        fn part(&self) -> u32 {
+            self.full_sync_part
+        }
+        fn set_part(&mut self, index: u32, continues: bool) {
+            self.full_sync_part = index;
+            self.full_sync_continues = continues;
+        }
+        fn empty_like(&self) -> Self {
+            Self {
+                epoch: self.epoch,
+                generation: self.generation,
+                full_sync: self.full_sync,
+                ..Default::default()
+            }
+        }
+    };
+}
+
+impl Splittable for ProgramServiceRequest {
+    stamped!();
     fn split_items(self, max: usize) -> Vec<Self> {
         // The template carries the highest part index so sizes account for it.
         let mut template = self.empty_like();
@@ -127,29 +134,7 @@ impl Splittable for ProgramServiceRequest {
 }
 
 impl Splittable for ApplyPolicyRequest {
-    fn stamp(&self) -> (u64, u64, bool, bool) {
-        (
-            self.epoch,
-            self.generation,
-            self.full_sync,
-            self.full_sync_continues,
-        )
-    }
-    fn part(&self) -> u32 {
-        self.full_sync_part
-    }
-    fn set_part(&mut self, index: u32, continues: bool) {
-        self.full_sync_part = index;
-        self.full_sync_continues = continues;
-    }
-    fn empty_like(&self) -> Self {
-        Self {
-            epoch: self.epoch,
-            generation: self.generation,
-            full_sync: self.full_sync,
-            ..Default::default()
-        }
-    }
+    stamped!();
     fn split_items(self, max: usize) -> Vec<Self> {
         let mut template = self.empty_like();
         template.set_part(u32::MAX, true);

@@ -59,6 +59,30 @@ where
     }
 }
 
+/// Runs `netlet-conformance` (`cmd`, e.g. inside a node namespace) against `target` with
+/// `args`, writing JUnit XML to `junit`; asserts it passed with 0 failed and a JUnit report of 0
+/// failures, and returns its summary.
+pub fn conformance(mut cmd: Command, target: &Path, args: &[&str], junit: &Path) -> String {
+    let out = cmd
+        .arg("--target")
+        .arg(format!("unix://{}", target.display()))
+        .arg("--junit")
+        .arg(junit)
+        .args(args)
+        .output()
+        .expect("run netlet-conformance");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.contains(" 0 failed"),
+        "{}\n{text}\n{}",
+        target.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let xml = std::fs::read_to_string(junit).expect("junit written");
+    assert!(xml.contains("failures=\"0\""), "{xml}");
+    text
+}
+
 /// A supervised driver entry for a NodeConfig.
 pub fn fixture_driver(name: &str, networks: &str, extra_args: &[&str]) -> String {
     let mut args = vec![
@@ -230,6 +254,24 @@ impl Host {
             }
         })
         .await;
+    }
+
+    /// Starts an external fixture driver `name` serving `networks`, with its socket in the
+    /// plugin directory (the host registers it from there); returns it and its socket.
+    pub fn external_fixture(&self, name: &str, networks: &str, extra: &[&str]) -> (Proc, PathBuf) {
+        std::fs::create_dir_all(&self.plugin_dir).expect("plugin dir");
+        let sock = self.plugin_dir.join(format!("{name}.sock"));
+        let sock_arg = sock.display().to_string();
+        let mut args = vec![
+            "--name",
+            name,
+            "--networks",
+            networks,
+            "--socket",
+            &sock_arg,
+        ];
+        args.extend(extra);
+        (Proc::start(&bin("netlet-fixture-driver"), &args), sock)
     }
 
     /// Clients to the host.

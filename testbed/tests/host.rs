@@ -658,19 +658,7 @@ async fn an_external_driver_that_outlives_the_host_converges_to_the_new_host() {
     .unwrap();
     let extra = format!("manifestsDir: {}\n", manifests.path().display());
     let mut h = Host::start("", &extra).await;
-    std::fs::create_dir_all(&h.plugin_dir).unwrap();
-    let sock = h.plugin_dir.join("ext.sock");
-    let _ext = Proc::start(
-        &bin("netlet-fixture-driver"),
-        &[
-            "--name",
-            "ext",
-            "--networks",
-            "default",
-            "--socket",
-            sock.to_str().unwrap(),
-        ],
-    );
+    let (_ext, sock) = h.external_fixture("ext", "default", &[]);
     h.wait_ready("").await;
     let d = wait_until("driver socket", T, || {
         let s = sock.clone();
@@ -849,19 +837,7 @@ async fn readiness_waits_for_every_required_network() {
     assert!(!r.ready, "{r:?}");
     assert_eq!(r.reason, "NoDriverForNetwork");
     assert!(r.message.contains("\"storage\""), "{}", r.message);
-    std::fs::create_dir_all(&h.plugin_dir).unwrap();
-    let sock = h.plugin_dir.join("storage.sock");
-    let _d = Proc::start(
-        &bin("netlet-fixture-driver"),
-        &[
-            "--name",
-            "storage",
-            "--networks",
-            "storage",
-            "--socket",
-            sock.to_str().unwrap(),
-        ],
-    );
+    let _d = h.external_fixture("storage", "storage", &[]);
     h.wait_ready("").await;
 }
 
@@ -961,19 +937,7 @@ async fn requests_needing_a_feature_no_driver_has_are_refused() {
         .await
         .unwrap();
     // A driver that has the feature makes it available (and advertised).
-    let sock = h.plugin_dir.join("rich.sock");
-    std::fs::create_dir_all(&h.plugin_dir).unwrap();
-    let _d = Proc::start(
-        &bin("netlet-fixture-driver"),
-        &[
-            "--name",
-            "rich",
-            "--networks",
-            "rich",
-            "--socket",
-            sock.to_str().unwrap(),
-        ],
-    );
+    let _d = h.external_fixture("rich", "rich", &[]);
     wait_until("rich registered", T, || {
         let mut c = c.clone();
         async move {

@@ -7,7 +7,7 @@ use netlet_sdk::client::Clients;
 use netlet_sdk::proto::{
     ListServicesRequest, ListServicesResponse, ProgramServiceRequest, Service, ServiceKey,
 };
-use netlet_testbed::harness::{Host, Proc, bin, fixture_driver, wait_until};
+use netlet_testbed::harness::{Host, bin, fixture_driver, wait_until};
 use tonic::Code;
 
 const T: Duration = Duration::from_secs(20);
@@ -300,21 +300,14 @@ async fn a_full_sync_over_4_mib_reaches_a_driver_limited_to_4_mib() {
         "the test needs a table over 4 MiB: {total_bytes}"
     );
     // A second driver, limited to 4 MiB, registers now: its full sync is the whole table.
-    std::fs::create_dir_all(&h.plugin_dir).unwrap();
-    let sock = h.plugin_dir.join("small.sock");
-    let _d = Proc::start(
-        &bin("netlet-fixture-driver"),
+    let (_d, sock) = h.external_fixture(
+        "small",
+        "small",
         &[
-            "--name",
-            "small",
-            "--networks",
-            "small",
             "--capabilities",
             "services",
             "--max-message-bytes",
             "4194304",
-            "--socket",
-            sock.to_str().unwrap(),
         ],
     );
     wait_until("the 4 MiB driver in sync", T, || {

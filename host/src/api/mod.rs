@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::join_all;
 use netlet_sdk::parts::{MAX_BATCH_BYTES, Splittable, split};
+use netlet_sdk::proto::{ApplyPolicyRequest, ProgramServiceRequest};
 use tonic::Status;
 
 use crate::{Host, error, registry::DriverEntry};
@@ -21,6 +22,24 @@ use crate::{Host, error, registry::DriverEntry};
 /// The host's implementation of every `netlet.v1alpha1` service.
 #[derive(Clone)]
 pub struct Api(pub Arc<Host>);
+
+/// ProgramService on a driver; its applied generation.
+pub(crate) async fn program_service(
+    d: Arc<DriverEntry>,
+    r: ProgramServiceRequest,
+) -> Result<u64, Status> {
+    let resp = d.clients.services.clone().program_service(r).await?;
+    Ok(resp.into_inner().applied_generation)
+}
+
+/// ApplyPolicy on a driver; its applied generation.
+pub(crate) async fn apply_policy(
+    d: Arc<DriverEntry>,
+    r: ApplyPolicyRequest,
+) -> Result<u64, Status> {
+    let resp = d.clients.policy.clone().apply_policy(r).await?;
+    Ok(resp.into_inner().applied_generation)
+}
 
 /// Sends one batch to a driver: as it is, or, when it is a full sync over 4 MiB, in parts one
 /// after the other (the driver applies them as one at the last). Returns the driver's answer

@@ -50,10 +50,7 @@ impl Policy for Api {
                 table.generation(),
                 &out,
                 || table.full_sync_request(),
-                |d, r| async move {
-                    let resp = d.clients.policy.clone().apply_policy(r).await?;
-                    Ok(resp.into_inner().applied_generation)
-                },
+                super::apply_policy,
             )
             .await?;
         }

@@ -41,10 +41,7 @@ pub(crate) async fn push(
         now,
         &delta,
         || view.table.full_sync_request(),
-        |d, r| async move {
-            let resp = d.clients.services.clone().program_service(r).await?;
-            Ok(resp.into_inner().applied_generation)
-        },
+        super::program_service,
     )
     .await
 }
