@@ -241,8 +241,8 @@ pub async fn run(
                 ctx.cleanup().await;
                 match r {
                     Ok(Ok(o)) => o,
-                    Ok(Err(e)) => Outcome::Failed(e),
-                    Err(_) => Outcome::Failed("timed out after 60s".into()),
+                    Ok(Err(e)) => Outcome::Failed(one_line(c.name, &e)),
+                    Err(_) => Outcome::Failed(one_line(c.name, "timed out after 60s")),
                 }
             }
         };
@@ -253,6 +253,20 @@ pub async fn run(
         });
     }
     out
+}
+
+/// A failure as one line that names the contract: a check's own rule when it gives one, else
+/// the proto file of its area.
+fn one_line(check: &str, e: &str) -> String {
+    let e = e.split_whitespace().collect::<Vec<_>>().join(" ");
+    if e.contains("(contract:") {
+        return e;
+    }
+    let file = match check.split('/').next().unwrap_or_default() {
+        "dataplane" => "pods",
+        area => area,
+    };
+    format!("{e} (contract: {file}.proto)")
 }
 
 /// Human-readable summary; the last line is `N passed, N failed, N skipped`.

@@ -93,6 +93,16 @@ pub(crate) fn expect_code<T: Debug>(
     Ok(())
 }
 
+/// A failure as one line: what was sent, what was expected, what came, and the contract rule.
+pub(crate) fn violation(
+    sent: impl std::fmt::Display,
+    expected: impl std::fmt::Display,
+    got: impl std::fmt::Display,
+    rule: &str,
+) -> String {
+    format!("sent {sent}: expected {expected}, got {got} (contract: {rule})")
+}
+
 /// Expects OK.
 pub(crate) fn expect_ok<T>(what: &str, res: Result<T, tonic::Status>) -> Result<T, String> {
     res.map_err(|s| {

@@ -7,7 +7,7 @@ use netlet_sdk::proto::{
 };
 use tonic::Code;
 
-use super::{check, expect_code, expect_ok};
+use super::{check, expect_code, expect_ok, violation};
 use crate::conformance::{Check, Ctx, Outcome};
 
 fn request(ctx: &Ctx, netns: &str, network: &str) -> AttachPodRequest {
@@ -122,8 +122,11 @@ pub fn checks() -> Vec<Check> {
                 }
                 let after = attached_ids(ctx).await?;
                 if before != after {
-                    return Err(format!(
-                        "rejected requests changed the attachments: {before:?} -> {after:?}"
+                    return Err(violation(
+                        "AttachPod with bad fields",
+                        format!("the attachments unchanged, {before:?}"),
+                        format!("{after:?}"),
+                        "bad input changes nothing",
                     ));
                 }
                 Ok(Outcome::Passed)
@@ -138,9 +141,11 @@ pub fn checks() -> Vec<Check> {
             )?
             .into_inner();
             if first.attachments.len() != 1 {
-                return Err(format!(
-                    "expected 1 attachment, got {}",
-                    first.attachments.len()
+                return Err(violation(
+                    "AttachPod with one network",
+                    "1 attachment",
+                    first.attachments.len(),
+                    "AttachPod answers one attachment per selection",
                 ));
             }
             let a = &first.attachments[0];
@@ -149,7 +154,12 @@ pub fn checks() -> Vec<Check> {
                 || a.ips.is_empty()
                 || a.mac.is_empty()
             {
-                return Err(format!("attachment lacks network/interface/ips/mac: {a:?}"));
+                return Err(violation(
+                    format!("AttachPod of network {net:?} on eth0"),
+                    "the attachment's network, interface eth0, its addresses and MAC",
+                    format!("{a:?}"),
+                    "Attachment: results keep names",
+                ));
             }
             for i in 0..ctx.replays {
                 let again = expect_ok(
@@ -158,8 +168,11 @@ pub fn checks() -> Vec<Check> {
                 )?
                 .into_inner();
                 if again != first {
-                    return Err(format!(
-                        "replay {i} answered differently: {again:?} vs {first:?}"
+                    return Err(violation(
+                        format!("the same AttachPod again (replay {i})"),
+                        format!("the first answer, {first:?}"),
+                        format!("{again:?}"),
+                        "AttachPod is idempotent per (sandbox, network, interface)",
                     ));
                 }
             }
@@ -169,7 +182,12 @@ pub fn checks() -> Vec<Check> {
                 .filter(|x| **x == id)
                 .count();
             if count != 1 {
-                return Err(format!("ListAttachments shows the sandbox {count} times"));
+                return Err(violation(
+                    "ListAttachments after replayed AttachPods",
+                    "the sandbox once",
+                    format!("{count} times"),
+                    "N replays are one attachment",
+                ));
             }
             let st = expect_ok(
                 "PodNetworkStatus",
@@ -183,7 +201,12 @@ pub fn checks() -> Vec<Check> {
             )?
             .into_inner();
             if st.pod.map(|p| p.attachments) != Some(first.attachments) {
-                return Err("PodNetworkStatus differs from AttachPod's answer".into());
+                return Err(violation(
+                    "PodNetworkStatus of an attached sandbox",
+                    "AttachPod's attachments",
+                    "others",
+                    "PodNetworkStatus returns the attachments as attached",
+                ));
             }
             Ok(Outcome::Passed)
         }),
@@ -209,7 +232,12 @@ pub fn checks() -> Vec<Check> {
                 .await;
             expect_code("PodNetworkStatus after detach", r, Code::NotFound, None)?;
             if attached_ids(ctx).await?.contains(&id) {
-                return Err("detached sandbox still listed".into());
+                return Err(violation(
+                    "ListAttachments after DetachPod",
+                    "the sandbox gone",
+                    "it listed",
+                    "DetachPod detaches every network",
+                ));
             }
             Ok(Outcome::Passed)
         }),
@@ -326,8 +354,11 @@ pub fn checks() -> Vec<Check> {
             .into_inner()
             .removed_sandbox_ids;
             if removed != vec![drop_id.clone()] {
-                return Err(format!(
-                    "GarbageCollect removed {removed:?}, expected [{drop_id:?}]"
+                return Err(violation(
+                    format!("GarbageCollect with every sandbox but {drop_id} valid"),
+                    format!("[{drop_id:?}] removed"),
+                    format!("{removed:?}"),
+                    "GarbageCollect detaches every sandbox not in valid_sandbox_ids",
                 ));
             }
             let again = expect_ok(
@@ -337,11 +368,21 @@ pub fn checks() -> Vec<Check> {
             .into_inner()
             .removed_sandbox_ids;
             if !again.is_empty() {
-                return Err(format!("second GarbageCollect removed {again:?}"));
+                return Err(violation(
+                    "the same GarbageCollect again",
+                    "nothing removed",
+                    format!("{again:?}"),
+                    "GarbageCollect is idempotent",
+                ));
             }
             let ids = attached_ids(ctx).await?;
             if !ids.contains(&keep_id) || ids.contains(&drop_id) {
-                return Err(format!("after GC: {ids:?}"));
+                return Err(violation(
+                    "ListAttachments after GarbageCollect",
+                    format!("{keep_id} listed, {drop_id} not"),
+                    format!("{ids:?}"),
+                    "GarbageCollect keeps the valid sandboxes",
+                ));
             }
             let bad = GarbageCollectRequest {
                 valid_sandbox_ids: vec![String::new()],
