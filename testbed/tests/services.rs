@@ -343,3 +343,67 @@ async fn a_full_sync_over_4_mib_reaches_a_driver_limited_to_4_mib() {
         );
     }
 }
+
+/// A driver whose state changed under the host (here: another sender's full sync) refuses the
+/// host's next delta for its epoch; the host answers with a full sync at once and the driver
+/// holds the node's whole table again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_delta_is_answered_with_a_full_sync() {
+    let h = Host::start(&fixture_driver("main", "default", &[]), "").await;
+    h.wait_ready("").await;
+    let mut c = h.clients().await;
+    let svc = |name: &str, ip: &str| Service {
+        key: Some(ServiceKey {
+            namespace: "shop".into(),
+            name: name.into(),
+        }),
+        cluster_ips: vec![ip.into()],
+        ..Default::default()
+    };
+    c.services
+        .program_service(ProgramServiceRequest {
+            epoch: 1,
+            generation: 1,
+            full_sync: true,
+            service_upserts: vec![svc("a", "10.96.1.1")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut d = Clients::connect(&h.dir.path().join("run/drivers/main.sock"), None)
+        .await
+        .unwrap();
+    d.services
+        .program_service(ProgramServiceRequest {
+            epoch: 999,
+            generation: 1,
+            full_sync: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    c.services
+        .program_service(ProgramServiceRequest {
+            epoch: 1,
+            generation: 2,
+            service_upserts: vec![svc("b", "10.96.1.2")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let l = d
+        .services
+        .list_services(ListServicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<String> = l
+        .services
+        .iter()
+        .filter_map(|s| Some(s.service.as_ref()?.key.as_ref()?.name.clone()))
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let host = list(&c).await;
+    assert_eq!(l.applied_generation, host.node_generation);
+    assert!(host.drivers.iter().all(|g| g.in_sync), "{:?}", host.drivers);
+}

@@ -83,22 +83,19 @@ where
     let calls = drivers.into_iter().map(|d| {
         let have = generation_of(&d).lock().map(|g| *g).unwrap_or(0);
         let delta = (have == prev && prev != 0 && fits).then(|| delta.clone());
-        let req = (have != applied).then(|| delta.clone().unwrap_or_else(&full));
-        let full = (have != applied && delta.is_some()).then(&full);
-        let call = &call;
+        let is_delta = delta.is_some();
+        let req = (have != applied).then(|| delta.unwrap_or_else(&full));
+        let (call, full) = (&call, &full);
         async move {
             let res = match req {
                 None => Ok(applied),
                 Some(r) => match send(&d, r, call).await {
                     // A driver that refuses a delta (it restarted, or lost its state) gets the
-                    // whole table at once: a full sync always applies.
-                    Err(s) if s.code() == tonic::Code::FailedPrecondition => match full {
-                        Some(f) => {
-                            tracing::info!(driver = %d.name, reason = %s.message(), "delta refused; sending a full sync");
-                            send(&d, f, call).await
-                        }
-                        None => Err(s),
-                    },
+                    // whole table at once (built only then): a full sync always applies.
+                    Err(s) if is_delta && s.code() == tonic::Code::FailedPrecondition => {
+                        tracing::info!(driver = %d.name, reason = %s.message(), "delta refused; sending a full sync");
+                        send(&d, full(), call).await
+                    }
                     other => other,
                 },
             };
