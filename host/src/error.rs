@@ -75,6 +75,31 @@ pub fn from_driver_at(
     )
 }
 
+/// A driver refused or failed the host's own batch (a delta or full sync of the node's table):
+/// the caller's request is not at fault, so no field of it is named; the driver's reason and
+/// message are kept, behind the driver's name.
+pub fn from_fanout(driver: &DriverEntry, s: Status) -> Status {
+    let s = from_driver(driver, None, s);
+    let mut details = ErrorDetails::new();
+    if let Some(info) = s.get_details_error_info() {
+        let mut metadata = info.metadata;
+        metadata.remove("field");
+        metadata.insert("driver".into(), driver.name.clone());
+        details.set_error_info(info.reason, info.domain, metadata);
+    }
+    let message = match s
+        .get_details_bad_request()
+        .and_then(|b| b.field_violations.first().cloned())
+    {
+        Some(v) => format!(
+            "driver {:?} refused the host's batch: {}: {}",
+            driver.name, v.field, v.description
+        ),
+        None => s.message().to_string(),
+    };
+    Status::with_error_details(s.code(), message, details)
+}
+
 /// No registered driver can serve this.
 pub fn nothing_serves(what: &str) -> Status {
     netlet_sdk::validate::reason_error(

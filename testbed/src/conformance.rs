@@ -341,3 +341,18 @@ pub fn junit(target: &str, records: &[Record]) -> String {
     x += "</testsuite>\n</testsuites>\n";
     x
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_one_line_naming_the_contract() {
+        assert_eq!(
+            one_line("dataplane/pod-to-node", "node saw\n  nothing"),
+            "node saw nothing (contract: pods.proto)"
+        );
+        let own = "sent X: expected Y, got Z (contract: AttachPod is idempotent)";
+        assert_eq!(one_line("pods/attach-idempotent", own), own);
+    }
+}

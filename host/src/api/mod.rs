@@ -102,7 +102,7 @@ where
             if let Ok(mut g) = generation_of(&d).lock() {
                 *g = *res.as_ref().unwrap_or(&0);
             }
-            res.map_err(|s| error::from_driver(&d, None, s))
+            res.map_err(|s| error::from_fanout(&d, s))
         }
     });
     let errors: Vec<Status> = join_all(calls)
