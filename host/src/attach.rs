@@ -15,32 +15,8 @@ use crate::{Host, error, registry::DriverEntry};
 /// The network used when a request names none.
 pub const DEFAULT_NETWORK: &str = "default";
 
-/// Fills defaults: no networks means `default` on `eth0`; unnamed interfaces become `eth0`
-/// for the first and `net<N>` for the N-th further one; the first carries the default route
-/// unless told otherwise.
-pub fn normalize(networks: Vec<NetworkSelection>) -> Vec<NetworkSelection> {
-    let mut nets = if networks.is_empty() {
-        vec![NetworkSelection {
-            network: DEFAULT_NETWORK.into(),
-            ..Default::default()
-        }]
-    } else {
-        networks
-    };
-    for (i, n) in nets.iter_mut().enumerate() {
-        if n.interface_name.is_empty() {
-            n.interface_name = if i == 0 {
-                "eth0".into()
-            } else {
-                format!("net{i}")
-            };
-        }
-        if n.default_route.is_none() {
-            n.default_route = Some(i == 0);
-        }
-    }
-    nets
-}
+/// The contract's defaults for AttachPod's selections (pods.proto), one owner: the SDK.
+pub use netlet_sdk::state::with_defaults as normalize;
 
 /// The selection that reproduces an attachment (for detach and for replay to a driver).
 pub fn selection_of(a: &Attachment) -> NetworkSelection {

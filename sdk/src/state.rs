@@ -14,9 +14,37 @@ use crate::generation::{Applied, Batch};
 use crate::proto::{
     ApplyPolicyRequest, DnsPolicy, Endpoint, GarbageCollectRequest, HostPorts, HostnameGrant,
     ListAttachmentsRequest, ListAttachmentsResponse, ListPoliciesResponse, ListServicesResponse,
-    NetworkPolicy, PodAttachments, PodNetworkStatusRequest, PodNetworkStatusResponse, PolicyKey,
-    PolicyKind, PortMapping, ProgramServiceRequest, Protocol, Service, ServiceKey, ServiceState,
+    NetworkPolicy, NetworkSelection, PodAttachments, PodNetworkStatusRequest,
+    PodNetworkStatusResponse, PolicyKey, PolicyKind, PortMapping, ProgramServiceRequest, Protocol,
+    Service, ServiceKey, ServiceState,
 };
+
+/// AttachPod's selections with the contract's defaults (pods.proto, AttachPod): no selection is
+/// [{network: "default"}]; an empty interface name is "eth0" for the first and "net<N>" for
+/// the N-th further one; an unset default_route is true for the first only.
+pub fn with_defaults(networks: Vec<NetworkSelection>) -> Vec<NetworkSelection> {
+    let mut nets = if networks.is_empty() {
+        vec![NetworkSelection {
+            network: "default".into(),
+            ..Default::default()
+        }]
+    } else {
+        networks
+    };
+    for (i, n) in nets.iter_mut().enumerate() {
+        if n.interface_name.is_empty() {
+            n.interface_name = if i == 0 {
+                "eth0".into()
+            } else {
+                format!("net{i}")
+            };
+        }
+        if n.default_route.is_none() {
+            n.default_route = Some(i == 0);
+        }
+    }
+    nets
+}
 
 /// Whether a pod passes ListAttachments' filters (empty filters match everything).
 pub fn pod_matches(pod: &PodAttachments, filter: &ListAttachmentsRequest) -> bool {

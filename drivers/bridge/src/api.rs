@@ -27,15 +27,7 @@ impl Pods for Api {
         let req = req.into_inner();
         validate::attach_pod(&req)?;
         let sandbox = req.sandbox.unwrap_or_default();
-        let nets = if req.networks.is_empty() {
-            vec![NetworkSelection {
-                network: crate::config::DEFAULT_NETWORK.into(),
-                interface_name: "eth0".into(),
-                ..Default::default()
-            }]
-        } else {
-            req.networks
-        };
+        let nets = netlet_sdk::state::with_defaults(req.networks);
         let mut done: Vec<NetworkSelection> = Vec::new();
         let mut attachments = Vec::new();
         for (i, sel) in nets.iter().enumerate() {

@@ -132,15 +132,7 @@ impl Pods for Fixture {
         }
         let sandbox = req.sandbox.unwrap_or_default();
         let mut st = self.state()?;
-        let nets = if req.networks.is_empty() {
-            vec![netlet_sdk::proto::NetworkSelection {
-                network: "default".into(),
-                interface_name: "eth0".into(),
-                ..Default::default()
-            }]
-        } else {
-            req.networks
-        };
+        let nets = state::with_defaults(req.networks);
         let mut out = Vec::new();
         for sel in nets {
             let existing = st.pods.get(&sandbox.id).and_then(|p| {

@@ -289,6 +289,22 @@ pub fn checks() -> Vec<Check> {
                 Ok(Outcome::Passed)
             }
         ),
+        check!(
+            "dataplane/missing-netns-is-invalid-argument",
+            Some(Capability::Pods),
+            |ctx| {
+                let net = network!(ctx);
+                let missing = PathBuf::from(format!("/run/netns/{}", ctx.unique("missing")));
+                let req = request(ctx, &missing, vec![selection(&net, "eth0")]);
+                super::expect_code(
+                    "AttachPod into a netns_path that does not exist",
+                    ctx.clients.pods.clone().attach_pod(req).await,
+                    tonic::Code::InvalidArgument,
+                    Some("sandbox.netns_path"),
+                )?;
+                Ok(Outcome::Passed)
+            }
+        ),
         check!("dataplane/pod-to-node", Some(Capability::Pods), |ctx| {
             let net = network!(ctx);
             let pod = pod!(ctx, vec![selection(&net, "eth0")]);

@@ -272,6 +272,44 @@ pub fn checks() -> Vec<Check> {
                 Ok(Outcome::Passed)
             }
         ),
+        check!("pods/attach-defaults", Some(Capability::Pods), |ctx| {
+            // No selection means network "default" on eth0 with the default route (pods.proto,
+            // AttachPod defaults); a target without "default" refuses, naming the network.
+            let (_, netns) = setup!(ctx);
+            let (mut req, _) = tracked_request(ctx, &netns, "default");
+            req.networks.clear();
+            let what = "AttachPod with no networks";
+            let res = ctx.clients.pods.clone().attach_pod(req).await;
+            if !ctx.info.networks.iter().any(|n| n == "default") {
+                expect_code(
+                    what,
+                    res,
+                    Code::FailedPrecondition,
+                    Some("networks[0].network"),
+                )?;
+                return Ok(Outcome::Passed);
+            }
+            let got = expect_ok(what, res)?.into_inner().attachments;
+            let shape: Vec<(&str, &str, bool)> = got
+                .iter()
+                .map(|a| {
+                    (
+                        a.network.as_str(),
+                        a.interface_name.as_str(),
+                        a.default_route,
+                    )
+                })
+                .collect();
+            if shape != [("default", "eth0", true)] {
+                return Err(violation(
+                    what,
+                    "one attachment: network default, interface eth0, default route",
+                    format!("{shape:?}"),
+                    "AttachPod defaults",
+                ));
+            }
+            Ok(Outcome::Passed)
+        }),
         check!("pods/detach-unknown-ok", Some(Capability::Pods), |ctx| {
             let d = DetachPodRequest {
                 sandbox_id: ctx.unique("never-attached"),
