@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod features;
 pub mod metrics;
+pub mod pending_detach;
 pub mod policy;
 pub mod registry;
 mod resync;
@@ -250,6 +251,7 @@ pub async fn run(
     if let Some(dir) = settings.manifests_dir.clone() {
         tasks.push(tokio::spawn(services::manifests::watch(host.clone(), dir)));
     }
+    tasks.push(tokio::spawn(pending_detach::watch(host.clone())));
     tasks.push(tokio::spawn(admin::serve(
         admin,
         host.clone(),

@@ -69,6 +69,11 @@ pub const SOCKET_ENV: &str = "NETLET_DRIVER_SOCKET";
 /// its own (`<host state dir>/drivers/<name>`); the driver creates it.
 pub const STATE_DIR_ENV: &str = "NETLET_DRIVER_STATE_DIR";
 
+/// Directory, beside the host's socket, where a runtime's CNI shim leaves the detaches of
+/// sandboxes it could not reach the host for (one empty file per sandbox id); the host finishes
+/// them when it is back.
+pub const PENDING_DETACH_DIR: &str = "pending-detach";
+
 /// Default maximum size of one gRPC message, both directions.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 

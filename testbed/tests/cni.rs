@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use netlet_testbed::harness::{
-    CNI_PLUGIN_DIR, Node, bin, bridge_driver, cni_env, cni_exec, listed, privileged,
+    CNI_PLUGIN_DIR, Node, bin, bridge_driver, cni_env, cni_exec, listed, privileged, wait_until,
 };
 use netlet_testbed::probe::{self, NetNs};
 use serde_json::{Value, json};
@@ -281,7 +281,6 @@ fn cni_shim_errors_take_the_spec_shape() {
             11,
         ),
         (cni_env("STATUS", "", "", "", ""), conf("1.1.0"), 11),
-        (cni_env("DEL", "c1", "", "eth0", ""), conf("1.0.0"), 11),
         (
             cni_env("ADD", "c1", "/run/netns/x", "eth0", ""),
             conf("9.9.9"),
@@ -310,4 +309,135 @@ fn cni_shim_errors_take_the_spec_shape() {
         assert!(out["msg"].as_str().is_some_and(|m| !m.is_empty()), "{out}");
         assert!(out["cniVersion"].is_string(), "{out}");
     }
+    // DEL with the host away succeeds (the runtime can remove the sandbox) and leaves the
+    // detach for the host, beside its socket.
+    let (st, out) = cni_exec(
+        None,
+        &shim,
+        &cni_env("DEL", "c1", "", "eth0", ""),
+        &conf("1.0.0"),
+    );
+    assert!(st.success(), "{out}");
+    assert!(dir.path().join("pending-detach/c1").is_file());
+}
+
+// Input as containerd 1.6 writes it (go-cni: Go's field names in runtimeConfig), a DEL whose
+// configuration does not decode, and a DEL while the host is down: the pod gets its host port,
+// and every DEL lets the runtime remove the sandbox while nothing stays attached.
+#[tokio::test(flavor = "multi_thread")]
+async fn cni_input_as_runtimes_send_it_and_del_always_succeeds() {
+    if !privileged("cni_input_as_runtimes_send_it_and_del_always_succeeds") {
+        return;
+    }
+    let mut n = Node::start(
+        "cnidel",
+        &bridge_driver("bridge", "default", "netlet0", &["10.244.0.0/24"]),
+        "",
+    )
+    .await;
+    n.host.wait_ready("").await;
+    let shim = bin("netlet-cni");
+    let sock = n.host.socket.display().to_string();
+    let pid = std::process::id();
+    let conf = |port_mappings: Value| {
+        json!({"cniVersion": "1.0.0", "name": "netlet", "type": "netlet", "socket": sock,
+            "runtimeConfig": {"portMappings": port_mappings}})
+        .to_string()
+    };
+    let go_keys =
+        json!([{"HostPort": 12000, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}]);
+    let pods: Vec<NetNs> = (0..2)
+        .map(|i| NetNs::create(&format!("netlet-cnidel-{i}-{pid}")).unwrap())
+        .collect();
+    let add = |i: usize| {
+        let id = format!("cd{i}{pid}");
+        let path = pods[i].path.display().to_string();
+        let (st, res) = cni_exec(
+            None,
+            &shim,
+            &cni_env("ADD", &id, &path, "eth0", ""),
+            &conf(go_keys.clone()),
+        );
+        assert!(st.success(), "{res}");
+        id
+    };
+    let first = add(0);
+    let c = n.host.clients().await;
+    let held = c
+        .services
+        .clone()
+        .list_services(netlet_sdk::proto::ListServicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .host_ports;
+    let pm = &held[0].port_mappings[0];
+    assert_eq!((pm.host_port, pm.container_port), (12000, 80), "{held:?}");
+
+    // A configuration that does not decode: DEL still detaches by container id.
+    let broken = conf(json!([{"HostPort": "twelve thousand"}]));
+    let (st, out) = cni_exec(
+        None,
+        &shim,
+        &cni_env("DEL", &first, "", "eth0", ""),
+        &broken,
+    );
+    assert!(st.success(), "{out}");
+    assert!(listed(&c).await.is_empty());
+    // ADD refuses it, naming the field as the runtime sent it.
+    let (st, out) = cni_exec(
+        None,
+        &shim,
+        &cni_env(
+            "ADD",
+            &first,
+            &pods[0].path.display().to_string(),
+            "eth0",
+            "",
+        ),
+        &broken,
+    );
+    assert!(!st.success());
+    assert_eq!(out["code"], 7, "{out}");
+    assert!(
+        out["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("runtimeConfig.portMappings[0].hostPort:"),
+        "{out}"
+    );
+
+    // The host is down at DEL: DEL succeeds; the host detaches the sandbox when it is back.
+    let second = add(1);
+    n.host.stop_with(nix::sys::signal::Signal::SIGTERM);
+    let (st, out) = cni_exec(
+        None,
+        &shim,
+        &cni_env("DEL", &second, "", "eth0", ""),
+        &conf(go_keys.clone()),
+    );
+    assert!(st.success(), "{out}");
+    let pending = n.host.socket.parent().unwrap().join("pending-detach");
+    assert!(pending.join(&second).is_file());
+    n.host.spawn().await;
+    let c = n.host.clients().await;
+    wait_until(
+        "the pending detach done",
+        std::time::Duration::from_secs(20),
+        || {
+            let (c, pending) = (c.clone(), pending.clone());
+            async move {
+                let gone = listed(&c).await.is_empty();
+                let empty = std::fs::read_dir(&pending).ok()?.next().is_none();
+                (gone && empty).then_some(())
+            }
+        },
+    )
+    .await;
+    let links: Vec<String> = probe::interfaces(&n.netns.path)
+        .unwrap()
+        .into_keys()
+        .filter(|l| l.starts_with("veth"))
+        .collect();
+    assert!(links.is_empty(), "{links:?}");
 }

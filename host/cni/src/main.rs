@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod input;
 mod spec;
 
 use std::io::Read;
@@ -37,13 +38,13 @@ fn main() {
             "cannot read stdin",
             e.to_string(),
         )),
-        Ok(_) => serde_json::from_str(&stdin).map_err(|e| {
-            CniError::new(
-                code::DECODE,
-                "cannot decode the network configuration",
-                e.to_string(),
-            )
+        // DEL must be able to tear down whatever the configuration looks like (the runtime
+        // cannot remove a sandbox whose DEL fails): what does not decode is left out.
+        Ok(_) if env.command == "DEL" => input::parse(&stdin).or_else(|e| {
+            eprintln!("netlet-cni: DEL with a configuration that does not decode ({}: {}); detaching by container id", e.msg, e.details);
+            Ok(input::loose(&stdin))
         }),
+        Ok(_) => input::parse(&stdin),
     };
     let version = conf
         .as_ref()
@@ -117,18 +118,39 @@ async fn run(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniError> {
             Ok(Some(serde_json::to_value(r).unwrap_or_default()))
         }
         "DEL" => {
-            env.require(&["CNI_CONTAINERID", "CNI_IFNAME"])?;
-            let c = connect(&socket).await?;
-            c.pods
-                .clone()
-                .detach_pod(DetachPodRequest {
-                    sandbox_id: env.container_id.clone(),
-                    netns_path: env.netns.clone(),
-                    networks: vec![],
-                })
-                .await
-                .map_err(from_status)?;
-            Ok(None)
+            env.require(&["CNI_CONTAINERID"])?;
+            let req = DetachPodRequest {
+                sandbox_id: env.container_id.clone(),
+                netns_path: env.netns.clone(),
+                networks: vec![],
+            };
+            let answer = match connect(&socket).await {
+                Ok(c) => c.pods.clone().detach_pod(req).await.map_err(from_status),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(_) => Ok(None),
+                // The host is away: the detach is left for it (it finishes pending detaches
+                // when it is back), and DEL succeeds so the runtime can remove the sandbox.
+                Err(e) if e.code == code::TRY_AGAIN_LATER => {
+                    leave_for_host(&socket, &env.container_id).map_err(|io| {
+                        CniError::new(
+                            code::TRY_AGAIN_LATER,
+                            e.msg.clone(),
+                            format!(
+                                "{}; and the detach could not be left for the host: {io}",
+                                e.details
+                            ),
+                        )
+                    })?;
+                    eprintln!(
+                        "netlet-cni: DEL: {}; the host detaches {} when it is back",
+                        e.msg, env.container_id
+                    );
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
         }
         "CHECK" => {
             env.require(&["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"])?;
@@ -211,6 +233,20 @@ async fn run(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniError> {
     }
 }
 
+/// Leaves a detach for the host: an empty file named after the sandbox in
+/// `<socket dir>/pending-detach/`, which the host works through when it is back.
+fn leave_for_host(socket: &str, sandbox_id: &str) -> std::io::Result<()> {
+    netlet_sdk::validate::sandbox_id("CNI_CONTAINERID", sandbox_id).map_err(|s| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, s.message().to_string())
+    })?;
+    let dir = Path::new(socket)
+        .parent()
+        .unwrap_or(Path::new("/run/netlet"))
+        .join(netlet_sdk::PENDING_DETACH_DIR);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(sandbox_id), b"")
+}
+
 async fn connect(socket: &str) -> Result<Clients, CniError> {
     let ch = netlet_sdk::client::connect_unix(Path::new(socket), Some(CALL_TIMEOUT));
     match tokio::time::timeout(CONNECT_TIMEOUT, ch).await {
@@ -234,14 +270,59 @@ async fn connect(socket: &str) -> Result<Clients, CniError> {
 fn from_status(s: tonic::Status) -> CniError {
     let m = s.message().to_string();
     let field = netlet_sdk::validate::error_field(&s).unwrap_or_default();
+    let named = cni_name(&field);
     let c = match s.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => code::TRY_AGAIN_LATER,
-        Code::InvalidArgument if field.starts_with("sandbox.") => code::INVALID_ENV,
+        Code::InvalidArgument if named.as_deref().is_some_and(|n| n.starts_with("CNI_")) => {
+            code::INVALID_ENV
+        }
+        Code::InvalidArgument if named.is_none() && field.starts_with("sandbox.") => {
+            code::INVALID_ENV
+        }
         Code::InvalidArgument => code::INVALID_CONFIG,
         Code::NotFound => code::UNKNOWN_CONTAINER,
         other => code::PLUGIN + other as u32,
     };
-    CniError::new(c, m, format!("netlet host answered {:?}", s.code()))
+    // The runtime's user knows the CNI names: say the field the way the runtime sent it.
+    let msg = match named {
+        Some(n) => match m.strip_prefix(&format!("{field}:")) {
+            Some(why) => format!("{n}:{why}"),
+            None => format!("{n}: {m}"),
+        },
+        None => m,
+    };
+    CniError::new(c, msg, format!("netlet host answered {:?}", s.code()))
+}
+
+/// Where a field of the AttachPod request the shim builds came from in the CNI call.
+fn cni_name(field: &str) -> Option<String> {
+    const MAPPING: &[(&str, &str)] = &[
+        ("host_port", "hostPort"),
+        ("container_port", "containerPort"),
+        ("host_ip", "hostIP"),
+        ("protocol", "protocol"),
+    ];
+    if let Some(rest) = field.strip_prefix("sandbox.port_mappings") {
+        let mut out = format!("runtimeConfig.portMappings{rest}");
+        for (ours, theirs) in MAPPING {
+            out = out.replace(&format!(".{ours}"), &format!(".{theirs}"));
+        }
+        return Some(out);
+    }
+    let direct = [
+        ("sandbox.netns_path", "CNI_NETNS"),
+        ("sandbox.id", "CNI_CONTAINERID"),
+        ("networks[0].interface_name", "CNI_IFNAME"),
+        ("networks[0].mac", "runtimeConfig.mac"),
+        ("networks[0].bandwidth", "runtimeConfig.bandwidth"),
+        ("networks[0].network", "network"),
+    ];
+    if let Some((_, theirs)) = direct.iter().find(|(ours, _)| *ours == field) {
+        return Some(theirs.to_string());
+    }
+    field
+        .strip_prefix("networks[0].ips")
+        .map(|rest| format!("runtimeConfig.ips{rest}"))
 }
 
 fn protocol(p: &str) -> i32 {
@@ -437,6 +518,18 @@ mod tests {
             from_status(tonic::Status::invalid_argument("sandbox.netns_path: x")).code,
             7
         );
+        // Named as the runtime sent it.
+        let e = from_status(netlet_sdk::validate::invalid(
+            "sandbox.port_mappings[1].host_port",
+            "70000 is not a port (1-65535)",
+        ));
+        assert_eq!(e.code, 7);
+        assert_eq!(
+            e.msg,
+            "runtimeConfig.portMappings[1].hostPort: 70000 is not a port (1-65535)"
+        );
+        let e = from_status(netlet_sdk::validate::invalid("sandbox.netns_path", "x"));
+        assert_eq!((e.code, e.msg.as_str()), (4, "CNI_NETNS: x"));
         assert_eq!(
             from_status(tonic::Status::resource_exhausted("x")).code,
             108
