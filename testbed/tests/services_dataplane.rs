@@ -564,6 +564,25 @@ async fn service_data_plane_conformance() {
         })(),
     ));
     results.push((
+        "host-port-on-localhost-from-the-node",
+        (|| {
+            // As the CNI portmap plugin serves them: 127.0.0.1:<hostPort> on the node reaches
+            // the pod (with the node's address, as a loopback source cannot be answered).
+            let (tag, peer) = ask(&node.netns.path, sa(ip("127.0.0.1"), 8088))?;
+            expect(tag == "hp", format!("answered by {tag}"))?;
+            expect(
+                !peer.starts_with("127."),
+                format!("the pod saw a loopback source {peer}"),
+            )?;
+            // A mapping bound to one host IP (hostIP) does not answer on localhost.
+            let e = probe::udp_request(&node.netns.path, sa(ip("127.0.0.1"), 5300), "q");
+            expect(
+                e.is_err(),
+                format!("UDP 5300, bound to {NODE_IP}, answered on localhost: {e:?}"),
+            )
+        })(),
+    ));
+    results.push((
         "host-port-udp-on-its-host-ip",
         (|| {
             let out = probe::udp_request(&outside.path, sa(ip(NODE_IP), 5300), "q")?;

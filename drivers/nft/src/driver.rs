@@ -125,6 +125,12 @@ impl Nft {
             ruleset::skeleton(&settings, fam, &mut b);
         }
         conn.send(b)?;
+        // Host ports on 127.0.0.1 are sent on to pods with a loopback source (then
+        // masqueraded): the kernel routes such packets off the node only with route_localnet.
+        // The skeleton drops new connections from elsewhere to 127.0.0.0/8 that it lets in.
+        if let Err(e) = std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1") {
+            tracing::warn!(error = %e, "cannot set route_localnet: host ports will not answer on 127.0.0.1");
+        }
         Ok(Self {
             settings,
             state: Mutex::new(State {

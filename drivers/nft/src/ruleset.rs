@@ -5,6 +5,7 @@
 //! nat-prerouting / nat-output (nat, -100)   jump services
 //! services                                  daddr . l4proto . dport vmap @host-ports
 //!                                           <local, not loopback> l4proto . dport vmap @host-ports-any
+//!                                           (ip) daddr 127.0.0.1 l4proto . dport vmap @host-ports-any
 //!                                           daddr . l4proto . dport vmap @service-ips
 //!                                           <node address> l4proto . dport vmap @service-nodeports
 //! svc-<ns>/<name>/<proto>/<port>            [masquerade mark]
@@ -23,6 +24,9 @@
 //!                                           (goto reject-chain: refused; drop: none local)
 //! nat-postrouting (nat, 100)                saddr . daddr @hairpin (a pod sent to itself) -> masquerade
 //!                                           mark set -> clear it, masquerade
+//!                                           (ip) saddr 127.0.0.0/8, oif not lo -> masquerade
+//! filter-input (ip)                         new, daddr 127.0.0.0/8, saddr not -> drop
+//!                                           (route_localnet is on for localhost host ports)
 //! ```
 //!
 //! Endpoints are data, not chains: they sit in shared maps keyed by the chain's id and a slot
@@ -832,6 +836,17 @@ fn node_address_guards(set: &Settings, fam: Fam) -> Vec<Vec<Expr>> {
     vec![local_not_loopback(fam)]
 }
 
+/// The interface index of `lo` in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+fn localhost() -> IpNet {
+    IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST))
+}
+
+fn loopback_net() -> IpNet {
+    IpNet::V4(ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8).unwrap_or_default())
+}
+
 /// Matches destinations that are local addresses of the node but not loopback.
 fn local_not_loopback(fam: Fam) -> Vec<Expr> {
     let lo: IpNet = match fam {
@@ -964,6 +979,19 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
         Some(Register::Verdict),
     ));
     rule("services", e);
+    if fam == Fam::V4 {
+        // Host ports answer on 127.0.0.1 too, as the CNI portmap plugin serves them (IPv4 only:
+        // the kernel never routes ::1 off the node). Such traffic leaves with a loopback source,
+        // which route_localnet lets out and nat-postrouting masquerades.
+        let mut e = addr_in(fam, true, &localhost(), Operator::Equal);
+        e.extend(service_key_load(fam, false));
+        e.push(nft::lookup(
+            HOST_PORTS_ANY,
+            Register::Reg32_00,
+            Some(Register::Verdict),
+        ));
+        rule("services", e);
+    }
     // services: by address, then NodePorts on node addresses; endpoints-check: the same keys
     // in the maps of Services without usable endpoints.
     for (chain, by_ip, by_port) in [
@@ -1066,6 +1094,35 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
         ],
     );
     rule("nat-postrouting", vec![jump("masquerading")]);
+    if fam == Fam::V4 {
+        // A connection to a host port on 127.0.0.1, sent on to a pod: the pod cannot answer a
+        // loopback source, so it leaves with the node's address.
+        let mut e = addr_in(fam, false, &loopback_net(), Operator::Equal);
+        e.push(nft::meta(MetaKey::Oif, Register::Reg1));
+        e.push(nft::cmp(
+            Operator::NotEqual,
+            Register::Reg1,
+            LOOPBACK_IFINDEX.to_ne_bytes().to_vec(),
+        ));
+        e.push(nft::masquerade());
+        rule("nat-postrouting", e);
+        // route_localnet also lets packets from elsewhere to 127.0.0.0/8 in: new ones are
+        // dropped (as kube-proxy guards its localhost NodePorts, CVE-2020-8558).
+        let mut e = vec![
+            nft::ct_state(Register::Reg1),
+            nft::bitwise(
+                Register::Reg1,
+                Register::Reg1,
+                nft::CT_STATE_NEW.to_ne_bytes().to_vec(),
+                vec![0; 4],
+            ),
+            nft::cmp(Operator::NotEqual, Register::Reg1, vec![0; 4]),
+        ];
+        e.extend(addr_in(fam, true, &loopback_net(), Operator::Equal));
+        e.extend(addr_in(fam, false, &loopback_net(), Operator::NotEqual));
+        e.push(nft::verdict(&VerdictData::Drop));
+        rule("filter-input", e);
+    }
     for chain in ["filter-input", "filter-forward", "filter-output"] {
         rule(
             chain,
