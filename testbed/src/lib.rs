@@ -5,4 +5,5 @@ pub mod checks;
 pub mod conformance;
 pub mod harness;
 pub mod probe;
+pub mod runtime;
 pub mod stats;

@@ -6,22 +6,17 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use netlet_testbed::harness::{Node, Proc, bin, bridge_driver, listed, nft_driver, privileged};
-use netlet_testbed::probe;
+use netlet_testbed::harness::{
+    CNI_PLUGIN_DIR, Node, bin, bridge_driver, listed, nft_driver, privileged,
+};
+use netlet_testbed::{probe, runtime};
 use serde_json::Value;
-
-const T: Duration = Duration::from_secs(60);
 
 /// Finds `name` on PATH; with CI=true its absence fails the test.
 fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
+    let found = runtime::which(name);
     if found.is_none() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -30,52 +25,6 @@ fn tool(name: &str) -> Option<PathBuf> {
         eprintln!("skipped: {name} not installed");
     }
     found
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// containerd with its shims, stopped (and every process of its directories killed) on drop.
-struct Containerd {
-    _proc: Proc,
-    dir: PathBuf,
-    socket: PathBuf,
-    probe: PathBuf,
-}
-
-impl Containerd {
-    fn cri(&self, args: &[&str]) -> Result<Value, String> {
-        let out = Command::new(&self.probe)
-            .arg("--endpoint")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).to_string());
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        // The runc shims outlive containerd: everything started with our directories goes.
-        let _ = Command::new("pkill")
-            .arg("-9")
-            .arg("-f")
-            .arg(self.dir.display().to_string())
-            .status();
-    }
 }
 
 fn ips_of(sandbox: &Value) -> Vec<IpAddr> {
@@ -92,35 +41,15 @@ async fn containerd_runs_pod_sandboxes_through_netlet_cni() {
     if !privileged("containerd_runs_pod_sandboxes_through_netlet_cni") {
         return;
     }
-    let (Some(containerd), Some(ctr), Some(_runc)) =
-        (tool("containerd"), tool("ctr"), tool("runc"))
-    else {
+    if tool("containerd").is_none() || tool("ctr").is_none() || tool("runc").is_none() {
         return;
-    };
+    }
     let work = tempfile::Builder::new()
         .prefix("netlet-ctrd-")
         .tempdir()
         .unwrap();
     let w = work.path();
-    // cri-probe and the pause image, built from testbed/cri.
-    let cri_src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cri");
-    let probe_bin = w.join("cri-probe");
-    run(Command::new("go")
-        .args(["build", "-o"])
-        .arg(&probe_bin)
-        .arg(".")
-        .current_dir(&cri_src));
-    run(Command::new("go")
-        .env("CGO_ENABLED", "0")
-        .args(["build", "-o"])
-        .arg(w.join("pause"))
-        .arg("./pause")
-        .current_dir(&cri_src));
-    run(Command::new("python3")
-        .arg(cri_src.join("oci_image.py"))
-        .arg(w.join("pause"))
-        .arg("netlet.local/pause:1")
-        .arg(w.join("pause.tar")));
+    let (probe_bin, image) = runtime::build_cri_tools(w).unwrap();
 
     // The node: netlet with the bridge (dual-stack) and the nft driver.
     let drivers = bridge_driver(
@@ -137,95 +66,30 @@ async fn containerd_runs_pod_sandboxes_through_netlet_cni() {
             "fd00:10:244::/64",
         ],
     );
-    let n = Node::start("ctrd", &drivers, "").await;
+    let mut n = Node::start("ctrd", &drivers, "").await;
     n.host.wait_ready("").await;
 
-    // netlet-cni as containerd finds it, with the conflist a user writes (cniVersion 1.0.0:
-    // containerd 1.6 reads configs up to 1.0.0).
-    let cni_bin = w.join("cni-bin");
-    let cni_conf = w.join("cni-conf");
-    std::fs::create_dir_all(&cni_bin).unwrap();
-    std::fs::create_dir_all(&cni_conf).unwrap();
-    std::fs::copy(bin("netlet-cni"), cni_bin.join("netlet")).unwrap();
-    // containerd (go-cni) also brings lo up with the reference `loopback` plugin, from the same
-    // directory.
-    std::fs::copy(
-        Path::new(netlet_testbed::harness::CNI_PLUGIN_DIR).join("loopback"),
-        cni_bin.join("loopback"),
-    )
-    .expect("the reference loopback plugin (containernetworking-plugins)");
-    std::fs::write(
-        cni_conf.join("10-netlet.conflist"),
-        serde_json::json!({
-            "cniVersion": "1.0.0", "name": "netlet",
-            "plugins": [{"type": "netlet", "socket": n.host.socket,
-                         "capabilities": {"portMappings": true}}]
-        })
-        .to_string(),
+    // netlet-cni as containerd finds it, beside the reference loopback plugin (containerd
+    // brings lo up with it), and the conflist a user writes (cniVersion 1.0.0: containerd 1.6
+    // reads configs up to 1.0.0).
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "netlet",
+        "plugins": [{"type": "netlet", "socket": n.host.socket,
+                     "capabilities": {"portMappings": true}}]
+    });
+    let plugins = [
+        ("netlet", bin("netlet-cni")),
+        ("loopback", Path::new(CNI_PLUGIN_DIR).join("loopback")),
+    ];
+    let mut ctrd = runtime::Containerd::start(
+        &w.join("containerd"),
+        Some(&n.netns.path),
+        &plugins,
+        &conflist,
+        &probe_bin,
+        &image,
     )
     .unwrap();
-    let socket = w.join("containerd.sock");
-    let config = w.join("containerd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = "{socket}"
-[ttrpc]
-  address = "{socket}.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "netlet.local/pause:1"
-  # Some machines (VMs, nested containers) refuse a lower oom_score_adj than containerd's own;
-  # runc then fails with "can't get final child's PID from pipe".
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "native"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{bin}"
-    conf_dir = "{conf}"
-"#,
-            root = w.join("root").display(),
-            state = w.join("state").display(),
-            socket = socket.display(),
-            bin = cni_bin.display(),
-            conf = cni_conf.display(),
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(w.join("containerd.log")).unwrap();
-    let child = n
-        .command(&containerd)
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start containerd");
-    let ctrd = Containerd {
-        _proc: Proc(child),
-        dir: w.to_path_buf(),
-        socket: socket.clone(),
-        probe: probe_bin,
-    };
-    let deadline = Instant::now() + T;
-    while ctrd.cri(&["version"]).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "containerd did not serve CRI: {}",
-            std::fs::read_to_string(w.join("containerd.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    run(Command::new(&ctr)
-        .arg("--address")
-        .arg(&socket)
-        .args(["-n", "k8s.io", "images", "import"])
-        .arg(w.join("pause.tar")));
 
     // RunPodSandbox with a hostPort: the kubelet sees the addresses netlet handed out.
     let c = n.host.clients().await;
@@ -245,12 +109,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "--dns-server",
             "10.96.0.10",
         ])
-        .unwrap_or_else(|e| {
-            panic!(
-                "RunPodSandbox: {e}\n{}",
-                std::fs::read_to_string(w.join("containerd.log")).unwrap_or_default()
-            )
-        });
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctrd.log()));
     let id = web["id"].as_str().unwrap().to_string();
     assert_eq!(web["state"], "SANDBOX_READY", "{web}");
     let pods = listed(&c).await;
@@ -307,8 +166,63 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     all.dedup();
     assert_eq!(all.len(), count, "an address handed out twice: {ids:?}");
 
+    // containerd restarts (its shims and sandboxes keep running): the sandbox is as it was.
+    ctrd.kill();
+    ctrd.spawn().unwrap();
+    let again = ctrd.cri(&["status", &id]).unwrap();
+    assert_eq!(
+        (&again["state"], ips_of(&again)),
+        (&web["state"], ips_of(&web)),
+        "{again}"
+    );
+
+    // The netlet host is killed and started again with sandboxes running: it still holds them
+    // (from its store) and they can be removed afterwards.
+    n.host.stop_with(nix::sys::signal::Signal::SIGKILL);
+    // While it is away, a new sandbox fails with the CNI's "try again later"...
+    let refused = ctrd.cri(&[
+        "run",
+        "--name",
+        "late",
+        "--namespace",
+        "shop",
+        "--uid",
+        "uid-late",
+    ]);
+    let e = refused.expect_err("a sandbox made while the host is down");
+    assert!(
+        e.contains("netlet host") && e.contains("unreachable"),
+        "{e}"
+    );
+    n.host.spawn().await;
+    n.host.wait_ready("").await;
+    // ... and succeeds when it is retried.
+    let late = ctrd
+        .cri(&[
+            "run",
+            "--name",
+            "late",
+            "--namespace",
+            "shop",
+            "--uid",
+            "uid-late",
+        ])
+        .unwrap_or_else(|e| panic!("retried RunPodSandbox: {e}"));
+    let c = n.host.clients().await;
+    let held: Vec<String> = listed(&c)
+        .await
+        .into_iter()
+        .filter_map(|p| p.sandbox.map(|s| s.id))
+        .collect();
+    assert!(held.contains(&id), "{held:?}");
+    assert_eq!(held.len(), ids.len() + 2, "{held:?}");
+    let late_id = late["id"].as_str().unwrap().to_string();
+
     // StopPodSandbox + RemovePodSandbox free everything: no attachment, no veth, no host port.
-    for sandbox in std::iter::once(&id).chain(ids.iter().map(|(i, _)| i)) {
+    for sandbox in [&id, &late_id]
+        .into_iter()
+        .chain(ids.iter().map(|(i, _)| i))
+    {
         ctrd.cri(&["stop", sandbox]).unwrap();
         ctrd.cri(&["remove", sandbox]).unwrap();
     }
