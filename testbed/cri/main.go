@@ -7,6 +7,8 @@
 //	    [--dns-search shop.svc.cluster.local]
 //	cri-probe --endpoint ... status|stop|remove SANDBOX_ID
 //	cri-probe --endpoint ... version
+//	cri-probe --endpoint ... bench --rounds N   (RunPodSandbox, then Stop+Remove, N times;
+//	                                             prints the milliseconds of each)
 package main
 
 import (
@@ -136,6 +138,38 @@ func main() {
 			fail("RunPodSandbox: %v", err)
 		}
 		_ = out.Encode(status(ctx, rt, r.GetPodSandboxId()))
+	case "bench":
+		fs := flag.NewFlagSet("bench", flag.ExitOnError)
+		rounds := fs.Int("rounds", 20, "sandboxes made and removed, one after the other")
+		prefix := fs.String("prefix", "bench", "pod name prefix")
+		_ = fs.Parse(args[1:])
+		var res struct {
+			RunMs      []float64 `json:"runMs"`
+			TeardownMs []float64 `json:"teardownMs"`
+		}
+		for i := 0; i < *rounds; i++ {
+			name := fmt.Sprintf("%s-%d", *prefix, i)
+			cfg := &cri.PodSandboxConfig{
+				Metadata: &cri.PodSandboxMetadata{Name: name, Namespace: "bench", Uid: name},
+				Linux: &cri.LinuxPodSandboxConfig{SecurityContext: &cri.LinuxSandboxSecurityContext{
+					NamespaceOptions: &cri.NamespaceOption{Network: cri.NamespaceMode_POD}}},
+			}
+			t0 := time.Now()
+			r, err := rt.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: cfg})
+			if err != nil {
+				fail("RunPodSandbox %s: %v", name, err)
+			}
+			t1 := time.Now()
+			if _, err := rt.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: r.GetPodSandboxId()}); err != nil {
+				fail("StopPodSandbox: %v", err)
+			}
+			if _, err := rt.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: r.GetPodSandboxId()}); err != nil {
+				fail("RemovePodSandbox: %v", err)
+			}
+			res.RunMs = append(res.RunMs, float64(t1.Sub(t0).Microseconds())/1000)
+			res.TeardownMs = append(res.TeardownMs, float64(time.Since(t1).Microseconds())/1000)
+		}
+		_ = out.Encode(res)
 	case "status":
 		_ = out.Encode(status(ctx, rt, args[1]))
 	case "stop":
