@@ -836,6 +836,20 @@ fn node_address_guards(set: &Settings, fam: Fam) -> Vec<Vec<Expr>> {
     vec![local_not_loopback(fam)]
 }
 
+/// Matches new connections (`ct state new`).
+fn ct_new() -> Vec<Expr> {
+    vec![
+        nft::ct_state(Register::Reg1),
+        nft::bitwise(
+            Register::Reg1,
+            Register::Reg1,
+            nft::CT_STATE_NEW.to_ne_bytes().to_vec(),
+            vec![0; 4],
+        ),
+        nft::cmp(Operator::NotEqual, Register::Reg1, vec![0; 4]),
+    ]
+}
+
 /// The interface index of `lo` in every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
 
@@ -1108,36 +1122,16 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
         rule("nat-postrouting", e);
         // route_localnet also lets packets from elsewhere to 127.0.0.0/8 in: new ones are
         // dropped (as kube-proxy guards its localhost NodePorts, CVE-2020-8558).
-        let mut e = vec![
-            nft::ct_state(Register::Reg1),
-            nft::bitwise(
-                Register::Reg1,
-                Register::Reg1,
-                nft::CT_STATE_NEW.to_ne_bytes().to_vec(),
-                vec![0; 4],
-            ),
-            nft::cmp(Operator::NotEqual, Register::Reg1, vec![0; 4]),
-        ];
+        let mut e = ct_new();
         e.extend(addr_in(fam, true, &loopback_net(), Operator::Equal));
         e.extend(addr_in(fam, false, &loopback_net(), Operator::NotEqual));
         e.push(nft::verdict(&VerdictData::Drop));
         rule("filter-input", e);
     }
     for chain in ["filter-input", "filter-forward", "filter-output"] {
-        rule(
-            chain,
-            vec![
-                nft::ct_state(Register::Reg1),
-                nft::bitwise(
-                    Register::Reg1,
-                    Register::Reg1,
-                    nft::CT_STATE_NEW.to_ne_bytes().to_vec(),
-                    vec![0; 4],
-                ),
-                nft::cmp(Operator::NotEqual, Register::Reg1, vec![0; 4]),
-                jump("endpoints-check"),
-            ],
-        );
+        let mut e = ct_new();
+        e.push(jump("endpoints-check"));
+        rule(chain, e);
     }
 }
 
