@@ -1,5 +1,5 @@
-//! containerd end to end: Debian's containerd 1.6 + runc, started on private sockets and
-//! directories inside a node namespace, with netlet-cni as its CNI plugin and a pause image built
+//! containerd end to end: Debian's containerd 1.6 and a containerd 2.x built from its Go
+//! module, each with runc, started on private sockets and directories inside a node namespace, with netlet-cni as its CNI plugin and a pause image built
 //! here (no registry is reachable), driven over CRI by `testbed/cri` (cri-probe, built from the
 //! k8s.io/cri-api module) as a kubelet would. What the kubelet would see is checked against what
 //! netlet handed out.
@@ -37,13 +37,31 @@ fn ips_of(sandbox: &Value) -> Vec<IpAddr> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn containerd_runs_pod_sandboxes_through_netlet_cni() {
-    if !privileged("containerd_runs_pod_sandboxes_through_netlet_cni") {
+async fn containerd_1_6_runs_pod_sandboxes_through_netlet_cni() {
+    if !privileged("containerd_1_6_runs_pod_sandboxes_through_netlet_cni") {
         return;
     }
     if tool("containerd").is_none() || tool("ctr").is_none() || tool("runc").is_none() {
         return;
     }
+    end_to_end(runtime::Release::Debian, "ctrd16").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_2_runs_pod_sandboxes_through_netlet_cni() {
+    if !privileged("containerd_2_runs_pod_sandboxes_through_netlet_cni") {
+        return;
+    }
+    if tool("go").is_none() || tool("runc").is_none() {
+        return;
+    }
+    let release = runtime::Release::built(runtime::CONTAINERD2_VERSION)
+        .unwrap_or_else(|e| panic!("building containerd {}: {e}", runtime::CONTAINERD2_VERSION));
+    end_to_end(release, "ctrd2").await;
+}
+
+/// What a kubelet sees of netlet through `release`, in a node namespace `netlet-node-<tag>-*`.
+async fn end_to_end(release: runtime::Release, tag: &str) {
     let work = tempfile::Builder::new()
         .prefix("netlet-ctrd-")
         .tempdir()
@@ -66,14 +84,18 @@ async fn containerd_runs_pod_sandboxes_through_netlet_cni() {
             "fd00:10:244::/64",
         ],
     );
-    let mut n = Node::start("ctrd", &drivers, "").await;
+    let mut n = Node::start(tag, &drivers, "").await;
     n.host.wait_ready("").await;
 
     // netlet-cni as containerd finds it, beside the reference loopback plugin (containerd
-    // brings lo up with it), and the conflist a user writes (cniVersion 1.0.0: containerd 1.6
-    // reads configs up to 1.0.0).
+    // brings lo up with it), and the conflist a user writes: cniVersion 1.0.0 for containerd
+    // 1.6 (it reads configs up to 1.0.0), 1.1.0 for 2.x.
+    let version = match release {
+        runtime::Release::Debian => "1.0.0",
+        runtime::Release::Built { .. } => "1.1.0",
+    };
     let conflist = serde_json::json!({
-        "cniVersion": "1.0.0", "name": "netlet",
+        "cniVersion": version, "name": "netlet",
         "plugins": [{"type": "netlet", "socket": n.host.socket,
                      "capabilities": {"portMappings": true}}]
     });
@@ -82,6 +104,7 @@ async fn containerd_runs_pod_sandboxes_through_netlet_cni() {
         ("loopback", Path::new(CNI_PLUGIN_DIR).join("loopback")),
     ];
     let mut ctrd = runtime::Containerd::start(
+        &release,
         &w.join("containerd"),
         Some(&n.netns.path),
         &plugins,

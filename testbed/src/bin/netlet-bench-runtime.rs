@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use netlet_testbed::harness::{CNI_PLUGIN_DIR, Node, bin, bridge_driver};
 use netlet_testbed::probe::{self, NetNs};
-use netlet_testbed::runtime::{Containerd, build_cri_tools};
+use netlet_testbed::runtime::{CONTAINERD2_VERSION, Containerd, Release, build_cri_tools};
 use netlet_testbed::stats::{ms, pct};
 use serde_json::json;
 
@@ -25,6 +25,10 @@ struct Args {
     /// Repetitions (the sides alternate).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Which containerd: Debian's 1.6, or 2.x built from its Go module (cached in
+    /// $NETLET_TOOLS_DIR, default /var/tmp/netlet-tools).
+    #[arg(long, default_value = "1.6", value_parser = ["1.6", "2"])]
+    containerd: String,
 }
 
 fn bench(
@@ -65,6 +69,10 @@ async fn main() -> anyhow::Result<()> {
         .tempdir()?;
     let w = work.path();
     let (cri_probe, image) = build_cri_tools(w).map_err(anyhow::Error::msg)?;
+    let release = match args.containerd.as_str() {
+        "2" => Release::built(CONTAINERD2_VERSION).map_err(anyhow::Error::msg)?,
+        _ => Release::Debian,
+    };
     let cni = |p: &str| Path::new(CNI_PLUGIN_DIR).join(p);
 
     // netlet: host + bridge driver in a node namespace.
@@ -81,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
     .await;
     node.host.wait_ready("").await;
     let ours = Containerd::start(
+        &release,
         &w.join("netlet"),
         Some(&node.netns.path),
         &[("netlet", bin("netlet-cni")), ("loopback", cni("loopback"))],
@@ -96,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     probe::link_up(&ref_ns.path, "lo").map_err(anyhow::Error::msg)?;
     let reference = Containerd::start(
+        &release,
         &w.join("reference"),
         Some(&ref_ns.path),
         &[
@@ -129,8 +139,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64().max(1e-9);
     println!(
-        "\nnetlet-bench-runtime: containerd 1.6 + runc, {} x {} sandboxes per side (dual-stack)\n",
-        args.repeats, args.rounds
+        "\nnetlet-bench-runtime: containerd {} + runc, {} x {} sandboxes per side (dual-stack)\n",
+        release.describe(),
+        args.repeats,
+        args.rounds
     );
     println!(
         "{:<44}{:>22}{:>26}{:>10}",
