@@ -348,19 +348,20 @@ impl Host {
     }
 
     /// GarbageCollect: detaches every stored sandbox not in `valid`.
-    pub async fn garbage_collect(&self, valid: &[String]) -> Result<Vec<String>, Status> {
-        let stale: Vec<String> = self
-            .store
-            .attachments()
-            .map_err(error::from_store)?
-            .into_iter()
-            .filter_map(|p| p.sandbox.map(|s| s.id))
-            .filter(|id| !valid.contains(id))
-            .collect();
+    pub async fn garbage_collect(
+        &self,
+        req: &GarbageCollectRequest,
+    ) -> Result<Vec<String>, Status> {
+        let valid = &req.valid_sandbox_ids;
+        let stale = netlet_sdk::state::stale_sandboxes(
+            req,
+            self.store.attachments().map_err(error::from_store)?,
+        )?;
+        let only = netlet_sdk::state::gc_selection(req);
         let mut removed = Vec::new();
         let mut failed = Vec::new();
         for id in stale {
-            match self.detach(&id, &[]).await {
+            match self.detach(&id, &only).await {
                 Ok(()) => removed.push(id),
                 Err(e) => failed.push(format!("{id}: {}", e.message())),
             }
@@ -387,6 +388,7 @@ impl Host {
                 .clone()
                 .garbage_collect(GarbageCollectRequest {
                     valid_sandbox_ids: keep.clone(),
+                    network: String::new(),
                 })
                 .await;
             match r {

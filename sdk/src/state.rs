@@ -91,7 +91,9 @@ pub fn pod_network_status(
     Ok(PodNetworkStatusResponse { pod: Some(pod) })
 }
 
-/// GarbageCollect: the request validated, the ids among `pods` that are not valid any more.
+/// GarbageCollect: the request validated, the ids among `pods` that are not valid any more
+/// (with `network` set, only those attached to it; detach just that network's attachments:
+/// [`gc_selection`]).
 pub fn stale_sandboxes(
     req: &GarbageCollectRequest,
     pods: impl IntoIterator<Item = PodAttachments>,
@@ -99,9 +101,24 @@ pub fn stale_sandboxes(
     crate::validate::garbage_collect(req)?;
     Ok(pods
         .into_iter()
+        .filter(|p| {
+            req.network.is_empty() || p.attachments.iter().any(|a| a.network == req.network)
+        })
         .filter_map(|p| p.sandbox.map(|s| s.id))
         .filter(|id| !req.valid_sandbox_ids.contains(id))
         .collect())
+}
+
+/// What a stale sandbox is detached from: the request's network only, or everything.
+pub fn gc_selection(req: &GarbageCollectRequest) -> Vec<NetworkSelection> {
+    if req.network.is_empty() {
+        Vec::new()
+    } else {
+        vec![NetworkSelection {
+            network: req.network.clone(),
+            ..Default::default()
+        }]
+    }
 }
 
 /// The mappings that publish a port on the node: those with a `host_port` (0 is a containerPort

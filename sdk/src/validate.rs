@@ -311,7 +311,7 @@ pub fn garbage_collect(r: &GarbageCollectRequest) -> R {
     for (i, id) in r.valid_sandbox_ids.iter().enumerate() {
         sandbox_id(&format!("valid_sandbox_ids[{i}]"), id)?;
     }
-    Ok(())
+    optional_network("network", &r.network)
 }
 
 /// A Service key at `field`.

@@ -27,6 +27,26 @@ fn tool(name: &str) -> Option<PathBuf> {
     found
 }
 
+/// The files containerd keeps for sandbox `id` under its root (resolv.conf, hostname, ...).
+fn sandbox_files(root: &Path, id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            } else if p.parent().is_some_and(|d| d.ends_with(id)) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 fn ips_of(sandbox: &Value) -> Vec<IpAddr> {
     let mut v: Vec<IpAddr> = std::iter::once(&sandbox["ip"])
         .chain(sandbox["additionalIps"].as_array().into_iter().flatten())
@@ -150,6 +170,22 @@ async fn end_to_end(release: runtime::Release, tag: &str) {
     handed.sort();
     assert_eq!(ips_of(&web), handed, "PodSandboxStatus vs netlet: {web}");
     assert!(handed.iter().any(IpAddr::is_ipv4) && handed.iter().any(IpAddr::is_ipv6));
+
+    // The DNS config and the hostname the kubelet asked for reach the sandbox's files.
+    let files = sandbox_files(&w.join("containerd").join("root"), &id);
+    let resolv = files
+        .iter()
+        .find(|p| p.ends_with("resolv.conf"))
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .unwrap_or_else(|| panic!("no resolv.conf for {id}: {files:?}"));
+    assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
+    assert!(resolv.contains("ndots:5"), "{resolv}");
+    let hostname = files
+        .iter()
+        .find(|p| p.ends_with("hostname"))
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .unwrap_or_else(|| panic!("no hostname file for {id}: {files:?}"));
+    assert_eq!(hostname.trim(), "web");
 
     // The hostPort answers on the node's address and on localhost.
     let pod_ns = PathBuf::from(&sb.netns_path);

@@ -232,6 +232,7 @@ async fn driver_killed_during_churn_converges_with_nothing_leaked() {
         .clone()
         .garbage_collect(GarbageCollectRequest {
             valid_sandbox_ids: vec![],
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -958,3 +958,46 @@ async fn requests_needing_a_feature_no_driver_has_are_refused() {
     req.networks[0].ips = vec!["10.244.0.50".into()];
     c.pods.attach_pod(req).await.unwrap();
 }
+
+// CNI GC is for the network of its configuration: a GC naming net1 removes net1 attachments of
+// sandboxes not in its list, and leaves the other networks' attachments alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_collect_of_one_network_leaves_the_others() {
+    use netlet_sdk::proto::GarbageCollectRequest;
+    let drivers = fixture_driver("main", "default", &[]) + &fixture_driver("second", "net1", &[]);
+    let h = Host::start(&drivers, "").await;
+    h.wait_ready("net1").await;
+    let mut c = h.clients().await;
+    c.pods
+        .attach_pod(pod("only-default", &[("default", "eth0")]))
+        .await
+        .unwrap();
+    c.pods
+        .attach_pod(pod("both", &[("default", "eth0"), ("net1", "net1")]))
+        .await
+        .unwrap();
+    let removed = c
+        .pods
+        .garbage_collect(GarbageCollectRequest {
+            valid_sandbox_ids: vec![],
+            network: "net1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .removed_sandbox_ids;
+    assert_eq!(removed, ["both"]);
+    let nets = |id: &str, pods: &[netlet_sdk::proto::PodAttachments]| -> Vec<String> {
+        pods.iter()
+            .filter(|p| p.sandbox.as_ref().is_some_and(|s| s.id == id))
+            .flat_map(|p| p.attachments.iter().map(|a| a.network.clone()))
+            .collect()
+    };
+    let pods = listed(&c).await;
+    assert_eq!(nets("only-default", &pods), ["default"]);
+    assert_eq!(
+        nets("both", &pods),
+        ["default"],
+        "its net1 attachment only went"
+    );
+}

@@ -83,9 +83,11 @@ impl Pods for Api {
         &self,
         req: Request<GarbageCollectRequest>,
     ) -> Result<Response<GarbageCollectResponse>, Status> {
-        let stale = state::stale_sandboxes(&req.into_inner(), self.0.pods())?;
+        let req = req.into_inner();
+        let stale = state::stale_sandboxes(&req, self.0.pods())?;
+        let only = state::gc_selection(&req);
         for id in &stale {
-            self.0.detach(id, &[]).await?;
+            self.0.detach(id, &only).await?;
         }
         Ok(Response::new(GarbageCollectResponse {
             removed_sandbox_ids: stale,

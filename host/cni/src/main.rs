@@ -215,6 +215,8 @@ async fn run(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniError> {
                 .clone()
                 .garbage_collect(GarbageCollectRequest {
                     valid_sandbox_ids: valid,
+                    // The spec: GC is for this configuration's network; others are not ours.
+                    network: network.clone(),
                 })
                 .await
                 .map_err(from_status)?;

@@ -64,7 +64,7 @@ impl Pods for Api {
     ) -> Result<Response<GarbageCollectResponse>, Status> {
         let req = req.into_inner();
         validate::garbage_collect(&req)?;
-        let removed_sandbox_ids = self.0.garbage_collect(&req.valid_sandbox_ids).await?;
+        let removed_sandbox_ids = self.0.garbage_collect(&req).await?;
         Ok(Response::new(GarbageCollectResponse {
             removed_sandbox_ids,
         }))

@@ -175,6 +175,9 @@ func GarbageCollect(r *pb.GarbageCollectRequest) error {
 			return err
 		}
 	}
+	if r.GetNetwork() != "" {
+		return DNSLabel("network", r.GetNetwork())
+	}
 	return nil
 }
 

@@ -237,9 +237,17 @@ impl Pods for Fixture {
         req: Request<GarbageCollectRequest>,
     ) -> Result<Response<GarbageCollectResponse>, Status> {
         let mut st = self.state()?;
-        let stale = state::stale_sandboxes(&req.into_inner(), st.pods.values().cloned())?;
+        let req = req.into_inner();
+        let stale = state::stale_sandboxes(&req, st.pods.values().cloned())?;
         for k in &stale {
-            st.pods.remove(k);
+            if req.network.is_empty() {
+                st.pods.remove(k);
+            } else if let Some(p) = st.pods.get_mut(k) {
+                p.attachments.retain(|a| a.network != req.network);
+                if p.attachments.is_empty() {
+                    st.pods.remove(k);
+                }
+            }
         }
         Ok(Response::new(GarbageCollectResponse {
             removed_sandbox_ids: stale,

@@ -384,6 +384,7 @@ pub fn checks() -> Vec<Check> {
                 .collect();
             let req = GarbageCollectRequest {
                 valid_sandbox_ids: valid.clone(),
+                ..Default::default()
             };
             let removed = expect_ok(
                 "GarbageCollect",
@@ -424,6 +425,7 @@ pub fn checks() -> Vec<Check> {
             }
             let bad = GarbageCollectRequest {
                 valid_sandbox_ids: vec![String::new()],
+                ..Default::default()
             };
             expect_code(
                 "GarbageCollect with empty id",

@@ -418,6 +418,10 @@ func (p *ptp) GarbageCollect(ctx context.Context, r *pb.GarbageCollectRequest) (
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := &pb.GarbageCollectResponse{}
+	if r.GetNetwork() != "" && r.GetNetwork() != p.network {
+		// Another network's collection: none of this driver's attachments are its to remove.
+		return out, nil
+	}
 	for _, rec := range p.sorted() {
 		if id := rec.GetSandbox().GetId(); !valid[id] {
 			p.detach(id, nil)

@@ -965,8 +965,12 @@ type GarbageCollectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Sandboxes that are still valid; every other attachment is detached.
 	ValidSandboxIds []string `protobuf:"bytes,1,rep,name=valid_sandbox_ids,json=validSandboxIds,proto3" json:"valid_sandbox_ids,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Only attachments to this network are collected (CNI GC names the network of its
+	// configuration; another network's attachments are not its to remove); empty: every network.
+	// A sandbox attached to other networks too keeps those.
+	Network       string `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GarbageCollectRequest) Reset() {
@@ -1004,6 +1008,13 @@ func (x *GarbageCollectRequest) GetValidSandboxIds() []string {
 		return x.ValidSandboxIds
 	}
 	return nil
+}
+
+func (x *GarbageCollectRequest) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
 }
 
 // GarbageCollectResponse says what was removed.
@@ -1143,9 +1154,10 @@ const file_netlet_v1alpha1_pods_proto_rawDesc = "" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"N\n" +
 	"\x17ListAttachmentsResponse\x123\n" +
-	"\x04pods\x18\x01 \x03(\v2\x1f.netlet.v1alpha1.PodAttachmentsR\x04pods\"C\n" +
+	"\x04pods\x18\x01 \x03(\v2\x1f.netlet.v1alpha1.PodAttachmentsR\x04pods\"]\n" +
 	"\x15GarbageCollectRequest\x12*\n" +
-	"\x11valid_sandbox_ids\x18\x01 \x03(\tR\x0fvalidSandboxIds\"H\n" +
+	"\x11valid_sandbox_ids\x18\x01 \x03(\tR\x0fvalidSandboxIds\x12\x18\n" +
+	"\anetwork\x18\x02 \x01(\tR\anetwork\"H\n" +
 	"\x16GarbageCollectResponse\x12.\n" +
 	"\x13removed_sandbox_ids\x18\x01 \x03(\tR\x11removedSandboxIds2\xe0\x03\n" +
 	"\x04Pods\x12R\n" +

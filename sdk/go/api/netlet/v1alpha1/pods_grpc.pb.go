@@ -129,8 +129,9 @@ type PodsClient interface {
 	ListAttachments(ctx context.Context, in *ListAttachmentsRequest, opts ...grpc.CallOption) (*ListAttachmentsResponse, error)
 	// GarbageCollect detaches every sandbox not in `valid_sandbox_ids` (CNI GC).
 	//
-	// On the host: its own records, then every Pods driver with the runtime's list plus the
-	// sandboxes the host still holds (so a driver drops what neither knows).
+	// On the host: its own records (of `network` only, when set), then every Pods driver with the
+	// runtime's list plus the sandboxes the host still holds (so a driver drops what neither
+	// knows).
 	//
 	// On a driver: its own attachments.
 	//
@@ -303,8 +304,9 @@ type PodsServer interface {
 	ListAttachments(context.Context, *ListAttachmentsRequest) (*ListAttachmentsResponse, error)
 	// GarbageCollect detaches every sandbox not in `valid_sandbox_ids` (CNI GC).
 	//
-	// On the host: its own records, then every Pods driver with the runtime's list plus the
-	// sandboxes the host still holds (so a driver drops what neither knows).
+	// On the host: its own records (of `network` only, when set), then every Pods driver with the
+	// runtime's list plus the sandboxes the host still holds (so a driver drops what neither
+	// knows).
 	//
 	// On a driver: its own attachments.
 	//
