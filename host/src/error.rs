@@ -15,8 +15,8 @@ pub fn from_driver(driver: &DriverEntry, network: Option<&str>, s: Status) -> St
 
 /// As [`from_driver`], for a call that carried the caller's `networks[index]` alone as the
 /// driver's `networks[0]`: a field the driver names there is renamed to the caller's, and the
-/// message still starts with the field ("networks[1].ips[0]: ... (network "net1", driver
-/// "bridge")"), as the contract asks of every field error.
+/// message still starts with the field (`networks[1].ips[0]: ... (network "net1", driver
+/// "bridge")`), as the contract asks of every field error.
 pub fn from_driver_at(
     driver: &DriverEntry,
     network: Option<&str>,

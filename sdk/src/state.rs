@@ -20,7 +20,7 @@ use crate::proto::{
 };
 
 /// AttachPod's selections with the contract's defaults (pods.proto, AttachPod): no selection is
-/// [{network: "default"}]; an empty interface name is "eth0" for the first and "net<N>" for
+/// [{network: "default"}]; an empty interface name is "eth0" for the first and `net<N>` for
 /// the N-th further one; an unset default_route is true for the first only.
 pub fn with_defaults(networks: Vec<NetworkSelection>) -> Vec<NetworkSelection> {
     let mut nets = if networks.is_empty() {
