@@ -173,19 +173,17 @@ async fn end_to_end(release: runtime::Release, tag: &str) {
 
     // The DNS config and the hostname the kubelet asked for reach the sandbox's files.
     let files = sandbox_files(&w.join("containerd").join("root"), &id);
-    let resolv = files
-        .iter()
-        .find(|p| p.ends_with("resolv.conf"))
-        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-        .unwrap_or_else(|| panic!("no resolv.conf for {id}: {files:?}"));
+    let read = |name: &str| {
+        files
+            .iter()
+            .find(|p| p.ends_with(name))
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .unwrap_or_else(|| panic!("no {name} for {id}: {files:?}"))
+    };
+    let resolv = read("resolv.conf");
     assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
     assert!(resolv.contains("ndots:5"), "{resolv}");
-    let hostname = files
-        .iter()
-        .find(|p| p.ends_with("hostname"))
-        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-        .unwrap_or_else(|| panic!("no hostname file for {id}: {files:?}"));
-    assert_eq!(hostname.trim(), "web");
+    assert_eq!(read("hostname").trim(), "web");
 
     // The hostPort answers on the node's address and on localhost.
     let pod_ns = PathBuf::from(&sb.netns_path);
