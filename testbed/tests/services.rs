@@ -407,3 +407,81 @@ async fn a_refused_delta_is_answered_with_a_full_sync() {
     assert_eq!(l.applied_generation, host.node_generation);
     assert!(host.drivers.iter().all(|g| g.in_sync), "{:?}", host.drivers);
 }
+
+/// The manifest errors `netletctl debug state` reports.
+fn manifest_errors(h: &Host) -> Vec<String> {
+    let out = std::process::Command::new(bin("netletctl"))
+        .arg("--socket")
+        .arg(&h.socket)
+        .arg("--admin-socket")
+        .arg(&h.admin_socket)
+        .args(["debug", "state"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["services"]["manifestErrors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(str::to_string))
+        .collect()
+}
+
+/// One bad manifest object (a ClusterIP of 10.96.0.300) is left out and reported with file,
+/// object and field; every other Service reaches the driver and keeps being updated. Before,
+/// the driver refused the whole batch and no Service was programmed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_manifest_object_never_stops_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.yaml"), manifest(true)).unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: shop}\nspec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}\n",
+    )
+    .unwrap();
+    let extra = format!("nodeName: node-a\nmanifestsDir: {}\n", dir.path().display());
+    let h = Host::start(&fixture_driver("svc", "default", &[]), &extra).await;
+    h.wait_ready("").await;
+    let c = h.clients().await;
+    let driver = Clients::connect(&h.dir.path().join("run/drivers/svc.sock"), None)
+        .await
+        .unwrap();
+    let ready_of = |l: &ListServicesResponse| -> Vec<(String, bool)> {
+        l.services
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(|e| (e.address.clone(), e.ready)))
+            .collect()
+    };
+    let (d, c2) = (driver.clone(), c.clone());
+    wait_until("the good Service programmed", T, move || {
+        let (d, c) = (d.clone(), c2.clone());
+        async move {
+            let dl = list(&d).await;
+            let in_sync = list(&c).await.drivers.iter().all(|g| g.in_sync);
+            (dl.services.len() == 1 && in_sync).then_some(())
+        }
+    })
+    .await;
+    let errors = manifest_errors(&h);
+    let e = errors
+        .iter()
+        .find(|e| e.contains("shop/bad"))
+        .unwrap_or_else(|| panic!("{errors:?}"));
+    assert!(
+        e.starts_with(&bad.display().to_string()) && e.contains("cluster_ips[0]"),
+        "{e}"
+    );
+    // And it keeps being updated.
+    std::fs::write(dir.path().join("web.yaml"), manifest(false)).unwrap();
+    wait_until("the update programmed", T, || {
+        let d = driver.clone();
+        async move {
+            let dl = list(&d).await;
+            ready_of(&dl)
+                .contains(&("10.244.0.5".to_string(), false))
+                .then_some(())
+        }
+    })
+    .await;
+}

@@ -15,6 +15,8 @@ use k8s_openapi::api::core::v1::Service as KService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
+use netlet_sdk::proto::{Endpoint, EndpointUpsert, ProgramServiceRequest, Service};
+
 use super::sources::{Key, Source, Wanted, k};
 use super::view::{self, NodeInfo};
 use crate::Host;
@@ -146,37 +148,100 @@ impl Manifests {
             .collect()
     }
 
-    /// Every Service the files hold, as this node's source wants it.
-    pub fn wanted(&self, node: &NodeInfo) -> BTreeMap<Key, Wanted> {
-        let mut slices: BTreeMap<Key, Vec<&EndpointSlice>> = BTreeMap::new();
-        for s in self.files.values().flat_map(|f| &f.slices) {
-            if let Some(key) = view::slice_service(s) {
-                slices.entry(k(&key)).or_default().push(s);
+    /// Every Service the files hold, as this node's source wants it, checked with the same
+    /// rules as a ProgramService caller's: a Service that breaks one is left out, an endpoint
+    /// that breaks one is left out of its Service, and each is reported (`file: object: field:
+    /// why`) while every other Service goes on being served.
+    pub fn wanted(&self, node: &NodeInfo) -> (BTreeMap<Key, Wanted>, Vec<String>) {
+        let mut slices: BTreeMap<Key, Vec<(&Path, &EndpointSlice)>> = BTreeMap::new();
+        for (path, f) in &self.files {
+            for s in &f.slices {
+                if let Some(key) = view::slice_service(s) {
+                    slices.entry(k(&key)).or_default().push((path, s));
+                }
             }
         }
         let mut out = BTreeMap::new();
-        for ks in self.files.values().flat_map(|f| &f.services) {
+        let mut errors = Vec::new();
+        for (path, ks) in self
+            .files
+            .iter()
+            .flat_map(|(p, f)| f.services.iter().map(move |s| (p, s)))
+        {
             let Some(svc) = view::service(ks) else {
                 continue;
             };
             let Some(key) = svc.key.as_ref().map(k) else {
                 continue;
             };
-            let eps = view::endpoints(
-                &svc,
-                slices.get(&key).map(Vec::as_slice).unwrap_or(&[]),
-                node,
-            );
+            let object = format!("Service {}/{}", key.0, key.1);
+            if let Err(e) = checked(svc.clone(), None) {
+                errors.push(format!("{}: {object}: {e}", path.display()));
+                continue;
+            }
+            let mine = slices.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            let just: Vec<&EndpointSlice> = mine.iter().map(|(_, s)| *s).collect();
+            let mut endpoints = BTreeMap::new();
+            for e in view::endpoints(&svc, &just, node) {
+                match checked(svc.clone(), Some(e.clone())) {
+                    Ok(()) => {
+                        endpoints.insert(e.address.clone(), e);
+                    }
+                    Err(why) => {
+                        let (file, slice) = mine
+                            .iter()
+                            .find(|(_, s)| {
+                                s.endpoints.iter().any(|x| x.addresses.contains(&e.address))
+                            })
+                            .map(|(p, s)| {
+                                (
+                                    p.display().to_string(),
+                                    s.metadata.name.clone().unwrap_or_default(),
+                                )
+                            })
+                            .unwrap_or_default();
+                        errors.push(format!(
+                            "{file}: EndpointSlice {}/{slice} of {object}: endpoint {}: {why}",
+                            key.0, e.address
+                        ));
+                    }
+                }
+            }
             out.insert(
                 key,
                 Wanted {
                     service: Some(svc),
-                    endpoints: eps.into_iter().map(|e| (e.address.clone(), e)).collect(),
+                    endpoints,
                 },
             );
         }
-        out
+        (out, errors)
     }
+}
+
+/// The ProgramService rules for one Service (and one of its endpoints): the field at fault and
+/// why, in the request's terms without the batch's index.
+fn checked(svc: Service, endpoint: Option<Endpoint>) -> Result<(), String> {
+    let key = svc.key.clone();
+    let req = ProgramServiceRequest {
+        generation: 1,
+        full_sync: true,
+        service_upserts: vec![svc],
+        endpoint_upserts: endpoint
+            .into_iter()
+            .map(|e| EndpointUpsert {
+                service: key.clone(),
+                endpoint: Some(e),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    netlet_sdk::validate::program_service(&req).map_err(|s| {
+        s.message()
+            .trim_start_matches("service_upserts[0].")
+            .trim_start_matches("endpoint_upserts[0].endpoint.")
+            .to_string()
+    })
 }
 
 /// Watches `dir` until shutdown, feeding changes into the node's Service view.
@@ -192,11 +257,15 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
         if !m.scan() {
             continue;
         }
-        let wanted = m.wanted(&host.settings.node);
+        let (wanted, invalid) = m.wanted(&host.settings.node);
         let mut view = host.services.lock().await;
         let prev = view.table.generation();
         let (delta, conflicts) = view.replace(Source::Manifests, wanted);
         let mut errors = m.errors();
+        for e in invalid {
+            tracing::error!(error = %e, "manifest object left out");
+            errors.push(e);
+        }
         for c in conflicts {
             tracing::error!(service = %format!("{}/{}", c.key.namespace, c.key.name), owner = c.owner.as_str(), "manifest Service not applied: another source owns it");
             errors.push(format!("{}: {c}", dir.display()));
@@ -235,7 +304,7 @@ mod tests {
         std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
         let mut m = Manifests::new(dir.path());
         assert!(m.scan());
-        let w = m.wanted(&node);
+        let (w, _) = m.wanted(&node);
         let web = &w[&("shop".to_string(), "web".to_string())];
         assert!(web.endpoints["10.244.0.5"].use_for_internal && web.endpoints["10.244.0.5"].local);
         assert!(!m.scan(), "nothing changed");
@@ -247,13 +316,62 @@ mod tests {
             "{:?}",
             m.errors()
         );
-        assert_eq!(m.wanted(&node).len(), 1);
+        assert_eq!(m.wanted(&node).0.len(), 1);
         std::fs::write(&f, "kind: ConfigMap\n").unwrap();
         assert!(m.scan());
         assert!(m.errors()[0].contains("kind ConfigMap is not Service or EndpointSlice"));
         // Deleting the file deletes its Services.
         std::fs::remove_file(&f).unwrap();
         assert!(m.scan());
-        assert!(m.wanted(&node).is_empty() && m.errors().is_empty());
+        assert!(m.wanted(&node).0.is_empty() && m.errors().is_empty());
+    }
+
+    // A Service or endpoint that breaks the ProgramService rules is left out and reported with
+    // file, object and field; the others are served.
+    #[test]
+    fn bad_objects_are_left_out_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeInfo {
+            name: "n1".into(),
+            zone: String::new(),
+        };
+        let bad_svc = SVC
+            .replace("name: web", "name: bad")
+            .replace("10.96.0.10", "10.96.0.300");
+        let big_port = SVC
+            .replace("name: web", "name: big")
+            .replace("10.96.0.10", "10.96.0.11")
+            .replace("port: 80,", "port: 70000,");
+        let bad_ep = SLICE.replace(
+            "nodeName: n1}]",
+            "nodeName: n1}, {addresses: [10.244.0.256], conditions: {ready: true}}]",
+        );
+        let f = dir.path().join("mixed.yaml");
+        std::fs::write(
+            &f,
+            format!("{SVC}---\n{bad_ep}---\n{bad_svc}---\n{big_port}"),
+        )
+        .unwrap();
+        let mut m = Manifests::new(dir.path());
+        assert!(m.scan());
+        let (w, errors) = m.wanted(&node);
+        let names: Vec<&str> = w.keys().map(|k| k.1.as_str()).collect();
+        assert_eq!(names, ["web"]);
+        let web = &w[&("shop".to_string(), "web".to_string())];
+        assert_eq!(web.endpoints.keys().collect::<Vec<_>>(), ["10.244.0.5"]);
+        let file = f.display().to_string();
+        let find = |needle: &str| errors.iter().find(|e| e.contains(needle)).cloned();
+        let e = find("shop/bad").unwrap_or_else(|| panic!("{errors:?}"));
+        assert!(
+            e.starts_with(&file) && e.contains("Service shop/bad: cluster_ips[0]:"),
+            "{e}"
+        );
+        let e = find("shop/big").unwrap_or_else(|| panic!("{errors:?}"));
+        assert!(e.contains("ports[0].port:"), "{e}");
+        let e = find("10.244.0.256").unwrap_or_else(|| panic!("{errors:?}"));
+        assert!(
+            e.starts_with(&file) && e.contains("EndpointSlice shop/web-1 of Service shop/web"),
+            "{e}"
+        );
     }
 }
