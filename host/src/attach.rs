@@ -165,6 +165,18 @@ impl Host {
             // Host ports another pod holds: refused before anything is made (pods with host
             // ports attach one at a time, so two cannot both pass the check). Pods without
             // any never touch the Service view.
+            // Never the node's or the machine's own namespace, never a file that is not one:
+            // a driver would reconfigure (or delete links in) whatever it is pointed at.
+            if let Some(why) =
+                netlet_sdk::netns::unusable_for_a_pod(std::path::Path::new(&sandbox.netns_path))
+            {
+                return Err(field_error(
+                    Code::InvalidArgument,
+                    "sandbox.netns_path",
+                    why,
+                    "NETNS_INVALID",
+                ));
+            }
             crate::features::check_host_ports(&sandbox, &self.registry)?;
             let has_ports = sandbox.port_mappings.iter().any(|pm| pm.host_port != 0);
             let _ports_guard = if has_ports {

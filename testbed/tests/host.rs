@@ -1001,3 +1001,37 @@ async fn garbage_collect_of_one_network_leaves_the_others() {
         "its net1 attachment only went"
     );
 }
+
+// netns_path may be any absolute path: the host refuses one that is the node's or the machine's
+// own network namespace, or a file that is not a namespace, before any driver is asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_refuses_the_nodes_own_namespace_and_non_namespace_files() {
+    use tonic_types::StatusExt;
+    let h = Host::start(&fixture_driver("main", "default", &[]), "").await;
+    h.wait_ready("").await;
+    let mut c = h.clients().await;
+    let config = h.config.display().to_string();
+    for (i, path) in ["/proc/1/ns/net", "/proc/self/ns/net", config.as_str()]
+        .into_iter()
+        .enumerate()
+    {
+        let mut req = pod(&format!("ns{i}"), &[("default", "eth0")]);
+        req.sandbox.as_mut().unwrap().netns_path = path.to_string();
+        let e = c.pods.attach_pod(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{path}: {e:?}");
+        assert!(
+            e.message().starts_with("sandbox.netns_path:"),
+            "{path}: {e:?}"
+        );
+        assert_eq!(
+            e.get_details_error_info().map(|i| i.reason).as_deref(),
+            Some("NETNS_INVALID"),
+            "{path}"
+        );
+    }
+    assert!(listed(&c).await.is_empty(), "nothing attached");
+    let driver = Clients::connect(&h.dir.path().join("run/drivers/main.sock"), None)
+        .await
+        .unwrap();
+    assert!(listed(&driver).await.is_empty(), "no driver was asked");
+}

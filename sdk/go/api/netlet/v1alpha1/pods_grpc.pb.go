@@ -67,7 +67,9 @@ type PodsClient interface {
 	// exec` gives each process a private mount namespace, so namespaces made later look like
 	// empty files there, use `nsenter --net=<path>` instead). A path that does not exist or is
 	// not a network namespace is INVALID_ARGUMENT naming `sandbox.netns_path` (reason
-	// NETNS_INVALID).
+	// NETNS_INVALID). The host refuses, before asking any driver, a path that is its own (the
+	// node's) or the machine's own network namespace, or a file that is not a namespace; a path
+	// that does not exist is refused by the driver that would enter it.
 	//
 	// Pod IPs: the attachment whose `default_route` is true (else the first) carries the
 	// addresses a CRI runtime reports for the pod, in their order: the first is the pod IP, the
@@ -242,7 +244,9 @@ type PodsServer interface {
 	// exec` gives each process a private mount namespace, so namespaces made later look like
 	// empty files there, use `nsenter --net=<path>` instead). A path that does not exist or is
 	// not a network namespace is INVALID_ARGUMENT naming `sandbox.netns_path` (reason
-	// NETNS_INVALID).
+	// NETNS_INVALID). The host refuses, before asking any driver, a path that is its own (the
+	// node's) or the machine's own network namespace, or a file that is not a namespace; a path
+	// that does not exist is refused by the driver that would enter it.
 	//
 	// Pod IPs: the attachment whose `default_route` is true (else the first) carries the
 	// addresses a CRI runtime reports for the pod, in their order: the first is the pod IP, the
