@@ -116,6 +116,43 @@ pub fn can_create() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Why an existing `path` cannot be a pod's network namespace: it is not a namespace file
+/// (nsfs), or it is the namespace of the process asking (the node's, for the host) or of PID 1
+/// (the machine's own). `None` when it can be, and when it does not exist (that is for the
+/// driver that would enter it to refuse).
+pub fn unusable_for_a_pod(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // NSFS_MAGIC from linux/magic.h: the filesystem of namespace files.
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(format!("{}: {e}", path.display())),
+    };
+    match nix::sys::statfs::statfs(path) {
+        Ok(fs) if fs.filesystem_type().0 == NSFS_MAGIC => {}
+        Ok(_) => {
+            return Some(format!(
+                "{} is not a network namespace file",
+                path.display()
+            ));
+        }
+        Err(e) => return Some(format!("{}: {e}", path.display())),
+    }
+    for (own, whose) in [
+        ("/proc/self/ns/net", "the node's own network namespace"),
+        ("/proc/1/ns/net", "the machine's own network namespace"),
+    ] {
+        if let Ok(m) = std::fs::metadata(own)
+            && m.dev() == meta.dev()
+            && m.ino() == meta.ino()
+        {
+            return Some(format!("{} is {whose}", path.display()));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,41 +176,4 @@ mod tests {
         assert!(!path.exists());
         delete(&path).unwrap();
     }
-}
-
-/// Why an existing `path` cannot be a pod's network namespace: it is not a namespace file
-/// (nsfs), or it is the namespace of the process asking (the node's, for the host) or of PID 1
-/// (the machine's own). `None` when it can be, and when it does not exist (that is for the
-/// driver that would enter it to refuse).
-pub fn unusable_for_a_pod(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    // NSFS_MAGIC from linux/magic.h: the filesystem of namespace files.
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => return Some(format!("{}: {e}", path.display())),
-    };
-    match nix::sys::statfs::statfs(path) {
-        Ok(fs) if fs.filesystem_type().0 as i64 == NSFS_MAGIC => {}
-        Ok(_) => {
-            return Some(format!(
-                "{} is not a network namespace file",
-                path.display()
-            ));
-        }
-        Err(e) => return Some(format!("{}: {e}", path.display())),
-    }
-    for (own, whose) in [
-        ("/proc/self/ns/net", "the node's own network namespace"),
-        ("/proc/1/ns/net", "the machine's own network namespace"),
-    ] {
-        if let Ok(m) = std::fs::metadata(own)
-            && m.dev() == meta.dev()
-            && m.ino() == meta.ino()
-        {
-            return Some(format!("{} is {whose}", path.display()));
-        }
-    }
-    None
 }
