@@ -246,6 +246,7 @@ pub async fn run(
     tasks.push(tokio::spawn(registry::plugin_dir::watch_dir(
         settings.plugin_dir.clone(),
         registry.clone(),
+        settings.authorization.uids.clone(),
         shutdown_rx.clone(),
     )));
     if let Some(dir) = settings.manifests_dir.clone() {

@@ -1035,3 +1035,79 @@ async fn attach_refuses_the_nodes_own_namespace_and_non_namespace_files() {
         .unwrap();
     assert!(listed(&driver).await.is_empty(), "no driver was asked");
 }
+
+/// The reason of the failed-registration condition for `driver`, once one is reported.
+async fn registration_failure(c: &Clients, driver: &str) -> String {
+    let c = c.clone();
+    let driver = driver.to_string();
+    wait_until("a registration failure reported", T, move || {
+        let (c, driver) = (c.clone(), driver.clone());
+        async move {
+            readiness(&c)
+                .await
+                .conditions
+                .into_iter()
+                .find(|k| {
+                    k.r#type == "DriverRegistered"
+                        && k.driver == driver
+                        && k.status == netlet_sdk::proto::ConditionStatus::False as i32
+                })
+                .map(|k| k.reason)
+        }
+    })
+    .await
+}
+
+// A plugin-directory socket claiming a name a supervised driver holds is refused with a
+// condition, never swapped in; a socket owned by a user the host does not allow is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_sockets_cannot_take_a_name_or_come_from_strangers() {
+    let h = Host::start(&fixture_driver("main", "default", &[]), "").await;
+    h.wait_ready("").await;
+    let c = h.clients().await;
+    let _impostor = h.external_fixture("main", "elsewhere", &[]);
+    assert_eq!(registration_failure(&c, "main").await, "DriverNameTaken");
+    // Still the supervised one: its network is served, the impostor's is not.
+    assert_eq!(driver_names(&c).await, ["default"]);
+    let r = c
+        .node
+        .clone()
+        .network_ready(NetworkReadyRequest {
+            network: "elsewhere".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .readiness
+        .unwrap();
+    assert_eq!(r.reason, "NoDriverForNetwork");
+
+    // A socket owned by uid 4242 (not in authorization.uids) is not registered.
+    let staging = h.dir.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let sock = staging.join("alien.sock");
+    let _alien = Proc::start(
+        &bin("netlet-fixture-driver"),
+        &[
+            "--name",
+            "alien",
+            "--networks",
+            "alien",
+            "--socket",
+            sock.to_str().unwrap(),
+        ],
+    );
+    wait_until("alien socket", T, || {
+        let s = sock.clone();
+        async move { s.exists().then_some(()) }
+    })
+    .await;
+    nix::unistd::chown(&sock, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+    std::fs::create_dir_all(&h.plugin_dir).unwrap();
+    std::fs::rename(&sock, h.plugin_dir.join("alien.sock")).unwrap();
+    assert_eq!(
+        registration_failure(&c, "alien").await,
+        "SocketOwnerNotAllowed"
+    );
+    assert_eq!(driver_names(&c).await, ["default"]);
+}

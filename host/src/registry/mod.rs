@@ -126,6 +126,22 @@ pub enum RegisterError {
         /// Host's versions.
         ours: Vec<String>,
     },
+    /// Another driver is registered under this name from another socket.
+    #[error("driver name {name:?} is taken by the driver at {holder}; not swapped in")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The socket of the driver that has it.
+        holder: String,
+    },
+    /// The socket belongs to a user the host does not allow.
+    #[error("{socket} belongs to uid {uid}, which is not allowed (authorization.uids)")]
+    SocketOwner {
+        /// Socket.
+        socket: String,
+        /// Its owner.
+        uid: u32,
+    },
     /// Another driver already serves one of its networks.
     #[error("network {network:?} is already served by driver {other:?}")]
     NetworkConflict {
@@ -144,6 +160,8 @@ impl RegisterError {
             RegisterError::GetInfo(_) | RegisterError::BadInfo(_) => "InvalidDriverInfo",
             RegisterError::Version { .. } => "NoCommonApiVersion",
             RegisterError::NetworkConflict { .. } => "NetworkConflict",
+            RegisterError::NameTaken { .. } => "DriverNameTaken",
+            RegisterError::SocketOwner { .. } => "SocketOwnerNotAllowed",
         }
     }
 }
@@ -362,6 +380,17 @@ impl Registry {
                 .drivers
                 .write()
                 .map_err(|_| RegisterError::BadInfo("registry lock poisoned".into()))?;
+            // A name is held by the socket that registered it (the same driver restarting keeps
+            // its socket); another socket claiming it, above all a supervised driver's, is
+            // refused, never swapped in.
+            if let Some(holder) = drivers.get(&info.name)
+                && holder.socket != socket
+            {
+                return Err(RegisterError::NameTaken {
+                    name: info.name.clone(),
+                    holder: holder.socket.display().to_string(),
+                });
+            }
             for net in &info.networks {
                 if let Some(other) = drivers
                     .values()

@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    os::unix::fs::FileTypeExt,
+    os::unix::fs::{FileTypeExt, MetadataExt},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -41,7 +41,12 @@ fn sockets(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Watches `dir` until `shutdown` turns true.
-pub async fn watch_dir(dir: PathBuf, reg: Arc<Registry>, shutdown: watch::Receiver<bool>) {
+pub async fn watch_dir(
+    dir: PathBuf,
+    reg: Arc<Registry>,
+    allowed_uids: Vec<u32>,
+    shutdown: watch::Receiver<bool>,
+) {
     if let Err(e) = std::fs::create_dir_all(&dir) {
         tracing::error!(dir = %dir.display(), error = %e, "cannot create plugin directory");
     }
@@ -77,7 +82,19 @@ pub async fn watch_dir(dir: PathBuf, reg: Arc<Registry>, shutdown: watch::Receiv
             if !attempt {
                 continue;
             }
-            match reg.register(&path, Source::External, None).await {
+            // Only sockets of allowed users (root by default) are registered: a driver is handed
+            // pods' namespaces and the node's Services.
+            let owner = std::fs::metadata(&path).map(|m| m.uid());
+            let registered = match owner {
+                Ok(uid) if uid != 0 && !allowed_uids.contains(&uid) => {
+                    Err(super::RegisterError::SocketOwner {
+                        socket: path.display().to_string(),
+                        uid,
+                    })
+                }
+                _ => reg.register(&path, Source::External, None).await,
+            };
+            match registered {
                 Ok(entry) => {
                     known.insert(
                         path,
