@@ -75,8 +75,18 @@ impl Store {
             path: dir.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(dir_err)?;
-        let db = Arc::new(Database::create(dir.join(file)).map_err(db_err)?);
+        // Attachments and allocations are the node's business only: the directory is 0700 and
+        // the database 0600, whatever the umask, also when they existed before.
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(dir_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+        let path = dir.join(file);
+        let db = Arc::new(Database::create(&path).map_err(db_err)?);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(dir_err)?;
         {
             // Create the tables so that read transactions find them.
             let tx = db.begin_write().map_err(db_err)?;
@@ -204,6 +214,20 @@ fn commit(db: &Database, batch: &[Write]) -> Result<(), redb::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_is_private_whatever_the_umask() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("state/drivers/x");
+        // An existing directory left world-readable is tightened too.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _s = Store::open(&dir, "t.redb", &["t"]).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("t.redb")), 0o600);
+    }
 
     #[tokio::test]
     async fn survives_reopen_and_batches_concurrent_writes() {
