@@ -1,5 +1,6 @@
-//! The admin HTTP endpoint on a unix socket beside the gRPC one (and optionally on TCP for
-//! Prometheus): `/metrics`, `/healthz`, and `/debug/state`, a JSON dump of the host's state.
+//! The admin HTTP endpoint on a unix socket beside the gRPC one: `/metrics`, `/healthz`, and
+//! `/debug/state`, a JSON dump of the host's state; and optionally on TCP for Prometheus, with
+//! `/metrics` and `/healthz` only.
 
 use std::sync::Arc;
 
@@ -129,20 +130,29 @@ async fn debug_state(State(host): State<Arc<Host>>) -> impl IntoResponse {
     Json(state(&host).await)
 }
 
-/// The router.
+/// The router of the unix socket: metrics, health and the state dump.
 pub fn router(host: Arc<Host>) -> Router {
+    scrape_router(host.clone()).merge(
+        Router::new()
+            .route("/debug/state", get(debug_state))
+            .with_state(host),
+    )
+}
+
+/// The router of the TCP address, reachable from the network: `/metrics` and `/healthz` only
+/// (the state dump names pods, sockets and errors: it stays on the unix socket).
+pub fn scrape_router(host: Arc<Host>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .route("/debug/state", get(debug_state))
         .with_state(host)
 }
 
 /// Serves until shutdown.
 pub async fn serve(mut l: Listeners, host: Arc<Host>, shutdown: watch::Receiver<bool>) {
-    let app = router(host);
+    let app = router(host.clone());
     let tcp = l.tcp.take().map(|t| {
-        let app = app.clone();
+        let app = scrape_router(host);
         let s = shutdown.clone();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(t, app)

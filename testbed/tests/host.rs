@@ -1111,3 +1111,39 @@ async fn plugin_sockets_cannot_take_a_name_or_come_from_strangers() {
     );
     assert_eq!(driver_names(&c).await, ["default"]);
 }
+
+/// `GET path` over HTTP/1.0 to `addr`; the status line.
+fn http_status(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines().next().unwrap_or_default().to_string()
+}
+
+// The admin TCP address, reachable from the network, serves /metrics and /healthz only; the
+// state dump stays on the unix socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_tcp_serves_metrics_and_health_only() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let h = Host::start(
+        &fixture_driver("main", "default", &[]),
+        &format!("adminAddress: {addr}\n"),
+    )
+    .await;
+    h.wait_ready("").await;
+    assert!(http_status(addr, "/metrics").contains(" 200"));
+    assert!(http_status(addr, "/healthz").contains(" 200"));
+    assert!(http_status(addr, "/debug/state").contains(" 404"));
+    assert_eq!(
+        admin_state(&h)["drivers"][0]["name"],
+        "main",
+        "unix socket keeps it"
+    );
+}
