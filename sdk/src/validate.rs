@@ -253,6 +253,187 @@ pub fn network_selection(field: &str, n: &NetworkSelection) -> R {
     Ok(())
 }
 
+/// Upper bounds of what a sandbox may carry (Kubernetes' own where it has one).
+pub mod limits {
+    /// Labels or annotations on one pod.
+    pub const MAX_METADATA_ENTRIES: usize = 256;
+    /// Bytes of all annotation keys and values (Kubernetes: 256 KiB).
+    pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
+    /// Name servers (Kubernetes: 3).
+    pub const MAX_NAMESERVERS: usize = 3;
+    /// Search domains (Kubernetes: 32), and their total length (2048).
+    pub const MAX_SEARCHES: usize = 32;
+    /// Total length of the search domains.
+    pub const MAX_SEARCH_CHARS: usize = 2048;
+    /// resolv.conf options.
+    pub const MAX_DNS_OPTIONS: usize = 32;
+    /// Length of a pod uid, cgroup parent or DNS option.
+    pub const MAX_STRING: usize = 1024;
+}
+
+/// A DNS-1123 subdomain: 1..253 of `[a-z0-9-.]`, alphanumeric at both ends (pod names).
+pub fn dns_subdomain(field: &str, v: &str) -> R {
+    let ok = !v.is_empty()
+        && v.len() <= 253
+        && v.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{v:?} is not a DNS-1123 subdomain (1-253 of a-z, 0-9, '-', '.')"),
+        ))
+    }
+}
+
+/// A Kubernetes label or annotation key: `[prefix/]name`, the prefix a DNS subdomain, the name
+/// 1..63 of `[A-Za-z0-9-_.]`, alphanumeric at both ends.
+pub fn metadata_key(field: &str, k: &str) -> R {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    if let Some(p) = prefix {
+        dns_subdomain(field, p)
+            .map_err(|_| invalid(field, format!("{k:?}: the prefix is not a DNS subdomain")))?;
+    }
+    if label_value(name) && !name.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!(
+                "{k:?} is not a label key (1-63 of A-Z, a-z, 0-9, '-', '_', '.', after an optional prefix/)"
+            ),
+        ))
+    }
+}
+
+/// A label value: 0..63 of `[A-Za-z0-9-_.]`, alphanumeric at both ends.
+fn label_value(v: &str) -> bool {
+    v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && v.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && v.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+}
+
+/// The pod's identity and metadata: names as Kubernetes spells them, labels and annotations
+/// as it allows them, DNS settings within resolv.conf's and Kubernetes' limits.
+fn sandbox_metadata(s: &crate::proto::PodSandbox) -> R {
+    if !s.name.is_empty() {
+        dns_subdomain("sandbox.name", &s.name)?;
+    }
+    if !s.namespace.is_empty() {
+        dns_label("sandbox.namespace", &s.namespace)?;
+    }
+    if !s.hostname.is_empty() {
+        dns_label("sandbox.hostname", &s.hostname)?;
+    }
+    for (field, v) in [
+        ("sandbox.uid", &s.uid),
+        ("sandbox.cgroup_parent", &s.cgroup_parent),
+    ] {
+        if v.len() > limits::MAX_STRING {
+            return Err(invalid(
+                field,
+                format!("longer than {} bytes", limits::MAX_STRING),
+            ));
+        }
+    }
+    for (what, map) in [("labels", &s.labels), ("annotations", &s.annotations)] {
+        if map.len() > limits::MAX_METADATA_ENTRIES {
+            return Err(invalid(
+                format!("sandbox.{what}"),
+                format!(
+                    "{} entries, at most {}",
+                    map.len(),
+                    limits::MAX_METADATA_ENTRIES
+                ),
+            ));
+        }
+        for k in map.keys() {
+            metadata_key(&format!("sandbox.{what}[{k}]"), k)?;
+        }
+    }
+    for (k, v) in &s.labels {
+        if !label_value(v) {
+            return Err(invalid(
+                format!("sandbox.labels[{k}]"),
+                format!("{v:?} is not a label value (0-63 of A-Z, a-z, 0-9, '-', '_', '.')"),
+            ));
+        }
+    }
+    let size: usize = s.annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > limits::MAX_ANNOTATION_BYTES {
+        return Err(invalid(
+            "sandbox.annotations",
+            format!("{size} bytes, at most {}", limits::MAX_ANNOTATION_BYTES),
+        ));
+    }
+    if let Some(d) = &s.dns_config {
+        if d.nameservers.len() > limits::MAX_NAMESERVERS {
+            return Err(invalid(
+                "sandbox.dns_config.nameservers",
+                format!(
+                    "{} name servers, at most {}",
+                    d.nameservers.len(),
+                    limits::MAX_NAMESERVERS
+                ),
+            ));
+        }
+        for (i, n) in d.nameservers.iter().enumerate() {
+            let f = format!("sandbox.dns_config.nameservers[{i}]");
+            if ip_or_cidr(&f, n)?.1.is_some() {
+                return Err(invalid(f, format!("{n:?} is an address, not a CIDR")));
+            }
+        }
+        let chars: usize = d.searches.iter().map(String::len).sum();
+        if d.searches.len() > limits::MAX_SEARCHES || chars > limits::MAX_SEARCH_CHARS {
+            return Err(invalid(
+                "sandbox.dns_config.searches",
+                format!(
+                    "{} domains of {chars} characters, at most {} of {}",
+                    d.searches.len(),
+                    limits::MAX_SEARCHES,
+                    limits::MAX_SEARCH_CHARS
+                ),
+            ));
+        }
+        for (i, v) in d.searches.iter().enumerate() {
+            dns_subdomain(
+                &format!("sandbox.dns_config.searches[{i}]"),
+                v.trim_end_matches('.'),
+            )?;
+        }
+        if d.options.len() > limits::MAX_DNS_OPTIONS {
+            return Err(invalid(
+                "sandbox.dns_config.options",
+                format!(
+                    "{} options, at most {}",
+                    d.options.len(),
+                    limits::MAX_DNS_OPTIONS
+                ),
+            ));
+        }
+        for (i, o) in d.options.iter().enumerate() {
+            if o.is_empty() || o.len() > 128 || o.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    format!("sandbox.dns_config.options[{i}]"),
+                    format!("{o:?} is not a resolv.conf option"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// AttachPod.
 pub fn attach_pod(r: &AttachPodRequest) -> R {
     let s = r
@@ -260,6 +441,7 @@ pub fn attach_pod(r: &AttachPodRequest) -> R {
         .as_ref()
         .ok_or_else(|| invalid("sandbox", "required"))?;
     sandbox_id("sandbox.id", &s.id)?;
+    sandbox_metadata(s)?;
     required("sandbox.netns_path", &s.netns_path)?;
     if !s.netns_path.starts_with('/') {
         return Err(invalid("sandbox.netns_path", "must be an absolute path"));
@@ -633,6 +815,82 @@ mod tests {
         let sb = r.sandbox.as_mut().unwrap();
         sb.port_mappings[0].container_port = 0;
         assert!(msg(attach_pod(&r)).starts_with("sandbox.port_mappings[0].container_port:"));
+    }
+
+    #[test]
+    fn sandbox_metadata_is_bounded() {
+        let ok = || AttachPodRequest {
+            sandbox: Some(crate::proto::PodSandbox {
+                id: "s1".into(),
+                name: "web-0".into(),
+                namespace: "shop".into(),
+                netns_path: "/run/netns/s1".into(),
+                labels: [("app.kubernetes.io/name".to_string(), "web".to_string())].into(),
+                annotations: [(
+                    "kubernetes.io/ingress-bandwidth".to_string(),
+                    "10M".to_string(),
+                )]
+                .into(),
+                dns_config: Some(crate::proto::DnsConfig {
+                    nameservers: vec!["10.96.0.10".into()],
+                    searches: vec!["shop.svc.cluster.local".into()],
+                    options: vec!["ndots:5".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            networks: vec![],
+        };
+        assert!(attach_pod(&ok()).is_ok());
+        type Mutation = fn(&mut crate::proto::PodSandbox);
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("sandbox.name", |s| s.name = "Web_0".into()),
+            ("sandbox.namespace", |s| s.namespace = "a.b".into()),
+            ("sandbox.hostname", |s| s.hostname = "x".repeat(64)),
+            ("sandbox.uid", |s| s.uid = "u".repeat(2000)),
+            ("sandbox.labels[bad key!]", |s| {
+                s.labels.insert("bad key!".into(), "v".into());
+            }),
+            ("sandbox.labels[app.kubernetes.io/name]", |s| {
+                s.labels
+                    .insert("app.kubernetes.io/name".into(), "x".repeat(64));
+            }),
+            ("sandbox.annotations", |s| {
+                s.annotations.insert("big".into(), "x".repeat(300 * 1024));
+            }),
+            ("sandbox.labels", |s| {
+                for i in 0..300 {
+                    s.labels.insert(format!("k{i}"), "v".into());
+                }
+            }),
+            ("sandbox.dns_config.nameservers", |s| {
+                s.dns_config.as_mut().unwrap().nameservers = vec![
+                    "1.1.1.1".into(),
+                    "1.1.1.2".into(),
+                    "1.1.1.3".into(),
+                    "1.1.1.4".into(),
+                ]
+            }),
+            ("sandbox.dns_config.nameservers[0]", |s| {
+                s.dns_config.as_mut().unwrap().nameservers = vec!["ns1".into()]
+            }),
+            ("sandbox.dns_config.searches", |s| {
+                s.dns_config.as_mut().unwrap().searches =
+                    (0..40).map(|i| format!("d{i}.local")).collect()
+            }),
+            ("sandbox.dns_config.searches[0]", |s| {
+                s.dns_config.as_mut().unwrap().searches = vec!["bad..domain".into()]
+            }),
+            ("sandbox.dns_config.options[0]", |s| {
+                s.dns_config.as_mut().unwrap().options = vec!["nd ots".into()]
+            }),
+        ];
+        for (field, mutate) in cases {
+            let mut r = ok();
+            mutate(r.sandbox.as_mut().unwrap());
+            let m = msg(attach_pod(&r));
+            assert!(m.starts_with(&format!("{field}:")), "{field}: {m}");
+        }
     }
 
     #[test]

@@ -135,6 +135,10 @@ func TestValidation(t *testing.T) {
 		"networks[0].ips[0]":         func(r *pb.AttachPodRequest) { r.Networks[0].Ips = []string{"10.1.2.300"} },
 		"networks[0].mac":            func(r *pb.AttachPodRequest) { r.Networks[0].Mac = "01:00:00:00:00:01" },
 		"networks[0].mtu":            func(r *pb.AttachPodRequest) { r.Networks[0].Mtu = 10 },
+		"sandbox.namespace":          func(r *pb.AttachPodRequest) { r.Sandbox.Namespace = "Bad_NS" },
+		"sandbox.dns_config.nameservers": func(r *pb.AttachPodRequest) {
+			r.Sandbox.DnsConfig = &pb.DnsConfig{Nameservers: []string{"1.1.1.1", "1.1.1.2", "1.1.1.3", "1.1.1.4"}}
+		},
 	}
 	for field, mutate := range bad {
 		r := &pb.AttachPodRequest{

@@ -136,6 +136,9 @@ func AttachPod(r *pb.AttachPodRequest) error {
 	if !strings.HasPrefix(s.GetNetnsPath(), "/") {
 		return Invalid("sandbox.netns_path", "must be an absolute path")
 	}
+	if err := sandboxMetadata(s); err != nil {
+		return err
+	}
 	if err := PortMappings("sandbox.port_mappings", s.GetPortMappings()); err != nil {
 		return err
 	}
@@ -190,6 +193,43 @@ func ListAttachments(r *pb.ListAttachmentsRequest) error {
 	}
 	if r.GetNamespace() != "" {
 		return DNSLabel("namespace", r.GetNamespace())
+	}
+	return nil
+}
+
+var subdomainRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
+
+// sandboxMetadata checks the pod's names and DNS settings as Kubernetes bounds them (the same
+// rules as the Rust SDK's validate::attach_pod).
+func sandboxMetadata(s *pb.PodSandbox) error {
+	if n := s.GetName(); n != "" && (len(n) > 253 || !subdomainRe.MatchString(n)) {
+		return Invalid("sandbox.name", fmt.Sprintf("%q is not a DNS-1123 subdomain", n))
+	}
+	if ns := s.GetNamespace(); ns != "" {
+		if err := DNSLabel("sandbox.namespace", ns); err != nil {
+			return err
+		}
+	}
+	if h := s.GetHostname(); h != "" {
+		if err := DNSLabel("sandbox.hostname", h); err != nil {
+			return err
+		}
+	}
+	d := s.GetDnsConfig()
+	if len(d.GetNameservers()) > 3 {
+		return Invalid("sandbox.dns_config.nameservers", fmt.Sprintf("%d name servers, at most 3", len(d.GetNameservers())))
+	}
+	for i, n := range d.GetNameservers() {
+		if _, err := netip.ParseAddr(n); err != nil {
+			return Invalid(fmt.Sprintf("sandbox.dns_config.nameservers[%d]", i), fmt.Sprintf("%q is not an IP address", n))
+		}
+	}
+	chars := 0
+	for _, v := range d.GetSearches() {
+		chars += len(v)
+	}
+	if len(d.GetSearches()) > 32 || chars > 2048 {
+		return Invalid("sandbox.dns_config.searches", fmt.Sprintf("%d domains of %d characters, at most 32 of 2048", len(d.GetSearches()), chars))
 	}
 	return nil
 }

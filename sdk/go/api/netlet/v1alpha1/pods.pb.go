@@ -28,9 +28,10 @@ type PodSandbox struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Runtime sandbox (infra container) id. Required; 1..256 chars of [A-Za-z0-9_.-].
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// Pod name. Messages that name a pod in one string write "namespace/name".
+	// Pod name: a DNS-1123 subdomain when set. Messages that name a pod in one string write
+	// "namespace/name".
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	// Pod namespace.
+	// Pod namespace: a DNS-1123 label when set.
 	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Pod UID.
 	Uid string `protobuf:"bytes,4,opt,name=uid,proto3" json:"uid,omitempty"`
@@ -38,15 +39,18 @@ type PodSandbox struct {
 	// AttachPod; absolute; a network namespace file as the host's mount namespace sees it (see
 	// AttachPod).
 	NetnsPath string `protobuf:"bytes,5,opt,name=netns_path,json=netnsPath,proto3" json:"netns_path,omitempty"`
-	// Pod hostname.
+	// Pod hostname: a DNS-1123 label when set.
 	Hostname string `protobuf:"bytes,6,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	// Pod labels.
+	// Pod labels, as Kubernetes allows them ([prefix/]name keys, values of at most 63
+	// characters); at most 256.
 	Labels map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// Pod annotations (e.g. kubernetes.io/ingress-bandwidth).
+	// Pod annotations (e.g. kubernetes.io/ingress-bandwidth): keys as label keys, at most 256,
+	// at most 256 KiB in all.
 	Annotations map[string]string `protobuf:"bytes,8,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Port mappings (hostPort).
 	PortMappings []*PortMapping `protobuf:"bytes,9,rep,name=port_mappings,json=portMappings,proto3" json:"port_mappings,omitempty"`
 	// DNS configuration the runtime computed (CRI DNSConfig); drivers may override per network.
+	// At most 3 name servers (addresses), 32 search domains of 2048 characters in all, 32 options.
 	DnsConfig *DnsConfig `protobuf:"bytes,10,opt,name=dns_config,json=dnsConfig,proto3" json:"dns_config,omitempty"`
 	// Cgroup parent of the sandbox, for drivers that attach programs to cgroups.
 	CgroupParent  string `protobuf:"bytes,11,opt,name=cgroup_parent,json=cgroupParent,proto3" json:"cgroup_parent,omitempty"`
