@@ -3,10 +3,13 @@
 //! deletions take effect without a restart. A file that does not load is reported with its
 //! name and the reason, and its last good content stays in effect.
 //!
-//! The directory is polled (every [`POLL`]): a file is read again only when its size or
-//! modification time changed.
+//! The directory is polled (every [`POLL`]): a file is read again only when its target's
+//! modification or change time, size or inode changed. Symlinks are followed, so a ConfigMap
+//! mounted as the directory works through its `..data` swaps; a file that reads empty while it
+//! held objects is applied only when it reads so twice (it may be half-written).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,9 +27,17 @@ use crate::Host;
 /// How often the directory is looked at.
 pub const POLL: Duration = Duration::from_millis(250);
 
+/// What tells a file changed: its target's modification and change times, size and inode
+/// (a ConfigMap mount swaps a `..data` symlink to new files of maybe the same size and time;
+/// an in-place edit of the same size still moves the change time).
+type Stamp = (SystemTime, i64, i64, u64, u64);
+
 #[derive(Debug, Default, Clone)]
 struct FileState {
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<Stamp>,
+    /// A file that read empty while it held objects: applied only when it reads so twice with
+    /// the same stamp (it may be half-written).
+    empty_seen: Option<Stamp>,
     services: Vec<KService>,
     slices: Vec<EndpointSlice>,
     error: Option<String>,
@@ -104,24 +115,42 @@ impl Manifests {
             if !is_manifest(&path) {
                 continue;
             }
-            let Ok(meta) = entry.metadata() else { continue };
+            // Symlinks are followed (ConfigMap mounts are links into `..data/`).
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
             if !meta.is_file() {
                 continue;
             }
             seen.push(path.clone());
             let stamp = Some((
                 meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.ctime(),
+                meta.ctime_nsec(),
                 meta.len(),
+                meta.ino(),
             ));
             let st = self.files.entry(path.clone()).or_default();
             if st.stamp == stamp {
                 continue;
             }
-            st.stamp = stamp;
-            changed = true;
             let loaded = std::fs::read_to_string(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|t| parse(&t));
+            let had = !st.services.is_empty() || !st.slices.is_empty();
+            if let Ok((s, e)) = &loaded
+                && s.is_empty()
+                && e.is_empty()
+                && had
+                && st.empty_seen != stamp
+            {
+                // Maybe caught between truncate and write: look again at the next scan.
+                st.empty_seen = stamp;
+                continue;
+            }
+            st.empty_seen = None;
+            st.stamp = stamp;
+            changed = true;
             match loaded {
                 Ok((services, slices)) => {
                     st.services = services;
@@ -373,5 +402,67 @@ mod tests {
             e.starts_with(&file) && e.contains("EndpointSlice shop/web-1 of Service shop/web"),
             "{e}"
         );
+    }
+
+    fn cluster_ip(m: &Manifests) -> Vec<String> {
+        let node = NodeInfo {
+            name: "n1".into(),
+            zone: String::new(),
+        };
+        m.wanted(&node)
+            .0
+            .values()
+            .flat_map(|w| w.service.iter().flat_map(|s| s.cluster_ips.clone()))
+            .collect()
+    }
+
+    // As a ConfigMap is mounted: files are links into `..data`, a link swapped to a new
+    // directory on every update.
+    #[test]
+    fn configmap_mounts_are_followed_through_their_swaps() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let version = |name: &str, ip: &str| {
+            std::fs::create_dir(d.join(name)).unwrap();
+            std::fs::write(d.join(name).join("web.yaml"), SVC.replace("10.96.0.10", ip)).unwrap();
+            symlink(name, d.join("..data_tmp")).unwrap();
+            std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        };
+        version("..2026_11_30_a", "10.96.0.10");
+        symlink("..data/web.yaml", d.join("web.yaml")).unwrap();
+        let mut m = Manifests::new(d);
+        assert!(m.scan());
+        assert_eq!(cluster_ip(&m), ["10.96.0.10"]);
+        // Same size, new directory.
+        version("..2026_11_30_b", "10.96.0.11");
+        assert!(m.scan());
+        assert_eq!(cluster_ip(&m), ["10.96.0.11"]);
+    }
+
+    #[test]
+    fn same_size_edits_are_seen_and_half_written_files_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("web.yaml");
+        std::fs::write(&f, SVC).unwrap();
+        let mut m = Manifests::new(dir.path());
+        assert!(m.scan());
+        let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+        // Same size, in place, its modification time put back: the change time moved.
+        std::fs::write(&f, SVC.replace("10.96.0.10", "10.96.0.11")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert!(m.scan());
+        assert_eq!(cluster_ip(&m), ["10.96.0.11"]);
+        // Caught empty (truncated, not written yet): kept until it reads empty twice.
+        std::fs::write(&f, "").unwrap();
+        assert!(!m.scan());
+        assert_eq!(cluster_ip(&m), ["10.96.0.11"]);
+        assert!(m.scan());
+        assert!(cluster_ip(&m).is_empty());
     }
 }
