@@ -26,18 +26,49 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// Whether privileged (root) tests can run here. With `CI=true` a missing privilege is a
-/// failure, not a skip.
+/// A test that cannot run here (no root, a tool missing) fails, unless whoever runs it opted
+/// out with `NETLET_ALLOW_SKIP=1` (never under `CI=true`): then it is a skip, written to
+/// `$NETLET_SKIP_LOG` so the test command counts and lists it apart from the passes.
+pub fn skip(test: &str, why: &str) {
+    let allowed = std::env::var("NETLET_ALLOW_SKIP").as_deref() == Ok("1")
+        && std::env::var("CI").as_deref() != Ok("true");
+    assert!(
+        allowed,
+        "{test} cannot run here: {why} (./testbed/run-tests installs what the tests need; NETLET_ALLOW_SKIP=1 skips it instead, outside CI)"
+    );
+    eprintln!("{test}: skipped: {why}");
+    if let Some(log) = std::env::var_os("NETLET_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(log)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
+}
+
+/// Whether privileged (root) tests can run here; when not, [`skip`] decides.
 pub fn privileged(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: CI=true but not running as root"
-    );
-    eprintln!("{test}: skipped: needs root");
+    skip(test, "needs root");
     false
+}
+
+/// `name` found on PATH; when it is not, [`skip`] decides.
+pub fn tool(name: &str, test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        skip(test, &format!("{name} is not installed"));
+    }
+    found
 }
 
 /// Polls `f` every 20 ms until it returns `Some` or `timeout` passes.

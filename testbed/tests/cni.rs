@@ -14,12 +14,11 @@ use serde_json::{Value, json};
 
 fn reference_plugins() -> bool {
     let ok = Path::new(CNI_PLUGIN_DIR).join("bridge").is_file();
-    assert!(
-        ok || std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but {CNI_PLUGIN_DIR}/bridge is missing (apt-get install containernetworking-plugins)"
-    );
     if !ok {
-        eprintln!("skipped: {CNI_PLUGIN_DIR}/bridge missing (containernetworking-plugins)");
+        netlet_testbed::harness::skip(
+            "cni_shim_speaks_cni",
+            &format!("{CNI_PLUGIN_DIR}/bridge missing (containernetworking-plugins)"),
+        );
     }
     ok
 }

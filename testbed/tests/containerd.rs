@@ -9,23 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use netlet_testbed::harness::{
-    CNI_PLUGIN_DIR, Node, bin, bridge_driver, listed, nft_driver, privileged,
+    CNI_PLUGIN_DIR, Node, bin, bridge_driver, listed, nft_driver, privileged, tool,
 };
 use netlet_testbed::{probe, runtime};
 use serde_json::Value;
-
-/// Finds `name` on PATH; with CI=true its absence fails the test.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = runtime::which(name);
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but {name} is not installed (testbed/run-tests installs containerd and runc)"
-        );
-        eprintln!("skipped: {name} not installed");
-    }
-    found
-}
 
 /// The files containerd keeps for sandbox `id` under its root (resolv.conf, hostname, ...).
 fn sandbox_files(root: &Path, id: &str) -> Vec<PathBuf> {
@@ -61,7 +48,8 @@ async fn containerd_1_6_runs_pod_sandboxes_through_netlet_cni() {
     if !privileged("containerd_1_6_runs_pod_sandboxes_through_netlet_cni") {
         return;
     }
-    if tool("containerd").is_none() || tool("ctr").is_none() || tool("runc").is_none() {
+    let t = "containerd_1_6_runs_pod_sandboxes_through_netlet_cni";
+    if tool("containerd", t).is_none() || tool("ctr", t).is_none() || tool("runc", t).is_none() {
         return;
     }
     end_to_end(runtime::Release::Debian, "ctrd16").await;
@@ -72,7 +60,8 @@ async fn containerd_2_runs_pod_sandboxes_through_netlet_cni() {
     if !privileged("containerd_2_runs_pod_sandboxes_through_netlet_cni") {
         return;
     }
-    if tool("go").is_none() || tool("runc").is_none() {
+    let t = "containerd_2_runs_pod_sandboxes_through_netlet_cni";
+    if tool("go", t).is_none() || tool("runc", t).is_none() {
         return;
     }
     let release = runtime::Release::built(runtime::CONTAINERD2_VERSION)

@@ -22,11 +22,10 @@ fn build_go_driver(out: &Path) -> Option<PathBuf> {
         Ok(o) if o.status.success() => Some(exe),
         Ok(o) => panic!("go build failed: {}", String::from_utf8_lossy(&o.stderr)),
         Err(e) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but the Go toolchain cannot run: {e}"
+            netlet_testbed::harness::skip(
+                "go_driver_passes_conformance_directly_and_through_the_host",
+                &format!("the Go toolchain cannot run: {e}"),
             );
-            eprintln!("skipped: go not available: {e}");
             None
         }
     }
