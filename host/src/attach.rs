@@ -6,6 +6,7 @@ use netlet_sdk::proto::{
     AttachPodRequest, AttachPodResponse, Attachment, Capability, DetachPodRequest,
     GarbageCollectRequest, HostPorts, NetworkSelection, PodAttachments, PodSandbox,
 };
+use netlet_sdk::state::is_published;
 use netlet_sdk::validate::field_error;
 use tonic::{Code, Status};
 use tracing::Instrument;
@@ -178,7 +179,7 @@ impl Host {
                 ));
             }
             crate::features::check_host_ports(&sandbox, &self.registry)?;
-            let has_ports = sandbox.port_mappings.iter().any(|pm| pm.host_port != 0);
+            let has_ports = sandbox.port_mappings.iter().any(is_published);
             let _ports_guard = if has_ports {
                 let guard = self.lock_key("host-ports").await;
                 self.services.lock().await.check_host_ports(
@@ -329,7 +330,7 @@ impl Host {
             let published = record
                 .sandbox
                 .as_ref()
-                .is_some_and(|s| s.port_mappings.iter().any(|pm| pm.host_port != 0));
+                .is_some_and(|s| s.port_mappings.iter().any(is_published));
             if rest.attachments.is_empty() {
                 self.store
                     .delete_attachment(sandbox_id)

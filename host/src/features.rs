@@ -78,7 +78,11 @@ pub fn check_selection(
 /// Checks a pod's published host ports against the Services drivers registered (none
 /// registered: they get the ports when one registers).
 pub fn check_host_ports(s: &PodSandbox, registry: &Registry) -> Result<(), Status> {
-    let Some(i) = s.port_mappings.iter().position(|pm| pm.host_port != 0) else {
+    let Some(i) = s
+        .port_mappings
+        .iter()
+        .position(netlet_sdk::state::is_published)
+    else {
         return Ok(());
     };
     every(

@@ -121,12 +121,17 @@ pub fn gc_selection(req: &GarbageCollectRequest) -> Vec<NetworkSelection> {
     }
 }
 
-/// The mappings that publish a port on the node: those with a `host_port` (0 is a containerPort
+/// Whether a mapping publishes a port on the node: it has a `host_port` (0 is a containerPort
 /// without hostPort, which the kubelet passes too).
+pub fn is_published(pm: &PortMapping) -> bool {
+    pm.host_port != 0
+}
+
+/// The mappings that publish a port on the node.
 pub fn published(mappings: &[PortMapping]) -> Vec<PortMapping> {
     mappings
         .iter()
-        .filter(|pm| pm.host_port != 0)
+        .filter(|pm| is_published(pm))
         .cloned()
         .collect()
 }

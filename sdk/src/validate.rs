@@ -584,7 +584,11 @@ pub fn program_service(r: &ProgramServiceRequest) -> R {
         }
         port_mappings(&format!("{f}.port_mappings"), &h.port_mappings)?;
         // What the host hands drivers is published: every mapping has a host port.
-        if let Some(j) = h.port_mappings.iter().position(|pm| pm.host_port == 0) {
+        if let Some(j) = h
+            .port_mappings
+            .iter()
+            .position(|pm| !crate::state::is_published(pm))
+        {
             return Err(invalid(
                 format!("{f}.port_mappings[{j}].host_port"),
                 "required (1-65535): only published ports are handed to drivers",

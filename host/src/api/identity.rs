@@ -48,7 +48,6 @@ impl Identity for Api {
         // The host serves every capability itself (its own views: attachments, Services,
         // policies, devices); calls that need a driver answer UNAVAILABLE while none serves
         // them, never UNIMPLEMENTED.
-        let caps = HOST_CAPABILITIES;
         Ok(Response::new(GetInfoResponse {
             name: "netlet".into(),
             vendor_version: env!("CARGO_PKG_VERSION").into(),
@@ -56,14 +55,8 @@ impl Identity for Api {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
-            capabilities: caps.iter().map(|c| *c as i32).collect(),
-            services: std::iter::once(netlet_proto::IDENTITY_SERVICE)
-                .chain(
-                    caps.iter()
-                        .flat_map(|c| netlet_proto::services_of(*c).iter().copied()),
-                )
-                .map(str::to_string)
-                .collect(),
+            capabilities: HOST_CAPABILITIES.iter().map(|c| *c as i32).collect(),
+            services: host_services(),
             networks,
             role: EndpointRole::Host as i32,
             features: Some(Features {

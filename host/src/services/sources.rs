@@ -392,7 +392,7 @@ impl ServiceView {
         mappings: &[PortMapping],
     ) -> Result<(), tonic::Status> {
         for (i, pm) in mappings.iter().enumerate() {
-            if pm.host_port == 0 {
+            if !netlet_sdk::state::is_published(pm) {
                 // A containerPort without hostPort publishes nothing.
                 continue;
             }
