@@ -3,25 +3,16 @@
 //! and lets DEL succeed, so the runtime can remove the sandbox; the host works through those
 //! files at start and every few seconds, and removes each once its detach succeeded.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use crate::Host;
 
 /// How often the directory is looked at.
 pub const INTERVAL: Duration = Duration::from_secs(2);
 
-/// The directory of pending detaches for a host serving on `socket`.
-pub fn dir(socket: &std::path::Path) -> PathBuf {
-    socket
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
-        .join(netlet_sdk::PENDING_DETACH_DIR)
-}
-
 /// Detaches every pending sandbox once; returns how many were finished.
 pub async fn work_through(host: &Host) -> usize {
-    let dir = dir(&host.settings.socket);
+    let dir = netlet_sdk::pending_detach_dir(&host.settings.socket);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return 0;
     };

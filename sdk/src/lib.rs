@@ -74,6 +74,14 @@ pub const STATE_DIR_ENV: &str = "NETLET_DRIVER_STATE_DIR";
 /// them when it is back.
 pub const PENDING_DETACH_DIR: &str = "pending-detach";
 
+/// The pending-detach directory of a host serving on `socket` ([`PENDING_DETACH_DIR`] beside it).
+pub fn pending_detach_dir(socket: &std::path::Path) -> std::path::PathBuf {
+    socket
+        .parent()
+        .unwrap_or(std::path::Path::new("/run/netlet"))
+        .join(PENDING_DETACH_DIR)
+}
+
 /// Default maximum size of one gRPC message, both directions.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 

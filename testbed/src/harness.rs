@@ -58,13 +58,18 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
-/// `name` found on PATH; when it is not, [`skip`] decides.
-pub fn tool(name: &str, test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|p| {
+/// Finds `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)
             .map(|d| d.join(name))
             .find(|p| p.is_file())
-    });
+    })
+}
+
+/// `name` found on PATH; when it is not, [`skip`] decides.
+pub fn tool(name: &str, test: &str) -> Option<PathBuf> {
+    let found = which(name);
     if found.is_none() {
         skip(test, &format!("{name} is not installed"));
     }

@@ -10,19 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Proc, in_netns};
+use crate::harness::{Proc, in_netns, which};
 
 /// The sandbox image containerd is configured with (imported from the archive built here).
 pub const PAUSE_IMAGE: &str = "netlet.local/pause:1";
-
-/// Finds `name` on PATH.
-pub fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
 
 fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;

@@ -241,10 +241,7 @@ fn leave_for_host(socket: &str, sandbox_id: &str) -> std::io::Result<()> {
     netlet_sdk::validate::sandbox_id("CNI_CONTAINERID", sandbox_id).map_err(|s| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, s.message().to_string())
     })?;
-    let dir = Path::new(socket)
-        .parent()
-        .unwrap_or(Path::new("/run/netlet"))
-        .join(netlet_sdk::PENDING_DETACH_DIR);
+    let dir = netlet_sdk::pending_detach_dir(Path::new(socket));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join(sandbox_id), b"")
 }
