@@ -503,42 +503,58 @@ pub fn service_key(field: &str, k: Option<&ServiceKey>) -> R {
     dns_label(&format!("{field}.name"), &k.name)
 }
 
+/// One Service as ProgramService takes it; fields are named after `prefix` (e.g.
+/// `"service_upserts[0]."`, or `""` for the Service alone).
+pub fn service(prefix: &str, s: &crate::proto::Service) -> R {
+    service_key(&format!("{prefix}key"), s.key.as_ref())?;
+    for (j, ip) in s.cluster_ips.iter().enumerate() {
+        if ip != "None" {
+            ip_or_cidr(&format!("{prefix}cluster_ips[{j}]"), ip)?;
+        }
+    }
+    for (j, ip) in s
+        .external_ips
+        .iter()
+        .chain(&s.load_balancer_ips)
+        .enumerate()
+    {
+        ip_or_cidr(&format!("{prefix}external_ips[{j}]"), ip)?;
+    }
+    for (j, c) in s.load_balancer_source_ranges.iter().enumerate() {
+        cidr(&format!("{prefix}load_balancer_source_ranges[{j}]"), c)?;
+    }
+    for (j, p) in s.ports.iter().enumerate() {
+        port(&format!("{prefix}ports[{j}].port"), p.port)?;
+        if p.node_port != 0 {
+            port(&format!("{prefix}ports[{j}].node_port"), p.node_port)?;
+        }
+        if s.ports.len() > 1 && p.name.is_empty() {
+            return Err(invalid(
+                format!("{prefix}ports[{j}].name"),
+                "required when a Service has several ports",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One endpoint as ProgramService takes it; fields are named after `prefix`.
+pub fn endpoint(prefix: &str, e: &crate::proto::Endpoint) -> R {
+    required(&format!("{prefix}address"), &e.address)?;
+    ip_or_cidr(&format!("{prefix}address"), &e.address)?;
+    for (j, p) in e.ports.iter().enumerate() {
+        port(&format!("{prefix}ports[{j}].port"), p.port)?;
+    }
+    Ok(())
+}
+
 /// ProgramService.
 pub fn program_service(r: &ProgramServiceRequest) -> R {
     if r.generation == 0 {
         return Err(invalid("generation", "required (> 0)"));
     }
     for (i, s) in r.service_upserts.iter().enumerate() {
-        let f = format!("service_upserts[{i}]");
-        service_key(&format!("{f}.key"), s.key.as_ref())?;
-        for (j, ip) in s.cluster_ips.iter().enumerate() {
-            if ip != "None" {
-                ip_or_cidr(&format!("{f}.cluster_ips[{j}]"), ip)?;
-            }
-        }
-        for (j, ip) in s
-            .external_ips
-            .iter()
-            .chain(&s.load_balancer_ips)
-            .enumerate()
-        {
-            ip_or_cidr(&format!("{f}.external_ips[{j}]"), ip)?;
-        }
-        for (j, c) in s.load_balancer_source_ranges.iter().enumerate() {
-            cidr(&format!("{f}.load_balancer_source_ranges[{j}]"), c)?;
-        }
-        for (j, p) in s.ports.iter().enumerate() {
-            port(&format!("{f}.ports[{j}].port"), p.port)?;
-            if p.node_port != 0 {
-                port(&format!("{f}.ports[{j}].node_port"), p.node_port)?;
-            }
-            if s.ports.len() > 1 && p.name.is_empty() {
-                return Err(invalid(
-                    format!("{f}.ports[{j}].name"),
-                    "required when a Service has several ports",
-                ));
-            }
-        }
+        service(&format!("service_upserts[{i}]."), s)?;
     }
     for (i, k) in r.service_deletes.iter().enumerate() {
         service_key(&format!("service_deletes[{i}]"), Some(k))?;
@@ -550,11 +566,7 @@ pub fn program_service(r: &ProgramServiceRequest) -> R {
             .endpoint
             .as_ref()
             .ok_or_else(|| invalid(format!("{f}.endpoint"), "required"))?;
-        required(&format!("{f}.endpoint.address"), &e.address)?;
-        ip_or_cidr(&format!("{f}.endpoint.address"), &e.address)?;
-        for (j, p) in e.ports.iter().enumerate() {
-            port(&format!("{f}.endpoint.ports[{j}].port"), p.port)?;
-        }
+        endpoint(&format!("{f}.endpoint."), e)?;
     }
     for (i, k) in r.endpoint_deletes.iter().enumerate() {
         let f = format!("endpoint_deletes[{i}]");

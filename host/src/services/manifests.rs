@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Service as KService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
-use netlet_sdk::proto::{Endpoint, EndpointUpsert, ProgramServiceRequest, Service};
+use netlet_sdk::validate;
 
 use super::sources::{Key, Source, Wanted, k};
 use super::view::{self, NodeInfo};
@@ -204,15 +204,15 @@ impl Manifests {
                 continue;
             };
             let object = format!("Service {}/{}", key.0, key.1);
-            if let Err(e) = checked(svc.clone(), None) {
-                errors.push(format!("{}: {object}: {e}", path.display()));
+            if let Err(e) = validate::service("", &svc) {
+                errors.push(format!("{}: {object}: {}", path.display(), e.message()));
                 continue;
             }
             let mine = slices.get(&key).map(Vec::as_slice).unwrap_or(&[]);
             let just: Vec<&EndpointSlice> = mine.iter().map(|(_, s)| *s).collect();
             let mut endpoints = BTreeMap::new();
             for e in view::endpoints(&svc, &just, node) {
-                match checked(svc.clone(), Some(e.clone())) {
+                match validate::endpoint("", &e).map_err(|s| s.message().to_string()) {
                     Ok(()) => {
                         endpoints.insert(e.address.clone(), e);
                     }
@@ -246,31 +246,6 @@ impl Manifests {
         }
         (out, errors)
     }
-}
-
-/// The ProgramService rules for one Service (and one of its endpoints): the field at fault and
-/// why, in the request's terms without the batch's index.
-fn checked(svc: Service, endpoint: Option<Endpoint>) -> Result<(), String> {
-    let key = svc.key.clone();
-    let req = ProgramServiceRequest {
-        generation: 1,
-        full_sync: true,
-        service_upserts: vec![svc],
-        endpoint_upserts: endpoint
-            .into_iter()
-            .map(|e| EndpointUpsert {
-                service: key.clone(),
-                endpoint: Some(e),
-            })
-            .collect(),
-        ..Default::default()
-    };
-    netlet_sdk::validate::program_service(&req).map_err(|s| {
-        s.message()
-            .trim_start_matches("service_upserts[0].")
-            .trim_start_matches("endpoint_upserts[0].endpoint.")
-            .to_string()
-    })
 }
 
 /// Watches `dir` until shutdown, feeding changes into the node's Service view.
