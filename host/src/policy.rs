@@ -48,10 +48,10 @@ impl PolicyView {
         req: &ApplyPolicyRequest,
     ) -> Result<(Applied, Option<ApplyPolicyRequest>), Status> {
         // A full sync in parts is kept until its last part, then taken as one batch.
-        let Some(whole) = self.socket_parts.offer(req.clone())? else {
+        let Some(whole) = self.socket_parts.take(req)? else {
             return Ok((self.socket, None));
         };
-        let req = &whole;
+        let req = whole.as_ref();
         let batch = Batch::from(req);
         if !self.socket.check(batch)? {
             return Ok((self.socket, None));

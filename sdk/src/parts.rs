@@ -161,6 +161,20 @@ pub struct Parts<R> {
 }
 
 impl<R: Splittable> Parts<R> {
+    /// As [`Parts::offer`] for a borrowed batch: one sent whole comes back borrowed (no copy on
+    /// the common path), a part is copied and kept.
+    pub fn take<'a>(
+        &mut self,
+        req: &'a R,
+    ) -> Result<Option<std::borrow::Cow<'a, R>>, tonic::Status> {
+        let (_, _, full, continues) = req.stamp();
+        if self.kept.is_some() || (full && (continues || req.part() > 0)) {
+            return Ok(self.offer(req.clone())?.map(std::borrow::Cow::Owned));
+        }
+        // Nothing kept and not a part: exactly what `offer` would hand back.
+        Ok(Some(std::borrow::Cow::Borrowed(req)))
+    }
+
     /// Takes a (validated) batch: `Ok(Some(batch))` to check and apply now (a batch sent whole,
     /// or the last part with the others put together), `Ok(None)` when it is a part to keep
     /// (answer OK with the generation applied before), or `FAILED_PRECONDITION` naming

@@ -530,10 +530,10 @@ impl ServiceView {
         req: &ProgramServiceRequest,
     ) -> Result<(Applied, Option<ProgramServiceRequest>), tonic::Status> {
         // A full sync in parts is kept until its last part, then taken as one batch.
-        let Some(whole) = self.socket_parts.offer(req.clone())? else {
+        let Some(whole) = self.socket_parts.take(req)? else {
             return Ok((self.socket, None));
         };
-        let req = &whole;
+        let req = whole.as_ref();
         let named = named_keys(req);
         for (field, key) in &named {
             self.check(Source::Socket, &sk(key)).map_err(|c| {
