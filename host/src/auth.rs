@@ -26,9 +26,10 @@ impl AllowList {
     }
 }
 
-/// The tower layer.
+/// The tower layer. Put it outside the metrics layer: a refused request reaches nothing else
+/// (it is only counted in `netlet_grpc_requests_denied`).
 #[derive(Clone)]
-pub struct AuthLayer(pub Arc<AllowList>);
+pub struct AuthLayer(pub Arc<AllowList>, pub Arc<crate::metrics::Metrics>);
 
 impl<S> tower::Layer<S> for AuthLayer {
     type Service = AuthService<S>;
@@ -36,6 +37,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             allow: self.0.clone(),
+            metrics: self.1.clone(),
         }
     }
 }
@@ -45,6 +47,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     allow: Arc<AllowList>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for AuthService<S>
@@ -79,7 +82,8 @@ where
         match denied {
             None => self.inner.call(req).boxed(),
             Some(why) => {
-                tracing::warn!(method = req.uri().path(), why, "caller refused");
+                self.metrics.denied();
+                tracing::warn!(why, "caller refused");
                 let resp = Status::permission_denied(why).into_http::<RB>();
                 async move { Ok(resp) }.boxed()
             }

@@ -280,9 +280,10 @@ pub async fn run(
         uids: settings.authorization.uids.iter().copied().collect(),
         gids: settings.authorization.gids.iter().copied().collect(),
     });
+    // Outermost first: a caller is authorised before anything about its request is recorded.
     let layers = tower::ServiceBuilder::new()
-        .layer(MetricsLayer(metrics.clone()))
-        .layer(AuthLayer(allow));
+        .layer(AuthLayer(allow, metrics.clone()))
+        .layer(MetricsLayer(metrics.clone()));
     let incoming = grpc_sock.incoming().ok_or(netlet_sdk::Error::NoSocket)?;
     tokio::spawn(async move {
         stop.await;

@@ -1,6 +1,8 @@
-//! Prometheus metrics and the tower layer that times every RPC.
+//! Prometheus metrics and the tower layer that times every RPC. The layer runs inside the
+//! peer-credential check: a refused caller is counted once, without labels, and never timed.
 
 use std::{
+    collections::HashSet,
     sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Instant,
@@ -37,6 +39,51 @@ pub struct Metrics {
     rpc: Family<RpcLabels, Histogram, fn() -> Histogram>,
     restarts: Family<DriverLabels, Counter>,
     registered: Gauge,
+    denied: Counter,
+    methods: HashSet<String>,
+}
+
+/// The `method` label of a path the host does not serve: whatever a caller sends is folded into
+/// this one value, so the label set stays bounded.
+pub const OTHER_METHOD: &str = "other";
+
+/// Every gRPC path the host serves: its own services' methods (from the package's descriptor
+/// set), health and reflection.
+fn served_methods() -> HashSet<String> {
+    use prost::Message;
+    let mut out: HashSet<String> = [
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let served = crate::api::host_services();
+    if let Ok(set) = prost_types::FileDescriptorSet::decode(netlet_sdk::proto::FILE_DESCRIPTOR_SET)
+    {
+        for f in &set.file {
+            for s in &f.service {
+                let full = format!("{}.{}", f.package(), s.name());
+                if !served.iter().any(|n| *n == full) {
+                    continue;
+                }
+                for m in &s.method {
+                    out.insert(format!("/{full}/{}", m.name()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `code` label: a gRPC status code's number (0–16), anything else `unknown`.
+fn code_label(code: &str) -> &str {
+    match code.parse::<u8>() {
+        Ok(n) if n <= 16 => code,
+        _ => "unknown",
+    }
 }
 
 impl Default for Metrics {
@@ -57,6 +104,12 @@ impl Default for Metrics {
             "Restarts of supervised drivers",
             restarts.clone(),
         );
+        let denied = Counter::default();
+        registry.register(
+            "grpc_requests_denied",
+            "gRPC requests refused by the peer-credential check (not timed, not labelled)",
+            denied.clone(),
+        );
         registry.register(
             "drivers_registered",
             "Drivers currently registered",
@@ -67,6 +120,8 @@ impl Default for Metrics {
             rpc,
             restarts,
             registered,
+            denied,
+            methods: served_methods(),
         }
     }
 }
@@ -86,14 +141,25 @@ impl Metrics {
         self.registered.set(n as i64);
     }
 
-    /// Records one RPC.
+    /// Records one RPC. A path the host does not serve is recorded as [`OTHER_METHOD`] and a
+    /// code that is not a gRPC status as `unknown`: callers cannot grow the label set.
     pub fn observe_rpc(&self, method: &str, code: &str, seconds: f64) {
+        let method = if self.methods.contains(method) {
+            method
+        } else {
+            OTHER_METHOD
+        };
         self.rpc
             .get_or_create(&RpcLabels {
                 method: method.to_string(),
-                code: code.to_string(),
+                code: code_label(code).to_string(),
             })
             .observe(seconds);
+    }
+
+    /// Counts a request the peer-credential check refused.
+    pub fn denied(&self) {
+        self.denied.inc();
     }
 
     /// Restarts counted for `driver`.

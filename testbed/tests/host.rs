@@ -452,16 +452,54 @@ async fn callers_not_on_the_allow_list_are_denied() {
         }
         cmd.output().unwrap()
     };
+    let metrics = || {
+        let out = Command::new(bin("netletctl"))
+            .args(["--socket", h.socket.to_str().unwrap(), "metrics"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let list_series = "method=\"/netlet.v1alpha1.Pods/ListAttachments\"";
     let denied = run(Some(65534));
     assert!(!denied.status.success());
     let err = String::from_utf8_lossy(&denied.stderr);
     assert!(err.contains("does not have permission"), "{err}");
     assert!(err.contains("uid 65534"), "{err}");
+    // Refused before anything is recorded: counted once, no timing series for its call.
+    let m = metrics();
+    assert!(m.contains("netlet_grpc_requests_denied_total 1"), "{m}");
+    assert!(!m.contains(list_series), "{m}");
     let allowed = run(None);
     assert!(
         allowed.status.success(),
         "{}",
         String::from_utf8_lossy(&allowed.stderr)
+    );
+    assert!(metrics().contains(list_series));
+
+    // Paths the host does not serve share one label value, whatever an allowed caller sends.
+    let channel = netlet_sdk::client::connect_unix(&h.socket, Some(T))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let path: http::uri::PathAndQuery = format!("/x{i}.Made/Up{i}").parse().unwrap();
+        let status = grpc
+            .unary::<(), (), _>(
+                tonic::Request::new(()),
+                path,
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented);
+    }
+    let m = metrics();
+    assert!(!m.contains("Made/Up"), "{m}");
+    assert!(
+        m.contains("netlet_grpc_request_duration_seconds_count{method=\"other\",code=\"12\"} 20"),
+        "{m}"
     );
 }
 
