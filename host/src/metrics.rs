@@ -66,7 +66,7 @@ fn served_methods() -> HashSet<String> {
         for f in &set.file {
             for s in &f.service {
                 let full = format!("{}.{}", f.package(), s.name());
-                if !served.contains(&full.as_str()) {
+                if !served.contains(&full) {
                     continue;
                 }
                 for m in &s.method {
