@@ -341,6 +341,15 @@ impl Host {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The host's child processes whose command name (`/proc/PID/comm`, 15 characters at
+    /// most) is `comm`: its supervised drivers of that program.
+    pub fn children(&self, comm: &str) -> Vec<i32> {
+        let Some(host) = self.pid() else {
+            return Vec::new();
+        };
+        children_of(host as i32, comm)
+    }
+
     /// Sends `sig` and waits for the process to end.
     pub fn stop_with(&mut self, sig: nix::sys::signal::Signal) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
@@ -368,6 +377,29 @@ impl Drop for Host {
             let _ = c.wait();
         }
     }
+}
+
+/// The children of `parent` whose command name is `comm`.
+pub fn children_of(parent: i32, comm: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …: comm may hold spaces and parentheses; it ends at the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map(|x| x.1).unwrap_or_default();
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if ppid == Some(parent) && name == comm {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 /// A driver process started by a test (external drivers), killed on drop.

@@ -743,16 +743,17 @@ endpoints:
     assert!(refused.contains("refused"));
 
     // A second file asking for the same ClusterIP and port (web-alt, port 8081): reported;
-    // the first keeps it; when the first file goes, the second takes over.
+    // the first keeps it, also through a restart of the nft driver (whose full sync would list
+    // the second first, by name); when the first file goes, the second takes over.
     probe::tcp_tagged(&pods[0].path, sa(ip("10.244.0.10"), 8081), "web-alt").unwrap();
     std::fs::write(&file, manifest(true)).unwrap();
-    let second = dir.path().join("web2.yaml");
+    let second = dir.path().join("a-web.yaml");
     std::fs::write(
         &second,
         manifest(true)
-            .replace("name: web,", "name: web2,")
-            .replace("web-1", "web2-1")
-            .replace("service-name: web}", "service-name: web2}")
+            .replace("name: web,", "name: a-web,")
+            .replace("web-1", "a-web-1")
+            .replace("service-name: web}", "service-name: a-web}")
             .replace("port: 8080", "port: 8081")
             .replace("targetPort: 8080", "targetPort: 8081"),
     )
@@ -783,7 +784,7 @@ endpoints:
     )
     .await;
     assert!(
-        errors[0].ends_with("default/web2: 10.96.0.80 TCP 80 is held by default/web"),
+        errors[0].ends_with("default/a-web: 10.96.0.80 TCP 80 is held by default/web"),
         "{errors:?}"
     );
     let client2 = client.clone();
@@ -793,6 +794,32 @@ endpoints:
     })
     .await;
     assert_eq!(first.0, "web", "the first keeps it");
+    let nft = node.host.children("netlet-nft");
+    assert_eq!(nft.len(), 1, "one supervised nft driver: {nft:?}");
+    let killed = nft[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(killed),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    netlet_testbed::harness::wait_until("the nft driver back", Duration::from_secs(20), || {
+        let again = node.host.children("netlet-nft");
+        async move { (again.len() == 1 && again[0] != killed).then_some(()) }
+    })
+    .await;
+    node.host.wait_ready("").await;
+    // Its full sync has reached it once the Service answers again (its table was rebuilt).
+    let client2 = client.clone();
+    let after = netlet_testbed::harness::wait_until(
+        "the Service answers after the restart",
+        Duration::from_secs(20),
+        || {
+            let client = client2.clone();
+            async move { ask(&client, sa(ip("10.96.0.80"), 80)).ok() }
+        },
+    )
+    .await;
+    assert_eq!(after.0, "web", "the holder the host names keeps it");
     std::fs::remove_file(&file).unwrap();
     let taken_over =
         netlet_testbed::harness::wait_until("web2 takes over", Duration::from_secs(10), || {

@@ -136,16 +136,16 @@ fn claims_of(svc: &Service) -> Vec<(Claim, String)> {
     out
 }
 
-/// Moves `key`'s claims from what `old` asked for to what `new` asks for (a claim both ask
-/// for keeps its place in line).
+/// Sets `key`'s claims to `new` (a claim both the old and the new set name keeps its place in
+/// line); returns the claims whose line changed.
 fn reclaim(
     claims: &mut HashMap<Claim, Vec<Key>>,
+    claimed: &mut HashMap<Key, BTreeSet<Claim>>,
     key: &Key,
-    old: Option<&Service>,
-    new: Option<&Service>,
-) {
-    let old: BTreeSet<Claim> = old.into_iter().flat_map(claims_of).map(|c| c.0).collect();
-    let new: BTreeSet<Claim> = new.into_iter().flat_map(claims_of).map(|c| c.0).collect();
+    new: BTreeSet<Claim>,
+) -> Vec<Claim> {
+    let old = claimed.remove(key).unwrap_or_default();
+    let mut changed = Vec::new();
     for c in old.difference(&new) {
         if let Some(list) = claims.get_mut(c) {
             list.retain(|k| k != key);
@@ -153,10 +153,16 @@ fn reclaim(
                 claims.remove(c);
             }
         }
+        changed.push(c.clone());
     }
     for c in new.difference(&old) {
         claims.entry(c.clone()).or_default().push(key.clone());
+        changed.push(c.clone());
     }
+    if !new.is_empty() {
+        claimed.insert(key.clone(), new);
+    }
+    changed
 }
 
 fn describe_claim(c: &Claim) -> String {
@@ -201,9 +207,11 @@ pub struct ServiceView {
     socket_parts: Parts<ProgramServiceRequest>,
     /// Services that need a health-check node port (externalTrafficPolicy Local with a port).
     health_checked: BTreeSet<Key>,
-    /// Who asked for each address . protocol . port and NodePort, in order: the first holds it
-    /// (the data plane gives it to the first too), the others wait for it.
+    /// Who asked for each address . protocol . port and NodePort, in order: the first holds it,
+    /// the others wait for it.
     claims: HashMap<Claim, Vec<Key>>,
+    /// What each Service asks for (the keys of `claims` it is in line for).
+    claimed: HashMap<Key, BTreeSet<Claim>>,
 }
 
 impl ServiceView {
@@ -295,8 +303,28 @@ impl ServiceView {
         Ok(self.settle(source, touched))
     }
 
-    /// Updates ownership for `touched` keys of `source`, recomputes their node view and
-    /// returns the difference to the table as a batch (applied).
+    /// What the owner of `key` wants for it, if any source does.
+    fn wanted_of(&self, key: &Key) -> Option<&Wanted> {
+        let owner = self.owners.get(key)?;
+        self.wanted.get(owner)?.get(key)
+    }
+
+    /// Whether `key` is first in line for everything it asks for.
+    fn holds_all(&self, key: &Key) -> bool {
+        self.claimed.get(key).is_none_or(|cs| {
+            cs.iter()
+                .all(|c| self.claims.get(c).and_then(|l| l.first()) == Some(key))
+        })
+    }
+
+    /// Updates ownership and claims for `touched` keys of `source`, recomputes the node view of
+    /// every Service whose standing changed and returns the difference to the table as a batch
+    /// (applied).
+    ///
+    /// The table holds only the winners: a Service that waits for an address, port or NodePort
+    /// another Service holds is kept out of it (with its endpoints) until it holds everything
+    /// it asks for. Drivers are told the table, so no delta, full sync or driver restart can
+    /// give a contested port to another Service than the one the host names.
     fn settle(&mut self, source: Source, touched: BTreeSet<Key>) -> Option<ProgramServiceRequest> {
         let mine = self.wanted.get(&source);
         for key in &touched {
@@ -311,9 +339,23 @@ impl ServiceView {
                 }
             }
         }
-        let mut req = self.next_batch();
+        let mut affected = touched.clone();
         for key in &touched {
-            let want = mine.and_then(|m| m.get(key)).cloned().unwrap_or_default();
+            let asks: BTreeSet<Claim> = self
+                .wanted_of(key)
+                .and_then(|w| w.service.as_ref())
+                .map(|s| claims_of(s).into_iter().map(|c| c.0).collect())
+                .unwrap_or_default();
+            for c in reclaim(&mut self.claims, &mut self.claimed, key, asks) {
+                affected.extend(self.claims.get(&c).into_iter().flatten().cloned());
+            }
+        }
+        let mut req = self.next_batch();
+        for key in &affected {
+            let want = match self.wanted_of(key) {
+                Some(w) if self.holds_all(key) => w.clone(),
+                _ => Wanted::default(),
+            };
             let now = self.node_view(&want);
             let health_checked = now.service.as_ref().is_some_and(|s| {
                 s.external_traffic_policy == TrafficPolicy::Local as i32
@@ -329,14 +371,6 @@ impl ServiceView {
                 Some((s, e)) => (s.cloned(), e.clone()),
                 None => (None, BTreeMap::new()),
             };
-            if have_svc != now.service {
-                reclaim(
-                    &mut self.claims,
-                    key,
-                    have_svc.as_ref(),
-                    now.service.as_ref(),
-                );
-            }
             match (&now.service, &have_svc) {
                 (Some(n), h) if h.as_ref() != Some(n) => req.service_upserts.push(n.clone()),
                 (None, Some(_)) => req.service_deletes.push(skey.clone()),
@@ -842,6 +876,23 @@ mod tests {
             v.claim_conflicts(Source::Manifests),
             ["ns/web2: 10.96.0.1 TCP 80 is held by ns/web"]
         );
+        // Drivers are told the holder only: in deltas and in the full sync a restarted driver
+        // gets (web2 would come first in it, by name).
+        let names = |r: &ProgramServiceRequest| -> Vec<String> {
+            let mut n: Vec<String> = r
+                .service_upserts
+                .iter()
+                .map(|s| s.key.as_ref().unwrap().name.clone())
+                .collect();
+            n.extend(
+                r.endpoint_upserts
+                    .iter()
+                    .map(|u| u.service.as_ref().unwrap().name.clone()),
+            );
+            n.dedup();
+            n
+        };
+        assert_eq!(names(&v.table.full_sync_request()), ["web"]);
         // The socket cannot take it: refused, nothing changes.
         let before = v.table.generation();
         let err = v
@@ -858,8 +909,12 @@ mod tests {
             "service_upserts[0].cluster_ips[0]: 10.96.0.1 TCP 80 is held by Service ns/web"
         );
         assert_eq!(v.table.generation(), before);
-        // The holder goes: the waiting one holds it now.
-        v.replace(Source::Manifests, [(key2, w2)].into());
+        // The holder goes: the waiting one holds it now, and drivers get it with its endpoints.
+        let (handover, _) = v.replace(Source::Manifests, [(key2, w2)].into());
+        let handover = handover.unwrap();
+        assert_eq!(names(&handover), ["web2"]);
+        assert_eq!(handover.service_deletes, [view::key("ns", "web")]);
+        assert_eq!(names(&v.table.full_sync_request()), ["web2"]);
         assert!(v.claim_conflicts(Source::Manifests).is_empty());
         assert!(
             v.apply_socket(&ProgramServiceRequest {
