@@ -103,6 +103,11 @@ pub struct NodeConfig {
     /// (NetworkReady); default `[default]`. Empty: the node is ready with no pod network.
     #[serde(default)]
     pub required_networks: Option<Vec<String>>,
+    /// The range node ports and health-check node ports are taken from, as kube-apiserver's
+    /// `--service-node-port-range` (`FIRST-LAST`); default `30000-32767`. A Service asking
+    /// for one outside it is refused (socket) or left out and reported (manifests).
+    #[serde(default)]
+    pub service_node_port_range: Option<String>,
     /// Drivers the host starts and supervises.
     #[serde(default)]
     pub drivers: Vec<DriverConfig>,
@@ -193,6 +198,8 @@ pub struct Settings {
     pub manifests_dir: Option<PathBuf>,
     /// Networks the node needs before it is ready.
     pub required_networks: Vec<String>,
+    /// Where node ports and health-check node ports must lie.
+    pub node_port_range: std::ops::RangeInclusive<u32>,
 }
 
 /// Command-line overrides.
@@ -208,6 +215,13 @@ pub struct Overrides {
     pub admin_socket: Option<PathBuf>,
     /// `--manifests`.
     pub manifests_dir: Option<PathBuf>,
+}
+
+/// `FIRST-LAST`, both ports, FIRST <= LAST.
+fn parse_port_range(r: &str) -> Option<std::ops::RangeInclusive<u32>> {
+    let (a, b) = r.trim().split_once('-')?;
+    let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (1 <= a && a <= b && b <= 65535).then_some(a..=b)
 }
 
 /// Parses a document; `file` names it in errors.
@@ -361,6 +375,15 @@ impl NodeConfig {
                 ));
             }
         }
+        let node_port_range = match &self.service_node_port_range {
+            None => 30000..=32767,
+            Some(r) => parse_port_range(r).ok_or_else(|| {
+                invalid(
+                    "serviceNodePortRange",
+                    format!("{r:?} is not FIRST-LAST with 1 <= FIRST <= LAST <= 65535"),
+                )
+            })?,
+        };
         let socket = o
             .socket
             .or(self.socket)
@@ -398,6 +421,7 @@ impl NodeConfig {
             },
             manifests_dir: o.manifests_dir.or(self.manifests_dir),
             required_networks,
+            node_port_range,
         })
     }
 }

@@ -143,6 +143,7 @@ impl Host {
             }));
         }
         conditions.extend(self.registry.failures());
+        conditions.extend(self.health_checks.conditions());
         let mut wanted: Vec<&str> = self
             .settings
             .required_networks
@@ -222,7 +223,7 @@ pub async fn run(
         store,
         services: tokio::sync::Mutex::new(service_view),
         manifest_errors: Default::default(),
-        health_checks: Default::default(),
+        health_checks: services::health::HealthChecks::new(registry.clone()),
         policies: tokio::sync::Mutex::new(policy::PolicyView::new(epoch)),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),

@@ -523,6 +523,12 @@ pub fn service(prefix: &str, s: &crate::proto::Service) -> R {
     for (j, c) in s.load_balancer_source_ranges.iter().enumerate() {
         cidr(&format!("{prefix}load_balancer_source_ranges[{j}]"), c)?;
     }
+    if s.health_check_node_port != 0 {
+        port(
+            &format!("{prefix}health_check_node_port"),
+            s.health_check_node_port,
+        )?;
+    }
     for (j, p) in s.ports.iter().enumerate() {
         port(&format!("{prefix}ports[{j}].port"), p.port)?;
         if p.node_port != 0 {

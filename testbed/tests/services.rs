@@ -205,41 +205,168 @@ fn http_get(port: u16) -> Option<(u16, serde_json::Value)> {
     Some((code, serde_json::from_str(body).ok()?))
 }
 
+/// A port in the default node port range (30000-32767) that nothing holds now.
+fn free_node_port() -> u16 {
+    let seed = std::process::id() as u16;
+    (0..2768u16)
+        .map(|i| 30000 + (seed.wrapping_add(i.wrapping_mul(7919))) % 2768)
+        .find(|p| std::net::TcpListener::bind(("::", *p)).is_ok())
+        .expect("a free port in 30000-32767")
+}
+
+fn lb_manifest(ready: bool, port: u16) -> String {
+    manifest(ready).replace(
+        "  clusterIPs: [10.96.0.10]\n",
+        &format!(
+            "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {port}\n  clusterIPs: [10.96.0.10]\n"
+        ),
+    )
+}
+
+/// The `HealthCheckNodePort` conditions of the node's readiness: (status, reason, message).
+async fn health_conditions(c: &Clients) -> Vec<(i32, String, String)> {
+    netlet_testbed::harness::readiness(c)
+        .await
+        .conditions
+        .into_iter()
+        .filter(|x| x.r#type == "HealthCheckNodePort")
+        .map(|x| (x.status, x.reason, x.message))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn health_check_node_port_answers_with_the_local_endpoint_count() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let lb = |ready: bool| {
-        manifest(ready).replace(
-            "  clusterIPs: [10.96.0.10]\n",
-            &format!(
-                "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {port}\n  clusterIPs: [10.96.0.10]\n"
-            ),
-        )
-    };
+    let port = free_node_port();
+    // Another process holds the port when the Service arrives: the host retries and says so.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("lb.yaml");
-    std::fs::write(&file, lb(true)).unwrap();
+    std::fs::write(&file, lb_manifest(true, port)).unwrap();
     let extra = format!("nodeName: node-a\nmanifestsDir: {}\n", dir.path().display());
     let h = Host::start(&fixture_driver("svc", "default", &[]), &extra).await;
-    let (code, body) = wait_until("health check served", T, || async move {
-        http_get(port).filter(|(c, _)| *c == 200)
+    h.wait_ready("").await;
+    let c = h.clients().await;
+    let held = wait_until("the failed bind in readiness", T, || {
+        let c = c.clone();
+        async move {
+            let v = health_conditions(&c).await;
+            (!v.is_empty()).then_some(v)
+        }
     })
+    .await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    let (status, reason, message) = &held[0];
+    assert_eq!(
+        (*status, reason.as_str()),
+        (
+            netlet_sdk::proto::ConditionStatus::False as i32,
+            "BindFailed"
+        )
+    );
+    assert!(
+        message.contains(&format!(
+            "health-check node port {port} of Service shop/web"
+        )),
+        "{message}"
+    );
+    drop(squatter);
+    let (code, body) = wait_until(
+        "health check served once the port is free",
+        T,
+        || async move { http_get(port).filter(|(c, _)| *c == 200) },
+    )
     .await;
     assert_eq!(code, 200);
     assert_eq!(body["localEndpoints"], 1);
+    assert_eq!(body["serviceProxyHealthy"], true);
     assert_eq!(body["service"]["name"], "web");
+    assert!(health_conditions(&c).await.is_empty());
     // The local endpoint goes not-ready: the node has nothing for external traffic.
-    std::fs::write(&file, lb(false)).unwrap();
+    std::fs::write(&file, lb_manifest(false, port)).unwrap();
     let (_, body) = wait_until("503 once nothing is local", T, || async move {
         http_get(port).filter(|(c, _)| *c == 503)
     })
     .await;
     assert_eq!(body["localEndpoints"], 0);
     drop(h);
+}
+
+/// With local endpoints but no Services driver that has applied the node's table (here: the
+/// only one is not ready), the node must not attract traffic: 503, `serviceProxyHealthy` false.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_check_node_port_is_unavailable_until_a_services_driver_is_in_sync() {
+    let port = free_node_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lb.yaml"), lb_manifest(true, port)).unwrap();
+    let extra = format!("nodeName: node-a\nmanifestsDir: {}\n", dir.path().display());
+    let h = Host::start(
+        &fixture_driver("svc", "default", &["--not-ready", "DataPlaneDown"]),
+        &extra,
+    )
+    .await;
+    let (code, body) = wait_until("health check served", T, || async move { http_get(port) }).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["localEndpoints"], 1);
+    assert_eq!(body["serviceProxyHealthy"], false);
+    drop(h);
+}
+
+/// Node ports outside the node's range are refused on the socket, naming the field.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_ports_outside_the_range_are_refused() {
+    let h = Host::start(
+        &fixture_driver("svc", "default", &[]),
+        "serviceNodePortRange: 31000-31999\n",
+    )
+    .await;
+    h.wait_ready("").await;
+    let c = h.clients().await;
+    let svc = |node_port: u32, health: u32| Service {
+        key: Some(ServiceKey {
+            namespace: "shop".into(),
+            name: "web".into(),
+        }),
+        r#type: netlet_sdk::proto::ServiceType::LoadBalancer as i32,
+        cluster_ips: vec!["10.96.0.10".into()],
+        ports: vec![netlet_sdk::proto::ServicePort {
+            port: 80,
+            node_port,
+            ..Default::default()
+        }],
+        external_traffic_policy: netlet_sdk::proto::TrafficPolicy::Local as i32,
+        health_check_node_port: health,
+        ..Default::default()
+    };
+    let send = |s: Service| {
+        let mut c = c.services.clone();
+        async move {
+            c.program_service(ProgramServiceRequest {
+                generation: 1,
+                full_sync: true,
+                service_upserts: vec![s],
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    for (s, field) in [
+        (svc(30080, 0), "service_upserts[0].ports[0].node_port"),
+        (
+            svc(31080, 32000),
+            "service_upserts[0].health_check_node_port",
+        ),
+        (
+            svc(31080, 70000),
+            "service_upserts[0].health_check_node_port",
+        ),
+    ] {
+        let e = send(s).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().starts_with(&format!("{field}: ")), "{e:?}");
+    }
+    assert!(list(&c).await.services.is_empty(), "nothing applied");
+    send(svc(31080, 31081)).await.unwrap();
+    assert_eq!(list(&c).await.services.len(), 1);
 }
 
 /// A full sync larger than 4 MiB reaches a driver that accepts 4 MiB messages (grpc-go's and

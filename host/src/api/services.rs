@@ -65,6 +65,13 @@ impl Services for Api {
                 "host ports come from the port mappings of pods attached with AttachPod; the host does not take them from callers",
             ));
         }
+        for (i, s) in req.service_upserts.iter().enumerate() {
+            crate::services::view::check_node_ports(
+                &format!("service_upserts[{i}]."),
+                s,
+                &self.0.settings.node_port_range,
+            )?;
+        }
         let drivers = self.0.registry.with_capability(Capability::Services);
         if drivers.is_empty() {
             return Err(error::nothing_serves("Services"));

@@ -181,7 +181,11 @@ impl Manifests {
     /// rules as a ProgramService caller's: a Service that breaks one is left out, an endpoint
     /// that breaks one is left out of its Service, and each is reported (`file: object: field:
     /// why`) while every other Service goes on being served.
-    pub fn wanted(&self, node: &NodeInfo) -> (BTreeMap<Key, Wanted>, Vec<String>) {
+    pub fn wanted(
+        &self,
+        node: &NodeInfo,
+        node_ports: &std::ops::RangeInclusive<u32>,
+    ) -> (BTreeMap<Key, Wanted>, Vec<String>) {
         let mut slices: BTreeMap<Key, Vec<(&Path, &EndpointSlice)>> = BTreeMap::new();
         for (path, f) in &self.files {
             for s in &f.slices {
@@ -204,7 +208,9 @@ impl Manifests {
                 continue;
             };
             let object = format!("Service {}/{}", key.0, key.1);
-            if let Err(e) = validate::service("", &svc) {
+            if let Err(e) = validate::service("", &svc)
+                .and_then(|()| view::check_node_ports("", &svc, node_ports))
+            {
                 errors.push(format!("{}: {object}: {}", path.display(), e.message()));
                 continue;
             }
@@ -261,7 +267,7 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
         if !m.scan() {
             continue;
         }
-        let (wanted, invalid) = m.wanted(&host.settings.node);
+        let (wanted, invalid) = m.wanted(&host.settings.node, &host.settings.node_port_range);
         let mut view = host.services.lock().await;
         let prev = view.table.generation();
         let (delta, conflicts) = view.replace(Source::Manifests, wanted);
@@ -293,6 +299,8 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
 mod tests {
     use super::*;
 
+    const NODE_PORTS: std::ops::RangeInclusive<u32> = 30000..=32767;
+
     const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}\n";
     const SLICE: &str = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.244.0.5], conditions: {ready: true}, nodeName: n1}]\n";
 
@@ -308,7 +316,7 @@ mod tests {
         std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
         let mut m = Manifests::new(dir.path());
         assert!(m.scan());
-        let (w, _) = m.wanted(&node);
+        let (w, _) = m.wanted(&node, &NODE_PORTS);
         let web = &w[&("shop".to_string(), "web".to_string())];
         assert!(web.endpoints["10.244.0.5"].use_for_internal && web.endpoints["10.244.0.5"].local);
         assert!(!m.scan(), "nothing changed");
@@ -320,14 +328,14 @@ mod tests {
             "{:?}",
             m.errors()
         );
-        assert_eq!(m.wanted(&node).0.len(), 1);
+        assert_eq!(m.wanted(&node, &NODE_PORTS).0.len(), 1);
         std::fs::write(&f, "kind: ConfigMap\n").unwrap();
         assert!(m.scan());
         assert!(m.errors()[0].contains("kind ConfigMap is not Service or EndpointSlice"));
         // Deleting the file deletes its Services.
         std::fs::remove_file(&f).unwrap();
         assert!(m.scan());
-        assert!(m.wanted(&node).0.is_empty() && m.errors().is_empty());
+        assert!(m.wanted(&node, &NODE_PORTS).0.is_empty() && m.errors().is_empty());
     }
 
     // A Service or endpoint that breaks the ProgramService rules is left out and reported with
@@ -350,15 +358,30 @@ mod tests {
             "nodeName: n1}]",
             "nodeName: n1}, {addresses: [10.244.0.256], conditions: {ready: true}}]",
         );
+        let low_node_port = SVC
+            .replace("name: web", "name: low")
+            .replace("10.96.0.10", "10.96.0.12")
+            .replace("clusterIP:", "type: NodePort, clusterIP:")
+            .replace("targetPort: 8080}", "targetPort: 8080, nodePort: 20000}");
+        // A health-check port past 65535 once was cast to a u16 and served as another port.
+        let wrapped_health = SVC
+            .replace("name: web", "name: wrapped")
+            .replace("10.96.0.10", "10.96.0.13")
+            .replace(
+                "clusterIP:",
+                "type: LoadBalancer, externalTrafficPolicy: Local, healthCheckNodePort: 96304, clusterIP:",
+            );
         let f = dir.path().join("mixed.yaml");
         std::fs::write(
             &f,
-            format!("{SVC}---\n{bad_ep}---\n{bad_svc}---\n{big_port}"),
+            format!(
+                "{SVC}---\n{bad_ep}---\n{bad_svc}---\n{big_port}---\n{low_node_port}---\n{wrapped_health}"
+            ),
         )
         .unwrap();
         let mut m = Manifests::new(dir.path());
         assert!(m.scan());
-        let (w, errors) = m.wanted(&node);
+        let (w, errors) = m.wanted(&node, &NODE_PORTS);
         let names: Vec<&str> = w.keys().map(|k| k.1.as_str()).collect();
         assert_eq!(names, ["web"]);
         let web = &w[&("shop".to_string(), "web".to_string())];
@@ -372,6 +395,13 @@ mod tests {
         );
         let e = find("shop/big").unwrap_or_else(|| panic!("{errors:?}"));
         assert!(e.contains("ports[0].port:"), "{e}");
+        let e = find("shop/low").unwrap_or_else(|| panic!("{errors:?}"));
+        assert!(
+            e.ends_with("ports[0].node_port: 20000 is outside the node port range 30000-32767"),
+            "{e}"
+        );
+        let e = find("shop/wrapped").unwrap_or_else(|| panic!("{errors:?}"));
+        assert!(e.contains("health_check_node_port:"), "{e}");
         let e = find("10.244.0.256").unwrap_or_else(|| panic!("{errors:?}"));
         assert!(
             e.starts_with(&file) && e.contains("EndpointSlice shop/web-1 of Service shop/web"),
@@ -384,7 +414,7 @@ mod tests {
             name: "n1".into(),
             zone: String::new(),
         };
-        m.wanted(&node)
+        m.wanted(&node, &NODE_PORTS)
             .0
             .values()
             .flat_map(|w| w.service.iter().flat_map(|s| s.cluster_ips.clone()))
