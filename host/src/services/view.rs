@@ -330,6 +330,40 @@ pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceKey> {
     ))
 }
 
+/// Refuses node ports and a health-check node port outside `range` (the node's
+/// `serviceNodePortRange`): `INVALID_ARGUMENT` naming the field after `prefix`.
+pub fn check_node_ports(
+    prefix: &str,
+    s: &Service,
+    range: &std::ops::RangeInclusive<u32>,
+) -> Result<(), tonic::Status> {
+    let outside = |field: String, port: u32| {
+        netlet_sdk::validate::invalid(
+            field,
+            format!(
+                "{port} is outside the node port range {}-{}",
+                range.start(),
+                range.end()
+            ),
+        )
+    };
+    for (j, p) in s.ports.iter().enumerate() {
+        if p.node_port != 0 && !range.contains(&p.node_port) {
+            return Err(outside(
+                format!("{prefix}ports[{j}].node_port"),
+                p.node_port,
+            ));
+        }
+    }
+    if s.health_check_node_port != 0 && !range.contains(&s.health_check_node_port) {
+        return Err(outside(
+            format!("{prefix}health_check_node_port"),
+            s.health_check_node_port,
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,38 +715,4 @@ spec:
         assert_eq!(eps.len(), 2);
         assert_eq!(slice_service(&a), Some(key("shop", "web")));
     }
-}
-
-/// Refuses node ports and a health-check node port outside `range` (the node's
-/// `serviceNodePortRange`): `INVALID_ARGUMENT` naming the field after `prefix`.
-pub fn check_node_ports(
-    prefix: &str,
-    s: &Service,
-    range: &std::ops::RangeInclusive<u32>,
-) -> Result<(), tonic::Status> {
-    let outside = |field: String, port: u32| {
-        netlet_sdk::validate::invalid(
-            field,
-            format!(
-                "{port} is outside the node port range {}-{}",
-                range.start(),
-                range.end()
-            ),
-        )
-    };
-    for (j, p) in s.ports.iter().enumerate() {
-        if p.node_port != 0 && !range.contains(&p.node_port) {
-            return Err(outside(
-                format!("{prefix}ports[{j}].node_port"),
-                p.node_port,
-            ));
-        }
-    }
-    if s.health_check_node_port != 0 && !range.contains(&s.health_check_node_port) {
-        return Err(outside(
-            format!("{prefix}health_check_node_port"),
-            s.health_check_node_port,
-        ));
-    }
-    Ok(())
 }
