@@ -43,6 +43,10 @@ use crate::{
     store::Store,
 };
 
+/// How long calls in flight at SIGTERM may take to finish before the host stops its drivers
+/// and exits (kubelet's default grace period is 30 s).
+pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Resolves once `rx` turns true (shutdown began).
 pub async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -86,7 +90,7 @@ pub struct Host {
     pub policies: tokio::sync::Mutex<policy::PolicyView>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// True once shutdown began.
+    /// True once shutdown began (the drain: no new calls; watches end).
     pub shutdown: watch::Receiver<bool>,
     locks: KeyLocks,
 }
@@ -206,7 +210,11 @@ pub async fn run(
         },
         metrics.clone(),
     );
+    // Two steps at shutdown: `draining` (the socket stops accepting; watches, manifests and
+    // pending detaches stop; calls in flight finish, within DRAIN_DEADLINE), then `stopping`
+    // (supervised drivers, the plugin directory and the admin endpoint stop).
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     // Host ports of the pods attached before a restart are handed to drivers again.
     // This incarnation's epoch: every batch to drivers carries it, so a driver that outlived an
     // earlier host takes this one's first full sync whatever its generation.
@@ -241,14 +249,14 @@ pub async fn run(
             settings.driver_socket_dir.clone(),
             settings.state_dir.join("drivers").join(&d.name),
             registry.clone(),
-            shutdown_rx.clone(),
+            stop_rx.clone(),
         )));
     }
     tasks.push(tokio::spawn(registry::plugin_dir::watch_dir(
         settings.plugin_dir.clone(),
         registry.clone(),
         settings.authorization.uids.clone(),
-        shutdown_rx.clone(),
+        stop_rx.clone(),
     )));
     if let Some(dir) = settings.manifests_dir.clone() {
         tasks.push(tokio::spawn(services::manifests::watch(host.clone(), dir)));
@@ -257,7 +265,7 @@ pub async fn run(
     tasks.push(tokio::spawn(admin::serve(
         admin,
         host.clone(),
-        shutdown_rx.clone(),
+        stop_rx.clone(),
     )));
 
     let names = api::host_services();
@@ -291,6 +299,7 @@ pub async fn run(
         let _ = shutdown_tx.send(true);
     });
     let mut graceful = shutdown_rx.clone();
+    let draining = shutdown_rx.clone();
     tracing::info!(socket = %settings.socket.display(), admin = %settings.admin_socket.display(), plugin_dir = %settings.plugin_dir.display(), state_dir = %settings.state_dir.display(), drivers = settings.drivers.len(), "netlet serving");
     let served = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
@@ -306,9 +315,19 @@ pub async fn run(
         .add_service(refl_v1alpha)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = graceful.wait_for(|s| *s).await;
-        })
-        .await
-        .map_err(netlet_sdk::Error::Transport);
+        });
+    let served = tokio::select! {
+        r = served => r.map_err(netlet_sdk::Error::Transport),
+        () = async {
+            stopped(draining).await;
+            tokio::time::sleep(DRAIN_DEADLINE).await;
+        } => {
+            tracing::warn!(deadline = ?DRAIN_DEADLINE, "calls still in flight at the drain deadline are dropped");
+            Ok(())
+        }
+    };
+    tracing::info!("drained; stopping drivers");
+    let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
     }

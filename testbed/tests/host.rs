@@ -1185,3 +1185,101 @@ async fn admin_tcp_serves_metrics_and_health_only() {
         "unix socket keeps it"
     );
 }
+
+// A caller that gives up while a driver is still answering leaves no half-made pod: the host
+// finishes the attach in a task of its own and records it, so host and driver agree, and the
+// caller's retry gets the same address.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_that_gives_up_leaves_no_half_attached_pod() {
+    let h = Host::start(
+        &fixture_driver("slow", "default", &["--attach-delay-ms", "1500"]),
+        "",
+    )
+    .await;
+    h.wait_ready("").await;
+    let c = h.clients().await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        c.pods.clone().attach_pod(pod("p1", &[])),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the caller gave up before the answer");
+    let driver =
+        netlet_sdk::client::Clients::connect(&h.dir.path().join("run/drivers/slow.sock"), None)
+            .await
+            .unwrap();
+    let on_host = wait_until("the host's record of p1", T, || {
+        let c = c.clone();
+        async move {
+            let l = listed(&c).await;
+            (!l.is_empty()).then_some(l)
+        }
+    })
+    .await;
+    let on_driver = listed(&driver).await;
+    assert_eq!(on_host.len(), 1);
+    assert_eq!(on_driver.len(), 1);
+    assert_eq!(
+        on_host[0].attachments[0].ips,
+        on_driver[0].attachments[0].ips
+    );
+    let retry = c
+        .pods
+        .clone()
+        .attach_pod(pod("p1", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry.attachments[0].ips, on_host[0].attachments[0].ips);
+    c.pods
+        .clone()
+        .detach_pod(DetachPodRequest {
+            sandbox_id: "p1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(listed(&c).await.is_empty() && listed(&driver).await.is_empty());
+}
+
+// SIGTERM: the host stops taking calls, lets those in flight finish (here an attach whose
+// driver answers after 1.5 s and would die at once on SIGTERM), and only then stops its
+// drivers.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_calls_in_flight_before_stopping_drivers() {
+    let mut h = Host::start(
+        &fixture_driver(
+            "slow",
+            "default",
+            &["--attach-delay-ms", "1500", "--exit-on-sigterm"],
+        ),
+        "",
+    )
+    .await;
+    h.wait_ready("").await;
+    let c = h.clients().await;
+    let mut pods = c.pods.clone();
+    let call = tokio::spawn(async move { pods.attach_pod(pod("p1", &[])).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = h.pid().unwrap();
+    let driver_pid = h.children("netlet-fixture-");
+    assert_eq!(driver_pid.len(), 1, "{driver_pid:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let answered = call.await.unwrap();
+    let a = answered.expect("the attach in flight finished");
+    assert_eq!(a.into_inner().attachments.len(), 1);
+    let status =
+        tokio::task::spawn_blocking(move || h.stop_with(nix::sys::signal::Signal::SIGTERM))
+            .await
+            .unwrap()
+            .expect("the host was running");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", driver_pid[0])).exists(),
+        "the driver is stopped with the host"
+    );
+}

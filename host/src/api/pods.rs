@@ -14,6 +14,17 @@ use tonic::{Request, Response, Status};
 use super::Api;
 use crate::error;
 
+/// Runs `work` in a task of its own and waits for it: if the caller gives up (its deadline
+/// passes, it disconnects), tonic drops this handler, but the attach, detach or collection
+/// finishes (or rolls back) and leaves its record; a retry then finds it.
+async fn to_completion<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Status::internal(format!("the call's task failed: {e}")))?
+}
+
 #[tonic::async_trait]
 impl Pods for Api {
     async fn attach_pod(
@@ -22,7 +33,10 @@ impl Pods for Api {
     ) -> Result<Response<AttachPodResponse>, Status> {
         let req = req.into_inner();
         validate::attach_pod(&req)?;
-        Ok(Response::new(self.0.attach(req).await?))
+        let host = self.0.clone();
+        Ok(Response::new(
+            to_completion(async move { host.attach(req).await }).await?,
+        ))
     }
 
     async fn detach_pod(
@@ -31,7 +45,8 @@ impl Pods for Api {
     ) -> Result<Response<DetachPodResponse>, Status> {
         let req = req.into_inner();
         validate::detach_pod(&req)?;
-        self.0.detach(&req.sandbox_id, &req.networks).await?;
+        let host = self.0.clone();
+        to_completion(async move { host.detach(&req.sandbox_id, &req.networks).await }).await?;
         Ok(Response::new(DetachPodResponse {}))
     }
 
@@ -64,7 +79,9 @@ impl Pods for Api {
     ) -> Result<Response<GarbageCollectResponse>, Status> {
         let req = req.into_inner();
         validate::garbage_collect(&req)?;
-        let removed_sandbox_ids = self.0.garbage_collect(&req).await?;
+        let host = self.0.clone();
+        let removed_sandbox_ids =
+            to_completion(async move { host.garbage_collect(&req).await }).await?;
         Ok(Response::new(GarbageCollectResponse {
             removed_sandbox_ids,
         }))

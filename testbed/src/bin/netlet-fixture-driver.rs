@@ -75,6 +75,12 @@ struct Args {
     /// Report not ready with this reason.
     #[arg(long)]
     not_ready: Option<String>,
+    /// Answer AttachPod this late (ms), after the attachment is made and recorded.
+    #[arg(long, default_value_t = 0)]
+    attach_delay_ms: u64,
+    /// Exit at once on SIGTERM, dropping calls in flight (as a driver without a drain would).
+    #[arg(long)]
+    exit_on_sigterm: bool,
 }
 
 #[derive(Default)]
@@ -93,6 +99,7 @@ struct Fixture {
     name: String,
     fail_attach: bool,
     not_ready: Option<String>,
+    attach_delay: std::time::Duration,
     state: Arc<Mutex<State>>,
 }
 
@@ -131,66 +138,73 @@ impl Pods for Fixture {
             return Err(Status::unavailable("fixture configured to fail AttachPod"));
         }
         let sandbox = req.sandbox.unwrap_or_default();
-        let mut st = self.state()?;
-        let nets = state::with_defaults(req.networks);
-        let mut out = Vec::new();
-        for sel in nets {
-            let existing = st.pods.get(&sandbox.id).and_then(|p| {
-                p.attachments
-                    .iter()
-                    .find(|a| a.network == sel.network)
-                    .cloned()
-            });
-            if let Some(a) = existing {
-                out.push(a);
-                continue;
-            }
-            let address = match sel.ips.first() {
-                Some(ip) => ip.split('/').next().unwrap_or_default().to_string(),
-                None => {
-                    st.next_host += 1;
-                    let n = st.next_host;
-                    format!("198.18.{}.{}", (n >> 8) & 0xff, n & 0xff)
-                }
-            };
-            let n = st.next_host;
-            let a = Attachment {
-                network: sel.network.clone(),
-                driver: self.name.clone(),
-                interface_name: if sel.interface_name.is_empty() {
-                    "eth0".into()
-                } else {
-                    sel.interface_name.clone()
-                },
-                mac: if sel.mac.is_empty() {
-                    format!("02:fe:00:00:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff)
-                } else {
-                    sel.mac.clone()
-                },
-                mtu: if sel.mtu == 0 { 1500 } else { sel.mtu },
-                ips: vec![IpConfig {
-                    address: format!("{address}/15"),
-                    family: IpFamily::Ipv4 as i32,
-                    gateway: "198.18.0.1".into(),
-                }],
-                routes: vec![Route {
-                    destination: "0.0.0.0/0".into(),
-                    gateway: "198.18.0.1".into(),
-                    ..Default::default()
-                }],
-                default_route: sel.default_route.unwrap_or(true),
-                netns_path: sandbox.netns_path.clone(),
-                ..Default::default()
-            };
-            let entry = st
-                .pods
-                .entry(sandbox.id.clone())
-                .or_insert_with(|| PodAttachments {
-                    sandbox: Some(sandbox.clone()),
-                    attachments: vec![],
+        let out = {
+            let mut st = self.state()?;
+            let nets = state::with_defaults(req.networks);
+            let mut out = Vec::new();
+            for sel in nets {
+                let existing = st.pods.get(&sandbox.id).and_then(|p| {
+                    p.attachments
+                        .iter()
+                        .find(|a| a.network == sel.network)
+                        .cloned()
                 });
-            entry.attachments.push(a.clone());
-            out.push(a);
+                if let Some(a) = existing {
+                    out.push(a);
+                    continue;
+                }
+                let address = match sel.ips.first() {
+                    Some(ip) => ip.split('/').next().unwrap_or_default().to_string(),
+                    None => {
+                        st.next_host += 1;
+                        let n = st.next_host;
+                        format!("198.18.{}.{}", (n >> 8) & 0xff, n & 0xff)
+                    }
+                };
+                let n = st.next_host;
+                let a = Attachment {
+                    network: sel.network.clone(),
+                    driver: self.name.clone(),
+                    interface_name: if sel.interface_name.is_empty() {
+                        "eth0".into()
+                    } else {
+                        sel.interface_name.clone()
+                    },
+                    mac: if sel.mac.is_empty() {
+                        format!("02:fe:00:00:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff)
+                    } else {
+                        sel.mac.clone()
+                    },
+                    mtu: if sel.mtu == 0 { 1500 } else { sel.mtu },
+                    ips: vec![IpConfig {
+                        address: format!("{address}/15"),
+                        family: IpFamily::Ipv4 as i32,
+                        gateway: "198.18.0.1".into(),
+                    }],
+                    routes: vec![Route {
+                        destination: "0.0.0.0/0".into(),
+                        gateway: "198.18.0.1".into(),
+                        ..Default::default()
+                    }],
+                    default_route: sel.default_route.unwrap_or(true),
+                    netns_path: sandbox.netns_path.clone(),
+                    ..Default::default()
+                };
+                let entry = st
+                    .pods
+                    .entry(sandbox.id.clone())
+                    .or_insert_with(|| PodAttachments {
+                        sandbox: Some(sandbox.clone()),
+                        attachments: vec![],
+                    });
+                entry.attachments.push(a.clone());
+                out.push(a);
+            }
+            out
+        };
+        if self.attach_delay > std::time::Duration::ZERO {
+            // The work is done and recorded; only the answer is late.
+            tokio::time::sleep(self.attach_delay).await;
         }
         Ok(Response::new(AttachPodResponse { attachments: out }))
     }
@@ -599,8 +613,16 @@ async fn main() -> anyhow::Result<()> {
         name: args.name.clone(),
         fail_attach: args.fail_attach,
         not_ready: args.not_ready.clone(),
+        attach_delay: std::time::Duration::from_millis(args.attach_delay_ms),
         state: Arc::new(Mutex::new(State::default())),
     };
+    if args.exit_on_sigterm {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::spawn(async move {
+            term.recv().await;
+            std::process::exit(0);
+        });
+    }
     let mut d = Driver::new(&args.name, env!("CARGO_PKG_VERSION"))
         .socket(socket)
         .max_message_bytes(args.max_message_bytes);
