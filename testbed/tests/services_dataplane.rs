@@ -833,3 +833,81 @@ endpoints:
         .await;
     assert_eq!(taken_over.0, "web-alt");
 }
+
+/// A long nftables transaction does not stall the driver: Probe is answered again and again
+/// while a full sync of thousands of Services is being programmed (the netlink work runs off
+/// the driver's async runtime thread).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_transaction_does_not_stall_probe() {
+    if !privileged("a_long_transaction_does_not_stall_probe") {
+        return;
+    }
+    let node = Node::start(
+        "stall",
+        &nft_driver("nft", &["--cluster-cidr", V4]),
+        "requiredNetworks: []\n",
+    )
+    .await;
+    let sock = node.host.dir.path().join("run/drivers/nft.sock");
+    let driver = netlet_testbed::harness::wait_until(
+        "the nft driver serving",
+        Duration::from_secs(20),
+        || {
+            let sock = sock.clone();
+            async move { Clients::connect(&sock, None).await.ok() }
+        },
+    )
+    .await;
+    let (services, endpoints) = (4000u32, 10u32);
+    let mut req = ProgramServiceRequest {
+        epoch: 1,
+        generation: 1,
+        full_sync: true,
+        ..Default::default()
+    };
+    for i in 0..services {
+        let s = cluster_ip(
+            &format!("s{i}"),
+            &[&format!("10.96.{}.{}", i / 250, i % 250 + 1)],
+            vec![port("http", Protocol::Tcp, 80, 8080)],
+        );
+        for j in 0..endpoints {
+            req.endpoint_upserts.push(EndpointUpsert {
+                service: s.key.clone(),
+                endpoint: Some(ready(ip(&format!(
+                    "10.245.{}.{}",
+                    (i * endpoints + j) / 250 % 250,
+                    (i * endpoints + j) % 250 + 1
+                )))),
+            });
+        }
+        req.service_upserts.push(s);
+    }
+    let mut services_client = driver.services.clone();
+    let started = Instant::now();
+    let program = tokio::spawn(async move { services_client.program_service(req).await });
+    let mut answered = 0;
+    let mut slowest = Duration::ZERO;
+    while !program.is_finished() {
+        let t = Instant::now();
+        driver
+            .identity
+            .clone()
+            .probe(netlet_sdk::proto::ProbeRequest::default())
+            .await
+            .unwrap();
+        slowest = slowest.max(t.elapsed());
+        if !program.is_finished() {
+            answered += 1;
+        }
+    }
+    program.await.unwrap().expect("the full sync applied");
+    let took = started.elapsed();
+    println!(
+        "full sync of {services} Services took {took:?}; {answered} probes answered meanwhile, slowest {slowest:?}"
+    );
+    assert!(
+        answered >= 10,
+        "{answered} probes answered during a {took:?} transaction"
+    );
+}

@@ -9,7 +9,7 @@ use netlet_sdk::proto::{
     PodNetworkStatusResponse, WatchNetworkReadyRequest, WatchNetworkReadyResponse,
     node_server::Node, pods_server::Pods,
 };
-use netlet_sdk::{state, validate};
+use netlet_sdk::{server::to_completion, state, validate};
 use tonic::{Request, Response, Status};
 
 use crate::driver::Bridge;
@@ -26,32 +26,37 @@ impl Pods for Api {
     ) -> Result<Response<AttachPodResponse>, Status> {
         let req = req.into_inner();
         validate::attach_pod(&req)?;
-        let sandbox = req.sandbox.unwrap_or_default();
-        let nets = netlet_sdk::state::with_defaults(req.networks);
-        let mut done: Vec<NetworkSelection> = Vec::new();
-        let mut attachments = Vec::new();
-        for (i, sel) in nets.iter().enumerate() {
-            match self
-                .0
-                .attach(&sandbox, sel, &format!("networks[{i}]"))
-                .await
-            {
-                Ok(a) => {
-                    let mut s = sel.clone();
-                    s.interface_name = a.interface_name.clone();
-                    done.push(s);
-                    attachments.push(a);
-                }
-                Err(e) => {
-                    if !done.is_empty()
-                        && let Err(r) = self.0.detach(&sandbox.id, &done).await
-                    {
-                        tracing::error!(sandbox = %sandbox.id, error = %r, "rollback failed");
+        let bridge = self.0.clone();
+        // Finished (or rolled back) even when the host gives up on the call.
+        let attachments = to_completion(async move {
+            let sandbox = req.sandbox.unwrap_or_default();
+            let nets = netlet_sdk::state::with_defaults(req.networks);
+            let mut done: Vec<NetworkSelection> = Vec::new();
+            let mut attachments = Vec::new();
+            for (i, sel) in nets.iter().enumerate() {
+                match bridge
+                    .attach(&sandbox, sel, &format!("networks[{i}]"))
+                    .await
+                {
+                    Ok(a) => {
+                        let mut s = sel.clone();
+                        s.interface_name = a.interface_name.clone();
+                        done.push(s);
+                        attachments.push(a);
                     }
-                    return Err(e);
+                    Err(e) => {
+                        if !done.is_empty()
+                            && let Err(r) = bridge.detach(&sandbox.id, &done).await
+                        {
+                            tracing::error!(sandbox = %sandbox.id, error = %r, "rollback failed");
+                        }
+                        return Err(e);
+                    }
                 }
             }
-        }
+            Ok(attachments)
+        })
+        .await?;
         Ok(Response::new(AttachPodResponse { attachments }))
     }
 
@@ -61,7 +66,8 @@ impl Pods for Api {
     ) -> Result<Response<DetachPodResponse>, Status> {
         let req = req.into_inner();
         validate::detach_pod(&req)?;
-        self.0.detach(&req.sandbox_id, &req.networks).await?;
+        let bridge = self.0.clone();
+        to_completion(async move { bridge.detach(&req.sandbox_id, &req.networks).await }).await?;
         Ok(Response::new(DetachPodResponse {}))
     }
 
@@ -86,9 +92,15 @@ impl Pods for Api {
         let req = req.into_inner();
         let stale = state::stale_sandboxes(&req, self.0.pods())?;
         let only = state::gc_selection(&req);
-        for id in &stale {
-            self.0.detach(id, &only).await?;
-        }
+        let bridge = self.0.clone();
+        let ids = stale.clone();
+        to_completion(async move {
+            for id in &ids {
+                bridge.detach(id, &only).await?;
+            }
+            Ok(())
+        })
+        .await?;
         Ok(Response::new(GarbageCollectResponse {
             removed_sandbox_ids: stale,
         }))

@@ -14,7 +14,7 @@ use rtnetlink::packet_core::{
     DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 
-use crate::netlink::{self, Netlink, NlError, NlResult, errno};
+use crate::netlink::{self, Netlink, NlError, NlResult, Within, errno};
 
 /// Pod annotation limiting traffic to the pod.
 pub const INGRESS_ANNOTATION: &str = "kubernetes.io/ingress-bandwidth";
@@ -173,7 +173,19 @@ async fn add_tbf(nl: &Netlink, index: u32, what: &str, bps: u64, burst_bits: u64
         message,
     };
     let mut resp = h.request(req).map_err(|e| fail(e.to_string(), None))?;
-    while let Some(m) = resp.next().await {
+    let deadline = tokio::time::Instant::now() + netlink::KERNEL_TIMEOUT;
+    while let Some(m) = tokio::time::timeout_at(deadline, resp.next())
+        .await
+        .map_err(|_| {
+            fail(
+                format!(
+                    "no answer from the kernel within {:?}",
+                    netlink::KERNEL_TIMEOUT
+                ),
+                Some(errno::ETIMEDOUT),
+            )
+        })?
+    {
         if let NetlinkPayload::Error(e) = m.payload
             && e.code.is_some()
         {
@@ -200,16 +212,16 @@ pub async fn apply(nl: &Netlink, host_veth: &str, l: &Limits) -> NlResult<()> {
         h.link()
             .add(LinkIfb::new(&ifb).up().build())
             .execute()
-            .await
-            .map_err(netlink::nl(format!("create ifb {ifb}")))?;
+            .within(format!("create ifb {ifb}"))
+            .await?;
         let ifb_index = nl.link_index(&ifb).await?.unwrap_or_default();
         add_tbf(nl, ifb_index, &ifb, l.egress_bps, l.egress_burst_bits).await?;
         h.qdisc()
             .add(veth as i32)
             .ingress()
             .execute()
-            .await
-            .map_err(netlink::nl(format!("ingress qdisc on {host_veth}")))?;
+            .within(format!("ingress qdisc on {host_veth}"))
+            .await?;
         h.traffic_filter(veth as i32)
             .add()
             .parent(0xffff_0000)
@@ -217,8 +229,8 @@ pub async fn apply(nl: &Netlink, host_veth: &str, l: &Limits) -> NlResult<()> {
             .redirect(ifb_index)
             .map_err(netlink::nl(format!("redirect filter on {host_veth}")))?
             .execute()
-            .await
-            .map_err(netlink::nl(format!("redirect {host_veth} to {ifb}")))?;
+            .within(format!("redirect {host_veth} to {ifb}"))
+            .await?;
     }
     Ok(())
 }

@@ -20,6 +20,8 @@ pub mod errno {
     pub const ENODEV: i32 = 19;
     /// Already exists.
     pub const EEXIST: i32 = 17;
+    /// Timed out.
+    pub const ETIMEDOUT: i32 = 110;
 }
 
 /// A failed netlink (or sysctl) step, with what was being done.
@@ -65,6 +67,29 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NlError {
         message: e.to_string(),
     }
 }
+
+/// How long one kernel round trip may take before the step fails with `ETIMEDOUT` (the
+/// socket is non-blocking: a slow kernel never holds a runtime thread, and a call never hangs).
+pub const KERNEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A netlink request bounded by [`KERNEL_TIMEOUT`], its error saying what was being done.
+pub(crate) trait Within<T>: Future<Output = Result<T, rtnetlink::Error>> + Sized {
+    fn within(self, what: impl Into<String>) -> impl Future<Output = NlResult<T>> {
+        let what = what.into();
+        async move {
+            match tokio::time::timeout(KERNEL_TIMEOUT, self).await {
+                Ok(r) => r.map_err(nl(what)),
+                Err(_) => Err(NlError {
+                    what,
+                    errno: Some(errno::ETIMEDOUT),
+                    message: format!("no answer from the kernel within {KERNEL_TIMEOUT:?}"),
+                }),
+            }
+        }
+    }
+}
+
+impl<T, F: Future<Output = Result<T, rtnetlink::Error>>> Within<T> for F {}
 
 /// Ignores "already exists".
 fn exists_ok(r: NlResult<()>) -> NlResult<()> {
@@ -118,18 +143,13 @@ impl Netlink {
             .match_name(name.to_string())
             .execute()
             .try_next()
+            .within(format!("get link {name}"))
             .await;
         match res {
             Ok(Some(m)) => Ok(Some(m.header.index)),
             Ok(None) => Ok(None),
-            Err(e) => {
-                let e = nl(format!("get link {name}"))(e);
-                if e.errno == Some(errno::ENODEV) {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
+            Err(e) if e.errno == Some(errno::ENODEV) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -148,8 +168,8 @@ impl Netlink {
                 .link()
                 .add(LinkBridge::new(name).mtu(mtu).address(mac.to_vec()).build())
                 .execute()
-                .await
-                .map_err(nl(format!("create bridge {name}")));
+                .within(format!("create bridge {name}"))
+                .await;
             exists_ok(res)?;
         }
         let index = self.link_index(name).await?.ok_or_else(|| NlError {
@@ -164,8 +184,8 @@ impl Netlink {
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
-            .await
-            .map_err(nl(format!("set {name} up")))?;
+            .within(format!("set {name} up"))
+            .await?;
         Ok(index)
     }
 
@@ -178,8 +198,8 @@ impl Netlink {
             .push(AddressAttribute::Flags(AddressFlags::Nodad));
         exists_ok(
             req.execute()
-                .await
-                .map_err(nl(format!("add address {ip}/{prefix}"))),
+                .within(format!("add address {ip}/{prefix}"))
+                .await,
         )
     }
 
@@ -219,8 +239,8 @@ impl Netlink {
             .link()
             .add(msg)
             .execute()
-            .await
-            .map_err(nl(format!("create veth {host} <-> {peer}")));
+            .within(format!("create veth {host} <-> {peer}"))
+            .await;
         drop(ns);
         res?;
         self.set_hairpin(host).await
@@ -239,8 +259,8 @@ impl Netlink {
             .link()
             .set_port(rtnetlink::LinkBridgePort::new(index).hairpin(true).build())
             .execute()
+            .within(format!("hairpin mode on {name}"))
             .await
-            .map_err(nl(format!("hairpin mode on {name}")))
     }
 
     /// Enslaves interface `name` to bridge `bridge`; returns whether the interface exists.
@@ -250,8 +270,8 @@ impl Netlink {
             .link()
             .set(LinkUnspec::new_with_name(name).controller(bridge).build())
             .execute()
-            .await
-            .map_err(nl(format!("set master of {name}")));
+            .within(format!("set master of {name}"))
+            .await;
         match res {
             Ok(()) => Ok(true),
             Err(e) if e.errno == Some(errno::ENODEV) => Ok(false),
@@ -266,8 +286,8 @@ impl Netlink {
             .link()
             .del_with_message(LinkUnspec::new_with_name(name).build())
             .execute()
-            .await
-            .map_err(nl(format!("delete link {name}")));
+            .within(format!("delete link {name}"))
+            .await;
         match res {
             Ok(()) => Ok(true),
             Err(e) if e.errno == Some(errno::ENODEV) => Ok(false),
@@ -297,7 +317,7 @@ impl Netlink {
                 .set(LinkUnspec::new_with_index(i).up().build())
                 .execute();
             steps.push(Box::pin(async move {
-                req.await.map_err(nl(format!("set {what} up")))
+                req.within(format!("set {what} up")).await
             }));
         }
         for &(ip, prefix) in addresses {
@@ -316,7 +336,7 @@ impl Netlink {
             };
             let req = self.handle.route().add(msg).execute();
             steps.push(Box::pin(async move {
-                exists_ok(req.await.map_err(nl(format!("add default route via {gw}"))))
+                exists_ok(req.within(format!("add default route via {gw}")).await)
             }));
         }
         futures::future::try_join_all(steps).await.map(|_| ())
@@ -341,7 +361,7 @@ impl Netlink {
     async fn links_where(&self, keep: impl Fn(&[LinkAttribute]) -> bool) -> NlResult<Vec<String>> {
         let mut out = Vec::new();
         let mut links = self.handle.link().get().execute();
-        while let Some(l) = links.try_next().await.map_err(nl("list links"))? {
+        while let Some(l) = links.try_next().within("list links").await? {
             if keep(&l.attributes) {
                 out.extend(l.attributes.iter().find_map(|a| match a {
                     LinkAttribute::IfName(n) => Some(n.clone()),

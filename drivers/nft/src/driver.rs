@@ -352,17 +352,24 @@ impl Services for Api {
         req: Request<ProgramServiceRequest>,
     ) -> Result<Response<ProgramServiceResponse>, Status> {
         let req = req.into_inner();
-        validate::program_service(&req)?;
-        let whole = self
-            .0
-            .parts
-            .lock()
-            .map_err(|_| Status::internal("parts lock poisoned"))?
-            .offer(req)?;
-        let applied = match whole {
-            Some(req) => self.0.program(&req)?,
-            None => self.0.applied()?,
-        };
+        let nft = self.0.clone();
+        // Validation of a big batch and its netlink transaction block: they run on a blocking
+        // thread, so Probe and health stay answered meanwhile; and to their end, even when the
+        // host gives up on the call.
+        let applied = tokio::task::spawn_blocking(move || {
+            validate::program_service(&req)?;
+            let whole = nft
+                .parts
+                .lock()
+                .map_err(|_| Status::internal("parts lock poisoned"))?
+                .offer(req)?;
+            match whole {
+                Some(req) => nft.program(&req),
+                None => nft.applied(),
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(format!("programming task failed: {e}")))??;
         Ok(Response::new(ProgramServiceResponse::from(applied)))
     }
 
@@ -372,11 +379,15 @@ impl Services for Api {
     ) -> Result<Response<ListServicesResponse>, Status> {
         let req = req.into_inner();
         validate::list_services(&req)?;
-        let st = self
-            .0
-            .state
-            .lock()
-            .map_err(|_| Status::internal("state lock poisoned"))?;
-        Ok(Response::new(st.table.list(&req.namespace)))
+        let nft = self.0.clone();
+        // The state lock is held through a transaction: wait for it off the runtime thread.
+        tokio::task::spawn_blocking(move || {
+            nft.state
+                .lock()
+                .map(|st| Response::new(st.table.list(&req.namespace)))
+                .map_err(|_| Status::internal("state lock poisoned"))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("listing task failed: {e}")))?
     }
 }

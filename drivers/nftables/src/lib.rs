@@ -478,7 +478,12 @@ fn encode(m: &mut NetlinkMessage<NetfilterMessage>, buf: &mut Vec<u8>) {
     m.serialize(&mut buf[start..]);
 }
 
-/// A netlink socket for nftables transactions (in the caller's network namespace).
+/// How long the kernel may take to answer one transaction (a full sync of 100k elements takes
+/// a few seconds) before it fails.
+pub const KERNEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A netlink socket for nftables transactions (in the caller's network namespace). Its calls
+/// block: run them on a thread of their own (`spawn_blocking`), never on an async runtime's.
 pub struct Conn {
     sock: Socket,
     seq: u32,
@@ -496,6 +501,13 @@ impl Conn {
             .map_err(|e| err("connect", &e, e.raw_os_error()))?;
         // Errors only come back for failed messages; a big batch must fit one send.
         let _ = sock.set_rx_buf_sz(4usize << 20);
+        // No round trip waits for ever: a kernel that does not answer fails the transaction.
+        nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(KERNEL_TIMEOUT.as_secs() as i64, 0),
+        )
+        .map_err(|e| err("set receive timeout", &e, Some(e as i32)))?;
         Ok(Self {
             sock,
             seq: 0,

@@ -13,17 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::Api;
 use crate::error;
-
-/// Runs `work` in a task of its own and waits for it: if the caller gives up (its deadline
-/// passes, it disconnects), tonic drops this handler, but the attach, detach or collection
-/// finishes (or rolls back) and leaves its record; a retry then finds it.
-async fn to_completion<T: Send + 'static>(
-    work: impl Future<Output = Result<T, Status>> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::spawn(work)
-        .await
-        .map_err(|e| Status::internal(format!("the call's task failed: {e}")))?
-}
+use netlet_sdk::server::to_completion;
 
 #[tonic::async_trait]
 impl Pods for Api {
