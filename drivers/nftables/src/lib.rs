@@ -507,7 +507,7 @@ impl Conn {
             nix::sys::socket::sockopt::ReceiveTimeout,
             &nix::sys::time::TimeVal::new(KERNEL_TIMEOUT.as_secs() as i64, 0),
         )
-        .map_err(|e| err("set receive timeout", &e, Some(e as i32)))?;
+        .map_err(|e| err("set receive timeout", e, Some(e as i32)))?;
         Ok(Self {
             sock,
             seq: 0,
