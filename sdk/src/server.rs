@@ -133,6 +133,18 @@ pub fn reflection(
     Ok((v1, v1alpha))
 }
 
+/// Runs `work` in a task of its own and waits for it. If the caller gives up (its deadline
+/// passes, it disconnects), tonic drops the handler that awaits this, but `work` runs on to
+/// its end (an attach completes or rolls back and leaves its record), so a retry finds what it
+/// did instead of a half-made pod. Use it for every call that changes the node.
+pub async fn to_completion<T: Send + 'static>(
+    work: impl Future<Output = Result<T, tonic::Status>> + Send + 'static,
+) -> Result<T, tonic::Status> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| tonic::Status::internal(format!("the call's task failed: {e}")))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,16 +166,4 @@ mod tests {
         assert!(bind_unix(&file, 0o600).is_err());
         assert_eq!(fs::read(&file).unwrap(), b"data");
     }
-}
-
-/// Runs `work` in a task of its own and waits for it. If the caller gives up (its deadline
-/// passes, it disconnects), tonic drops the handler that awaits this, but `work` runs on to
-/// its end (an attach completes or rolls back and leaves its record), so a retry finds what it
-/// did instead of a half-made pod. Use it for every call that changes the node.
-pub async fn to_completion<T: Send + 'static>(
-    work: impl Future<Output = Result<T, tonic::Status>> + Send + 'static,
-) -> Result<T, tonic::Status> {
-    tokio::spawn(work)
-        .await
-        .map_err(|e| tonic::Status::internal(format!("the call's task failed: {e}")))?
 }
