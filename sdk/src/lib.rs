@@ -49,6 +49,7 @@
 pub mod client;
 mod driver;
 pub mod generation;
+pub mod hash;
 #[cfg(feature = "netns")]
 pub mod netns;
 pub mod parts;

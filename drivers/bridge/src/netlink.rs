@@ -384,24 +384,12 @@ pub fn sysctl(key: &str, value: &str) -> NlResult<()> {
     std::fs::write(&path, value).map_err(io(format!("sysctl {key}={value}")))
 }
 
-/// FNV-1a, 64 bits: stable across builds, for names derived from ids.
-pub fn fnv1a(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.bytes().chain([0u8]) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    h
-}
-
 /// The host-side veth name of a pod interface: `veth` + 11 hex digits, the same every time
 /// for the same sandbox and interface, so a restarted driver finds it.
 pub fn host_veth_name(sandbox_id: &str, ifname: &str) -> String {
     format!(
         "veth{:011x}",
-        fnv1a(&[sandbox_id, ifname]) & 0xfff_ffff_ffff
+        netlet_sdk::hash::fnv1a_parts(&[sandbox_id, ifname]) & 0xfff_ffff_ffff
     )
 }
 
@@ -431,7 +419,7 @@ pub fn host_veth_mac(name: &str) -> [u8; 6] {
 }
 
 fn stable_mac(parts: &[&str]) -> [u8; 6] {
-    let h = fnv1a(parts).to_be_bytes();
+    let h = netlet_sdk::hash::fnv1a_parts(parts).to_be_bytes();
     [0x02, h[1], h[2], h[3], h[4], h[5]]
 }
 

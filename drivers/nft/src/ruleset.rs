@@ -192,9 +192,7 @@ fn port_key(proto: u8, port: u16) -> Vec<u8> {
 /// A Service chain's id in the shared maps' keys (FNV-1a of its name: stable, and with 64 bits
 /// no two of a node's chains collide in practice).
 fn chain_id(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    netlet_sdk::hash::fnv1a(name.as_bytes())
 }
 
 /// `addr . port` as a map's data (the port padded to 4 bytes).
