@@ -3,10 +3,13 @@
 //! deletions take effect without a restart. A file that does not load is reported with its
 //! name and the reason, and its last good content stays in effect.
 //!
-//! The directory is polled (every [`POLL`]): a file is read again only when its target's
-//! modification or change time, size or inode changed. Symlinks are followed, so a ConfigMap
-//! mounted as the directory works through its `..data` swaps; a file that reads empty while it
-//! held objects is applied only when it reads so twice (it may be half-written).
+//! The directory is watched with inotify (through `notify`): on an event every file is read
+//! again and compared by content, so an edit that keeps the size and lands within the same
+//! timestamp tick is seen too. A rescan every [`RESCAN`] is the safety net for lost events (a
+//! full inotify queue): it reads a file again when its target's modification or change time,
+//! size or inode changed. Symlinks are followed, so a ConfigMap mounted as the directory works
+//! through its `..data` swaps; a file that reads empty while it held objects is applied only
+//! when it reads so twice (it may be half-written).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -24,8 +27,14 @@ use super::sources::{Key, Source, Wanted, k};
 use super::view::{self, NodeInfo};
 use crate::Host;
 
-/// How often the directory is looked at.
+/// How often the directory is scanned besides its inotify events.
+pub const RESCAN: Duration = Duration::from_secs(2);
+
+/// Without inotify (its limits reached), how often the directory is polled.
 pub const POLL: Duration = Duration::from_millis(250);
+
+/// After an event, how long to wait for the writer's next ones before reading.
+const SETTLE: Duration = Duration::from_millis(20);
 
 /// What tells a file changed: its target's modification and change times, size and inode
 /// (a ConfigMap mount swaps a `..data` symlink to new files of maybe the same size and time;
@@ -35,6 +44,8 @@ type Stamp = (SystemTime, i64, i64, u64, u64);
 #[derive(Debug, Default, Clone)]
 struct FileState {
     stamp: Option<Stamp>,
+    /// FNV-1a of the content last read.
+    digest: Option<u64>,
     /// A file that read empty while it held objects: applied only when it reads so twice with
     /// the same stamp (it may be half-written).
     empty_seen: Option<Stamp>,
@@ -97,8 +108,18 @@ impl Manifests {
         }
     }
 
-    /// Reads what changed; returns whether anything did.
+    /// Reads what changed by its stamp; returns whether anything did.
     pub fn scan(&mut self) -> bool {
+        self.scan_with(false)
+    }
+
+    /// Reads every file again and compares contents (after an inotify event: the stamp may
+    /// not have moved); returns whether anything changed.
+    pub fn reread(&mut self) -> bool {
+        self.scan_with(true)
+    }
+
+    fn scan_with(&mut self, reread: bool) -> bool {
         let mut seen = Vec::new();
         let mut changed = false;
         let entries = match std::fs::read_dir(&self.dir) {
@@ -131,11 +152,23 @@ impl Manifests {
                 meta.ino(),
             ));
             let st = self.files.entry(path.clone()).or_default();
-            if st.stamp == stamp {
+            if st.stamp == stamp && !reread {
                 continue;
             }
-            let loaded = std::fs::read_to_string(&path)
-                .map_err(|e| e.to_string())
+            let text = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "manifest unreadable; looked at again at the next event or rescan");
+                    continue;
+                }
+            };
+            let digest = Some(netlet_sdk::hash::fnv1a(&text));
+            if st.digest == digest && st.empty_seen.is_none() {
+                st.stamp = stamp;
+                continue;
+            }
+            let loaded = String::from_utf8(text)
+                .map_err(|e| format!("not UTF-8: {e}"))
                 .and_then(|t| parse(&t));
             let had = !st.services.is_empty() || !st.slices.is_empty();
             if let Ok((s, e)) = &loaded
@@ -150,6 +183,7 @@ impl Manifests {
             }
             st.empty_seen = None;
             st.stamp = stamp;
+            st.digest = digest;
             changed = true;
             match loaded {
                 Ok((services, slices)) => {
@@ -254,17 +288,47 @@ impl Manifests {
     }
 }
 
+/// Events of the directory, coalesced: one pending wake-up at most.
+fn watcher(dir: &Path) -> Option<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
+    use notify::Watcher;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut w = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        let _ = tx.try_send(());
+    })
+    .map_err(|e| tracing::warn!(error = %e, "no inotify: the manifests directory is polled"))
+    .ok()?;
+    w.watch(dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the manifests directory: polled"))
+        .ok()?;
+    Some((w, rx))
+}
+
 /// Watches `dir` until shutdown, feeding changes into the node's Service view.
 pub async fn watch(host: Arc<Host>, dir: PathBuf) {
     let mut m = Manifests::new(&dir);
-    let mut tick = tokio::time::interval(POLL);
+    // Watched from the start: a change made while the first scan runs is not lost.
+    let mut events = watcher(&dir);
+    let mut rescan = tokio::time::interval(if events.is_some() { RESCAN } else { POLL });
     let mut shutdown = host.shutdown.clone();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let reread = tokio::select! {
+            _ = rescan.tick() => false,
+            Some(()) = async {
+                match events.as_mut() {
+                    Some((_, rx)) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
             _ = shutdown.wait_for(|s| *s) => return,
+        };
+        if reread {
+            // A writer's events come in bursts (truncate, write, close; a `..data` swap).
+            tokio::time::sleep(SETTLE).await;
+            if let Some((_, rx)) = events.as_mut() {
+                while rx.try_recv().is_ok() {}
+            }
         }
-        if !m.scan() {
+        if !m.scan_with(reread) {
             continue;
         }
         let (wanted, invalid) = m.wanted(&host.settings.node, &host.settings.node_port_range);
@@ -469,5 +533,22 @@ mod tests {
         assert_eq!(cluster_ip(&m), ["10.96.0.11"]);
         assert!(m.scan());
         assert!(cluster_ip(&m).is_empty());
+    }
+
+    // An event's reread compares content: nothing is re-applied for an event that changed
+    // nothing (a touch, an unrelated file), and a change is seen whatever the stamp says.
+    #[test]
+    fn a_reread_applies_changed_content_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("web.yaml");
+        std::fs::write(&f, SVC).unwrap();
+        let mut m = Manifests::new(dir.path());
+        assert!(m.scan());
+        std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+        std::fs::write(&f, SVC).unwrap();
+        assert!(!m.reread(), "same content: nothing changed");
+        std::fs::write(&f, SVC.replace("10.96.0.10", "10.96.0.11")).unwrap();
+        assert!(m.reread());
+        assert_eq!(cluster_ip(&m), ["10.96.0.11"]);
     }
 }
