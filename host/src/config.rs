@@ -226,15 +226,10 @@ fn parse_port_range(r: &str) -> Option<std::ops::RangeInclusive<u32>> {
 
 /// Parses a document; `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<NodeConfig> {
-    let de = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        let message = e.into_inner().to_string();
-        Error::Parse {
-            file: file.to_string(),
-            field,
-            message,
-        }
+    netlet_sdk::yaml::from_str(text).map_err(|e| Error::Parse {
+        file: file.to_string(),
+        field: e.field,
+        message: e.message,
     })
 }
 

@@ -58,6 +58,8 @@ pub mod state;
 #[cfg(feature = "store")]
 pub mod store;
 pub mod validate;
+#[cfg(feature = "yaml")]
+pub mod yaml;
 
 pub use driver::{Driver, ProbeFn};
 pub use netlet_proto::v1alpha1 as proto;

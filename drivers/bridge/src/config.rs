@@ -78,11 +78,10 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let de = serde_yaml::Deserializer::from_str(&text);
-        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+        let cfg: Config = netlet_sdk::yaml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            field: e.path().to_string(),
-            message: e.inner().to_string(),
+            field: e.field,
+            message: e.message,
         })?;
         cfg.check()?;
         Ok(cfg)

@@ -19,7 +19,6 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Service as KService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde::Deserialize;
 
 use netlet_sdk::validate;
 
@@ -65,9 +64,8 @@ pub struct Manifests {
 pub fn parse(text: &str) -> Result<(Vec<KService>, Vec<EndpointSlice>), String> {
     let mut services = Vec::new();
     let mut slices = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let v =
-            serde_yaml::Value::deserialize(doc).map_err(|e| format!("document {}: {e}", i + 1))?;
+    let docs: Vec<serde_json::Value> = netlet_sdk::yaml::documents(text).map_err(|e| e.message)?;
+    for (i, v) in docs.into_iter().enumerate() {
         if v.is_null() {
             continue;
         }
@@ -76,10 +74,12 @@ pub fn parse(text: &str) -> Result<(Vec<KService>, Vec<EndpointSlice>), String> 
             .and_then(|k| k.as_str())
             .unwrap_or_default()
             .to_string();
-        let what = |e: serde_yaml::Error| format!("document {} ({kind}): {e}", i + 1);
+        let what = |e: serde_path_to_error::Error<serde_json::Error>| {
+            format!("document {} ({kind}): {}: {}", i + 1, e.path(), e.inner())
+        };
         match kind.as_str() {
-            "Service" => services.push(serde_yaml::from_value(v).map_err(what)?),
-            "EndpointSlice" => slices.push(serde_yaml::from_value(v).map_err(what)?),
+            "Service" => services.push(serde_path_to_error::deserialize(v).map_err(what)?),
+            "EndpointSlice" => slices.push(serde_path_to_error::deserialize(v).map_err(what)?),
             "" => return Err(format!("document {}: no kind", i + 1)),
             other => {
                 return Err(format!(

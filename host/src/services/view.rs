@@ -378,7 +378,7 @@ mod tests {
     }
 
     fn svc(yaml: &str) -> Option<Service> {
-        service(&serde_yaml::from_str::<KService>(yaml).unwrap())
+        service(&netlet_sdk::yaml::from_str::<KService>(yaml).unwrap())
     }
 
     const WEB: &str = r#"
