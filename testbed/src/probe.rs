@@ -230,6 +230,30 @@ pub fn udp_request(netns: &Path, to: SocketAddr, msg: &str) -> Result<String, St
     })?
 }
 
+/// A UDP socket of the namespace at `netns` (bound to an ephemeral port there; it stays in
+/// that namespace whichever thread uses it), with the probes' read timeout: for flows that
+/// must keep their source port across several datagrams.
+pub fn udp_socket(netns: &Path, v4: bool) -> Result<UdpSocket, String> {
+    run_in(netns, move || -> Result<UdpSocket, String> {
+        let s = UdpSocket::bind(if v4 { "0.0.0.0:0" } else { "[::]:0" })
+            .map_err(|e| format!("udp bind: {e}"))?;
+        s.set_read_timeout(Some(PROBE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        Ok(s)
+    })?
+}
+
+/// One datagram from `s` to `to` and its answer.
+pub fn udp_ask(s: &UdpSocket, to: SocketAddr, msg: &str) -> Result<String, String> {
+    s.send_to(msg.as_bytes(), to)
+        .map_err(|e| format!("udp send to {to}: {e}"))?;
+    let mut buf = [0u8; 256];
+    let (n, _) = s
+        .recv_from(&mut buf)
+        .map_err(|e| format!("udp reply from {to}: {e}"))?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// The address part of `10.0.0.2/24`.
 pub fn ip_of(cidr: &str) -> Result<IpAddr, String> {
     cidr.split('/')

@@ -296,6 +296,37 @@ async fn service_data_plane_conformance() {
             )
         })(),
     ));
+    // kube-proxy's "should be able to preserve UDP traffic when server pod cycles": the flow
+    // of a client that keeps its source port follows the Service when its endpoint is
+    // removed (its conntrack entry flushed), even though the old server still listens.
+    let udp_follows = async {
+        let sock = probe::udp_socket(&p3.ns.path, true)?;
+        let first = probe::udp_ask(&sock, sa(web_ip, 53), "q")?;
+        let (gone, stays) = if first.starts_with("p1|") {
+            (p1, p2)
+        } else {
+            (p2, p1)
+        };
+        prog.set(vec![(web(), vec![ready(stays.v4)])]).await;
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.push(probe::udp_ask(&sock, sa(web_ip, 53), "q")?);
+        }
+        prog.set(vec![(web(), both.clone())]).await;
+        let stays_tag = if std::ptr::eq(stays, p1) {
+            "p1|"
+        } else {
+            "p2|"
+        };
+        expect(
+            answers.iter().all(|a| a.starts_with(stays_tag)),
+            format!(
+                "first answer {first:?}; after {} left: {answers:?}",
+                gone.v4
+            ),
+        )
+    };
+    results.push(("udp-flow-follows-a-removed-endpoint", udp_follows.await));
     results.push((
         "multi-port-service",
         (|| {
