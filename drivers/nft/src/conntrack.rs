@@ -69,7 +69,7 @@ fn source(tuple: &[Tuple]) -> Option<(IpAddr, Protocol, u16)> {
 /// Every reply of the socket until `done` says so; each message is handed to `each`.
 fn receive(
     sock: &Socket,
-    buf: &mut Vec<u8>,
+    buf: &mut [u8],
     mut each: impl FnMut(NetlinkMessage<NetfilterMessage>) -> std::io::Result<bool>,
 ) -> std::io::Result<()> {
     loop {
