@@ -134,29 +134,21 @@ pub fn interface_name(field: &str, v: &str) -> R {
     }
 }
 
-/// An IP address, or an address with a prefix length (`10.0.0.1/24`).
+/// An IP address, or an address with a prefix length (`10.0.0.1/24`), parsed as `ipnet` does.
 pub fn ip_or_cidr(field: &str, v: &str) -> Result<(IpAddr, Option<u8>), Status> {
-    let (addr, prefix) = match v.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (v, None),
-    };
-    let ip: IpAddr = addr
+    if v.contains('/') {
+        let n: ipnet::IpNet = v.parse().map_err(|_| {
+            invalid(
+                field,
+                format!("{v:?} is not an IP address or CIDR (address/prefix length)"),
+            )
+        })?;
+        return Ok((n.addr(), Some(n.prefix_len())));
+    }
+    let ip: IpAddr = v
         .parse()
         .map_err(|_| invalid(field, format!("{v:?} is not an IP address or CIDR")))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        Some(p) => match p.parse::<u8>() {
-            Ok(n) if n <= max => Some(n),
-            _ => {
-                return Err(invalid(
-                    field,
-                    format!("{v:?} has an invalid prefix length"),
-                ));
-            }
-        },
-        None => None,
-    };
-    Ok((ip, prefix))
+    Ok((ip, None))
 }
 
 /// A CIDR (`10.0.0.0/8`).
@@ -779,6 +771,26 @@ pub fn optional_network(field: &str, v: &str) -> R {
 mod tests {
     use super::*;
     use crate::proto::PodSandbox;
+
+    #[test]
+    fn addresses_and_cidrs() {
+        let ok = |v: &str| ip_or_cidr("f", v).unwrap();
+        assert_eq!(ok("10.0.0.1"), ("10.0.0.1".parse().unwrap(), None));
+        assert_eq!(ok("10.0.0.1/24"), ("10.0.0.1".parse().unwrap(), Some(24)));
+        assert_eq!(ok("fd00::1/128"), ("fd00::1".parse().unwrap(), Some(128)));
+        for bad in [
+            "10.0.0.1/33",
+            "fd00::1/129",
+            "10.96.0.300",
+            "10.0.0.1/",
+            "/24",
+            " 10.0.0.1",
+            "10.0.0.1/-1",
+        ] {
+            let e = ip_or_cidr("f", bad).unwrap_err();
+            assert!(e.message().starts_with("f: "), "{bad}: {e:?}");
+        }
+    }
 
     fn msg(r: R) -> String {
         let s = r.unwrap_err();

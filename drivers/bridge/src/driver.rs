@@ -7,6 +7,7 @@
 //! registers) finds the record, sees the veth missing and builds it again with the same
 //! addresses. Detach removes the veth first and the record last.
 
+use ipnet::IpNet;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -42,10 +43,10 @@ struct Network {
 }
 
 impl Network {
-    fn gateways(&self) -> Vec<(IpAddr, u8)> {
+    fn gateways(&self) -> Vec<IpNet> {
         self.pools
             .iter()
-            .map(|p| (p.gateway(), p.subnet().prefix_len()))
+            .filter_map(|p| IpNet::new(p.gateway(), p.subnet().prefix_len()).ok())
             .collect()
     }
 }
@@ -89,9 +90,8 @@ fn default_route(ip: &IpAddr) -> &'static str {
     if ip.is_ipv4() { "0.0.0.0/0" } else { "::/0" }
 }
 
-fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
-    let (ip, len) = s.split_once('/')?;
-    Some((ip.parse().ok()?, len.parse().ok()?))
+fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse().ok()
 }
 
 impl Bridge {
@@ -164,7 +164,7 @@ impl Bridge {
             .err();
         let masquerade = self.ensure_masquerade().err();
         // (config, gateway addresses, whether the bridge was up at the last look)
-        let todo: Vec<(NetworkConfig, Vec<netlink::Cidr>, bool)> = self
+        let todo: Vec<(NetworkConfig, Vec<IpNet>, bool)> = self
             .lock()
             .networks
             .values()
@@ -356,14 +356,14 @@ impl Bridge {
                 && let Some(n) = st.networks.get_mut(&a.network)
             {
                 for ip in a.ips.iter().filter_map(|c| parse_cidr(&c.address)) {
-                    match n.pools.iter_mut().find(|p| p.contains(ip.0)) {
+                    match n.pools.iter_mut().find(|p| p.contains(ip.addr())) {
                         Some(p) => {
-                            if let Err(e) = p.reserve(ip.0, &k) {
+                            if let Err(e) = p.reserve(ip.addr(), &k) {
                                 tracing::error!(key = %k, error = %e, "restored address conflicts");
                             }
                         }
                         None => {
-                            tracing::warn!(key = %k, ip = %ip.0, "restored address is outside today's subnets")
+                            tracing::warn!(key = %k, ip = %ip.addr(), "restored address is outside today's subnets")
                         }
                     }
                 }
@@ -715,7 +715,7 @@ impl Bridge {
         if let Some(n) = st.networks.get_mut(&a.network) {
             for ip in a.ips.iter().filter_map(|c| parse_cidr(&c.address)) {
                 for p in n.pools.iter_mut() {
-                    p.release(ip.0, k);
+                    p.release(ip.addr(), k);
                 }
             }
         }
@@ -788,7 +788,7 @@ impl Bridge {
             }
             other => other?,
         }
-        let addrs: Vec<(IpAddr, u8)> = a
+        let addrs: Vec<IpNet> = a
             .ips
             .iter()
             .filter_map(|c| parse_cidr(&c.address))

@@ -99,9 +99,6 @@ fn exists_ok(r: NlResult<()>) -> NlResult<()> {
     }
 }
 
-/// An address with its prefix length.
-pub type Cidr = (IpAddr, u8);
-
 /// One rtnetlink connection, bound to the namespace it was opened in.
 #[derive(Clone)]
 pub struct Netlink {
@@ -160,7 +157,7 @@ impl Netlink {
         name: &str,
         mtu: u32,
         mac: [u8; 6],
-        gateways: &[Cidr],
+        gateways: &[ipnet::IpNet],
     ) -> NlResult<u32> {
         if self.link_index(name).await?.is_none() {
             let res = self
@@ -177,8 +174,9 @@ impl Netlink {
             errno: Some(errno::ENODEV),
             message: "vanished after creation".into(),
         })?;
-        for &(ip, prefix) in gateways {
-            self.add_address(index, ip, prefix).await?;
+        for net in gateways {
+            self.add_address(index, net.addr(), net.prefix_len())
+                .await?;
         }
         self.handle
             .link()
@@ -301,7 +299,7 @@ impl Netlink {
     pub async fn configure_pod(
         &self,
         ifname: &str,
-        addresses: &[Cidr],
+        addresses: &[ipnet::IpNet],
         gateways: &[IpAddr],
     ) -> NlResult<()> {
         let index = self.link_index(ifname).await?.ok_or_else(|| NlError {
@@ -320,8 +318,12 @@ impl Netlink {
                 req.within(format!("set {what} up")).await
             }));
         }
-        for &(ip, prefix) in addresses {
-            steps.push(Box::pin(self.add_address(index, ip, prefix)));
+        for net in addresses {
+            steps.push(Box::pin(self.add_address(
+                index,
+                net.addr(),
+                net.prefix_len(),
+            )));
         }
         for gw in gateways.iter().copied() {
             let msg = match gw {
