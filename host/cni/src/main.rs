@@ -6,8 +6,7 @@
 
 #![forbid(unsafe_code)]
 
-mod input;
-mod spec;
+use netlet_cni::{attach_request, input, spec};
 
 use std::io::Read;
 use std::path::Path;
@@ -15,9 +14,8 @@ use std::time::Duration;
 
 use netlet_sdk::client::Clients;
 use netlet_sdk::proto::{
-    AttachPodRequest, Attachment, BandwidthLimits, DetachPodRequest, GarbageCollectRequest,
-    NetworkReadyRequest, NetworkSelection, PodNetworkStatusRequest, PodSandbox, PortMapping,
-    Protocol,
+    Attachment, DetachPodRequest, GarbageCollectRequest, NetworkReadyRequest,
+    PodNetworkStatusRequest,
 };
 use serde_json::{Value, json};
 use spec::{CniError, CniResult, Dns, Env, Interface, Ip, NetConf, RouteOut, code};
@@ -322,53 +320,6 @@ fn cni_name(field: &str) -> Option<String> {
     field
         .strip_prefix("networks[0].ips")
         .map(|rest| format!("runtimeConfig.ips{rest}"))
-}
-
-fn protocol(p: &str) -> i32 {
-    match p.to_ascii_lowercase().as_str() {
-        "udp" => Protocol::Udp as i32,
-        "sctp" => Protocol::Sctp as i32,
-        _ => Protocol::Tcp as i32,
-    }
-}
-
-fn attach_request(env: &Env, conf: &NetConf, network: &str) -> AttachPodRequest {
-    let arg = |k: &str| env.args.get(k).cloned().unwrap_or_default();
-    let rc = &conf.runtime_config;
-    let bandwidth = rc.bandwidth.as_ref().map(|b| BandwidthLimits {
-        ingress_bps: b.ingress_rate,
-        ingress_burst_bits: b.ingress_burst,
-        egress_bps: b.egress_rate,
-        egress_burst_bits: b.egress_burst,
-    });
-    AttachPodRequest {
-        sandbox: Some(PodSandbox {
-            id: env.container_id.clone(),
-            name: arg("K8S_POD_NAME"),
-            namespace: arg("K8S_POD_NAMESPACE"),
-            uid: arg("K8S_POD_UID"),
-            netns_path: env.netns.clone(),
-            port_mappings: rc
-                .port_mappings
-                .iter()
-                .map(|p| PortMapping {
-                    host_port: p.host_port,
-                    container_port: p.container_port,
-                    protocol: protocol(&p.protocol),
-                    host_ip: p.host_ip.clone(),
-                })
-                .collect(),
-            ..Default::default()
-        }),
-        networks: vec![NetworkSelection {
-            network: network.to_string(),
-            interface_name: env.ifname.clone(),
-            ips: rc.ips.clone(),
-            mac: rc.mac.clone().unwrap_or_default(),
-            bandwidth,
-            ..Default::default()
-        }],
-    }
 }
 
 /// The ADD result for `a` in `version`'s shape: the host-side veth, then the pod interface.
