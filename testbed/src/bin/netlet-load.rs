@@ -68,7 +68,7 @@ async fn caller(
     let mut round = 0u64;
     let mut c = Clients::connect(socket, None).await.expect("connect");
     while Instant::now() < until {
-        if round % 200 == 199 {
+        if round > 0 && round.is_multiple_of(200) {
             c = Clients::connect(socket, None).await.expect("reconnect");
         }
         let id = format!("load-{me}-{round}");
@@ -161,7 +161,7 @@ async fn services_writer(
                     (generation / 250) % 250,
                     generation % 250 + 1
                 ),
-                ready: generation % 2 == 0,
+                ready: generation.is_multiple_of(2),
                 ..Default::default()
             }),
         });
