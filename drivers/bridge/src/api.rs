@@ -75,14 +75,14 @@ impl Pods for Api {
         &self,
         req: Request<PodNetworkStatusRequest>,
     ) -> Result<Response<PodNetworkStatusResponse>, Status> {
-        state::pod_network_status(&req.into_inner(), self.0.pods()).map(Response::new)
+        state::pod_network_status(&req.into_inner(), self.0.pods()?).map(Response::new)
     }
 
     async fn list_attachments(
         &self,
         req: Request<ListAttachmentsRequest>,
     ) -> Result<Response<ListAttachmentsResponse>, Status> {
-        state::list_attachments(&req.into_inner(), self.0.pods()).map(Response::new)
+        state::list_attachments(&req.into_inner(), self.0.pods()?).map(Response::new)
     }
 
     async fn garbage_collect(
@@ -90,7 +90,7 @@ impl Pods for Api {
         req: Request<GarbageCollectRequest>,
     ) -> Result<Response<GarbageCollectResponse>, Status> {
         let req = req.into_inner();
-        let stale = state::stale_sandboxes(&req, self.0.pods())?;
+        let stale = state::stale_sandboxes(&req, self.0.pods()?)?;
         let only = state::gc_selection(&req);
         let bridge = self.0.clone();
         let ids = stale.clone();

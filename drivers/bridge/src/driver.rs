@@ -807,6 +807,8 @@ impl Bridge {
 
     /// Detaches the sandbox's interfaces (those named in `only`, or all); unknown → OK.
     pub async fn detach(&self, sandbox_id: &str, only: &[NetworkSelection]) -> Result<(), Status> {
+        // Until the records are loaded, "nothing attached" would be a lie: the caller retries.
+        let store = self.store()?;
         let keys: Vec<String> = {
             let st = self.lock();
             let prefix = format!("{sandbox_id}/");
@@ -829,7 +831,6 @@ impl Bridge {
         if keys.is_empty() {
             return Ok(());
         }
-        let store = self.store()?;
         for k in keys {
             let _g = self.locks.lock(&k).await;
             let Some(a) = self
@@ -853,7 +854,10 @@ impl Bridge {
     }
 
     /// Every attachment, one entry per sandbox.
-    pub fn pods(&self) -> Vec<PodAttachments> {
+    /// Every attachment, once the records are loaded (`UNAVAILABLE` before: an empty list
+    /// then would tell a caller that nothing is attached).
+    pub fn pods(&self) -> Result<Vec<PodAttachments>, Status> {
+        self.store()?;
         let st = self.lock();
         let mut by_sandbox: BTreeMap<String, PodAttachments> = BTreeMap::new();
         let mut keys: Vec<&String> = st.records.keys().collect();
@@ -867,7 +871,7 @@ impl Bridge {
             });
             e.attachments.extend(r.attachments.iter().cloned());
         }
-        by_sandbox.into_values().collect()
+        Ok(by_sandbox.into_values().collect())
     }
 }
 

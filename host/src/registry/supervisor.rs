@@ -94,6 +94,15 @@ fn reap_orphan(pid_file: &Path, program: &Path) {
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
+        // Gone before its successor starts: its store's lock and its socket are released with
+        // the process, and a successor that cannot open its records serves nothing.
+        let proc_dir = format!("/proc/{pid}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_link(format!("{proc_dir}/exe")).ok() == exe
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
     let _ = std::fs::remove_file(pid_file);
 }
