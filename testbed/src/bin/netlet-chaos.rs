@@ -14,7 +14,7 @@
 //! non-zero on a leak or a fault not survived. Needs root.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,7 @@ type Pods = Arc<Mutex<BTreeMap<String, Held>>>;
 const NETWORK_V4: &str = "10.244.0.0/16";
 
 /// Connects, retrying while the host is away.
-async fn clients(socket: &PathBuf) -> Clients {
+async fn clients(socket: &Path) -> Clients {
     loop {
         if let Ok(c) = Clients::connect(socket, Some(Duration::from_secs(2))).await {
             return c;
@@ -84,7 +84,7 @@ async fn clients(socket: &PathBuf) -> Clients {
 }
 
 /// DetachPod until it succeeds (the runtime cannot drop a sandbox whose teardown failed).
-async fn detach_until_done(socket: &PathBuf, id: &str) {
+async fn detach_until_done(socket: &Path, id: &str) {
     loop {
         let mut c = clients(socket).await;
         match c
@@ -221,7 +221,7 @@ async fn services(socket: PathBuf, pods: Pods, stop: Arc<Mutex<bool>>) {
 }
 
 /// Whether the node is ready (the bridge's network) and the nft driver is registered.
-async fn ready(socket: &PathBuf) -> bool {
+async fn ready(socket: &Path) -> bool {
     let Ok(mut c) = Clients::connect(socket, Some(Duration::from_secs(1))).await else {
         return false;
     };
@@ -367,7 +367,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // The runtime's view against the node's.
-    let held = pods.lock().unwrap();
+    let held = std::mem::take(&mut *pods.lock().unwrap());
     let mut leaks: Vec<String> = Vec::new();
     let mut wrong: Vec<String> = Vec::new();
     let host_pods = c
