@@ -70,6 +70,12 @@ pub struct Bridge {
     ready_tx: watch::Sender<NetworkReadiness>,
 }
 
+/// The lock of a whole sandbox (its interfaces' keys are `sandbox/ifname`; no interface name
+/// is empty, so this one is apart from them).
+fn sandbox_lock(sandbox_id: &str) -> String {
+    format!("{sandbox_id}/")
+}
+
 fn key(sandbox_id: &str, ifname: &str) -> String {
     format!("{sandbox_id}/{ifname}")
 }
@@ -486,6 +492,10 @@ impl Bridge {
         } else {
             sel.interface_name.as_str()
         };
+        // The sandbox's lock, then the interface's: a detach of the sandbox (which takes the
+        // sandbox's lock first) waits for an attach in flight instead of finding nothing yet and
+        // answering "detached" while the attach goes on to make a pod nobody holds.
+        let _s = self.locks.lock(&sandbox_lock(&sandbox.id)).await;
         let k = key(&sandbox.id, ifname);
         let _g = self.locks.lock(&k).await;
         let netns = Path::new(&sandbox.netns_path);
@@ -809,6 +819,7 @@ impl Bridge {
     pub async fn detach(&self, sandbox_id: &str, only: &[NetworkSelection]) -> Result<(), Status> {
         // Until the records are loaded, "nothing attached" would be a lie: the caller retries.
         let store = self.store()?;
+        let _s = self.locks.lock(&sandbox_lock(sandbox_id)).await;
         let keys: Vec<String> = {
             let st = self.lock();
             let prefix = format!("{sandbox_id}/");

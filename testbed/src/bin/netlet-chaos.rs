@@ -248,6 +248,118 @@ fn kill(pid: i32) {
     );
 }
 
+/// The runtime's view against the node's: (leaks, wrong attachments).
+async fn inspect(
+    node: &Node,
+    c: &mut Clients,
+    held: &BTreeMap<String, Held>,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let mut leaks: Vec<String> = Vec::new();
+    let mut wrong: Vec<String> = Vec::new();
+    let host_pods = c
+        .pods
+        .list_attachments(ListAttachmentsRequest::default())
+        .await?
+        .into_inner()
+        .pods;
+    let bridge_sock = node.host.dir.path().join("run/drivers/bridge.sock");
+    let mut bridge = Clients::connect(&bridge_sock, None).await?;
+    let bridge_pods = bridge
+        .pods
+        .list_attachments(ListAttachmentsRequest::default())
+        .await?
+        .into_inner()
+        .pods;
+    for (who, listed) in [("host", &host_pods), ("bridge driver", &bridge_pods)] {
+        let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in listed {
+            let id = p.sandbox.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+            let addrs = p
+                .attachments
+                .iter()
+                .flat_map(|a| a.ips.iter().map(|i| i.address.clone()))
+                .collect();
+            if seen.insert(id.clone(), addrs).is_some() {
+                wrong.push(format!("{who}: {id} listed twice"));
+            }
+        }
+        for (id, addrs) in &seen {
+            match held.get(id) {
+                None => leaks.push(format!("{who} record of {id}, which the runtime let go")),
+                Some(h) if addrs != &vec![h.address.clone()] => wrong.push(format!(
+                    "{who}: {id} has {addrs:?}, the runtime was given {}",
+                    h.address
+                )),
+                _ => {}
+            }
+        }
+        for id in held.keys() {
+            if !seen.contains_key(id) {
+                wrong.push(format!(
+                    "{who}: {id} is held by the runtime but not attached"
+                ));
+            }
+        }
+    }
+    for (id, h) in held.iter() {
+        match probe::interfaces(&h.ns.path) {
+            Ok(ifs)
+                if ifs
+                    .get("eth0")
+                    .is_some_and(|i| i.addresses.contains(&h.address)) => {}
+            other => wrong.push(format!(
+                "{id}: eth0 does not carry {}: {other:?}",
+                h.address
+            )),
+        }
+    }
+    let node_ifs = probe::interfaces(&node.netns.path).map_err(anyhow::Error::msg)?;
+    let veths = node_ifs.keys().filter(|n| n.starts_with("veth")).count();
+    if veths != held.len() {
+        leaks.push(format!(
+            "{veths} veths on the node for {} pods held",
+            held.len()
+        ));
+    }
+    // nftables: addresses of pods let go must not be endpoints any more.
+    let ruleset = node
+        .command(
+            &netlet_testbed::harness::which("nft").ok_or_else(|| anyhow::anyhow!("nft missing"))?,
+        )
+        .args(["list", "ruleset"])
+        .output()?;
+    let text = String::from_utf8_lossy(&ruleset.stdout);
+    let live: BTreeSet<String> = held
+        .values()
+        .filter_map(|h| h.address.split('/').next().map(String::from))
+        .collect();
+    let re = regex::Regex::new(r"\b10\.244\.\d+\.\d+\b(/)?")?;
+    let mut stale: BTreeSet<String> = BTreeSet::new();
+    for m in re.captures_iter(&text) {
+        if m.get(1).is_some() {
+            continue; // a CIDR, not an endpoint
+        }
+        let a = m.get(0).map(|x| x.as_str().to_string()).unwrap_or_default();
+        if !live.contains(&a) && a != "10.244.0.1" {
+            stale.insert(a);
+        }
+    }
+    for a in stale {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&a))
+            .unwrap_or_default()
+            .trim()
+            .chars()
+            .take(160)
+            .collect::<String>();
+        leaks.push(format!(
+            "nftables still holds {a}, no longer an endpoint: {line}"
+        ));
+    }
+    Ok((leaks, wrong))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -366,111 +478,23 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // The runtime's view against the node's.
+    // The runtime's view against the node's. The node converges after the last fault (a
+    // restarted driver is swept of what the host has no record of): looked at until it has,
+    // or for 60 s.
     let held = std::mem::take(&mut *pods.lock().unwrap());
-    let mut leaks: Vec<String> = Vec::new();
-    let mut wrong: Vec<String> = Vec::new();
-    let host_pods = c
-        .pods
-        .list_attachments(ListAttachmentsRequest::default())
-        .await?
-        .into_inner()
-        .pods;
-    let bridge_sock = node.host.dir.path().join("run/drivers/bridge.sock");
-    let mut bridge = Clients::connect(&bridge_sock, None).await?;
-    let bridge_pods = bridge
-        .pods
-        .list_attachments(ListAttachmentsRequest::default())
-        .await?
-        .into_inner()
-        .pods;
-    for (who, listed) in [("host", &host_pods), ("bridge driver", &bridge_pods)] {
-        let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for p in listed {
-            let id = p.sandbox.as_ref().map(|s| s.id.clone()).unwrap_or_default();
-            let addrs = p
-                .attachments
-                .iter()
-                .flat_map(|a| a.ips.iter().map(|i| i.address.clone()))
-                .collect();
-            if seen.insert(id.clone(), addrs).is_some() {
-                wrong.push(format!("{who}: {id} listed twice"));
-            }
+    let converging = Instant::now();
+    let (leaks, wrong) = loop {
+        let (leaks, wrong) = inspect(&node, &mut c, &held).await?;
+        if (leaks.is_empty() && wrong.is_empty()) || converging.elapsed() > Duration::from_secs(60)
+        {
+            break (leaks, wrong);
         }
-        for (id, addrs) in &seen {
-            match held.get(id) {
-                None => leaks.push(format!("{who} record of {id}, which the runtime let go")),
-                Some(h) if addrs != &vec![h.address.clone()] => wrong.push(format!(
-                    "{who}: {id} has {addrs:?}, the runtime was given {}",
-                    h.address
-                )),
-                _ => {}
-            }
-        }
-        for id in held.keys() {
-            if !seen.contains_key(id) {
-                wrong.push(format!(
-                    "{who}: {id} is held by the runtime but not attached"
-                ));
-            }
-        }
-    }
-    for (id, h) in held.iter() {
-        match probe::interfaces(&h.ns.path) {
-            Ok(ifs)
-                if ifs
-                    .get("eth0")
-                    .is_some_and(|i| i.addresses.contains(&h.address)) => {}
-            other => wrong.push(format!(
-                "{id}: eth0 does not carry {}: {other:?}",
-                h.address
-            )),
-        }
-    }
-    let node_ifs = probe::interfaces(&node.netns.path).map_err(anyhow::Error::msg)?;
-    let veths = node_ifs.keys().filter(|n| n.starts_with("veth")).count();
-    if veths != held.len() {
-        leaks.push(format!(
-            "{veths} veths on the node for {} pods held",
-            held.len()
-        ));
-    }
-    // nftables: addresses of pods let go must not be endpoints any more.
-    let ruleset = node
-        .command(
-            &netlet_testbed::harness::which("nft").ok_or_else(|| anyhow::anyhow!("nft missing"))?,
-        )
-        .args(["list", "ruleset"])
-        .output()?;
-    let text = String::from_utf8_lossy(&ruleset.stdout);
-    let live: BTreeSet<String> = held
-        .values()
-        .filter_map(|h| h.address.split('/').next().map(String::from))
-        .collect();
-    let re = regex::Regex::new(r"\b10\.244\.\d+\.\d+\b(/)?")?;
-    let mut stale: BTreeSet<String> = BTreeSet::new();
-    for m in re.captures_iter(&text) {
-        if m.get(1).is_some() {
-            continue; // a CIDR, not an endpoint
-        }
-        let a = m.get(0).map(|x| x.as_str().to_string()).unwrap_or_default();
-        if !live.contains(&a) && a != "10.244.0.1" {
-            stale.insert(a);
-        }
-    }
-    for a in stale {
-        let line = text
-            .lines()
-            .find(|l| l.contains(&a))
-            .unwrap_or_default()
-            .trim()
-            .chars()
-            .take(160)
-            .collect::<String>();
-        leaks.push(format!(
-            "nftables still holds {a}, no longer an endpoint: {line}"
-        ));
-    }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "converged {:?} after the churn and faults ended",
+        converging.elapsed()
+    );
     println!(
         "faults injected: {injected} ({}), survived: {survived}; pods attached over the run: {}, held at the end: {}",
         kinds
