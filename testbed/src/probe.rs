@@ -212,22 +212,7 @@ pub fn udp_echo(netns: &Path, addr: SocketAddr, datagrams: usize) -> Result<Sock
 
 /// Sends `msg` over UDP from inside `netns` to `to` and returns the echo.
 pub fn udp_request(netns: &Path, to: SocketAddr, msg: &str) -> Result<String, String> {
-    let msg = msg.to_string();
-    run_in(netns, move || -> Result<String, String> {
-        let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-            .parse()
-            .unwrap_or(to);
-        let s = UdpSocket::bind(any).map_err(|e| format!("udp bind: {e}"))?;
-        s.set_read_timeout(Some(PROBE_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        s.send_to(msg.as_bytes(), to)
-            .map_err(|e| format!("udp send to {to}: {e}"))?;
-        let mut buf = [0u8; 256];
-        let (n, _) = s
-            .recv_from(&mut buf)
-            .map_err(|e| format!("udp reply from {to}: {e}"))?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    })?
+    udp_ask(&udp_socket(netns, to.is_ipv4())?, to, msg)
 }
 
 /// A UDP socket of the namespace at `netns` (bound to an ephemeral port there; it stays in

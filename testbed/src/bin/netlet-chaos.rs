@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use netlet_sdk::client::Clients;
 use netlet_sdk::proto::{
-    AttachPodRequest, DetachPodRequest, Endpoint, EndpointUpsert, ListAttachmentsRequest,
-    NetworkReadyRequest, PodSandbox, ProgramServiceRequest, Service, ServiceKey, ServicePort,
+    AttachPodRequest, DetachPodRequest, Endpoint, EndpointUpsert, NetworkReadyRequest, PodSandbox,
+    ProgramServiceRequest, Service, ServiceKey, ServicePort,
 };
-use netlet_testbed::harness::{Node, bridge_driver, nft_driver};
+use netlet_testbed::harness::{Node, bridge_driver, listed, nft_driver};
 use netlet_testbed::probe::{self, NetNs};
 
 #[derive(Parser)]
@@ -251,25 +251,14 @@ fn kill(pid: i32) {
 /// The runtime's view against the node's: (leaks, wrong attachments).
 async fn inspect(
     node: &Node,
-    c: &mut Clients,
+    c: &Clients,
     held: &BTreeMap<String, Held>,
 ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let mut leaks: Vec<String> = Vec::new();
     let mut wrong: Vec<String> = Vec::new();
-    let host_pods = c
-        .pods
-        .list_attachments(ListAttachmentsRequest::default())
-        .await?
-        .into_inner()
-        .pods;
+    let host_pods = listed(c).await;
     let bridge_sock = node.host.dir.path().join("run/drivers/bridge.sock");
-    let mut bridge = Clients::connect(&bridge_sock, None).await?;
-    let bridge_pods = bridge
-        .pods
-        .list_attachments(ListAttachmentsRequest::default())
-        .await?
-        .into_inner()
-        .pods;
+    let bridge_pods = listed(&Clients::connect(&bridge_sock, None).await?).await;
     for (who, listed) in [("host", &host_pods), ("bridge driver", &bridge_pods)] {
         let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for p in listed {
@@ -484,7 +473,7 @@ async fn main() -> anyhow::Result<()> {
     let held = std::mem::take(&mut *pods.lock().unwrap());
     let converging = Instant::now();
     let (leaks, wrong) = loop {
-        let (leaks, wrong) = inspect(&node, &mut c, &held).await?;
+        let (leaks, wrong) = inspect(&node, &c, &held).await?;
         if (leaks.is_empty() && wrong.is_empty()) || converging.elapsed() > Duration::from_secs(60)
         {
             break (leaks, wrong);
