@@ -50,6 +50,7 @@ pub mod client;
 mod driver;
 pub mod generation;
 pub mod hash;
+pub mod labels;
 #[cfg(feature = "netns")]
 pub mod netns;
 pub mod parts;

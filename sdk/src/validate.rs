@@ -295,7 +295,7 @@ pub fn metadata_key(field: &str, k: &str) -> R {
         dns_subdomain(field, p)
             .map_err(|_| invalid(field, format!("{k:?}: the prefix is not a DNS subdomain")))?;
     }
-    if label_value(name) && !name.is_empty() {
+    if is_label_value(name) && !name.is_empty() {
         Ok(())
     } else {
         Err(invalid(
@@ -308,7 +308,9 @@ pub fn metadata_key(field: &str, k: &str) -> R {
 }
 
 /// A label value: 0..63 of `[A-Za-z0-9-_.]`, alphanumeric at both ends.
-fn label_value(v: &str) -> bool {
+/// Whether `v` is a label value (at most 63 characters: alphanumerics, `-`, `_`, `.`, an
+/// alphanumeric at both ends; empty is one).
+pub fn is_label_value(v: &str) -> bool {
     v.len() <= 63
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
@@ -355,7 +357,7 @@ fn sandbox_metadata(s: &crate::proto::PodSandbox) -> R {
         }
     }
     for (k, v) in &s.labels {
-        if !label_value(v) {
+        if !is_label_value(v) {
             return Err(invalid(
                 format!("sandbox.labels[{k}]"),
                 format!("{v:?} is not a label value (0-63 of A-Z, a-z, 0-9, '-', '_', '.')"),
@@ -653,6 +655,106 @@ fn name_pattern(field: &str, v: &str) -> R {
     }
 }
 
+/// A NetworkPolicy peer, as the API server checks one: pods and/or namespaces by selector, or
+/// an ipBlock (a CIDR, its exceptions strictly inside it), never both kinds, never neither.
+pub fn network_policy_peer(field: &str, peer: &crate::proto::NetworkPolicyPeer) -> R {
+    let selectors = peer.pod_selector.is_some() || peer.namespace_selector.is_some();
+    if let Some(s) = &peer.pod_selector {
+        crate::labels::selector(&format!("{field}.pod_selector"), s)?;
+    }
+    if let Some(s) = &peer.namespace_selector {
+        crate::labels::selector(&format!("{field}.namespace_selector"), s)?;
+    }
+    if peer.ip_block_cidr.is_empty() {
+        if !peer.ip_block_except.is_empty() {
+            return Err(invalid(
+                format!("{field}.ip_block_except"),
+                "only with ip_block_cidr",
+            ));
+        }
+        if !selectors && peer.resolved_addresses.is_empty() {
+            return Err(invalid(
+                field,
+                "one of pod_selector, namespace_selector or ip_block_cidr is required",
+            ));
+        }
+    } else {
+        if selectors {
+            return Err(invalid(
+                format!("{field}.ip_block_cidr"),
+                "an ipBlock peer takes no pod or namespace selector",
+            ));
+        }
+        let block: ipnet::IpNet = peer.ip_block_cidr.parse().map_err(|_| {
+            invalid(
+                format!("{field}.ip_block_cidr"),
+                format!("{:?} is not a CIDR", peer.ip_block_cidr),
+            )
+        })?;
+        for (m, c) in peer.ip_block_except.iter().enumerate() {
+            let fm = format!("{field}.ip_block_except[{m}]");
+            let e: ipnet::IpNet = c
+                .parse()
+                .map_err(|_| invalid(&fm, format!("{c:?} is not a CIDR")))?;
+            if !(block.contains(&e) && e.prefix_len() > block.prefix_len()) {
+                return Err(invalid(
+                    fm,
+                    format!("{c} is not strictly inside {}", peer.ip_block_cidr),
+                ));
+            }
+        }
+    }
+    for (m, a) in peer.resolved_addresses.iter().enumerate() {
+        ip_or_cidr(&format!("{field}.resolved_addresses[{m}]"), a)?;
+    }
+    Ok(())
+}
+
+/// A NetworkPolicy port: a number or a name (not both), a range only from a number.
+pub fn network_policy_port(field: &str, pt: &crate::proto::NetworkPolicyPort) -> R {
+    if pt.port > 65535 {
+        return Err(invalid(
+            format!("{field}.port"),
+            format!("{} is not a port", pt.port),
+        ));
+    }
+    if !pt.named_port.is_empty() {
+        if pt.port != 0 {
+            return Err(invalid(
+                format!("{field}.named_port"),
+                "a port is a number or a name, not both",
+            ));
+        }
+        if pt.named_port.len() > 15
+            || !pt
+                .named_port
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || !pt.named_port.bytes().any(|b| b.is_ascii_lowercase())
+        {
+            return Err(invalid(
+                format!("{field}.named_port"),
+                format!("{:?} is not a port name (IANA_SVC_NAME)", pt.named_port),
+            ));
+        }
+    }
+    if pt.end_port != 0 {
+        if pt.port == 0 {
+            return Err(invalid(
+                format!("{field}.end_port"),
+                "only with a numeric port",
+            ));
+        }
+        if pt.end_port < pt.port || pt.end_port > 65535 {
+            return Err(invalid(
+                format!("{field}.end_port"),
+                format!("{} must be in {}..=65535", pt.end_port, pt.port),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// ApplyPolicy.
 pub fn apply_policy(r: &ApplyPolicyRequest) -> R {
     if r.generation == 0 {
@@ -665,27 +767,19 @@ pub fn apply_policy(r: &ApplyPolicyRequest) -> R {
             p.key.as_ref(),
             PolicyKind::NetworkPolicy,
         )?;
+        if let Some(sel) = &p.pod_selector {
+            crate::labels::selector(&format!("{f}.pod_selector"), sel)?;
+        }
         for (j, a) in p.selected_addresses.iter().enumerate() {
             ip_or_cidr(&format!("{f}.selected_addresses[{j}]"), a)?;
         }
         for (dir, rules) in [("ingress", &p.ingress), ("egress", &p.egress)] {
             for (j, rule) in rules.iter().enumerate() {
                 for (k, peer) in rule.peers.iter().enumerate() {
-                    let pf = format!("{f}.{dir}[{j}].peers[{k}]");
-                    if !peer.ip_block_cidr.is_empty() {
-                        cidr(&format!("{pf}.ip_block_cidr"), &peer.ip_block_cidr)?;
-                    }
-                    for (m, c) in peer.ip_block_except.iter().enumerate() {
-                        cidr(&format!("{pf}.ip_block_except[{m}]"), c)?;
-                    }
+                    network_policy_peer(&format!("{f}.{dir}[{j}].peers[{k}]"), peer)?;
                 }
                 for (k, pt) in rule.ports.iter().enumerate() {
-                    if pt.end_port != 0 && pt.end_port < pt.port {
-                        return Err(invalid(
-                            format!("{f}.{dir}[{j}].ports[{k}].end_port"),
-                            "must be >= port",
-                        ));
-                    }
+                    network_policy_port(&format!("{f}.{dir}[{j}].ports[{k}]"), pt)?;
                 }
             }
         }
@@ -771,6 +865,110 @@ pub fn optional_network(field: &str, v: &str) -> R {
 mod tests {
     use super::*;
     use crate::proto::PodSandbox;
+
+    #[test]
+    fn network_policy_peers_and_ports_follow_the_api() {
+        use crate::proto::{LabelSelector, NetworkPolicyPeer, NetworkPolicyPort};
+        let peer = |f: &dyn Fn(&mut NetworkPolicyPeer)| {
+            let mut p = NetworkPolicyPeer::default();
+            f(&mut p);
+            network_policy_peer("p", &p)
+                .err()
+                .map(|e| e.message().to_string())
+        };
+        assert!(peer(&|_| {}).unwrap().starts_with("p: one of"));
+        assert_eq!(
+            peer(&|p| p.pod_selector = Some(LabelSelector::default())),
+            None
+        );
+        assert_eq!(
+            peer(&|p| {
+                p.ip_block_cidr = "10.0.0.0/16".into();
+                p.ip_block_except = vec!["10.0.1.0/24".into()];
+            }),
+            None
+        );
+        let e = peer(&|p| {
+            p.ip_block_cidr = "10.0.0.0/16".into();
+            p.ip_block_except = vec!["10.1.0.0/24".into()];
+        });
+        assert!(
+            e.unwrap()
+                .starts_with("p.ip_block_except[0]: 10.1.0.0/24 is not strictly inside")
+        );
+        let e = peer(&|p| {
+            p.ip_block_cidr = "10.0.0.0/16".into();
+            p.ip_block_except = vec!["10.0.0.0/16".into()];
+        });
+        assert!(e.is_some(), "an exception as large as the block");
+        let e = peer(&|p| {
+            p.ip_block_cidr = "10.0.0.0/16".into();
+            p.namespace_selector = Some(LabelSelector::default());
+        });
+        assert!(e.unwrap().starts_with("p.ip_block_cidr:"));
+        let port = |p: NetworkPolicyPort| {
+            network_policy_port("q", &p)
+                .err()
+                .map(|e| e.message().to_string())
+        };
+        assert_eq!(
+            port(NetworkPolicyPort {
+                port: 80,
+                end_port: 90,
+                ..Default::default()
+            }),
+            None
+        );
+        assert_eq!(
+            port(NetworkPolicyPort {
+                named_port: "http".into(),
+                ..Default::default()
+            }),
+            None
+        );
+        assert!(
+            port(NetworkPolicyPort {
+                port: 80,
+                end_port: 79,
+                ..Default::default()
+            })
+            .unwrap()
+            .starts_with("q.end_port:")
+        );
+        assert!(
+            port(NetworkPolicyPort {
+                end_port: 79,
+                ..Default::default()
+            })
+            .unwrap()
+            .starts_with("q.end_port:")
+        );
+        assert!(
+            port(NetworkPolicyPort {
+                port: 80,
+                named_port: "http".into(),
+                ..Default::default()
+            })
+            .unwrap()
+            .starts_with("q.named_port:")
+        );
+        assert!(
+            port(NetworkPolicyPort {
+                named_port: "HTTP".into(),
+                ..Default::default()
+            })
+            .unwrap()
+            .starts_with("q.named_port:")
+        );
+        assert!(
+            port(NetworkPolicyPort {
+                port: 70000,
+                ..Default::default()
+            })
+            .unwrap()
+            .starts_with("q.port:")
+        );
+    }
 
     #[test]
     fn addresses_and_cidrs() {
