@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod features;
 pub mod metrics;
+pub mod netpol;
 pub mod pending_detach;
 pub mod policy;
 pub mod registry;
