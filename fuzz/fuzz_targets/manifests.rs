@@ -1,5 +1,6 @@
 //! A manifests file: its YAML documents, the Services and EndpointSlices converted to the
-//! node's view and checked with ProgramService's rules, as the manifests watcher does.
+//! node's view and checked with ProgramService's rules, the NetworkPolicies converted and
+//! checked with ApplyPolicy's, as the manifests watcher does.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -9,9 +10,13 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok((services, slices)) = manifests::parse(text) else {
+    let Ok(objects) = manifests::parse(text) else {
         return;
     };
+    for np in &objects.network_policies {
+        let _ = netlet_host::netpol::network_policy(np);
+    }
+    let (services, slices) = (objects.services, objects.slices);
     let node = view::NodeInfo {
         name: "node-a".into(),
         zone: "zone-a".into(),

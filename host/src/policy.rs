@@ -1,24 +1,85 @@
-//! The node's policies as the host holds them: what callers of the host socket applied, in their
-//! own (epoch, generation), and the table drivers are told, in the host's epoch. Keeping the two
-//! numberings apart is what lets a caller and the host restart independently: a caller's new
-//! epoch is a full sync of the caller's policies; the host's new epoch is a full sync to every
-//! driver.
+//! The node's policies as the host holds them: what each source wants (the manifests
+//! directory, callers of the host socket, in their own (epoch, generation)), who owns which
+//! policy, and the table drivers are told, in the host's epoch, with deltas of what changed.
+//! Keeping the numberings apart is what lets a caller and the host restart independently: a
+//! caller's new epoch is a full sync of the caller's policies; the host's new epoch is a full
+//! sync to every driver.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use netlet_sdk::{
     generation::{Applied, Batch},
     parts::Parts,
-    proto::{ApplyPolicyRequest, ListPoliciesResponse},
+    proto::{
+        ApplyPolicyRequest, DnsPolicy, HostnameGrant, ListPoliciesResponse, NetworkPolicy,
+        PolicyKey,
+    },
     state::PolicyTable,
 };
 use tonic::Status;
 
-/// Policies of the host socket's callers and the driver-facing table.
+use crate::services::sources::Source;
+
+/// A policy's identity: (kind, namespace, name).
+pub type Key = (i32, String, String);
+
+fn key_of(k: Option<&PolicyKey>) -> Option<Key> {
+    k.map(|k| (k.kind, k.namespace.clone(), k.name.clone()))
+}
+
+/// One policy of any kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// A NetworkPolicy.
+    Network(NetworkPolicy),
+    /// A DNS policy.
+    Dns(DnsPolicy),
+    /// A hostname grant.
+    Grant(HostnameGrant),
+}
+
+/// The policies of a batch, by key, each with the field that names it.
+fn items_of(req: &ApplyPolicyRequest) -> Vec<(String, Key, Item)> {
+    let mut out = Vec::new();
+    for (i, p) in req.network_policies.iter().enumerate() {
+        out.extend(key_of(p.key.as_ref()).map(|k| {
+            (
+                format!("network_policies[{i}].key"),
+                k,
+                Item::Network(p.clone()),
+            )
+        }));
+    }
+    for (i, p) in req.dns_policies.iter().enumerate() {
+        out.extend(
+            key_of(p.key.as_ref())
+                .map(|k| (format!("dns_policies[{i}].key"), k, Item::Dns(p.clone()))),
+        );
+    }
+    for (i, g) in req.hostname_grants.iter().enumerate() {
+        out.extend(key_of(g.key.as_ref()).map(|k| {
+            (
+                format!("hostname_grants[{i}].key"),
+                k,
+                Item::Grant(g.clone()),
+            )
+        }));
+    }
+    out
+}
+
+/// Policies of every source and the driver-facing table. Each source (the manifests directory,
+/// callers of the host socket, later the Kubernetes API) owns the policies it wrote first; a
+/// policy another source owns is refused (socket: `FAILED_PRECONDITION` naming the field) or
+/// left out and reported (manifests) until its owner lets go.
 #[derive(Debug)]
 pub struct PolicyView {
     /// What drivers are told, in the host's epoch; starts at generation 1, empty.
     pub table: PolicyTable,
     socket: Applied,
     socket_parts: Parts<ApplyPolicyRequest>,
+    wanted: HashMap<Source, BTreeMap<Key, Item>>,
+    owners: HashMap<Key, Source>,
 }
 
 impl PolicyView {
@@ -37,12 +98,14 @@ impl PolicyView {
             table,
             socket: Applied::default(),
             socket_parts: Parts::default(),
+            wanted: HashMap::new(),
+            owners: HashMap::new(),
         }
     }
 
     /// Applies a validated batch from a caller of the host socket. Returns what that caller has
-    /// now applied and, unless the batch was a replay, the batch for drivers (already applied to
-    /// the table).
+    /// now applied and, unless nothing changed, the batch for drivers (already applied to the
+    /// table): a delta in the host's numbering.
     pub fn apply_socket(
         &mut self,
         req: &ApplyPolicyRequest,
@@ -52,21 +115,130 @@ impl PolicyView {
             return Ok((self.socket, None));
         };
         let req = whole.as_ref();
+        let items = items_of(req);
+        let deletes: Vec<(String, Key)> = req
+            .deletes
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                (
+                    format!("deletes[{i}]"),
+                    (k.kind, k.namespace.clone(), k.name.clone()),
+                )
+            })
+            .collect();
+        for (field, key) in items
+            .iter()
+            .map(|(f, k, _)| (f, k))
+            .chain(deletes.iter().map(|(f, k)| (f, k)))
+        {
+            if let Some(owner) = self.owners.get(key).filter(|o| **o != Source::Socket) {
+                return Err(netlet_sdk::validate::field_error(
+                    tonic::Code::FailedPrecondition,
+                    field,
+                    format!(
+                        "{}/{} is owned by the {} source",
+                        key.1,
+                        key.2,
+                        owner.as_str()
+                    ),
+                    "POLICY_OWNED_BY_OTHER_SOURCE",
+                ));
+            }
+        }
         let batch = Batch::from(req);
         if !self.socket.check(batch)? {
             return Ok((self.socket, None));
         }
+        let mut mine = if req.full_sync {
+            BTreeMap::new()
+        } else {
+            self.wanted
+                .get(&Source::Socket)
+                .cloned()
+                .unwrap_or_default()
+        };
+        for (_, k, item) in items {
+            mine.insert(k, item);
+        }
+        for (_, k) in deletes {
+            mine.remove(&k);
+        }
+        self.socket = Applied::after(batch);
+        Ok((self.socket, self.settle(Source::Socket, mine)))
+    }
+
+    /// Replaces what `source` wants. Policies another source owns are left out and returned as
+    /// messages. Returns the batch for drivers (applied), or `None` when nothing changed.
+    pub fn replace(
+        &mut self,
+        source: Source,
+        mut wanted: BTreeMap<Key, Item>,
+    ) -> (Option<ApplyPolicyRequest>, Vec<String>) {
+        let mut conflicts = Vec::new();
+        wanted.retain(|k, _| match self.owners.get(k) {
+            Some(o) if *o != source => {
+                conflicts.push(format!(
+                    "{}/{} is owned by the {} source",
+                    k.1,
+                    k.2,
+                    o.as_str()
+                ));
+                false
+            }
+            _ => true,
+        });
+        (self.settle(source, wanted), conflicts)
+    }
+
+    /// Sets `source`'s policies to `new` and returns the difference to the table as a batch.
+    fn settle(&mut self, source: Source, new: BTreeMap<Key, Item>) -> Option<ApplyPolicyRequest> {
+        let old = self.wanted.remove(&source).unwrap_or_default();
+        let touched: BTreeSet<Key> = old
+            .keys()
+            .chain(new.keys())
+            .filter(|k| old.get(*k) != new.get(*k))
+            .cloned()
+            .collect();
         let at = self.table.applied();
-        let out = ApplyPolicyRequest {
+        let mut out = ApplyPolicyRequest {
             epoch: at.epoch,
             generation: at.generation + 1,
-            full_sync_continues: false,
-            full_sync_part: 0,
-            ..req.clone()
+            ..Default::default()
         };
-        self.table.apply(&out)?;
-        self.socket = Applied::after(batch);
-        Ok((self.socket, Some(out)))
+        for k in &touched {
+            match new.get(k) {
+                Some(item) => {
+                    self.owners.insert(k.clone(), source);
+                    match item.clone() {
+                        Item::Network(p) => out.network_policies.push(p),
+                        Item::Dns(p) => out.dns_policies.push(p),
+                        Item::Grant(g) => out.hostname_grants.push(g),
+                    }
+                }
+                None => {
+                    if self.owners.get(k) == Some(&source) {
+                        self.owners.remove(k);
+                        out.deletes.push(PolicyKey {
+                            kind: k.0,
+                            namespace: k.1.clone(),
+                            name: k.2.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        self.wanted.insert(source, new);
+        let empty = out.network_policies.is_empty()
+            && out.dns_policies.is_empty()
+            && out.hostname_grants.is_empty()
+            && out.deletes.is_empty();
+        if empty {
+            return None;
+        }
+        // Valid by construction: every item was validated or converted.
+        self.table.apply(&out).ok()?;
+        Some(out)
     }
 
     /// The policies, with the socket callers' epoch and generation.
@@ -110,7 +282,7 @@ mod tests {
         let (applied, out) = v.apply_socket(&first).unwrap();
         assert_eq!((applied.epoch, applied.generation), (5, 9));
         let out = out.unwrap();
-        assert_eq!((out.epoch, out.generation, out.full_sync), (42, 2, true));
+        assert_eq!((out.epoch, out.generation), (42, 2));
         // A replay changes nothing and sends nothing.
         assert!(v.apply_socket(&first).unwrap().1.is_none());
         // The caller restarted: its full sync at generation 1 applies and replaces.
@@ -122,7 +294,12 @@ mod tests {
             ..Default::default()
         };
         let (_, out) = v.apply_socket(&again).unwrap();
-        assert_eq!(out.unwrap().generation, 3);
+        let out = out.unwrap();
+        assert_eq!(out.generation, 3);
+        // Drivers get the difference: b in, a out.
+        assert!(!out.full_sync);
+        assert_eq!(out.hostname_grants, vec![grant("b")]);
+        assert_eq!(out.deletes.len(), 1);
         let l = v.list();
         assert_eq!((l.applied_epoch, l.applied_generation), (6, 1));
         assert_eq!(l.hostname_grants, vec![grant("b")]);

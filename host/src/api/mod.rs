@@ -5,7 +5,7 @@ mod devices;
 mod identity;
 mod node;
 mod pods;
-mod policy;
+pub(crate) mod policy;
 pub(crate) mod services;
 
 pub use identity::{HOST_CAPABILITIES, host_services};

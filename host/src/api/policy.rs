@@ -14,6 +14,31 @@ use tonic::{Request, Response, Status};
 use super::{Api, sync_to_drivers};
 use crate::error;
 
+/// Hands a batch of the policy table (`prev` → the table's generation) to every driver that
+/// serves Policy; a driver that refuses it gets the full table.
+pub(crate) async fn push(
+    host: &crate::Host,
+    view: &crate::policy::PolicyView,
+    prev: u64,
+    out: &ApplyPolicyRequest,
+) -> Result<(), Status> {
+    let drivers = host.registry.with_capability(Capability::Policy);
+    if drivers.is_empty() {
+        return Ok(());
+    }
+    let table = &view.table;
+    sync_to_drivers(
+        drivers,
+        |d| &d.policy_generation,
+        prev,
+        table.generation(),
+        out,
+        || table.full_sync_request(),
+        super::apply_policy,
+    )
+    .await
+}
+
 impl Api {
     fn policy_driver(&self) -> Result<std::sync::Arc<crate::registry::DriverEntry>, Status> {
         self.0
@@ -42,17 +67,7 @@ impl Policy for Api {
         let prev = view.table.generation();
         let (applied, out) = view.apply_socket(&req)?;
         if let Some(out) = out {
-            let table = &view.table;
-            sync_to_drivers(
-                drivers,
-                |d| &d.policy_generation,
-                prev,
-                table.generation(),
-                &out,
-                || table.full_sync_request(),
-                super::apply_policy,
-            )
-            .await?;
+            push(&self.0, &view, prev, &out).await?;
         }
         Ok(Response::new(ApplyPolicyResponse::from(applied)))
     }

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Service as KService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy as KNetworkPolicy;
 
 use netlet_sdk::validate;
 
@@ -48,8 +49,7 @@ struct FileState {
     /// A file that read empty while it held objects: applied only when it reads so twice with
     /// the same stamp (it may be half-written).
     empty_seen: Option<Stamp>,
-    services: Vec<KService>,
-    slices: Vec<EndpointSlice>,
+    objects: Objects,
     error: Option<String>,
 }
 
@@ -60,10 +60,27 @@ pub struct Manifests {
     files: BTreeMap<PathBuf, FileState>,
 }
 
-/// Parses one file's documents into Services and EndpointSlices; errors name the document.
-pub fn parse(text: &str) -> Result<(Vec<KService>, Vec<EndpointSlice>), String> {
-    let mut services = Vec::new();
-    let mut slices = Vec::new();
+/// What one file holds.
+#[derive(Debug, Default, Clone)]
+pub struct Objects {
+    /// Services.
+    pub services: Vec<KService>,
+    /// EndpointSlices.
+    pub slices: Vec<EndpointSlice>,
+    /// NetworkPolicies.
+    pub network_policies: Vec<KNetworkPolicy>,
+}
+
+impl Objects {
+    fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.slices.is_empty() && self.network_policies.is_empty()
+    }
+}
+
+/// Parses one file's documents into Services, EndpointSlices and NetworkPolicies; errors name
+/// the document.
+pub fn parse(text: &str) -> Result<Objects, String> {
+    let mut o = Objects::default();
     let docs: Vec<serde_json::Value> = netlet_sdk::yaml::documents(text).map_err(|e| e.message)?;
     for (i, v) in docs.into_iter().enumerate() {
         if v.is_null() {
@@ -78,18 +95,25 @@ pub fn parse(text: &str) -> Result<(Vec<KService>, Vec<EndpointSlice>), String> 
             format!("document {} ({kind}): {}: {}", i + 1, e.path(), e.inner())
         };
         match kind.as_str() {
-            "Service" => services.push(serde_path_to_error::deserialize(v).map_err(what)?),
-            "EndpointSlice" => slices.push(serde_path_to_error::deserialize(v).map_err(what)?),
+            "Service" => o
+                .services
+                .push(serde_path_to_error::deserialize(v).map_err(what)?),
+            "EndpointSlice" => o
+                .slices
+                .push(serde_path_to_error::deserialize(v).map_err(what)?),
+            "NetworkPolicy" => o
+                .network_policies
+                .push(serde_path_to_error::deserialize(v).map_err(what)?),
             "" => return Err(format!("document {}: no kind", i + 1)),
             other => {
                 return Err(format!(
-                    "document {}: kind {other} is not Service or EndpointSlice",
+                    "document {}: kind {other} is not Service, EndpointSlice or NetworkPolicy",
                     i + 1
                 ));
             }
         }
     }
-    Ok((services, slices))
+    Ok(o)
 }
 
 fn is_manifest(p: &Path) -> bool {
@@ -170,10 +194,9 @@ impl Manifests {
             let loaded = String::from_utf8(text)
                 .map_err(|e| format!("not UTF-8: {e}"))
                 .and_then(|t| parse(&t));
-            let had = !st.services.is_empty() || !st.slices.is_empty();
-            if let Ok((s, e)) = &loaded
-                && s.is_empty()
-                && e.is_empty()
+            let had = !st.objects.is_empty();
+            if let Ok(o) = &loaded
+                && o.is_empty()
                 && had
                 && st.empty_seen != stamp
             {
@@ -186,11 +209,10 @@ impl Manifests {
             st.digest = digest;
             changed = true;
             match loaded {
-                Ok((services, slices)) => {
-                    st.services = services;
-                    st.slices = slices;
+                Ok(objects) => {
+                    st.objects = objects;
                     st.error = None;
-                    tracing::info!(file = %path.display(), services = st.services.len(), slices = st.slices.len(), "manifest loaded");
+                    tracing::info!(file = %path.display(), services = st.objects.services.len(), slices = st.objects.slices.len(), network_policies = st.objects.network_policies.len(), "manifest loaded");
                 }
                 Err(e) => {
                     tracing::error!(file = %path.display(), error = %e, "manifest not loaded; its last good content stays");
@@ -211,6 +233,40 @@ impl Manifests {
             .collect()
     }
 
+    /// Every NetworkPolicy the files hold, in the contract's form; one that does not convert
+    /// is left out and reported (`file: NetworkPolicy ns/name: field: why`).
+    pub fn network_policies(
+        &self,
+    ) -> (
+        BTreeMap<crate::policy::Key, crate::policy::Item>,
+        Vec<String>,
+    ) {
+        let mut out = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (path, f) in &self.files {
+            for np in &f.objects.network_policies {
+                match crate::netpol::network_policy(np) {
+                    Ok(p) => {
+                        let k = p
+                            .key
+                            .as_ref()
+                            .map(|k| (k.kind, k.namespace.clone(), k.name.clone()));
+                        if let Some(k) = k {
+                            out.insert(k, crate::policy::Item::Network(p));
+                        }
+                    }
+                    Err(why) => errors.push(format!(
+                        "{}: NetworkPolicy {}/{}: {why}",
+                        path.display(),
+                        np.metadata.namespace.as_deref().unwrap_or("default"),
+                        np.metadata.name.as_deref().unwrap_or_default()
+                    )),
+                }
+            }
+        }
+        (out, errors)
+    }
+
     /// Every Service the files hold, as this node's source wants it, checked with the same
     /// rules as a ProgramService caller's: a Service that breaks one is left out, an endpoint
     /// that breaks one is left out of its Service, and each is reported (`file: object: field:
@@ -222,7 +278,7 @@ impl Manifests {
     ) -> (BTreeMap<Key, Wanted>, Vec<String>) {
         let mut slices: BTreeMap<Key, Vec<(&Path, &EndpointSlice)>> = BTreeMap::new();
         for (path, f) in &self.files {
-            for s in &f.slices {
+            for s in &f.objects.slices {
                 if let Some(key) = view::slice_service(s) {
                     slices.entry(k(&key)).or_default().push((path, s));
                 }
@@ -233,7 +289,7 @@ impl Manifests {
         for (path, ks) in self
             .files
             .iter()
-            .flat_map(|(p, f)| f.services.iter().map(move |s| (p, s)))
+            .flat_map(|(p, f)| f.objects.services.iter().map(move |s| (p, s)))
         {
             let Some(svc) = view::service(ks) else {
                 continue;
@@ -356,6 +412,28 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
         if let Err(e) = crate::api::services::push(&host, &view, prev, delta).await {
             tracing::warn!(error = %e, "Services drivers not brought up to date; retried at their next resync");
         }
+        drop(view);
+        let (policies, invalid) = m.network_policies();
+        let mut pview = host.policies.lock().await;
+        let prev = pview.table.generation();
+        let (batch, conflicts) = pview.replace(Source::Manifests, policies);
+        let mut perrors: Vec<String> = invalid;
+        perrors.extend(
+            conflicts
+                .into_iter()
+                .map(|c| format!("{}: {c}", dir.display())),
+        );
+        for e in &perrors {
+            tracing::error!(error = %e, "manifest NetworkPolicy left out");
+        }
+        if let Ok(mut e) = host.manifest_errors.lock() {
+            e.extend(perrors);
+        }
+        if let Some(batch) = batch
+            && let Err(e) = crate::api::policy::push(&host, &pview, prev, &batch).await
+        {
+            tracing::warn!(error = %e, "Policy drivers not brought up to date; retried at their next resync");
+        }
     }
 }
 
@@ -395,7 +473,9 @@ mod tests {
         assert_eq!(m.wanted(&node, &NODE_PORTS).0.len(), 1);
         std::fs::write(&f, "kind: ConfigMap\n").unwrap();
         assert!(m.scan());
-        assert!(m.errors()[0].contains("kind ConfigMap is not Service or EndpointSlice"));
+        assert!(
+            m.errors()[0].contains("kind ConfigMap is not Service, EndpointSlice or NetworkPolicy")
+        );
         // Deleting the file deletes its Services.
         std::fs::remove_file(&f).unwrap();
         assert!(m.scan());

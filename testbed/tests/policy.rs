@@ -1,0 +1,163 @@
+//! NetworkPolicies from the manifests directory: converted with the API's defaults, handed to
+//! the drivers that serve Policy, owned against socket callers, bad ones reported with file,
+//! object and field while the others stay, and gone with their file.
+
+use std::time::Duration;
+
+use netlet_sdk::client::Clients;
+use netlet_sdk::proto::{
+    ApplyPolicyRequest, ListPoliciesRequest, NetworkPolicy, PolicyKey, PolicyKind,
+};
+use netlet_testbed::harness::{Host, bin, fixture_driver, wait_until};
+use tonic::Code;
+
+const T: Duration = Duration::from_secs(20);
+
+const DENY: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: shop}
+spec:
+  podSelector: {}
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}}]
+    ports: [{port: 53, protocol: UDP}, {port: dns-tcp}]
+";
+
+const BAD: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: wide, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [192.168.0.0/24]}}]}]
+";
+
+fn manifest_errors(h: &Host) -> Vec<String> {
+    let out = std::process::Command::new(bin("netletctl"))
+        .arg("--socket")
+        .arg(&h.socket)
+        .arg("--admin-socket")
+        .arg(&h.admin_socket)
+        .args(["debug", "state"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["services"]["manifestErrors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(String::from))
+        .collect()
+}
+
+async fn driver_policies(d: &Clients) -> Vec<NetworkPolicy> {
+    d.policy
+        .clone()
+        .list_policies(ListPoliciesRequest::default())
+        .await
+        .map(|r| r.into_inner().network_policies)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn network_policies_from_manifests_reach_the_policy_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deny.yaml");
+    std::fs::write(&file, DENY).unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), BAD).unwrap();
+    let extra = format!("manifestsDir: {}\n", dir.path().display());
+    let h = Host::start(&fixture_driver("pol", "default", &[]), &extra).await;
+    h.wait_ready("").await;
+    let c = h.clients().await;
+    let driver = Clients::connect(&h.dir.path().join("run/drivers/pol.sock"), None)
+        .await
+        .unwrap();
+    let got = wait_until("the manifest's NetworkPolicy at the driver", T, || {
+        let d = driver.clone();
+        async move {
+            let p = driver_policies(&d).await;
+            (!p.is_empty()).then_some(p)
+        }
+    })
+    .await;
+    // Only the good one; as the API defines it: Ingress and Egress (it has egress rules), every
+    // pod of the namespace, egress to kube-system on UDP 53 and the named port.
+    assert_eq!(got.len(), 1, "{got:?}");
+    let p = &got[0];
+    assert_eq!(p.key.as_ref().unwrap().name, "default-deny");
+    assert_eq!(p.directions, [1, 2]);
+    assert!(p.ingress.is_empty(), "no ingress rule: all ingress denied");
+    assert_eq!(p.egress[0].ports[0].port, 53);
+    assert_eq!(p.egress[0].ports[1].named_port, "dns-tcp");
+    // The bad one is reported with file, object and field.
+    let errors = manifest_errors(&h);
+    let e = errors
+        .iter()
+        .find(|e| e.contains("NetworkPolicy shop/wide"))
+        .unwrap_or_else(|| panic!("{errors:?}"));
+    assert!(
+        e.contains("bad.yaml") && e.contains("ingress[0].peers[0].ip_block_except[0]:"),
+        "{e}"
+    );
+
+    // A socket caller cannot overwrite it; its own full sync leaves it alone.
+    let key = PolicyKey {
+        kind: PolicyKind::NetworkPolicy as i32,
+        namespace: "shop".into(),
+        name: "default-deny".into(),
+    };
+    let err = c
+        .policy
+        .clone()
+        .apply_policy(ApplyPolicyRequest {
+            generation: 1,
+            full_sync: true,
+            network_policies: vec![NetworkPolicy {
+                key: Some(key.clone()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().starts_with(
+            "network_policies[0].key: shop/default-deny is owned by the manifests source"
+        ),
+        "{err:?}"
+    );
+    let mine = NetworkPolicy {
+        key: Some(PolicyKey {
+            name: "mine".into(),
+            ..key.clone()
+        }),
+        ..Default::default()
+    };
+    c.policy
+        .clone()
+        .apply_policy(ApplyPolicyRequest {
+            generation: 1,
+            full_sync: true,
+            network_policies: vec![mine],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let names = |ps: Vec<NetworkPolicy>| -> Vec<String> {
+        let mut n: Vec<String> = ps.into_iter().map(|p| p.key.unwrap().name).collect();
+        n.sort();
+        n
+    };
+    wait_until("both at the driver", T, || {
+        let d = driver.clone();
+        async move { (names(driver_policies(&d).await) == ["default-deny", "mine"]).then_some(()) }
+    })
+    .await;
+    // The file goes: so does its policy; the caller's stays.
+    std::fs::remove_file(&file).unwrap();
+    wait_until("the manifest's policy gone", T, || {
+        let d = driver.clone();
+        async move { (names(driver_policies(&d).await) == ["mine"]).then_some(()) }
+    })
+    .await;
+}
