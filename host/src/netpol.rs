@@ -260,3 +260,256 @@ spec:
         }
     }
 }
+
+/// A pod as policy resolution sees it: where it lives, its labels, its addresses and its named
+/// container ports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: std::collections::HashMap<String, String>,
+    /// Addresses (one per family).
+    pub addresses: Vec<std::net::IpAddr>,
+    /// Named container ports: name → (protocol, number).
+    pub ports: std::collections::HashMap<String, (Protocol, u16)>,
+}
+
+/// The pods and namespaces selectors are resolved against.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    /// Every pod known (this node's from attachments, the others from Pod objects).
+    pub pods: Vec<PodInfo>,
+    /// Namespace labels by name; every namespace also carries
+    /// `kubernetes.io/metadata.name: <name>`, as the API server sets it.
+    pub namespaces: std::collections::HashMap<String, std::collections::HashMap<String, String>>,
+}
+
+impl Cluster {
+    fn namespace_labels(&self, ns: &str) -> std::collections::HashMap<String, String> {
+        let mut l = self.namespaces.get(ns).cloned().unwrap_or_default();
+        l.insert("kubernetes.io/metadata.name".into(), ns.into());
+        l
+    }
+
+    /// The pods a policy applies to: those of its namespace its pod selector matches.
+    pub fn selected<'a>(&'a self, p: &NetworkPolicy) -> Vec<&'a PodInfo> {
+        let ns = p
+            .key
+            .as_ref()
+            .map(|k| k.namespace.as_str())
+            .unwrap_or_default();
+        let all = LabelSelector::default();
+        let sel = p.pod_selector.as_ref().unwrap_or(&all);
+        self.pods
+            .iter()
+            .filter(|pod| pod.namespace == ns && netlet_sdk::labels::matches(sel, &pod.labels))
+            .collect()
+    }
+
+    /// The pods a selector peer of a policy in `policy_ns` names: a pod selector alone picks
+    /// pods of the policy's namespace; a namespace selector alone every pod of the namespaces
+    /// it matches; both, the pods the pod selector matches in those namespaces. (An ipBlock
+    /// peer names addresses, not pods: none here.)
+    pub fn peer_pods<'a>(&'a self, policy_ns: &str, peer: &NetworkPolicyPeer) -> Vec<&'a PodInfo> {
+        if !peer.ip_block_cidr.is_empty()
+            || (peer.pod_selector.is_none() && peer.namespace_selector.is_none())
+        {
+            return Vec::new();
+        }
+        let all = LabelSelector::default();
+        self.pods
+            .iter()
+            .filter(|pod| match &peer.namespace_selector {
+                None => pod.namespace == policy_ns,
+                Some(ns) => netlet_sdk::labels::matches(ns, &self.namespace_labels(&pod.namespace)),
+            })
+            .filter(|pod| {
+                netlet_sdk::labels::matches(peer.pod_selector.as_ref().unwrap_or(&all), &pod.labels)
+            })
+            .collect()
+    }
+
+    /// The (protocol, first port, last port) a rule's port admits on `pod`: a named port
+    /// resolves to that pod's container port of that name and protocol (none when it has no
+    /// such port); no port: every port of the protocol.
+    pub fn port_range(pod: &PodInfo, p: &NetworkPolicyPort) -> Option<(Protocol, u16, u16)> {
+        let proto = Protocol::try_from(p.protocol)
+            .ok()
+            .filter(|x| *x != Protocol::Unspecified)
+            .unwrap_or(Protocol::Tcp);
+        if !p.named_port.is_empty() {
+            return pod
+                .ports
+                .get(&p.named_port)
+                .filter(|(pr, _)| *pr == proto)
+                .map(|(_, n)| (proto, *n, *n));
+        }
+        match (p.port, p.end_port) {
+            (0, _) => Some((proto, 1, 65535)),
+            (a, 0) => Some((proto, a as u16, a as u16)),
+            (a, b) => Some((proto, a as u16, b as u16)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn pod(ns: &str, name: &str, labels: &[(&str, &str)], ip: &str) -> PodInfo {
+        PodInfo {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            addresses: vec![ip.parse().unwrap()],
+            ports: [("http".to_string(), (Protocol::Tcp, 8080))].into(),
+        }
+    }
+
+    /// Two namespaces as in the upstream netpol e2e: x and y, pods a, b, c in each.
+    fn cluster() -> Cluster {
+        let mut pods = Vec::new();
+        for (n, ns) in ["x", "y"].iter().enumerate() {
+            for (m, p) in ["a", "b", "c"].iter().enumerate() {
+                pods.push(pod(ns, p, &[("pod", p)], &format!("10.0.{n}.{}", m + 1)));
+            }
+        }
+        Cluster {
+            pods,
+            namespaces: HashMap::from([
+                (
+                    "x".to_string(),
+                    HashMap::from([("ns".to_string(), "x".to_string())]),
+                ),
+                (
+                    "y".to_string(),
+                    HashMap::from([("ns".to_string(), "y".to_string())]),
+                ),
+            ]),
+        }
+    }
+
+    fn names(ps: Vec<&PodInfo>) -> Vec<String> {
+        let mut n: Vec<String> = ps
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        n.sort();
+        n
+    }
+
+    fn sel(kv: &[(&str, &str)]) -> Option<LabelSelector> {
+        Some(LabelSelector {
+            match_labels: kv
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn peers_resolve_as_the_api_defines() {
+        let c = cluster();
+        let policy = NetworkPolicy {
+            key: Some(PolicyKey {
+                kind: PolicyKind::NetworkPolicy as i32,
+                namespace: "x".into(),
+                name: "p".into(),
+            }),
+            pod_selector: sel(&[("pod", "a")]),
+            ..Default::default()
+        };
+        assert_eq!(names(c.selected(&policy)), ["x/a"]);
+        let empty = NetworkPolicy {
+            pod_selector: None,
+            ..policy.clone()
+        };
+        assert_eq!(
+            names(c.selected(&empty)),
+            ["x/a", "x/b", "x/c"],
+            "no selector: the namespace"
+        );
+        let peer = |pod, ns| NetworkPolicyPeer {
+            pod_selector: pod,
+            namespace_selector: ns,
+            ..Default::default()
+        };
+        // A pod selector alone: the policy's namespace only.
+        assert_eq!(
+            names(c.peer_pods("x", &peer(sel(&[("pod", "b")]), None))),
+            ["x/b"]
+        );
+        // A namespace selector alone: every pod there.
+        assert_eq!(
+            names(c.peer_pods("x", &peer(None, sel(&[("ns", "y")])))),
+            ["y/a", "y/b", "y/c"]
+        );
+        // Both in one peer: AND.
+        assert_eq!(
+            names(c.peer_pods("x", &peer(sel(&[("pod", "b")]), sel(&[("ns", "y")])))),
+            ["y/b"]
+        );
+        // An empty namespace selector: every namespace; the name label is always there.
+        assert_eq!(
+            names(c.peer_pods("x", &peer(sel(&[("pod", "c")]), sel(&[])))),
+            ["x/c", "y/c"]
+        );
+        assert_eq!(
+            names(c.peer_pods(
+                "x",
+                &peer(None, sel(&[("kubernetes.io/metadata.name", "y")]))
+            )),
+            ["y/a", "y/b", "y/c"]
+        );
+        // An ipBlock names no pods.
+        let block = NetworkPolicyPeer {
+            ip_block_cidr: "10.0.0.0/16".into(),
+            ..Default::default()
+        };
+        assert!(c.peer_pods("x", &block).is_empty());
+    }
+
+    #[test]
+    fn ports_resolve_per_pod() {
+        let p = pod("x", "a", &[], "10.0.0.1");
+        let port = |named: &str, n, e, proto: Protocol| NetworkPolicyPort {
+            protocol: proto as i32,
+            port: n,
+            end_port: e,
+            named_port: named.into(),
+        };
+        assert_eq!(
+            Cluster::port_range(&p, &port("http", 0, 0, Protocol::Tcp)),
+            Some((Protocol::Tcp, 8080, 8080))
+        );
+        assert_eq!(
+            Cluster::port_range(&p, &port("http", 0, 0, Protocol::Udp)),
+            None,
+            "no UDP port of that name"
+        );
+        assert_eq!(
+            Cluster::port_range(&p, &port("dns", 0, 0, Protocol::Tcp)),
+            None
+        );
+        assert_eq!(
+            Cluster::port_range(&p, &port("", 80, 0, Protocol::Unspecified)),
+            Some((Protocol::Tcp, 80, 80))
+        );
+        assert_eq!(
+            Cluster::port_range(&p, &port("", 32000, 32768, Protocol::Udp)),
+            Some((Protocol::Udp, 32000, 32768))
+        );
+        assert_eq!(
+            Cluster::port_range(&p, &port("", 0, 0, Protocol::Sctp)),
+            Some((Protocol::Sctp, 1, 65535))
+        );
+    }
+}
