@@ -76,6 +76,59 @@ fn pod_name(s: &PodSandbox) -> String {
 }
 
 impl Host {
+    /// The pods policy selectors resolve against: this node's, from its attachments
+    /// (namespace, name, labels and addresses come with AttachPod).
+    fn policy_cluster(&self) -> Option<crate::netpol::Cluster> {
+        let pods = match self.store.attachments() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read attachments to resolve policies");
+                return None;
+            }
+        };
+        let pods = pods
+            .iter()
+            .filter_map(|p| {
+                let s = p.sandbox.as_ref()?;
+                Some(crate::netpol::PodInfo {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    labels: s.labels.clone().into_iter().collect(),
+                    addresses: p
+                        .attachments
+                        .iter()
+                        .flat_map(|a| &a.ips)
+                        .filter_map(|ip| ip.address.split('/').next()?.parse().ok())
+                        .collect(),
+                    ports: Default::default(),
+                })
+            })
+            .collect();
+        Some(crate::netpol::Cluster {
+            pods,
+            namespaces: Default::default(),
+        })
+    }
+
+    /// Brings the policies' resolved selectors in line with the attached pods and hands the
+    /// NetworkPolicies whose resolution changed to the Policy drivers. `always`: also when no
+    /// NetworkPolicy is wanted yet (before one is applied).
+    pub(crate) async fn refresh_policy_pods(&self, always: bool) {
+        let mut view = self.policies.lock().await;
+        if !always && !view.has_network_policies() {
+            return;
+        }
+        let Some(cluster) = self.policy_cluster() else {
+            return;
+        };
+        let prev = view.table.generation();
+        if let Some(batch) = view.set_cluster(cluster)
+            && let Err(e) = crate::api::policy::push(self, &view, prev, &batch).await
+        {
+            tracing::warn!(error = %e, "policy drivers not brought up to date with the pods; retried at their resync");
+        }
+    }
+
     async fn detach_one(
         &self,
         driver: &DriverEntry,
@@ -273,6 +326,7 @@ impl Host {
                 self.hand_host_ports(&sandbox.id, host_ports_of(&record))
                     .await;
             }
+            self.refresh_policy_pods(false).await;
             Ok(AttachPodResponse {
                 attachments: record.attachments,
             })
@@ -354,6 +408,7 @@ impl Host {
                     "pod partly detached; the rest stays"
                 );
             }
+            self.refresh_policy_pods(false).await;
             Ok(())
         }
         .instrument(span)

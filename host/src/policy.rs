@@ -80,6 +80,10 @@ pub struct PolicyView {
     socket_parts: Parts<ApplyPolicyRequest>,
     wanted: HashMap<Source, BTreeMap<Key, Item>>,
     owners: HashMap<Key, Source>,
+    /// The pods and namespaces selectors are resolved against.
+    cluster: crate::netpol::Cluster,
+    /// The NetworkPolicies as drivers were told them (selectors resolved).
+    sent: BTreeMap<Key, NetworkPolicy>,
 }
 
 impl PolicyView {
@@ -100,7 +104,78 @@ impl PolicyView {
             socket_parts: Parts::default(),
             wanted: HashMap::new(),
             owners: HashMap::new(),
+            cluster: Default::default(),
+            sent: BTreeMap::new(),
         }
+    }
+
+    /// `p` with its selectors resolved against the known pods: `selected_addresses` (the pods
+    /// it applies to) and each selector peer's `resolved_addresses`, sorted.
+    fn resolve(&self, p: &NetworkPolicy) -> NetworkPolicy {
+        let addresses = |pods: Vec<&crate::netpol::PodInfo>| -> Vec<String> {
+            let set: BTreeSet<std::net::IpAddr> = pods
+                .iter()
+                .flat_map(|p| p.addresses.iter().copied())
+                .collect();
+            set.into_iter().map(|a| a.to_string()).collect()
+        };
+        let mut out = p.clone();
+        out.selected_addresses = addresses(self.cluster.selected(p));
+        let ns = p
+            .key
+            .as_ref()
+            .map(|k| k.namespace.clone())
+            .unwrap_or_default();
+        for rule in out.ingress.iter_mut().chain(out.egress.iter_mut()) {
+            for peer in &mut rule.peers {
+                if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
+                    peer.resolved_addresses = addresses(self.cluster.peer_pods(&ns, peer));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether any NetworkPolicy is wanted (pods need resolving only then).
+    pub fn has_network_policies(&self) -> bool {
+        !self.sent.is_empty()
+    }
+
+    /// Sets the pods and namespaces selectors resolve against; returns the batch of the
+    /// NetworkPolicies whose resolution changed (applied), or `None`.
+    pub fn set_cluster(&mut self, cluster: crate::netpol::Cluster) -> Option<ApplyPolicyRequest> {
+        self.cluster = cluster;
+        let at = self.table.applied();
+        let mut out = ApplyPolicyRequest {
+            epoch: at.epoch,
+            generation: at.generation + 1,
+            ..Default::default()
+        };
+        for (k, owner) in &self.owners {
+            let Some(Item::Network(p)) = self.wanted.get(owner).and_then(|w| w.get(k)) else {
+                continue;
+            };
+            let r = self.resolve(p);
+            if self.sent.get(k) != Some(&r) {
+                out.network_policies.push(r);
+            }
+        }
+        if out.network_policies.is_empty() {
+            return None;
+        }
+        out.network_policies.sort_by(|a, b| {
+            a.key
+                .as_ref()
+                .map(|k| &k.name)
+                .cmp(&b.key.as_ref().map(|k| &k.name))
+        });
+        for p in &out.network_policies {
+            if let Some(k) = key_of(p.key.as_ref()) {
+                self.sent.insert(k, p.clone());
+            }
+        }
+        self.table.apply(&out).ok()?;
+        Some(out)
     }
 
     /// Applies a validated batch from a caller of the host socket. Returns what that caller has
@@ -211,7 +286,11 @@ impl PolicyView {
                 Some(item) => {
                     self.owners.insert(k.clone(), source);
                     match item.clone() {
-                        Item::Network(p) => out.network_policies.push(p),
+                        Item::Network(p) => {
+                            let r = self.resolve(&p);
+                            self.sent.insert(k.clone(), r.clone());
+                            out.network_policies.push(r);
+                        }
                         Item::Dns(p) => out.dns_policies.push(p),
                         Item::Grant(g) => out.hostname_grants.push(g),
                     }
@@ -219,6 +298,7 @@ impl PolicyView {
                 None => {
                     if self.owners.get(k) == Some(&source) {
                         self.owners.remove(k);
+                        self.sent.remove(k);
                         out.deletes.push(PolicyKey {
                             kind: k.0,
                             namespace: k.1.clone(),

@@ -161,3 +161,157 @@ async fn network_policies_from_manifests_reach_the_policy_driver() {
     })
     .await;
 }
+
+fn attach_req(
+    id: &str,
+    namespace: &str,
+    labels: &[(&str, &str)],
+) -> netlet_sdk::proto::AttachPodRequest {
+    netlet_sdk::proto::AttachPodRequest {
+        sandbox: Some(netlet_sdk::proto::PodSandbox {
+            id: id.into(),
+            name: id.into(),
+            namespace: namespace.into(),
+            netns_path: format!("/var/run/netns/{id}"),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }),
+        networks: vec![],
+    }
+}
+
+// The host resolves a NetworkPolicy's selectors against the pods attached to the node (their
+// namespace and labels come with AttachPod): the pods it applies to, and each selector peer's
+// pods — a pod selector in the policy's namespace, a namespace selector by the
+// `kubernetes.io/metadata.name` label every namespace carries — and follows pods as they come
+// and go. The expected addresses are the ones AttachPod answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn selectors_resolve_to_the_attached_pods_and_follow_them() {
+    use netlet_sdk::proto::{LabelSelector, NetworkPolicyPeer, NetworkPolicyRule};
+    let h = Host::start(&fixture_driver("pol", "default", &[]), "").await;
+    h.wait_ready("").await;
+    let c = h.clients().await;
+    let driver = Clients::connect(&h.dir.path().join("run/drivers/pol.sock"), None)
+        .await
+        .unwrap();
+    let addr = |r: netlet_sdk::proto::AttachPodResponse| {
+        r.attachments[0].ips[0]
+            .address
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let mut pods = c.pods.clone();
+    let web = addr(
+        pods.attach_pod(attach_req("w1", "shop", &[("app", "web")]))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let client = addr(
+        pods.attach_pod(attach_req("c1", "shop", &[("role", "client")]))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let ops = addr(
+        pods.attach_pod(attach_req("o1", "ops", &[("role", "monitor")]))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    // Same labels, other namespace: not the pod selector's.
+    pods.attach_pod(attach_req("c2", "dev", &[("role", "client")]))
+        .await
+        .unwrap();
+    let labels = |kv: &[(&str, &str)]| LabelSelector {
+        match_labels: kv
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let policy = NetworkPolicy {
+        key: Some(PolicyKey {
+            kind: PolicyKind::NetworkPolicy as i32,
+            namespace: "shop".into(),
+            name: "web-ingress".into(),
+        }),
+        pod_selector: Some(labels(&[("app", "web")])),
+        directions: vec![1],
+        ingress: vec![NetworkPolicyRule {
+            peers: vec![
+                NetworkPolicyPeer {
+                    pod_selector: Some(labels(&[("role", "client")])),
+                    ..Default::default()
+                },
+                NetworkPolicyPeer {
+                    namespace_selector: Some(labels(&[("kubernetes.io/metadata.name", "ops")])),
+                    ..Default::default()
+                },
+            ],
+            ports: vec![],
+        }],
+        ..Default::default()
+    };
+    c.policy
+        .clone()
+        .apply_policy(ApplyPolicyRequest {
+            generation: 1,
+            full_sync: true,
+            network_policies: vec![policy],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let resolved = |p: &NetworkPolicy| -> (Vec<String>, Vec<String>, Vec<String>) {
+        (
+            p.selected_addresses.clone(),
+            p.ingress[0].peers[0].resolved_addresses.clone(),
+            p.ingress[0].peers[1].resolved_addresses.clone(),
+        )
+    };
+    let want = (vec![web.clone()], vec![client.clone()], vec![ops.clone()]);
+    let d = driver.clone();
+    let got = wait_until("the resolved policy at the driver", T, || {
+        let d = d.clone();
+        async move { driver_policies(&d).await.first().map(resolved) }
+    })
+    .await;
+    assert_eq!(got, want);
+    // The client leaves; a second web pod comes: the driver's policy follows.
+    c.pods
+        .clone()
+        .detach_pod(netlet_sdk::proto::DetachPodRequest {
+            sandbox_id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let web2 = addr(
+        pods.attach_pod(attach_req("w2", "shop", &[("app", "web")]))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let mut selected = vec![web.clone(), web2.clone()];
+    selected.sort_by_key(|a| a.parse::<std::net::IpAddr>().unwrap());
+    let want = (selected, vec![], vec![ops.clone()]);
+    let got = wait_until("the policy following the pods", T, || {
+        let d = driver.clone();
+        let want = want.clone();
+        async move {
+            driver_policies(&d)
+                .await
+                .first()
+                .map(resolved)
+                .filter(|g| *g == want)
+        }
+    })
+    .await;
+    assert_eq!(got, want);
+}

@@ -63,6 +63,10 @@ impl Policy for Api {
             return Err(error::nothing_serves("Policy"));
         }
         crate::features::check_policies(&req, &drivers)?;
+        if !req.network_policies.is_empty() {
+            // Selectors resolve against the pods attached now.
+            self.0.refresh_policy_pods(true).await;
+        }
         let mut view = self.0.policies.lock().await;
         let prev = view.table.generation();
         let (applied, out) = view.apply_socket(&req)?;

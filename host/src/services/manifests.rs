@@ -414,6 +414,9 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
         }
         drop(view);
         let (policies, invalid) = m.network_policies();
+        if !policies.is_empty() {
+            host.refresh_policy_pods(true).await;
+        }
         let mut pview = host.policies.lock().await;
         let prev = pview.table.generation();
         let (batch, conflicts) = pview.replace(Source::Manifests, policies);
