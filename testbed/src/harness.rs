@@ -341,6 +341,25 @@ impl Host {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The manifest files and objects `netletctl debug state` reports as not loaded.
+    pub fn manifest_errors(&self) -> Vec<String> {
+        let out = Command::new(bin("netletctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--admin-socket")
+            .arg(&self.admin_socket)
+            .args(["debug", "state"])
+            .output()
+            .expect("netletctl debug state");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["services"]["manifestErrors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.as_str().map(str::to_string))
+            .collect()
+    }
+
     /// The host's child processes whose command name (`/proc/PID/comm`, 15 characters at
     /// most) is `comm`: its supervised drivers of that program.
     pub fn children(&self, comm: &str) -> Vec<i32> {

@@ -8,7 +8,7 @@ use netlet_sdk::client::Clients;
 use netlet_sdk::proto::{
     ApplyPolicyRequest, ListPoliciesRequest, NetworkPolicy, PolicyKey, PolicyKind,
 };
-use netlet_testbed::harness::{Host, bin, fixture_driver, wait_until};
+use netlet_testbed::harness::{Host, fixture_driver, wait_until};
 use tonic::Code;
 
 const T: Duration = Duration::from_secs(20);
@@ -30,24 +30,6 @@ spec:
   podSelector: {matchLabels: {app: web}}
   ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [192.168.0.0/24]}}]}]
 ";
-
-fn manifest_errors(h: &Host) -> Vec<String> {
-    let out = std::process::Command::new(bin("netletctl"))
-        .arg("--socket")
-        .arg(&h.socket)
-        .arg("--admin-socket")
-        .arg(&h.admin_socket)
-        .args(["debug", "state"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["services"]["manifestErrors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.as_str().map(String::from))
-        .collect()
-}
 
 async fn driver_policies(d: &Clients) -> Vec<NetworkPolicy> {
     d.policy
@@ -89,7 +71,7 @@ async fn network_policies_from_manifests_reach_the_policy_driver() {
     assert_eq!(p.egress[0].ports[0].port, 53);
     assert_eq!(p.egress[0].ports[1].named_port, "dns-tcp");
     // The bad one is reported with file, object and field.
-    let errors = manifest_errors(&h);
+    let errors = h.manifest_errors();
     let e = errors
         .iter()
         .find(|e| e.contains("NetworkPolicy shop/wide"))

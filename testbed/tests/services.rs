@@ -535,25 +535,6 @@ async fn a_refused_delta_is_answered_with_a_full_sync() {
     assert!(host.drivers.iter().all(|g| g.in_sync), "{:?}", host.drivers);
 }
 
-/// The manifest errors `netletctl debug state` reports.
-fn manifest_errors(h: &Host) -> Vec<String> {
-    let out = std::process::Command::new(bin("netletctl"))
-        .arg("--socket")
-        .arg(&h.socket)
-        .arg("--admin-socket")
-        .arg(&h.admin_socket)
-        .args(["debug", "state"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["services"]["manifestErrors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.as_str().map(str::to_string))
-        .collect()
-}
-
 /// One bad manifest object (a ClusterIP of 10.96.0.300) is left out and reported with file,
 /// object and field; every other Service reaches the driver and keeps being updated. Before,
 /// the driver refused the whole batch and no Service was programmed.
@@ -590,7 +571,7 @@ async fn a_bad_manifest_object_never_stops_the_others() {
         }
     })
     .await;
-    let errors = manifest_errors(&h);
+    let errors = h.manifest_errors();
     let e = errors
         .iter()
         .find(|e| e.contains("shop/bad"))
