@@ -86,7 +86,7 @@ impl Host {
                 return None;
             }
         };
-        let pods = pods
+        let pods: Vec<crate::netpol::PodInfo> = pods
             .iter()
             .filter_map(|p| {
                 let s = p.sandbox.as_ref()?;
@@ -104,10 +104,22 @@ impl Host {
                 })
             })
             .collect();
-        Some(crate::netpol::Cluster {
-            pods,
-            namespaces: Default::default(),
-        })
+        // Pods of other nodes and namespaces' labels from the manifests; an address this node
+        // attached is this node's pod, whatever a Pod object says.
+        let mut cluster = self
+            .manifest_cluster
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        let local: std::collections::HashSet<std::net::IpAddr> = pods
+            .iter()
+            .flat_map(|p: &crate::netpol::PodInfo| p.addresses.iter().copied())
+            .collect();
+        cluster
+            .pods
+            .retain(|p| !p.addresses.iter().any(|a| local.contains(a)));
+        cluster.pods.extend(pods);
+        Some(cluster)
     }
 
     /// Brings the policies' resolved selectors in line with the attached pods and hands the

@@ -87,6 +87,8 @@ pub struct Host {
     pub health_checks: services::health::HealthChecks,
     /// Manifest files that did not load, with why (their last good content stays in effect).
     pub manifest_errors: std::sync::Mutex<Vec<String>>,
+    /// Pods of other nodes and namespaces' labels from the manifests, for policy selectors.
+    pub manifest_cluster: std::sync::Mutex<netpol::Cluster>,
     /// Desired policies (replayed to drivers).
     pub policies: tokio::sync::Mutex<policy::PolicyView>,
     /// Metrics.
@@ -232,6 +234,7 @@ pub async fn run(
         store,
         services: tokio::sync::Mutex::new(service_view),
         manifest_errors: Default::default(),
+        manifest_cluster: Default::default(),
         health_checks: services::health::HealthChecks::new(registry.clone()),
         policies: tokio::sync::Mutex::new(policy::PolicyView::new(epoch)),
         metrics: metrics.clone(),

@@ -277,6 +277,68 @@ pub struct PodInfo {
     pub ports: std::collections::HashMap<String, (Protocol, u16)>,
 }
 
+/// A Pod object's namespace, name, labels, addresses (`status.podIPs`, else `status.podIP`)
+/// and named container ports; `None` without an address (not running, or host-network
+/// pods, whose address is the node's, are left to node peers).
+pub fn pod_info(p: &k8s_openapi::api::core::v1::Pod) -> Option<PodInfo> {
+    let status = p.status.as_ref()?;
+    if p.spec
+        .as_ref()
+        .is_some_and(|s| s.host_network == Some(true))
+    {
+        return None;
+    }
+    let mut addresses: Vec<std::net::IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.ip.parse().ok())
+        .collect();
+    if addresses.is_empty() {
+        addresses.extend(
+            status
+                .pod_ip
+                .as_ref()
+                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok()),
+        );
+    }
+    if addresses.is_empty() {
+        return None;
+    }
+    let ports = p
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|cp| {
+            let name = cp.name.clone()?;
+            let proto = match cp.protocol.as_deref().unwrap_or("TCP") {
+                "UDP" => Protocol::Udp,
+                "SCTP" => Protocol::Sctp,
+                _ => Protocol::Tcp,
+            };
+            Some((name, (proto, u16::try_from(cp.container_port).ok()?)))
+        })
+        .collect();
+    Some(PodInfo {
+        namespace: p
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        labels: p
+            .metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        addresses,
+        ports,
+    })
+}
+
 /// The pods and namespaces selectors are resolved against.
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {

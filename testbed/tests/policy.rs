@@ -297,3 +297,81 @@ async fn selectors_resolve_to_the_attached_pods_and_follow_them() {
     .await;
     assert_eq!(got, want);
 }
+
+// Pods of other nodes and namespaces' labels come from Pod and Namespace objects in the
+// manifests directory: a namespace selector matches by the Namespace's labels, and picks the
+// remote pods there (addresses from status.podIPs) beside the local ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_pods_and_namespace_labels_come_from_manifests() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cluster.yaml"),
+        "apiVersion: v1
+kind: Namespace
+metadata: {name: ops, labels: {team: platform}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: prom-0, namespace: ops, labels: {app: prom}}
+spec: {containers: [{name: c, image: x, ports: [{name: metrics, containerPort: 9090}]}]}
+status: {podIP: 10.9.0.5, podIPs: [{ip: 10.9.0.5}, {ip: 'fd00:9::5'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pending, namespace: ops}
+spec: {containers: [{name: c, image: x}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-platform, namespace: shop}
+spec:
+  podSelector: {}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {team: platform}}}]}]
+",
+    )
+    .unwrap();
+    let extra = format!("manifestsDir: {}\n", dir.path().display());
+    let h = Host::start(&fixture_driver("pol", "default", &[]), &extra).await;
+    h.wait_ready("").await;
+    let c = h.clients().await;
+    let driver = Clients::connect(&h.dir.path().join("run/drivers/pol.sock"), None)
+        .await
+        .unwrap();
+    // A local pod in ops joins the remote one; a pod in shop is the one selected.
+    let mut pods = c.pods.clone();
+    let local_ops = pods
+        .attach_pod(attach_req("o1", "ops", &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .attachments[0]
+        .ips[0]
+        .address
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    pods.attach_pod(attach_req("s1", "shop", &[]))
+        .await
+        .unwrap();
+    let mut want: Vec<std::net::IpAddr> = vec![
+        "10.9.0.5".parse().unwrap(),
+        "fd00:9::5".parse().unwrap(),
+        local_ops.parse().unwrap(),
+    ];
+    want.sort();
+    let want: Vec<String> = want.iter().map(|a| a.to_string()).collect();
+    let got = wait_until("the remote and local ops pods as peers", T, || {
+        let d = driver.clone();
+        let want = want.clone();
+        async move {
+            driver_policies(&d)
+                .await
+                .first()
+                .map(|p| p.ingress[0].peers[0].resolved_addresses.clone())
+                .filter(|r| *r == want)
+        }
+    })
+    .await;
+    assert_eq!(got, want);
+}

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Service as KService;
+use k8s_openapi::api::core::v1::{Namespace as KNamespace, Pod as KPod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy as KNetworkPolicy;
 
@@ -69,11 +70,19 @@ pub struct Objects {
     pub slices: Vec<EndpointSlice>,
     /// NetworkPolicies.
     pub network_policies: Vec<KNetworkPolicy>,
+    /// Namespaces (their labels, for namespace selectors).
+    pub namespaces: Vec<KNamespace>,
+    /// Pods (other nodes' pods, for policy peers).
+    pub pods: Vec<KPod>,
 }
 
 impl Objects {
     fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.slices.is_empty() && self.network_policies.is_empty()
+        self.services.is_empty()
+            && self.slices.is_empty()
+            && self.network_policies.is_empty()
+            && self.namespaces.is_empty()
+            && self.pods.is_empty()
     }
 }
 
@@ -104,10 +113,16 @@ pub fn parse(text: &str) -> Result<Objects, String> {
             "NetworkPolicy" => o
                 .network_policies
                 .push(serde_path_to_error::deserialize(v).map_err(what)?),
+            "Namespace" => o
+                .namespaces
+                .push(serde_path_to_error::deserialize(v).map_err(what)?),
+            "Pod" => o
+                .pods
+                .push(serde_path_to_error::deserialize(v).map_err(what)?),
             "" => return Err(format!("document {}: no kind", i + 1)),
             other => {
                 return Err(format!(
-                    "document {}: kind {other} is not Service, EndpointSlice or NetworkPolicy",
+                    "document {}: kind {other} is not Service, EndpointSlice, NetworkPolicy, Namespace or Pod",
                     i + 1
                 ));
             }
@@ -231,6 +246,33 @@ impl Manifests {
             .iter()
             .filter_map(|(p, s)| Some(format!("{}: {}", p.display(), s.error.as_ref()?)))
             .collect()
+    }
+
+    /// The namespaces (name → labels) and the pods with addresses the files hold, for policy
+    /// selectors: pods of other nodes, and namespaces' labels.
+    pub fn cluster(&self) -> crate::netpol::Cluster {
+        let mut c = crate::netpol::Cluster::default();
+        for f in self.files.values() {
+            for ns in &f.objects.namespaces {
+                if let Some(name) = &ns.metadata.name {
+                    c.namespaces.insert(
+                        name.clone(),
+                        ns.metadata
+                            .labels
+                            .clone()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .collect(),
+                    );
+                }
+            }
+            for pod in &f.objects.pods {
+                if let Some(p) = crate::netpol::pod_info(pod) {
+                    c.pods.push(p);
+                }
+            }
+        }
+        c
     }
 
     /// Every NetworkPolicy the files hold, in the contract's form; one that does not convert
@@ -414,6 +456,9 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
         }
         drop(view);
         let (policies, invalid) = m.network_policies();
+        if let Ok(mut c) = host.manifest_cluster.lock() {
+            *c = m.cluster();
+        }
         if !policies.is_empty() {
             host.refresh_policy_pods(true).await;
         }
@@ -476,9 +521,9 @@ mod tests {
         assert_eq!(m.wanted(&node, &NODE_PORTS).0.len(), 1);
         std::fs::write(&f, "kind: ConfigMap\n").unwrap();
         assert!(m.scan());
-        assert!(
-            m.errors()[0].contains("kind ConfigMap is not Service, EndpointSlice or NetworkPolicy")
-        );
+        assert!(m.errors()[0].contains(
+            "kind ConfigMap is not Service, EndpointSlice, NetworkPolicy, Namespace or Pod"
+        ));
         // Deleting the file deletes its Services.
         std::fs::remove_file(&f).unwrap();
         assert!(m.scan());
