@@ -16,6 +16,9 @@ fuzz_target!(|data: &[u8]| {
     for np in &objects.network_policies {
         let _ = netlet_host::netpol::network_policy(np);
     }
+    for pod in &objects.pods {
+        let _ = netlet_host::netpol::pod_info(pod);
+    }
     let (services, slices) = (objects.services, objects.slices);
     let node = view::NodeInfo {
         name: "node-a".into(),
