@@ -374,4 +374,24 @@ spec:
     })
     .await;
     assert_eq!(got, want);
+    // netletctl shows the policy as drivers are told it.
+    let out = std::process::Command::new(netlet_testbed::harness::bin("netletctl"))
+        .arg("--socket")
+        .arg(&h.socket)
+        .args(["-o", "json", "policies"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &v["networkPolicies"][0];
+    assert_eq!(p["name"], "from-platform");
+    assert_eq!(p["directions"], serde_json::json!(["INGRESS"]));
+    assert_eq!(
+        p["ingress"][0]["peers"][0]["addresses"],
+        serde_json::json!(want)
+    );
 }

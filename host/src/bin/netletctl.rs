@@ -11,7 +11,10 @@ use hyper_util::client::legacy::Client;
 use hyperlocal::{UnixClientExt, UnixConnector, Uri};
 use netlet_sdk::{
     client::Clients,
-    proto::{IpFamily, ListAttachmentsRequest, ListServicesRequest, NetworkReadyRequest},
+    proto::{
+        IpFamily, ListAttachmentsRequest, ListPoliciesRequest, ListServicesRequest,
+        NetworkReadyRequest,
+    },
 };
 use serde_json::{Value, json};
 
@@ -64,6 +67,9 @@ enum Cmd {
         #[arg(long, default_value = "")]
         namespace: String,
     },
+    /// The node's NetworkPolicies as drivers are told them: the addresses each applies to and
+    /// each rule's peers, resolved by the host.
+    Policies,
     /// Prometheus metrics, as served.
     Metrics,
     /// Debugging dumps.
@@ -417,6 +423,97 @@ async fn main() -> anyhow::Result<()> {
                     println!();
                     table(&["POD", "HOST-PORT", "TO"], rows);
                 }
+            }
+        }
+        Cmd::Policies => {
+            let mut c = Clients::connect(&cli.socket, Some(std::time::Duration::from_secs(10)))
+                .await
+                .with_context(|| format!("connect {}", cli.socket.display()))?;
+            let l = c
+                .policy
+                .list_policies(ListPoliciesRequest::default())
+                .await?
+                .into_inner();
+            let peers = |rules: &[netlet_sdk::proto::NetworkPolicyRule]| -> Vec<Value> {
+                rules
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "peers": r.peers.iter().map(|p| {
+                                if p.ip_block_cidr.is_empty() {
+                                    json!({"addresses": p.resolved_addresses})
+                                } else {
+                                    json!({"ipBlock": p.ip_block_cidr, "except": p.ip_block_except})
+                                }
+                            }).collect::<Vec<_>>(),
+                            "ports": r.ports.iter().map(|p| {
+                                let port = if p.named_port.is_empty() {
+                                    match p.end_port { 0 => p.port.to_string(), e => format!("{}-{e}", p.port) }
+                                } else {
+                                    p.named_port.clone()
+                                };
+                                format!("{}/{port}", p.protocol().as_str_name().trim_start_matches("PROTOCOL_"))
+                            }).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect()
+            };
+            let policies: Vec<Value> = l
+                .network_policies
+                .iter()
+                .map(|p| {
+                    let key = p.key.clone().unwrap_or_default();
+                    json!({
+                        "namespace": key.namespace, "name": key.name,
+                        "directions": p.directions().map(|d| d.as_str_name().trim_start_matches("POLICY_DIRECTION_").to_string()).collect::<Vec<_>>(),
+                        "selected": p.selected_addresses,
+                        "ingress": peers(&p.ingress),
+                        "egress": peers(&p.egress),
+                    })
+                })
+                .collect();
+            if json_out {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"networkPolicies": policies}))?
+                );
+            } else {
+                let rows = policies
+                    .iter()
+                    .map(|p| {
+                        let list = |v: &Value| {
+                            v.as_array()
+                                .map(|a| {
+                                    a.iter()
+                                        .filter_map(|x| x.as_str())
+                                        .collect::<Vec<_>>()
+                                        .join(",")
+                                })
+                                .unwrap_or_default()
+                        };
+                        let rules =
+                            |v: &Value| v.as_array().map(|a| a.len()).unwrap_or(0).to_string();
+                        vec![
+                            p["namespace"].as_str().unwrap_or_default().to_string(),
+                            p["name"].as_str().unwrap_or_default().to_string(),
+                            list(&p["directions"]),
+                            list(&p["selected"]),
+                            rules(&p["ingress"]),
+                            rules(&p["egress"]),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "NAMESPACE",
+                        "NAME",
+                        "DIRECTIONS",
+                        "SELECTED",
+                        "INGRESS RULES",
+                        "EGRESS RULES",
+                    ],
+                    rows,
+                );
             }
         }
         Cmd::Metrics => print!("{}", admin_get(&admin, "/metrics").await?),
