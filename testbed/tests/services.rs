@@ -184,8 +184,9 @@ async fn manifests_become_the_node_view_and_deltas_reach_drivers() {
     );
 
     // Deleting the file deletes the Service, on the node and in the driver.
-    std::fs::remove_file(&file).unwrap();
+    // (The generation is read first: the host may apply the deletion before a later read.)
     let g = list(&c).await.node_generation;
+    std::fs::remove_file(&file).unwrap();
     let (l, dl) = wait_until("deletion applied", T, || synced(g + 1)).await;
     assert!(
         l.services.is_empty() && dl.services.is_empty(),
