@@ -1260,7 +1260,16 @@ async fn sigterm_drains_calls_in_flight_before_stopping_drivers() {
     let c = h.clients().await;
     let mut pods = c.pods.clone();
     let call = tokio::spawn(async move { pods.attach_pod(pod("p1", &[])).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // In flight: the driver has made and recorded p1 and holds its answer back.
+    let driver =
+        netlet_sdk::client::Clients::connect(&h.dir.path().join("run/drivers/slow.sock"), None)
+            .await
+            .unwrap();
+    wait_until("the attach at the driver", T, || {
+        let d = driver.clone();
+        async move { (!listed(&d).await.is_empty()).then_some(()) }
+    })
+    .await;
     let pid = h.pid().unwrap();
     let driver_pid = h.children("netlet-fixture-");
     assert_eq!(driver_pid.len(), 1, "{driver_pid:?}");
