@@ -144,6 +144,16 @@ async fn network_policies_from_manifests_reach_the_policy_driver() {
     .await;
 }
 
+/// The address AttachPod gave a pod (its first, without the prefix length).
+fn addr(r: netlet_sdk::proto::AttachPodResponse) -> String {
+    r.attachments[0].ips[0]
+        .address
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 fn attach_req(
     id: &str,
     namespace: &str,
@@ -179,14 +189,6 @@ async fn selectors_resolve_to_the_attached_pods_and_follow_them() {
     let driver = Clients::connect(&h.dir.path().join("run/drivers/pol.sock"), None)
         .await
         .unwrap();
-    let addr = |r: netlet_sdk::proto::AttachPodResponse| {
-        r.attachments[0].ips[0]
-            .address
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string()
-    };
     let mut pods = c.pods.clone();
     let web = addr(
         pods.attach_pod(attach_req("w1", "shop", &[("app", "web")]))
@@ -339,18 +341,12 @@ spec:
         .unwrap();
     // A local pod in ops joins the remote one; a pod in shop is the one selected.
     let mut pods = c.pods.clone();
-    let local_ops = pods
-        .attach_pod(attach_req("o1", "ops", &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .attachments[0]
-        .ips[0]
-        .address
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let local_ops = addr(
+        pods.attach_pod(attach_req("o1", "ops", &[]))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
     pods.attach_pod(attach_req("s1", "shop", &[]))
         .await
         .unwrap();
