@@ -236,9 +236,11 @@ async fn ready(socket: &Path) -> bool {
     };
     let r = r.into_inner().readiness.unwrap_or_default();
     r.ready
-        && r.conditions
-            .iter()
-            .any(|c| c.driver == "nft" && c.r#type == "DriverReady" && c.status == 1)
+        && r.conditions.iter().any(|c| {
+            c.driver == "nft"
+                && c.r#type == "DriverReady"
+                && c.status == netlet_sdk::proto::ConditionStatus::True as i32
+        })
 }
 
 fn kill(pid: i32) {
@@ -419,15 +421,14 @@ async fn main() -> anyhow::Result<()> {
                 for pid in &killed {
                     kill(*pid);
                 }
-                // Survived once a new process is there (and then the node is ready): the old
-                // registration may still look ready for a probe interval.
+                // Survived once a new process is there and the node is ready: the host drops
+                // the old registration when the process exits, before it starts the next.
                 let back = Instant::now() + Duration::from_secs(60);
                 while Instant::now() < back
                     && node.host.children(comm).iter().all(|p| killed.contains(p))
                 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
         injected += 1;
