@@ -100,7 +100,19 @@ impl Host {
                         .flat_map(|a| &a.ips)
                         .filter_map(|ip| ip.address.split('/').next()?.parse().ok())
                         .collect(),
-                    ports: Default::default(),
+                    ports: s
+                        .port_mappings
+                        .iter()
+                        .filter(|m| !m.name.is_empty())
+                        .filter_map(|m| {
+                            let proto = netlet_sdk::proto::Protocol::try_from(m.protocol)
+                                .ok()
+                                .filter(|p| *p != netlet_sdk::proto::Protocol::Unspecified)
+                                .unwrap_or(netlet_sdk::proto::Protocol::Tcp);
+                            Some((m.name.clone(), (proto, u16::try_from(m.container_port).ok()?)))
+                        })
+                        .collect(),
+                    local: true,
                 })
             })
             .collect();
@@ -115,6 +127,19 @@ impl Host {
             .iter()
             .flat_map(|p: &crate::netpol::PodInfo| p.addresses.iter().copied())
             .collect();
+        // A local pod's named ports also come from its Pod object, when the files have one.
+        let mut pods = pods;
+        for p in &mut pods {
+            if let Some(obj) = cluster
+                .pods
+                .iter()
+                .find(|o| o.namespace == p.namespace && o.name == p.name)
+            {
+                for (name, port) in &obj.ports {
+                    p.ports.entry(name.clone()).or_insert(*port);
+                }
+            }
+        }
         cluster
             .pods
             .retain(|p| !p.addresses.iter().any(|a| local.contains(a)));

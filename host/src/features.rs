@@ -139,6 +139,13 @@ pub fn check_policies(
             Feature::NetworkPolicy,
         )?;
     }
+    if !req.cluster_network_policies.is_empty() {
+        every(
+            drivers,
+            "cluster_network_policies[0]".into(),
+            Feature::ClusterNetworkPolicy,
+        )?;
+    }
     if !req.dns_policies.is_empty() {
         every(drivers, "dns_policies[0]".into(), Feature::DnsPolicy)?;
     }
@@ -164,6 +171,7 @@ pub fn advertised(registry: &Registry) -> Vec<i32> {
         Feature::NetworkPolicy,
         Feature::DnsPolicy,
         Feature::HostnameGrants,
+        Feature::ClusterNetworkPolicy,
     ];
     let drivers = registry.drivers();
     all.into_iter()
@@ -181,7 +189,10 @@ fn capability_of(f: Feature) -> Capability {
     match f {
         Feature::StaticIps | Feature::StaticMac | Feature::Bandwidth => Capability::Pods,
         Feature::Sctp | Feature::SessionAffinity | Feature::HostPorts => Capability::Services,
-        Feature::NetworkPolicy | Feature::DnsPolicy | Feature::HostnameGrants => Capability::Policy,
+        Feature::NetworkPolicy
+        | Feature::ClusterNetworkPolicy
+        | Feature::DnsPolicy
+        | Feature::HostnameGrants => Capability::Policy,
         Feature::Unspecified => Capability::Unspecified,
     }
 }

@@ -11,8 +11,8 @@ use netlet_sdk::{
     generation::{Applied, Batch},
     parts::Parts,
     proto::{
-        ApplyPolicyRequest, DnsPolicy, HostnameGrant, ListPoliciesResponse, NetworkPolicy,
-        PolicyKey,
+        ApplyPolicyRequest, ClusterNetworkPolicy, DnsPolicy, HostnameGrant, ListPoliciesResponse,
+        NamedPortTarget, NetworkPolicy, PolicyKey, Protocol,
     },
     state::PolicyTable,
 };
@@ -36,6 +36,47 @@ pub enum Item {
     Dns(DnsPolicy),
     /// A hostname grant.
     Grant(HostnameGrant),
+    /// A ClusterNetworkPolicy (or a v1alpha1 admin policy mapped onto one).
+    Cluster(ClusterNetworkPolicy),
+}
+
+impl Item {
+    /// The address sets a resolved policy names.
+    fn sets(&self) -> Vec<&str> {
+        match self {
+            Item::Network(p) => std::iter::once(p.selected_set.as_str())
+                .chain(
+                    p.ingress
+                        .iter()
+                        .chain(&p.egress)
+                        .flat_map(|r| &r.peers)
+                        .map(|x| x.address_set.as_str()),
+                )
+                .collect(),
+            Item::Cluster(p) => std::iter::once(p.selected_set.as_str())
+                .chain(
+                    p.ingress
+                        .iter()
+                        .chain(&p.egress)
+                        .flat_map(|r| &r.peers)
+                        .map(|x| x.address_set.as_str()),
+                )
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether its resolution depends on the pods beyond set elements (named ports).
+    fn has_named_ports(&self) -> bool {
+        let named = |ports: &[netlet_sdk::proto::NetworkPolicyPort]| {
+            ports.iter().any(|p| !p.named_port.is_empty())
+        };
+        match self {
+            Item::Network(p) => p.ingress.iter().chain(&p.egress).any(|r| named(&r.ports)),
+            Item::Cluster(p) => p.ingress.iter().chain(&p.egress).any(|r| named(&r.ports)),
+            _ => false,
+        }
+    }
 }
 
 /// The policies of a batch, by key, each with the field that names it.
@@ -56,6 +97,15 @@ fn items_of(req: &ApplyPolicyRequest) -> Vec<(String, Key, Item)> {
                 .map(|k| (format!("dns_policies[{i}].key"), k, Item::Dns(p.clone()))),
         );
     }
+    for (i, p) in req.cluster_network_policies.iter().enumerate() {
+        out.extend(key_of(p.key.as_ref()).map(|k| {
+            (
+                format!("cluster_network_policies[{i}].key"),
+                k,
+                Item::Cluster(p.clone()),
+            )
+        }));
+    }
     for (i, g) in req.hostname_grants.iter().enumerate() {
         out.extend(key_of(g.key.as_ref()).map(|k| {
             (
@@ -66,6 +116,15 @@ fn items_of(req: &ApplyPolicyRequest) -> Vec<(String, Key, Item)> {
         }));
     }
     out
+}
+
+fn push_item(out: &mut ApplyPolicyRequest, item: Item) {
+    match item {
+        Item::Network(p) => out.network_policies.push(p),
+        Item::Cluster(p) => out.cluster_network_policies.push(p),
+        Item::Dns(p) => out.dns_policies.push(p),
+        Item::Grant(g) => out.hostname_grants.push(g),
+    }
 }
 
 /// Policies of every source and the driver-facing table. Each source (the manifests directory,
@@ -82,8 +141,34 @@ pub struct PolicyView {
     owners: HashMap<Key, Source>,
     /// The pods and namespaces selectors are resolved against.
     cluster: crate::netpol::Cluster,
-    /// The NetworkPolicies as drivers were told them (selectors resolved).
-    sent: BTreeMap<Key, NetworkPolicy>,
+    /// The address sets the policies name, with their elements.
+    sets: crate::netpol::sets::Sets,
+    /// The NetworkPolicies and ClusterNetworkPolicies as drivers were told them (selectors
+    /// resolved to set names, named ports to their targets).
+    sent: BTreeMap<Key, Item>,
+}
+
+/// Where a named port leads: each of `pods` with a container port of that name and protocol.
+fn named_targets<'a>(
+    pods: impl Iterator<Item = &'a crate::netpol::PodInfo>,
+    port: &netlet_sdk::proto::NetworkPolicyPort,
+) -> Vec<NamedPortTarget> {
+    let proto = Protocol::try_from(port.protocol)
+        .ok()
+        .filter(|p| *p != Protocol::Unspecified)
+        .unwrap_or(Protocol::Tcp);
+    let mut out: BTreeSet<(std::net::IpAddr, u16)> = BTreeSet::new();
+    for pod in pods {
+        if let Some((_, n)) = pod.ports.get(&port.named_port).filter(|(p, _)| *p == proto) {
+            out.extend(pod.addresses.iter().map(|a| (*a, *n)));
+        }
+    }
+    out.into_iter()
+        .map(|(a, n)| NamedPortTarget {
+            address: a.to_string(),
+            port: u32::from(n),
+        })
+        .collect()
 }
 
 impl PolicyView {
@@ -105,74 +190,185 @@ impl PolicyView {
             wanted: HashMap::new(),
             owners: HashMap::new(),
             cluster: Default::default(),
+            sets: Default::default(),
             sent: BTreeMap::new(),
         }
     }
 
-    /// `p` with its selectors resolved against the known pods: `selected_addresses` (the pods
-    /// it applies to) and each selector peer's `resolved_addresses`, sorted.
-    fn resolve(&self, p: &NetworkPolicy) -> NetworkPolicy {
-        let addresses = |pods: Vec<&crate::netpol::PodInfo>| -> Vec<String> {
-            let set: BTreeSet<std::net::IpAddr> = pods
-                .iter()
-                .flat_map(|p| p.addresses.iter().copied())
-                .collect();
-            set.into_iter().map(|a| a.to_string()).collect()
-        };
-        let mut out = p.clone();
-        out.selected_addresses = addresses(self.cluster.selected(p));
+    /// The pods whose addresses lie in any of `sets` (every pod when `sets` is empty).
+    fn pods_in<'a>(&'a self, sets: &[&str]) -> Vec<&'a crate::netpol::PodInfo> {
+        let members: Vec<_> = sets.iter().filter_map(|n| self.sets.members(n)).collect();
+        self.cluster
+            .pods
+            .iter()
+            .filter(|p| {
+                sets.is_empty()
+                    || p.addresses.iter().any(|a| {
+                        members
+                            .iter()
+                            .any(|m| m.iter().any(|net| net.contains(a)))
+                    })
+            })
+            .collect()
+    }
+
+    /// `p` with its selectors resolved: `selected_set` (this node's pods it applies to), each
+    /// peer's `address_set`, each named port's targets.
+    fn resolve_network(&mut self, p: &NetworkPolicy) -> NetworkPolicy {
+        use crate::netpol::sets::{Namespaces, SetDef, subtract};
         let ns = p
             .key
             .as_ref()
             .map(|k| k.namespace.clone())
             .unwrap_or_default();
-        for rule in out.ingress.iter_mut().chain(out.egress.iter_mut()) {
-            for peer in &mut rule.peers {
-                if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
-                    peer.resolved_addresses = addresses(self.cluster.peer_pods(&ns, peer));
+        let mut out = p.clone();
+        out.selected_addresses.clear();
+        out.selected_set = self.sets.define(
+            SetDef::Pods {
+                local: true,
+                namespaces: Namespaces::Named(ns.clone()),
+                pods: Some(p.pod_selector.clone().unwrap_or_default()),
+            },
+            &self.cluster,
+        );
+        for (ingress, rules) in [(true, &mut out.ingress), (false, &mut out.egress)] {
+            for rule in rules.iter_mut() {
+                for peer in &mut rule.peers {
+                    peer.resolved_addresses.clear();
+                    let def = if peer.ip_block_cidr.is_empty() {
+                        SetDef::Pods {
+                            local: false,
+                            namespaces: match &peer.namespace_selector {
+                                None => Namespaces::Named(ns.clone()),
+                                Some(s) => Namespaces::Selected(s.clone()),
+                            },
+                            pods: peer.pod_selector.clone(),
+                        }
+                    } else {
+                        let block = peer.ip_block_cidr.parse::<ipnet::IpNet>().map(|b| b.trunc());
+                        let except: Vec<ipnet::IpNet> = peer
+                            .ip_block_except
+                            .iter()
+                            .filter_map(|e| e.parse().ok())
+                            .collect();
+                        SetDef::Prefixes(block.map(|b| subtract(b, &except)).unwrap_or_default())
+                    };
+                    peer.address_set = self.sets.define(def, &self.cluster);
+                }
+                let dest_sets: Vec<String> = if ingress {
+                    vec![out.selected_set.clone()]
+                } else {
+                    rule.peers.iter().map(|x| x.address_set.clone()).collect()
+                };
+                for port in rule.ports.iter_mut().filter(|x| !x.named_port.is_empty()) {
+                    let refs: Vec<&str> = dest_sets.iter().map(String::as_str).collect();
+                    port.named_port_targets = named_targets(self.pods_in(&refs).into_iter(), port);
                 }
             }
         }
         out
     }
 
-    /// Whether any NetworkPolicy is wanted (pods need resolving only then).
+    /// `p` with its selectors resolved, as [`Self::resolve_network`] does.
+    fn resolve_cluster(&mut self, p: &ClusterNetworkPolicy) -> ClusterNetworkPolicy {
+        use crate::netpol::sets::{Namespaces, SetDef, disjoint};
+        let mut out = p.clone();
+        out.selected_set = self.sets.define(
+            SetDef::Pods {
+                local: true,
+                namespaces: Namespaces::Selected(
+                    p.subject_namespace_selector.clone().unwrap_or_default(),
+                ),
+                pods: p.subject_pod_selector.clone(),
+            },
+            &self.cluster,
+        );
+        for (ingress, rules) in [(true, &mut out.ingress), (false, &mut out.egress)] {
+            for rule in rules.iter_mut() {
+                for peer in &mut rule.peers {
+                    let def = if let Some(ns) = &peer.namespace_selector {
+                        SetDef::Pods {
+                            local: false,
+                            namespaces: Namespaces::Selected(ns.clone()),
+                            pods: peer.pod_selector.clone(),
+                        }
+                    } else if let Some(n) = &peer.node_selector {
+                        SetDef::Nodes(n.clone())
+                    } else {
+                        SetDef::Prefixes(disjoint(
+                            peer.networks.iter().filter_map(|n| n.parse().ok()),
+                        ))
+                    };
+                    peer.address_set = self.sets.define(def, &self.cluster);
+                }
+                let dest_sets: Vec<String> = if ingress {
+                    vec![out.selected_set.clone()]
+                } else {
+                    rule.peers.iter().map(|x| x.address_set.clone()).collect()
+                };
+                for port in rule.ports.iter_mut().filter(|x| !x.named_port.is_empty()) {
+                    let refs: Vec<&str> = dest_sets.iter().map(String::as_str).collect();
+                    port.named_port_targets = named_targets(self.pods_in(&refs).into_iter(), port);
+                }
+            }
+        }
+        out
+    }
+
+    fn resolve(&mut self, item: &Item) -> Item {
+        match item {
+            Item::Network(p) => Item::Network(self.resolve_network(p)),
+            Item::Cluster(p) => Item::Cluster(self.resolve_cluster(p)),
+            other => other.clone(),
+        }
+    }
+
+    /// Whether any NetworkPolicy or ClusterNetworkPolicy is wanted (pods need resolving only
+    /// then).
     pub fn has_network_policies(&self) -> bool {
         !self.sent.is_empty()
     }
 
-    /// Sets the pods and namespaces selectors resolve against; returns the batch of the
-    /// NetworkPolicies whose resolution changed (applied), or `None`.
+    /// Sets the pods, namespaces and nodes selectors resolve against; returns the batch
+    /// (applied) of the set elements that changed and of the policies whose named ports now
+    /// lead elsewhere, or `None`.
     pub fn set_cluster(&mut self, cluster: crate::netpol::Cluster) -> Option<ApplyPolicyRequest> {
-        self.cluster = cluster;
+        let old = std::mem::replace(&mut self.cluster, cluster);
+        let changes = self.sets.update(&old, &self.cluster);
         let at = self.table.applied();
         let mut out = ApplyPolicyRequest {
             epoch: at.epoch,
             generation: at.generation + 1,
+            address_set_changes: changes,
             ..Default::default()
         };
-        for (k, owner) in &self.owners {
-            let Some(Item::Network(p)) = self.wanted.get(owner).and_then(|w| w.get(k)) else {
+        let named: Vec<(Key, Item)> = self
+            .sent
+            .iter()
+            .filter(|(_, i)| i.has_named_ports())
+            .map(|(k, i)| (k.clone(), i.clone()))
+            .collect();
+        for (k, sent) in named {
+            let Some(wanted) = self
+                .owners
+                .get(&k)
+                .and_then(|o| self.wanted.get(o))
+                .and_then(|w| w.get(&k))
+                .cloned()
+            else {
                 continue;
             };
-            let r = self.resolve(p);
-            if self.sent.get(k) != Some(&r) {
-                out.network_policies.push(r);
+            let r = self.resolve(&wanted);
+            if r != sent {
+                push_item(&mut out, r.clone());
+                self.sent.insert(k, r);
             }
         }
-        if out.network_policies.is_empty() {
+        if out.address_set_changes.is_empty()
+            && out.network_policies.is_empty()
+            && out.cluster_network_policies.is_empty()
+        {
             return None;
-        }
-        out.network_policies.sort_by(|a, b| {
-            a.key
-                .as_ref()
-                .map(|k| &k.name)
-                .cmp(&b.key.as_ref().map(|k| &k.name))
-        });
-        for p in &out.network_policies {
-            if let Some(k) = key_of(p.key.as_ref()) {
-                self.sent.insert(k, p.clone());
-            }
         }
         self.table.apply(&out).ok()?;
         Some(out)
@@ -285,15 +481,11 @@ impl PolicyView {
             match new.get(k) {
                 Some(item) => {
                     self.owners.insert(k.clone(), source);
-                    match item.clone() {
-                        Item::Network(p) => {
-                            let r = self.resolve(&p);
-                            self.sent.insert(k.clone(), r.clone());
-                            out.network_policies.push(r);
-                        }
-                        Item::Dns(p) => out.dns_policies.push(p),
-                        Item::Grant(g) => out.hostname_grants.push(g),
+                    let r = self.resolve(item);
+                    if matches!(r, Item::Network(_) | Item::Cluster(_)) {
+                        self.sent.insert(k.clone(), r.clone());
                     }
+                    push_item(&mut out, r);
                 }
                 None => {
                     if self.owners.get(k) == Some(&source) {
@@ -309,10 +501,30 @@ impl PolicyView {
             }
         }
         self.wanted.insert(source, new);
+        // Sets: new ones whole, before the policies that name them; unnamed ones deleted.
+        let named: BTreeSet<String> = self
+            .sent
+            .values()
+            .flat_map(|i| i.sets())
+            .map(str::to_string)
+            .collect();
+        for n in &named {
+            if self.table.address_set(n).is_none() {
+                out.address_sets.push(self.sets.full(n));
+            }
+        }
+        for n in self.sets.retain(&named) {
+            if self.table.address_set(&n).is_some() {
+                out.address_set_deletes.push(n);
+            }
+        }
         let empty = out.network_policies.is_empty()
+            && out.cluster_network_policies.is_empty()
             && out.dns_policies.is_empty()
             && out.hostname_grants.is_empty()
-            && out.deletes.is_empty();
+            && out.deletes.is_empty()
+            && out.address_sets.is_empty()
+            && out.address_set_deletes.is_empty();
         if empty {
             return None;
         }

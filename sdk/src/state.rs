@@ -4,7 +4,7 @@
 //! Batches are validated first ([`crate::validate`]); applying a valid batch cannot fail, so bad
 //! input changes nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tonic::Status;
@@ -341,6 +341,16 @@ pub fn apply_host_ports(map: &mut BTreeMap<String, HostPorts>, req: &ProgramServ
 
 type PKey = (i32, String, String);
 
+/// An address set element as the contract writes it: an address alone for a full-length
+/// prefix, else `address/length`.
+pub fn element_string(n: ipnet::IpNet) -> String {
+    if n.prefix_len() == n.max_prefix_len() {
+        n.addr().to_string()
+    } else {
+        n.to_string()
+    }
+}
+
 fn pkey(k: &Option<PolicyKey>) -> Option<PKey> {
     k.as_ref()
         .map(|k| (k.kind, k.namespace.clone(), k.name.clone()))
@@ -353,6 +363,16 @@ pub struct PolicyTable {
     network: BTreeMap<PKey, NetworkPolicy>,
     dns: BTreeMap<PKey, DnsPolicy>,
     grants: BTreeMap<PKey, HostnameGrant>,
+    cluster: BTreeMap<PKey, crate::proto::ClusterNetworkPolicy>,
+    sets: BTreeMap<String, BTreeSet<ipnet::IpNet>>,
+}
+
+/// An address set element as a prefix (an address is a full-length prefix); `None` when it
+/// is neither (validation refuses those).
+pub fn set_element(e: &str) -> Option<ipnet::IpNet> {
+    e.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| e.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 impl PolicyTable {
@@ -376,6 +396,26 @@ impl PolicyTable {
             self.network.clear();
             self.dns.clear();
             self.grants.clear();
+            self.cluster.clear();
+            self.sets.clear();
+        }
+        for set in &req.address_sets {
+            self.sets.insert(
+                set.name.clone(),
+                set.elements.iter().filter_map(|e| set_element(e)).collect(),
+            );
+        }
+        for c in &req.address_set_changes {
+            let set = self.sets.entry(c.name.clone()).or_default();
+            for e in c.remove.iter().filter_map(|e| set_element(e)) {
+                set.remove(&e);
+            }
+            set.extend(c.add.iter().filter_map(|e| set_element(e)));
+        }
+        for p in &req.cluster_network_policies {
+            if let Some(k) = pkey(&p.key) {
+                self.cluster.insert(k, p.clone());
+            }
         }
         for p in &req.network_policies {
             if let Some(k) = pkey(&p.key) {
@@ -398,8 +438,12 @@ impl PolicyTable {
                 Ok(PolicyKind::NetworkPolicy) => self.network.remove(&k).map(|_| ()),
                 Ok(PolicyKind::DnsPolicy) => self.dns.remove(&k).map(|_| ()),
                 Ok(PolicyKind::HostnameGrant) => self.grants.remove(&k).map(|_| ()),
+                Ok(PolicyKind::ClusterNetworkPolicy) => self.cluster.remove(&k).map(|_| ()),
                 _ => None,
             };
+        }
+        for n in &req.address_set_deletes {
+            self.sets.remove(n);
         }
         self.applied = Applied::after(batch);
         Ok(self.applied)
@@ -414,8 +458,37 @@ impl PolicyTable {
             network_policies: self.network.values().cloned().collect(),
             dns_policies: self.dns.values().cloned().collect(),
             hostname_grants: self.grants.values().cloned().collect(),
+            cluster_network_policies: self.cluster.values().cloned().collect(),
+            address_sets: self.address_sets(),
             ..Default::default()
         }
+    }
+
+    fn address_sets(&self) -> Vec<crate::proto::AddressSet> {
+        self.sets
+            .iter()
+            .map(|(name, e)| crate::proto::AddressSet {
+                name: name.clone(),
+                elements: e.iter().map(|n| element_string(*n)).collect(),
+            })
+            .collect()
+    }
+
+    /// An address set's elements (empty when unknown).
+    pub fn address_set(&self, name: &str) -> Option<&BTreeSet<ipnet::IpNet>> {
+        self.sets.get(name)
+    }
+
+    /// NetworkPolicies, for enforcers.
+    pub fn network_policies(&self) -> impl Iterator<Item = &NetworkPolicy> {
+        self.network.values()
+    }
+
+    /// ClusterNetworkPolicies, for enforcers.
+    pub fn cluster_network_policies(
+        &self,
+    ) -> impl Iterator<Item = &crate::proto::ClusterNetworkPolicy> {
+        self.cluster.values()
     }
 
     /// Everything applied.
@@ -426,6 +499,8 @@ impl PolicyTable {
             network_policies: self.network.values().cloned().collect(),
             dns_policies: self.dns.values().cloned().collect(),
             hostname_grants: self.grants.values().cloned().collect(),
+            cluster_network_policies: self.cluster.values().cloned().collect(),
+            address_sets: self.address_sets(),
         }
     }
 

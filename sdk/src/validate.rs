@@ -621,7 +621,10 @@ fn policy_key(field: &str, k: Option<&PolicyKey>, kind: PolicyKind) -> R {
             format!("must be {}", kind.as_str_name()),
         ));
     }
-    if kind == PolicyKind::HostnameGrant {
+    if matches!(
+        kind,
+        PolicyKind::HostnameGrant | PolicyKind::ClusterNetworkPolicy
+    ) {
         if !k.namespace.is_empty() {
             return Err(invalid(
                 format!("{field}.namespace"),
@@ -672,7 +675,7 @@ pub fn network_policy_peer(field: &str, peer: &crate::proto::NetworkPolicyPeer) 
                 "only with ip_block_cidr",
             ));
         }
-        if !selectors && peer.resolved_addresses.is_empty() {
+        if !selectors && peer.resolved_addresses.is_empty() && peer.address_set.is_empty() {
             return Err(invalid(
                 field,
                 "one of pod_selector, namespace_selector or ip_block_cidr is required",
@@ -707,6 +710,153 @@ pub fn network_policy_peer(field: &str, peer: &crate::proto::NetworkPolicyPeer) 
     for (m, a) in peer.resolved_addresses.iter().enumerate() {
         ip_or_cidr(&format!("{field}.resolved_addresses[{m}]"), a)?;
     }
+    if !peer.address_set.is_empty() {
+        address_set_name(&format!("{field}.address_set"), &peer.address_set)?;
+    }
+    Ok(())
+}
+
+/// An address set name: 1-64 characters of `[a-z0-9-]`.
+pub fn address_set_name(field: &str, v: &str) -> R {
+    required(field, v)?;
+    if v.len() > 64
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(invalid(
+            field,
+            format!("{v:?} is not an address set name (1-64 of [a-z0-9-])"),
+        ));
+    }
+    Ok(())
+}
+
+/// An address set's elements: addresses or prefixes (host bits clear), no two overlapping.
+fn address_set_elements(field: &str, elements: &[String]) -> R {
+    let mut nets: Vec<(ipnet::IpNet, usize)> = Vec::with_capacity(elements.len());
+    for (i, e) in elements.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let net = match ip_or_cidr(&f, e)? {
+            (ip, None) => ipnet::IpNet::from(ip),
+            (_, Some(_)) => {
+                let n: ipnet::IpNet = e.parse().map_err(|_| invalid(&f, "not a prefix"))?;
+                if n.trunc() != n {
+                    return Err(invalid(f, format!("{e} has host bits set")));
+                }
+                n
+            }
+        };
+        nets.push((net, i));
+    }
+    // Sorted by first address, an overlap shows between neighbours.
+    nets.sort_by_key(|(n, _)| (n.network(), std::cmp::Reverse(n.prefix_len())));
+    for w in nets.windows(2) {
+        if w[0].0.contains(&w[1].0.network()) {
+            return Err(invalid(
+                format!("{field}[{}]", w[1].1.max(w[0].1)),
+                format!("{} overlaps {}", w[1].0, w[0].0),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn cluster_network_policy(f: &str, p: &crate::proto::ClusterNetworkPolicy) -> R {
+    use crate::proto::{ClusterPolicyAction, ClusterPolicyTier};
+    policy_key(
+        &format!("{f}.key"),
+        p.key.as_ref(),
+        PolicyKind::ClusterNetworkPolicy,
+    )?;
+    let tier = ClusterPolicyTier::try_from(p.tier)
+        .ok()
+        .filter(|t| *t != ClusterPolicyTier::Unspecified)
+        .ok_or_else(|| invalid(format!("{f}.tier"), "required: ADMIN or BASELINE"))?;
+    if p.priority > 1000 {
+        return Err(invalid(
+            format!("{f}.priority"),
+            format!("{} is not in 0..=1000", p.priority),
+        ));
+    }
+    if p.subject_namespace_selector.is_none() {
+        return Err(invalid(
+            format!("{f}.subject_namespace_selector"),
+            "required (an empty selector selects every namespace)",
+        ));
+    }
+    for (name, s) in [
+        ("subject_namespace_selector", &p.subject_namespace_selector),
+        ("subject_pod_selector", &p.subject_pod_selector),
+    ] {
+        if let Some(s) = s {
+            crate::labels::selector(&format!("{f}.{name}"), s)?;
+        }
+    }
+    if !p.selected_set.is_empty() {
+        address_set_name(&format!("{f}.selected_set"), &p.selected_set)?;
+    }
+    for (dir, rules) in [("ingress", &p.ingress), ("egress", &p.egress)] {
+        if rules.len() > 100 {
+            return Err(invalid(format!("{f}.{dir}"), "at most 100 rules"));
+        }
+        for (j, rule) in rules.iter().enumerate() {
+            let fr = format!("{f}.{dir}[{j}]");
+            match ClusterPolicyAction::try_from(rule.action) {
+                Ok(ClusterPolicyAction::Accept | ClusterPolicyAction::Deny) => {}
+                Ok(ClusterPolicyAction::Pass) if tier == ClusterPolicyTier::Admin => {}
+                Ok(ClusterPolicyAction::Pass) => {
+                    return Err(invalid(
+                        format!("{fr}.action"),
+                        "PASS is for the ADMIN tier only",
+                    ));
+                }
+                _ => return Err(invalid(format!("{fr}.action"), "required")),
+            }
+            if rule.peers.is_empty() {
+                return Err(invalid(format!("{fr}.peers"), "at least one peer"));
+            }
+            for (k, peer) in rule.peers.iter().enumerate() {
+                let fp = format!("{fr}.peers[{k}]");
+                let kinds = usize::from(peer.namespace_selector.is_some())
+                    + usize::from(!peer.networks.is_empty())
+                    + usize::from(peer.node_selector.is_some());
+                if kinds != 1 {
+                    return Err(invalid(
+                        fp,
+                        "exactly one of namespace_selector (with pod_selector for pods), networks, node_selector",
+                    ));
+                }
+                if peer.pod_selector.is_some() && peer.namespace_selector.is_none() {
+                    return Err(invalid(
+                        format!("{fp}.pod_selector"),
+                        "only with namespace_selector",
+                    ));
+                }
+                if dir == "ingress" && (!peer.networks.is_empty() || peer.node_selector.is_some()) {
+                    return Err(invalid(fp, "networks and nodes are egress peers"));
+                }
+                for (name, s) in [
+                    ("namespace_selector", &peer.namespace_selector),
+                    ("pod_selector", &peer.pod_selector),
+                    ("node_selector", &peer.node_selector),
+                ] {
+                    if let Some(s) = s {
+                        crate::labels::selector(&format!("{fp}.{name}"), s)?;
+                    }
+                }
+                for (m, n) in peer.networks.iter().enumerate() {
+                    cidr(&format!("{fp}.networks[{m}]"), n)?;
+                }
+                if !peer.address_set.is_empty() {
+                    address_set_name(&format!("{fp}.address_set"), &peer.address_set)?;
+                }
+            }
+            for (k, pt) in rule.ports.iter().enumerate() {
+                network_policy_port(&format!("{fr}.ports[{k}]"), pt)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -735,6 +885,24 @@ pub fn network_policy_port(field: &str, pt: &crate::proto::NetworkPolicyPort) ->
             return Err(invalid(
                 format!("{field}.named_port"),
                 format!("{:?} is not a port name (IANA_SVC_NAME)", pt.named_port),
+            ));
+        }
+    }
+    for (i, t) in pt.named_port_targets.iter().enumerate() {
+        let f = format!("{field}.named_port_targets[{i}]");
+        if pt.named_port.is_empty() {
+            return Err(invalid(f, "only with named_port"));
+        }
+        if t.address.parse::<IpAddr>().is_err() {
+            return Err(invalid(
+                format!("{f}.address"),
+                format!("{:?} is not an IP address", t.address),
+            ));
+        }
+        if t.port == 0 || t.port > 65535 {
+            return Err(invalid(
+                format!("{f}.port"),
+                format!("{} is not a port", t.port),
             ));
         }
     }
@@ -773,6 +941,9 @@ pub fn apply_policy(r: &ApplyPolicyRequest) -> R {
         for (j, a) in p.selected_addresses.iter().enumerate() {
             ip_or_cidr(&format!("{f}.selected_addresses[{j}]"), a)?;
         }
+        if !p.selected_set.is_empty() {
+            address_set_name(&format!("{f}.selected_set"), &p.selected_set)?;
+        }
         for (dir, rules) in [("ingress", &p.ingress), ("egress", &p.egress)] {
             for (j, rule) in rules.iter().enumerate() {
                 for (k, peer) in rule.peers.iter().enumerate() {
@@ -807,6 +978,23 @@ pub fn apply_policy(r: &ApplyPolicyRequest) -> R {
         for (j, n) in g.hostnames.iter().enumerate() {
             name_pattern(&format!("{f}.hostnames[{j}]"), n)?;
         }
+    }
+    for (i, p) in r.cluster_network_policies.iter().enumerate() {
+        cluster_network_policy(&format!("cluster_network_policies[{i}]"), p)?;
+    }
+    for (i, s) in r.address_sets.iter().enumerate() {
+        address_set_name(&format!("address_sets[{i}].name"), &s.name)?;
+        address_set_elements(&format!("address_sets[{i}].elements"), &s.elements)?;
+    }
+    for (i, c) in r.address_set_changes.iter().enumerate() {
+        address_set_name(&format!("address_set_changes[{i}].name"), &c.name)?;
+        address_set_elements(&format!("address_set_changes[{i}].add"), &c.add)?;
+        for (j, e) in c.remove.iter().enumerate() {
+            ip_or_cidr(&format!("address_set_changes[{i}].remove[{j}]"), e)?;
+        }
+    }
+    for (i, n) in r.address_set_deletes.iter().enumerate() {
+        address_set_name(&format!("address_set_deletes[{i}]"), n)?;
     }
     for (i, k) in r.deletes.iter().enumerate() {
         let kind = PolicyKind::try_from(k.kind)

@@ -573,6 +573,7 @@ async fn service_data_plane_conformance() {
         container_port,
         protocol: protocol as i32,
         host_ip: host_ip.to_string(),
+        ..Default::default()
     };
     let hp = start_pod(
         &c,

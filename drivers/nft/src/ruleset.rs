@@ -1350,6 +1350,7 @@ mod tests {
             container_port: 8080,
             host_ip: ip.into(),
             protocol: Protocol::Udp as i32,
+            ..Default::default()
         };
         let hp = HostPorts {
             sandbox_id: "s1".into(),

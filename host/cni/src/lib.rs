@@ -46,6 +46,7 @@ pub fn attach_request(env: &Env, conf: &NetConf, network: &str) -> AttachPodRequ
                     container_port: p.container_port,
                     protocol: protocol(&p.protocol),
                     host_ip: p.host_ip.clone(),
+                    name: String::new(),
                 })
                 .collect(),
             ..Default::default()

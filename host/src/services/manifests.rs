@@ -74,6 +74,11 @@ pub struct Objects {
     pub namespaces: Vec<KNamespace>,
     /// Pods (other nodes' pods, for policy peers).
     pub pods: Vec<KPod>,
+    /// ClusterNetworkPolicies, AdminNetworkPolicies, BaselineAdminNetworkPolicies (as read;
+    /// converted by `netpol::cnp`).
+    pub cluster_policies: Vec<serde_json::Value>,
+    /// Nodes (their addresses, for node peers).
+    pub nodes: Vec<k8s_openapi::api::core::v1::Node>,
 }
 
 impl Objects {
@@ -83,6 +88,8 @@ impl Objects {
             && self.network_policies.is_empty()
             && self.namespaces.is_empty()
             && self.pods.is_empty()
+            && self.cluster_policies.is_empty()
+            && self.nodes.is_empty()
     }
 }
 
@@ -119,10 +126,16 @@ pub fn parse(text: &str) -> Result<Objects, String> {
             "Pod" => o
                 .pods
                 .push(serde_path_to_error::deserialize(v).map_err(what)?),
+            "Node" => o
+                .nodes
+                .push(serde_path_to_error::deserialize(v).map_err(what)?),
+            "ClusterNetworkPolicy" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" => {
+                o.cluster_policies.push(v)
+            }
             "" => return Err(format!("document {}: no kind", i + 1)),
             other => {
                 return Err(format!(
-                    "document {}: kind {other} is not Service, EndpointSlice, NetworkPolicy, Namespace or Pod",
+                    "document {}: kind {other} is not Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy, Namespace, Pod or Node",
                     i + 1
                 ));
             }
@@ -271,6 +284,8 @@ impl Manifests {
                     c.pods.push(p);
                 }
             }
+            c.nodes
+                .extend(f.objects.nodes.iter().map(crate::netpol::node_info));
         }
         c
     }
@@ -302,6 +317,27 @@ impl Manifests {
                         path.display(),
                         np.metadata.namespace.as_deref().unwrap_or("default"),
                         np.metadata.name.as_deref().unwrap_or_default()
+                    )),
+                }
+            }
+            for v in &f.objects.cluster_policies {
+                match crate::netpol::cnp::cluster_network_policy(v) {
+                    Ok(p) => {
+                        if let Some(k) = p
+                            .key
+                            .as_ref()
+                            .map(|k| (k.kind, k.namespace.clone(), k.name.clone()))
+                        {
+                            out.insert(k, crate::policy::Item::Cluster(p));
+                        }
+                    }
+                    Err(why) => errors.push(format!(
+                        "{}: {} {}: {why}",
+                        path.display(),
+                        v.get("kind").and_then(|k| k.as_str()).unwrap_or_default(),
+                        v.pointer("/metadata/name")
+                            .and_then(|k| k.as_str())
+                            .unwrap_or_default()
                     )),
                 }
             }
@@ -522,7 +558,7 @@ mod tests {
         std::fs::write(&f, "kind: ConfigMap\n").unwrap();
         assert!(m.scan());
         assert!(m.errors()[0].contains(
-            "kind ConfigMap is not Service, EndpointSlice, NetworkPolicy, Namespace or Pod"
+            "kind ConfigMap is not Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy, Namespace, Pod or Node"
         ));
         // Deleting the file deletes its Services.
         std::fs::remove_file(&f).unwrap();

@@ -113,33 +113,38 @@ const (
 	Feature_FEATURE_DNS_POLICY Feature = 8
 	// Policy: hostname grants.
 	Feature_FEATURE_HOSTNAME_GRANTS Feature = 9
+	// ApplyPolicy: ClusterNetworkPolicies (Admin and Baseline tiers), enforced around the
+	// NetworkPolicies.
+	Feature_FEATURE_CLUSTER_NETWORK_POLICY Feature = 10
 )
 
 // Enum value maps for Feature.
 var (
 	Feature_name = map[int32]string{
-		0: "FEATURE_UNSPECIFIED",
-		1: "FEATURE_STATIC_IPS",
-		2: "FEATURE_STATIC_MAC",
-		3: "FEATURE_BANDWIDTH",
-		4: "FEATURE_SCTP",
-		5: "FEATURE_SESSION_AFFINITY",
-		6: "FEATURE_HOST_PORTS",
-		7: "FEATURE_NETWORK_POLICY",
-		8: "FEATURE_DNS_POLICY",
-		9: "FEATURE_HOSTNAME_GRANTS",
+		0:  "FEATURE_UNSPECIFIED",
+		1:  "FEATURE_STATIC_IPS",
+		2:  "FEATURE_STATIC_MAC",
+		3:  "FEATURE_BANDWIDTH",
+		4:  "FEATURE_SCTP",
+		5:  "FEATURE_SESSION_AFFINITY",
+		6:  "FEATURE_HOST_PORTS",
+		7:  "FEATURE_NETWORK_POLICY",
+		8:  "FEATURE_DNS_POLICY",
+		9:  "FEATURE_HOSTNAME_GRANTS",
+		10: "FEATURE_CLUSTER_NETWORK_POLICY",
 	}
 	Feature_value = map[string]int32{
-		"FEATURE_UNSPECIFIED":      0,
-		"FEATURE_STATIC_IPS":       1,
-		"FEATURE_STATIC_MAC":       2,
-		"FEATURE_BANDWIDTH":        3,
-		"FEATURE_SCTP":             4,
-		"FEATURE_SESSION_AFFINITY": 5,
-		"FEATURE_HOST_PORTS":       6,
-		"FEATURE_NETWORK_POLICY":   7,
-		"FEATURE_DNS_POLICY":       8,
-		"FEATURE_HOSTNAME_GRANTS":  9,
+		"FEATURE_UNSPECIFIED":            0,
+		"FEATURE_STATIC_IPS":             1,
+		"FEATURE_STATIC_MAC":             2,
+		"FEATURE_BANDWIDTH":              3,
+		"FEATURE_SCTP":                   4,
+		"FEATURE_SESSION_AFFINITY":       5,
+		"FEATURE_HOST_PORTS":             6,
+		"FEATURE_NETWORK_POLICY":         7,
+		"FEATURE_DNS_POLICY":             8,
+		"FEATURE_HOSTNAME_GRANTS":        9,
+		"FEATURE_CLUSTER_NETWORK_POLICY": 10,
 	}
 )
 
@@ -563,7 +568,7 @@ const file_netlet_v1alpha1_identity_proto_rawDesc = "" +
 	"\x0fCAPABILITY_PODS\x10\x02\x12\x17\n" +
 	"\x13CAPABILITY_SERVICES\x10\x03\x12\x15\n" +
 	"\x11CAPABILITY_POLICY\x10\x04\x12\x16\n" +
-	"\x12CAPABILITY_DEVICES\x10\x05*\x82\x02\n" +
+	"\x12CAPABILITY_DEVICES\x10\x05*\xa6\x02\n" +
 	"\aFeature\x12\x17\n" +
 	"\x13FEATURE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12FEATURE_STATIC_IPS\x10\x01\x12\x16\n" +
@@ -574,7 +579,9 @@ const file_netlet_v1alpha1_identity_proto_rawDesc = "" +
 	"\x12FEATURE_HOST_PORTS\x10\x06\x12\x1a\n" +
 	"\x16FEATURE_NETWORK_POLICY\x10\a\x12\x16\n" +
 	"\x12FEATURE_DNS_POLICY\x10\b\x12\x1b\n" +
-	"\x17FEATURE_HOSTNAME_GRANTS\x10\t*_\n" +
+	"\x17FEATURE_HOSTNAME_GRANTS\x10\t\x12\"\n" +
+	"\x1eFEATURE_CLUSTER_NETWORK_POLICY\x10\n" +
+	"*_\n" +
 	"\fEndpointRole\x12\x1d\n" +
 	"\x19ENDPOINT_ROLE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ENDPOINT_ROLE_DRIVER\x10\x01\x12\x16\n" +

@@ -32,6 +32,8 @@ const (
 	PolicyKind_POLICY_KIND_NETWORK_POLICY PolicyKind = 1
 	PolicyKind_POLICY_KIND_DNS_POLICY     PolicyKind = 2
 	PolicyKind_POLICY_KIND_HOSTNAME_GRANT PolicyKind = 3
+	// A ClusterNetworkPolicy (policy.networking.k8s.io; cluster-scoped: namespace empty).
+	PolicyKind_POLICY_KIND_CLUSTER_NETWORK_POLICY PolicyKind = 4
 )
 
 // Enum value maps for PolicyKind.
@@ -41,12 +43,14 @@ var (
 		1: "POLICY_KIND_NETWORK_POLICY",
 		2: "POLICY_KIND_DNS_POLICY",
 		3: "POLICY_KIND_HOSTNAME_GRANT",
+		4: "POLICY_KIND_CLUSTER_NETWORK_POLICY",
 	}
 	PolicyKind_value = map[string]int32{
-		"POLICY_KIND_UNSPECIFIED":    0,
-		"POLICY_KIND_NETWORK_POLICY": 1,
-		"POLICY_KIND_DNS_POLICY":     2,
-		"POLICY_KIND_HOSTNAME_GRANT": 3,
+		"POLICY_KIND_UNSPECIFIED":            0,
+		"POLICY_KIND_NETWORK_POLICY":         1,
+		"POLICY_KIND_DNS_POLICY":             2,
+		"POLICY_KIND_HOSTNAME_GRANT":         3,
+		"POLICY_KIND_CLUSTER_NETWORK_POLICY": 4,
 	}
 )
 
@@ -128,6 +132,115 @@ func (PolicyDirection) EnumDescriptor() ([]byte, []int) {
 	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{1}
 }
 
+// ClusterPolicyTier is where a ClusterNetworkPolicy is evaluated: the Admin tier before
+// NetworkPolicies, the Baseline tier after them.
+type ClusterPolicyTier int32
+
+const (
+	// Invalid (INVALID_ARGUMENT naming the field).
+	ClusterPolicyTier_CLUSTER_POLICY_TIER_UNSPECIFIED ClusterPolicyTier = 0
+	ClusterPolicyTier_CLUSTER_POLICY_TIER_ADMIN       ClusterPolicyTier = 1
+	ClusterPolicyTier_CLUSTER_POLICY_TIER_BASELINE    ClusterPolicyTier = 2
+)
+
+// Enum value maps for ClusterPolicyTier.
+var (
+	ClusterPolicyTier_name = map[int32]string{
+		0: "CLUSTER_POLICY_TIER_UNSPECIFIED",
+		1: "CLUSTER_POLICY_TIER_ADMIN",
+		2: "CLUSTER_POLICY_TIER_BASELINE",
+	}
+	ClusterPolicyTier_value = map[string]int32{
+		"CLUSTER_POLICY_TIER_UNSPECIFIED": 0,
+		"CLUSTER_POLICY_TIER_ADMIN":       1,
+		"CLUSTER_POLICY_TIER_BASELINE":    2,
+	}
+)
+
+func (x ClusterPolicyTier) Enum() *ClusterPolicyTier {
+	p := new(ClusterPolicyTier)
+	*p = x
+	return p
+}
+
+func (x ClusterPolicyTier) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ClusterPolicyTier) Descriptor() protoreflect.EnumDescriptor {
+	return file_netlet_v1alpha1_policy_proto_enumTypes[2].Descriptor()
+}
+
+func (ClusterPolicyTier) Type() protoreflect.EnumType {
+	return &file_netlet_v1alpha1_policy_proto_enumTypes[2]
+}
+
+func (x ClusterPolicyTier) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ClusterPolicyTier.Descriptor instead.
+func (ClusterPolicyTier) EnumDescriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{2}
+}
+
+// ClusterPolicyAction is what a matching ClusterNetworkPolicy rule does.
+type ClusterPolicyAction int32
+
+const (
+	// Invalid (INVALID_ARGUMENT naming the field).
+	ClusterPolicyAction_CLUSTER_POLICY_ACTION_UNSPECIFIED ClusterPolicyAction = 0
+	// Allowed; no later tier or rule is consulted for this direction.
+	ClusterPolicyAction_CLUSTER_POLICY_ACTION_ACCEPT ClusterPolicyAction = 1
+	// Dropped; no later tier or rule is consulted.
+	ClusterPolicyAction_CLUSTER_POLICY_ACTION_DENY ClusterPolicyAction = 2
+	// The rest of this tier is skipped; evaluation goes on at the next tier (Admin only).
+	ClusterPolicyAction_CLUSTER_POLICY_ACTION_PASS ClusterPolicyAction = 3
+)
+
+// Enum value maps for ClusterPolicyAction.
+var (
+	ClusterPolicyAction_name = map[int32]string{
+		0: "CLUSTER_POLICY_ACTION_UNSPECIFIED",
+		1: "CLUSTER_POLICY_ACTION_ACCEPT",
+		2: "CLUSTER_POLICY_ACTION_DENY",
+		3: "CLUSTER_POLICY_ACTION_PASS",
+	}
+	ClusterPolicyAction_value = map[string]int32{
+		"CLUSTER_POLICY_ACTION_UNSPECIFIED": 0,
+		"CLUSTER_POLICY_ACTION_ACCEPT":      1,
+		"CLUSTER_POLICY_ACTION_DENY":        2,
+		"CLUSTER_POLICY_ACTION_PASS":        3,
+	}
+)
+
+func (x ClusterPolicyAction) Enum() *ClusterPolicyAction {
+	p := new(ClusterPolicyAction)
+	*p = x
+	return p
+}
+
+func (x ClusterPolicyAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ClusterPolicyAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_netlet_v1alpha1_policy_proto_enumTypes[3].Descriptor()
+}
+
+func (ClusterPolicyAction) Type() protoreflect.EnumType {
+	return &file_netlet_v1alpha1_policy_proto_enumTypes[3]
+}
+
+func (x ClusterPolicyAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ClusterPolicyAction.Descriptor instead.
+func (ClusterPolicyAction) EnumDescriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{3}
+}
+
 // DnsAction is a DNS policy verdict.
 type DnsAction int32
 
@@ -168,11 +281,11 @@ func (x DnsAction) String() string {
 }
 
 func (DnsAction) Descriptor() protoreflect.EnumDescriptor {
-	return file_netlet_v1alpha1_policy_proto_enumTypes[2].Descriptor()
+	return file_netlet_v1alpha1_policy_proto_enumTypes[4].Descriptor()
 }
 
 func (DnsAction) Type() protoreflect.EnumType {
-	return &file_netlet_v1alpha1_policy_proto_enumTypes[2]
+	return &file_netlet_v1alpha1_policy_proto_enumTypes[4]
 }
 
 func (x DnsAction) Number() protoreflect.EnumNumber {
@@ -181,7 +294,7 @@ func (x DnsAction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DnsAction.Descriptor instead.
 func (DnsAction) EnumDescriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{2}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{4}
 }
 
 // PolicyKey names one policy.
@@ -262,7 +375,10 @@ type NetworkPolicy struct {
 	// Ingress rules; empty with INGRESS in directions denies all ingress.
 	Ingress []*NetworkPolicyRule `protobuf:"bytes,5,rep,name=ingress,proto3" json:"ingress,omitempty"`
 	// Egress rules; empty with EGRESS in directions denies all egress.
-	Egress        []*NetworkPolicyRule `protobuf:"bytes,6,rep,name=egress,proto3" json:"egress,omitempty"`
+	Egress []*NetworkPolicyRule `protobuf:"bytes,6,rep,name=egress,proto3" json:"egress,omitempty"`
+	// Name of the address set holding this node's pod addresses the policy applies to (see
+	// AddressSet). The host fills this instead of `selected_addresses`.
+	SelectedSet   string `protobuf:"bytes,7,opt,name=selected_set,json=selectedSet,proto3" json:"selected_set,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -339,6 +455,13 @@ func (x *NetworkPolicy) GetEgress() []*NetworkPolicyRule {
 	return nil
 }
 
+func (x *NetworkPolicy) GetSelectedSet() string {
+	if x != nil {
+		return x.SelectedSet
+	}
+	return ""
+}
+
 // NetworkPolicyRule allows traffic from/to peers on ports.
 type NetworkPolicyRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -407,8 +530,12 @@ type NetworkPolicyPeer struct {
 	IpBlockExcept []string `protobuf:"bytes,4,rep,name=ip_block_except,json=ipBlockExcept,proto3" json:"ip_block_except,omitempty"`
 	// Addresses the selectors resolve to (by the host).
 	ResolvedAddresses []string `protobuf:"bytes,5,rep,name=resolved_addresses,json=resolvedAddresses,proto3" json:"resolved_addresses,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Name of the address set holding what this peer admits: the pods its selectors resolve
+	// to, or the ipBlock's prefixes minus its exceptions (see AddressSet). The host fills this
+	// instead of `resolved_addresses`; a driver matches a peer by this set alone.
+	AddressSet    string `protobuf:"bytes,6,opt,name=address_set,json=addressSet,proto3" json:"address_set,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NetworkPolicyPeer) Reset() {
@@ -476,6 +603,13 @@ func (x *NetworkPolicyPeer) GetResolvedAddresses() []string {
 	return nil
 }
 
+func (x *NetworkPolicyPeer) GetAddressSet() string {
+	if x != nil {
+		return x.AddressSet
+	}
+	return ""
+}
+
 // NetworkPolicyPort is one port (range) of a rule.
 type NetworkPolicyPort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -486,9 +620,14 @@ type NetworkPolicyPort struct {
 	// End of a port range; 0 when none.
 	EndPort uint32 `protobuf:"varint,3,opt,name=end_port,json=endPort,proto3" json:"end_port,omitempty"`
 	// Named port, when not numeric.
-	NamedPort     string `protobuf:"bytes,4,opt,name=named_port,json=namedPort,proto3" json:"named_port,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NamedPort string `protobuf:"bytes,4,opt,name=named_port,json=namedPort,proto3" json:"named_port,omitempty"`
+	// Where a named port leads, resolved by the host from the pods' container ports: the
+	// destination pod addresses that have a port of that name and protocol, each with its
+	// number. A named port matches traffic to one of these addresses on its port, and nothing
+	// else (empty: the port matches nothing).
+	NamedPortTargets []*NamedPortTarget `protobuf:"bytes,5,rep,name=named_port_targets,json=namedPortTargets,proto3" json:"named_port_targets,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *NetworkPolicyPort) Reset() {
@@ -549,6 +688,460 @@ func (x *NetworkPolicyPort) GetNamedPort() string {
 	return ""
 }
 
+func (x *NetworkPolicyPort) GetNamedPortTargets() []*NamedPortTarget {
+	if x != nil {
+		return x.NamedPortTargets
+	}
+	return nil
+}
+
+// NamedPortTarget is a pod address and the number a named port has there.
+type NamedPortTarget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Pod address. Required.
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// Port number (1-65535). Required.
+	Port          uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NamedPortTarget) Reset() {
+	*x = NamedPortTarget{}
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NamedPortTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NamedPortTarget) ProtoMessage() {}
+
+func (x *NamedPortTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NamedPortTarget.ProtoReflect.Descriptor instead.
+func (*NamedPortTarget) Descriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *NamedPortTarget) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *NamedPortTarget) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+// AddressSet is a named set of addresses and prefixes the host shares between policies. A
+// policy names a set (`selected_set`, `address_set`) instead of listing addresses, so a pod
+// that starts or stops matching a selector changes one set's elements, not every policy that
+// names the selector. Names are chosen by the host from what the set stands for: the same
+// selector in two policies is one set.
+type AddressSet struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name: 1-64 characters of [a-z0-9-]. Required.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Elements: addresses ("10.1.0.5", "fd00::5") or prefixes ("10.0.0.0/8"); IPv4 and IPv6
+	// may mix. Prefixes of one set never overlap.
+	Elements      []string `protobuf:"bytes,2,rep,name=elements,proto3" json:"elements,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddressSet) Reset() {
+	*x = AddressSet{}
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddressSet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddressSet) ProtoMessage() {}
+
+func (x *AddressSet) ProtoReflect() protoreflect.Message {
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddressSet.ProtoReflect.Descriptor instead.
+func (*AddressSet) Descriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *AddressSet) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AddressSet) GetElements() []string {
+	if x != nil {
+		return x.Elements
+	}
+	return nil
+}
+
+// AddressSetChange adds elements to and removes elements from an existing set.
+type AddressSetChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name of a set already applied. Required.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Elements added (see AddressSet.elements).
+	Add []string `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty"`
+	// Elements removed; an element not in the set is ignored.
+	Remove        []string `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddressSetChange) Reset() {
+	*x = AddressSetChange{}
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddressSetChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddressSetChange) ProtoMessage() {}
+
+func (x *AddressSetChange) ProtoReflect() protoreflect.Message {
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddressSetChange.ProtoReflect.Descriptor instead.
+func (*AddressSetChange) Descriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AddressSetChange) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AddressSetChange) GetAdd() []string {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *AddressSetChange) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+// ClusterNetworkPolicy is a policy.networking.k8s.io ClusterNetworkPolicy (v1alpha2; the
+// v1alpha1 AdminNetworkPolicy and BaselineAdminNetworkPolicy map onto it) with its selectors
+// resolved by the host. Evaluation per direction: Admin tier policies by ascending priority,
+// rules in order, first match decides (Accept, Deny, or Pass to the next tier) → the
+// NetworkPolicies selecting the pod, if any, decide → Baseline tier likewise → allowed.
+type ClusterNetworkPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Identity; kind must be POLICY_KIND_CLUSTER_NETWORK_POLICY, namespace empty. Required.
+	Key *PolicyKey `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Tier. Required.
+	Tier ClusterPolicyTier `protobuf:"varint,2,opt,name=tier,proto3,enum=netlet.v1alpha1.ClusterPolicyTier" json:"tier,omitempty"`
+	// Priority in its tier, 0-1000; lower is evaluated first.
+	Priority uint32 `protobuf:"varint,3,opt,name=priority,proto3" json:"priority,omitempty"`
+	// subject.namespaces, or subject.pods.namespaceSelector, as written.
+	SubjectNamespaceSelector *LabelSelector `protobuf:"bytes,4,opt,name=subject_namespace_selector,json=subjectNamespaceSelector,proto3" json:"subject_namespace_selector,omitempty"`
+	// subject.pods.podSelector, as written; absent when the subject is namespaces.
+	SubjectPodSelector *LabelSelector `protobuf:"bytes,5,opt,name=subject_pod_selector,json=subjectPodSelector,proto3" json:"subject_pod_selector,omitempty"`
+	// Name of the address set holding this node's pod addresses the policy applies to.
+	SelectedSet string `protobuf:"bytes,6,opt,name=selected_set,json=selectedSet,proto3" json:"selected_set,omitempty"`
+	// Ingress rules, in order.
+	Ingress []*ClusterNetworkPolicyRule `protobuf:"bytes,7,rep,name=ingress,proto3" json:"ingress,omitempty"`
+	// Egress rules, in order.
+	Egress        []*ClusterNetworkPolicyRule `protobuf:"bytes,8,rep,name=egress,proto3" json:"egress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterNetworkPolicy) Reset() {
+	*x = ClusterNetworkPolicy{}
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterNetworkPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterNetworkPolicy) ProtoMessage() {}
+
+func (x *ClusterNetworkPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterNetworkPolicy.ProtoReflect.Descriptor instead.
+func (*ClusterNetworkPolicy) Descriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ClusterNetworkPolicy) GetKey() *PolicyKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ClusterNetworkPolicy) GetTier() ClusterPolicyTier {
+	if x != nil {
+		return x.Tier
+	}
+	return ClusterPolicyTier_CLUSTER_POLICY_TIER_UNSPECIFIED
+}
+
+func (x *ClusterNetworkPolicy) GetPriority() uint32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *ClusterNetworkPolicy) GetSubjectNamespaceSelector() *LabelSelector {
+	if x != nil {
+		return x.SubjectNamespaceSelector
+	}
+	return nil
+}
+
+func (x *ClusterNetworkPolicy) GetSubjectPodSelector() *LabelSelector {
+	if x != nil {
+		return x.SubjectPodSelector
+	}
+	return nil
+}
+
+func (x *ClusterNetworkPolicy) GetSelectedSet() string {
+	if x != nil {
+		return x.SelectedSet
+	}
+	return ""
+}
+
+func (x *ClusterNetworkPolicy) GetIngress() []*ClusterNetworkPolicyRule {
+	if x != nil {
+		return x.Ingress
+	}
+	return nil
+}
+
+func (x *ClusterNetworkPolicy) GetEgress() []*ClusterNetworkPolicyRule {
+	if x != nil {
+		return x.Egress
+	}
+	return nil
+}
+
+// ClusterNetworkPolicyRule is one rule: its action on traffic from/to its peers on its ports.
+type ClusterNetworkPolicyRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rule name, for logs and counters.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Action. Required.
+	Action ClusterPolicyAction `protobuf:"varint,2,opt,name=action,proto3,enum=netlet.v1alpha1.ClusterPolicyAction" json:"action,omitempty"`
+	// Peers; at least one. A peer with nothing resolved matches nothing.
+	Peers []*ClusterNetworkPolicyPeer `protobuf:"bytes,3,rep,name=peers,proto3" json:"peers,omitempty"`
+	// Ports; empty means all.
+	Ports         []*NetworkPolicyPort `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterNetworkPolicyRule) Reset() {
+	*x = ClusterNetworkPolicyRule{}
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterNetworkPolicyRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterNetworkPolicyRule) ProtoMessage() {}
+
+func (x *ClusterNetworkPolicyRule) ProtoReflect() protoreflect.Message {
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterNetworkPolicyRule.ProtoReflect.Descriptor instead.
+func (*ClusterNetworkPolicyRule) Descriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ClusterNetworkPolicyRule) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ClusterNetworkPolicyRule) GetAction() ClusterPolicyAction {
+	if x != nil {
+		return x.Action
+	}
+	return ClusterPolicyAction_CLUSTER_POLICY_ACTION_UNSPECIFIED
+}
+
+func (x *ClusterNetworkPolicyRule) GetPeers() []*ClusterNetworkPolicyPeer {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+func (x *ClusterNetworkPolicyRule) GetPorts() []*NetworkPolicyPort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+// ClusterNetworkPolicyPeer is one peer of a ClusterNetworkPolicy rule.
+type ClusterNetworkPolicyPeer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// namespaces, or pods.namespaceSelector, as written.
+	NamespaceSelector *LabelSelector `protobuf:"bytes,1,opt,name=namespace_selector,json=namespaceSelector,proto3" json:"namespace_selector,omitempty"`
+	// pods.podSelector, as written.
+	PodSelector *LabelSelector `protobuf:"bytes,2,opt,name=pod_selector,json=podSelector,proto3" json:"pod_selector,omitempty"`
+	// networks: prefixes (egress only).
+	Networks []string `protobuf:"bytes,3,rep,name=networks,proto3" json:"networks,omitempty"`
+	// nodes: a Node label selector (egress only); resolves to the nodes' addresses.
+	NodeSelector *LabelSelector `protobuf:"bytes,4,opt,name=node_selector,json=nodeSelector,proto3" json:"node_selector,omitempty"`
+	// Name of the address set holding what this peer admits. Required.
+	AddressSet    string `protobuf:"bytes,5,opt,name=address_set,json=addressSet,proto3" json:"address_set,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterNetworkPolicyPeer) Reset() {
+	*x = ClusterNetworkPolicyPeer{}
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterNetworkPolicyPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterNetworkPolicyPeer) ProtoMessage() {}
+
+func (x *ClusterNetworkPolicyPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterNetworkPolicyPeer.ProtoReflect.Descriptor instead.
+func (*ClusterNetworkPolicyPeer) Descriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ClusterNetworkPolicyPeer) GetNamespaceSelector() *LabelSelector {
+	if x != nil {
+		return x.NamespaceSelector
+	}
+	return nil
+}
+
+func (x *ClusterNetworkPolicyPeer) GetPodSelector() *LabelSelector {
+	if x != nil {
+		return x.PodSelector
+	}
+	return nil
+}
+
+func (x *ClusterNetworkPolicyPeer) GetNetworks() []string {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+func (x *ClusterNetworkPolicyPeer) GetNodeSelector() *LabelSelector {
+	if x != nil {
+		return x.NodeSelector
+	}
+	return nil
+}
+
+func (x *ClusterNetworkPolicyPeer) GetAddressSet() string {
+	if x != nil {
+		return x.AddressSet
+	}
+	return ""
+}
+
 // DnsPolicy restricts which names the pods of a namespace may resolve.
 type DnsPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -578,7 +1171,7 @@ type DnsPolicy struct {
 
 func (x *DnsPolicy) Reset() {
 	*x = DnsPolicy{}
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[5]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +1183,7 @@ func (x *DnsPolicy) String() string {
 func (*DnsPolicy) ProtoMessage() {}
 
 func (x *DnsPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[5]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +1196,7 @@ func (x *DnsPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DnsPolicy.ProtoReflect.Descriptor instead.
 func (*DnsPolicy) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{5}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DnsPolicy) GetKey() *PolicyKey {
@@ -693,7 +1286,7 @@ type HostnameGrant struct {
 
 func (x *HostnameGrant) Reset() {
 	*x = HostnameGrant{}
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[6]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +1298,7 @@ func (x *HostnameGrant) String() string {
 func (*HostnameGrant) ProtoMessage() {}
 
 func (x *HostnameGrant) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[6]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +1311,7 @@ func (x *HostnameGrant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostnameGrant.ProtoReflect.Descriptor instead.
 func (*HostnameGrant) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{6}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HostnameGrant) GetKey() *PolicyKey {
@@ -769,14 +1362,22 @@ type ApplyPolicyRequest struct {
 	// A full sync over 4 MiB comes in parts (see ProgramServiceRequest.full_sync_continues).
 	FullSyncContinues bool `protobuf:"varint,8,opt,name=full_sync_continues,json=fullSyncContinues,proto3" json:"full_sync_continues,omitempty"`
 	// Index of this part (see ProgramServiceRequest.full_sync_part).
-	FullSyncPart  uint32 `protobuf:"varint,9,opt,name=full_sync_part,json=fullSyncPart,proto3" json:"full_sync_part,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	FullSyncPart uint32 `protobuf:"varint,9,opt,name=full_sync_part,json=fullSyncPart,proto3" json:"full_sync_part,omitempty"`
+	// Address sets to create or replace. Applied before the policies of the batch.
+	AddressSets []*AddressSet `protobuf:"bytes,10,rep,name=address_sets,json=addressSets,proto3" json:"address_sets,omitempty"`
+	// Changes to address sets already applied. Applied before the policies of the batch.
+	AddressSetChanges []*AddressSetChange `protobuf:"bytes,11,rep,name=address_set_changes,json=addressSetChanges,proto3" json:"address_set_changes,omitempty"`
+	// Address sets to delete, after the policies of the batch (no policy may still name them).
+	AddressSetDeletes []string `protobuf:"bytes,12,rep,name=address_set_deletes,json=addressSetDeletes,proto3" json:"address_set_deletes,omitempty"`
+	// ClusterNetworkPolicies to add or replace.
+	ClusterNetworkPolicies []*ClusterNetworkPolicy `protobuf:"bytes,13,rep,name=cluster_network_policies,json=clusterNetworkPolicies,proto3" json:"cluster_network_policies,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *ApplyPolicyRequest) Reset() {
 	*x = ApplyPolicyRequest{}
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[7]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -788,7 +1389,7 @@ func (x *ApplyPolicyRequest) String() string {
 func (*ApplyPolicyRequest) ProtoMessage() {}
 
 func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[7]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -801,7 +1402,7 @@ func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{7}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ApplyPolicyRequest) GetGeneration() uint64 {
@@ -867,6 +1468,34 @@ func (x *ApplyPolicyRequest) GetFullSyncPart() uint32 {
 	return 0
 }
 
+func (x *ApplyPolicyRequest) GetAddressSets() []*AddressSet {
+	if x != nil {
+		return x.AddressSets
+	}
+	return nil
+}
+
+func (x *ApplyPolicyRequest) GetAddressSetChanges() []*AddressSetChange {
+	if x != nil {
+		return x.AddressSetChanges
+	}
+	return nil
+}
+
+func (x *ApplyPolicyRequest) GetAddressSetDeletes() []string {
+	if x != nil {
+		return x.AddressSetDeletes
+	}
+	return nil
+}
+
+func (x *ApplyPolicyRequest) GetClusterNetworkPolicies() []*ClusterNetworkPolicy {
+	if x != nil {
+		return x.ClusterNetworkPolicies
+	}
+	return nil
+}
+
 // ApplyPolicyResponse acknowledges a batch.
 type ApplyPolicyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -880,7 +1509,7 @@ type ApplyPolicyResponse struct {
 
 func (x *ApplyPolicyResponse) Reset() {
 	*x = ApplyPolicyResponse{}
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[8]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +1521,7 @@ func (x *ApplyPolicyResponse) String() string {
 func (*ApplyPolicyResponse) ProtoMessage() {}
 
 func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[8]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +1534,7 @@ func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{8}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ApplyPolicyResponse) GetAppliedGeneration() uint64 {
@@ -941,7 +1570,7 @@ type CheckDnsRequest struct {
 
 func (x *CheckDnsRequest) Reset() {
 	*x = CheckDnsRequest{}
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[9]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -953,7 +1582,7 @@ func (x *CheckDnsRequest) String() string {
 func (*CheckDnsRequest) ProtoMessage() {}
 
 func (x *CheckDnsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[9]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -966,7 +1595,7 @@ func (x *CheckDnsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckDnsRequest.ProtoReflect.Descriptor instead.
 func (*CheckDnsRequest) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{9}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CheckDnsRequest) GetClientAddress() string {
@@ -1019,7 +1648,7 @@ type CheckDnsResponse struct {
 
 func (x *CheckDnsResponse) Reset() {
 	*x = CheckDnsResponse{}
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[10]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1660,7 @@ func (x *CheckDnsResponse) String() string {
 func (*CheckDnsResponse) ProtoMessage() {}
 
 func (x *CheckDnsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[10]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1673,7 @@ func (x *CheckDnsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckDnsResponse.ProtoReflect.Descriptor instead.
 func (*CheckDnsResponse) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{10}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CheckDnsResponse) GetAction() DnsAction {
@@ -1083,7 +1712,7 @@ type CheckHostnameRequest struct {
 
 func (x *CheckHostnameRequest) Reset() {
 	*x = CheckHostnameRequest{}
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[11]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1724,7 @@ func (x *CheckHostnameRequest) String() string {
 func (*CheckHostnameRequest) ProtoMessage() {}
 
 func (x *CheckHostnameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[11]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1737,7 @@ func (x *CheckHostnameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckHostnameRequest.ProtoReflect.Descriptor instead.
 func (*CheckHostnameRequest) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{11}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CheckHostnameRequest) GetNamespace() string {
@@ -1147,7 +1776,7 @@ type CheckHostnameResponse struct {
 
 func (x *CheckHostnameResponse) Reset() {
 	*x = CheckHostnameResponse{}
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[12]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1788,7 @@ func (x *CheckHostnameResponse) String() string {
 func (*CheckHostnameResponse) ProtoMessage() {}
 
 func (x *CheckHostnameResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[12]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1801,7 @@ func (x *CheckHostnameResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckHostnameResponse.ProtoReflect.Descriptor instead.
 func (*CheckHostnameResponse) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{12}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CheckHostnameResponse) GetAllowed() bool {
@@ -1205,7 +1834,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[13]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1846,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[13]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1859,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{13}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{19}
 }
 
 // ListPoliciesResponse lists applied policies.
@@ -1245,14 +1874,18 @@ type ListPoliciesResponse struct {
 	// Hostname grants.
 	HostnameGrants []*HostnameGrant `protobuf:"bytes,4,rep,name=hostname_grants,json=hostnameGrants,proto3" json:"hostname_grants,omitempty"`
 	// Epoch of `applied_generation` (on the host: of the host socket's callers).
-	AppliedEpoch  uint64 `protobuf:"varint,5,opt,name=applied_epoch,json=appliedEpoch,proto3" json:"applied_epoch,omitempty"`
+	AppliedEpoch uint64 `protobuf:"varint,5,opt,name=applied_epoch,json=appliedEpoch,proto3" json:"applied_epoch,omitempty"`
+	// ClusterNetworkPolicies.
+	ClusterNetworkPolicies []*ClusterNetworkPolicy `protobuf:"bytes,6,rep,name=cluster_network_policies,json=clusterNetworkPolicies,proto3" json:"cluster_network_policies,omitempty"`
+	// Address sets the policies name.
+	AddressSets   []*AddressSet `protobuf:"bytes,7,rep,name=address_sets,json=addressSets,proto3" json:"address_sets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[14]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1897,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[14]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1910,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{14}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListPoliciesResponse) GetAppliedGeneration() uint64 {
@@ -1315,6 +1948,20 @@ func (x *ListPoliciesResponse) GetAppliedEpoch() uint64 {
 	return 0
 }
 
+func (x *ListPoliciesResponse) GetClusterNetworkPolicies() []*ClusterNetworkPolicy {
+	if x != nil {
+		return x.ClusterNetworkPolicies
+	}
+	return nil
+}
+
+func (x *ListPoliciesResponse) GetAddressSets() []*AddressSet {
+	if x != nil {
+		return x.AddressSets
+	}
+	return nil
+}
+
 var File_netlet_v1alpha1_policy_proto protoreflect.FileDescriptor
 
 const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
@@ -1323,7 +1970,7 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\tPolicyKey\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.netlet.v1alpha1.PolicyKindR\x04kind\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
-	"\x04name\x18\x03 \x01(\tR\x04name\"\xeb\x02\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"\x8e\x03\n" +
 	"\rNetworkPolicy\x12,\n" +
 	"\x03key\x18\x01 \x01(\v2\x1a.netlet.v1alpha1.PolicyKeyR\x03key\x12A\n" +
 	"\fpod_selector\x18\x02 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\vpodSelector\x12-\n" +
@@ -1332,22 +1979,58 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"directions\x18\x04 \x03(\x0e2 .netlet.v1alpha1.PolicyDirectionR\n" +
 	"directions\x12<\n" +
 	"\aingress\x18\x05 \x03(\v2\".netlet.v1alpha1.NetworkPolicyRuleR\aingress\x12:\n" +
-	"\x06egress\x18\x06 \x03(\v2\".netlet.v1alpha1.NetworkPolicyRuleR\x06egress\"\x87\x01\n" +
+	"\x06egress\x18\x06 \x03(\v2\".netlet.v1alpha1.NetworkPolicyRuleR\x06egress\x12!\n" +
+	"\fselected_set\x18\a \x01(\tR\vselectedSet\"\x87\x01\n" +
 	"\x11NetworkPolicyRule\x128\n" +
 	"\x05peers\x18\x01 \x03(\v2\".netlet.v1alpha1.NetworkPolicyPeerR\x05peers\x128\n" +
-	"\x05ports\x18\x02 \x03(\v2\".netlet.v1alpha1.NetworkPolicyPortR\x05ports\"\xa0\x02\n" +
+	"\x05ports\x18\x02 \x03(\v2\".netlet.v1alpha1.NetworkPolicyPortR\x05ports\"\xc1\x02\n" +
 	"\x11NetworkPolicyPeer\x12A\n" +
 	"\fpod_selector\x18\x01 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\vpodSelector\x12M\n" +
 	"\x12namespace_selector\x18\x02 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\x11namespaceSelector\x12\"\n" +
 	"\rip_block_cidr\x18\x03 \x01(\tR\vipBlockCidr\x12&\n" +
 	"\x0fip_block_except\x18\x04 \x03(\tR\ripBlockExcept\x12-\n" +
-	"\x12resolved_addresses\x18\x05 \x03(\tR\x11resolvedAddresses\"\x98\x01\n" +
+	"\x12resolved_addresses\x18\x05 \x03(\tR\x11resolvedAddresses\x12\x1f\n" +
+	"\vaddress_set\x18\x06 \x01(\tR\n" +
+	"addressSet\"\xe8\x01\n" +
 	"\x11NetworkPolicyPort\x125\n" +
 	"\bprotocol\x18\x01 \x01(\x0e2\x19.netlet.v1alpha1.ProtocolR\bprotocol\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x19\n" +
 	"\bend_port\x18\x03 \x01(\rR\aendPort\x12\x1d\n" +
 	"\n" +
-	"named_port\x18\x04 \x01(\tR\tnamedPort\"\xd4\x03\n" +
+	"named_port\x18\x04 \x01(\tR\tnamedPort\x12N\n" +
+	"\x12named_port_targets\x18\x05 \x03(\v2 .netlet.v1alpha1.NamedPortTargetR\x10namedPortTargets\"?\n" +
+	"\x0fNamedPortTarget\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\"<\n" +
+	"\n" +
+	"AddressSet\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\belements\x18\x02 \x03(\tR\belements\"P\n" +
+	"\x10AddressSetChange\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03add\x18\x02 \x03(\tR\x03add\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\"\xf3\x03\n" +
+	"\x14ClusterNetworkPolicy\x12,\n" +
+	"\x03key\x18\x01 \x01(\v2\x1a.netlet.v1alpha1.PolicyKeyR\x03key\x126\n" +
+	"\x04tier\x18\x02 \x01(\x0e2\".netlet.v1alpha1.ClusterPolicyTierR\x04tier\x12\x1a\n" +
+	"\bpriority\x18\x03 \x01(\rR\bpriority\x12\\\n" +
+	"\x1asubject_namespace_selector\x18\x04 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\x18subjectNamespaceSelector\x12P\n" +
+	"\x14subject_pod_selector\x18\x05 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\x12subjectPodSelector\x12!\n" +
+	"\fselected_set\x18\x06 \x01(\tR\vselectedSet\x12C\n" +
+	"\aingress\x18\a \x03(\v2).netlet.v1alpha1.ClusterNetworkPolicyRuleR\aingress\x12A\n" +
+	"\x06egress\x18\b \x03(\v2).netlet.v1alpha1.ClusterNetworkPolicyRuleR\x06egress\"\xe7\x01\n" +
+	"\x18ClusterNetworkPolicyRule\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12<\n" +
+	"\x06action\x18\x02 \x01(\x0e2$.netlet.v1alpha1.ClusterPolicyActionR\x06action\x12?\n" +
+	"\x05peers\x18\x03 \x03(\v2).netlet.v1alpha1.ClusterNetworkPolicyPeerR\x05peers\x128\n" +
+	"\x05ports\x18\x04 \x03(\v2\".netlet.v1alpha1.NetworkPolicyPortR\x05ports\"\xae\x02\n" +
+	"\x18ClusterNetworkPolicyPeer\x12M\n" +
+	"\x12namespace_selector\x18\x01 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\x11namespaceSelector\x12A\n" +
+	"\fpod_selector\x18\x02 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\vpodSelector\x12\x1a\n" +
+	"\bnetworks\x18\x03 \x03(\tR\bnetworks\x12C\n" +
+	"\rnode_selector\x18\x04 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\fnodeSelector\x12\x1f\n" +
+	"\vaddress_set\x18\x05 \x01(\tR\n" +
+	"addressSet\"\xd4\x03\n" +
 	"\tDnsPolicy\x12,\n" +
 	"\x03key\x18\x01 \x01(\v2\x1a.netlet.v1alpha1.PolicyKeyR\x03key\x12A\n" +
 	"\fpod_selector\x18\x02 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\vpodSelector\x12\x14\n" +
@@ -1366,7 +2049,7 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"namespaces\x18\x02 \x03(\tR\n" +
 	"namespaces\x12\x1c\n" +
 	"\thostnames\x18\x03 \x03(\tR\thostnames\x12\x16\n" +
-	"\x06module\x18\x04 \x01(\tR\x06module\"\xc6\x03\n" +
+	"\x06module\x18\x04 \x01(\tR\x06module\"\xea\x05\n" +
 	"\x12ApplyPolicyRequest\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1378,7 +2061,12 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\adeletes\x18\x06 \x03(\v2\x1a.netlet.v1alpha1.PolicyKeyR\adeletes\x12\x14\n" +
 	"\x05epoch\x18\a \x01(\x04R\x05epoch\x12.\n" +
 	"\x13full_sync_continues\x18\b \x01(\bR\x11fullSyncContinues\x12$\n" +
-	"\x0efull_sync_part\x18\t \x01(\rR\ffullSyncPart\"i\n" +
+	"\x0efull_sync_part\x18\t \x01(\rR\ffullSyncPart\x12>\n" +
+	"\faddress_sets\x18\n" +
+	" \x03(\v2\x1b.netlet.v1alpha1.AddressSetR\vaddressSets\x12Q\n" +
+	"\x13address_set_changes\x18\v \x03(\v2!.netlet.v1alpha1.AddressSetChangeR\x11addressSetChanges\x12.\n" +
+	"\x13address_set_deletes\x18\f \x03(\tR\x11addressSetDeletes\x12_\n" +
+	"\x18cluster_network_policies\x18\r \x03(\v2%.netlet.v1alpha1.ClusterNetworkPolicyR\x16clusterNetworkPolicies\"i\n" +
 	"\x13ApplyPolicyResponse\x12-\n" +
 	"\x12applied_generation\x18\x01 \x01(\x04R\x11appliedGeneration\x12#\n" +
 	"\rapplied_epoch\x18\x02 \x01(\x04R\fappliedEpoch\"\xa6\x01\n" +
@@ -1403,23 +2091,35 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x14\n" +
 	"\x05grant\x18\x02 \x01(\tR\x05grant\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x15\n" +
-	"\x13ListPoliciesRequest\"\xbd\x02\n" +
+	"\x13ListPoliciesRequest\"\xde\x03\n" +
 	"\x14ListPoliciesResponse\x12-\n" +
 	"\x12applied_generation\x18\x01 \x01(\x04R\x11appliedGeneration\x12I\n" +
 	"\x10network_policies\x18\x02 \x03(\v2\x1e.netlet.v1alpha1.NetworkPolicyR\x0fnetworkPolicies\x12=\n" +
 	"\fdns_policies\x18\x03 \x03(\v2\x1a.netlet.v1alpha1.DnsPolicyR\vdnsPolicies\x12G\n" +
 	"\x0fhostname_grants\x18\x04 \x03(\v2\x1e.netlet.v1alpha1.HostnameGrantR\x0ehostnameGrants\x12#\n" +
-	"\rapplied_epoch\x18\x05 \x01(\x04R\fappliedEpoch*\x85\x01\n" +
+	"\rapplied_epoch\x18\x05 \x01(\x04R\fappliedEpoch\x12_\n" +
+	"\x18cluster_network_policies\x18\x06 \x03(\v2%.netlet.v1alpha1.ClusterNetworkPolicyR\x16clusterNetworkPolicies\x12>\n" +
+	"\faddress_sets\x18\a \x03(\v2\x1b.netlet.v1alpha1.AddressSetR\vaddressSets*\xad\x01\n" +
 	"\n" +
 	"PolicyKind\x12\x1b\n" +
 	"\x17POLICY_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aPOLICY_KIND_NETWORK_POLICY\x10\x01\x12\x1a\n" +
 	"\x16POLICY_KIND_DNS_POLICY\x10\x02\x12\x1e\n" +
-	"\x1aPOLICY_KIND_HOSTNAME_GRANT\x10\x03*n\n" +
+	"\x1aPOLICY_KIND_HOSTNAME_GRANT\x10\x03\x12&\n" +
+	"\"POLICY_KIND_CLUSTER_NETWORK_POLICY\x10\x04*n\n" +
 	"\x0fPolicyDirection\x12 \n" +
 	"\x1cPOLICY_DIRECTION_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18POLICY_DIRECTION_INGRESS\x10\x01\x12\x1b\n" +
-	"\x17POLICY_DIRECTION_EGRESS\x10\x02*i\n" +
+	"\x17POLICY_DIRECTION_EGRESS\x10\x02*y\n" +
+	"\x11ClusterPolicyTier\x12#\n" +
+	"\x1fCLUSTER_POLICY_TIER_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19CLUSTER_POLICY_TIER_ADMIN\x10\x01\x12 \n" +
+	"\x1cCLUSTER_POLICY_TIER_BASELINE\x10\x02*\x9e\x01\n" +
+	"\x13ClusterPolicyAction\x12%\n" +
+	"!CLUSTER_POLICY_ACTION_UNSPECIFIED\x10\x00\x12 \n" +
+	"\x1cCLUSTER_POLICY_ACTION_ACCEPT\x10\x01\x12\x1e\n" +
+	"\x1aCLUSTER_POLICY_ACTION_DENY\x10\x02\x12\x1e\n" +
+	"\x1aCLUSTER_POLICY_ACTION_PASS\x10\x03*i\n" +
 	"\tDnsAction\x12\x1a\n" +
 	"\x16DNS_ACTION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10DNS_ACTION_ALLOW\x10\x01\x12\x13\n" +
@@ -1443,68 +2143,94 @@ func file_netlet_v1alpha1_policy_proto_rawDescGZIP() []byte {
 	return file_netlet_v1alpha1_policy_proto_rawDescData
 }
 
-var file_netlet_v1alpha1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_netlet_v1alpha1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_netlet_v1alpha1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_netlet_v1alpha1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_netlet_v1alpha1_policy_proto_goTypes = []any{
-	(PolicyKind)(0),               // 0: netlet.v1alpha1.PolicyKind
-	(PolicyDirection)(0),          // 1: netlet.v1alpha1.PolicyDirection
-	(DnsAction)(0),                // 2: netlet.v1alpha1.DnsAction
-	(*PolicyKey)(nil),             // 3: netlet.v1alpha1.PolicyKey
-	(*NetworkPolicy)(nil),         // 4: netlet.v1alpha1.NetworkPolicy
-	(*NetworkPolicyRule)(nil),     // 5: netlet.v1alpha1.NetworkPolicyRule
-	(*NetworkPolicyPeer)(nil),     // 6: netlet.v1alpha1.NetworkPolicyPeer
-	(*NetworkPolicyPort)(nil),     // 7: netlet.v1alpha1.NetworkPolicyPort
-	(*DnsPolicy)(nil),             // 8: netlet.v1alpha1.DnsPolicy
-	(*HostnameGrant)(nil),         // 9: netlet.v1alpha1.HostnameGrant
-	(*ApplyPolicyRequest)(nil),    // 10: netlet.v1alpha1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),   // 11: netlet.v1alpha1.ApplyPolicyResponse
-	(*CheckDnsRequest)(nil),       // 12: netlet.v1alpha1.CheckDnsRequest
-	(*CheckDnsResponse)(nil),      // 13: netlet.v1alpha1.CheckDnsResponse
-	(*CheckHostnameRequest)(nil),  // 14: netlet.v1alpha1.CheckHostnameRequest
-	(*CheckHostnameResponse)(nil), // 15: netlet.v1alpha1.CheckHostnameResponse
-	(*ListPoliciesRequest)(nil),   // 16: netlet.v1alpha1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),  // 17: netlet.v1alpha1.ListPoliciesResponse
-	(*LabelSelector)(nil),         // 18: netlet.v1alpha1.LabelSelector
-	(Protocol)(0),                 // 19: netlet.v1alpha1.Protocol
+	(PolicyKind)(0),                  // 0: netlet.v1alpha1.PolicyKind
+	(PolicyDirection)(0),             // 1: netlet.v1alpha1.PolicyDirection
+	(ClusterPolicyTier)(0),           // 2: netlet.v1alpha1.ClusterPolicyTier
+	(ClusterPolicyAction)(0),         // 3: netlet.v1alpha1.ClusterPolicyAction
+	(DnsAction)(0),                   // 4: netlet.v1alpha1.DnsAction
+	(*PolicyKey)(nil),                // 5: netlet.v1alpha1.PolicyKey
+	(*NetworkPolicy)(nil),            // 6: netlet.v1alpha1.NetworkPolicy
+	(*NetworkPolicyRule)(nil),        // 7: netlet.v1alpha1.NetworkPolicyRule
+	(*NetworkPolicyPeer)(nil),        // 8: netlet.v1alpha1.NetworkPolicyPeer
+	(*NetworkPolicyPort)(nil),        // 9: netlet.v1alpha1.NetworkPolicyPort
+	(*NamedPortTarget)(nil),          // 10: netlet.v1alpha1.NamedPortTarget
+	(*AddressSet)(nil),               // 11: netlet.v1alpha1.AddressSet
+	(*AddressSetChange)(nil),         // 12: netlet.v1alpha1.AddressSetChange
+	(*ClusterNetworkPolicy)(nil),     // 13: netlet.v1alpha1.ClusterNetworkPolicy
+	(*ClusterNetworkPolicyRule)(nil), // 14: netlet.v1alpha1.ClusterNetworkPolicyRule
+	(*ClusterNetworkPolicyPeer)(nil), // 15: netlet.v1alpha1.ClusterNetworkPolicyPeer
+	(*DnsPolicy)(nil),                // 16: netlet.v1alpha1.DnsPolicy
+	(*HostnameGrant)(nil),            // 17: netlet.v1alpha1.HostnameGrant
+	(*ApplyPolicyRequest)(nil),       // 18: netlet.v1alpha1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),      // 19: netlet.v1alpha1.ApplyPolicyResponse
+	(*CheckDnsRequest)(nil),          // 20: netlet.v1alpha1.CheckDnsRequest
+	(*CheckDnsResponse)(nil),         // 21: netlet.v1alpha1.CheckDnsResponse
+	(*CheckHostnameRequest)(nil),     // 22: netlet.v1alpha1.CheckHostnameRequest
+	(*CheckHostnameResponse)(nil),    // 23: netlet.v1alpha1.CheckHostnameResponse
+	(*ListPoliciesRequest)(nil),      // 24: netlet.v1alpha1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 25: netlet.v1alpha1.ListPoliciesResponse
+	(*LabelSelector)(nil),            // 26: netlet.v1alpha1.LabelSelector
+	(Protocol)(0),                    // 27: netlet.v1alpha1.Protocol
 }
 var file_netlet_v1alpha1_policy_proto_depIdxs = []int32{
 	0,  // 0: netlet.v1alpha1.PolicyKey.kind:type_name -> netlet.v1alpha1.PolicyKind
-	3,  // 1: netlet.v1alpha1.NetworkPolicy.key:type_name -> netlet.v1alpha1.PolicyKey
-	18, // 2: netlet.v1alpha1.NetworkPolicy.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	5,  // 1: netlet.v1alpha1.NetworkPolicy.key:type_name -> netlet.v1alpha1.PolicyKey
+	26, // 2: netlet.v1alpha1.NetworkPolicy.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
 	1,  // 3: netlet.v1alpha1.NetworkPolicy.directions:type_name -> netlet.v1alpha1.PolicyDirection
-	5,  // 4: netlet.v1alpha1.NetworkPolicy.ingress:type_name -> netlet.v1alpha1.NetworkPolicyRule
-	5,  // 5: netlet.v1alpha1.NetworkPolicy.egress:type_name -> netlet.v1alpha1.NetworkPolicyRule
-	6,  // 6: netlet.v1alpha1.NetworkPolicyRule.peers:type_name -> netlet.v1alpha1.NetworkPolicyPeer
-	7,  // 7: netlet.v1alpha1.NetworkPolicyRule.ports:type_name -> netlet.v1alpha1.NetworkPolicyPort
-	18, // 8: netlet.v1alpha1.NetworkPolicyPeer.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
-	18, // 9: netlet.v1alpha1.NetworkPolicyPeer.namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
-	19, // 10: netlet.v1alpha1.NetworkPolicyPort.protocol:type_name -> netlet.v1alpha1.Protocol
-	3,  // 11: netlet.v1alpha1.DnsPolicy.key:type_name -> netlet.v1alpha1.PolicyKey
-	18, // 12: netlet.v1alpha1.DnsPolicy.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
-	2,  // 13: netlet.v1alpha1.DnsPolicy.default_action:type_name -> netlet.v1alpha1.DnsAction
-	2,  // 14: netlet.v1alpha1.DnsPolicy.failure_action:type_name -> netlet.v1alpha1.DnsAction
-	3,  // 15: netlet.v1alpha1.HostnameGrant.key:type_name -> netlet.v1alpha1.PolicyKey
-	4,  // 16: netlet.v1alpha1.ApplyPolicyRequest.network_policies:type_name -> netlet.v1alpha1.NetworkPolicy
-	8,  // 17: netlet.v1alpha1.ApplyPolicyRequest.dns_policies:type_name -> netlet.v1alpha1.DnsPolicy
-	9,  // 18: netlet.v1alpha1.ApplyPolicyRequest.hostname_grants:type_name -> netlet.v1alpha1.HostnameGrant
-	3,  // 19: netlet.v1alpha1.ApplyPolicyRequest.deletes:type_name -> netlet.v1alpha1.PolicyKey
-	2,  // 20: netlet.v1alpha1.CheckDnsResponse.action:type_name -> netlet.v1alpha1.DnsAction
-	4,  // 21: netlet.v1alpha1.ListPoliciesResponse.network_policies:type_name -> netlet.v1alpha1.NetworkPolicy
-	8,  // 22: netlet.v1alpha1.ListPoliciesResponse.dns_policies:type_name -> netlet.v1alpha1.DnsPolicy
-	9,  // 23: netlet.v1alpha1.ListPoliciesResponse.hostname_grants:type_name -> netlet.v1alpha1.HostnameGrant
-	10, // 24: netlet.v1alpha1.Policy.ApplyPolicy:input_type -> netlet.v1alpha1.ApplyPolicyRequest
-	12, // 25: netlet.v1alpha1.Policy.CheckDns:input_type -> netlet.v1alpha1.CheckDnsRequest
-	14, // 26: netlet.v1alpha1.Policy.CheckHostname:input_type -> netlet.v1alpha1.CheckHostnameRequest
-	16, // 27: netlet.v1alpha1.Policy.ListPolicies:input_type -> netlet.v1alpha1.ListPoliciesRequest
-	11, // 28: netlet.v1alpha1.Policy.ApplyPolicy:output_type -> netlet.v1alpha1.ApplyPolicyResponse
-	13, // 29: netlet.v1alpha1.Policy.CheckDns:output_type -> netlet.v1alpha1.CheckDnsResponse
-	15, // 30: netlet.v1alpha1.Policy.CheckHostname:output_type -> netlet.v1alpha1.CheckHostnameResponse
-	17, // 31: netlet.v1alpha1.Policy.ListPolicies:output_type -> netlet.v1alpha1.ListPoliciesResponse
-	28, // [28:32] is the sub-list for method output_type
-	24, // [24:28] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	7,  // 4: netlet.v1alpha1.NetworkPolicy.ingress:type_name -> netlet.v1alpha1.NetworkPolicyRule
+	7,  // 5: netlet.v1alpha1.NetworkPolicy.egress:type_name -> netlet.v1alpha1.NetworkPolicyRule
+	8,  // 6: netlet.v1alpha1.NetworkPolicyRule.peers:type_name -> netlet.v1alpha1.NetworkPolicyPeer
+	9,  // 7: netlet.v1alpha1.NetworkPolicyRule.ports:type_name -> netlet.v1alpha1.NetworkPolicyPort
+	26, // 8: netlet.v1alpha1.NetworkPolicyPeer.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	26, // 9: netlet.v1alpha1.NetworkPolicyPeer.namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
+	27, // 10: netlet.v1alpha1.NetworkPolicyPort.protocol:type_name -> netlet.v1alpha1.Protocol
+	10, // 11: netlet.v1alpha1.NetworkPolicyPort.named_port_targets:type_name -> netlet.v1alpha1.NamedPortTarget
+	5,  // 12: netlet.v1alpha1.ClusterNetworkPolicy.key:type_name -> netlet.v1alpha1.PolicyKey
+	2,  // 13: netlet.v1alpha1.ClusterNetworkPolicy.tier:type_name -> netlet.v1alpha1.ClusterPolicyTier
+	26, // 14: netlet.v1alpha1.ClusterNetworkPolicy.subject_namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
+	26, // 15: netlet.v1alpha1.ClusterNetworkPolicy.subject_pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	14, // 16: netlet.v1alpha1.ClusterNetworkPolicy.ingress:type_name -> netlet.v1alpha1.ClusterNetworkPolicyRule
+	14, // 17: netlet.v1alpha1.ClusterNetworkPolicy.egress:type_name -> netlet.v1alpha1.ClusterNetworkPolicyRule
+	3,  // 18: netlet.v1alpha1.ClusterNetworkPolicyRule.action:type_name -> netlet.v1alpha1.ClusterPolicyAction
+	15, // 19: netlet.v1alpha1.ClusterNetworkPolicyRule.peers:type_name -> netlet.v1alpha1.ClusterNetworkPolicyPeer
+	9,  // 20: netlet.v1alpha1.ClusterNetworkPolicyRule.ports:type_name -> netlet.v1alpha1.NetworkPolicyPort
+	26, // 21: netlet.v1alpha1.ClusterNetworkPolicyPeer.namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
+	26, // 22: netlet.v1alpha1.ClusterNetworkPolicyPeer.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	26, // 23: netlet.v1alpha1.ClusterNetworkPolicyPeer.node_selector:type_name -> netlet.v1alpha1.LabelSelector
+	5,  // 24: netlet.v1alpha1.DnsPolicy.key:type_name -> netlet.v1alpha1.PolicyKey
+	26, // 25: netlet.v1alpha1.DnsPolicy.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	4,  // 26: netlet.v1alpha1.DnsPolicy.default_action:type_name -> netlet.v1alpha1.DnsAction
+	4,  // 27: netlet.v1alpha1.DnsPolicy.failure_action:type_name -> netlet.v1alpha1.DnsAction
+	5,  // 28: netlet.v1alpha1.HostnameGrant.key:type_name -> netlet.v1alpha1.PolicyKey
+	6,  // 29: netlet.v1alpha1.ApplyPolicyRequest.network_policies:type_name -> netlet.v1alpha1.NetworkPolicy
+	16, // 30: netlet.v1alpha1.ApplyPolicyRequest.dns_policies:type_name -> netlet.v1alpha1.DnsPolicy
+	17, // 31: netlet.v1alpha1.ApplyPolicyRequest.hostname_grants:type_name -> netlet.v1alpha1.HostnameGrant
+	5,  // 32: netlet.v1alpha1.ApplyPolicyRequest.deletes:type_name -> netlet.v1alpha1.PolicyKey
+	11, // 33: netlet.v1alpha1.ApplyPolicyRequest.address_sets:type_name -> netlet.v1alpha1.AddressSet
+	12, // 34: netlet.v1alpha1.ApplyPolicyRequest.address_set_changes:type_name -> netlet.v1alpha1.AddressSetChange
+	13, // 35: netlet.v1alpha1.ApplyPolicyRequest.cluster_network_policies:type_name -> netlet.v1alpha1.ClusterNetworkPolicy
+	4,  // 36: netlet.v1alpha1.CheckDnsResponse.action:type_name -> netlet.v1alpha1.DnsAction
+	6,  // 37: netlet.v1alpha1.ListPoliciesResponse.network_policies:type_name -> netlet.v1alpha1.NetworkPolicy
+	16, // 38: netlet.v1alpha1.ListPoliciesResponse.dns_policies:type_name -> netlet.v1alpha1.DnsPolicy
+	17, // 39: netlet.v1alpha1.ListPoliciesResponse.hostname_grants:type_name -> netlet.v1alpha1.HostnameGrant
+	13, // 40: netlet.v1alpha1.ListPoliciesResponse.cluster_network_policies:type_name -> netlet.v1alpha1.ClusterNetworkPolicy
+	11, // 41: netlet.v1alpha1.ListPoliciesResponse.address_sets:type_name -> netlet.v1alpha1.AddressSet
+	18, // 42: netlet.v1alpha1.Policy.ApplyPolicy:input_type -> netlet.v1alpha1.ApplyPolicyRequest
+	20, // 43: netlet.v1alpha1.Policy.CheckDns:input_type -> netlet.v1alpha1.CheckDnsRequest
+	22, // 44: netlet.v1alpha1.Policy.CheckHostname:input_type -> netlet.v1alpha1.CheckHostnameRequest
+	24, // 45: netlet.v1alpha1.Policy.ListPolicies:input_type -> netlet.v1alpha1.ListPoliciesRequest
+	19, // 46: netlet.v1alpha1.Policy.ApplyPolicy:output_type -> netlet.v1alpha1.ApplyPolicyResponse
+	21, // 47: netlet.v1alpha1.Policy.CheckDns:output_type -> netlet.v1alpha1.CheckDnsResponse
+	23, // 48: netlet.v1alpha1.Policy.CheckHostname:output_type -> netlet.v1alpha1.CheckHostnameResponse
+	25, // 49: netlet.v1alpha1.Policy.ListPolicies:output_type -> netlet.v1alpha1.ListPoliciesResponse
+	46, // [46:50] is the sub-list for method output_type
+	42, // [42:46] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_netlet_v1alpha1_policy_proto_init() }
@@ -1518,8 +2244,8 @@ func file_netlet_v1alpha1_policy_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netlet_v1alpha1_policy_proto_rawDesc), len(file_netlet_v1alpha1_policy_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   15,
+			NumEnums:      5,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -439,7 +439,10 @@ type PortMapping struct {
 	// Protocol; unspecified means TCP.
 	Protocol Protocol `protobuf:"varint,3,opt,name=protocol,proto3,enum=netlet.v1alpha1.Protocol" json:"protocol,omitempty"`
 	// Node address to bind; empty means every node address.
-	HostIp        string `protobuf:"bytes,4,opt,name=host_ip,json=hostIp,proto3" json:"host_ip,omitempty"`
+	HostIp string `protobuf:"bytes,4,opt,name=host_ip,json=hostIp,proto3" json:"host_ip,omitempty"`
+	// The container port's name, when it has one (an IANA_SVC_NAME); NetworkPolicy named ports
+	// resolve through it. CRI does not carry it; the host also takes it from the Pod object.
+	Name          string `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -498,6 +501,13 @@ func (x *PortMapping) GetProtocol() Protocol {
 func (x *PortMapping) GetHostIp() string {
 	if x != nil {
 		return x.HostIp
+	}
+	return ""
+}
+
+func (x *PortMapping) GetName() string {
+	if x != nil {
+		return x.Name
 	}
 	return ""
 }
@@ -739,12 +749,13 @@ const file_netlet_v1alpha1_types_proto_rawDesc = "" +
 	"\vnameservers\x18\x01 \x03(\tR\vnameservers\x12\x1a\n" +
 	"\bsearches\x18\x02 \x03(\tR\bsearches\x12\x18\n" +
 	"\aoptions\x18\x03 \x03(\tR\aoptions\x12\x16\n" +
-	"\x06domain\x18\x04 \x01(\tR\x06domain\"\xa1\x01\n" +
+	"\x06domain\x18\x04 \x01(\tR\x06domain\"\xb5\x01\n" +
 	"\vPortMapping\x12\x1b\n" +
 	"\thost_port\x18\x01 \x01(\rR\bhostPort\x12%\n" +
 	"\x0econtainer_port\x18\x02 \x01(\rR\rcontainerPort\x125\n" +
 	"\bprotocol\x18\x03 \x01(\x0e2\x19.netlet.v1alpha1.ProtocolR\bprotocol\x12\x17\n" +
-	"\ahost_ip\x18\x04 \x01(\tR\x06hostIp\"\x8b\x02\n" +
+	"\ahost_ip\x18\x04 \x01(\tR\x06hostIp\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\"\x8b\x02\n" +
 	"\tCondition\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x128\n" +
 	"\x06status\x18\x02 \x01(\x0e2 .netlet.v1alpha1.ConditionStatusR\x06status\x12\x16\n" +

@@ -8,12 +8,15 @@
 use k8s_openapi::api::networking::v1 as knet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+pub mod cnp;
+pub mod sets;
+
 use netlet_sdk::proto::{
     LabelSelector, LabelSelectorRequirement, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicyRule, PolicyDirection, PolicyKey, PolicyKind, Protocol,
 };
 
-fn selector(s: &meta::LabelSelector) -> LabelSelector {
+pub(crate) fn selector(s: &meta::LabelSelector) -> LabelSelector {
     LabelSelector {
         match_labels: s
             .match_labels
@@ -48,7 +51,7 @@ fn peer(p: &knet::NetworkPolicyPeer) -> NetworkPolicyPeer {
             .as_ref()
             .and_then(|b| b.except.clone())
             .unwrap_or_default(),
-        resolved_addresses: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -76,6 +79,7 @@ fn port(p: &knet::NetworkPolicyPort) -> Result<NetworkPolicyPort, String> {
             .transpose()?
             .unwrap_or(0),
         named_port,
+        ..Default::default()
     })
 }
 
@@ -154,6 +158,7 @@ pub fn network_policy(np: &knet::NetworkPolicy) -> Result<NetworkPolicy, String>
         directions,
         ingress,
         egress,
+        selected_set: String::new(),
     };
     netlet_sdk::validate::apply_policy(&netlet_sdk::proto::ApplyPolicyRequest {
         generation: 1,
@@ -275,6 +280,37 @@ pub struct PodInfo {
     pub addresses: Vec<std::net::IpAddr>,
     /// Named container ports: name → (protocol, number).
     pub ports: std::collections::HashMap<String, (Protocol, u16)>,
+    /// Attached on this node (policies apply to these; the others are peers only).
+    pub local: bool,
+}
+
+/// A node as node peers see it: its labels and addresses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeInfo {
+    /// Labels.
+    pub labels: std::collections::HashMap<String, String>,
+    /// `status.addresses` of type InternalIP and ExternalIP.
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+/// A Node object's labels and addresses.
+pub fn node_info(n: &k8s_openapi::api::core::v1::Node) -> NodeInfo {
+    NodeInfo {
+        labels: n
+            .metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        addresses: n
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect(),
+    }
 }
 
 /// A Pod object's namespace, name, labels, addresses (`status.podIPs`, else `status.podIP`)
@@ -336,6 +372,7 @@ pub fn pod_info(p: &k8s_openapi::api::core::v1::Pod) -> Option<PodInfo> {
             .collect(),
         addresses,
         ports,
+        local: false,
     })
 }
 
@@ -347,10 +384,12 @@ pub struct Cluster {
     /// Namespace labels by name; every namespace also carries
     /// `kubernetes.io/metadata.name: <name>`, as the API server sets it.
     pub namespaces: std::collections::HashMap<String, std::collections::HashMap<String, String>>,
+    /// Nodes, for node peers.
+    pub nodes: Vec<NodeInfo>,
 }
 
 impl Cluster {
-    fn namespace_labels(&self, ns: &str) -> std::collections::HashMap<String, String> {
+    pub(crate) fn namespace_labels(&self, ns: &str) -> std::collections::HashMap<String, String> {
         let mut l = self.namespaces.get(ns).cloned().unwrap_or_default();
         l.insert("kubernetes.io/metadata.name".into(), ns.into());
         l
@@ -432,6 +471,7 @@ mod resolve_tests {
                 .collect(),
             addresses: vec![ip.parse().unwrap()],
             ports: [("http".to_string(), (Protocol::Tcp, 8080))].into(),
+            local: false,
         }
     }
 
@@ -455,6 +495,7 @@ mod resolve_tests {
                     HashMap::from([("ns".to_string(), "y".to_string())]),
                 ),
             ]),
+            nodes: Vec::new(),
         }
     }
 
@@ -547,6 +588,7 @@ mod resolve_tests {
             port: n,
             end_port: e,
             named_port: named.into(),
+            ..Default::default()
         };
         assert_eq!(
             Cluster::port_range(&p, &port("http", 0, 0, Protocol::Tcp)),
