@@ -127,30 +127,43 @@ pub fn check_services(
     Ok(())
 }
 
-/// Checks an ApplyPolicy batch against every Policy driver.
+/// Refused unless some driver has `f`: the Policy drivers share the work by kind (one
+/// enforces NetworkPolicies in the kernel, another answers DNS questions), and every one is
+/// sent every policy, each acting on the kinds it has the feature for.
+fn some(drivers: &[Arc<DriverEntry>], field: String, f: Feature) -> Result<(), Status> {
+    match drivers.iter().find(|d| d.has_feature(f)) {
+        Some(_) => Ok(()),
+        None => match drivers.first() {
+            Some(d) => Err(lacking(field, d, f)),
+            None => Ok(()),
+        },
+    }
+}
+
+/// Checks an ApplyPolicy batch: each policy kind needs a Policy driver with its feature.
 pub fn check_policies(
     req: &ApplyPolicyRequest,
     drivers: &[Arc<DriverEntry>],
 ) -> Result<(), Status> {
     if !req.network_policies.is_empty() {
-        every(
+        some(
             drivers,
             "network_policies[0]".into(),
             Feature::NetworkPolicy,
         )?;
     }
     if !req.cluster_network_policies.is_empty() {
-        every(
+        some(
             drivers,
             "cluster_network_policies[0]".into(),
             Feature::ClusterNetworkPolicy,
         )?;
     }
     if !req.dns_policies.is_empty() {
-        every(drivers, "dns_policies[0]".into(), Feature::DnsPolicy)?;
+        some(drivers, "dns_policies[0]".into(), Feature::DnsPolicy)?;
     }
     if !req.hostname_grants.is_empty() {
-        every(
+        some(
             drivers,
             "hostname_grants[0]".into(),
             Feature::HostnameGrants,

@@ -1,12 +1,14 @@
-//! `netlet-nft`: netlet's Service driver. Kubernetes Services (ClusterIP, NodePort,
+//! `netlet-nft`: netlet's Service and network-policy driver. Kubernetes Services (ClusterIP, NodePort,
 //! LoadBalancer and external IPs, session affinity, traffic policies, TCP/UDP/SCTP, IPv4 and
 //! IPv6) in nftables tables of its own, `ip netlet-nft` and `ip6 netlet-nft`, changed by
-//! deltas sent as one netlink transaction each (no `nft` CLI).
+//! deltas sent as one netlink transaction each (no `nft` CLI). NetworkPolicies and
+//! ClusterNetworkPolicies in `inet netlet-policy` (see `policy.rs`).
 
 #![forbid(unsafe_code)]
 
 mod conntrack;
 mod driver;
+mod policy;
 mod ruleset;
 
 use std::path::PathBuf;
@@ -44,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
         nodeport_cidrs: args.nodeport_cidrs.clone(),
     };
     let nft = Arc::new(driver::Nft::start(settings)?);
+    let policies = Arc::new(policy::NftPolicy::start()?);
     let mut d = Driver::new(&args.name, env!("CARGO_PKG_VERSION"));
     if let Some(s) = &args.socket {
         d = d.socket(s);
@@ -52,7 +55,10 @@ async fn main() -> anyhow::Result<()> {
     d.feature(Feature::Sctp)
         .feature(Feature::SessionAffinity)
         .feature(Feature::HostPorts)
+        .feature(Feature::NetworkPolicy)
+        .feature(Feature::ClusterNetworkPolicy)
         .services(driver::Api(nft))
+        .policy(policy::Api(policies))
         .serve()
         .await?;
     Ok(())

@@ -895,6 +895,7 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
                 verdict_map: true,
                 data: None,
                 timeout_ms: None,
+                interval: false,
             },
         );
     }
@@ -937,6 +938,7 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
                     verdict_map: false,
                     data,
                     timeout_ms,
+                    interval: false,
                 },
             );
         }
@@ -951,6 +953,7 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
             verdict_map: false,
             data: None,
             timeout_ms: None,
+            interval: false,
         },
     );
     let base = |kind, hook, priority| BaseChain {

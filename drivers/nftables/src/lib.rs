@@ -106,6 +106,8 @@ pub struct SetSpec {
     pub data: Option<(u32, u32)>,
     /// Elements time out after this many ms (the set is updated from the packet path).
     pub timeout_ms: Option<u64>,
+    /// Elements are ranges (`flags interval`): add them with [`Batch::add_intervals`].
+    pub interval: bool,
 }
 
 /// An element's data in a verdict map.
@@ -117,6 +119,8 @@ pub enum VerdictData {
     Jump(String),
     /// `drop`
     Drop,
+    /// `accept`
+    Accept,
 }
 
 fn verdict_attrs(v: &VerdictData) -> Vec<VerdictAttribute> {
@@ -130,6 +134,7 @@ fn verdict_attrs(v: &VerdictData) -> Vec<VerdictAttribute> {
             VerdictAttribute::Chain(c.clone()),
         ],
         VerdictData::Drop => vec![VerdictAttribute::Code(Verdict::Other(0))],
+        VerdictData::Accept => vec![VerdictAttribute::Code(Verdict::Other(1))],
     }
 }
 
@@ -312,6 +317,9 @@ impl Batch {
             attributes.push(SetAttribute::DataType(data_type));
             attributes.push(SetAttribute::DataLen(len));
         }
+        if s.interval {
+            flags |= SetFlags::Interval;
+        }
         if let Some(t) = s.timeout_ms {
             flags |= SetFlags::Timeout | SetFlags::Eval;
             attributes.push(SetAttribute::Timeout(t));
@@ -449,6 +457,57 @@ impl Batch {
             })
             .collect();
         self.elements(family, table, set, elems, true);
+    }
+
+    /// The elements of an interval set for `nets`: each prefix's first address, and the
+    /// address after its last flagged as an interval end (none when the prefix reaches the
+    /// top of the address space), as `nft` sends them (it also sends a leading zero end,
+    /// which the kernel does not need).
+    fn interval_elements(nets: &[ipnet::IpNet]) -> Vec<Vec<SetElementAttribute>> {
+        use netlink_packet_netfilter::nftables::SetElementFlags;
+        let mut out = Vec::new();
+        for n in nets {
+            let (start, end): (Vec<u8>, Option<Vec<u8>>) = match n {
+                ipnet::IpNet::V4(n) => (
+                    n.network().octets().to_vec(),
+                    u32::from(n.broadcast())
+                        .checked_add(1)
+                        .map(|e| e.to_be_bytes().to_vec()),
+                ),
+                ipnet::IpNet::V6(n) => (
+                    n.network().octets().to_vec(),
+                    u128::from(n.broadcast())
+                        .checked_add(1)
+                        .map(|e| e.to_be_bytes().to_vec()),
+                ),
+            };
+            out.push(vec![SetElementAttribute::Key(DataAttribute::Value(start))]);
+            if let Some(end) = end {
+                out.push(vec![
+                    SetElementAttribute::Key(DataAttribute::Value(end)),
+                    SetElementAttribute::Flags(SetElementFlags::IntervalEnd),
+                ]);
+            }
+        }
+        out
+    }
+
+    /// Adds prefixes to an interval set (they must not overlap its elements).
+    pub fn add_intervals(&mut self, family: Family, table: &str, set: &str, nets: &[ipnet::IpNet]) {
+        let elems = Self::interval_elements(nets);
+        self.elements(family, table, set, elems, true);
+    }
+
+    /// Deletes prefixes from an interval set (each exactly as added).
+    pub fn delete_intervals(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        nets: &[ipnet::IpNet],
+    ) {
+        let elems = Self::interval_elements(nets);
+        self.elements(family, table, set, elems, false);
     }
 
     /// Deletes elements (sets or maps) by key.

@@ -40,12 +40,19 @@ pub(crate) async fn push(
 }
 
 impl Api {
-    fn policy_driver(&self) -> Result<std::sync::Arc<crate::registry::DriverEntry>, Status> {
-        self.0
-            .registry
-            .with_capability(Capability::Policy)
-            .into_iter()
-            .next()
+    /// The Policy driver that answers questions needing `feature` (the drivers that enforce
+    /// NetworkPolicies in the kernel need not answer DNS or hostname questions); else the first
+    /// Policy driver, which answers as it can.
+    fn policy_driver(
+        &self,
+        feature: netlet_sdk::proto::Feature,
+    ) -> Result<std::sync::Arc<crate::registry::DriverEntry>, Status> {
+        let drivers = self.0.registry.with_capability(Capability::Policy);
+        drivers
+            .iter()
+            .find(|d| d.has_feature(feature))
+            .or(drivers.first())
+            .cloned()
             .ok_or_else(|| error::nothing_serves("Policy"))
     }
 }
@@ -82,7 +89,7 @@ impl Policy for Api {
     ) -> Result<Response<CheckDnsResponse>, Status> {
         let req = req.into_inner();
         validate::check_dns(&req)?;
-        let d = self.policy_driver()?;
+        let d = self.policy_driver(netlet_sdk::proto::Feature::DnsPolicy)?;
         let resp = d
             .clients
             .policy
@@ -99,7 +106,7 @@ impl Policy for Api {
     ) -> Result<Response<CheckHostnameResponse>, Status> {
         let req = req.into_inner();
         validate::check_hostname(&req)?;
-        let d = self.policy_driver()?;
+        let d = self.policy_driver(netlet_sdk::proto::Feature::HostnameGrants)?;
         let resp = d
             .clients
             .policy

@@ -61,12 +61,13 @@ struct Args {
     #[arg(long)]
     pid_file: Option<PathBuf>,
     /// Optional features declared (static-ips, static-mac, bandwidth, sctp, session-affinity,
-    /// host-ports, network-policy, dns-policy, hostname-grants), or `none`. It records
+    /// host-ports, network-policy, dns-policy, hostname-grants, cluster-network-policy), or
+    /// `none`. It records
     /// whatever it is sent either way: this is what a driver would lack.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "static-ips,static-mac,bandwidth,sctp,session-affinity,host-ports,network-policy,dns-policy,hostname-grants"
+        default_value = "static-ips,static-mac,bandwidth,sctp,session-affinity,host-ports,network-policy,dns-policy,hostname-grants,cluster-network-policy"
     )]
     features: Vec<String>,
     /// Largest message accepted or sent (grpc-go and grpcio default to 4 MiB).
