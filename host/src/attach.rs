@@ -109,7 +109,10 @@ impl Host {
                                 .ok()
                                 .filter(|p| *p != netlet_sdk::proto::Protocol::Unspecified)
                                 .unwrap_or(netlet_sdk::proto::Protocol::Tcp);
-                            Some((m.name.clone(), (proto, u16::try_from(m.container_port).ok()?)))
+                            Some((
+                                m.name.clone(),
+                                (proto, u16::try_from(m.container_port).ok()?),
+                            ))
                         })
                         .collect(),
                     local: true,

@@ -203,11 +203,9 @@ impl PolicyView {
             .iter()
             .filter(|p| {
                 sets.is_empty()
-                    || p.addresses.iter().any(|a| {
-                        members
-                            .iter()
-                            .any(|m| m.iter().any(|net| net.contains(a)))
-                    })
+                    || p.addresses
+                        .iter()
+                        .any(|a| members.iter().any(|m| m.iter().any(|net| net.contains(a))))
             })
             .collect()
     }
@@ -245,7 +243,10 @@ impl PolicyView {
                             pods: peer.pod_selector.clone(),
                         }
                     } else {
-                        let block = peer.ip_block_cidr.parse::<ipnet::IpNet>().map(|b| b.trunc());
+                        let block = peer
+                            .ip_block_cidr
+                            .parse::<ipnet::IpNet>()
+                            .map(|b| b.trunc());
                         let except: Vec<ipnet::IpNet> = peer
                             .ip_block_except
                             .iter()

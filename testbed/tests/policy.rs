@@ -31,12 +31,25 @@ spec:
   ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [192.168.0.0/24]}}]}]
 ";
 
-async fn driver_policies(d: &Clients) -> Vec<NetworkPolicy> {
+async fn driver_list(d: &Clients) -> netlet_sdk::proto::ListPoliciesResponse {
     d.policy
         .clone()
         .list_policies(ListPoliciesRequest::default())
         .await
-        .map(|r| r.into_inner().network_policies)
+        .map(|r| r.into_inner())
+        .unwrap_or_default()
+}
+
+async fn driver_policies(d: &Clients) -> Vec<NetworkPolicy> {
+    driver_list(d).await.network_policies
+}
+
+/// The elements of an address set as the driver holds it.
+fn elements(l: &netlet_sdk::proto::ListPoliciesResponse, set: &str) -> Vec<String> {
+    l.address_sets
+        .iter()
+        .find(|s| s.name == set)
+        .map(|s| s.elements.clone())
         .unwrap_or_default()
 }
 
@@ -252,18 +265,20 @@ async fn selectors_resolve_to_the_attached_pods_and_follow_them() {
         })
         .await
         .unwrap();
-    let resolved = |p: &NetworkPolicy| -> (Vec<String>, Vec<String>, Vec<String>) {
-        (
-            p.selected_addresses.clone(),
-            p.ingress[0].peers[0].resolved_addresses.clone(),
-            p.ingress[0].peers[1].resolved_addresses.clone(),
-        )
+    // Selectors arrive as shared address sets: the policy names them, the sets hold them.
+    let resolved = |l: netlet_sdk::proto::ListPoliciesResponse| {
+        let p = l.network_policies.first()?;
+        Some((
+            elements(&l, &p.selected_set),
+            elements(&l, &p.ingress[0].peers[0].address_set),
+            elements(&l, &p.ingress[0].peers[1].address_set),
+        ))
     };
     let want = (vec![web.clone()], vec![client.clone()], vec![ops.clone()]);
     let d = driver.clone();
     let got = wait_until("the resolved policy at the driver", T, || {
         let d = d.clone();
-        async move { driver_policies(&d).await.first().map(resolved) }
+        async move { resolved(driver_list(&d).await) }
     })
     .await;
     assert_eq!(got, want);
@@ -288,13 +303,7 @@ async fn selectors_resolve_to_the_attached_pods_and_follow_them() {
     let got = wait_until("the policy following the pods", T, || {
         let d = driver.clone();
         let want = want.clone();
-        async move {
-            driver_policies(&d)
-                .await
-                .first()
-                .map(resolved)
-                .filter(|g| *g == want)
-        }
+        async move { resolved(driver_list(&d).await).filter(|g| *g == want) }
     })
     .await;
     assert_eq!(got, want);
@@ -361,11 +370,9 @@ spec:
         let d = driver.clone();
         let want = want.clone();
         async move {
-            driver_policies(&d)
-                .await
-                .first()
-                .map(|p| p.ingress[0].peers[0].resolved_addresses.clone())
-                .filter(|r| *r == want)
+            let l = driver_list(&d).await;
+            let p = l.network_policies.first()?;
+            Some(elements(&l, &p.ingress[0].peers[0].address_set)).filter(|r| *r == want)
         }
     })
     .await;

@@ -161,11 +161,9 @@ fn port_matches(
                     // The pod's own port of that name.
                     Dir::Ingress => (a == *pod).then_some((proto, Some((n, n)), None)),
                     // The destination's port of that name.
-                    Dir::Egress => (a.is_ipv4() == pod.is_ipv4()).then_some((
-                        proto,
-                        Some((n, n)),
-                        Some(a),
-                    )),
+                    Dir::Egress => {
+                        (a.is_ipv4() == pod.is_ipv4()).then_some((proto, Some((n, n)), Some(a)))
+                    }
                 }
             })
             .collect();
@@ -252,7 +250,10 @@ fn desired(t: &PolicyTable) -> Desired {
             let next = format!("{main}-n");
             let cnp_rules = |tier: &[(u32, String, &netlet_sdk::proto::ClusterNetworkPolicy)],
                              out: &mut Vec<Rule>| {
-                for (_, _, p) in tier.iter().filter(|(_, _, p)| contains(&p.selected_set, pod)) {
+                for (_, _, p) in tier
+                    .iter()
+                    .filter(|(_, _, p)| contains(&p.selected_set, pod))
+                {
                     let rules = match dir {
                         Dir::Egress => &p.egress,
                         Dir::Ingress => &p.ingress,

@@ -67,8 +67,8 @@ enum Cmd {
         #[arg(long, default_value = "")]
         namespace: String,
     },
-    /// The node's NetworkPolicies as drivers are told them: the addresses each applies to and
-    /// each rule's peers, resolved by the host.
+    /// The node's NetworkPolicies and ClusterNetworkPolicies as drivers are told them: the
+    /// addresses each applies to and each rule's peers, resolved by the host.
     Policies,
     /// Prometheus metrics, as served.
     Metrics,
@@ -434,6 +434,37 @@ async fn main() -> anyhow::Result<()> {
                 .list_policies(ListPoliciesRequest::default())
                 .await?
                 .into_inner();
+            // Selectors come resolved to shared address sets: show their elements.
+            let sets: std::collections::HashMap<&str, &Vec<String>> = l
+                .address_sets
+                .iter()
+                .map(|s| (s.name.as_str(), &s.elements))
+                .collect();
+            let elements = |set: &str, inline: &Vec<String>| -> Vec<String> {
+                sets.get(set)
+                    .map(|e| e.to_vec())
+                    .unwrap_or_else(|| inline.clone())
+            };
+            let ports = |ports: &[netlet_sdk::proto::NetworkPolicyPort]| -> Vec<String> {
+                ports
+                    .iter()
+                    .map(|p| {
+                        let port = if p.named_port.is_empty() {
+                            match (p.port, p.end_port) {
+                                (0, _) => "*".to_string(),
+                                (n, 0) => n.to_string(),
+                                (n, e) => format!("{n}-{e}"),
+                            }
+                        } else {
+                            p.named_port.clone()
+                        };
+                        format!(
+                            "{}/{port}",
+                            p.protocol().as_str_name().trim_start_matches("PROTOCOL_")
+                        )
+                    })
+                    .collect()
+            };
             let peers = |rules: &[netlet_sdk::proto::NetworkPolicyRule]| -> Vec<Value> {
                 rules
                     .iter()
@@ -441,23 +472,38 @@ async fn main() -> anyhow::Result<()> {
                         json!({
                             "peers": r.peers.iter().map(|p| {
                                 if p.ip_block_cidr.is_empty() {
-                                    json!({"addresses": p.resolved_addresses})
+                                    json!({"set": p.address_set, "addresses": elements(&p.address_set, &p.resolved_addresses)})
                                 } else {
-                                    json!({"ipBlock": p.ip_block_cidr, "except": p.ip_block_except})
+                                    json!({"ipBlock": p.ip_block_cidr, "except": p.ip_block_except, "set": p.address_set})
                                 }
                             }).collect::<Vec<_>>(),
-                            "ports": r.ports.iter().map(|p| {
-                                let port = if p.named_port.is_empty() {
-                                    match p.end_port { 0 => p.port.to_string(), e => format!("{}-{e}", p.port) }
-                                } else {
-                                    p.named_port.clone()
-                                };
-                                format!("{}/{port}", p.protocol().as_str_name().trim_start_matches("PROTOCOL_"))
-                            }).collect::<Vec<_>>(),
+                            "ports": ports(&r.ports),
                         })
                     })
                     .collect()
             };
+            let cluster: Vec<Value> = l
+                .cluster_network_policies
+                .iter()
+                .map(|p| {
+                    let rules = |rs: &[netlet_sdk::proto::ClusterNetworkPolicyRule]| -> Vec<Value> {
+                        rs.iter().map(|r| json!({
+                            "name": r.name,
+                            "action": r.action().as_str_name().trim_start_matches("CLUSTER_POLICY_ACTION_"),
+                            "peers": r.peers.iter().map(|x| json!({"set": x.address_set, "addresses": elements(&x.address_set, &Vec::new())})).collect::<Vec<_>>(),
+                            "ports": ports(&r.ports),
+                        })).collect()
+                    };
+                    json!({
+                        "name": p.key.clone().unwrap_or_default().name,
+                        "tier": p.tier().as_str_name().trim_start_matches("CLUSTER_POLICY_TIER_"),
+                        "priority": p.priority,
+                        "selected": elements(&p.selected_set, &Vec::new()),
+                        "ingress": rules(&p.ingress),
+                        "egress": rules(&p.egress),
+                    })
+                })
+                .collect();
             let policies: Vec<Value> = l
                 .network_policies
                 .iter()
@@ -466,7 +512,7 @@ async fn main() -> anyhow::Result<()> {
                     json!({
                         "namespace": key.namespace, "name": key.name,
                         "directions": p.directions().map(|d| d.as_str_name().trim_start_matches("POLICY_DIRECTION_").to_string()).collect::<Vec<_>>(),
-                        "selected": p.selected_addresses,
+                        "selected": elements(&p.selected_set, &p.selected_addresses),
                         "ingress": peers(&p.ingress),
                         "egress": peers(&p.egress),
                     })
@@ -475,11 +521,14 @@ async fn main() -> anyhow::Result<()> {
             if json_out {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({"networkPolicies": policies}))?
+                    serde_json::to_string_pretty(
+                        &json!({"networkPolicies": policies, "clusterNetworkPolicies": cluster})
+                    )?
                 );
             } else {
                 let rows = policies
                     .iter()
+                    .chain(&cluster)
                     .map(|p| {
                         let list = |v: &Value| {
                             v.as_array()
@@ -493,10 +542,14 @@ async fn main() -> anyhow::Result<()> {
                         };
                         let rules =
                             |v: &Value| v.as_array().map(|a| a.len()).unwrap_or(0).to_string();
+                        let kind = match p["tier"].as_str() {
+                            Some(t) => format!("{t} tier, priority {}", p["priority"]),
+                            None => list(&p["directions"]),
+                        };
                         vec![
-                            p["namespace"].as_str().unwrap_or_default().to_string(),
+                            p["namespace"].as_str().unwrap_or("(cluster)").to_string(),
                             p["name"].as_str().unwrap_or_default().to_string(),
-                            list(&p["directions"]),
+                            kind,
                             list(&p["selected"]),
                             rules(&p["ingress"]),
                             rules(&p["egress"]),
@@ -507,7 +560,7 @@ async fn main() -> anyhow::Result<()> {
                     &[
                         "NAMESPACE",
                         "NAME",
-                        "DIRECTIONS",
+                        "DIRECTIONS / TIER",
                         "SELECTED",
                         "INGRESS RULES",
                         "EGRESS RULES",

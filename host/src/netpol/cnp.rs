@@ -204,7 +204,11 @@ fn peer(p: &Peer) -> Option<ClusterNetworkPolicyPeer> {
     Some(out)
 }
 
-fn rule(r: &Rule, egress: bool, v1alpha1: bool) -> Result<Option<ClusterNetworkPolicyRule>, String> {
+fn rule(
+    r: &Rule,
+    egress: bool,
+    v1alpha1: bool,
+) -> Result<Option<ClusterNetworkPolicyRule>, String> {
     let action = match r.action.as_str() {
         "Accept" => ClusterPolicyAction::Accept,
         "Allow" if v1alpha1 => ClusterPolicyAction::Accept,
@@ -214,7 +218,10 @@ fn rule(r: &Rule, egress: bool, v1alpha1: bool) -> Result<Option<ClusterNetworkP
     };
     let peers_in = if egress { &r.to } else { &r.from };
     if peers_in.is_empty() {
-        return Err(format!("{}: at least one peer", if egress { "to" } else { "from" }));
+        return Err(format!(
+            "{}: at least one peer",
+            if egress { "to" } else { "from" }
+        ));
     }
     let peers: Vec<_> = peers_in.iter().filter_map(peer).collect();
     if peers.is_empty() && action == ClusterPolicyAction::Accept {
@@ -402,8 +409,14 @@ spec:
     #[test]
     fn refusals_name_the_field() {
         for (spec, field) in [
-            ("tier: Admin\n  priority: 1001\n  subject: {namespaces: {}}", "spec.priority"),
-            ("tier: Middle\n  priority: 1\n  subject: {namespaces: {}}", "spec.tier"),
+            (
+                "tier: Admin\n  priority: 1001\n  subject: {namespaces: {}}",
+                "spec.priority",
+            ),
+            (
+                "tier: Middle\n  priority: 1\n  subject: {namespaces: {}}",
+                "spec.tier",
+            ),
             ("tier: Admin\n  priority: 1\n  subject: {}", "spec.subject"),
             (
                 "tier: Baseline\n  priority: 1\n  subject: {namespaces: {}}\n  ingress: [{action: Pass, from: [{namespaces: {}}]}]",
