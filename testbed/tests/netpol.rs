@@ -1020,10 +1020,12 @@ async fn network_policy_truth_table() {
     s.scenario(
         "Pass hands over to NetworkPolicy",
         &docs(&[
+            // The NetworkPolicy admits w on port 80 only: what Pass leaves it to decide (an
+            // Accept would admit port 81 too).
             np(
                 "x",
                 "from-w",
-                "podSelector: {}\ningress: [{from: [{namespaceSelector: {matchLabels: {ns: w}}}]}]",
+                "podSelector: {}\ningress: [{from: [{namespaceSelector: {matchLabels: {ns: w}}}], ports: [{port: 80}]}]",
             ),
             cnp(
                 "pass-w",
