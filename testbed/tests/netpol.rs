@@ -636,6 +636,31 @@ impl Suite {
     }
 }
 
+/// Waits until the host's NetworkPolicies include (or no longer include) `name`; the host
+/// answers ListPolicies once its drivers have been handed the change.
+async fn wait_policy(c: &Clients, name: &str, present: bool) {
+    netlet_testbed::harness::wait_until(
+        &format!("policy {name} present: {present}"),
+        CONVERGE,
+        || {
+            let mut c = c.policy.clone();
+            async move {
+                let l = c
+                    .list_policies(netlet_sdk::proto::ListPoliciesRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner();
+                let has = l
+                    .network_policies
+                    .iter()
+                    .any(|p| p.key.as_ref().is_some_and(|k| k.name == name));
+                (has == present).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
 fn np(ns: &str, name: &str, spec: &str) -> String {
     format!(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{}\n",
@@ -1140,6 +1165,72 @@ async fn network_policy_truth_table() {
         true,
     );
     s.scenario("the end: nothing applies", "", p, true);
+
+    // No unprotected window: a pod a policy selects is governed from its first packet. With
+    // a policy isolating pods labelled `fresh` (both directions), a pod so labelled is
+    // attached and probed the moment AttachPod returns, before anything serves in it: a SYN
+    // to it must be dropped (a timeout), where an unprotected pod answers at once with a
+    // reset (refused); and what it sends must not be answered.
+    s.scenario(
+        "isolation for pods labelled fresh (none yet)",
+        &np(
+            "x",
+            "fresh",
+            "podSelector: {matchLabels: {pod: fresh}}\npolicyTypes: [Ingress, Egress]",
+        ),
+        p,
+        false,
+    );
+    // The matrix cannot tell (no fresh pod yet): wait for the host to hold the policy.
+    wait_policy(&s.clients, "fresh", true).await;
+    let fresh_ns = NetNs::create(&format!("np-fresh-{}", std::process::id())).unwrap();
+    let sandbox = PodSandbox {
+        id: "np-x-fresh".into(),
+        name: "fresh".into(),
+        namespace: "x".into(),
+        uid: "x-fresh".into(),
+        netns_path: fresh_ns.path.display().to_string(),
+        labels: [("pod".to_string(), "fresh".to_string())].into(),
+        ..Default::default()
+    };
+    let a = attach(&s.clients, sandbox, vec![]).await.expect("attach");
+    let fresh: IpAddr = probe::ip_of(&a[0].ips[0].address).unwrap();
+    let from_a = s.pod("x/a").netns.path.clone();
+    let to_fresh = SocketAddr::new(fresh, 80);
+    let inbound = netlet_sdk::netns::run_in(&from_a, move || {
+        TcpStream::connect_timeout(&to_fresh, PROBE)
+            .map(|_| ())
+            .map_err(|e| e.kind())
+    })
+    .unwrap();
+    let outbound = reach(
+        &fresh_ns.path,
+        SocketAddr::new(s.pod("x/a").v4, 80),
+        Proto::Tcp,
+    );
+    assert_eq!(
+        inbound,
+        Err(std::io::ErrorKind::TimedOut),
+        "the first SYN to a new isolated pod is dropped, not refused"
+    );
+    assert!(
+        !outbound,
+        "the first connection from a new isolated pod is not answered"
+    );
+    // The control: without the policy the same probe is refused at once (nothing serves).
+    s.scenario("isolation lifted", "", p, false);
+    wait_policy(&s.clients, "fresh", false).await;
+    let refused = netlet_sdk::netns::run_in(&from_a, move || {
+        TcpStream::connect_timeout(&to_fresh, PROBE)
+            .map(|_| ())
+            .map_err(|e| e.kind())
+    })
+    .unwrap();
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
+    detach(&s.clients, "np-x-fresh").await.unwrap();
+    s.report.push(
+        "a new isolated pod: its first inbound SYN dropped, its first connection unanswered".into(),
+    );
 
     for line in &s.report {
         println!("{line}");
