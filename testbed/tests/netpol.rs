@@ -260,7 +260,7 @@ fn np_peer(
             .is_none_or(|s| selects(s, &other.labels))
 }
 
-fn np_port(p: &knet::NetworkPolicyPort, dest: &Pod, port: Port) -> bool {
+fn np_port(p: &knet::NetworkPolicyPort, port: Port) -> bool {
     let proto = match p.protocol.as_deref().unwrap_or("TCP") {
         "UDP" => Proto::Udp,
         "TCP" => Proto::Tcp,
@@ -269,7 +269,7 @@ fn np_port(p: &knet::NetworkPolicyPort, dest: &Pod, port: Port) -> bool {
     if proto != port.0 {
         return false;
     }
-    let _ = dest; // every pod serves every named port under the same number
+    // Every pod serves every named port under the same number.
     match &p.port {
         None => true,
         Some(IntOrString::Int(n)) => match p.end_port {
@@ -292,16 +292,18 @@ fn policy_types(p: &knet::NetworkPolicy) -> (bool, bool) {
 }
 
 /// NetworkPolicy verdict for one direction: `None` when no policy selects `pod` for it.
-fn np_verdict(
-    w: &World,
-    nps: &[knet::NetworkPolicy],
-    pod: &Pod,
-    other: &Pod,
+/// One direction of one connection, as the policies of `pod` see it: `other` is the peer at
+/// `other_ip`; `egress` when `pod` sends.
+struct Flow<'a> {
+    pod: &'a Pod,
+    other: &'a Pod,
     other_ip: IpAddr,
-    dest: &Pod,
     port: Port,
     egress: bool,
-) -> Option<bool> {
+}
+
+fn np_verdict(w: &World, nps: &[knet::NetworkPolicy], f: &Flow) -> Option<bool> {
+    let (pod, other, other_ip, port, egress) = (f.pod, f.other, f.other_ip, f.port, f.egress);
     let mut isolated = false;
     let mut allowed = false;
     for p in nps {
@@ -341,7 +343,7 @@ fn np_verdict(
         for (peers, ports) in rules {
             let peer_ok =
                 peers.is_empty() || peers.iter().any(|x| np_peer(w, ns, x, other, other_ip));
-            let port_ok = ports.is_empty() || ports.iter().any(|x| np_port(x, dest, port));
+            let port_ok = ports.is_empty() || ports.iter().any(|x| np_port(x, port));
             allowed |= peer_ok && port_ok;
         }
     }
@@ -450,16 +452,8 @@ fn cnp_port(protocols: &[serde_json::Value], port: Port) -> bool {
 }
 
 /// The first matching rule's action in one tier (0 Admin, 2 Baseline), if any.
-fn tier_verdict(
-    w: &World,
-    cnps: &[Cnp],
-    tier: u8,
-    pod: &Pod,
-    other: &Pod,
-    other_ip: IpAddr,
-    port: Port,
-    egress: bool,
-) -> Option<String> {
+fn tier_verdict(w: &World, cnps: &[Cnp], tier: u8, f: &Flow) -> Option<String> {
+    let (pod, other, other_ip, port, egress) = (f.pod, f.other, f.other_ip, f.port, f.egress);
     let mut ps: Vec<&Cnp> = cnps
         .iter()
         .filter(|c| c.tier_rank().0 == tier && c.subject(w, pod))
@@ -485,29 +479,16 @@ fn tier_verdict(
     None
 }
 
-fn direction(
-    w: &World,
-    nps: &[knet::NetworkPolicy],
-    cnps: &[Cnp],
-    pod: &Pod,
-    other: &Pod,
-    other_ip: IpAddr,
-    dest: &Pod,
-    port: Port,
-    egress: bool,
-) -> bool {
-    match tier_verdict(w, cnps, 0, pod, other, other_ip, port, egress).as_deref() {
+fn direction(w: &World, nps: &[knet::NetworkPolicy], cnps: &[Cnp], f: &Flow) -> bool {
+    match tier_verdict(w, cnps, 0, f).as_deref() {
         Some("Accept") => return true,
         Some("Deny") => return false,
         _ => {}
     }
-    if let Some(v) = np_verdict(w, nps, pod, other, other_ip, dest, port, egress) {
+    if let Some(v) = np_verdict(w, nps, f) {
         return v;
     }
-    !matches!(
-        tier_verdict(w, cnps, 2, pod, other, other_ip, port, egress).as_deref(),
-        Some("Deny")
-    )
+    !matches!(tier_verdict(w, cnps, 2, f).as_deref(), Some("Deny"))
 }
 
 fn expected(
@@ -528,8 +509,21 @@ fn expected(
                     if fam && !v6 {
                         continue;
                     }
-                    let ok = direction(w, nps, cnps, from, to, to.ip(fam), to, port, true)
-                        && direction(w, nps, cnps, to, from, from.ip(fam), to, port, false);
+                    let out_of = Flow {
+                        pod: from,
+                        other: to,
+                        other_ip: to.ip(fam),
+                        port,
+                        egress: true,
+                    };
+                    let into = Flow {
+                        pod: to,
+                        other: from,
+                        other_ip: from.ip(fam),
+                        port,
+                        egress: false,
+                    };
+                    let ok = direction(w, nps, cnps, &out_of) && direction(w, nps, cnps, &into);
                     out.insert((from.id(), to.id(), port, fam), ok);
                 }
             }

@@ -143,12 +143,11 @@ fn proto_number(p: i32) -> u8 {
     }
 }
 
+/// (IP protocol, destination port range, peer address) a port admits.
+type PortMatch = (u8, Option<(u16, u16)>, Option<IpAddr>);
+
 /// The (protocol, port range, peer address) alternatives a rule's port admits for `pod`.
-fn port_matches(
-    port: &NetworkPolicyPort,
-    pod: &IpAddr,
-    dir: Dir,
-) -> Vec<(u8, Option<(u16, u16)>, Option<IpAddr>)> {
+fn port_matches(port: &NetworkPolicyPort, pod: &IpAddr, dir: Dir) -> Vec<PortMatch> {
     let proto = proto_number(port.protocol);
     if !port.named_port.is_empty() {
         return port
@@ -597,7 +596,8 @@ fn add_map_elements<'a>(
     b: &mut Batch,
     elems: impl Iterator<Item = (&'a (Dir, IpAddr), &'a String)>,
 ) {
-    let mut by_map: BTreeMap<(Dir, bool), Vec<(Vec<u8>, VerdictData)>> = BTreeMap::new();
+    type Elements = Vec<(Vec<u8>, VerdictData)>;
+    let mut by_map: BTreeMap<(Dir, bool), Elements> = BTreeMap::new();
     for ((dir, a), chain) in elems {
         by_map
             .entry((*dir, v6(a)))
