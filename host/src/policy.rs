@@ -210,6 +210,19 @@ impl PolicyView {
             .collect()
     }
 
+    /// Fills each named port's targets: the pods in `dest_sets` (every pod when empty, a rule
+    /// without peers) that have a port of that name and protocol.
+    fn resolve_named_ports(
+        &self,
+        ports: &mut [netlet_sdk::proto::NetworkPolicyPort],
+        dest_sets: &[String],
+    ) {
+        let refs: Vec<&str> = dest_sets.iter().map(String::as_str).collect();
+        for port in ports.iter_mut().filter(|x| !x.named_port.is_empty()) {
+            port.named_port_targets = named_targets(self.pods_in(&refs).into_iter(), port);
+        }
+    }
+
     /// `p` with its selectors resolved: `selected_set` (this node's pods it applies to), each
     /// peer's `address_set`, each named port's targets.
     fn resolve_network(&mut self, p: &NetworkPolicy) -> NetworkPolicy {
@@ -261,10 +274,7 @@ impl PolicyView {
                 } else {
                     rule.peers.iter().map(|x| x.address_set.clone()).collect()
                 };
-                for port in rule.ports.iter_mut().filter(|x| !x.named_port.is_empty()) {
-                    let refs: Vec<&str> = dest_sets.iter().map(String::as_str).collect();
-                    port.named_port_targets = named_targets(self.pods_in(&refs).into_iter(), port);
-                }
+                self.resolve_named_ports(&mut rule.ports, &dest_sets);
             }
         }
         out
@@ -307,10 +317,7 @@ impl PolicyView {
                 } else {
                     rule.peers.iter().map(|x| x.address_set.clone()).collect()
                 };
-                for port in rule.ports.iter_mut().filter(|x| !x.named_port.is_empty()) {
-                    let refs: Vec<&str> = dest_sets.iter().map(String::as_str).collect();
-                    port.named_port_targets = named_targets(self.pods_in(&refs).into_iter(), port);
-                }
+                self.resolve_named_ports(&mut rule.ports, &dest_sets);
             }
         }
         out

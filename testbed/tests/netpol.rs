@@ -154,6 +154,16 @@ fn reach(from: &Path, to: SocketAddr, proto: Proto) -> bool {
     matches!(r, Ok(Ok(())))
 }
 
+/// A TCP handshake from `from` to `to`: how it ended.
+fn syn(from: &Path, to: SocketAddr) -> Result<(), std::io::ErrorKind> {
+    netlet_sdk::netns::run_in(from, move || {
+        TcpStream::connect_timeout(&to, PROBE)
+            .map(|_| ())
+            .map_err(|e| e.kind())
+    })
+    .unwrap_or(Err(std::io::ErrorKind::Other))
+}
+
 /// A cell of the matrix: (from, to, port, IPv6).
 type Cell = (String, String, Port, bool);
 
@@ -1191,12 +1201,7 @@ async fn network_policy_truth_table() {
     let fresh: IpAddr = probe::ip_of(&a[0].ips[0].address).unwrap();
     let from_a = s.pod("x/a").netns.path.clone();
     let to_fresh = SocketAddr::new(fresh, 80);
-    let inbound = netlet_sdk::netns::run_in(&from_a, move || {
-        TcpStream::connect_timeout(&to_fresh, PROBE)
-            .map(|_| ())
-            .map_err(|e| e.kind())
-    })
-    .unwrap();
+    let inbound = syn(&from_a, to_fresh);
     let outbound = reach(
         &fresh_ns.path,
         SocketAddr::new(s.pod("x/a").v4, 80),
@@ -1214,12 +1219,7 @@ async fn network_policy_truth_table() {
     // The control: without the policy the same probe is refused at once (nothing serves).
     s.scenario("isolation lifted", "", p, false);
     wait_policy(&s.clients, "fresh", false).await;
-    let refused = netlet_sdk::netns::run_in(&from_a, move || {
-        TcpStream::connect_timeout(&to_fresh, PROBE)
-            .map(|_| ())
-            .map_err(|e| e.kind())
-    })
-    .unwrap();
+    let refused = syn(&from_a, to_fresh);
     assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
     detach(&s.clients, "np-x-fresh").await.unwrap();
     s.report.push(

@@ -317,17 +317,13 @@ pub fn cluster_network_policy(v: &Value) -> Result<ClusterNetworkPolicy, String>
         ingress: rules(&o.spec.ingress, false)?,
         egress: rules(&o.spec.egress, true)?,
     };
-    netlet_sdk::validate::apply_policy(&netlet_sdk::proto::ApplyPolicyRequest {
-        generation: 1,
-        cluster_network_policies: vec![out.clone()],
-        ..Default::default()
-    })
-    .map_err(|e| {
-        e.message()
-            .strip_prefix("cluster_network_policies[0].")
-            .unwrap_or(e.message())
-            .to_string()
-    })?;
+    super::checked(
+        netlet_sdk::proto::ApplyPolicyRequest {
+            cluster_network_policies: vec![out.clone()],
+            ..Default::default()
+        },
+        "cluster_network_policies[0].",
+    )?;
     Ok(out)
 }
 

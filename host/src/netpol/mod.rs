@@ -98,6 +98,21 @@ fn rule(
     })
 }
 
+/// Holds a converted object (alone in `req`) to ApplyPolicy's rules, so a manifest is held to
+/// what a socket caller is; the error names the field below `prefix`.
+pub(crate) fn checked(
+    mut req: netlet_sdk::proto::ApplyPolicyRequest,
+    prefix: &str,
+) -> Result<(), String> {
+    req.generation = 1;
+    netlet_sdk::validate::apply_policy(&req).map_err(|e| {
+        e.message()
+            .strip_prefix(prefix)
+            .unwrap_or(e.message())
+            .to_string()
+    })
+}
+
 /// The contract's NetworkPolicy for `np`, or why it cannot be one (`field: why`, fields named
 /// as in the contract, e.g. `ingress[0].peers[1].ip_block_except[0]`).
 pub fn network_policy(np: &knet::NetworkPolicy) -> Result<NetworkPolicy, String> {
@@ -160,17 +175,13 @@ pub fn network_policy(np: &knet::NetworkPolicy) -> Result<NetworkPolicy, String>
         egress,
         selected_set: String::new(),
     };
-    netlet_sdk::validate::apply_policy(&netlet_sdk::proto::ApplyPolicyRequest {
-        generation: 1,
-        network_policies: vec![out.clone()],
-        ..Default::default()
-    })
-    .map_err(|e| {
-        e.message()
-            .strip_prefix("network_policies[0].")
-            .unwrap_or(e.message())
-            .to_string()
-    })?;
+    checked(
+        netlet_sdk::proto::ApplyPolicyRequest {
+            network_policies: vec![out.clone()],
+            ..Default::default()
+        },
+        "network_policies[0].",
+    )?;
     Ok(out)
 }
 
