@@ -153,20 +153,24 @@ impl Host {
     /// Brings the policies' resolved selectors in line with the attached pods and hands the
     /// NetworkPolicies whose resolution changed to the Policy drivers. `always`: also when no
     /// NetworkPolicy is wanted yet (before one is applied).
-    pub(crate) async fn refresh_policy_pods(&self, always: bool) {
+    /// An error when a Policy driver did not take the change (it gets a full sync at its next
+    /// resync).
+    pub(crate) async fn refresh_policy_pods(&self, always: bool) -> Result<(), Status> {
         let mut view = self.policies.lock().await;
         if !always && !view.has_network_policies() {
-            return;
+            return Ok(());
         }
         let Some(cluster) = self.policy_cluster() else {
-            return;
+            return Err(Status::unavailable("cannot read the attachments"));
         };
         let prev = view.table.generation();
         if let Some(batch) = view.set_cluster(cluster)
             && let Err(e) = crate::api::policy::push(self, &view, prev, &batch).await
         {
             tracing::warn!(error = %e, "policy drivers not brought up to date with the pods; retried at their resync");
+            return Err(e);
         }
+        Ok(())
     }
 
     async fn detach_one(
@@ -366,7 +370,24 @@ impl Host {
                 self.hand_host_ports(&sandbox.id, host_ports_of(&record))
                     .await;
             }
-            self.refresh_policy_pods(false).await;
+            // The pod's policies are in the kernel before the runtime hears of its network (and
+            // starts its containers): a pod a policy selects is governed from its first packet.
+            // When the Policy drivers cannot take the change, the attach is undone (fail closed).
+            if let Err(e) = self.refresh_policy_pods(false).await {
+                tracing::warn!(error = %e, "policies for the pod not in place; rolling back");
+                self.rollback(&sandbox, done).await;
+                if let Err(se) = self.store.delete_attachment(&sandbox.id).await {
+                    tracing::error!(error = %se, "cannot remove the rolled-back attachment record");
+                }
+                if has_ports {
+                    self.hand_host_ports(&sandbox.id, None).await;
+                }
+                let _ = self.refresh_policy_pods(false).await;
+                return Err(Status::unavailable(format!(
+                    "the pod's network policies could not be put in place (retry): {}",
+                    e.message()
+                )));
+            }
             Ok(AttachPodResponse {
                 attachments: record.attachments,
             })
@@ -448,7 +469,9 @@ impl Host {
                     "pod partly detached; the rest stays"
                 );
             }
-            self.refresh_policy_pods(false).await;
+            // A detached pod's addresses leave the sets; a driver that misses it is brought up to
+            // date at its resync (the pod is gone either way).
+            let _ = self.refresh_policy_pods(false).await;
             Ok(())
         }
         .instrument(span)

@@ -91,6 +91,10 @@ pub struct Host {
     pub manifest_cluster: std::sync::Mutex<netpol::Cluster>,
     /// Desired policies (replayed to drivers).
     pub policies: tokio::sync::Mutex<policy::PolicyView>,
+    /// Whether the policy sources of the node's config have been read once (the manifests
+    /// directory's first scan). Until then no Policy driver is sent a full sync: the rules a
+    /// driver kept from before a host restart go on enforcing instead of an empty table.
+    pub policies_loaded: std::sync::atomic::AtomicBool,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// True once shutdown began (the drain: no new calls; watches end).
@@ -237,6 +241,7 @@ pub async fn run(
         manifest_cluster: Default::default(),
         health_checks: services::health::HealthChecks::new(registry.clone()),
         policies: tokio::sync::Mutex::new(policy::PolicyView::new(epoch)),
+        policies_loaded: std::sync::atomic::AtomicBool::new(settings.manifests_dir.is_none()),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
         locks: KeyLocks::default(),

@@ -35,7 +35,13 @@ async fn replay(host: &Host, d: &Arc<DriverEntry>) {
         let r = send(d, view.table.full_sync_request(), &api::program_service).await;
         record(d, &d.services_generation, "Services", r);
     }
-    if d.has(Capability::Policy) {
+    // Policies only once their sources are read: an empty full sync now would lift the
+    // isolation the driver still enforces from before a host restart.
+    if d.has(Capability::Policy)
+        && host
+            .policies_loaded
+            .load(std::sync::atomic::Ordering::SeqCst)
+    {
         let view = host.policies.lock().await;
         let r = send(d, view.table.full_sync_request(), &api::apply_policy).await;
         record(d, &d.policy_generation, "Policy", r);

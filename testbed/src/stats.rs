@@ -20,3 +20,26 @@ pub fn us(d: Duration) -> String {
 pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
+
+/// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`); 0 when unreadable.
+pub fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Process id of the first process whose command line's program ends with `prog`.
+pub fn pid_of(prog: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|d| {
+        let pid: u32 = d.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(d.path().join("cmdline")).ok()?;
+        let first = cmd.split(|b| *b == 0).next()?;
+        std::str::from_utf8(first)
+            .ok()?
+            .ends_with(prog)
+            .then_some(pid)
+    })
+}

@@ -1226,6 +1226,64 @@ async fn network_policy_truth_table() {
         "a new isolated pod: its first inbound SYN dropped, its first connection unanswered".into(),
     );
 
+    // Fail closed: the verdicts live in the kernel, so while the nft driver and then the host
+    // restart (SIGKILL both), a pair the policy denies stays denied throughout, probed without
+    // pause; after each restart the whole matrix agrees again.
+    let deny = np("x", "deny", "podSelector: {}\npolicyTypes: [Ingress]");
+    s.scenario(
+        "deny all ingress to x, before the restarts",
+        &deny,
+        p,
+        false,
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        let from = s.pod("w/a").netns.path.clone();
+        let to = SocketAddr::new(s.pod("x/a").v4, 80);
+        std::thread::spawn(move || {
+            let (mut tries, mut through) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                tries += 1;
+                if reach(&from, to, Proto::Tcp) {
+                    through += 1;
+                }
+            }
+            (tries, through)
+        })
+    };
+    let old_nft = s.node.host.children("netlet-nft");
+    assert_eq!(old_nft.len(), 1, "one supervised nft driver");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_nft[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    netlet_testbed::harness::wait_until("a new nft driver", CONVERGE, || {
+        let fresh = {
+            let now = s.node.host.children("netlet-nft");
+            now.len() == 1 && now != old_nft
+        };
+        async move { fresh.then_some(()) }
+    })
+    .await;
+    s.node.host.wait_ready("").await;
+    s.scenario("after the nft driver restarted", &deny, p, false);
+    s.node.host.stop_with(nix::sys::signal::Signal::SIGKILL);
+    s.node.host.spawn().await;
+    s.node.host.wait_ready("default").await;
+    s.clients = s.node.host.clients().await;
+    s.scenario("after the host restarted", &deny, p, false);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (tries, through) = prober.join().unwrap();
+    assert_eq!(
+        through, 0,
+        "{through} of {tries} connections the policy denies got through during the restarts"
+    );
+    s.report.push(format!(
+        "restarts of the nft driver and the host: {tries} probes of a denied pair, none through"
+    ));
+
     for line in &s.report {
         println!("{line}");
     }

@@ -72,7 +72,8 @@ impl Policy for Api {
         crate::features::check_policies(&req, &drivers)?;
         if !req.network_policies.is_empty() {
             // Selectors resolve against the pods attached now.
-            self.0.refresh_policy_pods(true).await;
+            // A driver that misses this gets the batch below (or a full sync) anyway.
+            let _ = self.0.refresh_policy_pods(true).await;
         }
         let mut view = self.0.policies.lock().await;
         let prev = view.table.generation();

@@ -444,6 +444,7 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
     let mut events = watcher(&dir);
     let mut rescan = tokio::time::interval(if events.is_some() { RESCAN } else { POLL });
     let mut shutdown = host.shutdown.clone();
+    let mut scanned = false;
     loop {
         let reread = tokio::select! {
             _ = rescan.tick() => false,
@@ -462,9 +463,12 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
                 while rx.try_recv().is_ok() {}
             }
         }
-        if !m.scan_with(reread) {
+        // The first pass goes through even when the directory is empty: it is what lets the
+        // Policy drivers have their first full sync.
+        if !m.scan_with(reread) && scanned {
             continue;
         }
+        scanned = true;
         let (wanted, invalid) = m.wanted(&host.settings.node, &host.settings.node_port_range);
         let mut view = host.services.lock().await;
         let prev = view.table.generation();
@@ -496,7 +500,8 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
             *c = m.cluster();
         }
         if !policies.is_empty() {
-            host.refresh_policy_pods(true).await;
+            // A driver that misses this gets the batch below (or a full sync) anyway.
+            let _ = host.refresh_policy_pods(true).await;
         }
         let mut pview = host.policies.lock().await;
         let prev = pview.table.generation();
@@ -513,6 +518,12 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
         if let Ok(mut e) = host.manifest_errors.lock() {
             e.extend(perrors);
         }
+        let first = !host
+            .policies_loaded
+            .swap(true, std::sync::atomic::Ordering::SeqCst);
+        // After the first scan every Policy driver gets its first full sync (a driver with
+        // nothing applied is sent the whole table, whatever the delta).
+        let batch = batch.or_else(|| first.then(netlet_sdk::proto::ApplyPolicyRequest::default));
         if let Some(batch) = batch
             && let Err(e) = crate::api::policy::push(&host, &pview, prev, &batch).await
         {

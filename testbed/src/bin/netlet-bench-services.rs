@@ -20,7 +20,7 @@ use netlet_sdk::proto::{
 };
 use netlet_testbed::harness::{Host, Node, attach, bridge_driver, fixture_driver, nft_driver};
 use netlet_testbed::probe::{self, NetNs};
-use netlet_testbed::stats::{ms, pct};
+use netlet_testbed::stats::{ms, pct, pid_of, rss_kib};
 use prost::Message;
 
 #[derive(Parser)]
@@ -135,15 +135,6 @@ async fn naive(s: &mut Session, n: usize, eps: usize) -> Duration {
     load(s, n, eps).await
 }
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Bytes the host sends a driver for one endpoint change in a Service of `size` endpoints,
 /// and the bytes of re-sending that Service's endpoints whole (the Endpoints-object way).
 fn delta_bytes(size: usize) -> (usize, usize) {
@@ -177,19 +168,6 @@ fn delta_bytes(size: usize) -> (usize, usize) {
         delta.map(|d| d.encoded_len()).unwrap_or(0),
         whole.encoded_len(),
     )
-}
-
-/// Process id of the first process whose command line starts with `prog`.
-fn pid_of(prog: &str) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|d| {
-        let pid: u32 = d.file_name().to_str()?.parse().ok()?;
-        let cmd = std::fs::read(d.path().join("cmdline")).ok()?;
-        let first = cmd.split(|b| *b == 0).next()?;
-        std::str::from_utf8(first)
-            .ok()?
-            .ends_with(prog)
-            .then_some(pid)
-    })
 }
 
 /// Two pods on the node (server and client) and the server's IPv4 address.
