@@ -5,7 +5,7 @@
 //!
 //! Shape: a `forward` base chain (the hook every pod-to-pod and pod-to-outside packet crosses,
 //! bridged ones too through br_netfilter, after Service DNAT) accepts established and related
-//! traffic, then looks the source address up in the `egress` verdict maps and the destination
+//! traffic and IPv6 neighbour discovery, then looks the source address up in the `egress` verdict maps and the destination
 //! address in the `ingress` ones: each local pod address a policy applies to leads to a chain of
 //! its own for that direction, which holds, in order:
 //!
@@ -440,6 +440,25 @@ fn skeleton(b: &mut Batch) {
                 vec![0; 4],
             ),
             nft::cmp(Operator::NotEqual, Register::Reg1, vec![0; 4]),
+            nft::verdict(&VerdictData::Accept),
+        ],
+    );
+    // IPv6 neighbour discovery (router and neighbour solicitations and advertisements,
+    // ICMPv6 types 133-136) is how pods find each other's link addresses at all: bridged, it
+    // crosses this hook too, and no policy may cut it (an isolated pod would lose every IPv6
+    // neighbour, allowed ones included).
+    b.add_rule(
+        FAMILY,
+        TABLE,
+        "forward",
+        vec![
+            nft::meta(MetaKey::Nfproto, Register::Reg1),
+            nft::cmp(Operator::Equal, Register::Reg1, vec![NFPROTO_IPV6]),
+            nft::meta(MetaKey::L4Proto, Register::Reg1),
+            nft::cmp(Operator::Equal, Register::Reg1, vec![58]),
+            nft::payload(base::TRANSPORT, 0, 1, Register::Reg1),
+            nft::cmp(Operator::GreatherThanEqual, Register::Reg1, vec![133]),
+            nft::cmp(Operator::LessThanEqual, Register::Reg1, vec![136]),
             nft::verdict(&VerdictData::Accept),
         ],
     );
