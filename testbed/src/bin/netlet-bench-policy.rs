@@ -135,25 +135,30 @@ fn admit(name: &str) -> NetworkPolicy {
     }
 }
 
-/// The remote pods and namespaces as manifests.
-fn cluster_yaml(pods: usize) -> String {
-    let mut out = String::new();
-    for n in 0..100 {
-        out.push_str(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{n}, labels: {{team: t{}}}}}\n---\n",
-            n % 10
-        ));
-    }
-    for i in 0..pods {
-        out.push_str(&format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: ns{}, labels: {{app: a{}}}}}\nstatus: {{podIP: 10.50.{}.{}}}\n---\n",
+/// The remote pods and namespaces as manifests: files of at most 1000 documents (the loader
+/// refuses more in one file).
+fn write_cluster(dir: &std::path::Path, pods: usize) -> std::io::Result<()> {
+    let mut docs: Vec<String> = (0..100)
+        .map(|n| {
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{n}, labels: {{team: t{}}}}}\n",
+                n % 10
+            )
+        })
+        .collect();
+    docs.extend((0..pods).map(|i| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: ns{}, labels: {{app: a{}}}}}\nstatus: {{podIP: 10.50.{}.{}}}\n",
             i % 100,
             i % 50,
             i / 250,
             i % 250 + 1
-        ));
+        )
+    }));
+    for (k, chunk) in docs.chunks(1000).enumerate() {
+        std::fs::write(dir.join(format!("cluster-{k}.yaml")), chunk.join("---\n"))?;
     }
-    out
+    Ok(())
 }
 
 /// The same cluster as the host's resolution sees it.
@@ -332,7 +337,7 @@ async fn main() -> anyhow::Result<()> {
     let (h0, d0) = (rss_kib(host_pid, "VmRSS:"), rss_kib(driver_pid, "VmRSS:"));
 
     // Load: the cluster from manifests, then the policies over the socket.
-    std::fs::write(dir.path().join("cluster.yaml"), cluster_yaml(args.pods))?;
+    write_cluster(dir.path(), args.pods)?;
     let mut caller = Caller {
         c: c.clone(),
         generation: 0,
@@ -340,8 +345,25 @@ async fn main() -> anyhow::Result<()> {
     let mut all: Vec<NetworkPolicy> = (0..args.policies).map(|i| background(i, 10)).collect();
     all.push(isolate());
     all.push(admit("admit-client"));
-    // The Pod objects are read asynchronously: apply when the host has seen them (a
-    // namespace selector of a background policy resolves to some of their addresses).
+    // The Pod objects are read asynchronously: apply again until the host has seen them (its
+    // sets hold at least what the same policies resolve to over the remote pods alone).
+    let want = {
+        let mut v = PolicyView::new(1);
+        v.apply_socket(&ApplyPolicyRequest {
+            epoch: 1,
+            generation: 1,
+            full_sync: true,
+            network_policies: all.clone(),
+            ..Default::default()
+        })
+        .expect("valid batch");
+        v.set_cluster(cluster_model(args.pods));
+        v.list()
+            .address_sets
+            .iter()
+            .map(|s| s.elements.len())
+            .sum::<usize>()
+    };
     let t = Instant::now();
     let load = loop {
         let d = caller
@@ -361,7 +383,7 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .map(|s| s.elements.len())
             .sum::<usize>()
-            >= args.pods / 2
+            >= want
         {
             break d;
         }
