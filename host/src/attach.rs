@@ -119,34 +119,30 @@ impl Host {
                 })
             })
             .collect();
-        // Pods of other nodes and namespaces' labels from the manifests; an address this node
-        // attached is this node's pod, whatever a Pod object says.
+        // Pods of other nodes and namespaces' labels from the manifests (shared, not copied);
+        // an address this node attached is this node's pod, whatever a Pod object says.
         let mut cluster = self
             .manifest_cluster
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default();
-        let local: std::collections::HashSet<std::net::IpAddr> = pods
-            .iter()
-            .flat_map(|p: &crate::netpol::PodInfo| p.addresses.iter().copied())
-            .collect();
         // A local pod's named ports also come from its Pod object, when the files have one.
         let mut pods = pods;
-        for p in &mut pods {
-            if let Some(obj) = cluster
-                .pods
-                .iter()
-                .find(|o| o.namespace == p.namespace && o.name == p.name)
-            {
-                for (name, port) in &obj.ports {
-                    p.ports.entry(name.clone()).or_insert(*port);
-                }
+        let index: std::collections::HashMap<(&str, &str), usize> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ((p.namespace.as_str(), p.name.as_str()), i))
+            .collect();
+        let mut extra: Vec<(usize, String, (netlet_sdk::proto::Protocol, u16))> = Vec::new();
+        for obj in cluster.remote.iter().filter(|o| !o.ports.is_empty()) {
+            if let Some(i) = index.get(&(obj.namespace.as_str(), obj.name.as_str())) {
+                extra.extend(obj.ports.iter().map(|(n, p)| (*i, n.clone(), *p)));
             }
         }
-        cluster
-            .pods
-            .retain(|p| !p.addresses.iter().any(|a| local.contains(a)));
-        cluster.pods.extend(pods);
+        for (i, name, port) in extra {
+            pods[i].ports.entry(name).or_insert(port);
+        }
+        cluster.pods = pods;
         Some(cluster)
     }
 

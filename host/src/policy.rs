@@ -146,6 +146,8 @@ pub struct PolicyView {
     /// The NetworkPolicies and ClusterNetworkPolicies as drivers were told them (selectors
     /// resolved to set names, named ports to their targets).
     sent: BTreeMap<Key, Item>,
+    /// How many sent policies name each set.
+    set_refs: HashMap<String, usize>,
 }
 
 /// Where a named port leads: each of `pods` with a container port of that name and protocol.
@@ -192,6 +194,7 @@ impl PolicyView {
             cluster: Default::default(),
             sets: Default::default(),
             sent: BTreeMap::new(),
+            set_refs: HashMap::new(),
         }
     }
 
@@ -199,8 +202,7 @@ impl PolicyView {
     fn pods_in<'a>(&'a self, sets: &[&str]) -> Vec<&'a crate::netpol::PodInfo> {
         let members: Vec<_> = sets.iter().filter_map(|n| self.sets.members(n)).collect();
         self.cluster
-            .pods
-            .iter()
+            .all_pods()
             .filter(|p| {
                 sets.is_empty()
                     || p.addresses
@@ -208,6 +210,39 @@ impl PolicyView {
                         .any(|a| members.iter().any(|m| m.iter().any(|net| net.contains(a))))
             })
             .collect()
+    }
+
+    /// Records what drivers are told of `k` (`None`: deleted), keeping the sets' reference
+    /// counts; the sets now named for the first time go to `added`, the ones no longer named
+    /// to `gone`.
+    fn record_sent(
+        &mut self,
+        k: &Key,
+        item: Option<Item>,
+        added: &mut BTreeSet<String>,
+        gone: &mut BTreeSet<String>,
+    ) {
+        if let Some(old) = self.sent.remove(k) {
+            for n in old.sets() {
+                if let Some(c) = self.set_refs.get_mut(n) {
+                    *c -= 1;
+                    if *c == 0 {
+                        self.set_refs.remove(n);
+                        gone.insert(n.to_string());
+                    }
+                }
+            }
+        }
+        if let Some(item) = item {
+            for n in item.sets() {
+                let c = self.set_refs.entry(n.to_string()).or_insert(0);
+                if *c == 0 {
+                    added.insert(n.to_string());
+                }
+                *c += 1;
+            }
+            self.sent.insert(k.clone(), item);
+        }
     }
 
     /// Fills each named port's targets: the pods in `dest_sets` (every pod when empty, a rule
@@ -369,7 +404,9 @@ impl PolicyView {
             let r = self.resolve(&wanted);
             if r != sent {
                 push_item(&mut out, r.clone());
-                self.sent.insert(k, r);
+                // The same sets: only named-port targets differ.
+                let (mut added, mut gone) = (BTreeSet::new(), BTreeSet::new());
+                self.record_sent(&k, Some(r), &mut added, &mut gone);
             }
         }
         if out.address_set_changes.is_empty()
@@ -429,22 +466,32 @@ impl PolicyView {
         if !self.socket.check(batch)? {
             return Ok((self.socket, None));
         }
-        let mut mine = if req.full_sync {
-            BTreeMap::new()
-        } else {
-            self.wanted
-                .get(&Source::Socket)
-                .cloned()
-                .unwrap_or_default()
-        };
+        self.socket = Applied::after(batch);
+        if req.full_sync {
+            let mut mine = BTreeMap::new();
+            for (_, k, item) in items {
+                mine.insert(k, item);
+            }
+            return Ok((self.socket, self.settle(Source::Socket, mine, None)));
+        }
+        // A delta: the caller's map is changed in place, and only what it names compared.
+        let mut mine = self.wanted.remove(&Source::Socket).unwrap_or_default();
+        let mut touched = BTreeSet::new();
         for (_, k, item) in items {
+            if mine.get(&k) != Some(&item) {
+                touched.insert(k.clone());
+            }
             mine.insert(k, item);
         }
         for (_, k) in deletes {
-            mine.remove(&k);
+            if mine.remove(&k).is_some() {
+                touched.insert(k);
+            }
         }
-        self.socket = Applied::after(batch);
-        Ok((self.socket, self.settle(Source::Socket, mine)))
+        Ok((
+            self.socket,
+            self.settle(Source::Socket, mine, Some(touched)),
+        ))
     }
 
     /// Replaces what `source` wants. Policies another source owns are left out and returned as
@@ -467,38 +514,50 @@ impl PolicyView {
             }
             _ => true,
         });
-        (self.settle(source, wanted), conflicts)
+        (self.settle(source, wanted, None), conflicts)
     }
 
     /// Sets `source`'s policies to `new` and returns the difference to the table as a batch.
-    fn settle(&mut self, source: Source, new: BTreeMap<Key, Item>) -> Option<ApplyPolicyRequest> {
-        let old = self.wanted.remove(&source).unwrap_or_default();
-        let touched: BTreeSet<Key> = old
-            .keys()
-            .chain(new.keys())
-            .filter(|k| old.get(*k) != new.get(*k))
-            .cloned()
-            .collect();
+    /// `touched`: the keys that may differ, when the caller knows them (a delta; the source's
+    /// old map is then already taken out); else every key of the old and new maps is compared.
+    fn settle(
+        &mut self,
+        source: Source,
+        new: BTreeMap<Key, Item>,
+        touched: Option<BTreeSet<Key>>,
+    ) -> Option<ApplyPolicyRequest> {
+        let touched = match touched {
+            Some(t) => t,
+            None => {
+                let old = self.wanted.remove(&source).unwrap_or_default();
+                old.keys()
+                    .chain(new.keys())
+                    .filter(|k| old.get(*k) != new.get(*k))
+                    .cloned()
+                    .collect()
+            }
+        };
         let at = self.table.applied();
         let mut out = ApplyPolicyRequest {
             epoch: at.epoch,
             generation: at.generation + 1,
             ..Default::default()
         };
+        let (mut added, mut gone) = (BTreeSet::new(), BTreeSet::new());
         for k in &touched {
             match new.get(k) {
                 Some(item) => {
                     self.owners.insert(k.clone(), source);
                     let r = self.resolve(item);
                     if matches!(r, Item::Network(_) | Item::Cluster(_)) {
-                        self.sent.insert(k.clone(), r.clone());
+                        self.record_sent(k, Some(r.clone()), &mut added, &mut gone);
                     }
                     push_item(&mut out, r);
                 }
                 None => {
                     if self.owners.get(k) == Some(&source) {
                         self.owners.remove(k);
-                        self.sent.remove(k);
+                        self.record_sent(k, None, &mut added, &mut gone);
                         out.deletes.push(PolicyKey {
                             kind: k.0,
                             namespace: k.1.clone(),
@@ -510,18 +569,16 @@ impl PolicyView {
         }
         self.wanted.insert(source, new);
         // Sets: new ones whole, before the policies that name them; unnamed ones deleted.
-        let named: BTreeSet<String> = self
-            .sent
-            .values()
-            .flat_map(|i| i.sets())
-            .map(str::to_string)
-            .collect();
-        for n in &named {
+        for n in added.difference(&gone) {
             if self.table.address_set(n).is_none() {
                 out.address_sets.push(self.sets.full(n));
             }
         }
-        for n in self.sets.retain(&named) {
+        let unnamed: Vec<String> = gone
+            .into_iter()
+            .filter(|n| !self.set_refs.contains_key(n))
+            .collect();
+        for n in self.sets.forget(&unnamed) {
             if self.table.address_set(&n).is_some() {
                 out.address_set_deletes.push(n);
             }

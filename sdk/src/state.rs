@@ -474,6 +474,11 @@ impl PolicyTable {
             .collect()
     }
 
+    /// Every address set with its elements.
+    pub fn address_set_elements(&self) -> impl Iterator<Item = (&String, &BTreeSet<ipnet::IpNet>)> {
+        self.sets.iter()
+    }
+
     /// An address set's elements (empty when unknown).
     pub fn address_set(&self, name: &str) -> Option<&BTreeSet<ipnet::IpNet>> {
         self.sets.get(name)

@@ -323,10 +323,8 @@ fn desired(t: &PolicyTable) -> Desired {
             d.maps.insert((dir, *pod), main);
         }
     }
-    for s in t.list().address_sets {
-        if let Some(m) = t.address_set(&s.name) {
-            d.sets.insert(s.name.clone(), m.clone());
-        }
+    for (name, m) in t.address_set_elements() {
+        d.sets.insert(name.clone(), m.clone());
     }
     d
 }
@@ -661,13 +659,15 @@ impl NftPolicy {
             .state
             .lock()
             .map_err(|_| Status::internal("state lock poisoned"))?;
-        let mut next = st.table.clone();
-        let before = next.applied();
-        let applied = next.apply(req)?;
+        let t0 = std::time::Instant::now();
+        let before = st.table.applied();
+        let applied = st.table.apply(req)?;
         if applied == before {
             return Ok(applied);
         }
-        let want = desired(&next);
+        let t1 = t0.elapsed();
+        let want = desired(&st.table);
+        let t2 = t0.elapsed();
         let cur = if req.full_sync {
             None
         } else {
@@ -676,18 +676,25 @@ impl NftPolicy {
         if cur != Some(&want) {
             let b = plan(cur, &want);
             let steps = b.len();
-            st.conn.send(b).map_err(|e| {
+            if let Err(e) = st.conn.send(b) {
+                // Nothing of the batch is in the kernel (a transaction is all or nothing), but
+                // the table has taken it: forget it all, so the host's next delta is refused
+                // and a full sync rebuilds the table from scratch.
                 tracing::error!(error = %e, "policy transaction failed");
-                Status::internal(format!("programming policies: {e}"))
-            })?;
+                st.table = PolicyTable::default();
+                st.programmed = None;
+                return Err(Status::internal(format!("programming policies: {e}")));
+            }
             tracing::debug!(
                 generation = applied.generation,
                 messages = steps,
+                table_us = t1.as_micros() as u64,
+                desired_us = (t2 - t1).as_micros() as u64,
+                total_us = t0.elapsed().as_micros() as u64,
                 "policies programmed"
             );
         }
         st.programmed = Some(want);
-        st.table = next;
         Ok(applied)
     }
 }

@@ -70,17 +70,29 @@ impl Policy for Api {
             return Err(error::nothing_serves("Policy"));
         }
         crate::features::check_policies(&req, &drivers)?;
-        if !req.network_policies.is_empty() {
-            // Selectors resolve against the pods attached now.
-            // A driver that misses this gets the batch below (or a full sync) anyway.
+        let selectors =
+            !req.network_policies.is_empty() || !req.cluster_network_policies.is_empty();
+        if selectors && !self.0.policies.lock().await.has_network_policies() {
+            // The first policies with selectors: the view starts following the pods now (it
+            // does from then on, at every attach, detach and manifest change). A driver that
+            // misses this gets the batch below (or a full sync) anyway.
             let _ = self.0.refresh_policy_pods(true).await;
         }
+        let t0 = std::time::Instant::now();
         let mut view = self.0.policies.lock().await;
+        let locked = t0.elapsed();
         let prev = view.table.generation();
         let (applied, out) = view.apply_socket(&req)?;
+        let viewed = t0.elapsed();
         if let Some(out) = out {
             push(&self.0, &view, prev, &out).await?;
         }
+        tracing::debug!(
+            lock_us = locked.as_micros() as u64,
+            view_us = (viewed - locked).as_micros() as u64,
+            total_us = t0.elapsed().as_micros() as u64,
+            "policies applied"
+        );
         Ok(Response::new(ApplyPolicyResponse::from(applied)))
     }
 

@@ -390,8 +390,13 @@ pub fn pod_info(p: &k8s_openapi::api::core::v1::Pod) -> Option<PodInfo> {
 /// The pods and namespaces selectors are resolved against.
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
-    /// Every pod known (this node's from attachments, the others from Pod objects).
+    /// This node's pods (from its attachments), and any other given one by one.
     pub pods: Vec<PodInfo>,
+    /// Other nodes' pods (`Pod` objects), shared by every snapshot taken until they change: an
+    /// attach does not copy them, and a diff skips them while the `Arc` is the same. One whose
+    /// address a pod of `pods` has is shadowed by it (an address this node attached is this
+    /// node's pod, whatever a Pod object says).
+    pub remote: std::sync::Arc<Vec<PodInfo>>,
     /// Namespace labels by name; every namespace also carries
     /// `kubernetes.io/metadata.name: <name>`, as the API server sets it.
     pub namespaces: std::collections::HashMap<String, std::collections::HashMap<String, String>>,
@@ -400,6 +405,20 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Every pod: `pods`, then the `remote` ones they do not shadow.
+    pub fn all_pods(&self) -> impl Iterator<Item = &PodInfo> {
+        let local: std::collections::HashSet<std::net::IpAddr> = self
+            .pods
+            .iter()
+            .flat_map(|p| p.addresses.iter().copied())
+            .collect();
+        self.pods.iter().chain(
+            self.remote
+                .iter()
+                .filter(move |p| !p.addresses.iter().any(|a| local.contains(a))),
+        )
+    }
+
     pub(crate) fn namespace_labels(&self, ns: &str) -> std::collections::HashMap<String, String> {
         let mut l = self.namespaces.get(ns).cloned().unwrap_or_default();
         l.insert("kubernetes.io/metadata.name".into(), ns.into());
@@ -415,8 +434,7 @@ impl Cluster {
             .unwrap_or_default();
         let all = LabelSelector::default();
         let sel = p.pod_selector.as_ref().unwrap_or(&all);
-        self.pods
-            .iter()
+        self.all_pods()
             .filter(|pod| pod.namespace == ns && netlet_sdk::labels::matches(sel, &pod.labels))
             .collect()
     }
@@ -432,8 +450,7 @@ impl Cluster {
             return Vec::new();
         }
         let all = LabelSelector::default();
-        self.pods
-            .iter()
+        self.all_pods()
             .filter(|pod| match &peer.namespace_selector {
                 None => pod.namespace == policy_ns,
                 Some(ns) => netlet_sdk::labels::matches(ns, &self.namespace_labels(&pod.namespace)),
@@ -507,6 +524,7 @@ mod resolve_tests {
                 ),
             ]),
             nodes: Vec::new(),
+            ..Default::default()
         }
     }
 

@@ -115,8 +115,7 @@ impl SetDef {
     fn members(&self, cluster: &Cluster) -> BTreeSet<IpNet> {
         match self {
             SetDef::Pods { .. } => cluster
-                .pods
-                .iter()
+                .all_pods()
                 .filter(|p| self.admits(p, cluster))
                 .flat_map(|p| p.addresses.iter().map(|a| IpNet::from(*a)))
                 .collect(),
@@ -188,19 +187,16 @@ impl Sets {
         self.members.get(name)
     }
 
-    /// Forgets every set not in `keep`; returns the names forgotten.
-    pub fn retain(&mut self, keep: &BTreeSet<String>) -> Vec<String> {
-        let gone: Vec<String> = self
-            .defs
-            .keys()
-            .filter(|n| !keep.contains(*n))
+    /// Forgets the sets `names` (no policy names them any more); returns those it had.
+    pub fn forget(&mut self, names: &[String]) -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| {
+                self.members.remove(*n);
+                self.defs.remove(*n).is_some()
+            })
             .cloned()
-            .collect();
-        for n in &gone {
-            self.defs.remove(n);
-            self.members.remove(n);
-        }
-        gone
+            .collect()
     }
 
     /// The set as a whole, for a batch.
@@ -227,9 +223,24 @@ impl Sets {
                 next.insert(name.clone(), def.members(new));
             }
         } else {
-            let key = |p: &PodInfo| (p.namespace.clone(), p.name.clone());
-            let before: HashMap<_, &PodInfo> = old.pods.iter().map(|p| (key(p), p)).collect();
-            let after: HashMap<_, &PodInfo> = new.pods.iter().map(|p| (key(p), p)).collect();
+            let key = |p: &PodInfo| (p.namespace.clone(), p.name.clone(), p.local);
+            // Other nodes' pods unchanged (the same shared list): only this node's are compared.
+            let same_remote = std::sync::Arc::ptr_eq(&old.remote, &new.remote);
+            fn pods(c: &Cluster, same_remote: bool) -> Vec<&PodInfo> {
+                if same_remote {
+                    c.pods.iter().collect()
+                } else {
+                    c.all_pods().collect()
+                }
+            }
+            let before: HashMap<_, &PodInfo> = pods(old, same_remote)
+                .into_iter()
+                .map(|p| (key(p), p))
+                .collect();
+            let after: HashMap<_, &PodInfo> = pods(new, same_remote)
+                .into_iter()
+                .map(|p| (key(p), p))
+                .collect();
             // The addresses whose owner or owner's labels changed.
             let mut touched: BTreeSet<IpAddr> = BTreeSet::new();
             for (k, p) in &before {
@@ -245,9 +256,10 @@ impl Sets {
             if touched.is_empty() {
                 return Vec::new();
             }
+            // Every pod now holding a touched address (a remote one a local pod no longer
+            // shadows, too).
             let owners: Vec<&PodInfo> = new
-                .pods
-                .iter()
+                .all_pods()
                 .filter(|p| p.addresses.iter().any(|a| touched.contains(a)))
                 .collect();
             for (name, def) in &self.defs {

@@ -265,6 +265,7 @@ impl Manifests {
     /// selectors: pods of other nodes, and namespaces' labels.
     pub fn cluster(&self) -> crate::netpol::Cluster {
         let mut c = crate::netpol::Cluster::default();
+        let mut remote = Vec::new();
         for f in self.files.values() {
             for ns in &f.objects.namespaces {
                 if let Some(name) = &ns.metadata.name {
@@ -279,14 +280,11 @@ impl Manifests {
                     );
                 }
             }
-            for pod in &f.objects.pods {
-                if let Some(p) = crate::netpol::pod_info(pod) {
-                    c.pods.push(p);
-                }
-            }
+            remote.extend(f.objects.pods.iter().filter_map(crate::netpol::pod_info));
             c.nodes
                 .extend(f.objects.nodes.iter().map(crate::netpol::node_info));
         }
+        c.remote = Arc::new(remote);
         c
     }
 
@@ -497,12 +495,17 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
         drop(view);
         let (policies, invalid) = m.network_policies();
         if let Ok(mut c) = host.manifest_cluster.lock() {
-            *c = m.cluster();
+            let mut next = m.cluster();
+            // The same Pod objects keep the same shared list: diffs then skip them.
+            if next.remote == c.remote {
+                next.remote = c.remote.clone();
+            }
+            *c = next;
         }
-        if !policies.is_empty() {
-            // A driver that misses this gets the batch below (or a full sync) anyway.
-            let _ = host.refresh_policy_pods(true).await;
-        }
+        // The pods and namespaces may have changed: the sets follow (whichever source the
+        // policies come from). A driver that misses this gets the batch below (or a full
+        // sync) anyway.
+        let _ = host.refresh_policy_pods(!policies.is_empty()).await;
         let mut pview = host.policies.lock().await;
         let prev = pview.table.generation();
         let (batch, conflicts) = pview.replace(Source::Manifests, policies);

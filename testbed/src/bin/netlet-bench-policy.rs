@@ -164,19 +164,22 @@ fn write_cluster(dir: &std::path::Path, pods: usize) -> std::io::Result<()> {
 /// The same cluster as the host's resolution sees it.
 fn cluster_model(pods: usize) -> Cluster {
     Cluster {
-        pods: (0..pods)
-            .map(|i| PodInfo {
-                namespace: format!("ns{}", i % 100),
-                name: format!("p{i}"),
-                labels: HashMap::from([("app".to_string(), format!("a{}", i % 50))]),
-                addresses: vec![
-                    format!("10.50.{}.{}", i / 250, i % 250 + 1)
-                        .parse()
-                        .unwrap(),
-                ],
-                ..Default::default()
-            })
-            .collect(),
+        pods: Vec::new(),
+        remote: std::sync::Arc::new(
+            (0..pods)
+                .map(|i| PodInfo {
+                    namespace: format!("ns{}", i % 100),
+                    name: format!("p{i}"),
+                    labels: HashMap::from([("app".to_string(), format!("a{}", i % 50))]),
+                    addresses: vec![
+                        format!("10.50.{}.{}", i / 250, i % 250 + 1)
+                            .parse()
+                            .unwrap(),
+                    ],
+                    ..Default::default()
+                })
+                .collect(),
+        ),
         namespaces: (0..100)
             .map(|n| {
                 (
