@@ -1,5 +1,6 @@
 //! The nftables expressions netlet-nftables encodes by hand (nat, masq, numgen, reject, ct,
-//! dynset, fib) and the ones it builds from netlink-packet-netfilter, checked against the
+//! dynset, fib), the ones it builds from netlink-packet-netfilter and the elements of interval
+//! sets (the policy driver's address sets), checked against the
 //! reference tool: for each, `nft` adds the same rule written in its own syntax to one chain
 //! and netlet-nftables adds its encoding to another, in a namespace of the test's own; the
 //! kernel's dump of both, printed by `nft --debug=netlink`, must be the same expressions.
@@ -130,6 +131,49 @@ fn cases() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
             vec![nft::verdict(&VerdictData::Goto("target".into()))],
         ),
         ("return", "return", vec![nft::ret()]),
+        ("accept", "accept", vec![nft::verdict(&VerdictData::Accept)]),
+        (
+            "lookup-interval-set",
+            "ip saddr @si_ours",
+            vec![
+                nft::payload(nft::base::NETWORK, 12, 4, Register::Reg1),
+                nft::lookup("si_ours", Register::Reg1, None),
+            ],
+        ),
+        (
+            "policy-port-range",
+            "meta l4proto tcp th dport >= 80 th dport <= 90 return",
+            vec![
+                nft::meta(MetaKey::L4Proto, Register::Reg1),
+                nft::cmp(Operator::Equal, Register::Reg1, vec![6]),
+                nft::payload(nft::base::TRANSPORT, 2, 2, Register::Reg1),
+                nft::cmp(
+                    Operator::GreatherThanEqual,
+                    Register::Reg1,
+                    80u16.to_be_bytes().to_vec(),
+                ),
+                nft::payload(nft::base::TRANSPORT, 2, 2, Register::Reg1),
+                nft::cmp(
+                    Operator::LessThanEqual,
+                    Register::Reg1,
+                    90u16.to_be_bytes().to_vec(),
+                ),
+                nft::ret(),
+            ],
+        ),
+        (
+            "icmpv6-neighbour-discovery",
+            "meta l4proto 58 @th,0,8 >= 133 @th,0,8 <= 136 accept",
+            vec![
+                nft::meta(MetaKey::L4Proto, Register::Reg1),
+                nft::cmp(Operator::Equal, Register::Reg1, vec![58]),
+                nft::payload(nft::base::TRANSPORT, 0, 1, Register::Reg1),
+                nft::cmp(Operator::GreatherThanEqual, Register::Reg1, vec![133]),
+                nft::payload(nft::base::TRANSPORT, 0, 1, Register::Reg1),
+                nft::cmp(Operator::LessThanEqual, Register::Reg1, vec![136]),
+                nft::verdict(&VerdictData::Accept),
+            ],
+        ),
     ]
 }
 
@@ -179,6 +223,8 @@ fn hand_encoded_expressions_match_what_nft_makes() {
   map aff {{ type ipv4_addr : ipv4_addr; flags dynamic,timeout; timeout 10s; }}
   map vm {{ type ipv4_addr : verdict; }}
   set s {{ type ipv4_addr; }}
+  set si_ref {{ type ipv4_addr; flags interval; }}
+  set si_ours {{ type ipv4_addr; flags interval; }}
   chain target {{ }}
   chain reference {{ }}
   chain ours {{ }}
@@ -195,16 +241,50 @@ fn hand_encoded_expressions_match_what_nft_makes() {
         args.extend(text.split_whitespace());
         nft_in(&ns.path, &nft, &args);
     }
+    // Interval set elements: prefixes, a single address, one reaching the top of the space.
+    let elements = ["10.0.0.0/8", "192.168.7.5", "240.0.0.0/4"];
+    nft_in(
+        &ns.path,
+        &nft,
+        &[
+            "add",
+            "element",
+            "ip",
+            TABLE,
+            "si_ref",
+            &format!("{{ {} }}", elements.join(", ")),
+        ],
+    );
     let mut b = Batch::new();
     for (_, _, exprs) in &cases {
         b.add_rule(Family::Ip, TABLE, "ours", exprs.clone());
     }
+    let nets: Vec<ipnet::IpNet> = elements
+        .iter()
+        .map(|e| {
+            e.parse()
+                .unwrap_or_else(|_| ipnet::IpNet::from(e.parse::<std::net::IpAddr>().unwrap()))
+        })
+        .collect();
+    b.add_intervals(Family::Ip, TABLE, "si_ours", &nets);
     netlet_sdk::netns::run_in(&ns.path, move || -> Result<(), String> {
         let mut conn = nft::Conn::open().map_err(|e| e.to_string())?;
         conn.send(b).map_err(|e| e.to_string())
     })
     .unwrap()
     .unwrap();
+    let listed = |set: &str| -> String {
+        let out = nft_in(&ns.path, &nft, &["list", "set", "ip", TABLE, set]);
+        out.lines()
+            .filter(|l| !l.contains("set ") && !l.contains("table "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        listed("si_ours"),
+        listed("si_ref"),
+        "interval set elements as nft lists them"
+    );
     let reference = rules_of(&ns.path, &nft, "reference");
     let ours = rules_of(&ns.path, &nft, "ours");
     assert_eq!(reference.len(), cases.len(), "{reference:?}");

@@ -364,11 +364,13 @@ fn rule_exprs(r: &Rule, v6: bool, dir: Dir) -> Vec<Expr> {
                 lo.to_be_bytes().to_vec(),
             ));
         } else {
+            // As nft writes `th dport >= lo th dport <= hi` (the port loaded for each).
             e.push(nft::cmp(
                 Operator::GreatherThanEqual,
                 Register::Reg1,
                 lo.to_be_bytes().to_vec(),
             ));
+            e.push(nft::payload(base::TRANSPORT, 2, 2, Register::Reg1));
             e.push(nft::cmp(
                 Operator::LessThanEqual,
                 Register::Reg1,
@@ -456,6 +458,7 @@ fn skeleton(b: &mut Batch) {
             nft::cmp(Operator::Equal, Register::Reg1, vec![58]),
             nft::payload(base::TRANSPORT, 0, 1, Register::Reg1),
             nft::cmp(Operator::GreatherThanEqual, Register::Reg1, vec![133]),
+            nft::payload(base::TRANSPORT, 0, 1, Register::Reg1),
             nft::cmp(Operator::LessThanEqual, Register::Reg1, vec![136]),
             nft::verdict(&VerdictData::Accept),
         ],
