@@ -398,3 +398,44 @@ spec:
         serde_json::json!(want)
     );
 }
+
+// The nft driver, on its own socket in a namespace of the test's own, passes the conformance
+// checks of what it declares (Services and Policy; it attaches no pods): address sets changed
+// by their elements, field errors, epochs, and DNS and hostname questions answered UNAVAILABLE
+// (it has no evaluator).
+#[test]
+fn the_nft_driver_passes_policy_conformance() {
+    use netlet_testbed::harness::{Proc, bin, in_netns, privileged};
+    if !privileged("the_nft_driver_passes_policy_conformance") {
+        return;
+    }
+    let ns =
+        netlet_testbed::probe::NetNs::create(&format!("netlet-nftconf-{}", std::process::id()))
+            .unwrap();
+    netlet_testbed::probe::link_up(&ns.path, "lo").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nft.sock");
+    let sock_arg = sock.display().to_string();
+    let _driver = Proc(
+        in_netns(Some(&ns.path), &bin("netlet-nft"))
+            .args(["--socket", &sock_arg])
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + T;
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "no driver socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = netlet_testbed::harness::conformance(
+        in_netns(Some(&ns.path), &bin("netlet-conformance")),
+        &sock,
+        &["--focus", "^(policy|services|identity)/"],
+        &dir.path().join("junit.xml"),
+    );
+    assert!(
+        text.contains("PASS  policy/address-sets-change-by-elements"),
+        "{text}"
+    );
+    assert!(text.contains("PASS  policy/check-invalid-fields"), "{text}");
+}

@@ -738,19 +738,21 @@ impl Policy for Api {
 
     async fn check_dns(
         &self,
-        _req: Request<CheckDnsRequest>,
+        req: Request<CheckDnsRequest>,
     ) -> Result<Response<CheckDnsResponse>, Status> {
-        Err(Status::unimplemented(
-            "the nft driver enforces network policies; it does not evaluate DNS policies",
+        validate::check_dns(&req.into_inner())?;
+        Err(Status::unavailable(
+            "no policy evaluator: the nft driver enforces network policies; DNS policies are evaluated elsewhere",
         ))
     }
 
     async fn check_hostname(
         &self,
-        _req: Request<CheckHostnameRequest>,
+        req: Request<CheckHostnameRequest>,
     ) -> Result<Response<CheckHostnameResponse>, Status> {
-        Err(Status::unimplemented(
-            "the nft driver enforces network policies; it does not evaluate hostname grants",
+        validate::check_hostname(&req.into_inner())?;
+        Err(Status::unavailable(
+            "no policy evaluator: the nft driver enforces network policies; hostname grants are evaluated elsewhere",
         ))
     }
 

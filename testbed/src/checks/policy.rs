@@ -1,8 +1,10 @@
-//! Policy: field errors that change nothing, idempotent apply, decision request validation.
+//! Policy: field errors that change nothing, idempotent apply, decision request validation,
+//! address sets changed by their elements.
 
 use netlet_sdk::proto::{
-    ApplyPolicyRequest, Capability, CheckDnsRequest, CheckHostnameRequest, DnsAction, DnsPolicy,
-    HostnameGrant, ListPoliciesRequest, PolicyKey, PolicyKind,
+    AddressSet, AddressSetChange, ApplyPolicyRequest, Capability, CheckDnsRequest,
+    CheckHostnameRequest, DnsAction, DnsPolicy, HostnameGrant, ListPoliciesRequest, NetworkPolicy,
+    NetworkPolicyPeer, NetworkPolicyRule, PolicyDirection, PolicyKey, PolicyKind,
 };
 use tonic::Code;
 
@@ -106,21 +108,30 @@ pub fn checks() -> Vec<Check> {
                         ));
                     }
                 }
-                let granted = expect_ok(
-                    "CheckHostname",
-                    ctx.clients
-                        .policy
-                        .clone()
-                        .check_hostname(CheckHostnameRequest {
-                            namespace: "conformance".into(),
-                            hostname: "app.example.com".into(),
-                            object_kind: "HTTPRoute".into(),
-                        })
-                        .await,
-                )?
-                .into_inner();
-                if !granted.allowed {
-                    return Err(format!("granted hostname refused: {granted:?}"));
+                let asked = ctx
+                    .clients
+                    .policy
+                    .clone()
+                    .check_hostname(CheckHostnameRequest {
+                        namespace: "conformance".into(),
+                        hostname: "app.example.com".into(),
+                        object_kind: "HTTPRoute".into(),
+                    })
+                    .await;
+                if ctx.has_feature(netlet_sdk::proto::Feature::HostnameGrants) {
+                    let granted = expect_ok("CheckHostname", asked)?.into_inner();
+                    if !granted.allowed {
+                        return Err(format!("granted hostname refused: {granted:?}"));
+                    }
+                } else {
+                    // A Policy driver that does not evaluate grants (one that enforces
+                    // NetworkPolicies) has no evaluator for the question.
+                    expect_code(
+                        "CheckHostname to a driver without FEATURE_HOSTNAME_GRANTS",
+                        asked,
+                        Code::Unavailable,
+                        None,
+                    )?;
                 }
                 let deletes = vec![
                     PolicyKey {
@@ -198,7 +209,17 @@ pub fn checks() -> Vec<Check> {
                     Code::InvalidArgument,
                     Some("namespace"),
                 )?;
-                expect_ok("CheckDns", ctx.clients.policy.clone().check_dns(ok).await)?;
+                let asked = ctx.clients.policy.clone().check_dns(ok).await;
+                if ctx.has_feature(netlet_sdk::proto::Feature::DnsPolicy) {
+                    expect_ok("CheckDns", asked)?;
+                } else {
+                    expect_code(
+                        "CheckDns to a driver without FEATURE_DNS_POLICY",
+                        asked,
+                        Code::Unavailable,
+                        None,
+                    )?;
+                }
                 Ok(Outcome::Passed)
             }
         ),
@@ -298,6 +319,136 @@ pub fn checks() -> Vec<Check> {
                         "sent a delta deleting the only grant in the new epoch: it is still listed"
                             .into(),
                     );
+                }
+                Ok(Outcome::Passed)
+            }
+        ),
+        check!(
+            "policy/address-sets-change-by-elements",
+            Some(Capability::Policy),
+            only crate::conformance::Mode::Driver,
+            |ctx| {
+                if !ctx.has_feature(netlet_sdk::proto::Feature::NetworkPolicy) {
+                    return Ok(Outcome::Skipped(
+                        "the target does not declare FEATURE_NETWORK_POLICY".into(),
+                    ));
+                }
+                let list = || async {
+                    expect_ok(
+                        "ListPolicies",
+                        ctx.clients
+                            .policy
+                            .clone()
+                            .list_policies(ListPoliciesRequest {})
+                            .await,
+                    )
+                    .map(|r| r.into_inner())
+                };
+                let before = list().await?;
+                let (epoch, mut generation) = (before.applied_epoch, before.applied_generation);
+                let set = ctx.unique("conf-set");
+                let key = PolicyKey {
+                    kind: PolicyKind::NetworkPolicy as i32,
+                    namespace: "conformance".into(),
+                    name: ctx.unique("sets"),
+                };
+                // A policy whose pods and peers are address sets, the sets sent with it.
+                let policy = NetworkPolicy {
+                    key: Some(key.clone()),
+                    selected_set: format!("{set}-sel"),
+                    directions: vec![PolicyDirection::Ingress as i32],
+                    ingress: vec![NetworkPolicyRule {
+                        peers: vec![NetworkPolicyPeer {
+                            address_set: set.clone(),
+                            ..Default::default()
+                        }],
+                        ports: vec![],
+                    }],
+                    ..Default::default()
+                };
+                let mut send = |req: ApplyPolicyRequest| {
+                    generation += 1;
+                    let req = ApplyPolicyRequest {
+                        epoch,
+                        generation,
+                        full_sync: generation == 1,
+                        ..req
+                    };
+                    async move { ctx.clients.policy.clone().apply_policy(req).await }
+                };
+                expect_ok(
+                    "ApplyPolicy with a NetworkPolicy and its two address sets",
+                    send(ApplyPolicyRequest {
+                        address_sets: vec![
+                            AddressSet {
+                                name: set.clone(),
+                                elements: vec!["10.9.0.1".into(), "10.9.1.0/24".into()],
+                            },
+                            AddressSet {
+                                name: format!("{set}-sel"),
+                                elements: vec!["10.244.9.9".into()],
+                            },
+                        ],
+                        network_policies: vec![policy],
+                        ..Default::default()
+                    })
+                    .await,
+                )?;
+                expect_ok(
+                    "ApplyPolicy changing the peer set by its elements",
+                    send(ApplyPolicyRequest {
+                        address_set_changes: vec![AddressSetChange {
+                            name: set.clone(),
+                            add: vec!["10.9.0.2".into(), "fd00:9::2".into()],
+                            remove: vec!["10.9.0.1".into()],
+                        }],
+                        ..Default::default()
+                    })
+                    .await,
+                )?;
+                let got = list().await?;
+                let elements = got
+                    .address_sets
+                    .iter()
+                    .find(|s| s.name == set)
+                    .map(|s| s.elements.clone());
+                // The contract: the set is what it was plus the additions, minus the removals.
+                let mut want = vec!["10.9.0.2".to_string(), "10.9.1.0/24".into(), "fd00:9::2".into()];
+                want.sort();
+                let mut have = elements.clone().unwrap_or_default();
+                have.sort();
+                if have != want {
+                    return Err(format!(
+                        "after adding 10.9.0.2 and fd00:9::2 to and removing 10.9.0.1 from {{10.9.0.1, 10.9.1.0/24}}, ListPolicies shows {elements:?} (contract: an AddressSetChange adds and removes elements)"
+                    ));
+                }
+                // Overlapping prefixes in one set are refused, naming the element.
+                expect_code(
+                    "ApplyPolicy with overlapping prefixes in a set",
+                    send(ApplyPolicyRequest {
+                        address_sets: vec![AddressSet {
+                            name: format!("{set}-bad"),
+                            elements: vec!["10.0.0.0/8".into(), "10.1.0.0/16".into()],
+                        }],
+                        ..Default::default()
+                    })
+                    .await,
+                    Code::InvalidArgument,
+                    Some("address_sets[0].elements[1]"),
+                )?;
+                // (The refused batch used a generation; generations need only increase.)
+                expect_ok(
+                    "ApplyPolicy deleting the policy and its sets",
+                    send(ApplyPolicyRequest {
+                        deletes: vec![key],
+                        address_set_deletes: vec![set.clone(), format!("{set}-sel")],
+                        ..Default::default()
+                    })
+                    .await,
+                )?;
+                let after = list().await?;
+                if after.address_sets.iter().any(|s| s.name.starts_with(&set)) {
+                    return Err("deleted address sets are still listed".into());
                 }
                 Ok(Outcome::Passed)
             }

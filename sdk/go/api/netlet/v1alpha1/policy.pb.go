@@ -810,10 +810,11 @@ func (x *AddressSet) GetElements() []string {
 	return nil
 }
 
-// AddressSetChange adds elements to and removes elements from an existing set.
+// AddressSetChange adds elements to and removes elements from a set. Removals apply before
+// additions (a prefix may be replaced by an overlapping one in one change).
 type AddressSetChange struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Name of a set already applied. Required.
+	// Name of the set; one not applied yet starts empty. Required.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Elements added (see AddressSet.elements).
 	Add []string `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty"`
