@@ -245,14 +245,21 @@ impl PolicyView {
         }
     }
 
-    /// Fills each named port's targets: the pods in `dest_sets` (every pod when empty, a rule
-    /// without peers) that have a port of that name and protocol.
+    /// Fills each named port's targets: the destination pods (ingress: the ones the policy
+    /// selects; egress: the ones in its peers' sets, every pod for a rule without peers) that
+    /// have a port of that name and protocol.
     fn resolve_named_ports(
         &self,
         ports: &mut [netlet_sdk::proto::NetworkPolicyPort],
-        dest_sets: &[String],
+        ingress: bool,
+        selected: &str,
+        peers: &[String],
     ) {
-        let refs: Vec<&str> = dest_sets.iter().map(String::as_str).collect();
+        let refs: Vec<&str> = if ingress {
+            vec![selected]
+        } else {
+            peers.iter().map(String::as_str).collect()
+        };
         for port in ports.iter_mut().filter(|x| !x.named_port.is_empty()) {
             port.named_port_targets = named_targets(self.pods_in(&refs).into_iter(), port);
         }
@@ -304,12 +311,8 @@ impl PolicyView {
                     };
                     peer.address_set = self.sets.define(def, &self.cluster);
                 }
-                let dest_sets: Vec<String> = if ingress {
-                    vec![out.selected_set.clone()]
-                } else {
-                    rule.peers.iter().map(|x| x.address_set.clone()).collect()
-                };
-                self.resolve_named_ports(&mut rule.ports, &dest_sets);
+                let peers: Vec<String> = rule.peers.iter().map(|x| x.address_set.clone()).collect();
+                self.resolve_named_ports(&mut rule.ports, ingress, &out.selected_set, &peers);
             }
         }
         out
@@ -347,12 +350,8 @@ impl PolicyView {
                     };
                     peer.address_set = self.sets.define(def, &self.cluster);
                 }
-                let dest_sets: Vec<String> = if ingress {
-                    vec![out.selected_set.clone()]
-                } else {
-                    rule.peers.iter().map(|x| x.address_set.clone()).collect()
-                };
-                self.resolve_named_ports(&mut rule.ports, &dest_sets);
+                let peers: Vec<String> = rule.peers.iter().map(|x| x.address_set.clone()).collect();
+                self.resolve_named_ports(&mut rule.ports, ingress, &out.selected_set, &peers);
             }
         }
         out
