@@ -1004,6 +1004,87 @@ async fn network_policy_truth_table() {
         p,
         false,
     );
+    // The rest of the upstream list: egress with except, a block and an exception overlapping
+    // across peers, SCTP never taken for TCP, the namespace name label, egress ranges, allow-all
+    // egress beside a deny.
+    let (wa, wb) = (ip(&s, "w/a"), ip(&s, "w/b"));
+    s.scenario(
+        "egress to a block with an exception",
+        &np(
+            "x",
+            "egress-except",
+            &format!(
+                "podSelector: {{}}\npolicyTypes: [Egress]\negress: [{{to: [{{ipBlock: {{cidr: {V4}, except: ['{wa}/32']}}}}]}}]"
+            ),
+        ),
+        p,
+        false,
+    );
+    s.scenario(
+        "an address in one peer's exception and another peer's block is allowed",
+        &np(
+            "x",
+            "overlap",
+            &format!(
+                "podSelector: {{}}\ningress: [{{from: [{{ipBlock: {{cidr: {V4}, except: ['{wb}/32']}}}}, {{ipBlock: {{cidr: '{wb}/32'}}}}], ports: [{{port: 80}}]}}]"
+            ),
+        ),
+        p,
+        false,
+    );
+    s.scenario(
+        "a policy allowing only SCTP isolates and admits no TCP or UDP",
+        &np(
+            "x",
+            "sctp",
+            "podSelector: {}\ningress: [{ports: [{protocol: SCTP, port: 80}]}]",
+        ),
+        p,
+        false,
+    );
+    s.scenario(
+        "the namespace name label, matchLabels",
+        &np(
+            "x",
+            "by-name",
+            "podSelector: {}\ningress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: z}}}]}]",
+        ),
+        p,
+        false,
+    );
+    s.scenario(
+        "the namespace name label, matchExpressions",
+        &np(
+            "x",
+            "by-name-expr",
+            "podSelector: {}\ningress: [{from: [{namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [z]}]}}]}]",
+        ),
+        p,
+        false,
+    );
+    s.scenario(
+        "egress endPort range",
+        &np(
+            "x",
+            "egress-range",
+            "podSelector: {}\npolicyTypes: [Egress]\negress: [{ports: [{port: 81, endPort: 100}]}]",
+        ),
+        p,
+        false,
+    );
+    s.scenario(
+        "allow-all egress beside an egress deny",
+        &docs(&[
+            np("x", "deny-egress", "podSelector: {}\npolicyTypes: [Egress]"),
+            np(
+                "x",
+                "allow-egress",
+                "podSelector: {}\npolicyTypes: [Egress]\negress: [{}]",
+            ),
+        ]),
+        p,
+        false,
+    );
     s.scenario("all policies deleted", "", p, false);
 
     // Pods and namespaces joining and leaving selectors.
