@@ -213,9 +213,10 @@ fn expand(
 
 fn desired(t: &PolicyTable) -> Desired {
     let mut d = Desired::default();
+    // A set of pods a policy applies to holds pod addresses: one lookup, not a scan.
     let contains = |set: &str, a: &IpAddr| {
         t.address_set(set)
-            .is_some_and(|m| m.iter().any(|n| n.contains(a)))
+            .is_some_and(|m| m.contains(&IpNet::from(*a)))
     };
     // The local pod addresses: the elements of the sets policies apply to.
     let mut selected_sets: BTreeSet<&str> = BTreeSet::new();
