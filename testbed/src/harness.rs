@@ -336,6 +336,38 @@ impl Host {
         .await;
     }
 
+    /// Waits until driver `name` is registered and ready (NetworkReady's `DriverReady`
+    /// condition): network readiness covers the drivers of networks only, not a Services or
+    /// Policy driver that registers after them.
+    pub async fn wait_driver(&self, name: &str) {
+        let c = self.clients().await;
+        wait_until(
+            &format!("driver {name} ready"),
+            Duration::from_secs(20),
+            || {
+                let mut node = c.node.clone();
+                let name = name.to_string();
+                async move {
+                    let r = node
+                        .network_ready(netlet_sdk::proto::NetworkReadyRequest::default())
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .readiness?;
+                    r.conditions
+                        .iter()
+                        .any(|c| {
+                            c.r#type == "DriverReady"
+                                && c.driver == name
+                                && c.status == netlet_sdk::proto::ConditionStatus::True as i32
+                        })
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
     /// Process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

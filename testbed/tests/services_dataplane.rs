@@ -223,6 +223,8 @@ async fn service_data_plane_conformance() {
         + &nft_driver("nft", &["--cluster-cidr", V4, "--cluster-cidr", V6]);
     let node = Node::start("svc", &drivers, &format!("nodeName: {NODE}\n")).await;
     node.host.wait_ready("default").await;
+    // The Services driver registers on its own time, after the bridge.
+    node.host.wait_driver("nft").await;
     let c = node.host.clients().await;
 
     // The outside client: a veth to the node; the node's default route points at it (so a
@@ -697,6 +699,8 @@ async fn service_from_a_manifest_is_reached_from_a_pod() {
     let extra = format!("nodeName: {NODE}\nmanifestsDir: {}\n", dir.path().display());
     let node = Node::start("manifest", &drivers, &extra).await;
     node.host.wait_ready("default").await;
+    // The Services driver registers on its own time, after the bridge.
+    node.host.wait_driver("nft").await;
     let _outside = outside_client(&node, "manifest");
     let c = node.host.clients().await;
     let mut pods = Vec::new();
@@ -840,6 +844,8 @@ endpoints:
     })
     .await;
     node.host.wait_ready("").await;
+    // The Services driver registers on its own time, after the bridge.
+    node.host.wait_driver("nft").await;
     // Its full sync has reached it once the Service answers again (its table was rebuilt).
     let client2 = client.clone();
     let after = netlet_testbed::harness::wait_until(
