@@ -625,6 +625,42 @@ mod tests {
         }
     }
 
+    // A named port resolves to the pod's container port of that name and protocol; a pod
+    // without one (or with it on another protocol) is no target.
+    #[test]
+    fn named_ports_resolve_per_pod() {
+        let pod = crate::netpol::PodInfo {
+            namespace: "x".into(),
+            name: "a".into(),
+            addresses: vec!["10.0.0.1".parse().unwrap()],
+            ports: [("http".to_string(), (Protocol::Tcp, 8080))].into(),
+            ..Default::default()
+        };
+        let named = |name: &str, proto: Protocol| netlet_sdk::proto::NetworkPolicyPort {
+            protocol: proto as i32,
+            named_port: name.into(),
+            ..Default::default()
+        };
+        let at = |name, proto| named_targets(std::iter::once(&pod), &named(name, proto));
+        assert_eq!(
+            at("http", Protocol::Tcp),
+            vec![NamedPortTarget {
+                address: "10.0.0.1".into(),
+                port: 8080
+            }]
+        );
+        assert_eq!(
+            at("http", Protocol::Unspecified).len(),
+            1,
+            "unspecified is TCP"
+        );
+        assert!(
+            at("http", Protocol::Udp).is_empty(),
+            "no UDP port of that name"
+        );
+        assert!(at("dns", Protocol::Tcp).is_empty());
+    }
+
     #[test]
     fn callers_and_drivers_are_numbered_apart() {
         let mut v = PolicyView::new(42);

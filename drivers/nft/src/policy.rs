@@ -772,3 +772,30 @@ impl Policy for Api {
         .map_err(|e| Status::internal(format!("policy task failed: {e}")))?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A numeric port: its number, a range, or every port of the protocol (unspecified: TCP).
+    #[test]
+    fn ports_match_as_written() {
+        let pod: IpAddr = "10.0.0.1".parse().unwrap();
+        let port = |n, e, proto: Protocol| NetworkPolicyPort {
+            protocol: proto as i32,
+            port: n,
+            end_port: e,
+            ..Default::default()
+        };
+        let m = |p| port_matches(&p, &pod, Dir::Ingress);
+        assert_eq!(
+            m(port(80, 0, Protocol::Unspecified)),
+            vec![(6, Some((80, 80)), None)]
+        );
+        assert_eq!(
+            m(port(32000, 32768, Protocol::Udp)),
+            vec![(17, Some((32000, 32768)), None)]
+        );
+        assert_eq!(m(port(0, 0, Protocol::Sctp)), vec![(132, None, None)]);
+    }
+}

@@ -324,6 +324,130 @@ mod tests {
         assert!(subtract(block, &[net("10.0.0.0/16")]).is_empty());
     }
 
+    fn pod(ns: &str, name: &str, ip: &str) -> PodInfo {
+        PodInfo {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: [("pod".to_string(), name.to_string())].into(),
+            addresses: vec![ip.parse().unwrap()],
+            local: true,
+            ..Default::default()
+        }
+    }
+
+    /// Two namespaces as in the upstream netpol e2e: x and y, pods a, b, c in each.
+    fn cluster() -> Cluster {
+        let mut pods = Vec::new();
+        for (n, ns) in ["x", "y"].iter().enumerate() {
+            for (m, p) in ["a", "b", "c"].iter().enumerate() {
+                pods.push(pod(ns, p, &format!("10.0.{n}.{}", m + 1)));
+            }
+        }
+        Cluster {
+            pods,
+            namespaces: ["x", "y"]
+                .iter()
+                .map(|n| (n.to_string(), [("ns".to_string(), n.to_string())].into()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn sel(kv: &[(&str, &str)]) -> LabelSelector {
+        LabelSelector {
+            match_labels: kv
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The pods (namespace/name) a set holds in `c`.
+    fn names(c: &Cluster, def: SetDef) -> Vec<String> {
+        let mut sets = Sets::default();
+        let name = sets.define(def, c);
+        let members = sets.members(&name).cloned().unwrap_or_default();
+        let mut out: Vec<String> = c
+            .all_pods()
+            .filter(|p| {
+                p.addresses
+                    .iter()
+                    .any(|a| members.contains(&IpNet::from(*a)))
+            })
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        out.sort();
+        out
+    }
+
+    // The NetworkPolicy peer kinds as the host maps them onto sets (a pod selector alone: the
+    // policy's namespace; a namespace selector: the namespaces it matches; both: AND).
+    #[test]
+    fn pod_sets_resolve_as_the_api_defines() {
+        let c = cluster();
+        let pods = |namespaces, pods| SetDef::Pods {
+            local: false,
+            namespaces,
+            pods,
+        };
+        // The pods a policy of x selecting pod=a applies to; an empty selector: the namespace.
+        let selected = |s: LabelSelector| SetDef::Pods {
+            local: true,
+            namespaces: Namespaces::Named("x".into()),
+            pods: Some(s),
+        };
+        assert_eq!(names(&c, selected(sel(&[("pod", "a")]))), ["x/a"]);
+        assert_eq!(
+            names(&c, selected(LabelSelector::default())),
+            ["x/a", "x/b", "x/c"],
+            "no selector: the namespace"
+        );
+        assert_eq!(
+            names(
+                &c,
+                pods(Namespaces::Named("x".into()), Some(sel(&[("pod", "b")])))
+            ),
+            ["x/b"],
+            "a pod selector alone: the policy's namespace only"
+        );
+        assert_eq!(
+            names(&c, pods(Namespaces::Selected(sel(&[("ns", "y")])), None)),
+            ["y/a", "y/b", "y/c"],
+            "a namespace selector alone: every pod there"
+        );
+        assert_eq!(
+            names(
+                &c,
+                pods(
+                    Namespaces::Selected(sel(&[("ns", "y")])),
+                    Some(sel(&[("pod", "b")]))
+                )
+            ),
+            ["y/b"],
+            "both in one peer: AND"
+        );
+        assert_eq!(
+            names(
+                &c,
+                pods(Namespaces::Selected(sel(&[])), Some(sel(&[("pod", "c")])))
+            ),
+            ["x/c", "y/c"],
+            "an empty namespace selector: every namespace"
+        );
+        assert_eq!(
+            names(
+                &c,
+                pods(
+                    Namespaces::Selected(sel(&[("kubernetes.io/metadata.name", "y")])),
+                    None
+                )
+            ),
+            ["y/a", "y/b", "y/c"],
+            "the name label is always there"
+        );
+    }
+
     #[test]
     fn names_follow_meaning_not_spelling() {
         let sel = |pairs: &[(&str, &str)]| LabelSelector {
