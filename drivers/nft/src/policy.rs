@@ -330,15 +330,19 @@ fn desired(t: &PolicyTable) -> Desired {
     d
 }
 
-fn addr_offsets(v6: bool, dir: Dir) -> (u32, u32) {
-    // (offset of the peer address, its length): ingress looks at the source, egress at the
-    // destination.
-    match (v6, dir) {
-        (false, Dir::Ingress) => (12, 4),
-        (false, Dir::Egress) => (16, 4),
-        (true, Dir::Ingress) => (8, 16),
-        (true, Dir::Egress) => (24, 16),
+/// (offset in the network header, length) of the source (`source`) or destination address.
+fn addr_field(v6: bool, source: bool) -> (u32, u32) {
+    match (v6, source) {
+        (false, true) => (12, 4),
+        (false, false) => (16, 4),
+        (true, true) => (8, 16),
+        (true, false) => (24, 16),
     }
+}
+
+/// The peer's address: the source of what comes in, the destination of what goes out.
+fn addr_offsets(v6: bool, dir: Dir) -> (u32, u32) {
+    addr_field(v6, dir == Dir::Ingress)
 }
 
 fn rule_exprs(r: &Rule, v6: bool, dir: Dir) -> Vec<Expr> {
@@ -466,13 +470,8 @@ fn skeleton(b: &mut Batch) {
     );
     for dir in [Dir::Egress, Dir::Ingress] {
         for v6 in [false, true] {
-            let (off, len) = match (v6, dir) {
-                // The pod's own address: the source for egress, the destination for ingress.
-                (false, Dir::Egress) => (12, 4),
-                (false, Dir::Ingress) => (16, 4),
-                (true, Dir::Egress) => (8, 16),
-                (true, Dir::Ingress) => (24, 16),
-            };
+            // The pod's own address: the source for egress, the destination for ingress.
+            let (off, len) = addr_field(v6, dir == Dir::Egress);
             b.add_rule(
                 FAMILY,
                 TABLE,

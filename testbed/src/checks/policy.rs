@@ -11,21 +11,28 @@ use tonic::Code;
 use super::{check, expect_code, expect_ok};
 use crate::conformance::{Check, Outcome};
 
+/// The target's ListPolicies answer.
+async fn list(
+    ctx: &crate::conformance::Ctx,
+) -> Result<netlet_sdk::proto::ListPoliciesResponse, String> {
+    expect_ok(
+        "ListPolicies",
+        ctx.clients
+            .policy
+            .clone()
+            .list_policies(ListPoliciesRequest {})
+            .await,
+    )
+    .map(|r| r.into_inner())
+}
+
 pub fn checks() -> Vec<Check> {
     vec![
         check!(
             "policy/apply-invalid-fields",
             Some(Capability::Policy),
             |ctx| {
-                let before = expect_ok(
-                    "ListPolicies",
-                    ctx.clients
-                        .policy
-                        .clone()
-                        .list_policies(ListPoliciesRequest {})
-                        .await,
-                )?
-                .into_inner();
+                let before = list(ctx).await?;
                 let g = before.applied_generation;
                 let epoch = before.applied_epoch;
                 let base = ApplyPolicyRequest {
@@ -82,15 +89,7 @@ pub fn checks() -> Vec<Check> {
                         Some(field),
                     )?;
                 }
-                let after = expect_ok(
-                    "ListPolicies",
-                    ctx.clients
-                        .policy
-                        .clone()
-                        .list_policies(ListPoliciesRequest {})
-                        .await,
-                )?
-                .into_inner();
+                let after = list(ctx).await?;
                 if before != after {
                     return Err("rejected batches changed the policies".into());
                 }
@@ -227,18 +226,7 @@ pub fn checks() -> Vec<Check> {
             "policy/full-sync-from-a-new-epoch-applies",
             Some(Capability::Policy),
             |ctx| {
-                let list = || async {
-                    expect_ok(
-                        "ListPolicies",
-                        ctx.clients
-                            .policy
-                            .clone()
-                            .list_policies(ListPoliciesRequest {})
-                            .await,
-                    )
-                    .map(|r| r.into_inner())
-                };
-                let before = list().await?;
+                let before = list(ctx).await?;
                 let (old_epoch, g0) = (before.applied_epoch, before.applied_generation);
                 let epoch = old_epoch.wrapping_add(1).max(1);
                 let key = PolicyKey {
@@ -270,7 +258,7 @@ pub fn checks() -> Vec<Check> {
                         .await,
                 )?
                 .into_inner();
-                let after = list().await?;
+                let after = list(ctx).await?;
                 if (r.applied_epoch, r.applied_generation) != (epoch, 1)
                     || (after.applied_epoch, after.applied_generation) != (epoch, 1)
                     || after.hostname_grants != vec![grant]
@@ -314,7 +302,7 @@ pub fn checks() -> Vec<Check> {
                         })
                         .await,
                 )?;
-                if !list().await?.hostname_grants.is_empty() {
+                if !list(ctx).await?.hostname_grants.is_empty() {
                     return Err(
                         "sent a delta deleting the only grant in the new epoch: it is still listed"
                             .into(),
@@ -333,18 +321,7 @@ pub fn checks() -> Vec<Check> {
                         "the target does not declare FEATURE_NETWORK_POLICY".into(),
                     ));
                 }
-                let list = || async {
-                    expect_ok(
-                        "ListPolicies",
-                        ctx.clients
-                            .policy
-                            .clone()
-                            .list_policies(ListPoliciesRequest {})
-                            .await,
-                    )
-                    .map(|r| r.into_inner())
-                };
-                let before = list().await?;
+                let before = list(ctx).await?;
                 let (epoch, mut generation) = (before.applied_epoch, before.applied_generation);
                 let set = ctx.unique("conf-set");
                 let key = PolicyKey {
@@ -406,7 +383,7 @@ pub fn checks() -> Vec<Check> {
                     })
                     .await,
                 )?;
-                let got = list().await?;
+                let got = list(ctx).await?;
                 let elements = got
                     .address_sets
                     .iter()
@@ -446,7 +423,7 @@ pub fn checks() -> Vec<Check> {
                     })
                     .await,
                 )?;
-                let after = list().await?;
+                let after = list(ctx).await?;
                 if after.address_sets.iter().any(|s| s.name.starts_with(&set)) {
                     return Err("deleted address sets are still listed".into());
                 }
