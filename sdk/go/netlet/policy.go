@@ -137,7 +137,7 @@ func NetworkPolicyPeer(field string, p *pb.NetworkPolicyPeer) error {
 		if len(p.GetIpBlockExcept()) > 0 {
 			return Invalid(field+".ip_block_except", "only with ip_block_cidr")
 		}
-		if !selectors && len(p.GetResolvedAddresses()) == 0 {
+		if !selectors && len(p.GetResolvedAddresses()) == 0 && p.GetAddressSet() == "" {
 			return Invalid(field, "one of pod_selector, namespace_selector or ip_block_cidr is required")
 		}
 	} else {
@@ -164,6 +164,22 @@ func NetworkPolicyPeer(field string, p *pb.NetworkPolicyPeer) error {
 			return err
 		}
 	}
+	if n := p.GetAddressSet(); n != "" {
+		return AddressSetName(field+".address_set", n)
+	}
+	return nil
+}
+
+var addressSetNameRe = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
+
+// AddressSetName checks the name of a shared address set: 1-64 characters of [a-z0-9-].
+func AddressSetName(field, v string) error {
+	if v == "" {
+		return Invalid(field, "required")
+	}
+	if !addressSetNameRe.MatchString(v) {
+		return Invalid(field, fmt.Sprintf("%q is not an address set name (1-64 of [a-z0-9-])", v))
+	}
 	return nil
 }
 
@@ -179,6 +195,18 @@ func NetworkPolicyPort(field string, p *pb.NetworkPolicyPort) error {
 		}
 		if !portNameRe.MatchString(n) || !strings.ContainsAny(n, "abcdefghijklmnopqrstuvwxyz") {
 			return Invalid(field+".named_port", fmt.Sprintf("%q is not a port name (IANA_SVC_NAME)", n))
+		}
+	}
+	for i, t := range p.GetNamedPortTargets() {
+		f := fmt.Sprintf("%s.named_port_targets[%d]", field, i)
+		if p.GetNamedPort() == "" {
+			return Invalid(f, "only with named_port")
+		}
+		if _, err := netip.ParseAddr(t.GetAddress()); err != nil {
+			return Invalid(f+".address", fmt.Sprintf("%q is not an IP address", t.GetAddress()))
+		}
+		if t.GetPort() == 0 || t.GetPort() > 65535 {
+			return Invalid(f+".port", fmt.Sprintf("%d is not a port", t.GetPort()))
 		}
 	}
 	if e := p.GetEndPort(); e != 0 {
