@@ -21,6 +21,7 @@ pub mod registry;
 mod resync;
 pub mod services;
 pub mod store;
+pub mod wasm;
 
 use std::sync::Arc;
 
