@@ -48,11 +48,11 @@ pub mod hostname {
     });
 }
 
+use dns::netlet::policy::log::Level;
 pub use dns::netlet::policy::types::{
     DenyCode, DnsDecision, DnsQuery, DnsVerdict, HostnameDecision, HostnameRequest, Label,
     PodIdentity,
 };
-use dns::netlet::policy::log::Level;
 
 /// Longest reason a module may give (the world says 512 bytes).
 pub const MAX_REASON: usize = 512;
@@ -74,7 +74,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { deadline: Duration::from_millis(1), memory: 16 << 20, instances: 256 }
+        Limits {
+            deadline: Duration::from_millis(1),
+            memory: 16 << 20,
+            instances: 256,
+        }
     }
 }
 
@@ -204,10 +208,16 @@ impl Counters {
 
     /// Failures of every kind.
     pub fn failures(&self) -> u64 {
-        [&self.deadline, &self.memory, &self.trap, &self.bad_output, &self.unavailable]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        [
+            &self.deadline,
+            &self.memory,
+            &self.trap,
+            &self.bad_output,
+            &self.unavailable,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
     }
 }
 
@@ -251,7 +261,11 @@ struct FileStamp {
 fn stamp(path: &Path) -> std::io::Result<FileStamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path)?;
-    Ok(FileStamp { len: m.len(), modified: m.modified().ok(), inode: m.ino() })
+    Ok(FileStamp {
+        len: m.len(),
+        modified: m.modified().ok(),
+        inode: m.ino(),
+    })
 }
 
 struct Entry {
@@ -384,8 +398,11 @@ impl Modules {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("wasmtime engine: {e}"))?;
         let mut linker = Linker::new(&engine);
-        dns::netlet::policy::log::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("linker: {e}"))?;
+        dns::netlet::policy::log::add_to_linker::<CallState, HasSelf<CallState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("linker: {e}"))?;
         // Four ticks per deadline: a call is stopped between 1 and 1.25 deadlines after it began.
         let tick = (limits.deadline / 4).max(Duration::from_micros(50));
         let deadline_ticks = limits.deadline.as_nanos().div_ceil(tick.as_nanos()) as u64 + 1;
@@ -399,18 +416,23 @@ impl Modules {
         });
         let t = ticker.clone();
         let e = engine.clone();
-        let handle = std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
-            while !t.stop.load(Ordering::Acquire) {
-                if t.now_ms().saturating_sub(t.last_call.load(Ordering::Relaxed)) > 1000 {
-                    t.parked.store(true, Ordering::Release);
-                    std::thread::park_timeout(Duration::from_secs(1));
-                    t.parked.store(false, Ordering::Release);
-                } else {
-                    std::thread::sleep(t.tick);
+        let handle = std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !t.stop.load(Ordering::Acquire) {
+                    if t.now_ms()
+                        .saturating_sub(t.last_call.load(Ordering::Relaxed))
+                        > 1000
+                    {
+                        t.parked.store(true, Ordering::Release);
+                        std::thread::park_timeout(Duration::from_secs(1));
+                        t.parked.store(false, Ordering::Release);
+                    } else {
+                        std::thread::sleep(t.tick);
+                    }
+                    e.increment_epoch();
                 }
-                e.increment_epoch();
-            }
-        })?;
+            })?;
         *ticker.thread.lock().unwrap() = Some(handle.thread().clone());
         Ok(Modules {
             engine,
@@ -477,7 +499,12 @@ impl Modules {
             *entry.seen.lock().unwrap() = Some(st.clone());
             match self.load(&entry.spec, st) {
                 Ok(loaded) => {
-                    let had = entry.loaded.write().unwrap().replace(Arc::new(loaded)).is_some();
+                    let had = entry
+                        .loaded
+                        .write()
+                        .unwrap()
+                        .replace(Arc::new(loaded))
+                        .is_some();
                     if had {
                         entry.counters.reloads.fetch_add(1, Ordering::Relaxed);
                     }
@@ -495,7 +522,8 @@ impl Modules {
     }
 
     fn load(&self, spec: &ModuleSpec, stamp: FileStamp) -> Result<Loaded, String> {
-        let bytes = std::fs::read(&spec.path).map_err(|e| format!("{}: {e}", spec.path.display()))?;
+        let bytes =
+            std::fs::read(&spec.path).map_err(|e| format!("{}: {e}", spec.path.display()))?;
         let sha256 = hex(&Sha256::digest(&bytes));
         if let Some(pin) = &spec.sha256
             && !pin.eq_ignore_ascii_case(&sha256)
@@ -507,10 +535,12 @@ impl Modules {
         }
         let component = Component::new(&self.engine, &bytes)
             .map_err(|e| format!("{}: refused: {e:#}", spec.path.display()))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| format!("{}: imports beyond the world's `log`: {e:#}", spec.path.display()))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            format!(
+                "{}: imports beyond the world's `log`: {e:#}",
+                spec.path.display()
+            )
+        })?;
         let (pre, world) = match dns::DnsPolicyPre::new(pre.clone()) {
             Ok(p) => (Pre::Dns(p), World::DnsPolicy),
             Err(dns_err) => match hostname::HostnameGrantPre::new(pre) {
@@ -523,7 +553,13 @@ impl Modules {
                 }
             },
         };
-        let loaded = Loaded { pre, world, sha256, loaded_at: SystemTime::now(), stamp };
+        let loaded = Loaded {
+            pre,
+            world,
+            sha256,
+            loaded_at: SystemTime::now(),
+            stamp,
+        };
         // Instantiate once now: a module that cannot be instantiated within the limits (memory
         // it asks for up front, say) is refused at load, not on the first query.
         let mut store = self.store();
@@ -531,7 +567,13 @@ impl Modules {
             Pre::Dns(p) => p.instantiate(&mut store).map(drop),
             Pre::Hostname(p) => p.instantiate(&mut store).map(drop),
         };
-        inst.map_err(|e| format!("{}: cannot be instantiated: {}", spec.path.display(), self.classify(e, &store)))?;
+        inst.map_err(|e| {
+            format!(
+                "{}: cannot be instantiated: {}",
+                spec.path.display(),
+                self.classify(e, &store)
+            )
+        })?;
         Ok(loaded)
     }
 
@@ -545,7 +587,12 @@ impl Modules {
             .build();
         let mut store = Store::new(
             &self.engine,
-            CallState { limits, memory_limit_hit: false, logs: Vec::new(), logs_dropped: 0 },
+            CallState {
+                limits,
+                memory_limit_hit: false,
+                logs: Vec::new(),
+                logs_dropped: 0,
+            },
         );
         store.limiter(|s| s);
         store.set_epoch_deadline(self.deadline_ticks);
@@ -564,7 +611,12 @@ impl Modules {
     }
 
     fn entry(&self, name: &str) -> Result<Arc<Entry>, Failure> {
-        self.entries.read().unwrap().get(name).cloned().ok_or_else(|| Failure::Unknown(name.into()))
+        self.entries
+            .read()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Failure::Unknown(name.into()))
     }
 
     fn loaded(&self, entry: &Entry, wanted: World) -> Result<Arc<Loaded>, Failure> {
@@ -621,7 +673,10 @@ impl Modules {
         if let Err(why) = &r
             && why.len() > MAX_REASON
         {
-            return Err(Failure::BadOutput(format!("settings error of {} bytes", why.len())));
+            return Err(Failure::BadOutput(format!(
+                "settings error of {} bytes",
+                why.len()
+            )));
         }
         Ok(r)
     }
@@ -636,7 +691,9 @@ impl Modules {
         let entry = self.entry(name)?;
         entry.counters.calls.fetch_add(1, Ordering::Relaxed);
         let r = self.loaded(&entry, World::DnsPolicy).and_then(|loaded| {
-            let Pre::Dns(pre) = &loaded.pre else { unreachable!("world checked") };
+            let Pre::Dns(pre) = &loaded.pre else {
+                unreachable!("world checked")
+            };
             self.ticker.touch();
             let mut store = self.store();
             let r = pre
@@ -671,20 +728,27 @@ impl Modules {
     ) -> Result<HostnameDecision, Failure> {
         let entry = self.entry(name)?;
         entry.counters.calls.fetch_add(1, Ordering::Relaxed);
-        let r = self.loaded(&entry, World::HostnameGrant).and_then(|loaded| {
-            let Pre::Hostname(pre) = &loaded.pre else { unreachable!("world checked") };
-            self.ticker.touch();
-            let mut store = self.store();
-            let r = pre
-                .instantiate(&mut store)
-                .and_then(|i| i.call_check_hostname(&mut store, settings, request));
-            self.emit_logs(&entry, &mut store);
-            let d = r.map_err(|e| self.classify(e, &store))?;
-            if d.reason.len() > MAX_REASON {
-                return Err(Failure::BadOutput(format!("reason of {} bytes", d.reason.len())));
-            }
-            Ok(d)
-        });
+        let r = self
+            .loaded(&entry, World::HostnameGrant)
+            .and_then(|loaded| {
+                let Pre::Hostname(pre) = &loaded.pre else {
+                    unreachable!("world checked")
+                };
+                self.ticker.touch();
+                let mut store = self.store();
+                let r = pre
+                    .instantiate(&mut store)
+                    .and_then(|i| i.call_check_hostname(&mut store, settings, request));
+                self.emit_logs(&entry, &mut store);
+                let d = r.map_err(|e| self.classify(e, &store))?;
+                if d.reason.len() > MAX_REASON {
+                    return Err(Failure::BadOutput(format!(
+                        "reason of {} bytes",
+                        d.reason.len()
+                    )));
+                }
+                Ok(d)
+            });
         match &r {
             Ok(d) if d.allowed => entry.counters.allow.fetch_add(1, Ordering::Relaxed),
             Ok(_) => entry.counters.deny.fetch_add(1, Ordering::Relaxed),
@@ -707,7 +771,10 @@ impl Modules {
             }
         }
         if data.logs_dropped > 0 {
-            entry.counters.logs_dropped.fetch_add(data.logs_dropped, Ordering::Relaxed);
+            entry
+                .counters
+                .logs_dropped
+                .fetch_add(data.logs_dropped, Ordering::Relaxed);
         }
     }
 
@@ -748,7 +815,10 @@ impl AsCounters for Entry {
 /// Whether a module's DNS answer is within what the world allows.
 fn check_dns_output(d: &DnsDecision) -> Result<(), Failure> {
     if d.reason.len() > MAX_REASON {
-        return Err(Failure::BadOutput(format!("reason of {} bytes", d.reason.len())));
+        return Err(Failure::BadOutput(format!(
+            "reason of {} bytes",
+            d.reason.len()
+        )));
     }
     if let DnsVerdict::Rewrite(name) = &d.verdict
         && let Err(why) = check_dns_name(name)
@@ -769,8 +839,13 @@ pub fn check_dns_name(name: &str) -> Result<(), String> {
         if label.is_empty() || label.len() > 63 {
             return Err(format!("label of {} characters (1-63)", label.len()));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(format!("label {label:?} has characters outside [a-zA-Z0-9-_]"));
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "label {label:?} has characters outside [a-zA-Z0-9-_]"
+            ));
         }
     }
     Ok(())

@@ -12,12 +12,14 @@ use netlet_host::wasm::{
 };
 
 fn modules_dir() -> PathBuf {
-    let dir = std::env::var_os("NETLET_WASM_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-        target.join("wasm-policies")
-    });
+    let dir = std::env::var_os("NETLET_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+            target.join("wasm-policies")
+        });
     assert!(
         dir.join("dns-namespace-lists.wasm").exists(),
         "{}: no modules; build them with `cargo run -p netlet-wasm-policies -- --out {0}` \
@@ -43,7 +45,10 @@ fn engine(specs: Vec<ModuleSpec>) -> Modules {
 /// Tests that are not about the deadline give calls more time: this machine is shared by the
 /// tests running in parallel, and a call preempted for a millisecond would fail its deadline.
 fn relaxed() -> Limits {
-    Limits { deadline: Duration::from_millis(100), ..Limits::default() }
+    Limits {
+        deadline: Duration::from_millis(100),
+        ..Limits::default()
+    }
 }
 
 fn engine_with(limits: Limits, specs: Vec<ModuleSpec>) -> Modules {
@@ -58,7 +63,10 @@ fn query(ns: Option<&str>, name: &str) -> DnsQuery {
         pod: ns.map(|ns| PodIdentity {
             namespace: ns.into(),
             name: "client".into(),
-            labels: vec![Label { key: "app".into(), value: "web".into() }],
+            labels: vec![Label {
+                key: "app".into(),
+                value: "web".into(),
+            }],
         }),
         client_address: "10.22.0.5".into(),
         name: name.into(),
@@ -68,7 +76,9 @@ fn query(ns: Option<&str>, name: &str) -> DnsQuery {
 }
 
 fn pattern_table(file: &str) -> Vec<Vec<String>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wasm-policies/testdata").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../wasm-policies/testdata")
+        .join(file);
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -85,10 +95,19 @@ fn block_module_matches_the_pattern_table() {
     for row in table {
         let (pattern, name, want) = (&row[0], &row[1], row[2] == "yes");
         let settings = format!(r#"{{"block": ["{pattern}"], "code": "refused"}}"#);
-        assert_eq!(m.validate_settings("block", World::DnsPolicy, &settings), Ok(Ok(())));
-        let d = m.check_dns("block", &settings, &query(Some("team-a"), name)).unwrap();
+        assert_eq!(
+            m.validate_settings("block", World::DnsPolicy, &settings),
+            Ok(Ok(()))
+        );
+        let d = m
+            .check_dns("block", &settings, &query(Some("team-a"), name))
+            .unwrap();
         let blocked = d.verdict == DnsVerdict::Deny(DenyCode::Refused);
-        assert_eq!(blocked, want, "pattern {pattern:?} name {name:?}: {}", d.reason);
+        assert_eq!(
+            blocked, want,
+            "pattern {pattern:?} name {name:?}: {}",
+            d.reason
+        );
         if want {
             assert_eq!(d.reason, format!("blocked by \"{pattern}\""));
         } else {
@@ -99,27 +118,55 @@ fn block_module_matches_the_pattern_table() {
 
 #[test]
 fn settings_are_validated_by_the_module() {
-    let m = engine(vec![spec("lists", "dns-namespace-lists"), spec("block", "dns-block-log")]);
+    let m = engine(vec![
+        spec("lists", "dns-namespace-lists"),
+        spec("block", "dns-block-log"),
+    ]);
     for row in pattern_table("bad-patterns.tsv") {
         let settings = format!(r#"{{"namespaces": {{"a": {{"allow": ["{}"]}}}}}}"#, row[0]);
-        let r = m.validate_settings("lists", World::DnsPolicy, &settings).unwrap();
+        let r = m
+            .validate_settings("lists", World::DnsPolicy, &settings)
+            .unwrap();
         assert!(r.is_err(), "pattern {:?} ({}) accepted", row[0], row[1]);
     }
     let cases = [
-        (r#"{"namespaces": {}, "defualt": "deny"}"#, "unknown settings key (namespaces, default, deny_code): \"defualt\""),
-        (r#"{"default": "maybe"}"#, "default must be \"allow\" or \"deny\": \"maybe\""),
-        (r#"{"namespaces": {"a": {"allow": ["a..b"]}}}"#, "empty label in pattern: \"a..b\""),
-        (r#"{"namespaces": {"a": {"permit": []}}}"#, "unknown key in a namespace entry (allow, deny): \"permit\""),
+        (
+            r#"{"namespaces": {}, "defualt": "deny"}"#,
+            "unknown settings key (namespaces, default, deny_code): \"defualt\"",
+        ),
+        (
+            r#"{"default": "maybe"}"#,
+            "default must be \"allow\" or \"deny\": \"maybe\"",
+        ),
+        (
+            r#"{"namespaces": {"a": {"allow": ["a..b"]}}}"#,
+            "empty label in pattern: \"a..b\"",
+        ),
+        (
+            r#"{"namespaces": {"a": {"permit": []}}}"#,
+            "unknown key in a namespace entry (allow, deny): \"permit\"",
+        ),
         (r#"{"namespaces": [1]}"#, "expected an object"),
-        (r#"{"default": "deny"} x"#, "trailing characters after the settings object"),
+        (
+            r#"{"default": "deny"} x"#,
+            "trailing characters after the settings object",
+        ),
     ];
     for (settings, want) in cases {
-        let r = m.validate_settings("lists", World::DnsPolicy, settings).unwrap();
+        let r = m
+            .validate_settings("lists", World::DnsPolicy, settings)
+            .unwrap();
         assert_eq!(r, Err(want.to_string()), "settings {settings}");
     }
     assert_eq!(
-        m.validate_settings("block", World::DnsPolicy, r#"{"block": ["ok.com"], "code": "no"}"#),
-        Ok(Err("code must be \"nxdomain\" or \"refused\": \"no\"".into()))
+        m.validate_settings(
+            "block",
+            World::DnsPolicy,
+            r#"{"block": ["ok.com"], "code": "no"}"#
+        ),
+        Ok(Err(
+            "code must be \"nxdomain\" or \"refused\": \"no\"".into()
+        ))
     );
     // A module of the other world is not asked.
     assert!(matches!(
@@ -139,34 +186,89 @@ fn namespace_lists_decide_per_namespace() {
         "default": "deny",
         "deny_code": "refused"
     }"#;
-    assert_eq!(m.validate_settings("lists", World::DnsPolicy, settings), Ok(Ok(())));
+    assert_eq!(
+        m.validate_settings("lists", World::DnsPolicy, settings),
+        Ok(Ok(()))
+    );
     let refused = DnsVerdict::Deny(DenyCode::Refused);
     let cases: &[(Option<&str>, &str, DnsVerdict, &str)] = &[
-        (Some("shop"), "api.payments.example.", DnsVerdict::Allow, "namespace shop: allowed by \"*.payments.example\""),
-        (Some("shop"), "evil.payments.example.", refused.clone(), "namespace shop: denied by \"evil.payments.example\""),
-        (Some("shop"), "db.shop.svc.cluster.local.", DnsVerdict::Allow, "namespace shop: allowed by \"**.svc.cluster.local\""),
-        (Some("shop"), "google.com.", refused.clone(), "namespace shop: no pattern matched, default deny"),
-        (Some("blog"), "db.blog.svc.cluster.local.", DnsVerdict::Allow, "namespace * for blog: allowed by \"**.svc.cluster.local\""),
-        (Some("blog"), "api.payments.example.", refused.clone(), "namespace * for blog: no pattern matched, default deny"),
-        (None, "api.payments.example.", refused.clone(), "no pod: *: no pattern matched, default deny"),
+        (
+            Some("shop"),
+            "api.payments.example.",
+            DnsVerdict::Allow,
+            "namespace shop: allowed by \"*.payments.example\"",
+        ),
+        (
+            Some("shop"),
+            "evil.payments.example.",
+            refused.clone(),
+            "namespace shop: denied by \"evil.payments.example\"",
+        ),
+        (
+            Some("shop"),
+            "db.shop.svc.cluster.local.",
+            DnsVerdict::Allow,
+            "namespace shop: allowed by \"**.svc.cluster.local\"",
+        ),
+        (
+            Some("shop"),
+            "google.com.",
+            refused.clone(),
+            "namespace shop: no pattern matched, default deny",
+        ),
+        (
+            Some("blog"),
+            "db.blog.svc.cluster.local.",
+            DnsVerdict::Allow,
+            "namespace * for blog: allowed by \"**.svc.cluster.local\"",
+        ),
+        (
+            Some("blog"),
+            "api.payments.example.",
+            refused.clone(),
+            "namespace * for blog: no pattern matched, default deny",
+        ),
+        (
+            None,
+            "api.payments.example.",
+            refused.clone(),
+            "no pod: *: no pattern matched, default deny",
+        ),
     ];
     for (ns, name, verdict, reason) in cases {
         let d = m.check_dns("lists", settings, &query(*ns, name)).unwrap();
-        assert_eq!((&d.verdict, d.reason.as_str()), (verdict, *reason), "{ns:?} {name}");
+        assert_eq!(
+            (&d.verdict, d.reason.as_str()),
+            (verdict, *reason),
+            "{ns:?} {name}"
+        );
     }
     let d = m
-        .check_dns("lists", r#"{"default": "allow", "deny_code": "nxdomain"}"#, &query(Some("x"), "a.com."))
+        .check_dns(
+            "lists",
+            r#"{"default": "allow", "deny_code": "nxdomain"}"#,
+            &query(Some("x"), "a.com."),
+        )
         .unwrap();
     assert_eq!(d.verdict, DnsVerdict::Allow);
-    let d = m.check_dns("lists", r#"{}"#, &query(Some("x"), "a.com.")).unwrap();
-    assert_eq!(d.verdict, DnsVerdict::Deny(DenyCode::Nxdomain), "default deny, NXDOMAIN");
+    let d = m
+        .check_dns("lists", r#"{}"#, &query(Some("x"), "a.com."))
+        .unwrap();
+    assert_eq!(
+        d.verdict,
+        DnsVerdict::Deny(DenyCode::Nxdomain),
+        "default deny, NXDOMAIN"
+    );
 }
 
 #[test]
 fn hostname_module_answers_its_world() {
     let m = engine(vec![spec("suffix", "hostname-namespace-suffix")]);
     let settings = r#"{"suffix": "apps.example.com"}"#;
-    assert_eq!(m.validate_settings("suffix", World::HostnameGrant, settings), Ok(Ok(())));
+    assert_eq!(
+        m.validate_settings("suffix", World::HostnameGrant, settings),
+        Ok(Ok(()))
+    );
     assert_eq!(
         m.validate_settings("suffix", World::HostnameGrant, "{}"),
         Ok(Err("suffix is required".into()))
@@ -187,7 +289,9 @@ fn hostname_module_answers_its_world() {
         ("shop", "apps.example.com", false),
         ("shop", "shop.example.com", false),
     ] {
-        let d = m.check_hostname("suffix", settings, &req(ns, host)).unwrap();
+        let d = m
+            .check_hostname("suffix", settings, &req(ns, host))
+            .unwrap();
         assert_eq!(d.allowed, allowed, "{ns} {host}: {}", d.reason);
     }
     assert!(matches!(
@@ -200,14 +304,20 @@ fn hostname_module_answers_its_world() {
 /// well-behaved module on other threads keep being answered correctly.
 #[test]
 fn hostile_modules_are_stopped_and_others_keep_answering() {
-    let limits = Limits { deadline: Duration::from_millis(20), ..Limits::default() };
-    let m = Arc::new(engine_with(limits, vec![
-        spec("lists", "dns-namespace-lists"),
-        spec("loop", "hostile-loop"),
-        spec("memory", "hostile-memory"),
-        spec("trap", "hostile-trap"),
-        spec("oversized", "hostile-oversized"),
-    ]));
+    let limits = Limits {
+        deadline: Duration::from_millis(20),
+        ..Limits::default()
+    };
+    let m = Arc::new(engine_with(
+        limits,
+        vec![
+            spec("lists", "dns-namespace-lists"),
+            spec("loop", "hostile-loop"),
+            spec("memory", "hostile-memory"),
+            spec("trap", "hostile-trap"),
+            spec("oversized", "hostile-oversized"),
+        ],
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
     let good = {
@@ -215,9 +325,13 @@ fn hostile_modules_are_stopped_and_others_keep_answering() {
         std::thread::spawn(move || {
             let settings = r#"{"namespaces": {"a": {"allow": ["ok.example"]}}}"#;
             while !stop.load(Ordering::Relaxed) {
-                let d = m.check_dns("lists", settings, &query(Some("a"), "ok.example.")).unwrap();
+                let d = m
+                    .check_dns("lists", settings, &query(Some("a"), "ok.example."))
+                    .unwrap();
                 assert_eq!(d.verdict, DnsVerdict::Allow);
-                let d = m.check_dns("lists", settings, &query(Some("a"), "no.example.")).unwrap();
+                let d = m
+                    .check_dns("lists", settings, &query(Some("a"), "no.example."))
+                    .unwrap();
                 assert_eq!(d.verdict, DnsVerdict::Deny(DenyCode::Nxdomain));
                 answered.fetch_add(2, Ordering::Relaxed);
             }
@@ -226,9 +340,17 @@ fn hostile_modules_are_stopped_and_others_keep_answering() {
     let before = answered.load(Ordering::Relaxed);
     for _ in 0..3 {
         let q = query(Some("a"), "x.example.");
-        assert_eq!(m.check_dns("loop", "{}", &q), Err(Failure::Deadline(Duration::from_millis(20))));
-        assert_eq!(m.check_dns("memory", "{}", &q), Err(Failure::MemoryLimit(16 << 20)));
-        assert!(matches!(m.check_dns("trap", "{}", &q), Err(Failure::Trap(t)) if t.contains("unreachable")));
+        assert_eq!(
+            m.check_dns("loop", "{}", &q),
+            Err(Failure::Deadline(Duration::from_millis(20)))
+        );
+        assert_eq!(
+            m.check_dns("memory", "{}", &q),
+            Err(Failure::MemoryLimit(16 << 20))
+        );
+        assert!(
+            matches!(m.check_dns("trap", "{}", &q), Err(Failure::Trap(t)) if t.contains("unreachable"))
+        );
         assert_eq!(
             m.check_dns("oversized", "{}", &q),
             Err(Failure::BadOutput("reason of 1048576 bytes".into()))
@@ -237,7 +359,10 @@ fn hostile_modules_are_stopped_and_others_keep_answering() {
     // The good module answered throughout (poll: the other thread may not have run yet).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while answered.load(Ordering::Relaxed) <= before + 10 {
-        assert!(std::time::Instant::now() < deadline, "the good module stopped answering");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the good module stopped answering"
+        );
         std::thread::yield_now();
     }
     stop.store(true, Ordering::Relaxed);
@@ -281,7 +406,10 @@ fn a_module_asking_for_too_much_memory_is_refused_at_load() {
         m.check_dns("huge", "{}", &query(None, "a.")),
         Err(Failure::NotLoaded { .. })
     ));
-    assert!(matches!(m.check_dns("nope", "{}", &query(None, "a.")), Err(Failure::Unknown(_))));
+    assert!(matches!(
+        m.check_dns("nope", "{}", &query(None, "a.")),
+        Err(Failure::Unknown(_))
+    ));
 }
 
 #[test]
@@ -292,7 +420,10 @@ fn a_pinned_digest_must_match() {
     let m = Modules::new(Limits::default()).unwrap();
     let errors = m.configure(vec![s.clone()]);
     assert_eq!(errors.len(), 1);
-    assert!(errors[0].1.contains(&format!("sha256 {real} is not the pinned {}", "00".repeat(32))));
+    assert!(errors[0].1.contains(&format!(
+        "sha256 {real} is not the pinned {}",
+        "00".repeat(32)
+    )));
     assert!(m.sha256("lists").is_none());
     s.sha256 = Some(real.to_uppercase());
     assert!(m.configure(vec![s]).is_empty());
@@ -324,9 +455,17 @@ fn hot_reload_drops_no_query() {
         let (m, stop, old, new) = (m.clone(), stop.clone(), old.clone(), new.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                match m.check_dns("p", r#"{"block": ["evil.example"]}"#, &query(Some("a"), "evil.example.")) {
-                    Ok(d) if d.reason == "blocked by \"evil.example\"" => old.fetch_add(1, Ordering::Relaxed),
-                    Ok(d) if d.reason.starts_with("settings unreadable") => new.fetch_add(1, Ordering::Relaxed),
+                match m.check_dns(
+                    "p",
+                    r#"{"block": ["evil.example"]}"#,
+                    &query(Some("a"), "evil.example."),
+                ) {
+                    Ok(d) if d.reason == "blocked by \"evil.example\"" => {
+                        old.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Ok(d) if d.reason.starts_with("settings unreadable") => {
+                        new.fetch_add(1, Ordering::Relaxed)
+                    }
                     other => panic!("unexpected answer {other:?}"),
                 };
             }
@@ -344,7 +483,10 @@ fn hot_reload_drops_no_query() {
     assert!(m.reload().is_empty());
     let at_swap = new.load(Ordering::Relaxed);
     while new.load(Ordering::Relaxed) < at_swap + 50 {
-        assert!(std::time::Instant::now() < deadline, "the new module never answered");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new module never answered"
+        );
         std::thread::yield_now();
     }
     stop.store(true, Ordering::Relaxed);

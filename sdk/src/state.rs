@@ -506,6 +506,7 @@ impl PolicyTable {
             hostname_grants: self.grants.values().cloned().collect(),
             cluster_network_policies: self.cluster.values().cloned().collect(),
             address_sets: self.address_sets(),
+            modules: Vec::new(),
         }
     }
 

@@ -637,6 +637,18 @@ fn policy_key(field: &str, k: Option<&PolicyKey>, kind: PolicyKind) -> R {
     dns_label(&format!("{field}.name"), &k.name)
 }
 
+/// A DnsPolicy name pattern (see [`crate::dnsname`]).
+fn dns_pattern(field: &str, v: &str) -> R {
+    match crate::dnsname::check_pattern(v) {
+        None => Ok(()),
+        Some(why) => Err(invalid(field, format!("{v:?}: {why}"))),
+    }
+}
+
+fn is_sha256_hex(v: &str) -> bool {
+    v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn name_pattern(field: &str, v: &str) -> R {
     required(field, v)?;
     let name = v.strip_prefix("*.").unwrap_or(v).trim_end_matches('.');
@@ -959,10 +971,19 @@ pub fn apply_policy(r: &ApplyPolicyRequest) -> R {
         let f = format!("dns_policies[{i}]");
         policy_key(&format!("{f}.key"), p.key.as_ref(), PolicyKind::DnsPolicy)?;
         for (j, n) in p.allow.iter().enumerate() {
-            name_pattern(&format!("{f}.allow[{j}]"), n)?;
+            dns_pattern(&format!("{f}.allow[{j}]"), n)?;
         }
         for (j, n) in p.deny.iter().enumerate() {
-            name_pattern(&format!("{f}.deny[{j}]"), n)?;
+            dns_pattern(&format!("{f}.deny[{j}]"), n)?;
+        }
+        if p.module.is_empty() && !p.module_settings_json.is_empty() {
+            return Err(invalid(
+                format!("{f}.module_settings_json"),
+                "settings without a module",
+            ));
+        }
+        if !p.module_sha256.is_empty() && !is_sha256_hex(&p.module_sha256) {
+            return Err(invalid(format!("{f}.module_sha256"), "not 64 hex digits"));
         }
     }
     for (i, g) in r.hostname_grants.iter().enumerate() {

@@ -36,7 +36,9 @@ fn main() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(&args.out)?;
     let mut resolve = Resolve::default();
-    let (pkg, _) = resolve.push_dir(root.join("wit")).context("reading wasm-policies/wit")?;
+    let (pkg, _) = resolve
+        .push_dir(root.join("wit"))
+        .context("reading wasm-policies/wit")?;
 
     let mut built = Vec::new();
     for (dir, ext) in [("modules", "c"), ("hostile", "wat")] {
@@ -48,13 +50,20 @@ fn main() -> Result<()> {
         for src in sources {
             let name = src.file_stem().unwrap().to_string_lossy().into_owned();
             let text = std::fs::read_to_string(&src)?;
-            let world_name = world_of(&text).with_context(|| format!("{}: no world line", src.display()))?;
+            let world_name =
+                world_of(&text).with_context(|| format!("{}: no world line", src.display()))?;
             let world = resolve.select_world(&[pkg], Some(world_name))?;
             let core = if ext == "c" {
                 compile_c(&args, root, &mut resolve, world, world_name, &src, &name)?
             } else {
                 let mut core = wat::parse_file(&src)?;
-                wit_component::embed_component_metadata(&mut core, &resolve, world, StringEncoding::UTF8, false)?;
+                wit_component::embed_component_metadata(
+                    &mut core,
+                    &resolve,
+                    world,
+                    StringEncoding::UTF8,
+                    false,
+                )?;
                 core
             };
             let component = ComponentEncoder::default()
@@ -91,7 +100,9 @@ fn compile_c(
     let gen_dir = args.out.join("gen").join(world_name);
     std::fs::create_dir_all(&gen_dir)?;
     let mut files = wit_bindgen_core::Files::default();
-    wit_bindgen_c::Opts::default().build().generate(resolve, world, &mut files)?;
+    wit_bindgen_c::Opts::default()
+        .build()
+        .generate(resolve, world, &mut files)?;
     let mut inputs = vec![src.to_path_buf()];
     for (file, bytes) in files.iter() {
         let path = gen_dir.join(file);
@@ -104,9 +115,18 @@ fn compile_c(
     let sysroot = &args.sysroot;
     let status = Command::new(&args.cc)
         .arg("--target=wasm32-wasi")
-        .arg(format!("-isystem{}", sysroot.join("include/wasm32-wasi").display()))
+        .arg(format!(
+            "-isystem{}",
+            sysroot.join("include/wasm32-wasi").display()
+        ))
         .arg(format!("-L{}", sysroot.join("lib/wasm32-wasi").display()))
-        .args(["-nostdlibinc", "-mexec-model=reactor", "-O2", "-Wall", "-Werror"])
+        .args([
+            "-nostdlibinc",
+            "-mexec-model=reactor",
+            "-O2",
+            "-Wall",
+            "-Werror",
+        ])
         .args(["-Wno-unused-function", "-fuse-ld=lld"])
         .arg(format!("-I{}", gen_dir.display()))
         .arg(format!("-I{}", root.join("modules").display()))

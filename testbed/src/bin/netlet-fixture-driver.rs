@@ -392,6 +392,7 @@ impl Policy for Fixture {
                     action: DnsAction::Deny as i32,
                     policy: name,
                     reason: "denied by pattern".into(),
+                    ..Default::default()
                 }));
             }
             if p.allow.iter().any(|a| matches(a, &req.query_name)) {
@@ -399,6 +400,7 @@ impl Policy for Fixture {
                     action: DnsAction::Allow as i32,
                     policy: name,
                     reason: "allowed by pattern".into(),
+                    ..Default::default()
                 }));
             }
         }
@@ -406,6 +408,7 @@ impl Policy for Fixture {
             action: DnsAction::Allow as i32,
             policy: String::new(),
             reason: "no policy matched".into(),
+            ..Default::default()
         }))
     }
 

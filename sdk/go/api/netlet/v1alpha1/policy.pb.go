@@ -252,6 +252,9 @@ const (
 	DnsAction_DNS_ACTION_DENY DnsAction = 2
 	// Answer REFUSED.
 	DnsAction_DNS_ACTION_REFUSE DnsAction = 3
+	// Answer with a CNAME to another name (CheckDnsResponse.rewrite) and its records; a module's
+	// verdict, never a policy's default.
+	DnsAction_DNS_ACTION_REWRITE DnsAction = 4
 )
 
 // Enum value maps for DnsAction.
@@ -261,12 +264,14 @@ var (
 		1: "DNS_ACTION_ALLOW",
 		2: "DNS_ACTION_DENY",
 		3: "DNS_ACTION_REFUSE",
+		4: "DNS_ACTION_REWRITE",
 	}
 	DnsAction_value = map[string]int32{
 		"DNS_ACTION_UNSPECIFIED": 0,
 		"DNS_ACTION_ALLOW":       1,
 		"DNS_ACTION_DENY":        2,
 		"DNS_ACTION_REFUSE":      3,
+		"DNS_ACTION_REWRITE":     4,
 	}
 )
 
@@ -1164,8 +1169,12 @@ type DnsPolicy struct {
 	Module string `protobuf:"bytes,8,opt,name=module,proto3" json:"module,omitempty"`
 	// Settings for the module, as JSON; validated when the module loads.
 	ModuleSettingsJson string `protobuf:"bytes,9,opt,name=module_settings_json,json=moduleSettingsJson,proto3" json:"module_settings_json,omitempty"`
-	// Verdict when the module fails (trap, deadline, memory limit).
+	// Verdict when the module fails (trap, deadline, memory limit, bad output); UNSPECIFIED:
+	// the module's own failure mode (fail closed unless configured open).
 	FailureAction DnsAction `protobuf:"varint,10,opt,name=failure_action,json=failureAction,proto3,enum=netlet.v1alpha1.DnsAction" json:"failure_action,omitempty"`
+	// Expected sha256 of the module's file (64 hex digits); when set and the loaded file differs,
+	// the module counts as failed for this policy.
+	ModuleSha256  string `protobuf:"bytes,11,opt,name=module_sha256,json=moduleSha256,proto3" json:"module_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1270,6 +1279,13 @@ func (x *DnsPolicy) GetFailureAction() DnsAction {
 	return DnsAction_DNS_ACTION_UNSPECIFIED
 }
 
+func (x *DnsPolicy) GetModuleSha256() string {
+	if x != nil {
+		return x.ModuleSha256
+	}
+	return ""
+}
+
 // HostnameGrant lets namespaces use hostnames (OpenShift route admission, Gateway API).
 type HostnameGrant struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1280,7 +1296,11 @@ type HostnameGrant struct {
 	// Hostnames granted: exact names or "*.example.com" wildcards. Required.
 	Hostnames []string `protobuf:"bytes,3,rep,name=hostnames,proto3" json:"hostnames,omitempty"`
 	// Name of the WebAssembly policy module evaluating this grant; empty for the built-in.
-	Module        string `protobuf:"bytes,4,opt,name=module,proto3" json:"module,omitempty"`
+	Module string `protobuf:"bytes,4,opt,name=module,proto3" json:"module,omitempty"`
+	// Settings for the module, as JSON; validated when the grant is applied.
+	ModuleSettingsJson string `protobuf:"bytes,5,opt,name=module_settings_json,json=moduleSettingsJson,proto3" json:"module_settings_json,omitempty"`
+	// Expected sha256 of the module's file (see DnsPolicy.module_sha256).
+	ModuleSha256  string `protobuf:"bytes,6,opt,name=module_sha256,json=moduleSha256,proto3" json:"module_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1339,6 +1359,20 @@ func (x *HostnameGrant) GetHostnames() []string {
 func (x *HostnameGrant) GetModule() string {
 	if x != nil {
 		return x.Module
+	}
+	return ""
+}
+
+func (x *HostnameGrant) GetModuleSettingsJson() string {
+	if x != nil {
+		return x.ModuleSettingsJson
+	}
+	return ""
+}
+
+func (x *HostnameGrant) GetModuleSha256() string {
+	if x != nil {
+		return x.ModuleSha256
 	}
 	return ""
 }
@@ -1642,7 +1676,11 @@ type CheckDnsResponse struct {
 	// Policy that decided, "namespace/name"; empty for the default.
 	Policy string `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
 	// Why, for logs.
-	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// WebAssembly module that decided, when one did.
+	Module string `protobuf:"bytes,4,opt,name=module,proto3" json:"module,omitempty"`
+	// For DNS_ACTION_REWRITE: the name answered instead.
+	Rewrite       string `protobuf:"bytes,5,opt,name=rewrite,proto3" json:"rewrite,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1694,6 +1732,20 @@ func (x *CheckDnsResponse) GetPolicy() string {
 func (x *CheckDnsResponse) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *CheckDnsResponse) GetModule() string {
+	if x != nil {
+		return x.Module
+	}
+	return ""
+}
+
+func (x *CheckDnsResponse) GetRewrite() string {
+	if x != nil {
+		return x.Rewrite
 	}
 	return ""
 }
@@ -1879,7 +1931,9 @@ type ListPoliciesResponse struct {
 	// ClusterNetworkPolicies.
 	ClusterNetworkPolicies []*ClusterNetworkPolicy `protobuf:"bytes,6,rep,name=cluster_network_policies,json=clusterNetworkPolicies,proto3" json:"cluster_network_policies,omitempty"`
 	// Address sets the policies name.
-	AddressSets   []*AddressSet `protobuf:"bytes,7,rep,name=address_sets,json=addressSets,proto3" json:"address_sets,omitempty"`
+	AddressSets []*AddressSet `protobuf:"bytes,7,rep,name=address_sets,json=addressSets,proto3" json:"address_sets,omitempty"`
+	// WebAssembly policy modules (from the host: its own engine's modules).
+	Modules       []*PolicyModule `protobuf:"bytes,8,rep,name=modules,proto3" json:"modules,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1963,6 +2017,258 @@ func (x *ListPoliciesResponse) GetAddressSets() []*AddressSet {
 	return nil
 }
 
+func (x *ListPoliciesResponse) GetModules() []*PolicyModule {
+	if x != nil {
+		return x.Modules
+	}
+	return nil
+}
+
+// PolicyModule is one WebAssembly policy module as the evaluator holds it.
+type PolicyModule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name policies use.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The component file.
+	File string `protobuf:"bytes,2,opt,name=file,proto3" json:"file,omitempty"`
+	// World implemented: "dns-policy" or "hostname-grant"; empty when not loaded.
+	World string `protobuf:"bytes,3,opt,name=world,proto3" json:"world,omitempty"`
+	// sha256 of the loaded file (hex); empty when not loaded.
+	Sha256 string `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// The configured pin; empty when none.
+	PinnedSha256 string `protobuf:"bytes,5,opt,name=pinned_sha256,json=pinnedSha256,proto3" json:"pinned_sha256,omitempty"`
+	// True when the module allows on failure (fail open).
+	FailOpen bool `protobuf:"varint,6,opt,name=fail_open,json=failOpen,proto3" json:"fail_open,omitempty"`
+	// The last load error; empty when the file on disk is the one loaded.
+	Error string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// When the loaded file was loaded (seconds since the Unix epoch).
+	LoadedAtUnix int64 `protobuf:"varint,8,opt,name=loaded_at_unix,json=loadedAtUnix,proto3" json:"loaded_at_unix,omitempty"`
+	// Decisions and failures since the module was configured.
+	Counters      *PolicyModuleCounters `protobuf:"bytes,9,opt,name=counters,proto3" json:"counters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyModule) Reset() {
+	*x = PolicyModule{}
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyModule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyModule) ProtoMessage() {}
+
+func (x *PolicyModule) ProtoReflect() protoreflect.Message {
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyModule.ProtoReflect.Descriptor instead.
+func (*PolicyModule) Descriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PolicyModule) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PolicyModule) GetFile() string {
+	if x != nil {
+		return x.File
+	}
+	return ""
+}
+
+func (x *PolicyModule) GetWorld() string {
+	if x != nil {
+		return x.World
+	}
+	return ""
+}
+
+func (x *PolicyModule) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *PolicyModule) GetPinnedSha256() string {
+	if x != nil {
+		return x.PinnedSha256
+	}
+	return ""
+}
+
+func (x *PolicyModule) GetFailOpen() bool {
+	if x != nil {
+		return x.FailOpen
+	}
+	return false
+}
+
+func (x *PolicyModule) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *PolicyModule) GetLoadedAtUnix() int64 {
+	if x != nil {
+		return x.LoadedAtUnix
+	}
+	return 0
+}
+
+func (x *PolicyModule) GetCounters() *PolicyModuleCounters {
+	if x != nil {
+		return x.Counters
+	}
+	return nil
+}
+
+// PolicyModuleCounters counts one module's calls by outcome.
+type PolicyModuleCounters struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Calls made.
+	Calls uint64 `protobuf:"varint,1,opt,name=calls,proto3" json:"calls,omitempty"`
+	// Allow answers.
+	Allow uint64 `protobuf:"varint,2,opt,name=allow,proto3" json:"allow,omitempty"`
+	// Deny answers.
+	Deny uint64 `protobuf:"varint,3,opt,name=deny,proto3" json:"deny,omitempty"`
+	// Rewrite answers.
+	Rewrite uint64 `protobuf:"varint,4,opt,name=rewrite,proto3" json:"rewrite,omitempty"`
+	// Calls stopped by the deadline.
+	Deadline uint64 `protobuf:"varint,5,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// Calls stopped by the memory limit.
+	MemoryLimit uint64 `protobuf:"varint,6,opt,name=memory_limit,json=memoryLimit,proto3" json:"memory_limit,omitempty"`
+	// Calls that trapped.
+	Trap uint64 `protobuf:"varint,7,opt,name=trap,proto3" json:"trap,omitempty"`
+	// Answers out of bounds.
+	BadOutput uint64 `protobuf:"varint,8,opt,name=bad_output,json=badOutput,proto3" json:"bad_output,omitempty"`
+	// Calls while the module was not loaded.
+	Unavailable uint64 `protobuf:"varint,9,opt,name=unavailable,proto3" json:"unavailable,omitempty"`
+	// Times a changed file was swapped in.
+	Reloads       uint64 `protobuf:"varint,10,opt,name=reloads,proto3" json:"reloads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyModuleCounters) Reset() {
+	*x = PolicyModuleCounters{}
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyModuleCounters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyModuleCounters) ProtoMessage() {}
+
+func (x *PolicyModuleCounters) ProtoReflect() protoreflect.Message {
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyModuleCounters.ProtoReflect.Descriptor instead.
+func (*PolicyModuleCounters) Descriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PolicyModuleCounters) GetCalls() uint64 {
+	if x != nil {
+		return x.Calls
+	}
+	return 0
+}
+
+func (x *PolicyModuleCounters) GetAllow() uint64 {
+	if x != nil {
+		return x.Allow
+	}
+	return 0
+}
+
+func (x *PolicyModuleCounters) GetDeny() uint64 {
+	if x != nil {
+		return x.Deny
+	}
+	return 0
+}
+
+func (x *PolicyModuleCounters) GetRewrite() uint64 {
+	if x != nil {
+		return x.Rewrite
+	}
+	return 0
+}
+
+func (x *PolicyModuleCounters) GetDeadline() uint64 {
+	if x != nil {
+		return x.Deadline
+	}
+	return 0
+}
+
+func (x *PolicyModuleCounters) GetMemoryLimit() uint64 {
+	if x != nil {
+		return x.MemoryLimit
+	}
+	return 0
+}
+
+func (x *PolicyModuleCounters) GetTrap() uint64 {
+	if x != nil {
+		return x.Trap
+	}
+	return 0
+}
+
+func (x *PolicyModuleCounters) GetBadOutput() uint64 {
+	if x != nil {
+		return x.BadOutput
+	}
+	return 0
+}
+
+func (x *PolicyModuleCounters) GetUnavailable() uint64 {
+	if x != nil {
+		return x.Unavailable
+	}
+	return 0
+}
+
+func (x *PolicyModuleCounters) GetReloads() uint64 {
+	if x != nil {
+		return x.Reloads
+	}
+	return 0
+}
+
 var File_netlet_v1alpha1_policy_proto protoreflect.FileDescriptor
 
 const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
@@ -2031,7 +2337,7 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\bnetworks\x18\x03 \x03(\tR\bnetworks\x12C\n" +
 	"\rnode_selector\x18\x04 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\fnodeSelector\x12\x1f\n" +
 	"\vaddress_set\x18\x05 \x01(\tR\n" +
-	"addressSet\"\xd4\x03\n" +
+	"addressSet\"\xf9\x03\n" +
 	"\tDnsPolicy\x12,\n" +
 	"\x03key\x18\x01 \x01(\v2\x1a.netlet.v1alpha1.PolicyKeyR\x03key\x12A\n" +
 	"\fpod_selector\x18\x02 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\vpodSelector\x12\x14\n" +
@@ -2043,14 +2349,17 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\x06module\x18\b \x01(\tR\x06module\x120\n" +
 	"\x14module_settings_json\x18\t \x01(\tR\x12moduleSettingsJson\x12A\n" +
 	"\x0efailure_action\x18\n" +
-	" \x01(\x0e2\x1a.netlet.v1alpha1.DnsActionR\rfailureAction\"\x93\x01\n" +
+	" \x01(\x0e2\x1a.netlet.v1alpha1.DnsActionR\rfailureAction\x12#\n" +
+	"\rmodule_sha256\x18\v \x01(\tR\fmoduleSha256\"\xea\x01\n" +
 	"\rHostnameGrant\x12,\n" +
 	"\x03key\x18\x01 \x01(\v2\x1a.netlet.v1alpha1.PolicyKeyR\x03key\x12\x1e\n" +
 	"\n" +
 	"namespaces\x18\x02 \x03(\tR\n" +
 	"namespaces\x12\x1c\n" +
 	"\thostnames\x18\x03 \x03(\tR\thostnames\x12\x16\n" +
-	"\x06module\x18\x04 \x01(\tR\x06module\"\xea\x05\n" +
+	"\x06module\x18\x04 \x01(\tR\x06module\x120\n" +
+	"\x14module_settings_json\x18\x05 \x01(\tR\x12moduleSettingsJson\x12#\n" +
+	"\rmodule_sha256\x18\x06 \x01(\tR\fmoduleSha256\"\xea\x05\n" +
 	"\x12ApplyPolicyRequest\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -2078,11 +2387,13 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\n" +
 	"query_name\x18\x04 \x01(\tR\tqueryName\x12\x1d\n" +
 	"\n" +
-	"query_type\x18\x05 \x01(\rR\tqueryType\"v\n" +
+	"query_type\x18\x05 \x01(\rR\tqueryType\"\xa8\x01\n" +
 	"\x10CheckDnsResponse\x122\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x1a.netlet.v1alpha1.DnsActionR\x06action\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"q\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06module\x18\x04 \x01(\tR\x06module\x12\x18\n" +
+	"\arewrite\x18\x05 \x01(\tR\arewrite\"q\n" +
 	"\x14CheckHostnameRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x1f\n" +
@@ -2092,7 +2403,7 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x14\n" +
 	"\x05grant\x18\x02 \x01(\tR\x05grant\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x15\n" +
-	"\x13ListPoliciesRequest\"\xde\x03\n" +
+	"\x13ListPoliciesRequest\"\x97\x04\n" +
 	"\x14ListPoliciesResponse\x12-\n" +
 	"\x12applied_generation\x18\x01 \x01(\x04R\x11appliedGeneration\x12I\n" +
 	"\x10network_policies\x18\x02 \x03(\v2\x1e.netlet.v1alpha1.NetworkPolicyR\x0fnetworkPolicies\x12=\n" +
@@ -2100,7 +2411,31 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\x0fhostname_grants\x18\x04 \x03(\v2\x1e.netlet.v1alpha1.HostnameGrantR\x0ehostnameGrants\x12#\n" +
 	"\rapplied_epoch\x18\x05 \x01(\x04R\fappliedEpoch\x12_\n" +
 	"\x18cluster_network_policies\x18\x06 \x03(\v2%.netlet.v1alpha1.ClusterNetworkPolicyR\x16clusterNetworkPolicies\x12>\n" +
-	"\faddress_sets\x18\a \x03(\v2\x1b.netlet.v1alpha1.AddressSetR\vaddressSets*\xad\x01\n" +
+	"\faddress_sets\x18\a \x03(\v2\x1b.netlet.v1alpha1.AddressSetR\vaddressSets\x127\n" +
+	"\amodules\x18\b \x03(\v2\x1d.netlet.v1alpha1.PolicyModuleR\amodules\"\xa5\x02\n" +
+	"\fPolicyModule\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04file\x18\x02 \x01(\tR\x04file\x12\x14\n" +
+	"\x05world\x18\x03 \x01(\tR\x05world\x12\x16\n" +
+	"\x06sha256\x18\x04 \x01(\tR\x06sha256\x12#\n" +
+	"\rpinned_sha256\x18\x05 \x01(\tR\fpinnedSha256\x12\x1b\n" +
+	"\tfail_open\x18\x06 \x01(\bR\bfailOpen\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12$\n" +
+	"\x0eloaded_at_unix\x18\b \x01(\x03R\floadedAtUnix\x12A\n" +
+	"\bcounters\x18\t \x01(\v2%.netlet.v1alpha1.PolicyModuleCountersR\bcounters\"\x9e\x02\n" +
+	"\x14PolicyModuleCounters\x12\x14\n" +
+	"\x05calls\x18\x01 \x01(\x04R\x05calls\x12\x14\n" +
+	"\x05allow\x18\x02 \x01(\x04R\x05allow\x12\x12\n" +
+	"\x04deny\x18\x03 \x01(\x04R\x04deny\x12\x18\n" +
+	"\arewrite\x18\x04 \x01(\x04R\arewrite\x12\x1a\n" +
+	"\bdeadline\x18\x05 \x01(\x04R\bdeadline\x12!\n" +
+	"\fmemory_limit\x18\x06 \x01(\x04R\vmemoryLimit\x12\x12\n" +
+	"\x04trap\x18\a \x01(\x04R\x04trap\x12\x1d\n" +
+	"\n" +
+	"bad_output\x18\b \x01(\x04R\tbadOutput\x12 \n" +
+	"\vunavailable\x18\t \x01(\x04R\vunavailable\x12\x18\n" +
+	"\areloads\x18\n" +
+	" \x01(\x04R\areloads*\xad\x01\n" +
 	"\n" +
 	"PolicyKind\x12\x1b\n" +
 	"\x17POLICY_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
@@ -2120,12 +2455,13 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"!CLUSTER_POLICY_ACTION_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cCLUSTER_POLICY_ACTION_ACCEPT\x10\x01\x12\x1e\n" +
 	"\x1aCLUSTER_POLICY_ACTION_DENY\x10\x02\x12\x1e\n" +
-	"\x1aCLUSTER_POLICY_ACTION_PASS\x10\x03*i\n" +
+	"\x1aCLUSTER_POLICY_ACTION_PASS\x10\x03*\x81\x01\n" +
 	"\tDnsAction\x12\x1a\n" +
 	"\x16DNS_ACTION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10DNS_ACTION_ALLOW\x10\x01\x12\x13\n" +
 	"\x0fDNS_ACTION_DENY\x10\x02\x12\x15\n" +
-	"\x11DNS_ACTION_REFUSE\x10\x032\xf0\x02\n" +
+	"\x11DNS_ACTION_REFUSE\x10\x03\x12\x16\n" +
+	"\x12DNS_ACTION_REWRITE\x10\x042\xf0\x02\n" +
 	"\x06Policy\x12X\n" +
 	"\vApplyPolicy\x12#.netlet.v1alpha1.ApplyPolicyRequest\x1a$.netlet.v1alpha1.ApplyPolicyResponse\x12O\n" +
 	"\bCheckDns\x12 .netlet.v1alpha1.CheckDnsRequest\x1a!.netlet.v1alpha1.CheckDnsResponse\x12^\n" +
@@ -2145,7 +2481,7 @@ func file_netlet_v1alpha1_policy_proto_rawDescGZIP() []byte {
 }
 
 var file_netlet_v1alpha1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_netlet_v1alpha1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_netlet_v1alpha1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_netlet_v1alpha1_policy_proto_goTypes = []any{
 	(PolicyKind)(0),                  // 0: netlet.v1alpha1.PolicyKind
 	(PolicyDirection)(0),             // 1: netlet.v1alpha1.PolicyDirection
@@ -2173,36 +2509,38 @@ var file_netlet_v1alpha1_policy_proto_goTypes = []any{
 	(*CheckHostnameResponse)(nil),    // 23: netlet.v1alpha1.CheckHostnameResponse
 	(*ListPoliciesRequest)(nil),      // 24: netlet.v1alpha1.ListPoliciesRequest
 	(*ListPoliciesResponse)(nil),     // 25: netlet.v1alpha1.ListPoliciesResponse
-	(*LabelSelector)(nil),            // 26: netlet.v1alpha1.LabelSelector
-	(Protocol)(0),                    // 27: netlet.v1alpha1.Protocol
+	(*PolicyModule)(nil),             // 26: netlet.v1alpha1.PolicyModule
+	(*PolicyModuleCounters)(nil),     // 27: netlet.v1alpha1.PolicyModuleCounters
+	(*LabelSelector)(nil),            // 28: netlet.v1alpha1.LabelSelector
+	(Protocol)(0),                    // 29: netlet.v1alpha1.Protocol
 }
 var file_netlet_v1alpha1_policy_proto_depIdxs = []int32{
 	0,  // 0: netlet.v1alpha1.PolicyKey.kind:type_name -> netlet.v1alpha1.PolicyKind
 	5,  // 1: netlet.v1alpha1.NetworkPolicy.key:type_name -> netlet.v1alpha1.PolicyKey
-	26, // 2: netlet.v1alpha1.NetworkPolicy.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	28, // 2: netlet.v1alpha1.NetworkPolicy.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
 	1,  // 3: netlet.v1alpha1.NetworkPolicy.directions:type_name -> netlet.v1alpha1.PolicyDirection
 	7,  // 4: netlet.v1alpha1.NetworkPolicy.ingress:type_name -> netlet.v1alpha1.NetworkPolicyRule
 	7,  // 5: netlet.v1alpha1.NetworkPolicy.egress:type_name -> netlet.v1alpha1.NetworkPolicyRule
 	8,  // 6: netlet.v1alpha1.NetworkPolicyRule.peers:type_name -> netlet.v1alpha1.NetworkPolicyPeer
 	9,  // 7: netlet.v1alpha1.NetworkPolicyRule.ports:type_name -> netlet.v1alpha1.NetworkPolicyPort
-	26, // 8: netlet.v1alpha1.NetworkPolicyPeer.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
-	26, // 9: netlet.v1alpha1.NetworkPolicyPeer.namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
-	27, // 10: netlet.v1alpha1.NetworkPolicyPort.protocol:type_name -> netlet.v1alpha1.Protocol
+	28, // 8: netlet.v1alpha1.NetworkPolicyPeer.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	28, // 9: netlet.v1alpha1.NetworkPolicyPeer.namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
+	29, // 10: netlet.v1alpha1.NetworkPolicyPort.protocol:type_name -> netlet.v1alpha1.Protocol
 	10, // 11: netlet.v1alpha1.NetworkPolicyPort.named_port_targets:type_name -> netlet.v1alpha1.NamedPortTarget
 	5,  // 12: netlet.v1alpha1.ClusterNetworkPolicy.key:type_name -> netlet.v1alpha1.PolicyKey
 	2,  // 13: netlet.v1alpha1.ClusterNetworkPolicy.tier:type_name -> netlet.v1alpha1.ClusterPolicyTier
-	26, // 14: netlet.v1alpha1.ClusterNetworkPolicy.subject_namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
-	26, // 15: netlet.v1alpha1.ClusterNetworkPolicy.subject_pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	28, // 14: netlet.v1alpha1.ClusterNetworkPolicy.subject_namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
+	28, // 15: netlet.v1alpha1.ClusterNetworkPolicy.subject_pod_selector:type_name -> netlet.v1alpha1.LabelSelector
 	14, // 16: netlet.v1alpha1.ClusterNetworkPolicy.ingress:type_name -> netlet.v1alpha1.ClusterNetworkPolicyRule
 	14, // 17: netlet.v1alpha1.ClusterNetworkPolicy.egress:type_name -> netlet.v1alpha1.ClusterNetworkPolicyRule
 	3,  // 18: netlet.v1alpha1.ClusterNetworkPolicyRule.action:type_name -> netlet.v1alpha1.ClusterPolicyAction
 	15, // 19: netlet.v1alpha1.ClusterNetworkPolicyRule.peers:type_name -> netlet.v1alpha1.ClusterNetworkPolicyPeer
 	9,  // 20: netlet.v1alpha1.ClusterNetworkPolicyRule.ports:type_name -> netlet.v1alpha1.NetworkPolicyPort
-	26, // 21: netlet.v1alpha1.ClusterNetworkPolicyPeer.namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
-	26, // 22: netlet.v1alpha1.ClusterNetworkPolicyPeer.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
-	26, // 23: netlet.v1alpha1.ClusterNetworkPolicyPeer.node_selector:type_name -> netlet.v1alpha1.LabelSelector
+	28, // 21: netlet.v1alpha1.ClusterNetworkPolicyPeer.namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
+	28, // 22: netlet.v1alpha1.ClusterNetworkPolicyPeer.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	28, // 23: netlet.v1alpha1.ClusterNetworkPolicyPeer.node_selector:type_name -> netlet.v1alpha1.LabelSelector
 	5,  // 24: netlet.v1alpha1.DnsPolicy.key:type_name -> netlet.v1alpha1.PolicyKey
-	26, // 25: netlet.v1alpha1.DnsPolicy.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	28, // 25: netlet.v1alpha1.DnsPolicy.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
 	4,  // 26: netlet.v1alpha1.DnsPolicy.default_action:type_name -> netlet.v1alpha1.DnsAction
 	4,  // 27: netlet.v1alpha1.DnsPolicy.failure_action:type_name -> netlet.v1alpha1.DnsAction
 	5,  // 28: netlet.v1alpha1.HostnameGrant.key:type_name -> netlet.v1alpha1.PolicyKey
@@ -2219,19 +2557,21 @@ var file_netlet_v1alpha1_policy_proto_depIdxs = []int32{
 	17, // 39: netlet.v1alpha1.ListPoliciesResponse.hostname_grants:type_name -> netlet.v1alpha1.HostnameGrant
 	13, // 40: netlet.v1alpha1.ListPoliciesResponse.cluster_network_policies:type_name -> netlet.v1alpha1.ClusterNetworkPolicy
 	11, // 41: netlet.v1alpha1.ListPoliciesResponse.address_sets:type_name -> netlet.v1alpha1.AddressSet
-	18, // 42: netlet.v1alpha1.Policy.ApplyPolicy:input_type -> netlet.v1alpha1.ApplyPolicyRequest
-	20, // 43: netlet.v1alpha1.Policy.CheckDns:input_type -> netlet.v1alpha1.CheckDnsRequest
-	22, // 44: netlet.v1alpha1.Policy.CheckHostname:input_type -> netlet.v1alpha1.CheckHostnameRequest
-	24, // 45: netlet.v1alpha1.Policy.ListPolicies:input_type -> netlet.v1alpha1.ListPoliciesRequest
-	19, // 46: netlet.v1alpha1.Policy.ApplyPolicy:output_type -> netlet.v1alpha1.ApplyPolicyResponse
-	21, // 47: netlet.v1alpha1.Policy.CheckDns:output_type -> netlet.v1alpha1.CheckDnsResponse
-	23, // 48: netlet.v1alpha1.Policy.CheckHostname:output_type -> netlet.v1alpha1.CheckHostnameResponse
-	25, // 49: netlet.v1alpha1.Policy.ListPolicies:output_type -> netlet.v1alpha1.ListPoliciesResponse
-	46, // [46:50] is the sub-list for method output_type
-	42, // [42:46] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	26, // 42: netlet.v1alpha1.ListPoliciesResponse.modules:type_name -> netlet.v1alpha1.PolicyModule
+	27, // 43: netlet.v1alpha1.PolicyModule.counters:type_name -> netlet.v1alpha1.PolicyModuleCounters
+	18, // 44: netlet.v1alpha1.Policy.ApplyPolicy:input_type -> netlet.v1alpha1.ApplyPolicyRequest
+	20, // 45: netlet.v1alpha1.Policy.CheckDns:input_type -> netlet.v1alpha1.CheckDnsRequest
+	22, // 46: netlet.v1alpha1.Policy.CheckHostname:input_type -> netlet.v1alpha1.CheckHostnameRequest
+	24, // 47: netlet.v1alpha1.Policy.ListPolicies:input_type -> netlet.v1alpha1.ListPoliciesRequest
+	19, // 48: netlet.v1alpha1.Policy.ApplyPolicy:output_type -> netlet.v1alpha1.ApplyPolicyResponse
+	21, // 49: netlet.v1alpha1.Policy.CheckDns:output_type -> netlet.v1alpha1.CheckDnsResponse
+	23, // 50: netlet.v1alpha1.Policy.CheckHostname:output_type -> netlet.v1alpha1.CheckHostnameResponse
+	25, // 51: netlet.v1alpha1.Policy.ListPolicies:output_type -> netlet.v1alpha1.ListPoliciesResponse
+	48, // [48:52] is the sub-list for method output_type
+	44, // [44:48] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_netlet_v1alpha1_policy_proto_init() }
@@ -2246,7 +2586,7 @@ func file_netlet_v1alpha1_policy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netlet_v1alpha1_policy_proto_rawDesc), len(file_netlet_v1alpha1_policy_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
