@@ -353,6 +353,12 @@ impl Host {
                     }
                 }
             }
+            // With the node-local DNS server, the pod is told to use it (then its fallback).
+            if let Some(cfg) = self.pod_dns_config(&sandbox) {
+                for a in &mut attachments {
+                    a.dns = Some(cfg.clone());
+                }
+            }
             let record = PodAttachments {
                 sandbox: Some(sandbox.clone()),
                 attachments,
@@ -362,6 +368,7 @@ impl Host {
                 return Err(error::from_store(e));
             }
             tracing::info!(networks = record.attachments.len(), "pod attached");
+            self.refresh_dns_clients();
             if has_ports {
                 self.hand_host_ports(&sandbox.id, host_ports_of(&record))
                     .await;
@@ -378,6 +385,7 @@ impl Host {
                 if has_ports {
                     self.hand_host_ports(&sandbox.id, None).await;
                 }
+                self.refresh_dns_clients();
                 let _ = self.refresh_policy_pods(false).await;
                 return Err(Status::unavailable(format!(
                     "the pod's network policies could not be put in place (retry): {}",
@@ -467,6 +475,7 @@ impl Host {
             }
             // A detached pod's addresses leave the sets; a driver that misses it is brought up to
             // date at its resync (the pod is gone either way).
+            self.refresh_dns_clients();
             let _ = self.refresh_policy_pods(false).await;
             Ok(())
         }

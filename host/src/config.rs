@@ -111,6 +111,88 @@ pub struct NodeConfig {
     /// Drivers the host starts and supervises.
     #[serde(default)]
     pub drivers: Vec<DriverConfig>,
+    /// The node-local DNS server; off when absent.
+    #[serde(default)]
+    pub dns: Option<DnsConfig>,
+    /// WebAssembly policy modules DnsPolicies and HostnameGrants may name.
+    #[serde(default)]
+    pub policy_modules: Vec<PolicyModuleConfig>,
+    /// Limits of the WebAssembly engine.
+    #[serde(default)]
+    pub wasm: Option<WasmConfig>,
+}
+
+/// `dns:` of the NodeConfig.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Addresses to serve on (`IP` or `IP:PORT`); default `169.254.20.10:53`.
+    #[serde(default)]
+    pub listen: Option<Vec<String>>,
+    /// Put the listen addresses on the node's loopback device (default true), as NodeLocal
+    /// DNSCache puts its address on a device of its own.
+    #[serde(default)]
+    pub assign_addresses: Option<bool>,
+    /// The cluster domain; default `cluster.local`.
+    #[serde(default)]
+    pub cluster_domain: Option<String>,
+    /// Upstream servers (`IP` or `IP:PORT`, asked over TCP); default: the `nameserver` lines of
+    /// the node's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub upstreams: Option<Vec<String>>,
+    /// Name servers pods get after the node-local one (the cluster DNS Service's IP), their
+    /// fallback while the node-local server is down.
+    #[serde(default)]
+    pub fallback_nameservers: Option<Vec<String>>,
+    /// Expand pods' search lists in the server (default false; a DnsPolicy may turn it on).
+    #[serde(default)]
+    pub server_side_search: Option<bool>,
+    /// Refuse cluster names that shadow public ones (default true).
+    #[serde(default)]
+    pub block_shadowing: Option<bool>,
+    /// Cache entries kept at most (default 100000).
+    #[serde(default)]
+    pub cache_entries: Option<usize>,
+    /// Longest a positive answer is cached (default 5m).
+    #[serde(default)]
+    pub max_ttl: Option<String>,
+    /// Longest a negative answer is cached (default 30s).
+    #[serde(default)]
+    pub negative_ttl: Option<String>,
+    /// How long expired answers are served while upstreams are down (default 1h).
+    #[serde(default)]
+    pub serve_stale: Option<String>,
+    /// Deadline of an upstream exchange (default 2s).
+    #[serde(default)]
+    pub upstream_timeout: Option<String>,
+}
+
+/// One entry of `policyModules:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyModuleConfig {
+    /// Name policies use.
+    pub name: String,
+    /// The component file (relative to the config file's directory).
+    pub file: PathBuf,
+    /// Expected sha256 of the file (64 hex digits).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// `closed` (default: a failing module denies) or `open`.
+    #[serde(default)]
+    pub failure: Option<String>,
+}
+
+/// `wasm:` of the NodeConfig.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WasmConfig {
+    /// Deadline of one call (default 1ms).
+    #[serde(default)]
+    pub deadline: Option<String>,
+    /// Memory one call may use, in bytes (default 16777216).
+    #[serde(default)]
+    pub memory_limit_bytes: Option<usize>,
 }
 
 /// Peer-credential allow-list.
@@ -200,6 +282,14 @@ pub struct Settings {
     pub required_networks: Vec<String>,
     /// Where node ports and health-check node ports must lie.
     pub node_port_range: std::ops::RangeInclusive<u32>,
+    /// The node-local DNS server, when on.
+    pub dns: Option<crate::dns::Config>,
+    /// Whether the DNS listen addresses are put on the loopback device.
+    pub dns_assign_addresses: bool,
+    /// WebAssembly policy modules.
+    pub policy_modules: Vec<crate::wasm::ModuleSpec>,
+    /// Limits of the WebAssembly engine.
+    pub wasm: crate::wasm::Limits,
 }
 
 /// Command-line overrides.
@@ -379,6 +469,71 @@ impl NodeConfig {
                 )
             })?,
         };
+        let wasm_cfg = self.wasm.clone().unwrap_or_default();
+        let wasm = crate::wasm::Limits {
+            deadline: duration(
+                "wasm.deadline",
+                &wasm_cfg.deadline,
+                Duration::from_millis(1),
+            )?,
+            memory: wasm_cfg.memory_limit_bytes.unwrap_or(16 << 20),
+            ..Default::default()
+        };
+        if wasm.memory < 1 << 16 || wasm.memory > 1 << 30 {
+            return Err(invalid(
+                "wasm.memoryLimitBytes",
+                "must be between 65536 and 1073741824".into(),
+            ));
+        }
+        let base = Path::new(file)
+            .parent()
+            .filter(|p| p.is_dir())
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut policy_modules = Vec::new();
+        let mut module_names = HashSet::new();
+        for (i, m) in self.policy_modules.iter().enumerate() {
+            let f = |k: &str| format!("policyModules[{i}].{k}");
+            if netlet_sdk::validate::dns_label(&f("name"), &m.name).is_err() {
+                return Err(invalid(
+                    &f("name"),
+                    format!("{:?} is not a DNS-1123 label", m.name),
+                ));
+            }
+            if !module_names.insert(m.name.clone()) {
+                return Err(invalid(&f("name"), format!("{:?} is given twice", m.name)));
+            }
+            if let Some(d) = &m.sha256
+                && !(d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(invalid(&f("sha256"), "not 64 hex digits".into()));
+            }
+            let fail_open = match m.failure.as_deref() {
+                None | Some("closed") => false,
+                Some("open") => true,
+                Some(other) => {
+                    return Err(invalid(
+                        &f("failure"),
+                        format!("{other:?}: expected open or closed"),
+                    ));
+                }
+            };
+            policy_modules.push(crate::wasm::ModuleSpec {
+                name: m.name.clone(),
+                path: base.join(&m.file),
+                sha256: m.sha256.clone(),
+                fail_open,
+            });
+        }
+        let dns_assign_addresses = self
+            .dns
+            .as_ref()
+            .and_then(|d| d.assign_addresses)
+            .unwrap_or(true);
+        let dns = match &self.dns {
+            None => None,
+            Some(d) => Some(dns_settings(d, &invalid, &duration)?),
+        };
         let socket = o
             .socket
             .or(self.socket)
@@ -417,8 +572,101 @@ impl NodeConfig {
             manifests_dir: o.manifests_dir.or(self.manifests_dir),
             required_networks,
             node_port_range,
+            dns,
+            dns_assign_addresses,
+            policy_modules,
+            wasm,
         })
     }
+}
+
+fn socket_addr(v: &str, port: u16) -> Option<std::net::SocketAddr> {
+    v.parse().ok().or_else(|| {
+        v.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| std::net::SocketAddr::new(ip, port))
+    })
+}
+
+fn dns_settings(
+    d: &DnsConfig,
+    invalid: &dyn Fn(&str, String) -> Error,
+    duration: &dyn Fn(&str, &Option<String>, Duration) -> Result<Duration>,
+) -> Result<crate::dns::Config> {
+    let mut c = crate::dns::Config::default();
+    if let Some(l) = &d.listen {
+        c.listen = Vec::new();
+        for (i, a) in l.iter().enumerate() {
+            c.listen.push(socket_addr(a, 53).ok_or_else(|| {
+                invalid(
+                    &format!("dns.listen[{i}]"),
+                    format!("{a:?} is not IP or IP:PORT"),
+                )
+            })?);
+        }
+    }
+    if let Some(dom) = &d.cluster_domain {
+        let dom = dom.trim_end_matches('.');
+        if dom.is_empty()
+            || dom
+                .split('.')
+                .any(|l| netlet_sdk::validate::dns_label("", l).is_err())
+        {
+            return Err(invalid(
+                "dns.clusterDomain",
+                format!("{dom:?} is not a domain name"),
+            ));
+        }
+        c.domain = dom.to_string();
+    }
+    c.upstreams = match &d.upstreams {
+        Some(u) => {
+            let mut out = Vec::new();
+            for (i, a) in u.iter().enumerate() {
+                out.push(socket_addr(a, 53).ok_or_else(|| {
+                    invalid(
+                        &format!("dns.upstreams[{i}]"),
+                        format!("{a:?} is not IP or IP:PORT"),
+                    )
+                })?);
+            }
+            out
+        }
+        None => crate::dns::resolv_conf_upstreams(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        )
+        .into_iter()
+        .filter(|a| !c.listen.iter().any(|l| l.ip() == a.ip()))
+        .collect(),
+    };
+    for (i, a) in d.fallback_nameservers.iter().flatten().enumerate() {
+        c.fallback.push(a.parse().map_err(|_| {
+            invalid(
+                &format!("dns.fallbackNameservers[{i}]"),
+                format!("{a:?} is not an IP address"),
+            )
+        })?);
+    }
+    if c.fallback.len() > 2 {
+        return Err(invalid(
+            "dns.fallbackNameservers",
+            "at most 2 (pods get at most 3 name servers)".into(),
+        ));
+    }
+    c.defaults.server_side_search = d.server_side_search.unwrap_or(false);
+    c.defaults.block_shadowing = d.block_shadowing.unwrap_or(true);
+    if let Some(n) = d.cache_entries {
+        c.cache_entries = n;
+    }
+    c.max_ttl = duration("dns.maxTtl", &d.max_ttl, c.max_ttl)?;
+    c.negative_ttl = duration("dns.negativeTtl", &d.negative_ttl, c.negative_ttl)?;
+    c.serve_stale = duration("dns.serveStale", &d.serve_stale, c.serve_stale)?;
+    c.upstream_timeout = duration(
+        "dns.upstreamTimeout",
+        &d.upstream_timeout,
+        c.upstream_timeout,
+    )?;
+    Ok(c)
 }
 
 #[cfg(test)]

@@ -159,16 +159,8 @@ pub fn check_policies(
             Feature::ClusterNetworkPolicy,
         )?;
     }
-    if !req.dns_policies.is_empty() {
-        some(drivers, "dns_policies[0]".into(), Feature::DnsPolicy)?;
-    }
-    if !req.hostname_grants.is_empty() {
-        some(
-            drivers,
-            "hostname_grants[0]".into(),
-            Feature::HostnameGrants,
-        )?;
-    }
+    // DNS policies and hostname grants the host evaluates itself (its DNS server, CheckDns,
+    // CheckHostname); drivers with those features get them too.
     Ok(())
 }
 

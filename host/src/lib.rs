@@ -11,8 +11,10 @@ pub mod api;
 pub mod attach;
 pub mod auth;
 pub mod config;
+pub mod dns;
 pub mod error;
 pub mod features;
+pub mod grants;
 pub mod metrics;
 pub mod netpol;
 pub mod pending_detach;
@@ -98,6 +100,12 @@ pub struct Host {
     pub policies_loaded: std::sync::atomic::AtomicBool,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The WebAssembly policy modules.
+    pub modules: Arc<wasm::Modules>,
+    /// The node-local DNS server, when configured.
+    pub dns: Option<Arc<dns::Dns>>,
+    /// The manifests' Service objects, for the DNS zone.
+    pub dns_manifests: std::sync::Mutex<dns::ManifestServices>,
     /// True once shutdown began (the drain: no new calls; watches end).
     pub shutdown: watch::Receiver<bool>,
     locks: KeyLocks,
@@ -233,7 +241,21 @@ pub async fn run(
             service_view.set_host_ports(&s.id, Some(hp));
         }
     }
+    let modules =
+        Arc::new(wasm::Modules::new(settings.wasm.clone()).map_err(|e| {
+            Error::Admin(std::io::Error::other(format!("WebAssembly engine: {e}")))
+        })?);
+    for (name, why) in modules.configure(settings.policy_modules.clone()) {
+        tracing::warn!(module = %name, %why, "policy module not loaded; its policies apply their failure verdict until it loads");
+    }
+    let dns = settings
+        .dns
+        .clone()
+        .map(|c| dns::Dns::new(c, modules.clone()));
     let host = Arc::new(Host {
+        modules: modules.clone(),
+        dns: dns.clone(),
+        dns_manifests: Default::default(),
         settings: settings.clone(),
         registry: registry.clone(),
         store,
@@ -272,6 +294,25 @@ pub async fn run(
         tasks.push(tokio::spawn(services::manifests::watch(host.clone(), dir)));
     }
     tasks.push(tokio::spawn(pending_detach::watch(host.clone())));
+    tasks.push(tokio::spawn(wasm::watch(modules.clone(), stop_rx.clone())));
+    if let Some(d) = &dns {
+        if settings.dns_assign_addresses {
+            dns::assign_addresses(&d.config().listen)
+                .await
+                .map_err(|e| Error::Admin(std::io::Error::other(format!("DNS: {e}"))))?;
+        }
+        host.refresh_dns_clients();
+        host.refresh_dns_policies().await;
+        if settings.manifests_dir.is_none() {
+            host.refresh_dns_zone(None).await;
+        }
+        tasks.extend(
+            dns::serve(d.clone())
+                .await
+                .map_err(|e| Error::Admin(std::io::Error::other(e.to_string())))?,
+        );
+        tracing::info!(listen = ?d.config().listen, upstreams = ?d.config().upstreams, "node-local DNS serving");
+    }
     tasks.push(tokio::spawn(admin::serve(
         admin,
         host.clone(),

@@ -800,6 +800,18 @@ impl Modules {
     }
 }
 
+/// Reloads changed module files every second until `stop`.
+pub async fn watch(modules: Arc<Modules>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let m = modules.clone();
+        let _ = tokio::task::spawn_blocking(move || m.reload()).await;
+    }
+}
+
 /// Access to a module's counters.
 pub trait AsCounters: Send + Sync {
     /// The counters.

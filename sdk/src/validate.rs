@@ -631,7 +631,8 @@ fn policy_key(field: &str, k: Option<&PolicyKey>, kind: PolicyKind) -> R {
                 "must be empty (cluster-scoped)",
             ));
         }
-    } else {
+    } else if !(kind == PolicyKind::DnsPolicy && k.namespace.is_empty()) {
+        // A DnsPolicy without a namespace is cluster-wide.
         dns_label(&format!("{field}.namespace"), &k.namespace)?;
     }
     dns_label(&format!("{field}.name"), &k.name)

@@ -1,5 +1,6 @@
-//! `Policy`: the desired policy table, fanned out like Services; DNS and hostname decisions are
-//! routed to a driver that serves Policy.
+//! `Policy`: the desired policy table, fanned out like Services. DNS policies and hostname
+//! grants are evaluated by the host itself (its node-local DNS server, `CheckDns`,
+//! `CheckHostname`), with the WebAssembly modules they name.
 
 use netlet_sdk::{
     proto::{
@@ -39,24 +40,6 @@ pub(crate) async fn push(
     .await
 }
 
-impl Api {
-    /// The Policy driver that answers questions needing `feature` (the drivers that enforce
-    /// NetworkPolicies in the kernel need not answer DNS or hostname questions); else the first
-    /// Policy driver, which answers as it can.
-    fn policy_driver(
-        &self,
-        feature: netlet_sdk::proto::Feature,
-    ) -> Result<std::sync::Arc<crate::registry::DriverEntry>, Status> {
-        let drivers = self.0.registry.with_capability(Capability::Policy);
-        drivers
-            .iter()
-            .find(|d| d.has_feature(feature))
-            .or(drivers.first())
-            .cloned()
-            .ok_or_else(|| error::nothing_serves("Policy"))
-    }
-}
-
 #[tonic::async_trait]
 impl Policy for Api {
     async fn apply_policy(
@@ -66,10 +49,28 @@ impl Policy for Api {
         let req = req.into_inner();
         validate::apply_policy(&req)?;
         let drivers = self.0.registry.with_capability(Capability::Policy);
-        if drivers.is_empty() {
+        let host_only = req.network_policies.is_empty()
+            && req.cluster_network_policies.is_empty()
+            && req.address_sets.is_empty()
+            && req.address_set_changes.is_empty()
+            && req.address_set_deletes.is_empty();
+        if drivers.is_empty() && !host_only {
             return Err(error::nothing_serves("Policy"));
         }
         crate::features::check_policies(&req, &drivers)?;
+        if let Err((i, field, why)) =
+            crate::dns::policy::Policies::check_modules(&self.0.modules, &req.dns_policies)
+        {
+            return Err(validate::invalid(format!("dns_policies[{i}].{field}"), why));
+        }
+        if let Err((i, field, why)) =
+            crate::grants::check_modules(&self.0.modules, &req.hostname_grants)
+        {
+            return Err(validate::invalid(
+                format!("hostname_grants[{i}].{field}"),
+                why,
+            ));
+        }
         let selectors =
             !req.network_policies.is_empty() || !req.cluster_network_policies.is_empty();
         if selectors && !self.0.policies.lock().await.has_network_policies() {
@@ -87,6 +88,10 @@ impl Policy for Api {
         if let Some(out) = out {
             push(&self.0, &view, prev, &out).await?;
         }
+        drop(view);
+        if !req.dns_policies.is_empty() || req.full_sync || !req.deletes.is_empty() {
+            self.0.refresh_dns_policies().await;
+        }
         tracing::debug!(
             lock_us = locked.as_micros() as u64,
             view_us = (viewed - locked).as_micros() as u64,
@@ -102,15 +107,7 @@ impl Policy for Api {
     ) -> Result<Response<CheckDnsResponse>, Status> {
         let req = req.into_inner();
         validate::check_dns(&req)?;
-        let d = self.policy_driver(netlet_sdk::proto::Feature::DnsPolicy)?;
-        let resp = d
-            .clients
-            .policy
-            .clone()
-            .check_dns(req)
-            .await
-            .map_err(|s| error::from_driver(&d, None, s))?;
-        Ok(resp)
+        Ok(Response::new(self.0.check_dns(&req).await))
     }
 
     async fn check_hostname(
@@ -119,21 +116,15 @@ impl Policy for Api {
     ) -> Result<Response<CheckHostnameResponse>, Status> {
         let req = req.into_inner();
         validate::check_hostname(&req)?;
-        let d = self.policy_driver(netlet_sdk::proto::Feature::HostnameGrants)?;
-        let resp = d
-            .clients
-            .policy
-            .clone()
-            .check_hostname(req)
-            .await
-            .map_err(|s| error::from_driver(&d, None, s))?;
-        Ok(resp)
+        Ok(Response::new(self.0.check_hostname(&req).await))
     }
 
     async fn list_policies(
         &self,
         _req: Request<ListPoliciesRequest>,
     ) -> Result<Response<ListPoliciesResponse>, Status> {
-        Ok(Response::new(self.0.policies.lock().await.list()))
+        let mut list = self.0.policies.lock().await.list();
+        list.modules = crate::grants::module_list(&self.0.modules);
+        Ok(Response::new(list))
     }
 }

@@ -81,7 +81,10 @@ impl Services for Api {
         let mut view = self.0.services.lock().await;
         let prev = view.table.generation();
         let (applied, delta) = view.apply_socket(&req)?;
-        push(&self.0, &view, prev, delta).await?;
+        let pushed = push(&self.0, &view, prev, delta).await;
+        drop(view);
+        self.0.refresh_dns_zone(None).await;
+        pushed?;
         Ok(Response::new(ProgramServiceResponse::from(applied)))
     }
 

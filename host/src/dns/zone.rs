@@ -142,14 +142,27 @@ impl Zone {
                 by_service.entry((ns, svc.clone())).or_default().push(s);
             }
         }
-        z.add(&format!("dns-version.{}", z.domain), Data::Txt(SCHEMA_VERSION.into()));
+        z.add(
+            &format!("dns-version.{}", z.domain),
+            Data::Txt(SCHEMA_VERSION.into()),
+        );
         for svc in services {
             let (Some(name), Some(spec)) = (&svc.metadata.name, &svc.spec) else {
                 continue;
             };
-            let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-            let base = format!("{}.{}.svc.{}", name.to_ascii_lowercase(), ns.to_ascii_lowercase(), z.domain);
-            z.services.insert((name.to_ascii_lowercase(), ns.to_ascii_lowercase()));
+            let ns = svc
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let base = format!(
+                "{}.{}.svc.{}",
+                name.to_ascii_lowercase(),
+                ns.to_ascii_lowercase(),
+                z.domain
+            );
+            z.services
+                .insert((name.to_ascii_lowercase(), ns.to_ascii_lowercase()));
             z.exist(&base);
             if spec.type_.as_deref() == Some("ExternalName") {
                 if let Some(target) = &spec.external_name {
@@ -181,7 +194,9 @@ impl Zone {
                     z.add(&reverse_name(ip), Data::Ptr(base.clone()));
                 }
                 for p in spec.ports.iter().flatten() {
-                    let Some(n) = p.name.as_ref().filter(|n| !n.is_empty()) else { continue };
+                    let Some(n) = p.name.as_ref().filter(|n| !n.is_empty()) else {
+                        continue;
+                    };
                     let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
                     let srv = format!("_{}._{proto}.{base}", n.to_ascii_lowercase());
                     z.add(&srv, Data::Srv(p.port as u16, base.clone()));
@@ -189,7 +204,10 @@ impl Zone {
                 continue;
             }
             // Headless: the endpoints.
-            let slices = by_service.get(&(ns.clone(), name.clone())).cloned().unwrap_or_default();
+            let slices = by_service
+                .get(&(ns.clone(), name.clone()))
+                .cloned()
+                .unwrap_or_default();
             let mut seen = BTreeSet::new();
             for slice in slices {
                 for ep in &slice.endpoints {
@@ -217,7 +235,10 @@ impl Zone {
                                 .ports
                                 .iter()
                                 .flatten()
-                                .find(|p| p.name.as_deref().map(str::to_ascii_lowercase).as_deref() == Some(port_name.as_str()))
+                                .find(|p| {
+                                    p.name.as_deref().map(str::to_ascii_lowercase).as_deref()
+                                        == Some(port_name.as_str())
+                                })
                                 .and_then(|p| p.port);
                             if let Some(port) = port {
                                 let srv = format!("_{port_name}._{proto}.{base}");
@@ -233,6 +254,34 @@ impl Zone {
             v.dedup();
         }
         z
+    }
+
+    /// Adds a ClusterIP Service known only by its addresses and named ports (name, protocol in
+    /// lower case, port): its A/AAAA, PTR and SRV records.
+    pub fn add_cluster_ip_service(
+        &mut self,
+        ns: &str,
+        name: &str,
+        ips: &[IpAddr],
+        ports: &[(String, String, u16)],
+    ) {
+        let base = format!(
+            "{}.{}.svc.{}",
+            name.to_ascii_lowercase(),
+            ns.to_ascii_lowercase(),
+            self.domain
+        );
+        self.services
+            .insert((name.to_ascii_lowercase(), ns.to_ascii_lowercase()));
+        self.exist(&base);
+        for ip in ips {
+            self.add(&base, Data::Addr(*ip));
+            self.add(&reverse_name(*ip), Data::Ptr(base.clone()));
+        }
+        for (port_name, proto, port) in ports {
+            let srv = format!("_{}._{proto}.{base}", port_name.to_ascii_lowercase());
+            self.add(&srv, Data::Srv(*port, base.clone()));
+        }
     }
 
     fn exist(&mut self, name: &str) {

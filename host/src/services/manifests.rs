@@ -77,6 +77,8 @@ pub struct Objects {
     /// ClusterNetworkPolicies, AdminNetworkPolicies, BaselineAdminNetworkPolicies (as read;
     /// converted by `netpol::cnp`).
     pub cluster_policies: Vec<serde_json::Value>,
+    /// netlet's DnsPolicies (as read; converted by `dns::policy::from_manifest`).
+    pub dns_policies: Vec<serde_json::Value>,
     /// Nodes (their addresses, for node peers).
     pub nodes: Vec<k8s_openapi::api::core::v1::Node>,
 }
@@ -132,10 +134,11 @@ pub fn parse(text: &str) -> Result<Objects, String> {
             "ClusterNetworkPolicy" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" => {
                 o.cluster_policies.push(v)
             }
+            "DnsPolicy" => o.dns_policies.push(v),
             "" => return Err(format!("document {}: no kind", i + 1)),
             other => {
                 return Err(format!(
-                    "document {}: kind {other} is not Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy, Namespace, Pod or Node",
+                    "document {}: kind {other} is not Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy, DnsPolicy, Namespace, Pod or Node",
                     i + 1
                 ));
             }
@@ -339,8 +342,39 @@ impl Manifests {
                     )),
                 }
             }
+            for v in &f.objects.dns_policies {
+                match crate::dns::policy::from_manifest(v) {
+                    Ok(p) => {
+                        if let Some(k) = p
+                            .key
+                            .as_ref()
+                            .map(|k| (k.kind, k.namespace.clone(), k.name.clone()))
+                        {
+                            out.insert(k, crate::policy::Item::Dns(p));
+                        }
+                    }
+                    Err(why) => errors.push(format!(
+                        "{}: DnsPolicy {}: {why}",
+                        path.display(),
+                        v.pointer("/metadata/name")
+                            .and_then(|k| k.as_str())
+                            .unwrap_or_default()
+                    )),
+                }
+            }
         }
         (out, errors)
+    }
+
+    /// Every Service and EndpointSlice the files hold, for the DNS zone.
+    pub fn service_objects(&self) -> (Vec<&KService>, Vec<&EndpointSlice>) {
+        let mut svcs = Vec::new();
+        let mut slices = Vec::new();
+        for f in self.files.values() {
+            svcs.extend(&f.objects.services);
+            slices.extend(&f.objects.slices);
+        }
+        (svcs, slices)
     }
 
     /// Every Service the files hold, as this node's source wants it, checked with the same
@@ -493,6 +527,7 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
             tracing::warn!(error = %e, "Services drivers not brought up to date; retried at their next resync");
         }
         drop(view);
+        host.refresh_dns_zone(Some(&m)).await;
         let (policies, invalid) = m.network_policies();
         if let Ok(mut c) = host.manifest_cluster.lock() {
             let mut next = m.cluster();
@@ -532,6 +567,8 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
         {
             tracing::warn!(error = %e, "Policy drivers not brought up to date; retried at their next resync");
         }
+        drop(pview);
+        host.refresh_dns_policies().await;
     }
 }
 
@@ -572,7 +609,7 @@ mod tests {
         std::fs::write(&f, "kind: ConfigMap\n").unwrap();
         assert!(m.scan());
         assert!(m.errors()[0].contains(
-            "kind ConfigMap is not Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy, Namespace, Pod or Node"
+            "kind ConfigMap is not Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy, DnsPolicy, Namespace, Pod or Node"
         ));
         // Deleting the file deletes its Services.
         std::fs::remove_file(&f).unwrap();

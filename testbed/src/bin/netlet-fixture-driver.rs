@@ -426,6 +426,7 @@ impl Policy for Fixture {
                     allowed: true,
                     grant: g.key.as_ref().map(|k| k.name.clone()).unwrap_or_default(),
                     reason: "granted".into(),
+                    ..Default::default()
                 }));
             }
         }
@@ -433,6 +434,7 @@ impl Policy for Fixture {
             allowed: false,
             grant: String::new(),
             reason: "no grant matches".into(),
+            ..Default::default()
         }))
     }
 

@@ -1,0 +1,170 @@
+//! How the host feeds its DNS server: the cluster zone from the Services it holds, the address →
+//! pod map from its attachments, the DNS policies from its policy view, and the DNS config pods
+//! are given.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service as KService;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use netlet_sdk::proto::{DnsConfig, PodSandbox};
+
+use super::policy::{Client, Policies};
+use super::zone::Zone;
+use crate::Host;
+
+/// The Service objects of the manifests last read (kept for zone rebuilds that another source
+/// triggers).
+#[derive(Debug, Default)]
+pub struct ManifestServices {
+    services: Vec<KService>,
+    slices: Vec<EndpointSlice>,
+}
+
+impl Host {
+    /// Rebuilds the cluster zone: the manifests' Services and EndpointSlices (`m`, or the ones
+    /// last read), and the Services socket callers programmed.
+    pub async fn refresh_dns_zone(&self, m: Option<&crate::services::manifests::Manifests>) {
+        let Some(dns) = &self.dns else { return };
+        if let Some(m) = m {
+            let (s, e) = m.service_objects();
+            let mut kept = self.dns_manifests.lock().unwrap();
+            kept.services = s.into_iter().cloned().collect();
+            kept.slices = e.into_iter().cloned().collect();
+        }
+        let mut zone = {
+            let kept = self.dns_manifests.lock().unwrap();
+            Zone::build(&dns.config().domain, &kept.services, &kept.slices)
+        };
+        let view = self.services.lock().await;
+        let full = view.table.full_sync_request();
+        drop(view);
+        for s in &full.service_upserts {
+            let Some(k) = &s.key else { continue };
+            if zone.has_service(&k.name, &k.namespace) {
+                continue;
+            }
+            let ips: Vec<IpAddr> = s
+                .cluster_ips
+                .iter()
+                .filter_map(|ip| ip.parse().ok())
+                .collect();
+            let ports: Vec<(String, String, u16)> = s
+                .ports
+                .iter()
+                .filter(|p| !p.name.is_empty())
+                .map(|p| {
+                    let proto = netlet_sdk::proto::Protocol::try_from(p.protocol)
+                        .ok()
+                        .filter(|p| *p != netlet_sdk::proto::Protocol::Unspecified)
+                        .unwrap_or(netlet_sdk::proto::Protocol::Tcp);
+                    let proto = proto
+                        .as_str_name()
+                        .trim_start_matches("PROTOCOL_")
+                        .to_ascii_lowercase();
+                    (p.name.clone(), proto, p.port as u16)
+                })
+                .collect();
+            zone.add_cluster_ip_service(&k.namespace, &k.name, &ips, &ports);
+        }
+        dns.set_zone(zone);
+    }
+
+    /// Rebuilds the address → pod map from the attachments.
+    pub fn refresh_dns_clients(&self) {
+        let Some(dns) = &self.dns else { return };
+        let pods = match self.store.attachments() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read attachments for the DNS server");
+                return;
+            }
+        };
+        let mut map = HashMap::new();
+        for p in pods {
+            let Some(s) = &p.sandbox else { continue };
+            let search = p
+                .attachments
+                .iter()
+                .filter_map(|a| a.dns.as_ref())
+                .map(|d| d.searches.clone())
+                .find(|s| !s.is_empty())
+                .or_else(|| {
+                    s.dns_config
+                        .as_ref()
+                        .map(|d| d.searches.clone())
+                        .filter(|s| !s.is_empty())
+                })
+                .unwrap_or_else(|| dns.default_search(&s.namespace));
+            let client = Arc::new(Client {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                labels: s.labels.clone().into_iter().collect(),
+                search: search
+                    .iter()
+                    .map(|d| format!("{}.", d.trim_end_matches('.').to_ascii_lowercase()))
+                    .collect(),
+            });
+            for ip in p.attachments.iter().flat_map(|a| &a.ips) {
+                if let Some(ip) = ip
+                    .address
+                    .split('/')
+                    .next()
+                    .and_then(|a| a.parse::<IpAddr>().ok())
+                {
+                    map.insert(ip, client.clone());
+                }
+            }
+        }
+        dns.set_clients(map);
+    }
+
+    /// Hands the DNS server the DnsPolicies of the policy view.
+    pub async fn refresh_dns_policies(&self) {
+        let Some(dns) = &self.dns else { return };
+        let view = self.policies.lock().await;
+        let list: Vec<_> = view.table.dns_policies().cloned().collect();
+        drop(view);
+        dns.set_policies(Policies::new(list));
+    }
+
+    /// The DNS config a pod gets when the node-local server runs: the node-local address first,
+    /// then the fallback (the configured cluster DNS Service, else the runtime's name servers),
+    /// the runtime's search list and options (kubelet's defaults when it gave none).
+    pub fn pod_dns_config(&self, sandbox: &PodSandbox) -> Option<DnsConfig> {
+        let dns = self.dns.as_ref()?;
+        let cfg = dns.config();
+        let local = cfg.listen.iter().find(|a| a.port() == 53)?.ip();
+        let given = sandbox.dns_config.clone().unwrap_or_default();
+        let mut nameservers = vec![local.to_string()];
+        if cfg.fallback.is_empty() {
+            nameservers.extend(
+                given
+                    .nameservers
+                    .iter()
+                    .filter(|n| **n != local.to_string())
+                    .cloned(),
+            );
+        } else {
+            nameservers.extend(cfg.fallback.iter().map(ToString::to_string));
+        }
+        nameservers.truncate(3);
+        let searches = if given.searches.is_empty() {
+            dns.default_search(&sandbox.namespace)
+        } else {
+            given.searches
+        };
+        let options = if given.options.is_empty() {
+            vec!["ndots:5".to_string()]
+        } else {
+            given.options
+        };
+        Some(DnsConfig {
+            nameservers,
+            searches,
+            options,
+            domain: given.domain,
+        })
+    }
+}

@@ -1,0 +1,889 @@
+//! The node-local DNS server (the NodeLocal DNSCache idea, enlightened): it listens on a
+//! node-local address (default `169.254.20.10`, UDP and TCP), knows which pod asked (the source
+//! address is mapped to the pod netlet attached), answers cluster names itself from the Services
+//! the host holds ([`zone`]), applies DNS policy per pod ([`policy`], WebAssembly modules
+//! included), can expand a pod's search list in one round trip, refuses cluster names that
+//! shadow public ones, and forwards everything else over TCP to the node's upstream servers
+//! through a cache (positive and negative, TTL-bounded, stale answers served while upstreams are
+//! down). Messages are hickory-proto's.
+
+mod host;
+pub mod policy;
+pub mod zone;
+
+pub use host::ManifestServices;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{self, SOA};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use crate::wasm::Modules;
+use policy::{Action, Behaviour, Client, Policies};
+use zone::{Data, Kind, Lookup, Zone};
+
+/// The default node-local address (NodeLocal DNSCache's).
+pub const DEFAULT_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 10);
+
+/// Settings of the DNS server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Addresses to serve on (UDP and TCP).
+    pub listen: Vec<SocketAddr>,
+    /// The cluster domain, e.g. `cluster.local`.
+    pub domain: String,
+    /// Upstream servers (TCP), tried in order.
+    pub upstreams: Vec<SocketAddr>,
+    /// Name servers pods are given after the node-local one (the cluster DNS Service), so a
+    /// stopped server is a fallback, not an outage.
+    pub fallback: Vec<IpAddr>,
+    /// Search expansion and shadowing unless a DnsPolicy says otherwise.
+    pub defaults: Behaviour,
+    /// Cache entries kept at most.
+    pub cache_entries: usize,
+    /// Longest a positive answer is cached.
+    pub max_ttl: Duration,
+    /// Longest a negative answer is cached.
+    pub negative_ttl: Duration,
+    /// How long an expired answer may still be served while upstreams are down.
+    pub serve_stale: Duration,
+    /// Deadline of one upstream exchange.
+    pub upstream_timeout: Duration,
+    /// UDP sockets per address (SO_REUSEPORT), one per core is a good start.
+    pub udp_sockets: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::new(IpAddr::V4(DEFAULT_ADDRESS), 53)],
+            domain: "cluster.local".into(),
+            upstreams: Vec::new(),
+            fallback: Vec::new(),
+            defaults: Behaviour {
+                server_side_search: false,
+                block_shadowing: true,
+            },
+            cache_entries: 100_000,
+            max_ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(30),
+            serve_stale: Duration::from_secs(3600),
+            upstream_timeout: Duration::from_secs(2),
+            udp_sockets: 2,
+        }
+    }
+}
+
+/// The upstream servers of a resolv.conf text (`nameserver` lines), on port 53.
+pub fn resolv_conf_upstreams(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|s| IpAddr::from_str(s.trim()).ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// Counters of the server.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Queries received.
+    pub queries: AtomicU64,
+    /// Answered from the cluster zone.
+    pub cluster: AtomicU64,
+    /// Upstream answers served from the cache.
+    pub cache_hits: AtomicU64,
+    /// Upstream answers that had to be asked for.
+    pub cache_misses: AtomicU64,
+    /// Expired answers served while upstreams were down.
+    pub stale: AtomicU64,
+    /// Upstream exchanges that failed.
+    pub upstream_failures: AtomicU64,
+    /// Upstream exchanges made.
+    pub upstream_queries: AtomicU64,
+    /// Sum of upstream exchange times, microseconds.
+    pub upstream_micros: AtomicU64,
+    /// Queries denied by DNS policy.
+    pub denied: AtomicU64,
+    /// Queries rewritten by DNS policy.
+    pub rewritten: AtomicU64,
+    /// Cluster names refused because they shadow a public one.
+    pub shadowed: AtomicU64,
+    /// Queries answered by server-side search expansion.
+    pub expanded: AtomicU64,
+    /// Malformed or unsupported queries.
+    pub malformed: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct CacheEntry {
+    rcode: ResponseCode,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    stored: Instant,
+    ttl: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    map: HashMap<(String, u16, u16), CacheEntry>,
+}
+
+/// The outcome of resolving one name.
+#[derive(Debug, Clone)]
+struct Resolution {
+    rcode: ResponseCode,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    authoritative: bool,
+}
+
+impl Resolution {
+    fn code(rcode: ResponseCode) -> Self {
+        Resolution {
+            rcode,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            authoritative: false,
+        }
+    }
+}
+
+/// The DNS server's state.
+pub struct Dns {
+    cfg: Config,
+    zone: RwLock<Arc<Zone>>,
+    clients: RwLock<Arc<HashMap<IpAddr, Arc<Client>>>>,
+    policies: RwLock<Arc<Policies>>,
+    modules: Arc<Modules>,
+    cache: Mutex<Cache>,
+    /// Counters.
+    pub stats: Stats,
+}
+
+fn fqdn_lower(n: &Name) -> String {
+    let mut s = n.to_ascii().to_ascii_lowercase();
+    if !s.ends_with('.') {
+        s.push('.');
+    }
+    s
+}
+
+fn name(s: &str) -> Option<Name> {
+    Name::from_ascii(s).ok()
+}
+
+impl Dns {
+    /// A server with an empty zone, no clients and no policies.
+    pub fn new(cfg: Config, modules: Arc<Modules>) -> Arc<Self> {
+        let domain = cfg.domain.clone();
+        Arc::new(Dns {
+            zone: RwLock::new(Arc::new(Zone::build(&domain, [], []))),
+            clients: RwLock::new(Arc::new(HashMap::new())),
+            policies: RwLock::new(Arc::new(Policies::default())),
+            modules,
+            cache: Mutex::new(Cache::default()),
+            stats: Stats::default(),
+            cfg,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The modules policies may name.
+    pub fn modules(&self) -> &Arc<Modules> {
+        &self.modules
+    }
+
+    /// Replaces the cluster zone.
+    pub fn set_zone(&self, z: Zone) {
+        *self.zone.write().unwrap() = Arc::new(z);
+    }
+
+    /// Replaces the address → pod map.
+    pub fn set_clients(&self, c: HashMap<IpAddr, Arc<Client>>) {
+        *self.clients.write().unwrap() = Arc::new(c);
+    }
+
+    /// Replaces the DNS policies.
+    pub fn set_policies(&self, p: Policies) {
+        *self.policies.write().unwrap() = Arc::new(p);
+    }
+
+    /// The policies in force.
+    pub fn policies(&self) -> Arc<Policies> {
+        self.policies.read().unwrap().clone()
+    }
+
+    /// The pod behind an address.
+    pub fn client(&self, ip: IpAddr) -> Option<Arc<Client>> {
+        self.clients.read().unwrap().get(&ip).cloned()
+    }
+
+    /// The search list a pod of `namespace` gets by default (kubelet's).
+    pub fn default_search(&self, namespace: &str) -> Vec<String> {
+        let d = self.cfg.domain.trim_end_matches('.');
+        vec![
+            format!("{namespace}.svc.{d}"),
+            format!("svc.{d}"),
+            d.to_string(),
+        ]
+    }
+
+    /// Decides a query as `CheckDns` asks it.
+    pub fn decide(
+        &self,
+        client_address: &str,
+        client: Option<&Client>,
+        qname: &str,
+        qtype: u16,
+    ) -> policy::Decision {
+        let mut n = qname.to_ascii_lowercase();
+        if !n.ends_with('.') {
+            n.push('.');
+        }
+        self.policies()
+            .decide(&self.modules, client, client_address, &n, qtype)
+    }
+
+    /// Answers one DNS message from `src`; `None` when nothing should be sent back.
+    pub async fn answer(self: Arc<Self>, req: Vec<u8>, src: IpAddr, udp: bool) -> Option<Vec<u8>> {
+        self.stats.queries.fetch_add(1, Ordering::Relaxed);
+        let msg = match Message::from_vec(&req) {
+            Ok(m) => m,
+            Err(_) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                if req.len() < 12 {
+                    return None;
+                }
+                let id = u16::from_be_bytes([req[0], req[1]]);
+                return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+                    .to_vec()
+                    .ok();
+            }
+        };
+        if msg.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let id = msg.metadata.id;
+        if msg.metadata.op_code != OpCode::Query || msg.queries.len() != 1 {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            let code = if msg.metadata.op_code != OpCode::Query {
+                ResponseCode::NotImp
+            } else {
+                ResponseCode::FormErr
+            };
+            return Message::error_msg(id, msg.metadata.op_code, code)
+                .to_vec()
+                .ok();
+        }
+        let q = msg.queries[0].clone();
+        let qname = fqdn_lower(q.name());
+        let qtype = q.query_type();
+        let client = self.client(src);
+        let res = self
+            .resolve_for(client.as_deref(), src, &qname, qtype, q.query_class())
+            .await;
+
+        let mut out = Message::response(id, OpCode::Query);
+        out.metadata.recursion_desired = msg.metadata.recursion_desired;
+        out.metadata.recursion_available = true;
+        out.metadata.authoritative = res.authoritative;
+        out.metadata.response_code = res.rcode;
+        out.add_query(q);
+        out.insert_answers(res.answers);
+        out.insert_authorities(res.authorities);
+        let max = match &msg.edns {
+            Some(e) => {
+                let mut edns = Edns::new();
+                edns.set_max_payload(1232);
+                out.set_edns(edns);
+                usize::from(e.max_payload().clamp(512, 1232))
+            }
+            None => 512,
+        };
+        let bytes = out.to_vec().ok()?;
+        if udp && bytes.len() > max {
+            let mut t = out.truncate();
+            t.metadata.truncation = true;
+            return t.to_vec().ok();
+        }
+        Some(bytes)
+    }
+
+    async fn resolve_for(
+        &self,
+        client: Option<&Client>,
+        src: IpAddr,
+        qname: &str,
+        qtype: RecordType,
+        qclass: DNSClass,
+    ) -> Resolution {
+        let policies = self.policies();
+        let behaviour = policies.behaviour(client, self.cfg.defaults);
+        let zone = self.zone.read().unwrap().clone();
+        // Server-side search: the pod's first try along its search list, for a name that is
+        // not a cluster name, is expanded here along the rest of the list.
+        if behaviour.server_side_search
+            && let Some(c) = client
+            && let Some(first) = c.search.first()
+            && let Some(x) = qname.strip_suffix(&format!(".{first}"))
+            && !x.is_empty()
+            && zone.lookup(qname, kind(qtype)) == Lookup::NxDomain
+        {
+            return self
+                .expand(&policies, &zone, c, src, qname, x, qtype, qclass, behaviour)
+                .await;
+        }
+        let d = policies.decide(
+            &self.modules,
+            client,
+            &src.to_string(),
+            qname,
+            u16::from(qtype),
+        );
+        match self.apply(&d, client) {
+            Some(Action::Allow) => self.lookup(&zone, qname, qtype, qclass, behaviour).await,
+            Some(Action::Rewrite(to)) => {
+                let mut r = self.lookup(&zone, &to, qtype, qclass, behaviour).await;
+                if let (Some(from), Some(target)) = (name(qname), name(&to)) {
+                    r.answers.insert(
+                        0,
+                        Record::from_rdata(from, zone::TTL, RData::CNAME(rdata::CNAME(target))),
+                    );
+                }
+                r
+            }
+            Some(Action::NxDomain) => Resolution::code(ResponseCode::NXDomain),
+            Some(Action::Refused) | None => Resolution::code(ResponseCode::Refused),
+        }
+    }
+
+    fn apply(&self, d: &policy::Decision, client: Option<&Client>) -> Option<Action> {
+        match &d.action {
+            Action::Allow => {}
+            Action::Rewrite(_) => {
+                self.stats.rewritten.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                self.stats.denied.fetch_add(1, Ordering::Relaxed);
+                let pod = client
+                    .map(|c| format!("{}/{}", c.namespace, c.name))
+                    .unwrap_or_default();
+                tracing::info!(%pod, policy = %d.policy, module = %d.module, reason = %d.reason, "DNS query denied");
+            }
+        }
+        Some(d.action.clone())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn expand(
+        &self,
+        policies: &Policies,
+        zone: &Zone,
+        c: &Client,
+        src: IpAddr,
+        asked: &str,
+        x: &str,
+        qtype: RecordType,
+        qclass: DNSClass,
+        behaviour: Behaviour,
+    ) -> Resolution {
+        let mut candidates: Vec<String> = c
+            .search
+            .iter()
+            .skip(1)
+            .map(|s| format!("{x}.{s}"))
+            .collect();
+        candidates.push(format!("{x}."));
+        let mut nodata = false;
+        let mut denied = None;
+        for cand in candidates {
+            let d = policies.decide(
+                &self.modules,
+                Some(c),
+                &src.to_string(),
+                &cand,
+                u16::from(qtype),
+            );
+            let target = match d.action {
+                Action::Allow => cand.clone(),
+                Action::Rewrite(ref to) => to.clone(),
+                _ => {
+                    denied = Some(d);
+                    continue;
+                }
+            };
+            let r = self.lookup(zone, &target, qtype, qclass, behaviour).await;
+            if r.rcode == ResponseCode::NoError && !r.answers.is_empty() {
+                self.stats.expanded.fetch_add(1, Ordering::Relaxed);
+                let mut answers = Vec::with_capacity(r.answers.len() + 1);
+                if let (Some(from), Some(to)) = (name(asked), name(&target)) {
+                    answers.push(Record::from_rdata(
+                        from,
+                        zone::TTL,
+                        RData::CNAME(rdata::CNAME(to)),
+                    ));
+                }
+                answers.extend(r.answers);
+                return Resolution {
+                    rcode: ResponseCode::NoError,
+                    answers,
+                    authorities: Vec::new(),
+                    authoritative: false,
+                };
+            }
+            nodata |= r.rcode == ResponseCode::NoError;
+        }
+        if let Some(d) = denied {
+            // The name the pod meant is denied: say so as the policy says.
+            if let Some(a) = self.apply(&d, Some(c)) {
+                match a {
+                    Action::Refused => return Resolution::code(ResponseCode::Refused),
+                    Action::NxDomain if !nodata => return Resolution::code(ResponseCode::NXDomain),
+                    _ => {}
+                }
+            }
+        }
+        let mut r = Resolution::code(if nodata {
+            ResponseCode::NoError
+        } else {
+            ResponseCode::NXDomain
+        });
+        r.authorities.push(self.soa(zone));
+        r
+    }
+
+    fn soa(&self, zone: &Zone) -> Record {
+        let origin = name(&zone.domain).unwrap_or_else(Name::root);
+        let mname = name(&format!("ns.dns.{}", zone.domain)).unwrap_or_else(Name::root);
+        let rname = name(&format!("hostmaster.{}", zone.domain)).unwrap_or_else(Name::root);
+        Record::from_rdata(
+            origin,
+            zone::TTL,
+            RData::SOA(SOA::new(mname, rname, 1, 7200, 1800, 86400, zone::TTL)),
+        )
+    }
+
+    /// Resolves `qname` (a name a policy allowed): the cluster zone, else upstream.
+    fn lookup<'a>(
+        &'a self,
+        zone: &'a Zone,
+        qname: &'a str,
+        qtype: RecordType,
+        qclass: DNSClass,
+        behaviour: Behaviour,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Resolution> + Send + 'a>> {
+        Box::pin(async move {
+            if behaviour.block_shadowing && self.shadows_public(zone, qname, qclass).await {
+                self.stats.shadowed.fetch_add(1, Ordering::Relaxed);
+                let mut r = Resolution::code(ResponseCode::NXDomain);
+                r.authorities.push(self.soa(zone));
+                r.authoritative = true;
+                return r;
+            }
+            match zone.lookup(qname, kind(qtype)) {
+                Lookup::NotOurs => self.upstream(qname, qtype, qclass).await,
+                Lookup::NxDomain => {
+                    self.stats.cluster.fetch_add(1, Ordering::Relaxed);
+                    let mut r = Resolution::code(ResponseCode::NXDomain);
+                    r.authorities.push(self.soa(zone));
+                    r.authoritative = true;
+                    r
+                }
+                Lookup::Records(data) => {
+                    self.stats.cluster.fetch_add(1, Ordering::Relaxed);
+                    let owner = name(qname).unwrap_or_else(Name::root);
+                    let mut r = Resolution {
+                        rcode: ResponseCode::NoError,
+                        answers: Vec::new(),
+                        authorities: Vec::new(),
+                        authoritative: true,
+                    };
+                    let mut cname = None;
+                    let n = data.len().max(1) as u16;
+                    for d in data {
+                        let rdata = match d {
+                            Data::Addr(IpAddr::V4(a)) => RData::A(a.into()),
+                            Data::Addr(IpAddr::V6(a)) => RData::AAAA(a.into()),
+                            Data::Cname(t) => {
+                                cname = Some(t.clone());
+                                let Some(t) = name(&t) else { continue };
+                                RData::CNAME(rdata::CNAME(t))
+                            }
+                            Data::Srv(port, t) => {
+                                let Some(t) = name(&t) else { continue };
+                                RData::SRV(rdata::SRV::new(0, 100 / n, port, t))
+                            }
+                            Data::Ptr(t) => {
+                                let Some(t) = name(&t) else { continue };
+                                RData::PTR(rdata::PTR(t))
+                            }
+                            Data::Txt(t) => RData::TXT(rdata::TXT::new(vec![t])),
+                        };
+                        r.answers
+                            .push(Record::from_rdata(owner.clone(), zone::TTL, rdata));
+                    }
+                    // An ExternalName's target is resolved too, as CoreDNS does.
+                    if let Some(t) = cname
+                        && qtype != RecordType::CNAME
+                    {
+                        let more = self.lookup(zone, &t, qtype, qclass, behaviour).await;
+                        r.answers.extend(more.answers);
+                        r.authoritative = false;
+                    }
+                    if r.answers.is_empty() {
+                        r.authorities.push(self.soa(zone));
+                    }
+                    r
+                }
+            }
+        })
+    }
+
+    /// Whether `qname` is a Service name in a namespace named like a public suffix (`com`)
+    /// whose public counterpart (`yahoo.com` for `yahoo.com.svc.cluster.local`) exists: then
+    /// the cluster name would answer for the public one through a pod's search walk.
+    async fn shadows_public(&self, zone: &Zone, qname: &str, qclass: DNSClass) -> bool {
+        let Some(rest) = qname.strip_suffix(&format!(".svc.{}", zone.domain)) else {
+            return false;
+        };
+        let labels: Vec<&str> = rest.split('.').collect();
+        if labels.len() < 2 {
+            return false;
+        }
+        let (ns, svc) = (labels[labels.len() - 1], labels[labels.len() - 2]);
+        if !zone.has_service(svc, ns) || !is_public_suffix(ns) {
+            return false;
+        }
+        let public = format!("{rest}.");
+        let r = self.upstream(&public, RecordType::A, qclass).await;
+        // Unreachable upstreams: the public name may well exist; do not answer for it.
+        r.rcode != ResponseCode::NXDomain
+    }
+
+    async fn upstream(&self, qname: &str, qtype: RecordType, qclass: DNSClass) -> Resolution {
+        let key = (qname.to_string(), u16::from(qtype), u16::from(qclass));
+        let now = Instant::now();
+        let cached = self.cache.lock().unwrap().map.get(&key).cloned();
+        if let Some(e) = &cached
+            && now < e.stored + e.ttl
+        {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return aged(e, now, None);
+        }
+        self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+        match self.exchange(qname, qtype, qclass).await {
+            Some(m) => {
+                let rcode = m.metadata.response_code;
+                let cacheable = matches!(rcode, ResponseCode::NoError | ResponseCode::NXDomain);
+                let ttl = if m.answers.is_empty() {
+                    let soa_min = m
+                        .authorities
+                        .iter()
+                        .filter_map(|r| match &r.data {
+                            RData::SOA(s) => Some(s.minimum.min(r.ttl)),
+                            _ => None,
+                        })
+                        .min()
+                        .unwrap_or(0);
+                    Duration::from_secs(u64::from(soa_min)).min(self.cfg.negative_ttl)
+                } else {
+                    let min = m.answers.iter().map(|r| r.ttl).min().unwrap_or(0);
+                    Duration::from_secs(u64::from(min)).min(self.cfg.max_ttl)
+                };
+                let e = CacheEntry {
+                    rcode,
+                    answers: m.answers,
+                    authorities: m.authorities,
+                    stored: now,
+                    ttl,
+                };
+                if cacheable && !ttl.is_zero() {
+                    let mut c = self.cache.lock().unwrap();
+                    if c.map.len() >= self.cfg.cache_entries {
+                        // Make room: drop what expired past serving stale, else anything.
+                        let stale = self.cfg.serve_stale;
+                        c.map.retain(|_, v| now < v.stored + v.ttl + stale);
+                        if c.map.len() >= self.cfg.cache_entries
+                            && let Some(k) = c.map.keys().next().cloned()
+                        {
+                            c.map.remove(&k);
+                        }
+                    }
+                    c.map.insert(key, e.clone());
+                }
+                aged(&e, now, None)
+            }
+            None => match cached {
+                Some(e) if now < e.stored + e.ttl + self.cfg.serve_stale => {
+                    self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                    // RFC 8767: stale answers go out with a TTL of 30 s.
+                    aged(&e, now, Some(30))
+                }
+                _ => Resolution::code(ResponseCode::ServFail),
+            },
+        }
+    }
+
+    /// One exchange with the first upstream that answers, over TCP.
+    async fn exchange(&self, qname: &str, qtype: RecordType, qclass: DNSClass) -> Option<Message> {
+        let n = name(qname)?;
+        let mut q = Message::query();
+        q.metadata.id = rand_id();
+        q.metadata.recursion_desired = true;
+        let mut query = Query::query(n, qtype);
+        query.set_query_class(qclass);
+        q.add_query(query);
+        let bytes = q.to_vec().ok()?;
+        for up in &self.cfg.upstreams {
+            self.stats.upstream_queries.fetch_add(1, Ordering::Relaxed);
+            let start = Instant::now();
+            let r =
+                tokio::time::timeout(self.cfg.upstream_timeout, tcp_exchange(*up, &bytes)).await;
+            self.stats
+                .upstream_micros
+                .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+            match r {
+                Ok(Ok(resp)) => match Message::from_vec(&resp) {
+                    Ok(m)
+                        if m.metadata.id == q.metadata.id
+                            && m.metadata.response_code != ResponseCode::ServFail =>
+                    {
+                        return Some(m);
+                    }
+                    _ => {}
+                },
+                Ok(Err(e)) => {
+                    tracing::debug!(upstream = %up, error = %e, "upstream DNS exchange failed")
+                }
+                Err(_) => tracing::debug!(upstream = %up, "upstream DNS exchange timed out"),
+            }
+            self.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        None
+    }
+}
+
+fn aged(e: &CacheEntry, now: Instant, fixed: Option<u32>) -> Resolution {
+    let elapsed = now.saturating_duration_since(e.stored).as_secs() as u32;
+    let fix = |mut r: Record| {
+        r.ttl = fixed.unwrap_or_else(|| r.ttl.saturating_sub(elapsed).max(1));
+        r
+    };
+    Resolution {
+        rcode: e.rcode,
+        answers: e.answers.iter().cloned().map(fix).collect(),
+        authorities: e.authorities.iter().cloned().map(fix).collect(),
+        authoritative: false,
+    }
+}
+
+fn rand_id() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish() as u16
+}
+
+async fn tcp_exchange(up: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(up).await?;
+    s.set_nodelay(true)?;
+    let mut framed = Vec::with_capacity(msg.len() + 2);
+    framed.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    framed.extend_from_slice(msg);
+    s.write_all(&framed).await?;
+    let len = s.read_u16().await? as usize;
+    let mut buf = vec![0; len];
+    s.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+fn kind(t: RecordType) -> Kind {
+    match t {
+        RecordType::A => Kind::A,
+        RecordType::AAAA => Kind::Aaaa,
+        RecordType::SRV => Kind::Srv,
+        RecordType::PTR => Kind::Ptr,
+        RecordType::TXT => Kind::Txt,
+        RecordType::CNAME => Kind::Cname,
+        _ => Kind::Other,
+    }
+}
+
+/// Whether a single label is a public suffix of the public-suffix list (`com`, `dev`, `co`).
+pub fn is_public_suffix(label: &str) -> bool {
+    psl::suffix(label.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == label.as_bytes())
+}
+
+/// Puts the listen addresses on the loopback device (an address already there is fine), so
+/// packets from pods to them are delivered to this node.
+pub async fn assign_addresses(listen: &[SocketAddr]) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    let lo = handle
+        .link()
+        .get()
+        .match_name("lo".to_string())
+        .execute()
+        .try_next()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no loopback device"))?
+        .header
+        .index;
+    for a in listen {
+        let ip = a.ip();
+        if ip.is_loopback() || ip.is_unspecified() {
+            continue;
+        }
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        match handle.address().add(lo, ip, prefix).execute().await {
+            Ok(()) => tracing::info!(%ip, "DNS address put on lo"),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_eexist() => {}
+            Err(e) => return Err(anyhow::anyhow!("adding {ip} to lo: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn libc_eexist() -> i32 {
+    nix::errno::Errno::EEXIST as i32
+}
+
+/// Serves on the configured addresses until the task is dropped. Returns once every socket is
+/// bound (an error names the address that could not be).
+pub async fn serve(dns: Arc<Dns>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    for addr in dns.cfg.listen.clone() {
+        for _ in 0..dns.cfg.udp_sockets.max(1) {
+            let sock =
+                Arc::new(udp_socket(addr).map_err(|e| anyhow::anyhow!("DNS UDP {addr}: {e}"))?);
+            tasks.push(tokio::spawn(udp_loop(dns.clone(), sock)));
+        }
+        let tcp = tcp_listener(addr).map_err(|e| anyhow::anyhow!("DNS TCP {addr}: {e}"))?;
+        tasks.push(tokio::spawn(tcp_loop(dns.clone(), tcp)));
+    }
+    Ok(tasks)
+}
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, sockopt};
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(
+        family,
+        SockType::Datagram,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &socket::SockaddrStorage::from(addr),
+    )?;
+    UdpSocket::from_std(std::net::UdpSocket::from(fd))
+}
+
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, sockopt};
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &socket::SockaddrStorage::from(addr),
+    )?;
+    socket::listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))?;
+    TcpListener::from_std(std::net::TcpListener::from(fd))
+}
+
+async fn udp_loop(dns: Arc<Dns>, sock: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, src) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS UDP receive failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Answered in place when no upstream exchange is needed (the cluster zone, the cache,
+        // a denial); otherwise the answer is sent from a task of its own.
+        let mut fut = Box::pin(dns.clone().answer(buf[..n].to_vec(), src.ip(), true));
+        match futures::poll!(fut.as_mut()) {
+            Poll::Ready(Some(out)) => {
+                let _ = sock.send_to(&out, src).await;
+            }
+            Poll::Ready(None) => {}
+            Poll::Pending => {
+                let sock = sock.clone();
+                tokio::spawn(async move {
+                    if let Some(out) = fut.await {
+                        let _ = sock.send_to(&out, src).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn tcp_loop(dns: Arc<Dns>, listener: TcpListener) {
+    loop {
+        let (mut s, src) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let dns = dns.clone();
+        tokio::spawn(async move {
+            loop {
+                let len = match tokio::time::timeout(Duration::from_secs(10), s.read_u16()).await {
+                    Ok(Ok(n)) => n as usize,
+                    _ => return,
+                };
+                let mut msg = vec![0; len];
+                if s.read_exact(&mut msg).await.is_err() {
+                    return;
+                }
+                let Some(out) = dns.clone().answer(msg, src.ip(), false).await else {
+                    continue;
+                };
+                let mut framed = Vec::with_capacity(out.len() + 2);
+                framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
+                framed.extend_from_slice(&out);
+                if s.write_all(&framed).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}

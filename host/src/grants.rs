@@ -1,0 +1,315 @@
+//! Decisions the host makes itself: `CheckDns` (with the node-local DNS server's policies and
+//! pod map when it runs) and `CheckHostname` (hostname grants, with their modules), and the
+//! module list of `ListPolicies`.
+//!
+//! Hostname matching is Gateway API's: a grant's `*.example.com` covers names with one or more
+//! labels in place of `*` (never `example.com` itself); an exact name covers only itself. A
+//! requested wildcard (`*.shop.example.com`) is covered by a wildcard grant that covers the
+//! names it stands for, never by an exact one.
+
+use std::sync::atomic::Ordering;
+
+use netlet_sdk::proto::{
+    CheckDnsRequest, CheckDnsResponse, CheckHostnameRequest, CheckHostnameResponse, DnsAction,
+    HostnameGrant, PolicyModule, PolicyModuleCounters,
+};
+
+use crate::Host;
+use crate::dns::policy::{Action, Client, Policies};
+use crate::wasm::{self, HostnameRequest, Label, Modules};
+
+/// Whether grant hostname `pattern` covers requested `host` (both without trailing dots).
+pub fn hostname_covered(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => {
+            // "*.x" in the request stands for names with a label in place of "*".
+            let h = host
+                .strip_prefix("*.")
+                .map(|rest| format!("a.{rest}"))
+                .unwrap_or(host);
+            h.len() > suffix.len() + 1
+                && h.ends_with(suffix)
+                && h.as_bytes()[h.len() - suffix.len() - 1] == b'.'
+        }
+        None => !host.starts_with("*.") && host == pattern,
+    }
+}
+
+/// Checks the modules grants name: configured, of the hostname-grant world, settings accepted.
+pub fn check_modules(
+    modules: &Modules,
+    grants: &[HostnameGrant],
+) -> Result<(), (usize, &'static str, String)> {
+    for (i, g) in grants.iter().enumerate() {
+        if g.module.is_empty() {
+            if !g.module_settings_json.is_empty() {
+                return Err((
+                    i,
+                    "module_settings_json",
+                    "settings without a module".into(),
+                ));
+            }
+            continue;
+        }
+        let settings = if g.module_settings_json.is_empty() {
+            "{}"
+        } else {
+            &g.module_settings_json
+        };
+        match modules.validate_settings(&g.module, wasm::World::HostnameGrant, settings) {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return Err((i, "module_settings_json", why)),
+            Err(f @ wasm::Failure::Unknown(_)) | Err(f @ wasm::Failure::WrongWorld { .. }) => {
+                return Err((i, "module", f.to_string()));
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The modules as `ListPolicies` shows them.
+pub fn module_list(modules: &Modules) -> Vec<PolicyModule> {
+    modules
+        .status()
+        .into_iter()
+        .map(|(s, c)| {
+            let c = c.counters();
+            let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            PolicyModule {
+                name: s.spec.name.clone(),
+                file: s.spec.path.display().to_string(),
+                world: s.world.map(|w| w.as_str().to_string()).unwrap_or_default(),
+                sha256: s.sha256.unwrap_or_default(),
+                pinned_sha256: s.spec.sha256.clone().unwrap_or_default(),
+                fail_open: s.spec.fail_open,
+                error: s.error,
+                loaded_at_unix: s
+                    .loaded_at
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+                counters: Some(PolicyModuleCounters {
+                    calls: l(&c.calls),
+                    allow: l(&c.allow),
+                    deny: l(&c.deny),
+                    rewrite: l(&c.rewrite),
+                    deadline: l(&c.deadline),
+                    memory_limit: l(&c.memory),
+                    trap: l(&c.trap),
+                    bad_output: l(&c.bad_output),
+                    unavailable: l(&c.unavailable),
+                    reloads: l(&c.reloads),
+                }),
+            }
+        })
+        .collect()
+}
+
+impl Host {
+    /// The pod at `address`, from the DNS server's map or the attachments.
+    fn client_at(&self, address: &str) -> Option<Client> {
+        let ip: std::net::IpAddr = address.parse().ok()?;
+        if let Some(d) = &self.dns {
+            return d.client(ip).map(|c| (*c).clone());
+        }
+        let pods = self.store.attachments().ok()?;
+        pods.iter().find_map(|p| {
+            let s = p.sandbox.as_ref()?;
+            p.attachments
+                .iter()
+                .flat_map(|a| &a.ips)
+                .any(|a| a.address.split('/').next() == Some(address))
+                .then(|| Client {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    labels: s.labels.clone().into_iter().collect(),
+                    search: Vec::new(),
+                })
+        })
+    }
+
+    /// CheckDns: the decision the node-local DNS server would make for this client and name.
+    pub async fn check_dns(&self, req: &CheckDnsRequest) -> CheckDnsResponse {
+        let client = self.client_at(&req.client_address).or_else(|| {
+            (!req.namespace.is_empty()).then(|| Client {
+                namespace: req.namespace.clone(),
+                name: req.pod.clone(),
+                labels: Default::default(),
+                search: Vec::new(),
+            })
+        });
+        let d = match &self.dns {
+            Some(dns) => dns.decide(
+                &req.client_address,
+                client.as_ref(),
+                &req.query_name,
+                req.query_type as u16,
+            ),
+            None => {
+                let list: Vec<_> = self
+                    .policies
+                    .lock()
+                    .await
+                    .table
+                    .dns_policies()
+                    .cloned()
+                    .collect();
+                let mut name = req.query_name.to_ascii_lowercase();
+                if !name.ends_with('.') {
+                    name.push('.');
+                }
+                Policies::new(list).decide(
+                    &self.modules,
+                    client.as_ref(),
+                    &req.client_address,
+                    &name,
+                    req.query_type as u16,
+                )
+            }
+        };
+        let (action, rewrite) = match d.action {
+            Action::Allow => (DnsAction::Allow, String::new()),
+            Action::NxDomain => (DnsAction::Deny, String::new()),
+            Action::Refused => (DnsAction::Refuse, String::new()),
+            Action::Rewrite(to) => (DnsAction::Rewrite, to),
+        };
+        CheckDnsResponse {
+            action: action as i32,
+            policy: d.policy,
+            reason: d.reason,
+            module: d.module,
+            rewrite,
+        }
+    }
+
+    /// CheckHostname: allowed when a grant covers the namespace and hostname and its module (if
+    /// any) agrees.
+    pub async fn check_hostname(&self, req: &CheckHostnameRequest) -> CheckHostnameResponse {
+        let grants: Vec<HostnameGrant> = self
+            .policies
+            .lock()
+            .await
+            .table
+            .hostname_grants()
+            .cloned()
+            .collect();
+        let ns_labels: Vec<Label> = self
+            .manifest_cluster
+            .lock()
+            .ok()
+            .and_then(|c| c.namespaces.get(&req.namespace).cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| Label { key, value })
+            .collect();
+        for g in &grants {
+            let Some(key) = &g.key else { continue };
+            let ns_ok = g.namespaces.iter().any(|n| n == "*" || *n == req.namespace);
+            let Some(pattern) = g
+                .hostnames
+                .iter()
+                .find(|h| hostname_covered(h, &req.hostname))
+            else {
+                continue;
+            };
+            if !ns_ok {
+                continue;
+            }
+            if g.module.is_empty() {
+                return CheckHostnameResponse {
+                    allowed: true,
+                    grant: key.name.clone(),
+                    reason: format!("granted by {:?} for {pattern:?}", key.name),
+                    module: String::new(),
+                };
+            }
+            let settings = if g.module_settings_json.is_empty() {
+                "{}"
+            } else {
+                &g.module_settings_json
+            };
+            let r = HostnameRequest {
+                namespace: req.namespace.clone(),
+                namespace_labels: ns_labels.clone(),
+                hostname: req.hostname.to_ascii_lowercase(),
+                object_kind: req.object_kind.clone(),
+                object_name: String::new(),
+            };
+            let pinned_mismatch = !g.module_sha256.is_empty()
+                && self
+                    .modules
+                    .sha256(&g.module)
+                    .is_some_and(|s| !s.eq_ignore_ascii_case(&g.module_sha256));
+            let (allowed, reason) = if pinned_mismatch {
+                (
+                    false,
+                    format!(
+                        "module {:?}: loaded sha256 is not the grant's pin",
+                        g.module
+                    ),
+                )
+            } else {
+                match self.modules.check_hostname(&g.module, settings, &r) {
+                    Ok(d) => (d.allowed, d.reason),
+                    Err(f) => {
+                        let open = self.modules.fails_open(&g.module).unwrap_or(false);
+                        (
+                            open,
+                            format!(
+                                "module failed ({f}); failing {}",
+                                if open { "open" } else { "closed" }
+                            ),
+                        )
+                    }
+                }
+            };
+            return CheckHostnameResponse {
+                allowed,
+                grant: if allowed {
+                    key.name.clone()
+                } else {
+                    String::new()
+                },
+                reason,
+                module: g.module.clone(),
+            };
+        }
+        CheckHostnameResponse {
+            allowed: false,
+            grant: String::new(),
+            reason: format!(
+                "no grant lets namespace {:?} use {:?}",
+                req.namespace, req.hostname
+            ),
+            module: String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hostname_covered;
+
+    #[test]
+    fn gateway_api_hostname_matching() {
+        // Written from the Gateway API's HTTPRoute hostnames rules.
+        for (pattern, host, want) in [
+            ("*.example.com", "a.example.com", true),
+            ("*.example.com", "a.b.example.com", true),
+            ("*.example.com", "example.com", false),
+            ("*.example.com", "aexample.com", false),
+            ("*.example.com", "*.example.com", true),
+            ("*.example.com", "*.a.example.com", true),
+            ("shop.example.com", "shop.example.com", true),
+            ("shop.example.com", "Shop.Example.com.", true),
+            ("shop.example.com", "a.shop.example.com", false),
+            ("shop.example.com", "*.example.com", false),
+            ("a.example.com", "*.example.com", false),
+        ] {
+            assert_eq!(hostname_covered(pattern, host), want, "{pattern} {host}");
+        }
+    }
+}
