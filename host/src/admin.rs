@@ -116,7 +116,14 @@ async fn metrics(State(host): State<Arc<Host>>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        host.metrics.encode(),
+        {
+            let text = host.metrics.encode();
+            let extra = crate::dns::metrics_text(host.dns.as_deref(), &host.modules);
+            match text.rfind("# EOF") {
+                Some(i) => format!("{}{extra}{}", &text[..i], &text[i..]),
+                None => text + &extra,
+            }
+        },
     )
 }
 

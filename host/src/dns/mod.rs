@@ -727,6 +727,129 @@ pub fn is_public_suffix(label: &str) -> bool {
     psl::suffix(label.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == label.as_bytes())
 }
 
+/// The DNS server's and the policy modules' counters in the OpenMetrics text format.
+pub fn metrics_text(dns: Option<&Dns>, modules: &Modules) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, rows: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP netlet_{name} {help}");
+        let _ = writeln!(out, "# TYPE netlet_{name} counter");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "netlet_{name}_total{labels} {v}");
+        }
+    };
+    if let Some(d) = dns {
+        let s = &d.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for (name, help, v) in [
+            ("dns_queries", "DNS queries received.", l(&s.queries)),
+            (
+                "dns_cluster_answers",
+                "Answers from the cluster zone.",
+                l(&s.cluster),
+            ),
+            (
+                "dns_cache_hits",
+                "Upstream answers served from the cache.",
+                l(&s.cache_hits),
+            ),
+            (
+                "dns_cache_misses",
+                "Upstream answers asked for.",
+                l(&s.cache_misses),
+            ),
+            (
+                "dns_stale_answers",
+                "Expired answers served while upstreams were down.",
+                l(&s.stale),
+            ),
+            (
+                "dns_upstream_queries",
+                "Upstream exchanges.",
+                l(&s.upstream_queries),
+            ),
+            (
+                "dns_upstream_failures",
+                "Upstream exchanges that failed.",
+                l(&s.upstream_failures),
+            ),
+            (
+                "dns_upstream_microseconds",
+                "Time spent in upstream exchanges.",
+                l(&s.upstream_micros),
+            ),
+            ("dns_denied", "Queries denied by DNS policy.", l(&s.denied)),
+            (
+                "dns_rewritten",
+                "Queries rewritten by DNS policy.",
+                l(&s.rewritten),
+            ),
+            (
+                "dns_shadowed",
+                "Cluster names refused for shadowing a public name.",
+                l(&s.shadowed),
+            ),
+            (
+                "dns_expanded",
+                "Queries answered by server-side search expansion.",
+                l(&s.expanded),
+            ),
+            (
+                "dns_malformed",
+                "Malformed or unsupported queries.",
+                l(&s.malformed),
+            ),
+        ] {
+            counter(name, help, vec![(String::new(), v)]);
+        }
+        let p = d.policies();
+        let mut rows = Vec::new();
+        for (id, c) in p.counts() {
+            for (verdict, a) in [
+                ("allow", &c.allow),
+                ("deny", &c.deny),
+                ("rewrite", &c.rewrite),
+                ("failed", &c.failed),
+            ] {
+                rows.push((
+                    format!("{{policy=\"{id}\",verdict=\"{verdict}\"}}"),
+                    a.load(Ordering::Relaxed),
+                ));
+            }
+        }
+        counter(
+            "dns_policy_decisions",
+            "DNS policy decisions by policy and verdict.",
+            rows,
+        );
+    }
+    let mut rows = Vec::new();
+    for (st, c) in modules.status() {
+        let c = c.counters();
+        for (outcome, a) in [
+            ("allow", &c.allow),
+            ("deny", &c.deny),
+            ("rewrite", &c.rewrite),
+            ("deadline", &c.deadline),
+            ("memory_limit", &c.memory),
+            ("trap", &c.trap),
+            ("bad_output", &c.bad_output),
+            ("unavailable", &c.unavailable),
+        ] {
+            rows.push((
+                format!("{{module=\"{}\",outcome=\"{outcome}\"}}", st.spec.name),
+                a.load(Ordering::Relaxed),
+            ));
+        }
+    }
+    counter(
+        "policy_module_calls",
+        "WebAssembly policy module calls by outcome.",
+        rows,
+    );
+    out
+}
+
 /// Puts the listen addresses on the loopback device (an address already there is fine), so
 /// packets from pods to them are delivered to this node.
 pub async fn assign_addresses(listen: &[SocketAddr]) -> anyhow::Result<()> {

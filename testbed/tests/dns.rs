@@ -1,0 +1,780 @@
+//! The node-local DNS server with real packets: pods are network namespaces the bridge driver
+//! attached, asking with `dig` and glibc (`getent`, Python's getaddrinfo) through the
+//! resolv.conf their AttachPod answer gave them (written where `ip netns exec` mounts it); the
+//! node's upstream is a stub DNS server in a namespace of its own, wired to the node (the node's
+//! default route leads there and nowhere else). Services come from the manifests directory;
+//! policies from manifests, with WebAssembly modules built from `wasm-policies/`.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netlet_sdk::client::Clients;
+use netlet_sdk::proto::{CheckDnsRequest, DnsAction, ListPoliciesRequest, PodSandbox};
+use netlet_testbed::harness::{Node, Proc, attach, bin, bridge_driver, privileged, tool};
+use netlet_testbed::probe::{self, NetNs};
+
+const V4: &str = "10.244.0.0/24";
+const LOCAL: &str = "169.254.20.10";
+const UPSTREAM: &str = "192.0.2.53";
+const CONVERGE: Duration = Duration::from_secs(10);
+
+const SERVICES: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.1.10, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec: {clusterIP: None, ports: [{name: pg, port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-1, namespace: shop, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: pg, port: 5432}]
+endpoints:
+- {addresses: [10.244.0.50], hostname: db-0, conditions: {ready: true}}
+- {addresses: [10.244.0.51], hostname: db-1, conditions: {ready: true}}
+- {addresses: [10.244.0.52], hostname: db-2, conditions: {ready: false}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: shop}
+spec: {type: ExternalName, externalName: api.example.com}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: yahoo, namespace: com}
+spec: {clusterIP: 10.96.2.20, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: internal, namespace: com}
+spec: {clusterIP: 10.96.2.30}
+";
+
+/// What a `dig` printed: the last response's status, flags, question and answers.
+#[derive(Debug, Default)]
+struct Dig {
+    status: String,
+    flags: Vec<String>,
+    question: String,
+    /// (name, type, data)
+    answers: Vec<(String, String, String)>,
+    authority: Vec<(String, String, String)>,
+}
+
+impl Dig {
+    fn data(&self, t: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .answers
+            .iter()
+            .filter(|a| a.1 == t)
+            .map(|a| a.2.clone())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn parse_dig(out: &str) -> Dig {
+    let mut d = Dig::default();
+    let mut section = "";
+    for line in out.lines() {
+        if let Some(h) = line.strip_prefix(";; ->>HEADER<<- ") {
+            d = Dig::default();
+            d.status = h
+                .split("status: ")
+                .nth(1)
+                .unwrap_or("")
+                .split(',')
+                .next()
+                .unwrap_or("")
+                .to_string();
+        } else if let Some(f) = line.strip_prefix(";; flags: ") {
+            d.flags = f
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+        } else if line.starts_with(";; QUESTION SECTION") {
+            section = "q";
+        } else if line.starts_with(";; ANSWER SECTION") {
+            section = "a";
+        } else if line.starts_with(";; AUTHORITY SECTION") {
+            section = "auth";
+        } else if line.starts_with(";;") || line.trim().is_empty() {
+            if line.trim().is_empty() {
+                section = "";
+            }
+        } else if section == "q" {
+            d.question = line
+                .trim_start_matches(';')
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string();
+        } else if section == "a" || section == "auth" {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 5 {
+                let rec = (f[0].to_string(), f[3].to_string(), f[4..].join(" "));
+                if section == "a" {
+                    d.answers.push(rec)
+                } else {
+                    d.authority.push(rec)
+                }
+            }
+        }
+    }
+    d
+}
+
+struct PodNs {
+    name: String,
+    ip: IpAddr,
+    /// The pod's namespace (deleted with it); `None` for the upstream's, which the Env owns.
+    _netns: Option<NetNs>,
+}
+
+/// Everything the test made; the per-namespace resolv.conf directories go with it.
+struct Env {
+    node: Node,
+    clients: Clients,
+    _up: NetNs,
+    stub: Option<Proc>,
+    man: tempfile::TempDir,
+    etc: Vec<PathBuf>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(s) = self.stub.take() {
+            s.terminate();
+        }
+        for d in &self.etc {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn netns_name(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// `dig` inside a pod (its resolv.conf applies: `@server` only when given in `args`).
+fn dig(pod: &PodNs, args: &[&str]) -> Dig {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pod.name,
+            "dig",
+            "+tries=1",
+            "+time=3",
+            "+noall",
+            "+comments",
+            "+question",
+            "+answer",
+            "+authority",
+        ])
+        .args(args)
+        .output()
+        .expect("dig");
+    parse_dig(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// glibc's resolution of `name` (A only) inside a pod: the addresses, or the error.
+fn getent(pod: &PodNs, name: &str) -> Result<Vec<String>, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pod.name, "getent", "ahostsv4", name])
+        .output()
+        .expect("getent");
+    if !out.status.success() {
+        return Err(format!("getent {name}: exit {:?}", out.status.code()));
+    }
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+/// The TTL of the first answer to `name` (A).
+fn dig_ttl(pod: &PodNs, name: &str) -> u32 {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pod.name,
+            "dig",
+            "+nosearch",
+            "+noall",
+            "+answer",
+            name,
+        ])
+        .output()
+        .expect("dig");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
+
+fn metric(env: &Env, name: &str) -> u64 {
+    let out = Command::new(bin("netletctl"))
+        .arg("--socket")
+        .arg(&env.node.host.socket)
+        .arg("metrics")
+        .output()
+        .expect("netletctl metrics");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("netlet_{name}_total ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} not in:\n{text}"))
+}
+
+fn stub_count(up_pod: &PodNs) -> u64 {
+    let d = dig(
+        up_pod,
+        &[&format!("@{UPSTREAM}"), "+tcp", "TXT", "count.stub"],
+    );
+    d.data("TXT")[0].trim_matches('"').parse().unwrap()
+}
+
+async fn start_pod(env: &mut Env, ns: &str, name: &str) -> PodNs {
+    let netns = NetNs::create(&format!("dns-{ns}-{name}-{}", std::process::id())).unwrap();
+    let sandbox = PodSandbox {
+        id: format!("dns-{ns}-{name}"),
+        name: name.into(),
+        namespace: ns.into(),
+        uid: format!("{ns}-{name}"),
+        netns_path: netns.path.display().to_string(),
+        labels: [("app".to_string(), name.to_string())].into(),
+        // What kubelet computes with clusterDNS 192.0.2.53 (here: the stub, standing for the
+        // cluster DNS Service) and ClusterFirst.
+        dns_config: Some(netlet_sdk::proto::DnsConfig {
+            nameservers: vec![UPSTREAM.into()],
+            searches: vec![
+                format!("{ns}.svc.cluster.local"),
+                "svc.cluster.local".into(),
+                "cluster.local".into(),
+            ],
+            options: vec!["ndots:5".into()],
+            domain: String::new(),
+        }),
+        ..Default::default()
+    };
+    let a = attach(&env.clients, sandbox, vec![]).await.expect("attach");
+    let ip = probe::ip_of(&a[0].ips[0].address).unwrap();
+    // The DNS config the pod is told: the node-local server first, then its fallback.
+    let dns = a[0].dns.clone().expect("attachment carries a DNS config");
+    assert_eq!(
+        dns.nameservers,
+        vec![LOCAL.to_string(), UPSTREAM.to_string()]
+    );
+    assert_eq!(dns.searches[0], format!("{ns}.svc.cluster.local"));
+    assert_eq!(dns.options, vec!["ndots:5".to_string()]);
+    // Where `ip netns exec` mounts the namespace's resolv.conf from.
+    let name = netns_name(&netns.path);
+    let etc = PathBuf::from("/etc/netns").join(&name);
+    std::fs::create_dir_all(&etc).unwrap();
+    let mut conf = String::new();
+    for n in &dns.nameservers {
+        conf += &format!("nameserver {n}\n");
+    }
+    conf += &format!(
+        "search {}\noptions {}\n",
+        dns.searches.join(" "),
+        dns.options.join(" ")
+    );
+    std::fs::write(etc.join("resolv.conf"), conf).unwrap();
+    env.etc.push(etc);
+    PodNs {
+        name,
+        ip,
+        _netns: Some(netns),
+    }
+}
+
+fn write_policy(env: &Env, file: &str, yaml: &str) {
+    let tmp = env.man.path().join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, env.man.path().join(file)).unwrap();
+}
+
+/// Polls `f` until it holds (the host picks manifest files up asynchronously).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + CONVERGE;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {CONVERGE:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wasm_dir() -> PathBuf {
+    let dir = std::env::var_os("NETLET_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+                .join("wasm-policies")
+        });
+    assert!(
+        dir.join("dns-block-log.wasm").exists(),
+        "{}: modules not built (the test command builds them)",
+        dir.display()
+    );
+    dir
+}
+
+async fn setup() -> Env {
+    let man = tempfile::tempdir().unwrap();
+    std::fs::write(man.path().join("services.yaml"), SERVICES).unwrap();
+    let w = wasm_dir();
+    let extra = format!(
+        "manifestsDir: {}\ndns:\n  upstreams: [\"{UPSTREAM}\"]\npolicyModules:\n- {{name: blocklog, file: {}}}\n- {{name: loop, file: {}}}\n",
+        man.path().display(),
+        w.join("dns-block-log.wasm").display(),
+        w.join("hostile-loop.wasm").display(),
+    );
+    let node = Node::start(
+        "dns",
+        &bridge_driver("bridge", "default", "netlet0", &[V4]),
+        &extra,
+    )
+    .await;
+    node.host.wait_ready("default").await;
+    // The upstream's namespace, wired to the node; the node's default route leads there.
+    let up = NetNs::create(&format!("dns-up-{}", std::process::id())).unwrap();
+    probe::wire(
+        &node.netns.path,
+        "up0",
+        "192.0.2.1/24",
+        &up.path,
+        "node0",
+        &format!("{UPSTREAM}/24"),
+    )
+    .unwrap();
+    probe::link_up(&up.path, "lo").unwrap();
+    probe::add_route(&node.netns.path, "0.0.0.0/0", "192.0.2.1".parse().unwrap()).ok();
+    probe::add_route(&up.path, V4, "192.0.2.1".parse().unwrap()).unwrap();
+    let fwd = node
+        .command(Path::new("/usr/sbin/sysctl"))
+        .args(["-qw", "net.ipv4.ip_forward=1"])
+        .status()
+        .unwrap();
+    assert!(fwd.success());
+    let stub = Command::new(bin("netlet-netns-exec"))
+        .arg(&up.path)
+        .arg(bin("netlet-dns-stub"))
+        .args(["--listen", &format!("{UPSTREAM}:53")])
+        .args(["--record", "api.example.com A 203.0.113.10 60"])
+        .args(["--record", "yahoo.com A 203.0.113.20 60"])
+        .args(["--record", "other.example.org A 203.0.113.30 60"])
+        .args(["--record", "tracker.ads.example.org A 203.0.113.40 60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let clients = node.host.clients().await;
+    let env = Env {
+        node,
+        clients,
+        _up: up,
+        stub: Some(Proc(stub)),
+        man,
+        etc: Vec::new(),
+    };
+    // The stub is up once it answers.
+    eventually("stub upstream answers", || {
+        dig(
+            &upstream(&env),
+            &[&format!("@{UPSTREAM}"), "+tcp", "TXT", "count.stub"],
+        )
+        .status
+            == "NOERROR"
+    });
+    env
+}
+
+/// The upstream's namespace, to ask the stub from.
+fn upstream(env: &Env) -> PodNs {
+    PodNs {
+        name: netns_name(&env._up.path),
+        ip: UPSTREAM.parse().unwrap(),
+        _netns: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_local_dns() {
+    if !privileged("node_local_dns")
+        || tool("dig", "node_local_dns").is_none()
+        || tool("getent", "node_local_dns").is_none()
+    {
+        return;
+    }
+    let mut env = setup().await;
+    let shop = start_pod(&mut env, "shop", "client").await;
+    let blog = start_pod(&mut env, "blog", "reader").await;
+    let slow = start_pod(&mut env, "slow", "s").await;
+    let up = upstream(&env);
+
+    // Cluster names, as the Kubernetes DNS specification defines them.
+    let d = dig(&shop, &["+nosearch", "web.shop.svc.cluster.local"]);
+    assert_eq!(
+        (d.status.as_str(), d.data("A")),
+        ("NOERROR", vec!["10.96.1.10".to_string()]),
+        "{d:?}"
+    );
+    assert!(
+        d.flags.contains(&"aa".to_string()),
+        "cluster answers are authoritative: {d:?}"
+    );
+    let d = dig(&shop, &["+nosearch", "db.shop.svc.cluster.local"]);
+    assert_eq!(
+        d.data("A"),
+        vec!["10.244.0.50", "10.244.0.51"],
+        "headless: ready endpoints only"
+    );
+    let d = dig(&shop, &["+nosearch", "db-1.db.shop.svc.cluster.local"]);
+    assert_eq!(d.data("A"), vec!["10.244.0.51"]);
+    let d = dig(
+        &shop,
+        &["+nosearch", "SRV", "_pg._tcp.db.shop.svc.cluster.local"],
+    );
+    assert_eq!(
+        d.data("SRV"),
+        vec![
+            "0 50 5432 db-0.db.shop.svc.cluster.local.",
+            "0 50 5432 db-1.db.shop.svc.cluster.local."
+        ]
+    );
+    let d = dig(
+        &shop,
+        &["+nosearch", "SRV", "_http._tcp.web.shop.svc.cluster.local"],
+    );
+    assert_eq!(d.data("SRV"), vec!["0 100 80 web.shop.svc.cluster.local."]);
+    let d = dig(&shop, &["+nosearch", "ext.shop.svc.cluster.local"]);
+    assert_eq!(d.data("CNAME"), vec!["api.example.com."]);
+    assert_eq!(
+        d.data("A"),
+        vec!["203.0.113.10"],
+        "the ExternalName target resolved too"
+    );
+    let d = dig(&shop, &["-x", "10.96.1.10"]);
+    assert_eq!(d.data("PTR"), vec!["web.shop.svc.cluster.local."]);
+    let d = dig(&shop, &["+nosearch", "nope.shop.svc.cluster.local"]);
+    assert_eq!(d.status, "NXDOMAIN");
+    assert_eq!(
+        d.authority.first().map(|a| (a.0.as_str(), a.1.as_str())),
+        Some(("cluster.local.", "SOA")),
+        "{d:?}"
+    );
+    let d = dig(&shop, &["+nosearch", "shop.svc.cluster.local"]);
+    assert_eq!(
+        (d.status.as_str(), d.answers.len()),
+        ("NOERROR", 0),
+        "an empty non-terminal is NODATA"
+    );
+    let d = dig(&shop, &["+nosearch", "TXT", "dns-version.cluster.local"]);
+    assert_eq!(d.data("TXT"), vec!["\"1.1.0\""]);
+    // Over TCP too.
+    let d = dig(&shop, &["+tcp", "+nosearch", "web.shop.svc.cluster.local"]);
+    assert_eq!(d.data("A"), vec!["10.96.1.10"]);
+    // glibc through the pod's resolv.conf, short name and search list.
+    assert_eq!(getent(&shop, "web").unwrap(), vec!["10.96.1.10"]);
+
+    // Upstream names through the cache: the second lookup never reaches the upstream, and the
+    // TTL counts down from the upstream's.
+    let before = stub_count(&up);
+    let d = dig(&shop, &["+nosearch", "other.example.org"]);
+    assert_eq!(d.data("A"), vec!["203.0.113.30"]);
+    let after_first = stub_count(&up);
+    assert_eq!(
+        after_first,
+        before + 1,
+        "one upstream exchange for the first lookup"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    for _ in 0..5 {
+        let d = dig(&shop, &["+nosearch", "other.example.org"]);
+        assert_eq!(d.data("A"), vec!["203.0.113.30"]);
+        let ttl: u32 = dig_ttl(&shop, "other.example.org");
+        assert!(
+            (1..60).contains(&ttl),
+            "cached TTL {ttl} counts down from 60"
+        );
+    }
+    assert_eq!(
+        stub_count(&up),
+        after_first,
+        "cached: no more upstream exchanges"
+    );
+    // Negative answers are cached too; cluster-suffix misses never go upstream.
+    let before = stub_count(&up);
+    for _ in 0..3 {
+        assert_eq!(
+            dig(&shop, &["+nosearch", "missing.example.com"]).status,
+            "NXDOMAIN"
+        );
+        assert_eq!(
+            dig(
+                &shop,
+                &["+nosearch", "missing.example.com.shop.svc.cluster.local"]
+            )
+            .status,
+            "NXDOMAIN"
+        );
+    }
+    assert_eq!(stub_count(&up), before + 1);
+
+    // The com/yahoo shadow: namespace "com" has a Service "yahoo", and yahoo.com exists
+    // publicly. A pod's search walk must reach the public name.
+    let d = dig(&blog, &["+nosearch", "yahoo.com.svc.cluster.local"]);
+    assert_eq!(
+        d.status, "NXDOMAIN",
+        "the cluster name shadowing yahoo.com is refused: {d:?}"
+    );
+    assert_eq!(
+        getent(&blog, "yahoo.com").unwrap(),
+        vec!["203.0.113.20"],
+        "the public yahoo.com, not 10.96.2.20"
+    );
+    // A Service in "com" whose public counterpart does not exist is answered.
+    let d = dig(&blog, &["+nosearch", "internal.com.svc.cluster.local"]);
+    assert_eq!(d.data("A"), vec!["10.96.2.30"]);
+    assert!(metric(&env, "dns_shadowed") >= 1);
+
+    // DNS policy: namespace shop may resolve cluster names and api.example.com only.
+    write_policy(
+        &env,
+        "dns-shop.yaml",
+        "apiVersion: netlet.io/v1alpha1\nkind: DnsPolicy\nmetadata: {name: shop-dns, namespace: shop}\nspec:\n  allow: [\"**.svc.cluster.local\", \"api.example.com\"]\n  defaultAction: Deny\n",
+    );
+    eventually("shop's policy denies other.example.org", || {
+        dig(&shop, &["+nosearch", "other.example.org"]).status == "NXDOMAIN"
+    });
+    assert_eq!(
+        dig(&shop, &["+nosearch", "api.example.com"]).data("A"),
+        vec!["203.0.113.10"]
+    );
+    assert_eq!(
+        dig(&shop, &["+nosearch", "web.shop.svc.cluster.local"]).data("A"),
+        vec!["10.96.1.10"]
+    );
+    assert_eq!(
+        dig(&blog, &["+nosearch", "other.example.org"]).data("A"),
+        vec!["203.0.113.30"],
+        "blog has no policy"
+    );
+    let check = |ip: IpAddr, name: &str| {
+        let mut c = env.clients.policy.clone();
+        let name = name.to_string();
+        async move {
+            c.check_dns(CheckDnsRequest {
+                client_address: ip.to_string(),
+                query_name: name,
+                query_type: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let r = check(shop.ip, "other.example.org").await;
+    assert_eq!(
+        (
+            DnsAction::try_from(r.action).unwrap(),
+            r.policy.as_str(),
+            r.reason.as_str()
+        ),
+        (
+            DnsAction::Deny,
+            "shop/shop-dns",
+            "no pattern matched; default deny"
+        )
+    );
+    let r = check(shop.ip, "api.example.com").await;
+    assert_eq!(
+        (DnsAction::try_from(r.action).unwrap(), r.reason.as_str()),
+        (DnsAction::Allow, "allowed by \"api.example.com\"")
+    );
+
+    // A module: namespace blog blocks ad trackers (REFUSED) and logs, and expands search lists
+    // in the server.
+    write_policy(
+        &env,
+        "dns-blog.yaml",
+        "apiVersion: netlet.io/v1alpha1\nkind: DnsPolicy\nmetadata: {name: blog-dns, namespace: blog}\nspec:\n  module: blocklog\n  moduleSettings: {block: [\"*.ads.example.org\"], code: refused}\n  serverSideSearch: true\n",
+    );
+    eventually("blog's module refuses trackers", || {
+        dig(&blog, &["+nosearch", "tracker.ads.example.org"]).status == "REFUSED"
+    });
+    assert_eq!(
+        dig(&blog, &["+nosearch", "other.example.org"]).data("A"),
+        vec!["203.0.113.30"]
+    );
+    let r = check(blog.ip, "tracker.ads.example.org").await;
+    assert_eq!(
+        (
+            DnsAction::try_from(r.action).unwrap(),
+            r.policy.as_str(),
+            r.module.as_str(),
+            r.reason.as_str()
+        ),
+        (
+            DnsAction::Refuse,
+            "blog/blog-dns",
+            "blocklog",
+            "blocked by \"*.ads.example.org\""
+        )
+    );
+    let list = env
+        .clients
+        .policy
+        .clone()
+        .list_policies(ListPoliciesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let m = list
+        .modules
+        .iter()
+        .find(|m| m.name == "blocklog")
+        .expect("module listed");
+    assert_eq!(m.world, "dns-policy");
+    assert_eq!(
+        m.sha256,
+        netlet_host::wasm::file_sha256(&wasm_dir().join("dns-block-log.wasm")).unwrap()
+    );
+    assert!(m.counters.as_ref().unwrap().deny >= 2, "{m:?}");
+
+    // Server-side search: one round trip for blog's pod, the whole walk for shop's.
+    let q0 = metric(&env, "dns_queries");
+    assert_eq!(
+        getent(&blog, "other.example.org").unwrap(),
+        vec!["203.0.113.30"]
+    );
+    let blog_queries = metric(&env, "dns_queries") - q0;
+    let d = dig(&blog, &["+search", "other.example.org"]);
+    assert_eq!(
+        d.question, "other.example.org.blog.svc.cluster.local.",
+        "answered at the first try: {d:?}"
+    );
+    assert_eq!(d.data("CNAME"), vec!["other.example.org."]);
+    assert_eq!(d.data("A"), vec!["203.0.113.30"]);
+    let q1 = metric(&env, "dns_queries");
+    assert_eq!(
+        getent(&shop, "api.example.com").unwrap(),
+        vec!["203.0.113.10"]
+    );
+    let shop_queries = metric(&env, "dns_queries") - q1;
+    eprintln!(
+        "queries for one lookup with ndots:5: {blog_queries} with server-side search, {shop_queries} without"
+    );
+    assert_eq!(blog_queries, 1);
+    assert_eq!(shop_queries, 4, "the three search domains, then the name");
+
+    // A hostile module: the endless loop is stopped at its deadline; the policy fails closed,
+    // and every other query is answered meanwhile.
+    write_policy(
+        &env,
+        "dns-slow.yaml",
+        "apiVersion: netlet.io/v1alpha1\nkind: DnsPolicy\nmetadata: {name: slow-dns, namespace: slow}\nspec:\n  module: loop\n  failureAction: Refuse\n",
+    );
+    eventually("slow's module fails closed", || {
+        dig(&slow, &["+nosearch", "api.example.com"]).status == "REFUSED"
+    });
+    let r = check(slow.ip, "api.example.com").await;
+    assert!(
+        r.reason
+            .starts_with("module failed (deadline of 1ms exceeded)"),
+        "{r:?}"
+    );
+    assert_eq!(
+        dig(&shop, &["+nosearch", "web.shop.svc.cluster.local"]).data("A"),
+        vec!["10.96.1.10"]
+    );
+    // Fail open instead.
+    write_policy(
+        &env,
+        "dns-slow.yaml",
+        "apiVersion: netlet.io/v1alpha1\nkind: DnsPolicy\nmetadata: {name: slow-dns, namespace: slow}\nspec:\n  module: loop\n  failureAction: Allow\n",
+    );
+    eventually("slow's module fails open", || {
+        dig(&slow, &["+nosearch", "api.example.com"]).data("A") == vec!["203.0.113.10"]
+    });
+
+    // A bad DnsPolicy is reported with its field, and the others stay in force.
+    write_policy(
+        &env,
+        "dns-bad.yaml",
+        "apiVersion: netlet.io/v1alpha1\nkind: DnsPolicy\nmetadata: {name: bad, namespace: blog}\nspec:\n  allow: [\"a.**.b\"]\n",
+    );
+    eventually("the bad policy is reported", || {
+        env.node.host.manifest_errors().iter().any(|e| {
+            e.contains("DnsPolicy bad: allow[0]")
+                && e.contains("\"**\" must be the whole leftmost label")
+        })
+    });
+    assert_eq!(
+        dig(&blog, &["+nosearch", "tracker.ads.example.org"]).status,
+        "REFUSED"
+    );
+
+    // A host restart: a pod resolving in a loop loses no lookup (the fallback name server
+    // answers while the node-local one is down), and the node-local server is back at once.
+    let script = "import socket, time\nend = time.time() + 6\nok = fail = 0\nwhile time.time() < end:\n    try:\n        socket.getaddrinfo('api.example.com', 80, socket.AF_INET)\n        ok += 1\n    except Exception as e:\n        fail += 1\n    time.sleep(0.01)\nprint(ok, fail)\n";
+    let looper = Command::new("ip")
+        .args(["netns", "exec", &shop.name, "python3", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    env.node.host.stop_with(nix::sys::signal::Signal::SIGKILL);
+    std::thread::sleep(Duration::from_millis(1000));
+    let t0 = Instant::now();
+    env.node.host.spawn().await;
+    let mut back = None;
+    while t0.elapsed() < Duration::from_secs(10) {
+        if dig(
+            &shop,
+            &[
+                "+nosearch",
+                "+time=1",
+                &format!("@{LOCAL}"),
+                "web.shop.svc.cluster.local",
+            ],
+        )
+        .data("A")
+            == vec!["10.96.1.10"]
+        {
+            back = Some(t0.elapsed());
+            break;
+        }
+    }
+    let out = looper.wait_with_output().unwrap();
+    let counts: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    eprintln!(
+        "restart: lookups ok {} failed {}; node-local DNS answering {:?} after the restart began",
+        counts[0], counts[1], back
+    );
+    assert!(counts[0] > 50, "the loop ran: {counts:?}");
+    assert_eq!(counts[1], 0, "no lookup failed across the restart");
+    assert!(back.is_some(), "the node-local server came back");
+}
