@@ -621,7 +621,7 @@ mod tests {
             }),
             namespaces: vec!["*".into()],
             hostnames: vec!["a.example.com".into()],
-            module: String::new(),
+            ..Default::default()
         }
     }
 

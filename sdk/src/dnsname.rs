@@ -60,21 +60,22 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     if n.is_empty() {
         return false;
     }
-    let pl: Vec<&str> = p.split('.').collect();
-    let nl: Vec<&str> = n.split('.').collect();
-    if pl.first() == Some(&"**") {
-        let tail = &pl[1..];
-        return nl.len() > tail.len()
-            && tail
-                .iter()
-                .zip(&nl[nl.len() - tail.len()..])
-                .all(|(p, s)| label_matches(p.as_bytes(), s.as_bytes()));
+    // Label by label from the right, without allocating.
+    let (any_depth, p) = match p.strip_prefix("**") {
+        Some("") => return true,
+        Some(rest) => (true, rest.strip_prefix('.').unwrap_or(rest)),
+        None => (false, p),
+    };
+    let mut pl = p.rsplit('.');
+    let mut nl = n.rsplit('.');
+    loop {
+        match (pl.next(), nl.next()) {
+            (Some(p), Some(s)) if label_matches(p.as_bytes(), s.as_bytes()) => {}
+            (Some(_), _) => return false,
+            // the pattern is used up: the name must be too, or have more labels for "**"
+            (None, rest) => return rest.is_some() == any_depth,
+        }
     }
-    pl.len() == nl.len()
-        && pl
-            .iter()
-            .zip(&nl)
-            .all(|(p, s)| label_matches(p.as_bytes(), s.as_bytes()))
 }
 
 #[cfg(test)]

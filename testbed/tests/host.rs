@@ -672,7 +672,7 @@ fn grant_batch(epoch: u64, generation: u64, name: &str) -> netlet_sdk::proto::Ap
             }),
             namespaces: vec!["keep".into()],
             hostnames: vec![format!("{name}.example.com")],
-            module: String::new(),
+            ..Default::default()
         }],
         ..Default::default()
     }
@@ -951,8 +951,9 @@ async fn requests_needing_a_feature_no_driver_has_are_refused() {
             .starts_with("service_upserts[0].ports[0].protocol:"),
         "{e:?}"
     );
-    let e = c
-        .policy
+    // DNS policies are the host's own to evaluate (its DNS server, CheckDns): no driver needs
+    // the feature.
+    c.policy
         .apply_policy(ApplyPolicyRequest {
             generation: 1,
             full_sync: true,
@@ -962,13 +963,29 @@ async fn requests_needing_a_feature_no_driver_has_are_refused() {
                     namespace: "default".into(),
                     name: "p".into(),
                 }),
+                deny: vec!["*.example.com".into()],
                 ..Default::default()
             }],
             ..Default::default()
         })
         .await
-        .unwrap_err();
-    assert!(e.message().starts_with("dns_policies[0]:"), "{e:?}");
+        .expect("the host takes DNS policies itself");
+    let d = c
+        .policy
+        .check_dns(netlet_sdk::proto::CheckDnsRequest {
+            client_address: "10.244.0.9".into(),
+            namespace: "default".into(),
+            query_name: "a.example.com".into(),
+            query_type: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (d.action, d.policy.as_str()),
+        (netlet_sdk::proto::DnsAction::Deny as i32, "default/p")
+    );
     // Without those, the same driver serves the pod.
     c.pods
         .attach_pod(pod("f3", &[("default", "eth0")]))

@@ -556,7 +556,10 @@ impl Dns {
     /// whose public counterpart (`yahoo.com` for `yahoo.com.svc.cluster.local`) exists: then
     /// the cluster name would answer for the public one through a pod's search walk.
     async fn shadows_public(&self, zone: &Zone, qname: &str, qclass: DNSClass) -> bool {
-        let Some(rest) = qname.strip_suffix(&format!(".svc.{}", zone.domain)) else {
+        let Some(rest) = qname
+            .strip_suffix(zone.domain.as_str())
+            .and_then(|r| r.strip_suffix(".svc."))
+        else {
             return false;
         };
         let labels: Vec<&str> = rest.split('.').collect();

@@ -307,7 +307,10 @@ impl Zone {
 
     /// Whether `name` (lower case, trailing dot) is in the cluster zone.
     pub fn in_zone(&self, name: &str) -> bool {
-        name == self.domain || name.ends_with(&format!(".{}", self.domain))
+        name == self.domain
+            || (name.len() > self.domain.len()
+                && name.ends_with(self.domain.as_str())
+                && name.as_bytes()[name.len() - self.domain.len() - 1] == b'.')
     }
 
     /// Whether a Service `<svc>.<ns>` exists.
