@@ -588,10 +588,13 @@ fn socket_addr(v: &str, port: u16) -> Option<std::net::SocketAddr> {
     })
 }
 
+/// Parses a duration field, defaulting when absent.
+type DurationField<'a> = &'a dyn Fn(&str, &Option<String>, Duration) -> Result<Duration>;
+
 fn dns_settings(
     d: &DnsConfig,
     invalid: &dyn Fn(&str, String) -> Error,
-    duration: &dyn Fn(&str, &Option<String>, Duration) -> Result<Duration>,
+    duration: DurationField<'_>,
 ) -> Result<crate::dns::Config> {
     let mut c = crate::dns::Config::default();
     if let Some(l) = &d.listen {

@@ -337,14 +337,16 @@ impl Zone {
         };
         let pick: Vec<Data> = records
             .iter()
-            .filter(|d| match (kind, d) {
-                (_, Data::Cname(_)) => true,
-                (Kind::A, Data::Addr(IpAddr::V4(_))) => true,
-                (Kind::Aaaa, Data::Addr(IpAddr::V6(_))) => true,
-                (Kind::Srv, Data::Srv(..)) => true,
-                (Kind::Ptr, Data::Ptr(_)) => true,
-                (Kind::Txt, Data::Txt(_)) => true,
-                _ => false,
+            .filter(|d| {
+                matches!(
+                    (kind, d),
+                    (_, Data::Cname(_))
+                        | (Kind::A, Data::Addr(IpAddr::V4(_)))
+                        | (Kind::Aaaa, Data::Addr(IpAddr::V6(_)))
+                        | (Kind::Srv, Data::Srv(..))
+                        | (Kind::Ptr, Data::Ptr(_))
+                        | (Kind::Txt, Data::Txt(_))
+                )
             })
             .cloned()
             .collect();

@@ -1151,7 +1151,8 @@ func (x *ClusterNetworkPolicyPeer) GetAddressSet() string {
 // DnsPolicy restricts which names the pods of a namespace may resolve.
 type DnsPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Identity; kind must be POLICY_KIND_DNS_POLICY. Required.
+	// Identity; kind must be POLICY_KIND_DNS_POLICY. Required. An empty namespace makes the
+	// policy cluster-wide: it applies to every client, pod or not.
 	Key *PolicyKey `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	// Pods the policy applies to; empty selects the whole namespace.
 	PodSelector *LabelSelector `protobuf:"bytes,2,opt,name=pod_selector,json=podSelector,proto3" json:"pod_selector,omitempty"`
@@ -1822,7 +1823,9 @@ type CheckHostnameResponse struct {
 	// Grant that allowed it; empty when denied.
 	Grant string `protobuf:"bytes,2,opt,name=grant,proto3" json:"grant,omitempty"`
 	// Why, for logs.
-	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// WebAssembly module that decided, when one did.
+	Module        string `protobuf:"bytes,4,opt,name=module,proto3" json:"module,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1874,6 +1877,13 @@ func (x *CheckHostnameResponse) GetGrant() string {
 func (x *CheckHostnameResponse) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *CheckHostnameResponse) GetModule() string {
+	if x != nil {
+		return x.Module
 	}
 	return ""
 }
@@ -2398,11 +2408,12 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x1f\n" +
 	"\vobject_kind\x18\x03 \x01(\tR\n" +
-	"objectKind\"_\n" +
+	"objectKind\"w\n" +
 	"\x15CheckHostnameResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x14\n" +
 	"\x05grant\x18\x02 \x01(\tR\x05grant\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x15\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06module\x18\x04 \x01(\tR\x06module\"\x15\n" +
 	"\x13ListPoliciesRequest\"\x97\x04\n" +
 	"\x14ListPoliciesResponse\x12-\n" +
 	"\x12applied_generation\x18\x01 \x01(\x04R\x11appliedGeneration\x12I\n" +
