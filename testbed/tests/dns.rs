@@ -660,6 +660,32 @@ async fn node_local_dns() {
         netlet_host::wasm::file_sha256(&wasm_dir().join("dns-block-log.wasm")).unwrap()
     );
     assert!(m.counters.as_ref().unwrap().deny >= 2, "{m:?}");
+    let out = Command::new(bin("netletctl"))
+        .arg("--socket")
+        .arg(&env.node.host.socket)
+        .args(["policies", "-o", "json"])
+        .output()
+        .expect("netletctl policies");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("netletctl policies -o json");
+    let listed = v["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "blocklog")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (listed["world"].as_str(), listed["sha256"].as_str()),
+        (Some("dns-policy"), Some(m.sha256.as_str()))
+    );
+    assert!(
+        v["dnsPolicies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "blog-dns" && p["module"] == "blocklog")
+    );
 
     // Server-side search: one round trip for blog's pod, the whole walk for shop's.
     let q0 = metric(&env, "dns_queries");

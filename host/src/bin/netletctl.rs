@@ -518,12 +518,46 @@ async fn main() -> anyhow::Result<()> {
                     })
                 })
                 .collect();
+            let dns: Vec<Value> = l
+                .dns_policies
+                .iter()
+                .map(|p| {
+                    let key = p.key.clone().unwrap_or_default();
+                    json!({
+                        "namespace": key.namespace, "name": key.name,
+                        "allow": p.allow, "deny": p.deny,
+                        "default": p.default_action().as_str_name().trim_start_matches("DNS_ACTION_"),
+                        "module": p.module,
+                        "serverSideSearch": p.server_side_search,
+                    })
+                })
+                .collect();
+            let modules: Vec<Value> = l
+                .modules
+                .iter()
+                .map(|m| {
+                    let c = m.counters.clone().unwrap_or_default();
+                    json!({
+                        "name": m.name, "file": m.file, "world": m.world, "sha256": m.sha256,
+                        "pinnedSha256": m.pinned_sha256, "failOpen": m.fail_open, "error": m.error,
+                        "loadedAtUnix": m.loaded_at_unix,
+                        "counters": {
+                            "calls": c.calls, "allow": c.allow, "deny": c.deny, "rewrite": c.rewrite,
+                            "deadline": c.deadline, "memoryLimit": c.memory_limit, "trap": c.trap,
+                            "badOutput": c.bad_output, "unavailable": c.unavailable, "reloads": c.reloads,
+                        },
+                    })
+                })
+                .collect();
             if json_out {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &json!({"networkPolicies": policies, "clusterNetworkPolicies": cluster})
-                    )?
+                    serde_json::to_string_pretty(&json!({
+                        "networkPolicies": policies,
+                        "clusterNetworkPolicies": cluster,
+                        "dnsPolicies": dns,
+                        "modules": modules,
+                    }))?
                 );
             } else {
                 let rows = policies
@@ -567,6 +601,86 @@ async fn main() -> anyhow::Result<()> {
                     ],
                     rows,
                 );
+                if !l.dns_policies.is_empty() {
+                    println!();
+                    let rows = l
+                        .dns_policies
+                        .iter()
+                        .map(|p| {
+                            let key = p.key.clone().unwrap_or_default();
+                            vec![
+                                if key.namespace.is_empty() {
+                                    "(cluster)".into()
+                                } else {
+                                    key.namespace
+                                },
+                                key.name,
+                                p.allow.join(","),
+                                p.deny.join(","),
+                                p.default_action()
+                                    .as_str_name()
+                                    .trim_start_matches("DNS_ACTION_")
+                                    .to_string(),
+                                p.module.clone(),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &[
+                            "NAMESPACE",
+                            "DNS POLICY",
+                            "ALLOW",
+                            "DENY",
+                            "DEFAULT",
+                            "MODULE",
+                        ],
+                        rows,
+                    );
+                }
+                if !l.modules.is_empty() {
+                    println!();
+                    let rows = l
+                        .modules
+                        .iter()
+                        .map(|m| {
+                            let c = m.counters.clone().unwrap_or_default();
+                            let failures =
+                                c.deadline + c.memory_limit + c.trap + c.bad_output + c.unavailable;
+                            vec![
+                                m.name.clone(),
+                                if m.world.is_empty() {
+                                    "(not loaded)".into()
+                                } else {
+                                    m.world.clone()
+                                },
+                                m.sha256.get(..16).unwrap_or_default().to_string(),
+                                if m.fail_open {
+                                    "open".into()
+                                } else {
+                                    "closed".into()
+                                },
+                                format!("{}/{}/{}", c.allow, c.deny, c.rewrite),
+                                format!(
+                                    "{failures} (deadline {}, memory {}, trap {}, bad output {})",
+                                    c.deadline, c.memory_limit, c.trap, c.bad_output
+                                ),
+                                m.error.clone(),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &[
+                            "MODULE",
+                            "WORLD",
+                            "SHA256",
+                            "FAILS",
+                            "ALLOW/DENY/REWRITE",
+                            "FAILURES",
+                            "ERROR",
+                        ],
+                        rows,
+                    );
+                }
             }
         }
         Cmd::Metrics => print!("{}", admin_get(&admin, "/metrics").await?),
