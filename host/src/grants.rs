@@ -37,35 +37,19 @@ pub fn hostname_covered(pattern: &str, host: &str) -> bool {
     }
 }
 
-/// Checks the modules grants name: configured, of the hostname-grant world, settings accepted.
+/// Checks the modules grants name (see [`wasm::check_policy_module`]).
 pub fn check_modules(
     modules: &Modules,
     grants: &[HostnameGrant],
 ) -> Result<(), (usize, &'static str, String)> {
     for (i, g) in grants.iter().enumerate() {
-        if g.module.is_empty() {
-            if !g.module_settings_json.is_empty() {
-                return Err((
-                    i,
-                    "module_settings_json",
-                    "settings without a module".into(),
-                ));
-            }
-            continue;
-        }
-        let settings = if g.module_settings_json.is_empty() {
-            "{}"
-        } else {
-            &g.module_settings_json
-        };
-        match modules.validate_settings(&g.module, wasm::World::HostnameGrant, settings) {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => return Err((i, "module_settings_json", why)),
-            Err(f @ wasm::Failure::Unknown(_)) | Err(f @ wasm::Failure::WrongWorld { .. }) => {
-                return Err((i, "module", f.to_string()));
-            }
-            Err(_) => {}
-        }
+        wasm::check_policy_module(
+            modules,
+            &g.module,
+            wasm::World::HostnameGrant,
+            &g.module_settings_json,
+        )
+        .map_err(|(field, why)| (i, field, why))?;
     }
     Ok(())
 }

@@ -831,6 +831,33 @@ impl AsCounters for Entry {
     }
 }
 
+/// Checks what a policy object says of its module: `module` configured with `world`, and
+/// `settings` (JSON; empty is `{}`) accepted by its `validate-settings`. The error names the
+/// field at fault (`module` or `module_settings_json`) and why. A module configured but not
+/// loaded now passes: the policy is taken, and its failure verdict applies until it loads.
+pub fn check_policy_module(
+    modules: &Modules,
+    module: &str,
+    world: World,
+    settings: &str,
+) -> Result<(), (&'static str, String)> {
+    if module.is_empty() {
+        if !settings.is_empty() {
+            return Err(("module_settings_json", "settings without a module".into()));
+        }
+        return Ok(());
+    }
+    let settings = if settings.is_empty() { "{}" } else { settings };
+    match modules.validate_settings(module, world, settings) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(why)) => Err(("module_settings_json", why)),
+        Err(f @ Failure::Unknown(_)) | Err(f @ Failure::WrongWorld { .. }) => {
+            Err(("module", f.to_string()))
+        }
+        Err(_) => Ok(()),
+    }
+}
+
 /// Whether a module's DNS answer is within what the world allows.
 fn check_dns_output(d: &DnsDecision) -> Result<(), Failure> {
     if d.reason.len() > MAX_REASON {

@@ -53,13 +53,7 @@ bool exports_dns_policy_validate_settings(dns_policy_string_t *settings, dns_pol
   const char *e;
   if (read_settings(str_of(settings->ptr, settings->len), (str_t){0}, false, &hit, &refused, &e, &key))
     return true;
-  text_t t = {0};
-  text_cstr(&t, e);
-  if (key.n) {
-    text_cstr(&t, ": \"");
-    text_add(&t, key);
-    text_cstr(&t, "\"");
-  }
+  text_t t = settings_error(e, key);
   err->ptr = (uint8_t *)t.p;
   err->len = t.n;
   return false;

@@ -119,13 +119,7 @@ bool exports_dns_policy_validate_settings(dns_policy_string_t *settings, dns_pol
   state_t st = {0};
   const char *e;
   if (read_settings(str_of(settings->ptr, settings->len), &st, &e)) return true;
-  text_t t = {0};
-  text_cstr(&t, e);
-  if (st.err_key.n) {
-    text_cstr(&t, ": \"");
-    text_add(&t, st.err_key);
-    text_cstr(&t, "\"");
-  }
+  text_t t = settings_error(e, st.err_key);
   err->ptr = (uint8_t *)t.p;
   err->len = t.n;
   return false;

@@ -193,3 +193,15 @@ static inline void text_add(text_t *t, str_t s) {
   t->n += s.n;
 }
 static inline void text_cstr(text_t *t, const char *s) { text_add(t, str_c(s)); }
+
+// A settings error as validate-settings returns it: `why`, and `: "<key>"` when one is named.
+static inline text_t settings_error(const char *why, str_t key) {
+  text_t t = {0};
+  text_cstr(&t, why);
+  if (key.n) {
+    text_cstr(&t, ": \"");
+    text_add(&t, key);
+    text_cstr(&t, "\"");
+  }
+  return t;
+}

@@ -536,7 +536,7 @@ async fn main() -> anyhow::Result<()> {
                 .modules
                 .iter()
                 .map(|m| {
-                    let c = m.counters.clone().unwrap_or_default();
+                    let c = m.counters.unwrap_or_default();
                     json!({
                         "name": m.name, "file": m.file, "world": m.world, "sha256": m.sha256,
                         "pinnedSha256": m.pinned_sha256, "failOpen": m.fail_open, "error": m.error,
@@ -643,7 +643,7 @@ async fn main() -> anyhow::Result<()> {
                         .modules
                         .iter()
                         .map(|m| {
-                            let c = m.counters.clone().unwrap_or_default();
+                            let c = m.counters.unwrap_or_default();
                             let failures =
                                 c.deadline + c.memory_limit + c.trap + c.bad_output + c.unavailable;
                             vec![

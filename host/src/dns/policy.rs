@@ -338,31 +338,20 @@ impl Policies {
             .collect()
     }
 
-    /// Checks the modules the policies name: each must be configured with the dns-policy world
-    /// and accept its settings. Returns (index in `policies`, field, why) of the first failure.
+    /// Checks the modules the policies name (see [`wasm::check_policy_module`]). Returns
+    /// (index in `policies`, field, why) of the first failure.
     pub fn check_modules(
         modules: &Modules,
         policies: &[DnsPolicy],
     ) -> Result<(), (usize, &'static str, String)> {
         for (i, p) in policies.iter().enumerate() {
-            if p.module.is_empty() {
-                continue;
-            }
-            let settings = if p.module_settings_json.is_empty() {
-                "{}"
-            } else {
-                &p.module_settings_json
-            };
-            match modules.validate_settings(&p.module, wasm::World::DnsPolicy, settings) {
-                Ok(Ok(())) => {}
-                Ok(Err(why)) => return Err((i, "module_settings_json", why)),
-                Err(f @ wasm::Failure::Unknown(_)) | Err(f @ wasm::Failure::WrongWorld { .. }) => {
-                    return Err((i, "module", f.to_string()));
-                }
-                // A module that is configured but not loaded now (or fails now) may load later:
-                // the policy is taken, and its failure verdict applies meanwhile.
-                Err(_) => {}
-            }
+            wasm::check_policy_module(
+                modules,
+                &p.module,
+                wasm::World::DnsPolicy,
+                &p.module_settings_json,
+            )
+            .map_err(|(field, why)| (i, field, why))?;
         }
         Ok(())
     }
