@@ -681,6 +681,58 @@ mod tests {
     }
 
     #[test]
+    fn dns_and_modules_are_checked_field_by_field() {
+        const HEAD: &str = "apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\n";
+        let s = settings(&format!(
+            "{HEAD}dns: {{listen: [\"169.254.20.10\", \"[fd00::10]:5353\"], upstreams: [\"192.0.2.53\"], clusterDomain: corp.internal.}}\npolicyModules: [{{name: lists, file: m.wasm, failure: open}}]\n"
+        ))
+        .unwrap();
+        let d = s.dns.unwrap();
+        assert_eq!(
+            d.listen,
+            vec![
+                "169.254.20.10:53".parse().unwrap(),
+                "[fd00::10]:5353".parse().unwrap()
+            ]
+        );
+        assert_eq!(d.upstreams, vec!["192.0.2.53:53".parse().unwrap()]);
+        assert_eq!(d.domain, "corp.internal");
+        assert!(s.policy_modules[0].fail_open);
+        for (text, field) in [
+            ("dns: {listen: [\"nowhere\"]}", "dns.listen[0]"),
+            ("dns: {upstreams: [\"1.2.3.4:x\"]}", "dns.upstreams[0]"),
+            ("dns: {clusterDomain: \"bad..domain\"}", "dns.clusterDomain"),
+            ("dns: {maxTtl: 0s}", "dns.maxTtl"),
+            (
+                "dns: {fallbackNameservers: [a, b]}",
+                "dns.fallbackNameservers[0]",
+            ),
+            (
+                "policyModules: [{name: Bad_Name, file: m.wasm}]",
+                "policyModules[0].name",
+            ),
+            (
+                "policyModules: [{name: m, file: m.wasm, sha256: abc}]",
+                "policyModules[0].sha256",
+            ),
+            (
+                "policyModules: [{name: m, file: m.wasm, failure: maybe}]",
+                "policyModules[0].failure",
+            ),
+            (
+                "policyModules: [{name: m, file: a.wasm}, {name: m, file: b.wasm}]",
+                "policyModules[1].name",
+            ),
+            ("wasm: {memoryLimitBytes: 10}", "wasm.memoryLimitBytes"),
+        ] {
+            match settings(&format!("{HEAD}{text}\n")) {
+                Err(Error::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn embedded_default_is_valid() {
         let (file, cfg) = load(None).unwrap();
         let s = cfg.settings(&file, Overrides::default()).unwrap();
