@@ -386,6 +386,48 @@ fn hostile_modules_are_stopped_and_others_keep_answering() {
     assert_eq!(count("oversized"), (3, 0, 0, 0, 3));
 }
 
+/// A rewrite verdict goes through; one whose target is no DNS name is bad output.
+#[test]
+fn rewrites_are_checked() {
+    let m = engine(vec![
+        spec("rw", "test-rewrite"),
+        spec("bad", "hostile-bad-rewrite"),
+    ]);
+    let d = m
+        .check_dns("rw", "{}", &query(Some("a"), "x.example."))
+        .unwrap();
+    assert_eq!(
+        (d.verdict, d.reason.as_str()),
+        (
+            DnsVerdict::Rewrite("web.shop.svc.cluster.local.".into()),
+            "rewritten"
+        )
+    );
+    assert!(matches!(
+        m.check_dns("bad", "{}", &query(Some("a"), "x.example.")),
+        Err(Failure::BadOutput(why)) if why.starts_with("rewrite target: label \"not a dns name")
+    ));
+    // Through a DnsPolicy: the decision says rewrite, to the module's name.
+    let p = netlet_host::dns::policy::Policies::new([netlet_sdk::proto::DnsPolicy {
+        key: Some(netlet_sdk::proto::PolicyKey {
+            kind: netlet_sdk::proto::PolicyKind::DnsPolicy as i32,
+            namespace: String::new(),
+            name: "rewrite-all".into(),
+        }),
+        module: "rw".into(),
+        ..Default::default()
+    }]);
+    let d = p.decide(&m, None, "192.0.2.9", "x.example.", 1);
+    assert_eq!(
+        (d.action, d.policy.as_str(), d.module.as_str()),
+        (
+            netlet_host::dns::policy::Action::Rewrite("web.shop.svc.cluster.local.".into()),
+            "rewrite-all",
+            "rw"
+        )
+    );
+}
+
 #[test]
 fn the_default_deadline_is_one_millisecond() {
     let m = engine_with(Limits::default(), vec![spec("loop", "hostile-loop")]);
