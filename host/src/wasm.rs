@@ -247,8 +247,6 @@ struct Loaded {
     world: World,
     sha256: String,
     loaded_at: SystemTime,
-    /// What the file looked like when read (reload compares it).
-    stamp: FileStamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -504,7 +502,7 @@ impl Modules {
                 continue;
             }
             *entry.seen.lock().unwrap() = Some(st.clone());
-            match self.load(&entry.spec, st) {
+            match self.load(&entry.spec) {
                 Ok(loaded) => {
                     let had = entry
                         .loaded
@@ -528,7 +526,7 @@ impl Modules {
         errors
     }
 
-    fn load(&self, spec: &ModuleSpec, stamp: FileStamp) -> Result<Loaded, String> {
+    fn load(&self, spec: &ModuleSpec) -> Result<Loaded, String> {
         let bytes =
             std::fs::read(&spec.path).map_err(|e| format!("{}: {e}", spec.path.display()))?;
         let sha256 = hex(&Sha256::digest(&bytes));
@@ -565,7 +563,6 @@ impl Modules {
             world,
             sha256,
             loaded_at: SystemTime::now(),
-            stamp,
         };
         // Instantiate once now: a module that cannot be instantiated within the limits (memory
         // it asks for up front, say) is refused at load, not on the first query.
@@ -800,7 +797,6 @@ impl Modules {
                     loaded_at: l.as_ref().map(|l| l.loaded_at),
                     error: e.error.lock().unwrap().clone(),
                 };
-                let _ = l.as_ref().map(|l| &l.stamp);
                 (status, e.clone() as Arc<dyn AsCounters>)
             })
             .collect()
