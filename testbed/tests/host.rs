@@ -1309,3 +1309,119 @@ async fn sigterm_drains_calls_in_flight_before_stopping_drivers() {
         "the driver is stopped with the host"
     );
 }
+
+// Hostname grants are decided by the host itself, with no Policy driver: Gateway API matching
+// (a wildcard covers one or more labels, never the apex), the namespaces a grant names, and a
+// reason for every answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_decides_hostname_grants() {
+    use netlet_sdk::proto::{
+        ApplyPolicyRequest, CheckHostnameRequest, HostnameGrant, PolicyKey, PolicyKind,
+    };
+    let h = Host::start("", "").await;
+    let mut c = h.clients().await;
+    let grant = |name: &str, namespaces: &[&str], hostnames: &[&str]| HostnameGrant {
+        key: Some(PolicyKey {
+            kind: PolicyKind::HostnameGrant as i32,
+            namespace: String::new(),
+            name: name.into(),
+        }),
+        namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+        hostnames: hostnames.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    c.policy
+        .apply_policy(ApplyPolicyRequest {
+            generation: 1,
+            full_sync: true,
+            hostname_grants: vec![
+                grant(
+                    "shop",
+                    &["shop"],
+                    &["*.shop.example.com", "shop.example.com"],
+                ),
+                grant("everyone", &["*"], &["*.apps.example.com"]),
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("grants taken without a Policy driver");
+    // A grant naming a module nobody configured is refused, naming the field.
+    let e = c
+        .policy
+        .apply_policy(ApplyPolicyRequest {
+            generation: 2,
+            hostname_grants: vec![HostnameGrant {
+                module: "nope".into(),
+                ..grant("m", &["*"], &["x.example.com"])
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("hostname_grants[0].module:"),
+        "{e:?}"
+    );
+    for (ns, host, allowed, grant, reason) in [
+        (
+            "shop",
+            "www.shop.example.com",
+            true,
+            "shop",
+            "granted by \"shop\" for \"*.shop.example.com\"",
+        ),
+        (
+            "shop",
+            "shop.example.com",
+            true,
+            "shop",
+            "granted by \"shop\" for \"shop.example.com\"",
+        ),
+        (
+            "shop",
+            "a.b.shop.example.com",
+            true,
+            "shop",
+            "granted by \"shop\" for \"*.shop.example.com\"",
+        ),
+        (
+            "blog",
+            "www.shop.example.com",
+            false,
+            "",
+            "no grant lets namespace \"blog\" use \"www.shop.example.com\"",
+        ),
+        (
+            "blog",
+            "blog.apps.example.com",
+            true,
+            "everyone",
+            "granted by \"everyone\" for \"*.apps.example.com\"",
+        ),
+        (
+            "blog",
+            "apps.example.com",
+            false,
+            "",
+            "no grant lets namespace \"blog\" use \"apps.example.com\"",
+        ),
+    ] {
+        let r = c
+            .policy
+            .check_hostname(CheckHostnameRequest {
+                namespace: ns.into(),
+                hostname: host.into(),
+                object_kind: "HTTPRoute".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (r.allowed, r.grant.as_str(), r.reason.as_str()),
+            (allowed, grant, reason),
+            "{ns} {host}"
+        );
+    }
+}
