@@ -353,9 +353,10 @@ impl Dns {
             qname,
             u16::from(qtype),
         );
-        match self.apply(&d, client) {
-            Some(Action::Allow) => self.lookup(&zone, qname, qtype, qclass, behaviour).await,
-            Some(Action::Rewrite(to)) => {
+        self.count(&d, client);
+        match d.action {
+            Action::Allow => self.lookup(&zone, qname, qtype, qclass, behaviour).await,
+            Action::Rewrite(to) => {
                 let mut r = self.lookup(&zone, &to, qtype, qclass, behaviour).await;
                 if let (Some(from), Some(target)) = (name(qname), name(&to)) {
                     r.answers.insert(
@@ -365,12 +366,13 @@ impl Dns {
                 }
                 r
             }
-            Some(Action::NxDomain) => Resolution::code(ResponseCode::NXDomain),
-            Some(Action::Refused) | None => Resolution::code(ResponseCode::Refused),
+            Action::NxDomain => Resolution::code(ResponseCode::NXDomain),
+            Action::Refused => Resolution::code(ResponseCode::Refused),
         }
     }
 
-    fn apply(&self, d: &policy::Decision, client: Option<&Client>) -> Option<Action> {
+    /// Counts a decision, and logs a denial with the pod.
+    fn count(&self, d: &policy::Decision, client: Option<&Client>) {
         match &d.action {
             Action::Allow => {}
             Action::Rewrite(_) => {
@@ -384,7 +386,6 @@ impl Dns {
                 tracing::info!(%pod, policy = %d.policy, module = %d.module, reason = %d.reason, "DNS query denied");
             }
         }
-        Some(d.action.clone())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -448,12 +449,11 @@ impl Dns {
         }
         if let Some(d) = denied {
             // The name the pod meant is denied: say so as the policy says.
-            if let Some(a) = self.apply(&d, Some(c)) {
-                match a {
-                    Action::Refused => return Resolution::code(ResponseCode::Refused),
-                    Action::NxDomain if !nodata => return Resolution::code(ResponseCode::NXDomain),
-                    _ => {}
-                }
+            self.count(&d, Some(c));
+            match d.action {
+                Action::Refused => return Resolution::code(ResponseCode::Refused),
+                Action::NxDomain if !nodata => return Resolution::code(ResponseCode::NXDomain),
+                _ => {}
             }
         }
         let mut r = Resolution::code(if nodata {
@@ -877,15 +877,12 @@ pub async fn assign_addresses(listen: &[SocketAddr]) -> anyhow::Result<()> {
         let prefix = if ip.is_ipv4() { 32 } else { 128 };
         match handle.address().add(lo, ip, prefix).execute().await {
             Ok(()) => tracing::info!(%ip, "DNS address put on lo"),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_eexist() => {}
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.raw_code() == -(nix::errno::Errno::EEXIST as i32) => {}
             Err(e) => return Err(anyhow::anyhow!("adding {ip} to lo: {e}")),
         }
     }
     Ok(())
-}
-
-fn libc_eexist() -> i32 {
-    nix::errno::Errno::EEXIST as i32
 }
 
 /// Serves on the configured addresses until the task is dropped. Returns once every socket is

@@ -9,7 +9,6 @@
 //! module's own failure mode when that is unspecified.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use netlet_sdk::dnsname::pattern_matches;
@@ -356,9 +355,6 @@ impl Policies {
         Ok(())
     }
 }
-
-/// Shared, swappable policies.
-pub type Shared = Arc<std::sync::RwLock<Arc<Policies>>>;
 
 /// A `DnsPolicy` manifest (`apiVersion: netlet.io/v1alpha1`) in the contract's form, checked
 /// as an ApplyPolicy caller's would be. A policy without a namespace is cluster-wide.
