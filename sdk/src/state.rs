@@ -275,6 +275,11 @@ impl ServiceTable {
             .map(|e| (e.service.as_ref(), &e.endpoints))
     }
 
+    /// The Services of the table (without their endpoints).
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.entries.values().filter_map(|e| e.service.as_ref())
+    }
+
     /// The whole table as one full-sync batch at the applied generation.
     pub fn full_sync_request(&self) -> ProgramServiceRequest {
         let mut req = ProgramServiceRequest {

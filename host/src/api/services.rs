@@ -83,7 +83,10 @@ impl Services for Api {
         let (applied, delta) = view.apply_socket(&req)?;
         let pushed = push(&self.0, &view, prev, delta).await;
         drop(view);
-        self.0.refresh_dns_zone(None).await;
+        // The zone holds Services, not endpoints: an endpoints-only batch leaves it as it is.
+        if req.full_sync || !req.service_upserts.is_empty() || !req.service_deletes.is_empty() {
+            self.0.refresh_dns_zone(None).await;
+        }
         pushed?;
         Ok(Response::new(ProgramServiceResponse::from(applied)))
     }

@@ -38,9 +38,7 @@ impl Host {
             Zone::build(&dns.config().domain, &kept.services, &kept.slices)
         };
         let view = self.services.lock().await;
-        let full = view.table.full_sync_request();
-        drop(view);
-        for s in &full.service_upserts {
+        for s in view.table.services() {
             let Some(k) = &s.key else { continue };
             if zone.has_service(&k.name, &k.namespace) {
                 continue;
@@ -68,6 +66,7 @@ impl Host {
                 .collect();
             zone.add_cluster_ip_service(&k.namespace, &k.name, &ips, &ports);
         }
+        drop(view);
         dns.set_zone(zone);
     }
 
