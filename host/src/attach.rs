@@ -368,7 +368,7 @@ impl Host {
                 return Err(error::from_store(e));
             }
             tracing::info!(networks = record.attachments.len(), "pod attached");
-            self.refresh_dns_clients();
+            self.dns_pod_changed(None, Some(&record));
             if has_ports {
                 self.hand_host_ports(&sandbox.id, host_ports_of(&record))
                     .await;
@@ -385,7 +385,7 @@ impl Host {
                 if has_ports {
                     self.hand_host_ports(&sandbox.id, None).await;
                 }
-                self.refresh_dns_clients();
+                self.dns_pod_changed(Some(&record), None);
                 let _ = self.refresh_policy_pods(false).await;
                 return Err(Status::unavailable(format!(
                     "the pod's network policies could not be put in place (retry): {}",
@@ -475,7 +475,10 @@ impl Host {
             }
             // A detached pod's addresses leave the sets; a driver that misses it is brought up to
             // date at its resync (the pod is gone either way).
-            self.refresh_dns_clients();
+            self.dns_pod_changed(
+                Some(&record),
+                (!rest.attachments.is_empty()).then_some(&rest),
+            );
             let _ = self.refresh_policy_pods(false).await;
             Ok(())
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service as KService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use netlet_sdk::proto::{DnsConfig, PodSandbox};
+use netlet_sdk::proto::{DnsConfig, PodAttachments, PodSandbox};
 
 use super::policy::{Client, Policies};
 use super::zone::Zone;
@@ -70,7 +70,41 @@ impl Host {
         dns.set_zone(zone);
     }
 
-    /// Rebuilds the address → pod map from the attachments.
+    /// The DNS client a stored pod is, and its addresses.
+    fn dns_client_of(dns: &super::Dns, p: &PodAttachments) -> Option<(Arc<Client>, Vec<IpAddr>)> {
+        let s = p.sandbox.as_ref()?;
+        let search = p
+            .attachments
+            .iter()
+            .filter_map(|a| a.dns.as_ref())
+            .map(|d| d.searches.clone())
+            .find(|s| !s.is_empty())
+            .or_else(|| {
+                s.dns_config
+                    .as_ref()
+                    .map(|d| d.searches.clone())
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| dns.default_search(&s.namespace));
+        let client = Arc::new(Client {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            labels: s.labels.clone().into_iter().collect(),
+            search: search
+                .iter()
+                .map(|d| format!("{}.", d.trim_end_matches('.').to_ascii_lowercase()))
+                .collect(),
+        });
+        let ips = p
+            .attachments
+            .iter()
+            .flat_map(|a| &a.ips)
+            .filter_map(|ip| ip.address.split('/').next()?.parse::<IpAddr>().ok())
+            .collect();
+        Some((client, ips))
+    }
+
+    /// Builds the address → pod map from all the attachments (at start).
     pub fn refresh_dns_clients(&self) {
         let Some(dns) = &self.dns else { return };
         let pods = match self.store.attachments() {
@@ -81,42 +115,24 @@ impl Host {
             }
         };
         let mut map = HashMap::new();
-        for p in pods {
-            let Some(s) = &p.sandbox else { continue };
-            let search = p
-                .attachments
-                .iter()
-                .filter_map(|a| a.dns.as_ref())
-                .map(|d| d.searches.clone())
-                .find(|s| !s.is_empty())
-                .or_else(|| {
-                    s.dns_config
-                        .as_ref()
-                        .map(|d| d.searches.clone())
-                        .filter(|s| !s.is_empty())
-                })
-                .unwrap_or_else(|| dns.default_search(&s.namespace));
-            let client = Arc::new(Client {
-                namespace: s.namespace.clone(),
-                name: s.name.clone(),
-                labels: s.labels.clone().into_iter().collect(),
-                search: search
-                    .iter()
-                    .map(|d| format!("{}.", d.trim_end_matches('.').to_ascii_lowercase()))
-                    .collect(),
-            });
-            for ip in p.attachments.iter().flat_map(|a| &a.ips) {
-                if let Some(ip) = ip
-                    .address
-                    .split('/')
-                    .next()
-                    .and_then(|a| a.parse::<IpAddr>().ok())
-                {
-                    map.insert(ip, client.clone());
-                }
+        for p in &pods {
+            if let Some((client, ips)) = Self::dns_client_of(dns, p) {
+                map.extend(ips.into_iter().map(|ip| (ip, client.clone())));
             }
         }
         dns.set_clients(map);
+    }
+
+    /// The DNS server learns a pod's addresses (`Some`) or forgets them (`None`): the pod as
+    /// it was stored before (`was`) and as it is now.
+    pub fn dns_pod_changed(&self, was: Option<&PodAttachments>, now: Option<&PodAttachments>) {
+        let Some(dns) = &self.dns else { return };
+        if let Some((_, ips)) = was.and_then(|p| Self::dns_client_of(dns, p)) {
+            dns.forget_clients(&ips);
+        }
+        if let Some((client, ips)) = now.and_then(|p| Self::dns_client_of(dns, p)) {
+            dns.add_client(client, &ips);
+        }
     }
 
     /// Hands the DNS server the DnsPolicies of the policy view.

@@ -161,7 +161,7 @@ impl Resolution {
 pub struct Dns {
     cfg: Config,
     zone: RwLock<Arc<Zone>>,
-    clients: RwLock<Arc<HashMap<IpAddr, Arc<Client>>>>,
+    clients: RwLock<HashMap<IpAddr, Arc<Client>>>,
     policies: RwLock<Arc<Policies>>,
     modules: Arc<Modules>,
     cache: Mutex<Cache>,
@@ -187,7 +187,7 @@ impl Dns {
         let domain = cfg.domain.clone();
         Arc::new(Dns {
             zone: RwLock::new(Arc::new(Zone::build(&domain, [], []))),
-            clients: RwLock::new(Arc::new(HashMap::new())),
+            clients: RwLock::new(HashMap::new()),
             policies: RwLock::new(Arc::new(Policies::default())),
             modules,
             cache: Mutex::new(Cache::default()),
@@ -213,7 +213,23 @@ impl Dns {
 
     /// Replaces the address → pod map.
     pub fn set_clients(&self, c: HashMap<IpAddr, Arc<Client>>) {
-        *self.clients.write().unwrap() = Arc::new(c);
+        *self.clients.write().unwrap() = c;
+    }
+
+    /// Maps `ips` to `client`.
+    pub fn add_client(&self, client: Arc<Client>, ips: &[IpAddr]) {
+        let mut m = self.clients.write().unwrap();
+        for ip in ips {
+            m.insert(*ip, client.clone());
+        }
+    }
+
+    /// Forgets the pods behind `ips`.
+    pub fn forget_clients(&self, ips: &[IpAddr]) {
+        let mut m = self.clients.write().unwrap();
+        for ip in ips {
+            m.remove(ip);
+        }
     }
 
     /// Replaces the DNS policies.
