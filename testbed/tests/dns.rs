@@ -506,7 +506,9 @@ async fn node_local_dns() {
         before + 1,
         "one upstream exchange for the first lookup"
     );
-    std::thread::sleep(Duration::from_millis(1100));
+    eventually("the cached TTL counts down", || {
+        dig_ttl(&shop, "other.example.org") < 60
+    });
     for _ in 0..5 {
         let d = dig(&shop, &["+nosearch", "other.example.org"]);
         assert_eq!(d.data("A"), vec!["203.0.113.30"]);
@@ -768,6 +770,8 @@ async fn node_local_dns() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // Timed steps of the scenario (the loop runs 6 s): resolving through the node-local
+    // server, then with it gone for a second, then back.
     std::thread::sleep(Duration::from_millis(1500));
     env.node.host.stop_with(nix::sys::signal::Signal::SIGKILL);
     std::thread::sleep(Duration::from_millis(1000));
