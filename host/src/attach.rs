@@ -151,9 +151,12 @@ impl Host {
     /// NetworkPolicy is wanted yet (before one is applied).
     /// An error when a Policy driver did not take the change (it gets a full sync at its next
     /// resync).
+    /// The pods' egress-by-name NetworkPolicies (see [`crate::policy::Item::DnsEgress`]) follow
+    /// too.
     pub(crate) async fn refresh_policy_pods(&self, always: bool) -> Result<(), Status> {
+        let egress = self.dns_egress_wanted();
         let mut view = self.policies.lock().await;
-        if !always && !view.has_network_policies() {
+        if !always && !view.has_network_policies() && egress.is_empty() {
             return Ok(());
         }
         let Some(cluster) = self.policy_cluster() else {
@@ -166,7 +169,7 @@ impl Host {
             tracing::warn!(error = %e, "policy drivers not brought up to date with the pods; retried at their resync");
             return Err(e);
         }
-        Ok(())
+        self.settle_dns_egress(&mut view, egress).await
     }
 
     async fn detach_one(

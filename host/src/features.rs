@@ -159,6 +159,14 @@ pub fn check_policies(
             Feature::ClusterNetworkPolicy,
         )?;
     }
+    // Egress by name is enforced with NetworkPolicies of the host's own.
+    if let Some(i) = req.dns_policies.iter().position(|p| p.egress_by_name) {
+        some(
+            drivers,
+            format!("dns_policies[{i}].egress_by_name"),
+            Feature::NetworkPolicy,
+        )?;
+    }
     // DNS policies and hostname grants the host evaluates itself (its DNS server, CheckDns,
     // CheckHostname); drivers with those features get them too.
     Ok(())

@@ -301,6 +301,25 @@ pub async fn run(
                 .await
                 .map_err(|e| Error::Admin(std::io::Error::other(format!("DNS: {e}"))))?;
         }
+        let weak = Arc::downgrade(&host);
+        d.egress.set_publish(Box::new(move |pod, ips| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                if let Some(h) = weak.upgrade() {
+                    h.publish_dns_egress(pod, ips).await;
+                }
+            })
+        }));
+        let weak = Arc::downgrade(&host);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(h) = weak.upgrade() else { return };
+                h.expire_dns_egress().await;
+            }
+        }));
         host.refresh_dns_clients();
         host.refresh_dns_policies().await;
         if settings.manifests_dir.is_none() {

@@ -38,6 +38,35 @@ pub enum Item {
     Grant(HostnameGrant),
     /// A ClusterNetworkPolicy (or a v1alpha1 admin policy mapped onto one).
     Cluster(ClusterNetworkPolicy),
+    /// Egress by name for one pod of this node (see [`egress_key`]): resolved into a
+    /// NetworkPolicy selecting only that pod, whose egress goes to the addresses the node-local
+    /// DNS server answered it and to the DNS servers.
+    DnsEgress {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        pod: String,
+        /// The DNS servers' addresses (port 53, UDP and TCP).
+        dns: BTreeSet<ipnet::IpNet>,
+    },
+}
+
+/// The key of the NetworkPolicy that carries egress by name for a pod.
+pub fn egress_key(namespace: &str, pod: &str) -> Key {
+    (
+        netlet_sdk::proto::PolicyKind::NetworkPolicy as i32,
+        namespace.to_string(),
+        format!("dns-egress.{pod}"),
+    )
+}
+
+/// The name of the address set holding what the node-local DNS server answered a pod.
+pub fn answers_set(namespace: &str, pod: &str) -> String {
+    crate::netpol::sets::SetDef::Answers {
+        namespace: namespace.to_string(),
+        name: pod.to_string(),
+    }
+    .name()
 }
 
 impl Item {
@@ -124,6 +153,8 @@ fn push_item(out: &mut ApplyPolicyRequest, item: Item) {
         Item::Cluster(p) => out.cluster_network_policies.push(p),
         Item::Dns(p) => out.dns_policies.push(p),
         Item::Grant(g) => out.hostname_grants.push(g),
+        // Resolved into a NetworkPolicy before it is sent.
+        Item::DnsEgress { .. } => {}
     }
 }
 
@@ -357,8 +388,92 @@ impl PolicyView {
         out
     }
 
+    /// Egress by name for one pod as the NetworkPolicy drivers enforce.
+    fn resolve_egress(
+        &mut self,
+        namespace: &str,
+        pod: &str,
+        dns: &BTreeSet<ipnet::IpNet>,
+    ) -> NetworkPolicy {
+        use crate::netpol::sets::SetDef;
+        use netlet_sdk::proto::{
+            NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicyRule, PolicyDirection,
+        };
+        let (kind, ns, name) = egress_key(namespace, pod);
+        let peer = |set: String| NetworkPolicyPeer {
+            address_set: set,
+            ..Default::default()
+        };
+        let port = |p: Protocol| NetworkPolicyPort {
+            protocol: p as i32,
+            port: 53,
+            ..Default::default()
+        };
+        NetworkPolicy {
+            key: Some(PolicyKey {
+                kind,
+                namespace: ns,
+                name,
+            }),
+            selected_set: self.sets.define(
+                SetDef::Pod {
+                    namespace: namespace.to_string(),
+                    name: pod.to_string(),
+                },
+                &self.cluster,
+            ),
+            directions: vec![PolicyDirection::Egress as i32],
+            egress: vec![
+                NetworkPolicyRule {
+                    peers: vec![peer(self.sets.define(
+                        SetDef::Answers {
+                            namespace: namespace.to_string(),
+                            name: pod.to_string(),
+                        },
+                        &self.cluster,
+                    ))],
+                    ports: Vec::new(),
+                },
+                NetworkPolicyRule {
+                    peers: vec![peer(
+                        self.sets
+                            .define(SetDef::Prefixes(dns.clone()), &self.cluster),
+                    )],
+                    ports: vec![port(Protocol::Udp), port(Protocol::Tcp)],
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    /// Adds to and removes from the answers set of a pod under egress by name. Returns the
+    /// batch for drivers (applied), or `None` when the set is not in use or nothing changed.
+    pub fn learn(
+        &mut self,
+        namespace: &str,
+        pod: &str,
+        add: &[ipnet::IpNet],
+        remove: &[ipnet::IpNet],
+    ) -> Option<ApplyPolicyRequest> {
+        let change = self.sets.learn(&answers_set(namespace, pod), add, remove)?;
+        let at = self.table.applied();
+        let out = ApplyPolicyRequest {
+            epoch: at.epoch,
+            generation: at.generation + 1,
+            address_set_changes: vec![change],
+            ..Default::default()
+        };
+        self.table.apply(&out).ok()?;
+        Some(out)
+    }
+
     fn resolve(&mut self, item: &Item) -> Item {
         match item {
+            Item::DnsEgress {
+                namespace,
+                pod,
+                dns,
+            } => Item::Network(self.resolve_egress(namespace, pod, dns)),
             Item::Network(p) => Item::Network(self.resolve_network(p)),
             Item::Cluster(p) => Item::Cluster(self.resolve_cluster(p)),
             other => other.clone(),
@@ -627,6 +742,81 @@ mod tests {
 
     // A named port resolves to the pod's container port of that name and protocol; a pod
     // without one (or with it on another protocol) is no target.
+    #[test]
+    fn egress_by_name_is_a_network_policy_of_one_pod() {
+        let pod = |name: &str, ip: &str| crate::netpol::PodInfo {
+            namespace: "shop".into(),
+            name: name.into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            addresses: vec![ip.parse().unwrap()],
+            local: true,
+            ..Default::default()
+        };
+        let mut v = PolicyView::new(7);
+        v.set_cluster(crate::netpol::Cluster {
+            pods: vec![pod("web-0", "10.0.0.5"), pod("web-1", "10.0.0.6")],
+            ..Default::default()
+        });
+        let key = egress_key("shop", "web-0");
+        let dns: BTreeSet<ipnet::IpNet> = ["169.254.20.10/32".parse().unwrap()].into();
+        let item = Item::DnsEgress {
+            namespace: "shop".into(),
+            pod: "web-0".into(),
+            dns,
+        };
+        let (batch, conflicts) = v.replace(Source::DnsEgress, [(key.clone(), item)].into());
+        assert!(conflicts.is_empty());
+        let batch = batch.expect("a batch");
+        let p = &batch.network_policies[0];
+        assert_eq!(p.key.as_ref().unwrap().name, "dns-egress.web-0");
+        let set = |name: &str| {
+            batch
+                .address_sets
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.elements.clone())
+        };
+        // web-0 only, though web-1 has the same labels.
+        assert_eq!(set(&p.selected_set), Some(vec!["10.0.0.5".to_string()]));
+        assert_eq!(
+            p.directions,
+            vec![netlet_sdk::proto::PolicyDirection::Egress as i32]
+        );
+        let answers = &p.egress[0].peers[0].address_set;
+        assert_eq!(*answers, answers_set("shop", "web-0"));
+        assert_eq!(set(answers), Some(vec![]));
+        assert!(p.egress[0].ports.is_empty());
+        assert_eq!(
+            set(&p.egress[1].peers[0].address_set),
+            Some(vec!["169.254.20.10".to_string()])
+        );
+        assert_eq!(
+            p.egress[1]
+                .ports
+                .iter()
+                .map(|x| (x.protocol, x.port))
+                .collect::<Vec<_>>(),
+            vec![(Protocol::Udp as i32, 53), (Protocol::Tcp as i32, 53)]
+        );
+        // An answer adds to the set, in the next generation; the same again changes nothing.
+        let a: ipnet::IpNet = "203.0.113.10/32".parse().unwrap();
+        let before = v.table.generation();
+        let learned = v.learn("shop", "web-0", &[a], &[]).expect("a change");
+        assert_eq!(learned.generation, before + 1);
+        assert_eq!(learned.address_set_changes[0].name, *answers);
+        assert_eq!(learned.address_set_changes[0].add, vec!["203.0.113.10"]);
+        assert!(v.learn("shop", "web-0", &[a], &[]).is_none());
+        // No set for a pod without egress by name.
+        assert!(v.learn("shop", "web-1", &[a], &[]).is_none());
+        let gone = v.learn("shop", "web-0", &[], &[a]).expect("a change");
+        assert_eq!(gone.address_set_changes[0].remove, vec!["203.0.113.10"]);
+        // The pod leaves egress by name: its policy and sets go.
+        let (batch, _) = v.replace(Source::DnsEgress, BTreeMap::new());
+        let batch = batch.unwrap();
+        assert_eq!(batch.deletes.len(), 1);
+        assert!(batch.address_set_deletes.contains(answers));
+    }
+
     #[test]
     fn named_ports_resolve_per_pod() {
         let pod = crate::netpol::PodInfo {

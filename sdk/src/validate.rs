@@ -986,6 +986,12 @@ pub fn apply_policy(r: &ApplyPolicyRequest) -> R {
         if !p.module_sha256.is_empty() && !is_sha256_hex(&p.module_sha256) {
             return Err(invalid(format!("{f}.module_sha256"), "not 64 hex digits"));
         }
+        if p.egress_min_ttl_seconds > 86_400 {
+            return Err(invalid(
+                format!("{f}.egress_min_ttl_seconds"),
+                "at most 86400 (a day)",
+            ));
+        }
     }
     for (i, g) in r.hostname_grants.iter().enumerate() {
         let f = format!("hostname_grants[{i}]");
@@ -1374,5 +1380,34 @@ mod tests {
         assert!(name_pattern("f", "google.com.").is_ok());
         assert!(name_pattern("f", "bad..name").is_err());
         assert!(sandbox_id("f", "abc/def").is_err());
+    }
+
+    #[test]
+    fn egress_by_name_minimum_is_bounded() {
+        use crate::proto::{ApplyPolicyRequest, DnsPolicy, PolicyKey, PolicyKind};
+        let req = |secs: u32| ApplyPolicyRequest {
+            generation: 1,
+            dns_policies: vec![DnsPolicy {
+                key: Some(PolicyKey {
+                    kind: PolicyKind::DnsPolicy as i32,
+                    namespace: "shop".into(),
+                    name: "p".into(),
+                }),
+                egress_by_name: true,
+                egress_min_ttl_seconds: secs,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(apply_policy(&req(0)).is_ok());
+        assert!(apply_policy(&req(86_400)).is_ok());
+        let e = apply_policy(&req(86_401)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message()
+                .starts_with("dns_policies[0].egress_min_ttl_seconds:"),
+            "{}",
+            e.message()
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! pod map from its attachments, the DNS policies from its policy view, and the DNS config pods
 //! are given.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -10,9 +10,13 @@ use k8s_openapi::api::core::v1::Service as KService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use netlet_sdk::proto::{DnsConfig, PodAttachments, PodSandbox};
 
+use super::egress::PodKey;
 use super::policy::{Client, Policies};
 use super::zone::Zone;
 use crate::Host;
+use crate::policy::{Item, Key, PolicyView};
+use crate::services::sources::Source;
+use tonic::Status;
 
 /// The Service objects of the manifests last read (kept for zone rebuilds that another source
 /// triggers).
@@ -135,13 +139,113 @@ impl Host {
         }
     }
 
-    /// Hands the DNS server the DnsPolicies of the policy view.
+    /// Hands the DNS server the DnsPolicies of the policy view (and brings the pods' egress by
+    /// name in line with them).
     pub async fn refresh_dns_policies(&self) {
         let Some(dns) = &self.dns else { return };
         let view = self.policies.lock().await;
         let list: Vec<_> = view.table.dns_policies().cloned().collect();
         drop(view);
         dns.set_policies(Policies::new(list));
+        if let Err(e) = self.refresh_policy_pods(false).await {
+            tracing::warn!(error = %e, "egress by name not in line with the DNS policies; retried at the drivers' resync");
+        }
+    }
+
+    /// The egress-by-name NetworkPolicies the DNS policies call for: one per pod of this node
+    /// that a DnsPolicy with `egress_by_name` applies to.
+    pub(crate) fn dns_egress_wanted(&self) -> BTreeMap<Key, Item> {
+        let Some(dns) = &self.dns else {
+            return BTreeMap::new();
+        };
+        let policies = dns.policies();
+        if !policies.any_egress() {
+            return BTreeMap::new();
+        }
+        let cfg = dns.config();
+        let servers: BTreeSet<ipnet::IpNet> = cfg
+            .listen
+            .iter()
+            .map(|a| a.ip())
+            .chain(cfg.fallback.iter().copied())
+            .map(ipnet::IpNet::from)
+            .collect();
+        dns.clients()
+            .into_iter()
+            .filter(|c| policies.egress(Some(c)).is_some())
+            .map(|c| {
+                (
+                    crate::policy::egress_key(&c.namespace, &c.name),
+                    Item::DnsEgress {
+                        namespace: c.namespace.clone(),
+                        pod: c.name.clone(),
+                        dns: servers.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Makes `wanted` the egress-by-name policies and hands the change to the Policy drivers;
+    /// a pod already answered keeps its addresses.
+    pub(crate) async fn settle_dns_egress(
+        &self,
+        view: &mut PolicyView,
+        wanted: BTreeMap<Key, Item>,
+    ) -> Result<(), Status> {
+        let Some(dns) = &self.dns else { return Ok(()) };
+        let pods: BTreeSet<PodKey> = wanted
+            .values()
+            .filter_map(|i| match i {
+                Item::DnsEgress { namespace, pod, .. } => Some((namespace.clone(), pod.clone())),
+                _ => None,
+            })
+            .collect();
+        let prev = view.table.generation();
+        let (batch, conflicts) = view.replace(Source::DnsEgress, wanted);
+        for c in conflicts {
+            tracing::error!(conflict = %c, "egress by name for a pod not enforced");
+        }
+        if let Some(b) = batch {
+            crate::api::policy::push(self, view, prev, &b).await?;
+        }
+        for ((ns, pod), ips) in dns.egress.cover(&pods) {
+            let nets: Vec<ipnet::IpNet> = ips.into_iter().map(ipnet::IpNet::from).collect();
+            let prev = view.table.generation();
+            if let Some(b) = view.learn(&ns, &pod, &nets, &[]) {
+                crate::api::policy::push(self, view, prev, &b).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the drivers addresses the DNS server answered a pod under egress by name.
+    pub(crate) async fn publish_dns_egress(&self, pod: PodKey, ips: Vec<IpAddr>) {
+        let nets: Vec<ipnet::IpNet> = ips.into_iter().map(ipnet::IpNet::from).collect();
+        let mut view = self.policies.lock().await;
+        let prev = view.table.generation();
+        if let Some(b) = view.learn(&pod.0, &pod.1, &nets, &[])
+            && let Err(e) = crate::api::policy::push(self, &view, prev, &b).await
+        {
+            tracing::warn!(pod = %format!("{}/{}", pod.0, pod.1), error = %e, "answered addresses not handed to the policy drivers");
+        }
+    }
+
+    /// Takes the expired answers out of the pods' sets (every second while the host runs).
+    pub async fn expire_dns_egress(&self) {
+        let Some(dns) = &self.dns else { return };
+        // Under the view's lock, so that an address learned again meanwhile is added after it
+        // was taken out, never before.
+        let mut view = self.policies.lock().await;
+        for ((ns, pod), ips) in dns.egress.expire(std::time::Instant::now()) {
+            let nets: Vec<ipnet::IpNet> = ips.into_iter().map(ipnet::IpNet::from).collect();
+            let prev = view.table.generation();
+            if let Some(b) = view.learn(&ns, &pod, &[], &nets)
+                && let Err(e) = crate::api::policy::push(self, &view, prev, &b).await
+            {
+                tracing::warn!(error = %e, "expired answers not taken out of the policy drivers; retried at their resync");
+            }
+        }
     }
 
     /// The DNS config a pod gets when the node-local server runs: the node-local address first,

@@ -7,6 +7,7 @@
 //! through a cache (positive and negative, TTL-bounded, stale answers served while upstreams are
 //! down). Messages are hickory-proto's.
 
+pub mod egress;
 mod host;
 pub mod policy;
 pub mod zone;
@@ -167,6 +168,8 @@ pub struct Dns {
     cache: Mutex<Cache>,
     /// Counters.
     pub stats: Stats,
+    /// What pods under egress by name were answered.
+    pub egress: egress::Egress,
 }
 
 fn fqdn_lower(n: &Name) -> String {
@@ -192,6 +195,7 @@ impl Dns {
             modules,
             cache: Mutex::new(Cache::default()),
             stats: Stats::default(),
+            egress: egress::Egress::default(),
             cfg,
         })
     }
@@ -240,6 +244,16 @@ impl Dns {
     /// The policies in force.
     pub fn policies(&self) -> Arc<Policies> {
         self.policies.read().unwrap().clone()
+    }
+
+    /// Every pod the server knows, once each.
+    pub fn clients(&self) -> Vec<Arc<Client>> {
+        let m = self.clients.read().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        m.values()
+            .filter(|c| seen.insert((c.namespace.as_str(), c.name.as_str())))
+            .cloned()
+            .collect()
     }
 
     /// The pod behind an address.
@@ -311,6 +325,17 @@ impl Dns {
         let res = self
             .resolve_for(client.as_deref(), src, &qname, qtype, q.query_class())
             .await;
+        // Egress by name: the drivers hold the answered addresses before the pod hears them.
+        if res.rcode == ResponseCode::NoError
+            && let Some(c) = client.as_deref()
+            && let Some(min_ttl) = self.policies().egress(Some(c))
+        {
+            let found = egress::addresses(&res.answers);
+            if !found.is_empty() {
+                let pod = (c.namespace.clone(), c.name.clone());
+                self.egress.learn(&pod, &found, min_ttl).await;
+            }
+        }
 
         let mut out = Message::response(id, OpCode::Query);
         out.metadata.recursion_desired = msg.metadata.recursion_desired;

@@ -83,6 +83,8 @@ struct Compiled {
     failure: Option<Action>,
     server_side_search: bool,
     block_shadowing: bool,
+    /// Egress by name: how long an answered address stays allowed at least.
+    egress_min_ttl: Option<std::time::Duration>,
     decisions: Counts,
 }
 
@@ -107,6 +109,9 @@ fn action(a: i32, unspecified: Action) -> Action {
         _ => unspecified,
     }
 }
+
+/// Seconds an address answered under egress by name stays allowed at least, by default.
+pub const DEFAULT_EGRESS_MIN_TTL: u64 = 30;
 
 /// The DNS policies in force.
 #[derive(Debug, Default)]
@@ -162,6 +167,12 @@ impl Policies {
                     },
                     server_side_search: p.server_side_search,
                     block_shadowing: p.block_tld_shadowing,
+                    egress_min_ttl: p.egress_by_name.then(|| {
+                        std::time::Duration::from_secs(match p.egress_min_ttl_seconds {
+                            0 => DEFAULT_EGRESS_MIN_TTL,
+                            n => u64::from(n),
+                        })
+                    }),
                     decisions: Counts::default(),
                 })
             })
@@ -197,6 +208,19 @@ impl Policies {
                     .as_ref()
                     .is_none_or(|s| netlet_sdk::labels::matches(s, &c.labels))
         })
+    }
+
+    /// Whether any policy turns egress by name on.
+    pub fn any_egress(&self) -> bool {
+        self.list.iter().any(|p| p.egress_min_ttl.is_some())
+    }
+
+    /// Egress by name for a client: `Some(shortest time an answered address stays allowed)`
+    /// when any applicable policy turns it on (the longest of their minimums).
+    pub fn egress(&self, client: Option<&Client>) -> Option<std::time::Duration> {
+        self.applicable(client)
+            .filter_map(|p| p.egress_min_ttl)
+            .max()
     }
 
     /// Search expansion and shadowing for a client: on when any applicable policy turns it on,
@@ -374,6 +398,8 @@ impl Policies {
 ///   moduleSettings: {default: deny}          # any YAML; given to the module as JSON
 ///   moduleSha256: "<64 hex digits>"
 ///   failureAction: Refuse                    # when the module fails
+///   egressByName: true                       # pods may reach only what they resolved
+///   egressMinTtlSeconds: 30                  # (default 30)
 /// ```
 pub fn from_manifest(v: &serde_json::Value) -> Result<DnsPolicy, String> {
     #[derive(serde::Deserialize)]
@@ -399,6 +425,10 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<DnsPolicy, String> {
         module_sha256: String,
         #[serde(default)]
         failure_action: Option<String>,
+        #[serde(default)]
+        egress_by_name: bool,
+        #[serde(default)]
+        egress_min_ttl_seconds: u32,
     }
     if v.get("apiVersion").and_then(|a| a.as_str()) != Some("netlet.io/v1alpha1") {
         return Err("apiVersion: must be netlet.io/v1alpha1".into());
@@ -441,6 +471,8 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<DnsPolicy, String> {
             .unwrap_or_default(),
         failure_action: act("failureAction", &spec.failure_action)?,
         module_sha256: spec.module_sha256,
+        egress_by_name: spec.egress_by_name,
+        egress_min_ttl_seconds: spec.egress_min_ttl_seconds,
     };
     let req = netlet_sdk::proto::ApplyPolicyRequest {
         generation: 1,

@@ -38,6 +38,21 @@ pub enum SetDef {
     Prefixes(BTreeSet<IpNet>),
     /// The addresses of the nodes whose labels the selector matches.
     Nodes(LabelSelector),
+    /// One pod of this node, by namespace and name.
+    Pod {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// What the node-local DNS server answered a pod of this node (egress by name): elements
+    /// come and go with the answers ([`Sets::learn`]), not with the cluster.
+    Answers {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        name: String,
+    },
 }
 
 fn canonical_selector(s: &LabelSelector) -> String {
@@ -82,12 +97,17 @@ impl SetDef {
             ),
             SetDef::Prefixes(p) => ("c", format!("{p:?}")),
             SetDef::Nodes(s) => ("n", canonical_selector(s)),
+            SetDef::Pod { namespace, name } => ("o", format!("{namespace}/{name}")),
+            SetDef::Answers { namespace, name } => ("a", format!("{namespace}/{name}")),
         };
         format!("{kind}-{:016x}", netlet_sdk::hash::fnv1a(text.as_bytes()))
     }
 
     /// Whether `pod` belongs to the set (pod sets only).
     fn admits(&self, pod: &PodInfo, cluster: &Cluster) -> bool {
+        if let SetDef::Pod { namespace, name } = self {
+            return pod.local && pod.namespace == *namespace && pod.name == *name;
+        }
         let SetDef::Pods {
             local,
             namespaces,
@@ -114,7 +134,7 @@ impl SetDef {
     /// Every element the set has in `cluster`.
     fn members(&self, cluster: &Cluster) -> BTreeSet<IpNet> {
         match self {
-            SetDef::Pods { .. } => cluster
+            SetDef::Pods { .. } | SetDef::Pod { .. } => cluster
                 .all_pods()
                 .filter(|p| self.admits(p, cluster))
                 .flat_map(|p| p.addresses.iter().map(|a| IpNet::from(*a)))
@@ -126,6 +146,7 @@ impl SetDef {
                 .filter(|n| netlet_sdk::labels::matches(s, &n.labels))
                 .flat_map(|n| n.addresses.iter().map(|a| IpNet::from(*a)))
                 .collect(),
+            SetDef::Answers { .. } => BTreeSet::new(),
         }
     }
 }
@@ -213,6 +234,31 @@ impl Sets {
         }
     }
 
+    /// Adds `add` to and removes `remove` from an answers set ([`SetDef::Answers`]); returns the
+    /// change, `None` when the set is not defined or nothing changed.
+    pub fn learn(
+        &mut self,
+        name: &str,
+        add: &[IpNet],
+        remove: &[IpNet],
+    ) -> Option<AddressSetChange> {
+        if !matches!(self.defs.get(name), Some(SetDef::Answers { .. })) {
+            return None;
+        }
+        let m = self.members.entry(name.to_string()).or_default();
+        let removed: Vec<String> = remove
+            .iter()
+            .filter(|n| !add.contains(n) && m.remove(n))
+            .map(element)
+            .collect();
+        let added: Vec<String> = add.iter().filter(|n| m.insert(**n)).map(element).collect();
+        (!added.is_empty() || !removed.is_empty()).then(|| AddressSetChange {
+            name: name.to_string(),
+            add: added,
+            remove: removed,
+        })
+    }
+
     /// Brings every set's elements from `old` to `new` and returns the changes. When only
     /// pods changed, only they are looked at, against every set (cost: changed pods × sets);
     /// a change of namespace labels or nodes recomputes the sets.
@@ -220,7 +266,9 @@ impl Sets {
         let mut next: BTreeMap<String, BTreeSet<IpNet>> = BTreeMap::new();
         if old.namespaces != new.namespaces || old.nodes != new.nodes {
             for (name, def) in &self.defs {
-                next.insert(name.clone(), def.members(new));
+                if !matches!(def, SetDef::Answers { .. }) {
+                    next.insert(name.clone(), def.members(new));
+                }
             }
         } else {
             let key = |p: &PodInfo| (p.namespace.clone(), p.name.clone(), p.local);
@@ -263,7 +311,7 @@ impl Sets {
                 .filter(|p| p.addresses.iter().any(|a| touched.contains(a)))
                 .collect();
             for (name, def) in &self.defs {
-                if !matches!(def, SetDef::Pods { .. }) {
+                if !matches!(def, SetDef::Pods { .. } | SetDef::Pod { .. }) {
                     continue;
                 }
                 let mut m = self.members.get(name).cloned().unwrap_or_default();

@@ -32,6 +32,8 @@ pub enum Source {
     Socket,
     /// The Kubernetes API (kube-rs); next issue.
     Kubernetes,
+    /// The node-local DNS server: egress by name (NetworkPolicies of its own, one per pod).
+    DnsEgress,
 }
 
 impl Source {
@@ -41,6 +43,7 @@ impl Source {
             Source::Manifests => "manifests",
             Source::Socket => "host socket (ProgramService)",
             Source::Kubernetes => "kubernetes",
+            Source::DnsEgress => "node-local DNS (egress by name)",
         }
     }
 }

@@ -1175,9 +1175,23 @@ type DnsPolicy struct {
 	FailureAction DnsAction `protobuf:"varint,10,opt,name=failure_action,json=failureAction,proto3,enum=netlet.v1alpha1.DnsAction" json:"failure_action,omitempty"`
 	// Expected sha256 of the module's file (64 hex digits); when set and the loaded file differs,
 	// the module counts as failed for this policy.
-	ModuleSha256  string `protobuf:"bytes,11,opt,name=module_sha256,json=moduleSha256,proto3" json:"module_sha256,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ModuleSha256 string `protobuf:"bytes,11,opt,name=module_sha256,json=moduleSha256,proto3" json:"module_sha256,omitempty"`
+	// Egress by name (what Cilium's toFQDNs does): the pods this policy applies to may then send
+	// traffic only to the addresses the node-local DNS server answered them for names this policy
+	// allowed (A and AAAA records, for the record's TTL but at least `egress_min_ttl_seconds`),
+	// and to the node's DNS servers (the node-local addresses and the fallback name servers, UDP
+	// and TCP port 53). The host enforces it through the Policy drivers with a NetworkPolicy of its
+	// own per pod, named "dns-egress.<pod name>" in the pod's namespace, whose egress peer is an
+	// address set of those answers; an answer reaches the pod only once the drivers hold its
+	// addresses. Other NetworkPolicies selecting the pod add to what it may reach, as
+	// NetworkPolicies do; connections already established outlive the answer's TTL. Needs a
+	// Policy driver with FEATURE_NETWORK_POLICY (FAILED_PRECONDITION otherwise).
+	EgressByName bool `protobuf:"varint,12,opt,name=egress_by_name,json=egressByName,proto3" json:"egress_by_name,omitempty"`
+	// Shortest time an answered address stays allowed under `egress_by_name`, whatever the
+	// record's TTL (clients cache longer than they are told); 0 means 30 s, at most 86400.
+	EgressMinTtlSeconds uint32 `protobuf:"varint,13,opt,name=egress_min_ttl_seconds,json=egressMinTtlSeconds,proto3" json:"egress_min_ttl_seconds,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *DnsPolicy) Reset() {
@@ -1285,6 +1299,20 @@ func (x *DnsPolicy) GetModuleSha256() string {
 		return x.ModuleSha256
 	}
 	return ""
+}
+
+func (x *DnsPolicy) GetEgressByName() bool {
+	if x != nil {
+		return x.EgressByName
+	}
+	return false
+}
+
+func (x *DnsPolicy) GetEgressMinTtlSeconds() uint32 {
+	if x != nil {
+		return x.EgressMinTtlSeconds
+	}
+	return 0
 }
 
 // HostnameGrant lets namespaces use hostnames (OpenShift route admission, Gateway API).
@@ -2347,7 +2375,7 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\bnetworks\x18\x03 \x03(\tR\bnetworks\x12C\n" +
 	"\rnode_selector\x18\x04 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\fnodeSelector\x12\x1f\n" +
 	"\vaddress_set\x18\x05 \x01(\tR\n" +
-	"addressSet\"\xf9\x03\n" +
+	"addressSet\"\xd4\x04\n" +
 	"\tDnsPolicy\x12,\n" +
 	"\x03key\x18\x01 \x01(\v2\x1a.netlet.v1alpha1.PolicyKeyR\x03key\x12A\n" +
 	"\fpod_selector\x18\x02 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\vpodSelector\x12\x14\n" +
@@ -2360,7 +2388,9 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\x14module_settings_json\x18\t \x01(\tR\x12moduleSettingsJson\x12A\n" +
 	"\x0efailure_action\x18\n" +
 	" \x01(\x0e2\x1a.netlet.v1alpha1.DnsActionR\rfailureAction\x12#\n" +
-	"\rmodule_sha256\x18\v \x01(\tR\fmoduleSha256\"\xea\x01\n" +
+	"\rmodule_sha256\x18\v \x01(\tR\fmoduleSha256\x12$\n" +
+	"\x0eegress_by_name\x18\f \x01(\bR\fegressByName\x123\n" +
+	"\x16egress_min_ttl_seconds\x18\r \x01(\rR\x13egressMinTtlSeconds\"\xea\x01\n" +
 	"\rHostnameGrant\x12,\n" +
 	"\x03key\x18\x01 \x01(\v2\x1a.netlet.v1alpha1.PolicyKeyR\x03key\x12\x1e\n" +
 	"\n" +
