@@ -51,12 +51,25 @@ pub enum Item {
     },
 }
 
-/// The key of the NetworkPolicy that carries egress by name for a pod.
+/// The key of the NetworkPolicy that carries egress by name for a pod: `dns-egress-<pod>`, or
+/// `dns-egress-<digest of the pod's name>` when that is no DNS-1123 label.
 pub fn egress_key(namespace: &str, pod: &str) -> Key {
+    let name = format!("dns-egress-{pod}");
+    let label = name.len() <= 63
+        && pod
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     (
         netlet_sdk::proto::PolicyKind::NetworkPolicy as i32,
         namespace.to_string(),
-        format!("dns-egress.{pod}"),
+        if label {
+            name
+        } else {
+            format!(
+                "dns-egress-{:016x}",
+                netlet_sdk::hash::fnv1a(pod.as_bytes())
+            )
+        },
     )
 }
 
@@ -768,7 +781,13 @@ mod tests {
         assert!(conflicts.is_empty());
         let batch = batch.expect("a batch");
         let p = &batch.network_policies[0];
-        assert_eq!(p.key.as_ref().unwrap().name, "dns-egress.web-0");
+        assert_eq!(p.key.as_ref().unwrap().name, "dns-egress-web-0");
+        // A pod name that is no label (dots, too long) gets a digest.
+        let long = egress_key("shop", &"a.b".repeat(30)).2;
+        assert!(
+            long.starts_with("dns-egress-") && long.len() == 27,
+            "{long}"
+        );
         let set = |name: &str| {
             batch
                 .address_sets

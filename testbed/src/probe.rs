@@ -33,7 +33,7 @@ pub struct DefaultRoute {
     pub iface: String,
 }
 
-fn run_in<R: Send + 'static>(
+pub fn run_in<R: Send + 'static>(
     netns: &Path,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> Result<R, String> {

@@ -20,6 +20,9 @@ const LOCAL: &str = "169.254.20.10";
 const UPSTREAM: &str = "192.0.2.53";
 const CONVERGE: Duration = Duration::from_secs(10);
 
+/// The scenarios run one at a time: each times DNS answers and connections on a small machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const SERVICES: &str = "\
 apiVersion: v1
 kind: Service
@@ -339,6 +342,11 @@ fn wasm_dir() -> PathBuf {
 }
 
 async fn setup() -> Env {
+    setup_with("dns", "").await
+}
+
+/// A node named `name` with the bridge driver and `more` drivers.
+async fn setup_with(name: &str, more: &str) -> Env {
     let man = tempfile::tempdir().unwrap();
     std::fs::write(man.path().join("services.yaml"), SERVICES).unwrap();
     let w = wasm_dir();
@@ -349,14 +357,14 @@ async fn setup() -> Env {
         w.join("hostile-loop.wasm").display(),
     );
     let node = Node::start(
-        "dns",
-        &bridge_driver("bridge", "default", "netlet0", &[V4]),
+        name,
+        &(bridge_driver("bridge", "default", "netlet0", &[V4]) + more),
         &extra,
     )
     .await;
     node.host.wait_ready("default").await;
     // The upstream's namespace, wired to the node; the node's default route leads there.
-    let up = NetNs::create(&format!("dns-up-{}", std::process::id())).unwrap();
+    let up = NetNs::create(&format!("{name}-up-{}", std::process::id())).unwrap();
     probe::wire(
         &node.netns.path,
         "up0",
@@ -383,6 +391,7 @@ async fn setup() -> Env {
         .args(["--record", "yahoo.com A 203.0.113.20 60"])
         .args(["--record", "other.example.org A 203.0.113.30 60"])
         .args(["--record", "tracker.ads.example.org A 203.0.113.40 60"])
+        .args(["--record", "brief.example.com A 203.0.113.11 1"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -424,6 +433,7 @@ async fn node_local_dns() {
     {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let mut env = setup().await;
     let shop = start_pod(&mut env, "shop", "client").await;
     let blog = start_pod(&mut env, "blog", "reader").await;
@@ -807,4 +817,170 @@ async fn node_local_dns() {
     assert!(counts[0] > 50, "the loop ran: {counts:?}");
     assert_eq!(counts[1], 0, "no lookup failed across the restart");
     assert!(back.is_some(), "the node-local server came back");
+}
+
+/// An echo server on `port` of every address in `netns`: each connection is served on a thread
+/// of its own until the peer closes it.
+fn echo_server(netns: &Path, port: u16) {
+    let l = probe::run_in(netns, move || {
+        std::net::TcpListener::bind(("0.0.0.0", port))
+    })
+    .unwrap()
+    .unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 256];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A TCP connection from inside a pod (the socket stays in the pod's namespace).
+fn connect(pod: &PodNs, to: std::net::SocketAddr) -> Result<std::net::TcpStream, String> {
+    let netns = pod._netns.as_ref().map(|n| n.path.clone()).expect("a pod");
+    probe::run_in(&netns, move || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_millis(1500))
+            .map_err(|e| format!("connect {to}: {e}"))
+    })?
+}
+
+/// Whether `msg` comes back over `c`.
+fn echoes(c: &mut std::net::TcpStream, msg: &str) -> bool {
+    use std::io::{Read, Write};
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    c.write_all(msg.as_bytes()).is_ok() && c.read_exact(&mut buf).is_ok() && buf == msg.as_bytes()
+}
+
+/// Whether a pod reaches the echo server at `ip` (a new connection).
+fn reaches(pod: &PodNs, ip: &str) -> bool {
+    match connect(pod, format!("{ip}:8080").parse().unwrap()) {
+        Ok(mut c) => echoes(&mut c, "ping"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn egress_by_name() {
+    if !privileged("egress_by_name")
+        || tool("dig", "egress_by_name").is_none()
+        || tool("getent", "egress_by_name").is_none()
+    {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut env = setup_with(
+        "dnsegr",
+        &netlet_testbed::harness::nft_driver("nft", &["--cluster-cidr", V4]),
+    )
+    .await;
+    let web = start_pod(&mut env, "shop", "web").await;
+    let free = start_pod(&mut env, "blog", "free").await;
+    // The names' addresses live in the upstream's namespace, behind the node.
+    let up = env._up.path.clone();
+    for a in ["203.0.113.10/32", "203.0.113.11/32", "203.0.113.30/32"] {
+        probe::add_address(&up, "lo", a).unwrap();
+    }
+    probe::add_route(
+        &env.node.netns.path,
+        "203.0.113.0/24",
+        UPSTREAM.parse().unwrap(),
+    )
+    .unwrap();
+    echo_server(&up, 8080);
+    assert!(
+        reaches(&web, "203.0.113.30"),
+        "no policy yet: the wire is open"
+    );
+
+    write_policy(
+        &env,
+        "egress.yaml",
+        "apiVersion: netlet.io/v1alpha1\nkind: DnsPolicy\nmetadata: {name: shop-egress, namespace: shop}\nspec:\n  allow: [\"**.svc.cluster.local\", \"api.example.com\", \"brief.example.com\"]\n  defaultAction: Deny\n  egressByName: true\n  egressMinTtlSeconds: 1\n",
+    );
+    // The host's own NetworkPolicy for the pod, in the drivers' table.
+    let mut pc = env.clients.policy.clone();
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let l = pc
+            .list_policies(ListPoliciesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if l.network_policies.iter().any(|p| {
+            p.key
+                .as_ref()
+                .is_some_and(|k| k.namespace == "shop" && k.name == "dns-egress-web")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no dns-egress-web in {l:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !reaches(&web, "203.0.113.30"),
+        "egress by name: an address never answered is closed"
+    );
+    assert!(
+        !reaches(&web, "203.0.113.10"),
+        "nor api.example.com's before the pod asked"
+    );
+    assert!(
+        reaches(&free, "203.0.113.30"),
+        "a pod no policy selects is not affected"
+    );
+
+    // Resolved, then reachable at once: the drivers held the address before the answer left.
+    assert_eq!(
+        getent(&web, "api.example.com").unwrap(),
+        vec!["203.0.113.10"]
+    );
+    assert!(
+        reaches(&web, "203.0.113.10"),
+        "api.example.com after asking"
+    );
+    // A name the policy denies gives no address and opens nothing.
+    assert!(getent(&web, "other.example.org").is_err());
+    assert!(!reaches(&web, "203.0.113.30"));
+    // Cluster names still resolve (the DNS servers stay reachable).
+    assert_eq!(getent(&web, "web").unwrap(), vec!["10.96.1.10"]);
+
+    // A 1 s TTL: allowed for a second or so, then new connections are closed again; a
+    // connection made in time lives on.
+    assert_eq!(
+        getent(&web, "brief.example.com").unwrap(),
+        vec!["203.0.113.11"]
+    );
+    let mut kept = connect(&web, "203.0.113.11:8080".parse().unwrap())
+        .expect("brief.example.com reachable right after the answer");
+    assert!(echoes(&mut kept, "first"));
+    eventually("the answer's TTL runs out", || {
+        !reaches(&web, "203.0.113.11")
+    });
+    assert!(
+        echoes(&mut kept, "still here"),
+        "an established connection outlives the answer"
+    );
+    // Asking again opens it again.
+    assert_eq!(
+        getent(&web, "brief.example.com").unwrap(),
+        vec!["203.0.113.11"]
+    );
+    assert!(reaches(&web, "203.0.113.11"));
+
+    // Without egress by name the pod's NetworkPolicy goes, and with it the restriction.
+    write_policy(
+        &env,
+        "egress.yaml",
+        "apiVersion: netlet.io/v1alpha1\nkind: DnsPolicy\nmetadata: {name: shop-egress, namespace: shop}\nspec:\n  defaultAction: Allow\n",
+    );
+    eventually("egress by name lifted", || reaches(&web, "203.0.113.30"));
 }

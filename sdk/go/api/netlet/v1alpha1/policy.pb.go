@@ -1181,7 +1181,7 @@ type DnsPolicy struct {
 	// allowed (A and AAAA records, for the record's TTL but at least `egress_min_ttl_seconds`),
 	// and to the node's DNS servers (the node-local addresses and the fallback name servers, UDP
 	// and TCP port 53). The host enforces it through the Policy drivers with a NetworkPolicy of its
-	// own per pod, named "dns-egress.<pod name>" in the pod's namespace, whose egress peer is an
+	// own per pod, named "dns-egress-<pod name>" (a digest of the name when that is no DNS-1123 label) in the pod's namespace, whose egress peer is an
 	// address set of those answers; an answer reaches the pod only once the drivers hold its
 	// addresses. Other NetworkPolicies selecting the pod add to what it may reach, as
 	// NetworkPolicies do; connections already established outlive the answer's TTL. Needs a
