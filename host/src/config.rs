@@ -133,6 +133,11 @@ pub struct DnsConfig {
     /// DNSCache puts its address on a device of its own.
     #[serde(default)]
     pub assign_addresses: Option<bool>,
+    /// Take DNS packets to and from the listen addresses out of conntrack (default true), as
+    /// NodeLocal DNSCache does with NOTRACK; a listen address that is the cluster DNS Service's
+    /// IP is then answered on this node (taken over) instead of being DNATed.
+    #[serde(default)]
+    pub notrack: Option<bool>,
     /// The cluster domain; default `cluster.local`.
     #[serde(default)]
     pub cluster_domain: Option<String>,
@@ -286,6 +291,8 @@ pub struct Settings {
     pub dns: Option<crate::dns::Config>,
     /// Whether the DNS listen addresses are put on the loopback device.
     pub dns_assign_addresses: bool,
+    /// Whether DNS packets to and from the listen addresses skip conntrack.
+    pub dns_notrack: bool,
     /// WebAssembly policy modules.
     pub policy_modules: Vec<crate::wasm::ModuleSpec>,
     /// Limits of the WebAssembly engine.
@@ -530,6 +537,7 @@ impl NodeConfig {
             .as_ref()
             .and_then(|d| d.assign_addresses)
             .unwrap_or(true);
+        let dns_notrack = self.dns.as_ref().and_then(|d| d.notrack).unwrap_or(true);
         let dns = match &self.dns {
             None => None,
             Some(d) => Some(dns_settings(d, &invalid, &duration)?),
@@ -574,6 +582,7 @@ impl NodeConfig {
             node_port_range,
             dns,
             dns_assign_addresses,
+            dns_notrack,
             policy_modules,
             wasm,
         })
@@ -698,6 +707,9 @@ mod tests {
         assert_eq!(d.upstreams, vec!["192.0.2.53:53".parse().unwrap()]);
         assert_eq!(d.domain, "corp.internal");
         assert!(s.policy_modules[0].fail_open);
+        assert!(s.dns_notrack, "NOTRACK unless turned off");
+        let off = settings(&format!("{HEAD}dns: {{notrack: false}}\n")).unwrap();
+        assert!(!off.dns_notrack);
         for (text, field) in [
             ("dns: {listen: [\"nowhere\"]}", "dns.listen[0]"),
             ("dns: {upstreams: [\"1.2.3.4:x\"]}", "dns.upstreams[0]"),

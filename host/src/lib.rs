@@ -295,11 +295,20 @@ pub async fn run(
     }
     tasks.push(tokio::spawn(pending_detach::watch(host.clone())));
     tasks.push(tokio::spawn(wasm::watch(modules.clone(), stop_rx.clone())));
+    let mut dns_added = Vec::new();
+    let mut dns_tasks = Vec::new();
     if let Some(d) = &dns {
         if settings.dns_assign_addresses {
-            dns::assign_addresses(&d.config().listen)
+            dns_added = dns::assign_addresses(&d.config().listen)
                 .await
                 .map_err(|e| Error::Admin(std::io::Error::other(format!("DNS: {e}"))))?;
+        }
+        if settings.dns_notrack {
+            let ips: Vec<std::net::IpAddr> = d.config().listen.iter().map(|a| a.ip()).collect();
+            tokio::task::spawn_blocking(move || dns::notrack::program(&ips))
+                .await
+                .map_err(|e| Error::Admin(std::io::Error::other(format!("DNS NOTRACK: {e}"))))?
+                .map_err(|e| Error::Admin(std::io::Error::other(format!("DNS NOTRACK: {e}"))))?;
         }
         let weak = Arc::downgrade(&host);
         d.egress.set_publish(Box::new(move |pod, ips| {
@@ -311,11 +320,16 @@ pub async fn run(
             })
         }));
         let weak = Arc::downgrade(&host);
+        let stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut stop = std::pin::pin!(stopped(stop));
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = &mut stop => return,
+                }
                 let Some(h) = weak.upgrade() else { return };
                 h.expire_dns_egress().await;
             }
@@ -325,11 +339,11 @@ pub async fn run(
         if settings.manifests_dir.is_none() {
             host.refresh_dns_zone(None).await;
         }
-        tasks.extend(
-            dns::serve(d.clone())
-                .await
-                .map_err(|e| Error::Admin(std::io::Error::other(e.to_string())))?,
-        );
+        // Its loops serve until the end (pods ask it while the host drains) and are stopped
+        // after the other tasks.
+        dns_tasks = dns::serve(d.clone())
+            .await
+            .map_err(|e| Error::Admin(std::io::Error::other(e.to_string())))?;
         tracing::info!(listen = ?d.config().listen, upstreams = ?d.config().upstreams, "node-local DNS serving");
     }
     tasks.push(tokio::spawn(admin::serve(
@@ -402,6 +416,13 @@ pub async fn run(
         let _ = t.await;
     }
     drop(grpc_sock);
+    for t in dns_tasks {
+        t.abort();
+        let _ = t.await;
+    }
+    if dns.is_some() {
+        dns::release_addresses(&dns_added, settings.dns_notrack).await;
+    }
     tracing::info!("netlet stopped");
     served?;
     Ok(())

@@ -58,6 +58,21 @@ apiVersion: v1
 kind: Service
 metadata: {name: internal, namespace: com}
 spec: {clusterIP: 10.96.2.30}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: kube-dns-1, namespace: kube-system, labels: {kubernetes.io/service-name: kube-dns}}
+addressType: IPv4
+ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
+endpoints:
+- {addresses: [192.0.2.53], conditions: {ready: true}}
 ";
 
 /// What a `dig` printed: the last response's status, flags, question and answers.
@@ -342,16 +357,17 @@ fn wasm_dir() -> PathBuf {
 }
 
 async fn setup() -> Env {
-    setup_with("dns", "").await
+    setup_with("dns", "", "").await
 }
 
-/// A node named `name` with the bridge driver and `more` drivers.
-async fn setup_with(name: &str, more: &str) -> Env {
+/// A node named `name` with the bridge driver and `more` drivers; `dns` adds lines to the
+/// config's `dns:` section.
+async fn setup_with(name: &str, more: &str, dns: &str) -> Env {
     let man = tempfile::tempdir().unwrap();
     std::fs::write(man.path().join("services.yaml"), SERVICES).unwrap();
     let w = wasm_dir();
     let extra = format!(
-        "manifestsDir: {}\ndns:\n  upstreams: [\"{UPSTREAM}\"]\npolicyModules:\n- {{name: blocklog, file: {}}}\n- {{name: loop, file: {}}}\n",
+        "manifestsDir: {}\ndns:\n  upstreams: [\"{UPSTREAM}\"]\n{dns}policyModules:\n- {{name: blocklog, file: {}}}\n- {{name: loop, file: {}}}\n",
         man.path().display(),
         w.join("dns-block-log.wasm").display(),
         w.join("hostile-loop.wasm").display(),
@@ -880,6 +896,7 @@ async fn egress_by_name() {
     let mut env = setup_with(
         "dnsegr",
         &netlet_testbed::harness::nft_driver("nft", &["--cluster-cidr", V4]),
+        "",
     )
     .await;
     let web = start_pod(&mut env, "shop", "web").await;
@@ -983,4 +1000,156 @@ async fn egress_by_name() {
         "apiVersion: netlet.io/v1alpha1\nkind: DnsPolicy\nmetadata: {name: shop-egress, namespace: shop}\nspec:\n  defaultAction: Allow\n",
     );
     eventually("egress by name lifted", || reaches(&web, "203.0.113.30"));
+}
+
+/// The packet counters of the node's `inet nlcheck` table, by the comment of their rule.
+fn counters(env: &Env) -> std::collections::BTreeMap<String, u64> {
+    let out = env
+        .node
+        .command(Path::new("/usr/sbin/nft"))
+        .args(["list", "table", "inet", "nlcheck"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| {
+            let n = l
+                .split("counter packets ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?;
+            let c = l.split("comment \"").nth(1)?.trim_end_matches('"');
+            Some((c.to_string(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notrack_and_cluster_dns_takeover() {
+    const CLUSTER_DNS: &str = "10.96.0.10";
+    if !privileged("notrack_and_cluster_dns_takeover")
+        || tool("dig", "notrack_and_cluster_dns_takeover").is_none()
+        || tool("nft", "notrack_and_cluster_dns_takeover").is_none()
+    {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    // The cluster DNS Service (kube-dns, 10.96.0.10, its endpoint the stub) is programmed by the
+    // nft driver; the host also listens on its IP: taken over on this node.
+    let mut env = setup_with(
+        "dnstko",
+        &netlet_testbed::harness::nft_driver("nft", &["--cluster-cidr", V4]),
+        &format!("  listen: [\"{LOCAL}\", \"{CLUSTER_DNS}\"]\n"),
+    )
+    .await;
+    let pod = start_pod(&mut env, "shop", "asker").await;
+    eventually("the nft driver programs the cluster DNS Service", || {
+        let out = env
+            .node
+            .command(Path::new("/usr/sbin/nft"))
+            .args(["list", "table", "ip", "netlet-nft"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(CLUSTER_DNS)
+    });
+    // Counters of what DNS packets reach the node's input hook as: untracked or new.
+    let check = "table inet nlcheck {\n  chain input {\n    type filter hook input priority 0;\n    meta l4proto udp th dport 53 ct state untracked counter comment \"untracked\"\n    meta l4proto udp th dport 53 ct state new counter comment \"new\"\n  }\n}\n";
+    let mut nft = env
+        .node
+        .command(Path::new("/usr/sbin/nft"))
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(check.as_bytes())
+            .unwrap();
+    }
+    assert!(nft.wait().unwrap().success());
+
+    // Both addresses answer cluster names: the Service's DNAT never saw the packets.
+    for server in [LOCAL, CLUSTER_DNS] {
+        for _ in 0..5 {
+            let d = dig(
+                &pod,
+                &[
+                    "+nosearch",
+                    &format!("@{server}"),
+                    "web.shop.svc.cluster.local",
+                ],
+            );
+            assert_eq!(d.data("A"), vec!["10.96.1.10"], "@{server}: {d:?}");
+        }
+    }
+    let c = counters(&env);
+    assert!(
+        c["untracked"] >= 10,
+        "every query reached the server untracked: {c:?}"
+    );
+    assert_eq!(c["new"], 0, "no conntrack entry for DNS: {c:?}");
+
+    // A graceful stop gives the cluster DNS IP back to the Service: pods reach the cluster DNS
+    // (the stub) through it, as if the node-local server had never been there.
+    env.node.host.stop_with(nix::sys::signal::Signal::SIGTERM);
+    let lo = env
+        .node
+        .command(Path::new("/usr/sbin/ip"))
+        .args(["-o", "addr", "show", "dev", "lo"])
+        .output()
+        .unwrap();
+    let lo = String::from_utf8_lossy(&lo.stdout).into_owned();
+    assert!(!lo.contains(&format!("{CLUSTER_DNS}/")), "{lo}");
+    assert!(
+        lo.contains(&format!("{LOCAL}/")),
+        "the link-local address stays (refused at once, not a timeout): {lo}"
+    );
+    let tables = env
+        .node
+        .command(Path::new("/usr/sbin/nft"))
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains("netlet-dns"));
+    let d = dig(
+        &pod,
+        &["+nosearch", &format!("@{CLUSTER_DNS}"), "api.example.com"],
+    );
+    assert_eq!(
+        d.data("A"),
+        vec!["203.0.113.10"],
+        "the Service's endpoint answers: {d:?}"
+    );
+    let d = dig(
+        &pod,
+        &[
+            "+nosearch",
+            &format!("@{CLUSTER_DNS}"),
+            "web.shop.svc.cluster.local",
+        ],
+    );
+    assert_ne!(
+        d.data("A"),
+        vec!["10.96.1.10"],
+        "not the node-local server: {d:?}"
+    );
+
+    // Back: taken over again.
+    env.node.host.spawn().await;
+    eventually("the cluster DNS IP answered on the node again", || {
+        dig(
+            &pod,
+            &[
+                "+nosearch",
+                "+time=1",
+                &format!("@{CLUSTER_DNS}"),
+                "web.shop.svc.cluster.local",
+            ],
+        )
+        .data("A")
+            == vec!["10.96.1.10"]
+    });
 }

@@ -1,4 +1,4 @@
-//! The nftables expressions netlet-nftables encodes by hand (nat, masq, numgen, reject, ct,
+//! The nftables expressions netlet-nftables encodes by hand (nat, masq, numgen, reject, ct, notrack,
 //! dynset, fib), the ones it builds from netlink-packet-netfilter and the elements of interval
 //! sets (the policy driver's address sets), checked against the
 //! reference tool: for each, `nft` adds the same rule written in its own syntax to one chain
@@ -131,6 +131,23 @@ fn cases() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
             vec![nft::verdict(&VerdictData::Goto("target".into()))],
         ),
         ("return", "return", vec![nft::ret()]),
+        (
+            "notrack-dns",
+            "ip daddr 169.254.20.10 udp dport 53 notrack",
+            vec![
+                nft::payload(nft::base::NETWORK, 16, 4, Register::Reg1),
+                nft::cmp(Operator::Equal, Register::Reg1, vec![169, 254, 20, 10]),
+                nft::meta(MetaKey::L4Proto, Register::Reg1),
+                nft::cmp(Operator::Equal, Register::Reg1, vec![17]),
+                nft::payload(nft::base::TRANSPORT, 2, 2, Register::Reg1),
+                nft::cmp(
+                    Operator::Equal,
+                    Register::Reg1,
+                    53u16.to_be_bytes().to_vec(),
+                ),
+                nft::notrack(),
+            ],
+        ),
         ("accept", "accept", vec![nft::verdict(&VerdictData::Accept)]),
         (
             "lookup-interval-set",

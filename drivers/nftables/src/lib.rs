@@ -4,7 +4,7 @@
 //! No `nft` CLI: it re-reads the kernel's whole ruleset on every call.
 //!
 //! Messages come from `netlink-packet-netfilter`; expressions it does not model (nat, masq,
-//! numgen, reject, ct, dynset, fib) are encoded here from `linux/netfilter/nf_tables.h`.
+//! numgen, reject, ct, notrack, dynset, fib) are encoded here from `linux/netfilter/nf_tables.h`.
 //!
 //! Errors: the kernel reports a failed message by its sequence number; [`NftError`] names the
 //! message by what it was asked to do ("add rule to chain X"). A failed batch changes nothing.
@@ -857,6 +857,12 @@ pub fn reject_port_unreachable(v6: bool) -> Expr {
         "reject",
         vec![(1, be32(0)), (2, vec![if v6 { 4 } else { 3 }])],
     )
+}
+
+/// `notrack`: the packet is not tracked by conntrack (valid in prerouting and output at the
+/// raw priority, before conntrack sees it); nat rules then never see it either.
+pub fn notrack() -> Expr {
+    other("notrack", Vec::new())
 }
 
 /// The conntrack state bits into `dreg` (`ct state`).

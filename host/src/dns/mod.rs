@@ -9,6 +9,7 @@
 
 pub mod egress;
 mod host;
+pub mod notrack;
 pub mod policy;
 pub mod zone;
 
@@ -894,9 +895,7 @@ pub fn metrics_text(dns: Option<&Dns>, modules: &Modules) -> String {
     out
 }
 
-/// Puts the listen addresses on the loopback device (an address already there is fine), so
-/// packets from pods to them are delivered to this node.
-pub async fn assign_addresses(listen: &[SocketAddr]) -> anyhow::Result<()> {
+async fn loopback() -> anyhow::Result<(rtnetlink::Handle, u32)> {
     use futures::TryStreamExt;
     let (conn, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(conn);
@@ -910,6 +909,14 @@ pub async fn assign_addresses(listen: &[SocketAddr]) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no loopback device"))?
         .header
         .index;
+    Ok((handle, lo))
+}
+
+/// Puts the listen addresses on the loopback device (an address already there is fine), so
+/// packets from pods to them are delivered to this node. Returns the ones it added.
+pub async fn assign_addresses(listen: &[SocketAddr]) -> anyhow::Result<Vec<IpAddr>> {
+    let (handle, lo) = loopback().await?;
+    let mut added = Vec::new();
     for a in listen {
         let ip = a.ip();
         if ip.is_loopback() || ip.is_unspecified() {
@@ -917,13 +924,72 @@ pub async fn assign_addresses(listen: &[SocketAddr]) -> anyhow::Result<()> {
         }
         let prefix = if ip.is_ipv4() { 32 } else { 128 };
         match handle.address().add(lo, ip, prefix).execute().await {
-            Ok(()) => tracing::info!(%ip, "DNS address put on lo"),
+            Ok(()) => {
+                tracing::info!(%ip, "DNS address put on lo");
+                added.push(ip);
+            }
             Err(rtnetlink::Error::NetlinkError(e))
                 if e.raw_code() == -(nix::errno::Errno::EEXIST as i32) => {}
             Err(e) => return Err(anyhow::anyhow!("adding {ip} to lo: {e}")),
         }
     }
-    Ok(())
+    Ok(added)
+}
+
+/// At a graceful stop: takes the NOTRACK rules away and gives back the addresses the host took
+/// over (the ones it added that are not link-local: a cluster DNS Service IP is the Service's
+/// again). A link-local one stays, so that pods asking it meanwhile are refused at once (port
+/// unreachable) and go on to their fallback name server rather than wait for a timeout.
+pub async fn release_addresses(added: &[IpAddr], notrack_on: bool) {
+    if notrack_on {
+        match tokio::task::spawn_blocking(notrack::remove).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "DNS NOTRACK rules not removed"),
+            Err(e) => tracing::warn!(error = %e, "DNS NOTRACK rules not removed"),
+        }
+    }
+    let taken: Vec<IpAddr> = added
+        .iter()
+        .copied()
+        .filter(|ip| match ip {
+            IpAddr::V4(a) => !a.is_link_local(),
+            IpAddr::V6(a) => !a.is_unicast_link_local(),
+        })
+        .collect();
+    if taken.is_empty() {
+        return;
+    }
+    let Ok((handle, lo)) = loopback().await else {
+        return;
+    };
+    use futures::TryStreamExt;
+    // The whole dump first, then the deletes (not interleaved on one connection).
+    let dump: Vec<_> = match handle
+        .address()
+        .get()
+        .set_link_index_filter(lo)
+        .execute()
+        .try_collect()
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the addresses of lo");
+            return;
+        }
+    };
+    for msg in dump {
+        let ip = msg.attributes.iter().find_map(|a| match a {
+            rtnetlink::packet_route::address::AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        if ip.is_some_and(|ip| taken.contains(&ip)) {
+            match handle.address().del(msg).execute().await {
+                Ok(()) => tracing::info!(ip = ?ip, "DNS address given back"),
+                Err(e) => tracing::warn!(ip = ?ip, error = %e, "DNS address not removed from lo"),
+            }
+        }
+    }
 }
 
 /// Serves on the configured addresses until the task is dropped. Returns once every socket is
