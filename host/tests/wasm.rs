@@ -417,7 +417,7 @@ fn rewrites_are_checked() {
         module: "rw".into(),
         ..Default::default()
     }]);
-    let d = p.decide(&m, None, "192.0.2.9", "x.example.", 1);
+    let d = p.decide(&m, None, &"192.0.2.9", "x.example.", 1);
     assert_eq!(
         (d.action, d.policy.as_str(), d.module.as_str()),
         (

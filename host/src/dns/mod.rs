@@ -27,7 +27,7 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::rdata::{self, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::wasm::Modules;
 use policy::{Action, Behaviour, Client, Policies};
@@ -285,7 +285,7 @@ impl Dns {
             n.push('.');
         }
         self.policies()
-            .decide(&self.modules, client, client_address, &n, qtype)
+            .decide(&self.modules, client, &client_address, &n, qtype)
     }
 
     /// Answers one DNS message from `src`; `None` when nothing should be sent back.
@@ -388,13 +388,7 @@ impl Dns {
                 .expand(&policies, &zone, c, src, qname, x, qtype, qclass, behaviour)
                 .await;
         }
-        let d = policies.decide(
-            &self.modules,
-            client,
-            &src.to_string(),
-            qname,
-            u16::from(qtype),
-        );
+        let d = policies.decide(&self.modules, client, &src, qname, u16::from(qtype));
         self.count(&d, client);
         match d.action {
             Action::Allow => self.lookup(&zone, qname, qtype, qclass, behaviour).await,
@@ -453,13 +447,7 @@ impl Dns {
         let mut nodata = false;
         let mut denied = None;
         for cand in candidates {
-            let d = policies.decide(
-                &self.modules,
-                Some(c),
-                &src.to_string(),
-                &cand,
-                u16::from(qtype),
-            );
+            let d = policies.decide(&self.modules, Some(c), &src, &cand, u16::from(qtype));
             let target = match d.action {
                 Action::Allow => cand.clone(),
                 Action::Rewrite(ref to) => to.clone(),
@@ -994,40 +982,68 @@ pub async fn release_addresses(added: &[IpAddr], notrack_on: bool) {
 
 /// Serves on the configured addresses until the task is dropped. Returns once every socket is
 /// bound (an error names the address that could not be).
+///
+/// UDP is served by threads of their own, one per socket (`udp_sockets` per address, spread by
+/// SO_REUSEPORT), each receiving with a blocking call and answering in place whatever needs no
+/// upstream exchange (the cluster zone, the cache, a denial): the host's runtime only sees the
+/// queries that wait on an upstream. The first task returned stands for those threads: dropping
+/// or aborting it stops them (within [`UDP_STOP_CHECK`]).
 pub async fn serve(dns: Arc<Dns>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rt = tokio::runtime::Handle::current();
     let mut tasks = Vec::new();
+    let mut n = 0;
     for addr in dns.cfg.listen.clone() {
         for _ in 0..dns.cfg.udp_sockets.max(1) {
             let sock =
                 Arc::new(udp_socket(addr).map_err(|e| anyhow::anyhow!("DNS UDP {addr}: {e}"))?);
-            tasks.push(tokio::spawn(udp_loop(dns.clone(), sock)));
+            let (dns, rt, stop) = (dns.clone(), rt.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("dns-udp-{n}"))
+                .spawn(move || udp_thread(dns, sock, rt, stop))?;
+            n += 1;
         }
         let tcp = tcp_listener(addr).map_err(|e| anyhow::anyhow!("DNS TCP {addr}: {e}"))?;
         tasks.push(tokio::spawn(tcp_loop(dns.clone(), tcp)));
     }
+    tasks.insert(
+        0,
+        tokio::spawn(async move {
+            let _stop = StopOnDrop(stop);
+            std::future::pending::<()>().await
+        }),
+    );
     Ok(tasks)
 }
 
-fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+/// How often a UDP thread looks whether it should stop.
+pub const UDP_STOP_CHECK: Duration = Duration::from_millis(200);
+
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, sockopt};
     let family = if addr.is_ipv4() {
         AddressFamily::Inet
     } else {
         AddressFamily::Inet6
     };
-    let fd = socket::socket(
-        family,
-        SockType::Datagram,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = socket::socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
     socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     socket::bind(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
         &socket::SockaddrStorage::from(addr),
     )?;
-    UdpSocket::from_std(std::net::UdpSocket::from(fd))
+    let s = std::net::UdpSocket::from(fd);
+    s.set_read_timeout(Some(UDP_STOP_CHECK))?;
+    Ok(s)
 }
 
 fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -1052,32 +1068,93 @@ fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(std::net::TcpListener::from(fd))
 }
 
-async fn udp_loop(dns: Arc<Dns>, sock: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let (n, src) = match sock.recv_from(&mut buf).await {
-            Ok(x) => x,
+/// Datagrams taken (and answers sent) per system call at most.
+const UDP_BATCH: usize = 32;
+
+fn std_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4(std::net::SocketAddrV4::from(*v4)));
+    }
+    a.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6(std::net::SocketAddrV6::from(*v6)))
+}
+
+fn udp_thread(
+    dns: Arc<Dns>,
+    sock: Arc<std::net::UdpSocket>,
+    rt: tokio::runtime::Handle,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+    use std::io::{IoSlice, IoSliceMut};
+    use std::os::fd::AsRawFd;
+    // Timers and sockets an answer makes belong to the host's runtime.
+    let _rt = rt.enter();
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let fd = sock.as_raw_fd();
+    let mut bufs = vec![[0u8; 4096]; UDP_BATCH];
+    let mut rx = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+    let mut tx = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+    let mut got: Vec<(usize, SocketAddr)> = Vec::with_capacity(UDP_BATCH);
+    let mut out: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(UDP_BATCH);
+    while !stop.load(Ordering::Acquire) {
+        // Blocks for the first datagram (up to the socket's read timeout), then takes what
+        // else is queued, in one call.
+        got.clear();
+        {
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
+                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+            match recvmmsg(fd, &mut rx, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
+                Ok(msgs) => {
+                    for m in msgs {
+                        if let Some(a) = m.address.as_ref().and_then(std_addr) {
+                            got.push((m.bytes, a));
+                        }
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "DNS UDP receive failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            }
+        }
+        out.clear();
+        for (i, (n, src)) in got.iter().enumerate() {
+            // Answered in place when no upstream exchange is needed; otherwise the runtime
+            // goes on with it (polled there again, with a waker that counts) and sends it.
+            let mut fut = Box::pin(dns.clone().answer(bufs[i][..*n].to_vec(), src.ip(), true));
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(Some(reply)) => out.push((reply, SockaddrStorage::from(*src))),
+                Poll::Ready(None) => {}
+                Poll::Pending => {
+                    let (sock, src) = (sock.clone(), *src);
+                    rt.spawn(async move {
+                        if let Some(reply) = fut.await {
+                            let _ = sock.send_to(&reply, src);
+                        }
+                    });
+                }
+            }
+        }
+        if out.is_empty() {
+            continue;
+        }
+        let slices: Vec<[IoSlice<'_>; 1]> = out.iter().map(|(b, _)| [IoSlice::new(b)]).collect();
+        let addrs: Vec<Option<SockaddrStorage>> = out.iter().map(|(_, a)| Some(*a)).collect();
+        let sent = match sendmmsg(fd, &mut tx, slices.iter(), &addrs, [], MsgFlags::empty()) {
+            Ok(r) => r.count(),
             Err(e) => {
-                tracing::warn!(error = %e, "DNS UDP receive failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
+                tracing::debug!(error = %e, "DNS UDP answers not sent together");
+                0
             }
         };
-        // Answered in place when no upstream exchange is needed (the cluster zone, the cache,
-        // a denial); otherwise the answer is sent from a task of its own.
-        let mut fut = Box::pin(dns.clone().answer(buf[..n].to_vec(), src.ip(), true));
-        match futures::poll!(fut.as_mut()) {
-            Poll::Ready(Some(out)) => {
-                let _ = sock.send_to(&out, src).await;
-            }
-            Poll::Ready(None) => {}
-            Poll::Pending => {
-                let sock = sock.clone();
-                tokio::spawn(async move {
-                    if let Some(out) = fut.await {
-                        let _ = sock.send_to(&out, src).await;
-                    }
-                });
+        // The kernel may stop early (a full send buffer): the rest one by one.
+        for (reply, to) in out.iter().skip(sent) {
+            if let Some(to) = std_addr(to) {
+                let _ = sock.send_to(reply, to);
             }
         }
     }

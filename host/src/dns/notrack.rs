@@ -19,7 +19,8 @@ const RAW: i32 = -300;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
 
-/// `<nfproto>; <saddr or daddr> == ip; l4proto == proto; th <sport or dport> == 53; notrack`.
+/// `<nfproto>; <saddr or daddr> == ip; l4proto == proto; th <sport or dport> == 53; notrack;
+/// accept`.
 fn rule(ip: IpAddr, source: bool, proto: u8) -> Vec<Expr> {
     let (nfproto, offset, bytes) = match ip {
         IpAddr::V4(a) => (
@@ -57,6 +58,8 @@ fn rule(ip: IpAddr, source: bool, proto: u8) -> Vec<Expr> {
             53u16.to_be_bytes().to_vec(),
         ),
         nft::notrack(),
+        // Done with this chain: the rest of its rules cannot match too.
+        nft::verdict(&nft::VerdictData::Accept),
     ]
 }
 

@@ -239,7 +239,7 @@ impl Policies {
         &self,
         modules: &Modules,
         client: Option<&Client>,
-        client_address: &str,
+        client_address: &dyn std::fmt::Display,
         name: &str,
         qtype: u16,
     ) -> Decision {
@@ -265,7 +265,7 @@ impl Policies {
         p: &Compiled,
         modules: &Modules,
         client: Option<&Client>,
-        client_address: &str,
+        client_address: &dyn std::fmt::Display,
         name: &str,
         qtype: u16,
     ) -> Decision {

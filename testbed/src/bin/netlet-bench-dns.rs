@@ -113,10 +113,10 @@ fn row_a(args: &Args, dir: &Path) {
     // Both must agree on every name before they are timed.
     for n in names {
         let a = native
-            .decide(&modules, Some(&client), "10.244.0.5", n, 1)
+            .decide(&modules, Some(&client), &"10.244.0.5", n, 1)
             .action;
         let b = wasm
-            .decide(&modules, Some(&client), "10.244.0.5", n, 1)
+            .decide(&modules, Some(&client), &"10.244.0.5", n, 1)
             .action;
         assert_eq!(a, b, "{n}: native and module disagree");
     }
@@ -131,7 +131,7 @@ fn row_a(args: &Args, dir: &Path) {
             for i in 0..args.calls {
                 let n = names[i % names.len()];
                 let t = Instant::now();
-                let d = p.decide(&modules, Some(&client), "10.244.0.5", n, 1);
+                let d = p.decide(&modules, Some(&client), &"10.244.0.5", n, 1);
                 lat.push(t.elapsed());
                 std::hint::black_box(d);
             }
