@@ -986,6 +986,12 @@ pub fn apply_policy(r: &ApplyPolicyRequest) -> R {
         if !p.module_sha256.is_empty() && !is_sha256_hex(&p.module_sha256) {
             return Err(invalid(format!("{f}.module_sha256"), "not 64 hex digits"));
         }
+        if p.allow_tld_shadowing && p.block_tld_shadowing {
+            return Err(invalid(
+                format!("{f}.allow_tld_shadowing"),
+                "not with block_tld_shadowing on the same policy",
+            ));
+        }
         if p.egress_min_ttl_seconds > 86_400 {
             return Err(invalid(
                 format!("{f}.egress_min_ttl_seconds"),

@@ -583,6 +583,21 @@ async fn node_local_dns() {
     let d = dig(&blog, &["+nosearch", "internal.com.svc.cluster.local"]);
     assert_eq!(d.data("A"), vec!["10.96.2.30"]);
     assert!(metric(&env, "dns_shadowed") >= 1);
+    // A namespace may opt out (it relies on the shadow): its pods get the Service, the others
+    // still do not.
+    let legacy = start_pod(&mut env, "legacy", "old").await;
+    write_policy(
+        &env,
+        "dns-legacy.yaml",
+        "apiVersion: netlet.io/v1alpha1\nkind: DnsPolicy\nmetadata: {name: legacy-dns, namespace: legacy}\nspec:\n  allowShadowing: true\n",
+    );
+    eventually("namespace legacy opted out of shadow blocking", || {
+        dig(&legacy, &["+nosearch", "yahoo.com.svc.cluster.local"]).data("A") == vec!["10.96.2.20"]
+    });
+    assert_eq!(
+        dig(&blog, &["+nosearch", "yahoo.com.svc.cluster.local"]).status,
+        "NXDOMAIN"
+    );
 
     // DNS policy: namespace shop may resolve cluster names and api.example.com only.
     write_policy(

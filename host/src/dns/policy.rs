@@ -83,6 +83,7 @@ struct Compiled {
     failure: Option<Action>,
     server_side_search: bool,
     block_shadowing: bool,
+    allow_shadowing: bool,
     /// Egress by name: how long an answered address stays allowed at least.
     egress_min_ttl: Option<std::time::Duration>,
     decisions: Counts,
@@ -167,6 +168,7 @@ impl Policies {
                     },
                     server_side_search: p.server_side_search,
                     block_shadowing: p.block_tld_shadowing,
+                    allow_shadowing: p.allow_tld_shadowing,
                     egress_min_ttl: p.egress_by_name.then(|| {
                         std::time::Duration::from_secs(match p.egress_min_ttl_seconds {
                             0 => DEFAULT_EGRESS_MIN_TTL,
@@ -224,13 +226,16 @@ impl Policies {
     }
 
     /// Search expansion and shadowing for a client: on when any applicable policy turns it on,
-    /// else the node's defaults.
+    /// else the node's defaults; shadowing allowed when any applicable policy opts out.
     pub fn behaviour(&self, client: Option<&Client>, defaults: Behaviour) -> Behaviour {
         let mut b = defaults;
+        let mut allow = false;
         for p in self.applicable(client) {
             b.server_side_search |= p.server_side_search;
             b.block_shadowing |= p.block_shadowing;
+            allow |= p.allow_shadowing;
         }
+        b.block_shadowing &= !allow;
         b
     }
 
@@ -393,7 +398,7 @@ impl Policies {
 ///   deny: ["*.evil.example"]
 ///   defaultAction: Deny                      # Allow (default), Deny (NXDOMAIN), Refuse
 ///   serverSideSearch: true
-///   blockShadowing: true
+///   blockShadowing: true                     # or allowShadowing: true (the opt-out)
 ///   module: lists                            # a policyModules entry of the NodeConfig
 ///   moduleSettings: {default: deny}          # any YAML; given to the module as JSON
 ///   moduleSha256: "<64 hex digits>"
@@ -417,6 +422,8 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<DnsPolicy, String> {
         server_side_search: bool,
         #[serde(default)]
         block_shadowing: bool,
+        #[serde(default)]
+        allow_shadowing: bool,
         #[serde(default)]
         module: String,
         #[serde(default)]
@@ -464,6 +471,7 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<DnsPolicy, String> {
         default_action: act("defaultAction", &spec.default_action)?,
         server_side_search: spec.server_side_search,
         block_tld_shadowing: spec.block_shadowing,
+        allow_tld_shadowing: spec.allow_shadowing,
         module: spec.module,
         module_settings_json: spec
             .module_settings
@@ -482,4 +490,63 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<DnsPolicy, String> {
     netlet_sdk::validate::apply_policy(&req)
         .map_err(|s| s.message().replace("dns_policies[0].", "").to_string())?;
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(ns: &str) -> Client {
+        Client {
+            namespace: ns.into(),
+            name: "p".into(),
+            labels: HashMap::new(),
+            search: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_namespace_can_opt_out_of_shadow_blocking() {
+        let doc = |ns: &str, spec: &str| {
+            serde_json::json!({
+                "apiVersion": "netlet.io/v1alpha1",
+                "kind": "DnsPolicy",
+                "metadata": {"name": "p", "namespace": ns},
+                "spec": serde_json::from_str::<serde_json::Value>(spec).unwrap(),
+            })
+        };
+        let legacy = from_manifest(&doc("legacy", r#"{"allowShadowing": true}"#)).unwrap();
+        let strict = from_manifest(&doc("strict", r#"{"blockShadowing": true}"#)).unwrap();
+        let p = Policies::new([legacy, strict]);
+        let node = |block| Behaviour {
+            server_side_search: false,
+            block_shadowing: block,
+        };
+        // The node blocks: the opted-out namespace alone may be shadowed.
+        assert!(
+            !p.behaviour(Some(&client("legacy")), node(true))
+                .block_shadowing
+        );
+        assert!(
+            p.behaviour(Some(&client("other")), node(true))
+                .block_shadowing
+        );
+        assert!(p.behaviour(None, node(true)).block_shadowing);
+        // The node allows: a namespace can still turn blocking on for itself.
+        assert!(
+            p.behaviour(Some(&client("strict")), node(false))
+                .block_shadowing
+        );
+        assert!(
+            !p.behaviour(Some(&client("other")), node(false))
+                .block_shadowing
+        );
+        // Both on one policy: refused, by field.
+        let both = from_manifest(&doc(
+            "x",
+            r#"{"allowShadowing": true, "blockShadowing": true}"#,
+        ))
+        .unwrap_err();
+        assert!(both.starts_with("allow_tld_shadowing:"), "{both}");
+    }
 }

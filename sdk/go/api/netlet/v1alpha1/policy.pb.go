@@ -1190,8 +1190,13 @@ type DnsPolicy struct {
 	// Shortest time an answered address stays allowed under `egress_by_name`, whatever the
 	// record's TTL (clients cache longer than they are told); 0 means 30 s, at most 86400.
 	EgressMinTtlSeconds uint32 `protobuf:"varint,13,opt,name=egress_min_ttl_seconds,json=egressMinTtlSeconds,proto3" json:"egress_min_ttl_seconds,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Let cluster names shadow public ones for this policy's pods although the node (or another
+	// policy) blocks it: the per-namespace opt-out, for a namespace that relies on a Service
+	// answering a public name through its search walk. Wins over block_tld_shadowing; both on one
+	// policy is INVALID_ARGUMENT.
+	AllowTldShadowing bool `protobuf:"varint,14,opt,name=allow_tld_shadowing,json=allowTldShadowing,proto3" json:"allow_tld_shadowing,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *DnsPolicy) Reset() {
@@ -1313,6 +1318,13 @@ func (x *DnsPolicy) GetEgressMinTtlSeconds() uint32 {
 		return x.EgressMinTtlSeconds
 	}
 	return 0
+}
+
+func (x *DnsPolicy) GetAllowTldShadowing() bool {
+	if x != nil {
+		return x.AllowTldShadowing
+	}
+	return false
 }
 
 // HostnameGrant lets namespaces use hostnames (OpenShift route admission, Gateway API).
@@ -2375,7 +2387,7 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\bnetworks\x18\x03 \x03(\tR\bnetworks\x12C\n" +
 	"\rnode_selector\x18\x04 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\fnodeSelector\x12\x1f\n" +
 	"\vaddress_set\x18\x05 \x01(\tR\n" +
-	"addressSet\"\xd4\x04\n" +
+	"addressSet\"\x84\x05\n" +
 	"\tDnsPolicy\x12,\n" +
 	"\x03key\x18\x01 \x01(\v2\x1a.netlet.v1alpha1.PolicyKeyR\x03key\x12A\n" +
 	"\fpod_selector\x18\x02 \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\vpodSelector\x12\x14\n" +
@@ -2390,7 +2402,8 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	" \x01(\x0e2\x1a.netlet.v1alpha1.DnsActionR\rfailureAction\x12#\n" +
 	"\rmodule_sha256\x18\v \x01(\tR\fmoduleSha256\x12$\n" +
 	"\x0eegress_by_name\x18\f \x01(\bR\fegressByName\x123\n" +
-	"\x16egress_min_ttl_seconds\x18\r \x01(\rR\x13egressMinTtlSeconds\"\xea\x01\n" +
+	"\x16egress_min_ttl_seconds\x18\r \x01(\rR\x13egressMinTtlSeconds\x12.\n" +
+	"\x13allow_tld_shadowing\x18\x0e \x01(\bR\x11allowTldShadowing\"\xea\x01\n" +
 	"\rHostnameGrant\x12,\n" +
 	"\x03key\x18\x01 \x01(\v2\x1a.netlet.v1alpha1.PolicyKeyR\x03key\x12\x1e\n" +
 	"\n" +
