@@ -8,6 +8,9 @@
 //!    with a DNS policy on, beside Unbound (Debian) serving the same records as local data, and
 //!    CoreDNS (its file plugin, the same records) when a `coredns` binary is given, all in one
 //!    node namespace on this machine. Target: ≥ Unbound, ≥ 3× CoreDNS.
+//! c. Queries per lookup of an external name from a pod (glibc, `ndots:5`, the kubelet search
+//!    list), without and with server-side search expansion, counted by the node-local server;
+//!    the anchor is the same pod's lookups without expansion. Target: 1 query per lookup.
 //!
 //! Every row is repeated (`--repeat`) and printed as the median with the spread (min–max).
 //! Not a test: it gates nothing.
@@ -350,6 +353,142 @@ async fn row_b(args: &Args) {
     drop(servers);
 }
 
+/// The node-local server's count of queries received.
+fn queries_received(node: &Node) -> u64 {
+    let out = std::process::Command::new(bin("netletctl"))
+        .arg("--socket")
+        .arg(&node.host.socket)
+        .arg("metrics")
+        .output()
+        .expect("netletctl metrics");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("netlet_dns_queries_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("netlet_dns_queries_total")
+}
+
+async fn row_c(args: &Args) {
+    const LOOKUPS: usize = 200;
+    println!(
+        "c. queries per lookup of api.example.com from a pod (glibc getaddrinfo, ndots:5), {LOOKUPS} lookups per run, {} runs",
+        args.repeat
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let man = tmp.path().join("manifests");
+    std::fs::create_dir_all(&man).unwrap();
+    // Namespace "expand" has server-side search; "plain" has not.
+    std::fs::write(
+        man.join("dns.yaml"),
+        "apiVersion: netlet.io/v1alpha1\nkind: DnsPolicy\nmetadata: {name: expand, namespace: expand}\nspec:\n  serverSideSearch: true\n",
+    )
+    .unwrap();
+    let extra = format!(
+        "manifestsDir: {}\ndns:\n  listen: [\"169.254.20.10:53\"]\n  upstreams: [\"127.0.0.53\"]\n",
+        man.display()
+    );
+    let node = Node::start(
+        "bdnsc",
+        &netlet_testbed::harness::bridge_driver("bridge", "default", "netlet0", &["10.244.0.0/24"]),
+        &extra,
+    )
+    .await;
+    node.host.wait_ready("default").await;
+    // The node's upstream: a stub in the node's namespace.
+    let _stub = Server {
+        label: "stub".into(),
+        address: "127.0.0.53".into(),
+        child: Some(
+            node.command(&bin("netlet-dns-stub"))
+                .args(["--listen", "127.0.0.53:53"])
+                .args(["--record", "api.example.com A 203.0.113.10 300"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("netlet-dns-stub"),
+        ),
+    };
+    let clients = node.host.clients().await;
+    let mut rows = Vec::new();
+    for ns in ["plain", "expand"] {
+        let netns =
+            netlet_testbed::probe::NetNs::create(&format!("bdnsc-{ns}-{}", std::process::id()))
+                .unwrap();
+        let sandbox = netlet_sdk::proto::PodSandbox {
+            id: format!("bdnsc-{ns}"),
+            name: "client".into(),
+            namespace: ns.into(),
+            uid: format!("bdnsc-{ns}"),
+            netns_path: netns.path.display().to_string(),
+            ..Default::default()
+        };
+        let a = netlet_testbed::harness::attach(&clients, sandbox, vec![])
+            .await
+            .expect("attach");
+        let dns = a[0].dns.clone().expect("a DNS config");
+        let name = netns
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let etc = PathBuf::from("/etc/netns").join(&name);
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(
+            etc.join("resolv.conf"),
+            format!(
+                "nameserver {}\nsearch {}\noptions {}\n",
+                dns.nameservers[0],
+                dns.searches.join(" "),
+                dns.options.join(" ")
+            ),
+        )
+        .unwrap();
+        let script = format!(
+            "import socket, time\nt = time.perf_counter()\nfor _ in range({LOOKUPS}):\n    socket.getaddrinfo('api.example.com', 80, socket.AF_INET, socket.SOCK_STREAM)\nprint((time.perf_counter() - t) / {LOOKUPS} * 1e6)\n"
+        );
+        let (mut per, mut micros) = (Vec::new(), Vec::new());
+        for _ in 0..args.repeat {
+            let before = queries_received(&node);
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &name, "python3", "-c", &script])
+                .output()
+                .expect("python3");
+            assert!(
+                out.status.success(),
+                "lookups from {ns}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let after = queries_received(&node);
+            per.push((after - before) as f64 / LOOKUPS as f64);
+            micros.push(
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse::<f64>()
+                    .unwrap(),
+            );
+        }
+        let _ = std::fs::remove_dir_all(&etc);
+        let (mq, lq, hq) = spread(&mut per);
+        let (mt, lt, ht) = spread(&mut micros);
+        let label = if ns == "plain" {
+            "client-side search (anchor)"
+        } else {
+            "server-side search"
+        };
+        println!(
+            "   {label:<28} {mq:>5.2} queries/lookup ({lq:.2}–{hq:.2}), {mt:>7.0} µs/lookup ({lt:.0}–{ht:.0})"
+        );
+        rows.push(mq);
+        netlet_testbed::harness::detach(&clients, &format!("bdnsc-{ns}"))
+            .await
+            .ok();
+    }
+    println!(
+        "   queries per lookup: {:.2} → {:.2} (target: 1)",
+        rows[0], rows[1]
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -373,5 +512,6 @@ async fn main() {
     row_a(&args, &dir);
     if !args.engine_only {
         row_b(&args).await;
+        row_c(&args).await;
     }
 }
