@@ -99,6 +99,10 @@ pub struct NodeConfig {
     /// Directory of Service and EndpointSlice manifests, watched (flag `--manifests` wins).
     #[serde(default)]
     pub manifests_dir: Option<PathBuf>,
+    /// A kubeconfig file: Services and EndpointSlices are then also read from the Kubernetes
+    /// API (flag `--kubeconfig` wins).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
     /// Networks whose driver must be registered and ready before the node is ready
     /// (NetworkReady); default `[default]`. Empty: the node is ready with no pod network.
     #[serde(default)]
@@ -283,6 +287,8 @@ pub struct Settings {
     pub node: crate::services::view::NodeInfo,
     /// Manifests directory, if any.
     pub manifests_dir: Option<PathBuf>,
+    /// The kubeconfig of the Kubernetes API source, when on.
+    pub kubeconfig: Option<PathBuf>,
     /// Networks the node needs before it is ready.
     pub required_networks: Vec<String>,
     /// Where node ports and health-check node ports must lie.
@@ -312,6 +318,8 @@ pub struct Overrides {
     pub admin_socket: Option<PathBuf>,
     /// `--manifests`.
     pub manifests_dir: Option<PathBuf>,
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// `FIRST-LAST`, both ports, FIRST <= LAST.
@@ -578,6 +586,7 @@ impl NodeConfig {
                 zone: self.node_zone.unwrap_or_default(),
             },
             manifests_dir: o.manifests_dir.or(self.manifests_dir),
+            kubeconfig: o.kubeconfig.or(self.kubeconfig),
             required_networks,
             node_port_range,
             dns,

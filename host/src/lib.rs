@@ -293,6 +293,12 @@ pub async fn run(
     if let Some(dir) = settings.manifests_dir.clone() {
         tasks.push(tokio::spawn(services::manifests::watch(host.clone(), dir)));
     }
+    if let Some(kc) = settings.kubeconfig.clone() {
+        let client = services::kube::client(&kc)
+            .await
+            .map_err(|e| Error::Admin(std::io::Error::other(format!("kubeconfig: {e}"))))?;
+        tasks.push(tokio::spawn(services::kube::watch(host.clone(), client)));
+    }
     tasks.push(tokio::spawn(pending_detach::watch(host.clone())));
     tasks.push(tokio::spawn(wasm::watch(modules.clone(), stop_rx.clone())));
     let mut dns_added = Vec::new();

@@ -4,6 +4,7 @@
 pub mod checks;
 pub mod conformance;
 pub mod harness;
+pub mod k8s;
 pub mod probe;
 pub mod runtime;
 pub mod stats;

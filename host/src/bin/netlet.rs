@@ -39,6 +39,9 @@ enum Cmd {
         /// Directory of Service/EndpointSlice YAML manifests, watched for changes.
         #[arg(long)]
         manifests: Option<PathBuf>,
+        /// A kubeconfig: Services and EndpointSlices also come from the Kubernetes API.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Validate a NodeConfig and print the effective settings.
     CheckConfig {
@@ -61,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
             state_dir,
             admin_socket,
             manifests,
+            kubeconfig,
         } => {
             let (file, cfg) = config::load(config.as_deref())?;
             let settings = cfg.settings(
@@ -71,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
                     state_dir,
                     admin_socket,
                     manifests_dir: manifests,
+                    kubeconfig,
                 },
             )?;
             netlet_host::run(settings, netlet_sdk::server::shutdown_signal())

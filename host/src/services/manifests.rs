@@ -377,81 +377,94 @@ impl Manifests {
         (svcs, slices)
     }
 
-    /// Every Service the files hold, as this node's source wants it, checked with the same
-    /// rules as a ProgramService caller's: a Service that breaks one is left out, an endpoint
-    /// that breaks one is left out of its Service, and each is reported (`file: object: field:
-    /// why`) while every other Service goes on being served.
+    /// Every Service the files hold, as this node's source wants it (see [`wanted_of`]), each
+    /// error naming its file.
     pub fn wanted(
         &self,
         node: &NodeInfo,
         node_ports: &std::ops::RangeInclusive<u32>,
     ) -> (BTreeMap<Key, Wanted>, Vec<String>) {
-        let mut slices: BTreeMap<Key, Vec<(&Path, &EndpointSlice)>> = BTreeMap::new();
-        for (path, f) in &self.files {
-            for s in &f.objects.slices {
-                if let Some(key) = view::slice_service(s) {
-                    slices.entry(k(&key)).or_default().push((path, s));
-                }
-            }
-        }
-        let mut out = BTreeMap::new();
-        let mut errors = Vec::new();
-        for (path, ks) in self
-            .files
-            .iter()
-            .flat_map(|(p, f)| f.objects.services.iter().map(move |s| (p, s)))
-        {
-            let Some(svc) = view::service(ks) else {
-                continue;
-            };
-            let Some(key) = svc.key.as_ref().map(k) else {
-                continue;
-            };
-            let object = format!("Service {}/{}", key.0, key.1);
-            if let Err(e) = validate::service("", &svc)
-                .and_then(|()| view::check_node_ports("", &svc, node_ports))
-            {
-                errors.push(format!("{}: {object}: {}", path.display(), e.message()));
-                continue;
-            }
-            let mine = slices.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-            let just: Vec<&EndpointSlice> = mine.iter().map(|(_, s)| *s).collect();
-            let mut endpoints = BTreeMap::new();
-            for e in view::endpoints(&svc, &just, node) {
-                match validate::endpoint("", &e).map_err(|s| s.message().to_string()) {
-                    Ok(()) => {
-                        endpoints.insert(e.address.clone(), e);
-                    }
-                    Err(why) => {
-                        let (file, slice) = mine
-                            .iter()
-                            .find(|(_, s)| {
-                                s.endpoints.iter().any(|x| x.addresses.contains(&e.address))
-                            })
-                            .map(|(p, s)| {
-                                (
-                                    p.display().to_string(),
-                                    s.metadata.name.clone().unwrap_or_default(),
-                                )
-                            })
-                            .unwrap_or_default();
-                        errors.push(format!(
-                            "{file}: EndpointSlice {}/{slice} of {object}: endpoint {}: {why}",
-                            key.0, e.address
-                        ));
-                    }
-                }
-            }
-            out.insert(
-                key,
-                Wanted {
-                    service: Some(svc),
-                    endpoints,
-                },
-            );
-        }
-        (out, errors)
+        wanted_of(
+            self.files.iter().flat_map(|(p, f)| {
+                f.objects
+                    .services
+                    .iter()
+                    .map(move |s| (p.display().to_string(), s))
+            }),
+            self.files.iter().flat_map(|(p, f)| {
+                f.objects
+                    .slices
+                    .iter()
+                    .map(move |s| (p.display().to_string(), s))
+            }),
+            node,
+            node_ports,
+        )
     }
+}
+
+/// Services and EndpointSlices (each with where it came from: a file, the API) as a source
+/// wants them, checked with the same rules as a ProgramService caller's: a Service that breaks
+/// one is left out, an endpoint that breaks one is left out of its Service, and each is
+/// reported (`origin: object: field: why`) while every other Service goes on being served.
+pub fn wanted_of<'a>(
+    services: impl IntoIterator<Item = (String, &'a KService)>,
+    slices: impl IntoIterator<Item = (String, &'a EndpointSlice)>,
+    node: &NodeInfo,
+    node_ports: &std::ops::RangeInclusive<u32>,
+) -> (BTreeMap<Key, Wanted>, Vec<String>) {
+    let mut by_service: BTreeMap<Key, Vec<(String, &EndpointSlice)>> = BTreeMap::new();
+    for (origin, s) in slices {
+        if let Some(key) = view::slice_service(s) {
+            by_service.entry(k(&key)).or_default().push((origin, s));
+        }
+    }
+    let mut out = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (origin, ks) in services {
+        let Some(svc) = view::service(ks) else {
+            continue;
+        };
+        let Some(key) = svc.key.as_ref().map(k) else {
+            continue;
+        };
+        let object = format!("Service {}/{}", key.0, key.1);
+        if let Err(e) =
+            validate::service("", &svc).and_then(|()| view::check_node_ports("", &svc, node_ports))
+        {
+            errors.push(format!("{origin}: {object}: {}", e.message()));
+            continue;
+        }
+        let mine = by_service.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let just: Vec<&EndpointSlice> = mine.iter().map(|(_, s)| *s).collect();
+        let mut endpoints = BTreeMap::new();
+        for e in view::endpoints(&svc, &just, node) {
+            match validate::endpoint("", &e).map_err(|s| s.message().to_string()) {
+                Ok(()) => {
+                    endpoints.insert(e.address.clone(), e);
+                }
+                Err(why) => {
+                    let (from, slice) = mine
+                        .iter()
+                        .find(|(_, s)| s.endpoints.iter().any(|x| x.addresses.contains(&e.address)))
+                        .map(|(o, s)| (o.clone(), s.metadata.name.clone().unwrap_or_default()))
+                        .unwrap_or_default();
+                    errors.push(format!(
+                        "{from}: EndpointSlice {}/{slice} of {object}: endpoint {}: {why}",
+                        key.0, e.address
+                    ));
+                }
+            }
+        }
+        out.insert(
+            key,
+            Wanted {
+                service: Some(svc),
+                endpoints,
+            },
+        );
+    }
+    (out, errors)
 }
 
 /// Events of the directory, coalesced: one pending wake-up at most.

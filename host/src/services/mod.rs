@@ -3,6 +3,7 @@
 //! per-endpoint decisions ([`view`]).
 
 pub mod health;
+pub mod kube;
 pub mod manifests;
 pub mod sources;
 pub mod view;

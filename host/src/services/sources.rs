@@ -30,7 +30,7 @@ pub enum Source {
     Manifests,
     /// `ProgramService` on the host socket.
     Socket,
-    /// The Kubernetes API (kube-rs); next issue.
+    /// The Kubernetes API (kube-rs): `--kubeconfig`.
     Kubernetes,
     /// The node-local DNS server: egress by name (NetworkPolicies of its own, one per pod).
     DnsEgress,
