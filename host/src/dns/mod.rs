@@ -323,13 +323,21 @@ impl Dns {
         let qname = fqdn_lower(q.name());
         let qtype = q.query_type();
         let client = self.client(src);
+        let policies = self.policies();
         let res = self
-            .resolve_for(client.as_deref(), src, &qname, qtype, q.query_class())
+            .resolve_for(
+                &policies,
+                client.as_deref(),
+                src,
+                &qname,
+                qtype,
+                q.query_class(),
+            )
             .await;
         // Egress by name: the drivers hold the answered addresses before the pod hears them.
         if res.rcode == ResponseCode::NoError
             && let Some(c) = client.as_deref()
-            && let Some(min_ttl) = self.policies().egress(Some(c))
+            && let Some(min_ttl) = policies.egress(Some(c))
         {
             let found = egress::addresses(&res.answers);
             if !found.is_empty() {
@@ -366,13 +374,13 @@ impl Dns {
 
     async fn resolve_for(
         &self,
+        policies: &Policies,
         client: Option<&Client>,
         src: IpAddr,
         qname: &str,
         qtype: RecordType,
         qclass: DNSClass,
     ) -> Resolution {
-        let policies = self.policies();
         let behaviour = policies.behaviour(client, self.cfg.defaults);
         let zone = self.zone.read().unwrap().clone();
         // Server-side search: the pod's first try along its search list, for a name that is
@@ -385,7 +393,7 @@ impl Dns {
             && zone.lookup(qname, kind(qtype)) == Lookup::NxDomain
         {
             return self
-                .expand(&policies, &zone, c, src, qname, x, qtype, qclass, behaviour)
+                .expand(policies, &zone, c, src, qname, x, qtype, qclass, behaviour)
                 .await;
         }
         let d = policies.decide(&self.modules, client, &src, qname, u16::from(qtype));
