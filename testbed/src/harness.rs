@@ -582,6 +582,35 @@ pub async fn attach(
         .map(|r| r.into_inner().attachments)
 }
 
+/// AttachPod of pod `name` of namespace `default` (sandbox `id`, in `netns`) to network
+/// `default` as `eth0`, asking for `ips` (empty: any).
+pub async fn attach_default(
+    c: &Clients,
+    id: &str,
+    name: &str,
+    netns: &Path,
+    ips: Vec<String>,
+) -> Result<Vec<netlet_sdk::proto::Attachment>, tonic::Status> {
+    attach(
+        c,
+        netlet_sdk::proto::PodSandbox {
+            id: id.into(),
+            name: name.into(),
+            namespace: "default".into(),
+            uid: name.into(),
+            netns_path: netns.display().to_string(),
+            ..Default::default()
+        },
+        vec![netlet_sdk::proto::NetworkSelection {
+            network: "default".into(),
+            interface_name: "eth0".into(),
+            ips,
+            ..Default::default()
+        }],
+    )
+    .await
+}
+
 /// DetachPod of sandbox `id`.
 pub async fn detach(c: &Clients, id: &str) -> Result<(), tonic::Status> {
     c.pods

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use netlet_testbed::harness::{
-    Node, attach, bridge_driver, nft_driver, privileged, tool, wait_until,
+    Node, attach_default, bridge_driver, nft_driver, privileged, tool, wait_until,
 };
 use netlet_testbed::k8s::{ApiServer, binaries, write_kubeconfig};
 use netlet_testbed::probe::{self, NetNs};
@@ -64,25 +64,9 @@ async fn a_service_created_through_the_api_answers_from_a_pod() {
     let mut pods = Vec::new();
     for (name, ips) in [("web", vec!["10.244.0.10".to_string()]), ("client", vec![])] {
         let ns = NetNs::create(&format!("netlet-k8s-{name}-{}", std::process::id())).unwrap();
-        attach(
-            &c,
-            netlet_sdk::proto::PodSandbox {
-                id: format!("k8s-{name}"),
-                name: name.into(),
-                namespace: "default".into(),
-                uid: name.into(),
-                netns_path: ns.path.display().to_string(),
-                ..Default::default()
-            },
-            vec![netlet_sdk::proto::NetworkSelection {
-                network: "default".into(),
-                interface_name: "eth0".into(),
-                ips,
-                ..Default::default()
-            }],
-        )
-        .await
-        .expect("attach");
+        attach_default(&c, &format!("k8s-{name}"), name, &ns.path, ips)
+            .await
+            .expect("attach");
         pods.push(ns);
     }
     let backend: SocketAddr = "10.244.0.10:8080".parse().unwrap();

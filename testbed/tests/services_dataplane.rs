@@ -706,25 +706,9 @@ async fn service_from_a_manifest_is_reached_from_a_pod() {
     let mut pods = Vec::new();
     for (name, ips) in [("web", vec!["10.244.0.10".to_string()]), ("client", vec![])] {
         let ns = NetNs::create(&format!("netlet-mf-{name}-{}", std::process::id())).unwrap();
-        attach(
-            &c,
-            netlet_sdk::proto::PodSandbox {
-                id: format!("mf-{name}"),
-                name: name.into(),
-                namespace: "default".into(),
-                uid: name.into(),
-                netns_path: ns.path.display().to_string(),
-                ..Default::default()
-            },
-            vec![netlet_sdk::proto::NetworkSelection {
-                network: "default".into(),
-                interface_name: "eth0".into(),
-                ips,
-                ..Default::default()
-            }],
-        )
-        .await
-        .expect("attach");
+        netlet_testbed::harness::attach_default(&c, &format!("mf-{name}"), name, &ns.path, ips)
+            .await
+            .expect("attach");
         pods.push(ns);
     }
     probe::tcp_tagged(&pods[0].path, sa(ip("10.244.0.10"), 8080), "web").unwrap();
