@@ -86,11 +86,17 @@ pub async fn state(host: &Host) -> Value {
         let v = host.services.lock().await;
         (v.table.generation(), v.table.len())
     };
-    let manifest_errors = host
-        .manifest_errors
+    let errors = host
+        .source_errors
         .lock()
         .map(|e| e.clone())
         .unwrap_or_default();
+    let errors_of =
+        |s: crate::services::sources::Source| errors.get(&s).cloned().unwrap_or_default();
+    let (manifest_errors, kubernetes_errors) = (
+        errors_of(crate::services::sources::Source::Manifests),
+        errors_of(crate::services::sources::Source::Kubernetes),
+    );
     let policy_gen = host.policies.lock().await.table.generation();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -105,7 +111,7 @@ pub async fn state(host: &Host) -> Value {
         },
         "drivers": drivers,
         "attachments": attachments,
-        "services": { "generation": svc_gen, "count": svc_count, "manifestErrors": manifest_errors },
+        "services": { "generation": svc_gen, "count": svc_count, "manifestErrors": manifest_errors, "kubernetesErrors": kubernetes_errors },
         "policies": { "generation": policy_gen },
     })
 }

@@ -119,28 +119,29 @@ impl Host {
                 })
             })
             .collect();
-        // Pods of other nodes and namespaces' labels from the manifests (shared, not copied);
+        // Pods of other nodes and namespaces' labels from the object sources (shared, not copied);
         // an address this node attached is this node's pod, whatever a Pod object says.
-        let mut cluster = self
-            .manifest_cluster
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_default();
-        // A local pod's named ports also come from its Pod object, when the files have one.
+        let mut cluster = self.cluster_objects();
+        // A local pod's Pod object, when a source has one, is the truth about its labels (the
+        // sandbox's are as of its creation; a relabel changes only the object) and adds the
+        // named ports.
         let mut pods = pods;
         let index: std::collections::HashMap<(&str, &str), usize> = pods
             .iter()
             .enumerate()
             .map(|(i, p)| ((p.namespace.as_str(), p.name.as_str()), i))
             .collect();
-        let mut extra: Vec<(usize, String, (netlet_sdk::proto::Protocol, u16))> = Vec::new();
-        for obj in cluster.remote.iter().filter(|o| !o.ports.is_empty()) {
-            if let Some(i) = index.get(&(obj.namespace.as_str(), obj.name.as_str())) {
-                extra.extend(obj.ports.iter().map(|(n, p)| (*i, n.clone(), *p)));
+        let found: Vec<(usize, &crate::netpol::PodInfo)> = cluster
+            .remote
+            .iter()
+            .filter_map(|o| Some((*index.get(&(o.namespace.as_str(), o.name.as_str()))?, o)))
+            .collect();
+        drop(index);
+        for (i, obj) in found {
+            pods[i].labels = obj.labels.clone();
+            for (n, p) in &obj.ports {
+                pods[i].ports.entry(n.clone()).or_insert(*p);
             }
-        }
-        for (i, name, port) in extra {
-            pods[i].ports.entry(name).or_insert(port);
         }
         cluster.pods = pods;
         Some(cluster)
@@ -163,7 +164,9 @@ impl Host {
             return Err(Status::unavailable("cannot read the attachments"));
         };
         let prev = view.table.generation();
-        if let Some(batch) = view.set_cluster(cluster)
+        // Until every object source is read, drivers keep what they enforce (their first
+        // full sync follows the last source's first read).
+        if let Some(batch) = view.set_cluster(cluster).filter(|_| self.sources_loaded())
             && let Err(e) = crate::api::policy::push(self, &view, prev, &batch).await
         {
             tracing::warn!(error = %e, "policy drivers not brought up to date with the pods; retried at their resync");

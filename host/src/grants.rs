@@ -37,6 +37,51 @@ pub fn hostname_covered(pattern: &str, host: &str) -> bool {
     }
 }
 
+/// A `HostnameGrant` manifest or API object (`apiVersion: netlet.io/v1alpha1`, cluster-scoped;
+/// its spec is [`crate::crd::HostnameGrantSpec`]) in the contract's form, checked as an
+/// ApplyPolicy caller's would be.
+pub fn from_manifest(v: &serde_json::Value) -> Result<HostnameGrant, String> {
+    if v.get("apiVersion").and_then(|a| a.as_str()) != Some("netlet.io/v1alpha1") {
+        return Err("apiVersion: must be netlet.io/v1alpha1".into());
+    }
+    if v.pointer("/metadata/namespace")
+        .and_then(|n| n.as_str())
+        .is_some_and(|n| !n.is_empty())
+    {
+        return Err("metadata.namespace: a HostnameGrant is cluster-scoped".into());
+    }
+    let name = v
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or_default();
+    let spec: crate::crd::HostnameGrantSpec =
+        serde_path_to_error::deserialize(v.get("spec").cloned().unwrap_or_default())
+            .map_err(|e| format!("spec.{}: {}", e.path(), e.inner()))?;
+    let g = HostnameGrant {
+        key: Some(netlet_sdk::proto::PolicyKey {
+            kind: netlet_sdk::proto::PolicyKind::HostnameGrant as i32,
+            namespace: String::new(),
+            name: name.to_string(),
+        }),
+        namespaces: spec.namespaces,
+        hostnames: spec.hostnames,
+        module: spec.module,
+        module_settings_json: spec
+            .module_settings
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        module_sha256: spec.module_sha256,
+    };
+    let req = netlet_sdk::proto::ApplyPolicyRequest {
+        generation: 1,
+        hostname_grants: vec![g.clone()],
+        ..Default::default()
+    };
+    netlet_sdk::validate::apply_policy(&req)
+        .map_err(|s| s.message().replace("hostname_grants[0].", "").to_string())?;
+    Ok(g)
+}
+
 /// Checks the modules grants name (see [`wasm::check_policy_module`]).
 pub fn check_modules(
     modules: &Modules,
@@ -181,10 +226,10 @@ impl Host {
             .cloned()
             .collect();
         let ns_labels: Vec<Label> = self
-            .manifest_cluster
-            .lock()
-            .ok()
-            .and_then(|c| c.namespaces.get(&req.namespace).cloned())
+            .cluster_objects()
+            .namespaces
+            .get(&req.namespace)
+            .cloned()
             .unwrap_or_default()
             .into_iter()
             .map(|(key, value)| Label { key, value })

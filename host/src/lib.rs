@@ -11,6 +11,7 @@ pub mod api;
 pub mod attach;
 pub mod auth;
 pub mod config;
+pub mod crd;
 pub mod dns;
 pub mod error;
 pub mod features;
@@ -44,6 +45,7 @@ use crate::{
     config::Settings,
     metrics::{Metrics, MetricsLayer},
     registry::{Registry, condition},
+    services::sources::Source,
     store::Store,
 };
 
@@ -88,30 +90,65 @@ pub struct Host {
     pub services: tokio::sync::Mutex<services::sources::ServiceView>,
     /// Health-check node ports of `externalTrafficPolicy: Local` Services.
     pub health_checks: services::health::HealthChecks,
-    /// Manifest files that did not load, with why (their last good content stays in effect).
-    pub manifest_errors: std::sync::Mutex<Vec<String>>,
-    /// Pods of other nodes and namespaces' labels from the manifests, for policy selectors.
-    pub manifest_cluster: std::sync::Mutex<netpol::Cluster>,
+    /// Per object source (manifests, Kubernetes): what did not load or apply, with why (the
+    /// last good content stays in effect).
+    pub source_errors: std::sync::Mutex<std::collections::BTreeMap<Source, Vec<String>>>,
+    /// Per object source: pods of other nodes, namespaces' labels and nodes, for policy
+    /// selectors (see [`Host::cluster_objects`]).
+    pub source_clusters: std::sync::Mutex<std::collections::BTreeMap<Source, netpol::Cluster>>,
     /// Desired policies (replayed to drivers).
     pub policies: tokio::sync::Mutex<policy::PolicyView>,
-    /// Whether the policy sources of the node's config have been read once (the manifests
-    /// directory's first scan). Until then no Policy driver is sent a full sync: the rules a
-    /// driver kept from before a host restart go on enforcing instead of an empty table.
-    pub policies_loaded: std::sync::atomic::AtomicBool,
+    /// How many of the object sources of the node's config (the manifests directory, the
+    /// Kubernetes API) have not been read once yet. Until none is left no Services or Policy
+    /// driver is sent a full sync: what a driver kept from before a host restart goes on
+    /// serving and enforcing instead of an empty table (no flap).
+    pub sources_pending: std::sync::atomic::AtomicUsize,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The WebAssembly policy modules.
     pub modules: Arc<wasm::Modules>,
     /// The node-local DNS server, when configured.
     pub dns: Option<Arc<dns::Dns>>,
-    /// The manifests' Service objects, for the DNS zone.
-    pub dns_manifests: std::sync::Mutex<dns::ManifestServices>,
+    /// Per object source: its Service objects, for the DNS zone.
+    pub dns_objects: std::sync::Mutex<std::collections::BTreeMap<Source, dns::ManifestServices>>,
     /// True once shutdown began (the drain: no new calls; watches end).
     pub shutdown: watch::Receiver<bool>,
     locks: KeyLocks,
 }
 
 impl Host {
+    /// Whether every object source of the node's config has been read once.
+    pub fn sources_loaded(&self) -> bool {
+        self.sources_pending
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0
+    }
+
+    /// What every object source holds for policy selectors, merged: namespaces' labels,
+    /// nodes, and other nodes' pods (one source's list is shared, not copied).
+    pub fn cluster_objects(&self) -> netpol::Cluster {
+        let Ok(all) = self.source_clusters.lock() else {
+            return netpol::Cluster::default();
+        };
+        let mut it = all.values();
+        let Some(first) = it.next() else {
+            return netpol::Cluster::default();
+        };
+        let mut c = first.clone();
+        let mut remote: Option<Vec<netpol::PodInfo>> = None;
+        for other in it {
+            c.namespaces.extend(other.namespaces.clone());
+            c.nodes.extend(other.nodes.iter().cloned());
+            remote
+                .get_or_insert_with(|| c.remote.as_ref().clone())
+                .extend(other.remote.iter().cloned());
+        }
+        if let Some(r) = remote {
+            c.remote = Arc::new(r);
+        }
+        c
+    }
+
     /// Locks `key` (a sandbox, a claim) until the guard drops.
     pub async fn lock_key(&self, key: &str) -> KeyGuard<'_> {
         self.locks.lock(key).await
@@ -255,16 +292,19 @@ pub async fn run(
     let host = Arc::new(Host {
         modules: modules.clone(),
         dns: dns.clone(),
-        dns_manifests: Default::default(),
+        dns_objects: Default::default(),
         settings: settings.clone(),
         registry: registry.clone(),
         store,
         services: tokio::sync::Mutex::new(service_view),
-        manifest_errors: Default::default(),
-        manifest_cluster: Default::default(),
+        source_errors: Default::default(),
+        source_clusters: Default::default(),
         health_checks: services::health::HealthChecks::new(registry.clone()),
         policies: tokio::sync::Mutex::new(policy::PolicyView::new(epoch)),
-        policies_loaded: std::sync::atomic::AtomicBool::new(settings.manifests_dir.is_none()),
+        sources_pending: std::sync::atomic::AtomicUsize::new(
+            usize::from(settings.manifests_dir.is_some())
+                + usize::from(settings.kubeconfig.is_some()),
+        ),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
         locks: KeyLocks::default(),

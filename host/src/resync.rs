@@ -30,18 +30,15 @@ pub(crate) fn install(host: &Arc<Host>) {
 async fn replay(host: &Host, d: &Arc<DriverEntry>) {
     // A full sync in the host's epoch, even of an empty table: a driver that outlived an
     // earlier host drops what this one does not want.
-    if d.has(Capability::Services) {
+    // Services and policies only once their sources are read: an empty full sync now would
+    // take away what the driver still serves and enforces from before a host restart.
+    let loaded = host.sources_loaded();
+    if d.has(Capability::Services) && loaded {
         let view = host.services.lock().await;
         let r = send(d, view.table.full_sync_request(), &api::program_service).await;
         record(d, &d.services_generation, "Services", r);
     }
-    // Policies only once their sources are read: an empty full sync now would lift the
-    // isolation the driver still enforces from before a host restart.
-    if d.has(Capability::Policy)
-        && host
-            .policies_loaded
-            .load(std::sync::atomic::Ordering::SeqCst)
-    {
+    if d.has(Capability::Policy) && loaded {
         let view = host.policies.lock().await;
         let r = send(d, view.table.full_sync_request(), &api::apply_policy).await;
         record(d, &d.policy_generation, "Policy", r);

@@ -375,6 +375,15 @@ impl Host {
 
     /// The manifest files and objects `netletctl debug state` reports as not loaded.
     pub fn manifest_errors(&self) -> Vec<String> {
+        self.source_errors("manifestErrors")
+    }
+
+    /// The Kubernetes objects `netletctl debug state` reports as left out.
+    pub fn kubernetes_errors(&self) -> Vec<String> {
+        self.source_errors("kubernetesErrors")
+    }
+
+    fn source_errors(&self, field: &str) -> Vec<String> {
         let out = Command::new(bin("netletctl"))
             .arg("--socket")
             .arg(&self.socket)
@@ -384,7 +393,7 @@ impl Host {
             .output()
             .expect("netletctl debug state");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["services"]["manifestErrors"]
+        v["services"][field]
             .as_array()
             .into_iter()
             .flatten()

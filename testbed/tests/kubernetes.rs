@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use netlet_testbed::harness::{
-    Node, attach_default, bridge_driver, nft_driver, privileged, tool, wait_until,
+    Node, attach, attach_default, bridge_driver, nft_driver, privileged, tool, wait_until,
 };
 use netlet_testbed::k8s::{ApiServer, binaries, write_kubeconfig};
 use netlet_testbed::probe::{self, NetNs};
@@ -24,42 +24,63 @@ fn service(ready: bool) -> (String, String) {
     )
 }
 
+/// A node (bridge and nft drivers) following a real API server in its namespace, with a
+/// default route to a namespace of the test's own (as a node's leads to its network): traffic
+/// to a ClusterIP without endpoints is routed, then refused by the driver.
+struct Cluster {
+    apiserver: ApiServer,
+    node: Node,
+    _outside: NetNs,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(test: &str, name: &str) -> Option<Cluster> {
+        if !privileged(test) || tool("curl", test).is_none() || tool("openssl", test).is_none() {
+            return None;
+        }
+        let (etcd, api) = binaries(test)?;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        write_kubeconfig(&kubeconfig);
+        let drivers = bridge_driver("bridge", "default", "netlet0", &[V4])
+            + &nft_driver("nft", &["--cluster-cidr", V4]);
+        let node = Node::start(
+            name,
+            &drivers,
+            &format!("nodeName: {NODE}\nkubeconfig: {}\n", kubeconfig.display()),
+        )
+        .await;
+        let outside = NetNs::create(&format!("netlet-{name}-out-{}", std::process::id())).unwrap();
+        probe::wire(
+            &node.netns.path,
+            "ext0",
+            "192.0.2.1/24",
+            &outside.path,
+            "eth0",
+            "192.0.2.2/24",
+        )
+        .unwrap();
+        probe::add_route(&node.netns.path, "0.0.0.0/0", "192.0.2.2".parse().unwrap()).unwrap();
+        let apiserver = ApiServer::start(&node, &etcd, &api);
+        node.host.wait_ready("default").await;
+        node.host.wait_driver("nft").await;
+        Some(Cluster {
+            apiserver,
+            node,
+            _outside: outside,
+            _dir: dir,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_created_through_the_api_answers_from_a_pod() {
     const T: &str = "a_service_created_through_the_api_answers_from_a_pod";
-    if !privileged(T) || tool("curl", T).is_none() || tool("openssl", T).is_none() {
-        return;
-    }
-    let Some((etcd, api)) = binaries(T) else {
+    let Some(cl) = Cluster::start(T, "k8s").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    write_kubeconfig(&kubeconfig);
-    let drivers = bridge_driver("bridge", "default", "netlet0", &[V4])
-        + &nft_driver("nft", &["--cluster-cidr", V4]);
-    let node = Node::start(
-        "k8s",
-        &drivers,
-        &format!("nodeName: {NODE}\nkubeconfig: {}\n", kubeconfig.display()),
-    )
-    .await;
-    // The node's default route leads to a namespace of the test's own (as a node's leads to its
-    // network): traffic to a ClusterIP without endpoints is routed, then refused by the driver.
-    let outside = NetNs::create(&format!("netlet-k8s-out-{}", std::process::id())).unwrap();
-    probe::wire(
-        &node.netns.path,
-        "ext0",
-        "192.0.2.1/24",
-        &outside.path,
-        "eth0",
-        "192.0.2.2/24",
-    )
-    .unwrap();
-    probe::add_route(&node.netns.path, "0.0.0.0/0", "192.0.2.2".parse().unwrap()).unwrap();
-    let apiserver = ApiServer::start(&node, &etcd, &api);
-    node.host.wait_ready("default").await;
-    node.host.wait_driver("nft").await;
+    let (apiserver, node) = (&cl.apiserver, &cl.node);
     let c = node.host.clients().await;
     let mut pods = Vec::new();
     for (name, ips) in [("web", vec!["10.244.0.10".to_string()]), ("client", vec![])] {
@@ -127,5 +148,203 @@ async fn a_service_created_through_the_api_answers_from_a_pod() {
     })
     .await;
     assert!(!gone.is_empty());
-    drop(apiserver);
+}
+
+/// Attaches pod `namespace/name` in `netns` to the default network with address `ip`.
+async fn attach_in(
+    c: &netlet_sdk::client::Clients,
+    namespace: &str,
+    name: &str,
+    netns: &std::path::Path,
+    ip: &str,
+) {
+    attach(
+        c,
+        netlet_sdk::proto::PodSandbox {
+            id: format!("{namespace}-{name}"),
+            name: name.into(),
+            namespace: namespace.into(),
+            uid: format!("{namespace}-{name}"),
+            netns_path: netns.display().to_string(),
+            ..Default::default()
+        },
+        vec![netlet_sdk::proto::NetworkSelection {
+            network: "default".into(),
+            interface_name: "eth0".into(),
+            ips: vec![ip.into()],
+            ..Default::default()
+        }],
+    )
+    .await
+    .expect("attach");
+}
+
+/// A namespace object with labels.
+fn namespace(name: &str, labels: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{name}","labels":{{{labels}}}}}}}"#
+    )
+}
+
+/// NetworkPolicies, Namespaces and Pods through the API, enforced on the wire: the server pod's
+/// labels come from its Pod object (its sandbox has none), its isolation from a NetworkPolicy
+/// admitting one namespace by label; a relabel of the other namespace through the API admits
+/// it, and the policy's deletion opens the pod again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_policy_created_through_the_api_is_enforced() {
+    const T: &str = "a_network_policy_created_through_the_api_is_enforced";
+    let Some(cl) = Cluster::start(T, "k8snp").await else {
+        return;
+    };
+    let (apiserver, node) = (&cl.apiserver, &cl.node);
+    for ns in [
+        namespace("shop", ""),
+        namespace("team-a", r#""team":"a""#),
+        namespace("team-b", r#""team":"b""#),
+    ] {
+        apiserver
+            .request("POST", "/api/v1/namespaces", Some(&ns))
+            .unwrap();
+    }
+    // No controller manager runs: the namespace's default ServiceAccount, which pods need,
+    // is made here.
+    apiserver
+        .request(
+            "POST",
+            "/api/v1/namespaces/shop/serviceaccounts",
+            Some(r#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default"}}"#),
+        )
+        .unwrap();
+    // The server's Pod object: labels, its node, and (as its kubelet would report it) its
+    // address.
+    let pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"server","namespace":"shop","labels":{{"app":"web"}}}},"spec":{{"nodeName":"{NODE}","containers":[{{"name":"c","image":"x","ports":[{{"name":"http","containerPort":8080}}]}}]}}}}"#
+    );
+    let created = apiserver
+        .request("POST", "/api/v1/namespaces/shop/pods", Some(&pod))
+        .unwrap();
+    let mut obj: serde_json::Value = serde_json::from_str(&created).unwrap();
+    obj["status"] = serde_json::json!({"phase": "Running", "podIP": "10.244.0.20", "podIPs": [{"ip": "10.244.0.20"}]});
+    apiserver
+        .request(
+            "PUT",
+            "/api/v1/namespaces/shop/pods/server/status",
+            Some(&obj.to_string()),
+        )
+        .unwrap();
+
+    let c = node.host.clients().await;
+    let mut netns = Vec::new();
+    for (ns, name, ip) in [
+        ("shop", "server", "10.244.0.20"),
+        ("team-a", "client", "10.244.0.21"),
+        ("team-b", "client", "10.244.0.22"),
+    ] {
+        let n = NetNs::create(&format!("netlet-k8snp-{ns}-{}", std::process::id())).unwrap();
+        attach_in(&c, ns, name, &n.path, ip).await;
+        netns.push(n);
+    }
+    let server: SocketAddr = "10.244.0.20:8080".parse().unwrap();
+    probe::tcp_echo(Some(&netns[0].path), server, 1000).unwrap();
+    let (a, b) = (netns[1].path.clone(), netns[2].path.clone());
+    let reach = |from: &std::path::Path| probe::tcp_request(from, server, "hi").is_ok();
+    assert!(reach(&a) && reach(&b), "open before any policy");
+
+    // Ingress to app=web (the label the Pod object carries) on its named port, from namespaces
+    // labelled team=a.
+    let policy = r#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"web-from-a","namespace":"shop"},"spec":{"podSelector":{"matchLabels":{"app":"web"}},"policyTypes":["Ingress"],"ingress":[{"from":[{"namespaceSelector":{"matchLabels":{"team":"a"}}}],"ports":[{"port":"http"}]}]}}"#;
+    apiserver
+        .request(
+            "POST",
+            "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies",
+            Some(policy),
+        )
+        .unwrap();
+    wait_until(
+        "team-b refused by the policy",
+        Duration::from_secs(30),
+        || {
+            let b = b.clone();
+            async move { (!reach(&b)).then_some(()) }
+        },
+    )
+    .await;
+    assert!(reach(&a), "team-a is admitted");
+
+    // team-b relabelled team=a through the API: admitted.
+    apiserver
+        .request(
+            "PUT",
+            "/api/v1/namespaces/team-b",
+            Some(&namespace("team-b", r#""team":"a""#)),
+        )
+        .unwrap();
+    wait_until(
+        "relabelled team-b admitted",
+        Duration::from_secs(30),
+        || {
+            let b = b.clone();
+            async move { reach(&b).then_some(()) }
+        },
+    )
+    .await;
+
+    // The server's labels change in the API (its sandbox never had any): no longer selected,
+    // and a policy isolating everything else in the namespace now covers it.
+    let deny = r#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"deny-others","namespace":"shop"},"spec":{"podSelector":{"matchExpressions":[{"key":"app","operator":"NotIn","values":["web"]}]},"policyTypes":["Ingress"]}}"#;
+    apiserver
+        .request(
+            "POST",
+            "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies",
+            Some(deny),
+        )
+        .unwrap();
+    assert!(
+        reach(&a) && reach(&b),
+        "deny-others does not select app=web"
+    );
+    let mut obj: serde_json::Value = serde_json::from_str(
+        &apiserver
+            .request("GET", "/api/v1/namespaces/shop/pods/server", None)
+            .unwrap(),
+    )
+    .unwrap();
+    obj["metadata"]["labels"] = serde_json::json!({"app": "api"});
+    apiserver
+        .request(
+            "PUT",
+            "/api/v1/namespaces/shop/pods/server",
+            Some(&obj.to_string()),
+        )
+        .unwrap();
+    wait_until(
+        "relabelled server isolated",
+        Duration::from_secs(30),
+        || {
+            let a = a.clone();
+            async move { (!reach(&a)).then_some(()) }
+        },
+    )
+    .await;
+
+    // Both policies deleted: open again.
+    for name in ["web-from-a", "deny-others"] {
+        apiserver
+            .request(
+                "DELETE",
+                &format!("/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/{name}"),
+                None,
+            )
+            .unwrap();
+    }
+    wait_until("open after deletion", Duration::from_secs(30), || {
+        let (a, b) = (a.clone(), b.clone());
+        async move { (reach(&a) && reach(&b)).then_some(()) }
+    })
+    .await;
+    assert!(
+        node.host.kubernetes_errors().is_empty(),
+        "{:?}",
+        node.host.kubernetes_errors()
+    );
 }

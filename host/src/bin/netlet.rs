@@ -51,6 +51,13 @@ enum Cmd {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Print netlet's CustomResourceDefinitions (DnsPolicy, HostnameGrant), or write one file
+    /// each into a directory (`deploy/crds` holds them).
+    Crds {
+        /// Directory to write them to.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -87,6 +94,15 @@ async fn main() -> anyhow::Result<()> {
             let s = cfg.settings(&file, Overrides::default())?;
             println!("{file}: valid");
             println!("{s:#?}");
+        }
+        Cmd::Crds { out } => {
+            for (file, yaml) in netlet_host::crd::all() {
+                match &out {
+                    Some(dir) => std::fs::write(dir.join(file), yaml)
+                        .with_context(|| format!("{}", dir.join(file).display()))?,
+                    None => print!("---\n{yaml}"),
+                }
+            }
         }
         Cmd::DefaultConfig => print!("{}", config::EMBEDDED_DEFAULT),
     }

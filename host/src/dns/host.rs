@@ -18,8 +18,8 @@ use crate::policy::{Item, Key, PolicyView};
 use crate::services::sources::Source;
 use tonic::Status;
 
-/// The Service objects of the manifests last read (kept for zone rebuilds that another source
-/// triggers).
+/// The Service objects an object source (the manifests, the Kubernetes API) last held (kept
+/// for zone rebuilds that another source triggers).
 #[derive(Debug, Default)]
 pub struct ManifestServices {
     services: Vec<KService>,
@@ -27,19 +27,28 @@ pub struct ManifestServices {
 }
 
 impl Host {
-    /// Rebuilds the cluster zone: the manifests' Services and EndpointSlices (`m`, or the ones
-    /// last read), and the Services socket callers programmed.
-    pub async fn refresh_dns_zone(&self, m: Option<&crate::services::manifests::Manifests>) {
+    /// Rebuilds the cluster zone: the object sources' Services and EndpointSlices (`m` now
+    /// holding `source`'s, the others as last read), and the Services socket callers
+    /// programmed.
+    pub async fn refresh_dns_zone(
+        &self,
+        m: Option<(Source, &crate::services::manifests::Manifests)>,
+    ) {
         let Some(dns) = &self.dns else { return };
-        if let Some(m) = m {
+        if let Some((source, m)) = m {
             let (s, e) = m.service_objects();
-            let mut kept = self.dns_manifests.lock().unwrap();
+            let mut all = self.dns_objects.lock().unwrap();
+            let kept = all.entry(source).or_default();
             kept.services = s.into_iter().cloned().collect();
             kept.slices = e.into_iter().cloned().collect();
         }
         let mut zone = {
-            let kept = self.dns_manifests.lock().unwrap();
-            Zone::build(&dns.config().domain, &kept.services, &kept.slices)
+            let all = self.dns_objects.lock().unwrap();
+            Zone::build(
+                &dns.config().domain,
+                all.values().flat_map(|k| &k.services),
+                all.values().flat_map(|k| &k.slices),
+            )
         };
         let view = self.services.lock().await;
         for s in view.table.services() {

@@ -385,8 +385,9 @@ impl Policies {
     }
 }
 
-/// A `DnsPolicy` manifest (`apiVersion: netlet.io/v1alpha1`) in the contract's form, checked
-/// as an ApplyPolicy caller's would be. A policy without a namespace is cluster-wide.
+/// A `DnsPolicy` manifest or API object (`apiVersion: netlet.io/v1alpha1`; its spec is
+/// [`crate::crd::DnsPolicySpec`]) in the contract's form, checked as an ApplyPolicy caller's
+/// would be. A policy without a namespace is cluster-wide.
 ///
 /// ```yaml
 /// apiVersion: netlet.io/v1alpha1
@@ -407,36 +408,7 @@ impl Policies {
 ///   egressMinTtlSeconds: 30                  # (default 30)
 /// ```
 pub fn from_manifest(v: &serde_json::Value) -> Result<DnsPolicy, String> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase", deny_unknown_fields)]
-    struct Spec {
-        #[serde(default)]
-        pod_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
-        #[serde(default)]
-        allow: Vec<String>,
-        #[serde(default)]
-        deny: Vec<String>,
-        #[serde(default)]
-        default_action: Option<String>,
-        #[serde(default)]
-        server_side_search: bool,
-        #[serde(default)]
-        block_shadowing: bool,
-        #[serde(default)]
-        allow_shadowing: bool,
-        #[serde(default)]
-        module: String,
-        #[serde(default)]
-        module_settings: Option<serde_json::Value>,
-        #[serde(default)]
-        module_sha256: String,
-        #[serde(default)]
-        failure_action: Option<String>,
-        #[serde(default)]
-        egress_by_name: bool,
-        #[serde(default)]
-        egress_min_ttl_seconds: u32,
-    }
+    use crate::crd::DnsAction as A;
     if v.get("apiVersion").and_then(|a| a.as_str()) != Some("netlet.io/v1alpha1") {
         return Err("apiVersion: must be netlet.io/v1alpha1".into());
     }
@@ -448,16 +420,17 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<DnsPolicy, String> {
         .pointer("/metadata/namespace")
         .and_then(|n| n.as_str())
         .unwrap_or_default();
-    let spec: Spec = serde_path_to_error::deserialize(v.get("spec").cloned().unwrap_or_default())
-        .map_err(|e| format!("spec.{}: {}", e.path(), e.inner()))?;
-    let act = |field: &str, a: &Option<String>| -> Result<i32, String> {
-        Ok(match a.as_deref() {
+    let spec: crate::crd::DnsPolicySpec =
+        serde_path_to_error::deserialize(v.get("spec").cloned().unwrap_or_default())
+            .map_err(|e| format!("spec.{}: {}", e.path(), e.inner()))?;
+    let act = |a: Option<A>| -> i32 {
+        match a {
             None => DnsAction::Unspecified,
-            Some("Allow") => DnsAction::Allow,
-            Some("Deny") => DnsAction::Deny,
-            Some("Refuse") => DnsAction::Refuse,
-            Some(o) => return Err(format!("spec.{field}: {o:?} is not Allow, Deny or Refuse")),
-        } as i32)
+            Some(A::Allow) => DnsAction::Allow,
+            Some(A::Deny) => DnsAction::Deny,
+            Some(A::Refuse) => DnsAction::Refuse,
+        }
+        .into()
     };
     let p = DnsPolicy {
         key: Some(netlet_sdk::proto::PolicyKey {
@@ -468,7 +441,7 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<DnsPolicy, String> {
         pod_selector: spec.pod_selector.as_ref().map(crate::netpol::selector),
         allow: spec.allow,
         deny: spec.deny,
-        default_action: act("defaultAction", &spec.default_action)?,
+        default_action: act(spec.default_action),
         server_side_search: spec.server_side_search,
         block_tld_shadowing: spec.block_shadowing,
         allow_tld_shadowing: spec.allow_shadowing,
@@ -477,7 +450,7 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<DnsPolicy, String> {
             .module_settings
             .map(|s| s.to_string())
             .unwrap_or_default(),
-        failure_action: act("failureAction", &spec.failure_action)?,
+        failure_action: act(spec.failure_action),
         module_sha256: spec.module_sha256,
         egress_by_name: spec.egress_by_name,
         egress_min_ttl_seconds: spec.egress_min_ttl_seconds,

@@ -1,139 +1,335 @@
-//! The Kubernetes API as a source (kube-rs): Services and EndpointSlices of the whole cluster,
-//! each kept by a reflector (the watch relists on 410 Gone, follows bookmarks and backs off on
-//! errors, as kube-runtime's watcher does), fed into the node's Service view as
-//! [`Source::Kubernetes`] and checked with the manifests' rules ([`wanted_of`]). A relist
-//! replaces a reflector's store only once it is complete, so while the API server is away or
-//! relisting, the data plane keeps its last state, and afterwards only the difference is
-//! applied (the view hands drivers deltas).
+//! The Kubernetes API as a source (kube-rs): the cluster's Services and EndpointSlices,
+//! NetworkPolicies, Namespaces, Pods and Nodes, and — where the API server serves their kinds —
+//! AdminNetworkPolicies, BaselineAdminNetworkPolicies, ClusterNetworkPolicies and netlet's
+//! DnsPolicies and HostnameGrants. Each kind is kept by a reflector (the watch relists on 410 Gone, follows
+//! bookmarks and backs off on errors, as kube-runtime's watcher does); the objects are checked
+//! and applied with the manifests' rules ([`super::manifests::apply`]) as
+//! [`Source::Kubernetes`], errors named `kubernetes: …`.
+//!
+//! A relist replaces a reflector's store only once it is complete, so while the API server is
+//! away or relisting, the data plane keeps its last state, and afterwards only the difference
+//! is applied (the views hand drivers deltas). Objects are stored stripped of what netlet does
+//! not read (managed fields, annotations; of a Pod all but its labels, node, named ports and
+//! addresses): the initial list of a large cluster is where a watcher's memory goes.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
 
-use super::manifests::wanted_of;
+use super::manifests::{Manifests, Objects, apply};
 use super::sources::Source;
 use crate::Host;
 
 /// Changes arriving within this long of each other are applied together.
 const SETTLE: Duration = Duration::from_millis(20);
 
-/// A client for the API server a kubeconfig file names (its current context).
+/// How often kinds not served are looked for again.
+const REDISCOVER: Duration = Duration::from_secs(15);
+
+/// The name errors of this source carry.
+pub const ORIGIN: &str = "kubernetes";
+
+/// The kinds read as they come (converted by `netpol::cnp` and `dns::policy`), each watched
+/// only where the API server serves it.
+const DYNAMIC: [(&str, &str, &str); 5] = [
+    ("policy.networking.k8s.io", "v1alpha1", "AdminNetworkPolicy"),
+    (
+        "policy.networking.k8s.io",
+        "v1alpha1",
+        "BaselineAdminNetworkPolicy",
+    ),
+    (
+        "policy.networking.k8s.io",
+        "v1alpha2",
+        "ClusterNetworkPolicy",
+    ),
+    ("netlet.io", "v1alpha1", "DnsPolicy"),
+    ("netlet.io", "v1alpha1", "HostnameGrant"),
+];
+
+/// A client: for the API server a kubeconfig file names (its current context), or, given
+/// `in-cluster`, the one a pod's service account reaches.
 pub async fn client(path: &Path) -> anyhow::Result<Client> {
-    let kc = kube::config::Kubeconfig::read_from(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let cfg = if path == Path::new("in-cluster") {
+        kube::Config::incluster().map_err(|e| anyhow::anyhow!("in-cluster: {e}"))?
+    } else {
+        let kc = kube::config::Kubeconfig::read_from(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+    };
     Client::try_from(cfg).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// What a watch stream's events do: an error is logged (the watcher retries with backoff), any
-/// event wakes the applier.
-fn follow<T>(
-    what: &'static str,
-    tx: tokio::sync::mpsc::Sender<()>,
-) -> impl FnMut(Result<T, watcher::Error>) -> std::future::Ready<()> {
-    move |ev| {
-        if let Err(e) = ev {
-            tracing::warn!(kind = what, error = %e, "Kubernetes watch failed; retrying with backoff");
+/// What netlet never reads of any object.
+fn strip_meta<K: Resource>(o: &mut K) {
+    let m = o.meta_mut();
+    m.managed_fields = None;
+    m.annotations = None;
+    m.owner_references = None;
+}
+
+/// Of a Pod, what policy peers need: labels, node, named container ports, addresses.
+fn strip_pod(p: &mut Pod) {
+    strip_meta(p);
+    if let Some(spec) = p.spec.take() {
+        let mut containers = spec.containers;
+        for c in &mut containers {
+            let ports = c.ports.take();
+            *c = k8s_openapi::api::core::v1::Container {
+                name: std::mem::take(&mut c.name),
+                ports,
+                ..Default::default()
+            };
         }
-        let _ = tx.try_send(());
-        std::future::ready(())
+        p.spec = Some(PodSpec {
+            containers,
+            node_name: spec.node_name,
+            host_network: spec.host_network,
+            ..Default::default()
+        });
+    }
+    if let Some(status) = p.status.take() {
+        p.status = Some(PodStatus {
+            pod_ip: status.pod_ip,
+            pod_ips: status.pod_ips,
+            phase: status.phase,
+            ..Default::default()
+        });
+    }
+}
+
+/// Follows one kind into `writer`: an error is logged (the watcher retries with backoff), any
+/// event wakes the applier.
+fn follow<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    strip: fn(&mut K),
+    tx: tokio::sync::mpsc::Sender<()>,
+    what: String,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    tokio::spawn(
+        reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .modify(strip),
+        )
+        .for_each(move |ev| {
+            if let Err(e) = ev {
+                tracing::warn!(kind = %what, error = %e, "Kubernetes watch failed; retrying with backoff");
+            }
+            let _ = tx.try_send(());
+            std::future::ready(())
+        }),
+    )
+}
+
+/// The stores of every kind followed.
+struct Stores {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    network_policies: Store<NetworkPolicy>,
+    namespaces: Store<Namespace>,
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    dynamic: Vec<(String, Store<DynamicObject>)>,
+}
+
+impl Stores {
+    async fn ready(&self) -> bool {
+        let typed = self.services.wait_until_ready().await.is_ok()
+            && self.slices.wait_until_ready().await.is_ok()
+            && self.network_policies.wait_until_ready().await.is_ok()
+            && self.namespaces.wait_until_ready().await.is_ok()
+            && self.pods.wait_until_ready().await.is_ok()
+            && self.nodes.wait_until_ready().await.is_ok();
+        for (_, s) in &self.dynamic {
+            if s.wait_until_ready().await.is_err() {
+                return false;
+            }
+        }
+        typed
+    }
+
+    /// Everything held, as the manifests' objects.
+    fn objects(&self) -> Objects {
+        fn all<K: Clone + Resource>(s: &Store<K>) -> Vec<K>
+        where
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            s.state().iter().map(|o| o.as_ref().clone()).collect()
+        }
+        let mut o = Objects {
+            services: all(&self.services),
+            slices: all(&self.slices),
+            network_policies: all(&self.network_policies),
+            namespaces: all(&self.namespaces),
+            pods: all(&self.pods),
+            nodes: all(&self.nodes),
+            ..Default::default()
+        };
+        for (kind, s) in &self.dynamic {
+            let state = s.state();
+            let values = state
+                .iter()
+                .filter_map(|d| serde_json::to_value(d.as_ref()).ok());
+            match kind.as_str() {
+                "DnsPolicy" => o.dns_policies.extend(values),
+                "HostnameGrant" => o.hostname_grants.extend(values),
+                _ => o.cluster_policies.extend(values),
+            }
+        }
+        o
     }
 }
 
 /// Follows the API server until shutdown.
 pub async fn watch(host: Arc<Host>, client: Client) {
-    let (services, services_w) = reflector::store::<Service>();
-    let (slices, slices_w) = reflector::store::<EndpointSlice>();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    let s = tokio::spawn(
-        reflector(
-            services_w,
-            watcher(
-                Api::<Service>::all(client.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff(),
-        )
-        .for_each(follow("Service", tx.clone())),
-    );
-    let e = tokio::spawn(
-        reflector(
-            slices_w,
-            watcher(
-                Api::<EndpointSlice>::all(client),
-                watcher::Config::default(),
-            )
-            .default_backoff(),
-        )
-        .for_each(follow("EndpointSlice", tx)),
-    );
+    let mut tasks = Vec::new();
+    macro_rules! typed {
+        ($k:ty, $strip:expr) => {{
+            let (store, writer) = reflector::store::<$k>();
+            tasks.push(follow(
+                Api::<$k>::all(client.clone()),
+                writer,
+                $strip,
+                tx.clone(),
+                <$k as Resource>::kind(&()).to_string(),
+            ));
+            store
+        }};
+    }
+    let mut stores = Stores {
+        services: typed!(Service, strip_meta),
+        slices: typed!(EndpointSlice, strip_meta),
+        network_policies: typed!(NetworkPolicy, strip_meta),
+        namespaces: typed!(Namespace, strip_meta),
+        pods: typed!(Pod, strip_pod),
+        nodes: typed!(Node, strip_meta),
+        dynamic: Vec::new(),
+    };
     let mut shutdown = std::pin::pin!(crate::stopped(host.shutdown.clone()));
-    // Nothing is applied before both have been listed once: an empty store is not "no
-    // Services".
-    tokio::select! {
-        r = async { services.wait_until_ready().await.and(slices.wait_until_ready().await) } => {
-            if r.is_err() {
+    // Which optional kinds are served is known once the API server answers; until then (it may
+    // start after the node) discovery is retried.
+    let mut absent: Vec<(&str, &str, &str)> = DYNAMIC.to_vec();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let transient = discover(&client, &mut absent, &mut stores, &mut tasks, &tx).await;
+        if !transient {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(10)),
+            () = &mut shutdown => {
+                tasks.iter().for_each(|t| t.abort());
                 return;
             }
         }
+    }
+    // Nothing is applied before every kind has been listed once: an empty store is not "no
+    // Services".
+    tokio::select! {
+        ok = stores.ready() => if !ok { return },
         () = &mut shutdown => {
-            s.abort();
-            e.abort();
+            tasks.iter().for_each(|t| t.abort());
             return;
         }
     }
     tracing::info!(
-        services = services.len(),
-        endpoint_slices = slices.len(),
+        services = stores.services.len(),
+        endpoint_slices = stores.slices.len(),
+        network_policies = stores.network_policies.len(),
+        pods = stores.pods.len(),
         "Kubernetes API listed"
     );
+    // A kind not served at the start (its CRD applied after the node came up) is looked for
+    // again now and then.
+    let mut rediscover = tokio::time::interval(REDISCOVER);
+    rediscover.reset();
     loop {
-        apply(&host, &services, &slices).await;
+        let m = Manifests::of(ORIGIN, stores.objects());
+        apply(&host, Source::Kubernetes, &m, ORIGIN).await;
+        drop(m);
         tokio::select! {
             Some(()) = rx.recv() => tokio::time::sleep(SETTLE).await,
+            _ = rediscover.tick(), if !absent.is_empty() => {
+                let before = stores.dynamic.len();
+                discover(&client, &mut absent, &mut stores, &mut tasks, &tx).await;
+                for (kind, s) in &stores.dynamic[before..] {
+                    if s.wait_until_ready().await.is_err() {
+                        tracing::warn!(kind, "Kubernetes kind not listed");
+                    }
+                }
+                continue;
+            }
             () = &mut shutdown => break,
         }
         while rx.try_recv().is_ok() {}
     }
-    s.abort();
-    e.abort();
+    tasks.iter().for_each(|t| t.abort());
 }
 
-async fn apply(
-    host: &Host,
-    services: &reflector::Store<Service>,
-    slices: &reflector::Store<EndpointSlice>,
-) {
-    let (svcs, eps) = (services.state(), slices.state());
-    let (wanted, invalid) = wanted_of(
-        svcs.iter().map(|s| ("kubernetes".to_string(), s.as_ref())),
-        eps.iter().map(|s| ("kubernetes".to_string(), s.as_ref())),
-        &host.settings.node,
-        &host.settings.node_port_range,
-    );
-    for e in &invalid {
-        tracing::error!(error = %e, "Kubernetes object left out");
+/// Starts following each kind of `absent` the API server serves (taking it out of `absent`).
+/// True when the API server could not be asked about one (retry later); a kind it answers is
+/// not served stays in `absent`.
+async fn discover(
+    client: &Client,
+    absent: &mut Vec<(&str, &str, &str)>,
+    stores: &mut Stores,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    tx: &tokio::sync::mpsc::Sender<()>,
+) -> bool {
+    let mut transient = false;
+    let mut still = Vec::new();
+    for (group, version, kind) in absent.drain(..) {
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        match kube::discovery::pinned_kind(client, &gvk).await {
+            Ok((ar, _)) => {
+                tracing::info!(kind, group, version, "Kubernetes kind served; followed");
+                let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
+                stores.dynamic.push((kind.to_string(), writer.as_reader()));
+                tasks.push(follow(
+                    Api::<DynamicObject>::all_with(client.clone(), &ar),
+                    writer,
+                    strip_meta,
+                    tx.clone(),
+                    kind.to_string(),
+                ));
+            }
+            Err(e) => {
+                let answered = matches!(&e, kube::Error::Discovery(_))
+                    || matches!(&e, kube::Error::Api(s) if s.code == 404);
+                if answered {
+                    tracing::debug!(
+                        kind,
+                        group,
+                        version,
+                        "Kubernetes kind not served; looked for again later"
+                    );
+                } else {
+                    tracing::warn!(kind, group, version, error = %e, "Kubernetes API discovery failed; retrying");
+                    transient = true;
+                }
+                still.push((group, version, kind));
+            }
+        }
     }
-    tracing::debug!(
-        services = wanted.len(),
-        endpoints = wanted.values().map(|w| w.endpoints.len()).sum::<usize>(),
-        "Kubernetes objects applied"
-    );
-    let mut view = host.services.lock().await;
-    let prev = view.table.generation();
-    let (delta, conflicts) = view.replace(Source::Kubernetes, wanted);
-    for c in conflicts {
-        tracing::error!(service = %format!("{}/{}", c.key.namespace, c.key.name), owner = c.owner.as_str(), "Kubernetes Service not applied: another source owns it");
-    }
-    if let Err(e) = crate::api::services::push(host, &view, prev, delta).await {
-        tracing::warn!(error = %e, "Services drivers not brought up to date; retried at their next resync");
-    }
+    *absent = still;
+    transient
 }

@@ -79,6 +79,8 @@ pub struct Objects {
     pub cluster_policies: Vec<serde_json::Value>,
     /// netlet's DnsPolicies (as read; converted by `dns::policy::from_manifest`).
     pub dns_policies: Vec<serde_json::Value>,
+    /// netlet's HostnameGrants (as read; converted by `grants::from_manifest`).
+    pub hostname_grants: Vec<serde_json::Value>,
     /// Nodes (their addresses, for node peers).
     pub nodes: Vec<k8s_openapi::api::core::v1::Node>,
 }
@@ -91,6 +93,8 @@ impl Objects {
             && self.namespaces.is_empty()
             && self.pods.is_empty()
             && self.cluster_policies.is_empty()
+            && self.dns_policies.is_empty()
+            && self.hostname_grants.is_empty()
             && self.nodes.is_empty()
     }
 }
@@ -135,10 +139,11 @@ pub fn parse(text: &str) -> Result<Objects, String> {
                 o.cluster_policies.push(v)
             }
             "DnsPolicy" => o.dns_policies.push(v),
+            "HostnameGrant" => o.hostname_grants.push(v),
             "" => return Err(format!("document {}: no kind", i + 1)),
             other => {
                 return Err(format!(
-                    "document {}: kind {other} is not Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy, DnsPolicy, Namespace, Pod or Node",
+                    "document {}: kind {other} is not Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy, DnsPolicy, HostnameGrant, Namespace, Pod or Node",
                     i + 1
                 ));
             }
@@ -155,6 +160,23 @@ fn is_manifest(p: &Path) -> bool {
 }
 
 impl Manifests {
+    /// Objects held elsewhere (the Kubernetes API source's), as one pseudo-file named
+    /// `origin`, so they are checked and reported with the manifests' rules.
+    pub fn of(origin: &str, objects: Objects) -> Self {
+        let mut files = BTreeMap::new();
+        files.insert(
+            PathBuf::from(origin),
+            FileState {
+                objects,
+                ..Default::default()
+            },
+        );
+        Manifests {
+            dir: PathBuf::from(origin),
+            files,
+        }
+    }
+
     /// A source over `dir` (read by [`Manifests::scan`]).
     pub fn new(dir: &Path) -> Self {
         Self {
@@ -362,6 +384,26 @@ impl Manifests {
                     )),
                 }
             }
+            for v in &f.objects.hostname_grants {
+                match crate::grants::from_manifest(v) {
+                    Ok(g) => {
+                        if let Some(k) = g
+                            .key
+                            .as_ref()
+                            .map(|k| (k.kind, k.namespace.clone(), k.name.clone()))
+                        {
+                            out.insert(k, crate::policy::Item::Grant(g));
+                        }
+                    }
+                    Err(why) => errors.push(format!(
+                        "{}: HostnameGrant {}: {why}",
+                        path.display(),
+                        v.pointer("/metadata/name")
+                            .and_then(|k| k.as_str())
+                            .unwrap_or_default()
+                    )),
+                }
+            }
         }
         (out, errors)
     }
@@ -514,75 +556,107 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
             continue;
         }
         scanned = true;
-        let (wanted, invalid) = m.wanted(&host.settings.node, &host.settings.node_port_range);
-        let mut view = host.services.lock().await;
-        let prev = view.table.generation();
-        let (delta, conflicts) = view.replace(Source::Manifests, wanted);
-        let mut errors = m.errors();
-        for e in invalid {
-            tracing::error!(error = %e, "manifest object left out");
-            errors.push(e);
-        }
-        for c in conflicts {
-            tracing::error!(service = %format!("{}/{}", c.key.namespace, c.key.name), owner = c.owner.as_str(), "manifest Service not applied: another source owns it");
-            errors.push(format!("{}: {c}", dir.display()));
-        }
-        // Two Services asking for one address and port: the first holds it (reported, not
-        // refused: the data plane keeps serving the holder and hands it on when it goes).
-        for m in view.claim_conflicts(Source::Manifests) {
-            tracing::error!(conflict = %m, "manifest Service asks for what another holds");
-            errors.push(format!("{}: {m}", dir.display()));
-        }
-        if let Ok(mut e) = host.manifest_errors.lock() {
-            *e = errors;
-        }
-        if let Err(e) = crate::api::services::push(&host, &view, prev, delta).await {
-            tracing::warn!(error = %e, "Services drivers not brought up to date; retried at their next resync");
-        }
-        drop(view);
-        host.refresh_dns_zone(Some(&m)).await;
-        let (policies, invalid) = m.network_policies();
-        if let Ok(mut c) = host.manifest_cluster.lock() {
-            let mut next = m.cluster();
-            // The same Pod objects keep the same shared list: diffs then skip them.
-            if next.remote == c.remote {
-                next.remote = c.remote.clone();
-            }
-            *c = next;
-        }
-        // The pods and namespaces may have changed: the sets follow (whichever source the
-        // policies come from). A driver that misses this gets the batch below (or a full
-        // sync) anyway.
-        let _ = host.refresh_policy_pods(!policies.is_empty()).await;
-        let mut pview = host.policies.lock().await;
-        let prev = pview.table.generation();
-        let (batch, conflicts) = pview.replace(Source::Manifests, policies);
-        let mut perrors: Vec<String> = invalid;
-        perrors.extend(
-            conflicts
-                .into_iter()
-                .map(|c| format!("{}: {c}", dir.display())),
-        );
-        for e in &perrors {
-            tracing::error!(error = %e, "manifest NetworkPolicy left out");
-        }
-        if let Ok(mut e) = host.manifest_errors.lock() {
-            e.extend(perrors);
-        }
-        let first = !host
-            .policies_loaded
-            .swap(true, std::sync::atomic::Ordering::SeqCst);
-        // After the first scan every Policy driver gets its first full sync (a driver with
-        // nothing applied is sent the whole table, whatever the delta).
-        let batch = batch.or_else(|| first.then(netlet_sdk::proto::ApplyPolicyRequest::default));
-        if let Some(batch) = batch
-            && let Err(e) = crate::api::policy::push(&host, &pview, prev, &batch).await
-        {
-            tracing::warn!(error = %e, "Policy drivers not brought up to date; retried at their next resync");
-        }
-        drop(pview);
-        host.refresh_dns_policies().await;
+        let origin = dir.display().to_string();
+        apply(&host, Source::Manifests, &m, &origin).await;
     }
+}
+
+/// Brings the node to what an object source holds (`m`: the manifests, or the objects the
+/// Kubernetes API source holds, as one pseudo-file): its Services, the DNS zone, the pods and
+/// namespaces policy selectors resolve against, and its policies. What is left out or
+/// conflicts is reported as `origin: …` (for the manifests, as `file: …`). The first apply of
+/// the last source still unread lets the drivers have their first full sync.
+pub(crate) async fn apply(host: &Arc<Host>, source: Source, m: &Manifests, origin: &str) {
+    let (wanted, invalid) = m.wanted(&host.settings.node, &host.settings.node_port_range);
+    let mut view = host.services.lock().await;
+    let prev = view.table.generation();
+    let (delta, conflicts) = view.replace(source, wanted);
+    let mut errors = m.errors();
+    let what = source.as_str();
+    for e in invalid {
+        tracing::error!(source = what, error = %e, "object left out");
+        errors.push(e);
+    }
+    for c in conflicts {
+        tracing::error!(source = what, service = %format!("{}/{}", c.key.namespace, c.key.name), owner = c.owner.as_str(), "Service not applied: another source owns it");
+        errors.push(format!("{origin}: {c}"));
+    }
+    // Two Services asking for one address and port: the first holds it (reported, not
+    // refused: the data plane keeps serving the holder and hands it on when it goes).
+    for m in view.claim_conflicts(source) {
+        tracing::error!(source = what, conflict = %m, "Service asks for what another holds");
+        errors.push(format!("{origin}: {m}"));
+    }
+    let first = host
+        .sources_pending
+        .load(std::sync::atomic::Ordering::SeqCst)
+        > 0
+        && !host
+            .source_errors
+            .lock()
+            .is_ok_and(|e| e.contains_key(&source));
+    if let Ok(mut e) = host.source_errors.lock() {
+        e.insert(source, errors);
+    }
+    // This source's first read: once it was the last one unread, every driver may have its
+    // first full sync (a driver with nothing applied is sent the whole table).
+    let all_loaded = if first {
+        host.sources_pending
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+    } else {
+        false
+    };
+    let delta = delta.or_else(|| {
+        all_loaded.then(|| netlet_sdk::proto::ProgramServiceRequest {
+            generation: view.table.generation(),
+            ..Default::default()
+        })
+    });
+    // Until every source is read, drivers keep what they have (a driver that outlived a host
+    // restart goes on serving the Services of a source not read yet).
+    if !host.sources_loaded() {
+        host.health_checks.reconcile(&view);
+    } else if let Err(e) = crate::api::services::push(host, &view, prev, delta).await {
+        tracing::warn!(error = %e, "Services drivers not brought up to date; retried at their next resync");
+    }
+    drop(view);
+    host.refresh_dns_zone(Some((source, m))).await;
+    let (policies, invalid) = m.network_policies();
+    if let Ok(mut all) = host.source_clusters.lock() {
+        let mut next = m.cluster();
+        let c = all.entry(source).or_default();
+        // The same Pod objects keep the same shared list: diffs then skip them.
+        if next.remote == c.remote {
+            next.remote = c.remote.clone();
+        }
+        *c = next;
+    }
+    // The pods and namespaces may have changed: the sets follow (whichever source the
+    // policies come from). A driver that misses this gets the batch below (or a full
+    // sync) anyway.
+    let _ = host.refresh_policy_pods(!policies.is_empty()).await;
+    let mut pview = host.policies.lock().await;
+    let prev = pview.table.generation();
+    let (batch, conflicts) = pview.replace(source, policies);
+    let mut perrors: Vec<String> = invalid;
+    perrors.extend(conflicts.into_iter().map(|c| format!("{origin}: {c}")));
+    for e in &perrors {
+        tracing::error!(source = what, error = %e, "policy left out");
+    }
+    if let Ok(mut e) = host.source_errors.lock() {
+        e.entry(source).or_default().extend(perrors);
+    }
+    // After the first read of every source each Policy driver gets its first full sync (a
+    // driver with nothing applied is sent the whole table, whatever the delta).
+    let batch = batch.or_else(|| all_loaded.then(netlet_sdk::proto::ApplyPolicyRequest::default));
+    if let Some(batch) = batch.filter(|_| host.sources_loaded())
+        && let Err(e) = crate::api::policy::push(host, &pview, prev, &batch).await
+    {
+        tracing::warn!(error = %e, "Policy drivers not brought up to date; retried at their next resync");
+    }
+    drop(pview);
+    host.refresh_dns_policies().await;
 }
 
 #[cfg(test)]
@@ -622,7 +696,7 @@ mod tests {
         std::fs::write(&f, "kind: ConfigMap\n").unwrap();
         assert!(m.scan());
         assert!(m.errors()[0].contains(
-            "kind ConfigMap is not Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy, DnsPolicy, Namespace, Pod or Node"
+            "kind ConfigMap is not Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy, DnsPolicy, HostnameGrant, Namespace, Pod or Node"
         ));
         // Deleting the file deletes its Services.
         std::fs::remove_file(&f).unwrap();
