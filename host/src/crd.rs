@@ -42,7 +42,6 @@ fn any_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 )]
 #[x_kube(validation = Rule::new("!(self.blockShadowing && self.allowShadowing)").message("blockShadowing and allowShadowing exclude each other"))]
 #[x_kube(validation = Rule::new("self.moduleSha256 == '' || self.module != ''").message("moduleSha256 needs module"))]
-#[x_kube(validation = Rule::new("!has(self.moduleSettings) || self.module != ''").message("moduleSettings needs module"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DnsPolicySpec {
     /// The pods it applies to; absent: every pod of the namespace.

@@ -103,6 +103,8 @@ pub struct Host {
     /// driver is sent a full sync: what a driver kept from before a host restart goes on
     /// serving and enforcing instead of an empty table (no flap).
     pub sources_pending: std::sync::atomic::AtomicUsize,
+    /// The object sources read once so far.
+    pub sources_read: std::sync::Mutex<std::collections::BTreeSet<Source>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The WebAssembly policy modules.
@@ -301,6 +303,7 @@ pub async fn run(
         source_clusters: Default::default(),
         health_checks: services::health::HealthChecks::new(registry.clone()),
         policies: tokio::sync::Mutex::new(policy::PolicyView::new(epoch)),
+        sources_read: Default::default(),
         sources_pending: std::sync::atomic::AtomicUsize::new(
             usize::from(settings.manifests_dir.is_some())
                 + usize::from(settings.kubeconfig.is_some()),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver (k8s.io/kubernetes, pinned in apiserver/go.mod) and etcd
+# Builds kube-apiserver, kubectl and kube-proxy (k8s.io/kubernetes, pinned in apiserver/go.mod) and etcd
 # (go.etcd.io/etcd/server/v3, pinned in etcd/go.mod) from their Go modules, once: the binaries
 # are cached in $NETLET_K8S_BIN (default /var/tmp/netlet-k8s-bin), outside the clone, and
 # rebuilt only when a go.mod or go.sum here changes. About 4 minutes on 2 cores the first time.
@@ -7,11 +7,13 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out="${NETLET_K8S_BIN:-/var/tmp/netlet-k8s-bin}"
 mkdir -p "$out"
-stamp=$(cat "$here"/apiserver/go.mod "$here"/apiserver/go.sum "$here"/etcd/go.mod "$here"/etcd/go.sum "$here"/etcd/main.go | sha256sum | cut -d' ' -f1)
-if [ -x "$out/kube-apiserver" ] && [ -x "$out/etcd" ] && [ "$(cat "$out/STAMP" 2>/dev/null)" = "$stamp" ]; then
+stamp=$(cat "$here"/apiserver/tools.go "$here"/apiserver/go.mod "$here"/apiserver/go.sum "$here"/etcd/go.mod "$here"/etcd/go.sum "$here"/etcd/main.go | sha256sum | cut -d' ' -f1)
+if [ -x "$out/kube-apiserver" ] && [ -x "$out/kubectl" ] && [ -x "$out/kube-proxy" ] && [ -x "$out/etcd" ] && [ "$(cat "$out/STAMP" 2>/dev/null)" = "$stamp" ]; then
   exit 0
 fi
 rm -f "$out/STAMP"
-(cd "$here/apiserver" && go build -o "$out/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
+for cmd in kube-apiserver kubectl kube-proxy; do
+  (cd "$here/apiserver" && go build -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd")
+done
 (cd "$here/etcd" && go build -o "$out/etcd" .)
 echo "$stamp" > "$out/STAMP"

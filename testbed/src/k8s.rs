@@ -15,11 +15,32 @@ use crate::harness::{Node, skip};
 pub const SERVER: &str = "https://127.0.0.1:6443";
 const TOKEN: &str = "netlet-test-admin-token";
 
+/// Where `testbed/k8s/build.sh` puts the binaries.
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("NETLET_K8S_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/netlet-k8s-bin"))
+}
+
+/// The built `kubectl`; when missing, [`skip`] decides.
+pub fn kubectl(test: &str) -> Option<PathBuf> {
+    let k = bin_dir().join("kubectl");
+    if k.is_file() {
+        return Some(k);
+    }
+    skip(
+        test,
+        &format!(
+            "{}: no kubectl (testbed/k8s/build.sh builds it)",
+            k.display()
+        ),
+    );
+    None
+}
+
 /// The built binaries (etcd, kube-apiserver); when missing, [`skip`] decides.
 pub fn binaries(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let dir = std::env::var_os("NETLET_K8S_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/netlet-k8s-bin"));
+    let dir = bin_dir();
     let (etcd, api) = (dir.join("etcd"), dir.join("kube-apiserver"));
     if etcd.is_file() && api.is_file() {
         Some((etcd, api))
@@ -38,10 +59,15 @@ pub fn binaries(test: &str) -> Option<(PathBuf, PathBuf)> {
 /// Writes a kubeconfig for [`SERVER`] with the administrator's token to `path` (before the
 /// API server runs: a client started early waits for it).
 pub fn write_kubeconfig(path: &Path) {
+    write_kubeconfig_with(path, TOKEN);
+}
+
+/// Writes a kubeconfig for [`SERVER`] with bearer `token` to `path`.
+pub fn write_kubeconfig_with(path: &Path, token: &str) {
     std::fs::write(
         path,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {SERVER}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: test\n  context: {{cluster: test, user: admin}}\ncurrent-context: test\n"
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {SERVER}\n    insecure-skip-tls-verify: true\nusers:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context: {{cluster: test, user: user}}\ncurrent-context: test\n"
         ),
     )
     .expect("kubeconfig");
@@ -50,6 +76,7 @@ pub fn write_kubeconfig(path: &Path) {
 /// etcd and kube-apiserver running in a node's namespace; stopped when dropped.
 pub struct ApiServer {
     netns: PathBuf,
+    api_bin: PathBuf,
     dir: tempfile::TempDir,
     etcd: Option<Child>,
     api: Option<Child>,
@@ -94,8 +121,26 @@ impl ApiServer {
             .stderr(log("etcd.log"))
             .spawn()
             .expect("etcd");
-        let api = node
-            .command(api)
+        let mut s = ApiServer {
+            netns: node.netns.path.clone(),
+            api_bin: api.to_path_buf(),
+            dir,
+            etcd: Some(etcd),
+            api: None,
+        };
+        s.start_api();
+        s
+    }
+
+    /// Starts kube-apiserver and waits until it is ready.
+    fn start_api(&mut self) {
+        let d = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("kube-apiserver.log"))
+            .unwrap();
+        let api = crate::harness::in_netns(Some(&self.netns), &self.api_bin)
             .args([
                 "--etcd-servers",
                 "http://127.0.0.1:2379",
@@ -111,6 +156,8 @@ impl ApiServer {
                 "RBAC",
                 "--service-cluster-ip-range",
                 "10.96.0.0/16",
+                // As kubeadm runs it: node agents such as netlet's DaemonSet are privileged.
+                "--allow-privileged=true",
             ])
             .arg("--cert-dir")
             .arg(d.join("certs"))
@@ -121,15 +168,11 @@ impl ApiServer {
             .arg("--token-auth-file")
             .arg(d.join("tokens.csv"))
             .stdout(Stdio::null())
-            .stderr(log("kube-apiserver.log"))
+            .stderr(log)
             .spawn()
             .expect("kube-apiserver");
-        let mut s = ApiServer {
-            netns: node.netns.path.clone(),
-            dir,
-            etcd: Some(etcd),
-            api: Some(api),
-        };
+        self.api = Some(api);
+        let s = self;
         let deadline = Instant::now() + Duration::from_secs(60);
         while s.request("GET", "/readyz", None).as_deref() != Ok("ok") {
             let exited = s.api.as_mut().and_then(|c| c.try_wait().ok().flatten());
@@ -141,7 +184,47 @@ impl ApiServer {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        s
+    }
+
+    /// Stops kube-apiserver (etcd goes on).
+    pub fn stop_api(&mut self) {
+        if let Some(mut c) = self.api.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts kube-apiserver again after [`ApiServer::stop_api`] and waits until it is ready.
+    pub fn restart_api(&mut self) {
+        self.stop_api();
+        self.start_api();
+    }
+
+    /// Compacts etcd at its current revision: watches from before it can no longer resume
+    /// (410 Gone), as after a long disconnection.
+    pub fn compact_etcd(&self) -> Result<u64, String> {
+        let post = |path: &str, body: &str| -> Result<serde_json::Value, String> {
+            let curl =
+                crate::harness::which("curl").unwrap_or_else(|| PathBuf::from("/usr/bin/curl"));
+            let out = crate::harness::in_netns(Some(&self.netns), &curl)
+                .args(["-sf", "-X", "POST", "--data-binary", body])
+                .arg(format!("http://127.0.0.1:2379{path}"))
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!("etcd {path}: {}", out.status));
+            }
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+        };
+        let rev: u64 = post("/v3/kv/range", r#"{"key":"AA=="}"#)?["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .ok_or("no revision")?;
+        post(
+            "/v3/kv/compaction",
+            &format!(r#"{{"revision":"{rev}","physical":true}}"#),
+        )?;
+        Ok(rev)
     }
 
     /// One request as the administrator; the body of a 2xx answer, else the status and body.
@@ -165,6 +248,44 @@ impl ApiServer {
         } else {
             Err(format!("{method} {path}: HTTP {code}: {body}"))
         }
+    }
+}
+
+impl ApiServer {
+    /// Runs `kubectl` (as the administrator, in the node's namespace) with `args`; its output,
+    /// or why it failed.
+    pub fn kubectl(&self, kubectl: &Path, args: &[&str]) -> Result<String, String> {
+        let kc = self.dir.path().join("admin.kubeconfig");
+        if !kc.exists() {
+            write_kubeconfig(&kc);
+        }
+        let out = crate::harness::in_netns(Some(&self.netns), kubectl)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!("kubectl {}: {text}", args.join(" ")))
+        }
+    }
+
+    /// A bearer token of ServiceAccount `namespace/name` (the TokenRequest API).
+    pub fn token(&self, namespace: &str, name: &str) -> Result<String, String> {
+        let out = self.request(
+            "POST",
+            &format!("/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"),
+            Some(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{}}"#),
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        v["status"]["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("no token in {out}"))
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use netlet_testbed::harness::{
     Node, attach, attach_default, bridge_driver, nft_driver, privileged, tool, wait_until,
 };
-use netlet_testbed::k8s::{ApiServer, binaries, write_kubeconfig};
+use netlet_testbed::k8s::{ApiServer, binaries, kubectl, write_kubeconfig, write_kubeconfig_with};
 use netlet_testbed::probe::{self, NetNs};
 
 const V4: &str = "10.244.0.0/24";
@@ -30,6 +30,7 @@ fn service(ready: bool) -> (String, String) {
 struct Cluster {
     apiserver: ApiServer,
     node: Node,
+    kubeconfig: std::path::PathBuf,
     _outside: NetNs,
     _dir: tempfile::TempDir,
 }
@@ -68,35 +69,36 @@ impl Cluster {
         Some(Cluster {
             apiserver,
             node,
+            kubeconfig,
             _outside: outside,
             _dir: dir,
         })
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_service_created_through_the_api_answers_from_a_pod() {
-    const T: &str = "a_service_created_through_the_api_answers_from_a_pod";
-    let Some(cl) = Cluster::start(T, "k8s").await else {
-        return;
-    };
-    let (apiserver, node) = (&cl.apiserver, &cl.node);
+/// Pods `web` (10.244.0.10, echoing on 8080, the Service's endpoint) and `client` of the
+/// default namespace, attached to `node`.
+async fn web_and_client(node: &Node, tag: &str) -> Vec<NetNs> {
     let c = node.host.clients().await;
     let mut pods = Vec::new();
     for (name, ips) in [("web", vec!["10.244.0.10".to_string()]), ("client", vec![])] {
-        let ns = NetNs::create(&format!("netlet-k8s-{name}-{}", std::process::id())).unwrap();
-        attach_default(&c, &format!("k8s-{name}"), name, &ns.path, ips)
+        let ns = NetNs::create(&format!("netlet-{tag}-{name}-{}", std::process::id())).unwrap();
+        attach_default(&c, &format!("{tag}-{name}"), name, &ns.path, ips)
             .await
             .expect("attach");
         pods.push(ns);
     }
-    let backend: SocketAddr = "10.244.0.10:8080".parse().unwrap();
-    probe::tcp_echo(Some(&pods[0].path), backend, 1000).unwrap();
-    let vip: SocketAddr = "10.96.0.80:80".parse().unwrap();
-    let client = pods[1].path.clone();
-    let ask = move || probe::tcp_request(&client, vip, "hello");
+    probe::tcp_echo(
+        Some(&pods[0].path),
+        "10.244.0.10:8080".parse().unwrap(),
+        1000,
+    )
+    .unwrap();
+    pods
+}
 
-    // Created through the API: answered from the client pod.
+/// The Service of [`service`] through the API, and its answer from a pod namespace.
+async fn serve_and_ask(apiserver: &ApiServer, client: std::path::PathBuf) -> String {
     let (svc, slice) = service(true);
     apiserver
         .request("POST", "/api/v1/namespaces/default/services", Some(&svc))
@@ -108,12 +110,28 @@ async fn a_service_created_through_the_api_answers_from_a_pod() {
             Some(&slice),
         )
         .unwrap();
-    let a = ask.clone();
-    let answer = wait_until("the Service answers", Duration::from_secs(20), || {
-        let a = a.clone();
-        async move { a().ok() }
+    let vip: SocketAddr = "10.96.0.80:80".parse().unwrap();
+    wait_until("the Service answers", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move { probe::tcp_request(&client, vip, "hello").ok() }
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_created_through_the_api_answers_from_a_pod() {
+    const T: &str = "a_service_created_through_the_api_answers_from_a_pod";
+    let Some(cl) = Cluster::start(T, "k8s").await else {
+        return;
+    };
+    let (apiserver, node) = (&cl.apiserver, &cl.node);
+    let pods = web_and_client(node, "k8s").await;
+    let vip: SocketAddr = "10.96.0.80:80".parse().unwrap();
+    let client = pods[1].path.clone();
+    let ask = move || probe::tcp_request(&client, vip, "hello");
+
+    // Created through the API: answered from the client pod.
+    let answer = serve_and_ask(apiserver, pods[1].path.clone()).await;
     assert!(answer.ends_with("|hello"), "{answer}");
 
     // The endpoint turns not ready: no endpoint, refused.
@@ -347,4 +365,260 @@ async fn a_network_policy_created_through_the_api_is_enforced() {
         "{:?}",
         node.host.kubernetes_errors()
     );
+}
+
+/// deploy/ applies to a real API server (the CRDs' schemas are accepted and enforced: an object
+/// breaking a rule is refused with the rule's message), a ServiceAccount without the binding is
+/// refused and the host says so, and the ClusterRole of deploy/ suffices: the host run with the
+/// netlet ServiceAccount's token serves a Service and reads DnsPolicies and HostnameGrants.
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_applies_and_its_cluster_role_suffices() {
+    const T: &str = "deploy_applies_and_its_cluster_role_suffices";
+    let Some(kubectl) = kubectl(T) else { return };
+    let Some(mut cl) = Cluster::start(T, "k8sdep").await else {
+        return;
+    };
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let (crds, manifests) = (
+        deploy.join("crds").display().to_string(),
+        deploy.join("netlet.yaml").display().to_string(),
+    );
+    let out = cl
+        .apiserver
+        .kubectl(&kubectl, &["apply", "-f", &crds, "-f", &manifests])
+        .unwrap();
+    for created in [
+        "customresourcedefinition.apiextensions.k8s.io/dnspolicies.netlet.io created",
+        "customresourcedefinition.apiextensions.k8s.io/hostnamegrants.netlet.io created",
+        "clusterrole.rbac.authorization.k8s.io/netlet created",
+        "daemonset.apps/netlet created",
+        "configmap/netlet-config created",
+    ] {
+        assert!(out.contains(created), "{created}: {out}");
+    }
+    cl.apiserver
+        .kubectl(
+            &kubectl,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd/dnspolicies.netlet.io",
+                "crd/hostnamegrants.netlet.io",
+            ],
+        )
+        .unwrap();
+
+    // The schema's rules, enforced by the API server before netlet sees anything.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    for (doc, why) in [
+        (
+            "apiVersion: netlet.io/v1alpha1\nkind: DnsPolicy\nmetadata: {name: both, namespace: default}\nspec: {blockShadowing: true, allowShadowing: true}\n",
+            "blockShadowing and allowShadowing exclude each other",
+        ),
+        (
+            "apiVersion: netlet.io/v1alpha1\nkind: DnsPolicy\nmetadata: {name: act, namespace: default}\nspec: {defaultAction: Drop}\n",
+            "spec.defaultAction: Unsupported value: \"Drop\"",
+        ),
+        (
+            "apiVersion: netlet.io/v1alpha1\nkind: HostnameGrant\nmetadata: {name: none}\nspec: {namespaces: [shop], hostnames: []}\n",
+            "spec.hostnames: Invalid value: 0",
+        ),
+    ] {
+        std::fs::write(&bad, doc).unwrap();
+        let err = cl
+            .apiserver
+            .kubectl(&kubectl, &["apply", "-f", &bad.display().to_string()])
+            .expect_err(doc);
+        assert!(err.contains(why), "{why}: {err}");
+    }
+
+    // A ServiceAccount the ClusterRole is not bound to: refused, and the host says what.
+    cl.apiserver
+        .kubectl(
+            &kubectl,
+            &["create", "serviceaccount", "nobody", "-n", "netlet-system"],
+        )
+        .unwrap();
+    let restart = |cl: &mut Cluster, token: &str| {
+        cl.node.host.stop_with(nix::sys::signal::Signal::SIGTERM);
+        write_kubeconfig_with(&cl.kubeconfig, token);
+    };
+    let nobody = cl.apiserver.token("netlet-system", "nobody").unwrap();
+    restart(&mut cl, &nobody);
+    cl.node.host.spawn().await;
+    let host = &cl.node.host;
+    let refused = wait_until("RBAC refusal reported", Duration::from_secs(30), || async {
+        host.kubernetes_errors()
+            .into_iter()
+            .find(|e| e.contains("watch Service") && e.contains("forbidden"))
+    })
+    .await;
+    assert!(
+        refused.contains("system:serviceaccount:netlet-system:nobody")
+            && refused.contains("cannot list resource \"services\""),
+        "{refused}"
+    );
+
+    // The netlet ServiceAccount, bound by deploy/: everything it follows is readable.
+    let token = cl.apiserver.token("netlet-system", "netlet").unwrap();
+    restart(&mut cl, &token);
+    cl.node.host.spawn().await;
+    cl.node.host.wait_ready("default").await;
+    cl.node.host.wait_driver("nft").await;
+    let pods = web_and_client(&cl.node, "k8sdep").await;
+    let c = cl.node.host.clients().await;
+    let answer = serve_and_ask(&cl.apiserver, pods[1].path.clone()).await;
+    assert!(answer.ends_with("|hello"), "{answer}");
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "apiVersion: netlet.io/v1alpha1\nkind: DnsPolicy\nmetadata: {name: shop-dns, namespace: default}\nspec: {allow: [api.example.com], defaultAction: Deny}\n---\napiVersion: netlet.io/v1alpha1\nkind: HostnameGrant\nmetadata: {name: shop}\nspec: {namespaces: [shop], hostnames: ['*.shop.example.com']}\n",
+    )
+    .unwrap();
+    cl.apiserver
+        .kubectl(&kubectl, &["apply", "-f", &good.display().to_string()])
+        .unwrap();
+    let policy = c.policy.clone();
+    let listed = wait_until(
+        "DnsPolicy and HostnameGrant read",
+        Duration::from_secs(30),
+        || {
+            let mut policy = policy.clone();
+            async move {
+                let l = policy
+                    .list_policies(netlet_sdk::proto::ListPoliciesRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner();
+                (!l.dns_policies.is_empty() && !l.hostname_grants.is_empty()).then_some(l)
+            }
+        },
+    )
+    .await;
+    assert_eq!(listed.dns_policies[0].allow, ["api.example.com"]);
+    assert_eq!(
+        listed.dns_policies[0].default_action,
+        netlet_sdk::proto::DnsAction::Deny as i32
+    );
+    assert_eq!(listed.hostname_grants[0].hostnames, ["*.shop.example.com"]);
+    let errors = cl.node.host.kubernetes_errors();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+/// Asks the Service of [`service`] from `client` every 20 ms until stopped; the failures, each
+/// with when it happened.
+struct Prober {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Prober {
+    fn start(client: std::path::PathBuf, to: SocketAddr) -> Prober {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let start = std::time::Instant::now();
+        let thread = std::thread::spawn(move || {
+            let (mut asked, mut failed) = (0, Vec::new());
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                asked += 1;
+                if let Err(e) = probe::tcp_request(&client, to, "hello") {
+                    failed.push(format!("{:?}: {e}", start.elapsed()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (asked, failed)
+        });
+        Prober {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many were asked, and the failures.
+    fn finish(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// As kube-proxy must: with the API server away, and then back with etcd compacted under the
+/// host's watches (410 Gone: they relist), the data plane keeps serving without a single
+/// failed request, and what changed meanwhile is applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_server_away_and_compacted_nothing_flaps() {
+    const T: &str = "the_api_server_away_and_compacted_nothing_flaps";
+    let Some(mut cl) = Cluster::start(T, "k8sgone").await else {
+        return;
+    };
+    let pods = web_and_client(&cl.node, "k8sgone").await;
+    let answer = serve_and_ask(&cl.apiserver, pods[1].path.clone()).await;
+    assert!(answer.ends_with("|hello"), "{answer}");
+    let prober = Prober::start(pods[1].path.clone(), "10.96.0.80:80".parse().unwrap());
+
+    // The API server goes away: the host notices and says so, the data plane stays.
+    cl.apiserver.stop_api();
+    let host = &cl.node.host;
+    wait_until(
+        "the host reports the API away",
+        Duration::from_secs(60),
+        || async {
+            host.kubernetes_errors()
+                .into_iter()
+                .find(|e| e.contains("watch Service"))
+        },
+    )
+    .await;
+    cl.apiserver.restart_api();
+    wait_until(
+        "the host follows the API again",
+        Duration::from_secs(60),
+        || async { host.kubernetes_errors().is_empty().then_some(()) },
+    )
+    .await;
+
+    // The host frozen while the cluster moves on: a second Service, and etcd compacted past
+    // everything the host saw; then the API server restarted so its watch cache starts after
+    // the compaction. The host's watches resume from a revision that is gone.
+    let pid = nix::unistd::Pid::from_raw(cl.node.host.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let svc2 = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"web2","namespace":"default"},"spec":{"clusterIP":"10.96.0.81","ports":[{"name":"http","port":80,"targetPort":8080}]}}"#;
+    let slice2 = format!(
+        r#"{{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{{"name":"web2-1","namespace":"default","labels":{{"kubernetes.io/service-name":"web2"}}}},"addressType":"IPv4","ports":[{{"name":"http","port":8080,"protocol":"TCP"}}],"endpoints":[{{"addresses":["10.244.0.10"],"conditions":{{"ready":true}},"nodeName":"{NODE}"}}]}}"#
+    );
+    cl.apiserver
+        .request("POST", "/api/v1/namespaces/default/services", Some(svc2))
+        .unwrap();
+    cl.apiserver
+        .request(
+            "POST",
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            Some(&slice2),
+        )
+        .unwrap();
+    cl.apiserver.compact_etcd().unwrap();
+    cl.apiserver.restart_api();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+
+    let client = pods[1].path.clone();
+    let vip2: SocketAddr = "10.96.0.81:80".parse().unwrap();
+    let answer = wait_until(
+        "the Service created meanwhile answers",
+        Duration::from_secs(60),
+        || {
+            let client = client.clone();
+            async move { probe::tcp_request(&client, vip2, "hello").ok() }
+        },
+    )
+    .await;
+    assert!(answer.ends_with("|hello"), "{answer}");
+    let (asked, failed) = prober.finish();
+    assert!(asked > 10, "the prober asked {asked} times");
+    assert!(
+        failed.is_empty(),
+        "{} of {asked} requests failed: {failed:?}",
+        failed.len()
+    );
+    let errors = cl.node.host.kubernetes_errors();
+    assert!(errors.is_empty(), "{errors:?}");
 }

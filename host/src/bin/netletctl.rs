@@ -48,7 +48,11 @@ enum Output {
 #[derive(Subcommand)]
 enum Cmd {
     /// Network readiness with its conditions, and the drivers.
-    Status,
+    Status {
+        /// Exit with status 1 when the network is not ready (a readiness probe).
+        #[arg(long)]
+        check: bool,
+    },
     /// Registered drivers.
     Drivers,
     /// Attached pods.
@@ -184,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let json_out = cli.output == Output::Json;
     match cli.cmd {
-        Cmd::Status => {
+        Cmd::Status { check } => {
             let mut c = Clients::connect(&cli.socket, Some(std::time::Duration::from_secs(10)))
                 .await
                 .with_context(|| format!("connect {}", cli.socket.display()))?;
@@ -238,6 +242,9 @@ async fn main() -> anyhow::Result<()> {
                 );
                 println!();
                 drivers_table(&st);
+            }
+            if check && !r.ready {
+                std::process::exit(1);
             }
         }
         Cmd::Drivers => {

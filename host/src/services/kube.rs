@@ -20,7 +20,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{DynamicObject, GroupVersionKind};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -109,14 +109,58 @@ fn strip_pod(p: &mut Pod) {
     }
 }
 
-/// Follows one kind into `writer`: an error is logged (the watcher retries with backoff), any
-/// event wakes the applier.
+/// The last error of each kind's watch (kind → why), until it next succeeds.
+type WatchErrors = Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>;
+
+/// Each kind followed, by name.
+type Resources = Arc<std::sync::Mutex<std::collections::BTreeMap<String, ApiResource>>>;
+
+/// How often a kind whose watch failed is listed to see whether it is readable again.
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// A watch that resumes after an error says nothing until the next change, so whether a
+/// failing kind is readable again is asked directly (a one-item metadata list, with the same
+/// credentials): its error goes once it is.
+async fn recheck(
+    client: Client,
+    errors: WatchErrors,
+    resources: Resources,
+    tx: tokio::sync::mpsc::Sender<()>,
+) {
+    let mut tick = tokio::time::interval(RECHECK);
+    loop {
+        tick.tick().await;
+        let failing: Vec<(String, ApiResource)> = {
+            let (Ok(e), Ok(r)) = (errors.lock(), resources.lock()) else {
+                return;
+            };
+            e.keys()
+                .filter_map(|k| Some((k.clone(), r.get(k)?.clone())))
+                .collect()
+        };
+        for (kind, ar) in failing {
+            let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+            if api
+                .list_metadata(&kube::api::ListParams::default().limit(1))
+                .await
+                .is_ok()
+                && errors.lock().is_ok_and(|mut e| e.remove(&kind).is_some())
+            {
+                let _ = tx.try_send(());
+            }
+        }
+    }
+}
+
+/// Follows one kind into `writer`: an error is logged and kept in `errors` until the watch
+/// next succeeds (the watcher retries with backoff); any event wakes the applier.
 fn follow<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
     strip: fn(&mut K),
     tx: tokio::sync::mpsc::Sender<()>,
     what: String,
+    errors: WatchErrors,
 ) -> tokio::task::JoinHandle<()>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -130,8 +174,16 @@ where
                 .modify(strip),
         )
         .for_each(move |ev| {
-            if let Err(e) = ev {
-                tracing::warn!(kind = %what, error = %e, "Kubernetes watch failed; retrying with backoff");
+            if let Ok(mut m) = errors.lock() {
+                match ev {
+                    Err(e) => {
+                        tracing::warn!(kind = %what, error = %e, "Kubernetes watch failed; retrying with backoff");
+                        m.insert(what.clone(), e.to_string());
+                    }
+                    Ok(_) => {
+                        m.remove(&what);
+                    }
+                }
             }
             let _ = tx.try_send(());
             std::future::ready(())
@@ -148,6 +200,8 @@ struct Stores {
     pods: Store<Pod>,
     nodes: Store<Node>,
     dynamic: Vec<(String, Store<DynamicObject>)>,
+    errors: WatchErrors,
+    resources: Resources,
 }
 
 impl Stores {
@@ -202,15 +256,24 @@ impl Stores {
 pub async fn watch(host: Arc<Host>, client: Client) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut tasks = Vec::new();
+    let errors = WatchErrors::default();
+    let resources = Resources::default();
     macro_rules! typed {
         ($k:ty, $strip:expr) => {{
             let (store, writer) = reflector::store::<$k>();
+            if let Ok(mut r) = resources.lock() {
+                r.insert(
+                    <$k as Resource>::kind(&()).to_string(),
+                    ApiResource::erase::<$k>(&()),
+                );
+            }
             tasks.push(follow(
                 Api::<$k>::all(client.clone()),
                 writer,
                 $strip,
                 tx.clone(),
                 <$k as Resource>::kind(&()).to_string(),
+                errors.clone(),
             ));
             store
         }};
@@ -223,7 +286,15 @@ pub async fn watch(host: Arc<Host>, client: Client) {
         pods: typed!(Pod, strip_pod),
         nodes: typed!(Node, strip_meta),
         dynamic: Vec::new(),
+        errors: errors.clone(),
+        resources: resources.clone(),
     };
+    tasks.push(tokio::spawn(recheck(
+        client.clone(),
+        errors.clone(),
+        resources.clone(),
+        tx.clone(),
+    )));
     let mut shutdown = std::pin::pin!(crate::stopped(host.shutdown.clone()));
     // Which optional kinds are served is known once the API server answers; until then (it may
     // start after the node) discovery is retried.
@@ -243,12 +314,19 @@ pub async fn watch(host: Arc<Host>, client: Client) {
         }
     }
     // Nothing is applied before every kind has been listed once: an empty store is not "no
-    // Services".
-    tokio::select! {
-        ok = stores.ready() => if !ok { return },
-        () = &mut shutdown => {
-            tasks.iter().for_each(|t| t.abort());
-            return;
+    // Services". Meanwhile what keeps a kind from being listed (RBAC, the API server away) is
+    // reported.
+    {
+        let mut ready = std::pin::pin!(stores.ready());
+        loop {
+            tokio::select! {
+                ok = &mut ready => if ok { break } else { return },
+                Some(()) = rx.recv() => publish(&host, &errors, Vec::new()),
+                () = &mut shutdown => {
+                    tasks.iter().for_each(|t| t.abort());
+                    return;
+                }
+            }
         }
     }
     tracing::info!(
@@ -266,6 +344,13 @@ pub async fn watch(host: Arc<Host>, client: Client) {
         let m = Manifests::of(ORIGIN, stores.objects());
         apply(&host, Source::Kubernetes, &m, ORIGIN).await;
         drop(m);
+        let applied = host
+            .source_errors
+            .lock()
+            .ok()
+            .and_then(|e| e.get(&Source::Kubernetes).cloned())
+            .unwrap_or_default();
+        publish(&host, &errors, applied);
         tokio::select! {
             Some(()) = rx.recv() => tokio::time::sleep(SETTLE).await,
             _ = rediscover.tick(), if !absent.is_empty() => {
@@ -285,6 +370,18 @@ pub async fn watch(host: Arc<Host>, client: Client) {
     tasks.iter().for_each(|t| t.abort());
 }
 
+/// The source's errors as `netletctl debug state` shows them: `applied` (objects left out),
+/// then each kind whose watch is failing (`kubernetes: watch Service: why`).
+fn publish(host: &Host, errors: &WatchErrors, mut applied: Vec<String>) {
+    applied.retain(|e| !e.starts_with(&format!("{ORIGIN}: watch ")));
+    if let Ok(w) = errors.lock() {
+        applied.extend(w.iter().map(|(k, e)| format!("{ORIGIN}: watch {k}: {e}")));
+    }
+    if let Ok(mut all) = host.source_errors.lock() {
+        all.insert(Source::Kubernetes, applied);
+    }
+}
+
 /// Starts following each kind of `absent` the API server serves (taking it out of `absent`).
 /// True when the API server could not be asked about one (retry later); a kind it answers is
 /// not served stays in `absent`.
@@ -302,6 +399,9 @@ async fn discover(
         match kube::discovery::pinned_kind(client, &gvk).await {
             Ok((ar, _)) => {
                 tracing::info!(kind, group, version, "Kubernetes kind served; followed");
+                if let Ok(mut r) = stores.resources.lock() {
+                    r.insert(kind.to_string(), ar.clone());
+                }
                 let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
                 stores.dynamic.push((kind.to_string(), writer.as_reader()));
                 tasks.push(follow(
@@ -310,6 +410,7 @@ async fn discover(
                     strip_meta,
                     tx.clone(),
                     kind.to_string(),
+                    stores.errors.clone(),
                 ));
             }
             Err(e) => {

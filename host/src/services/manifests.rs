@@ -588,13 +588,9 @@ pub(crate) async fn apply(host: &Arc<Host>, source: Source, m: &Manifests, origi
         errors.push(format!("{origin}: {m}"));
     }
     let first = host
-        .sources_pending
-        .load(std::sync::atomic::Ordering::SeqCst)
-        > 0
-        && !host
-            .source_errors
-            .lock()
-            .is_ok_and(|e| e.contains_key(&source));
+        .sources_read
+        .lock()
+        .is_ok_and(|mut read| read.insert(source));
     if let Ok(mut e) = host.source_errors.lock() {
         e.insert(source, errors);
     }
