@@ -64,10 +64,17 @@ pub fn write_kubeconfig(path: &Path) {
 
 /// Writes a kubeconfig for [`SERVER`] with bearer `token` to `path`.
 pub fn write_kubeconfig_with(path: &Path, token: &str) {
+    write_kubeconfig_at(path, SERVER, Some(token));
+}
+
+/// Writes a kubeconfig for API server `server` with bearer `token` (the administrator's when
+/// `None`) to `path`.
+pub fn write_kubeconfig_at(path: &Path, server: &str, token: Option<&str>) {
+    let token = token.unwrap_or(TOKEN);
     std::fs::write(
         path,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {SERVER}\n    insecure-skip-tls-verify: true\nusers:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context: {{cluster: test, user: user}}\ncurrent-context: test\n"
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\nusers:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context: {{cluster: test, user: user}}\ncurrent-context: test\n"
         ),
     )
     .expect("kubeconfig");
@@ -76,6 +83,7 @@ pub fn write_kubeconfig_with(path: &Path, token: &str) {
 /// etcd and kube-apiserver running in a node's namespace; stopped when dropped.
 pub struct ApiServer {
     netns: PathBuf,
+    address: String,
     api_bin: PathBuf,
     dir: tempfile::TempDir,
     etcd: Option<Child>,
@@ -85,6 +93,12 @@ pub struct ApiServer {
 impl ApiServer {
     /// Starts both inside `node`'s namespace and waits until the API server is ready.
     pub fn start(node: &Node, etcd: &Path, api: &Path) -> ApiServer {
+        Self::start_in(&node.netns.path, etcd, api, "127.0.0.1")
+    }
+
+    /// Starts both inside namespace `netns`, the API server listening on `address` (and
+    /// loopback), and waits until it is ready.
+    pub fn start_in(netns: &Path, etcd: &Path, api: &Path, address: &str) -> ApiServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         for args in [
@@ -105,8 +119,7 @@ impl ApiServer {
         )
         .unwrap();
         let log = |name: &str| std::fs::File::create(d.join(name)).unwrap();
-        let etcd = node
-            .command(etcd)
+        let etcd = crate::harness::in_netns(Some(netns), etcd)
             .arg("--data-dir")
             .arg(d.join("etcd"))
             .args([
@@ -122,7 +135,8 @@ impl ApiServer {
             .spawn()
             .expect("etcd");
         let mut s = ApiServer {
-            netns: node.netns.path.clone(),
+            netns: netns.to_path_buf(),
+            address: address.to_string(),
             api_bin: api.to_path_buf(),
             dir,
             etcd: Some(etcd),
@@ -145,9 +159,13 @@ impl ApiServer {
                 "--etcd-servers",
                 "http://127.0.0.1:2379",
                 "--bind-address",
-                "127.0.0.1",
+                if self.address == "127.0.0.1" {
+                    "127.0.0.1"
+                } else {
+                    "0.0.0.0"
+                },
                 "--advertise-address",
-                "127.0.0.1",
+                &self.address,
                 "--secure-port",
                 "6443",
                 "--service-account-issuer",

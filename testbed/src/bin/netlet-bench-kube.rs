@@ -1,0 +1,589 @@
+//! netlet-bench-kube: netlet beside kube-proxy (nftables mode), both following one real API
+//! server holding 10k Services × 10 endpoints, each in a node namespace of its own, from the
+//! same run: the time from a Service created in the API to its rule live on the node, from an
+//! endpoint change to live, a full sync after a restart (from an empty data plane), resident
+//! memory and CPU seconds.
+//!
+//! Topology: a control-plane namespace runs etcd and kube-apiserver (listening on
+//! 192.0.2.1/.5); node A runs the netlet host with the bridge and nft drivers, node B runs
+//! kube-proxy; each node has pods `web` (10.244.0.10) and `web2` (10.244.0.11) answering
+//! with their own address (node A's attached by netlet, node B's on a plain Linux bridge), and a
+//! default route to the control plane (which answers unknown destinations at once with ICMP, so
+//! a probe of a ClusterIP with no rule yet fails fast). Probes connect from the node itself, as
+//! a host-network client does. Binaries: `testbed/k8s/build.sh`. Not a test: it gates nothing.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use netlet_testbed::harness::{Node, attach, bridge_driver, in_netns, nft_driver};
+use netlet_testbed::k8s::{ApiServer, bin_dir, write_kubeconfig_at};
+use netlet_testbed::probe::{self, NetNs};
+use netlet_testbed::stats::{ms, pct, rss_kib};
+
+#[derive(Parser)]
+#[command(about = "netlet beside kube-proxy, following one API server")]
+struct Args {
+    /// Services in the API.
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+    /// Endpoints per Service.
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    /// Services created one by one, timed.
+    #[arg(long, default_value_t = 20)]
+    creates: usize,
+    /// Endpoint changes, timed.
+    #[arg(long, default_value_t = 20)]
+    changes: usize,
+    /// Full syncs after a restart, timed.
+    #[arg(long, default_value_t = 3)]
+    restarts: usize,
+}
+
+const WEB: &str = "10.244.0.10";
+const WEB2: &str = "10.244.0.11";
+const PID: fn() -> u32 = std::process::id;
+
+fn cluster_ip(i: usize) -> String {
+    format!("10.96.{}.{}", 10 + i / 250, i % 250 + 1)
+}
+
+fn service_json(i: usize) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": format!("svc{i}"), "namespace": "default"},
+        "spec": {"clusterIP": cluster_ip(i), "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    })
+}
+
+/// Service `i`'s slice: `endpoints` made-up addresses, or the one pod `real`.
+fn slice_json(i: usize, endpoints: usize, real: Option<&str>) -> serde_json::Value {
+    let eps: Vec<serde_json::Value> = match real {
+        Some(ip) => vec![serde_json::json!({"addresses": [ip], "conditions": {"ready": true}})],
+        None => (0..endpoints)
+            .map(|j| {
+                let n = i * 16 + j;
+                serde_json::json!({"addresses": [format!("10.{}.{}.{}", 100 + n / 65536, (n / 256) % 256, n % 256)], "conditions": {"ready": true}})
+            })
+            .collect(),
+    };
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("svc{i}-1"), "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": format!("svc{i}")}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": eps
+    })
+}
+
+fn ip(args: &[&str]) {
+    let ok = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("ip");
+    assert!(ok.success(), "ip {args:?}");
+}
+
+/// Node B's pods: a Linux bridge with `web` and `web2` on it.
+fn plain_pods(node: &str) -> Vec<NetNs> {
+    ip(&["-n", node, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", node, "addr", "add", "10.244.0.1/24", "dev", "br0"]);
+    ip(&["-n", node, "link", "set", "br0", "up"]);
+    let mut pods = Vec::new();
+    for (i, addr) in [WEB, WEB2].into_iter().enumerate() {
+        let name = format!("netlet-bk-b{i}-{}", PID());
+        let ns = NetNs::create(&name).unwrap();
+        let veth = format!("w{i}");
+        ip(&[
+            "-n", node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+            &name,
+        ]);
+        ip(&["-n", node, "link", "set", &veth, "master", "br0", "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &name, "link", "set", "eth0", "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ip(&["-n", &name, "route", "add", "default", "via", "10.244.0.1"]);
+        pods.push(ns);
+    }
+    pods
+}
+
+/// Answers every connection to `addr` in `netns` with `addr`'s address.
+fn serve_identity(netns: &Path, addr: &str) {
+    let at: SocketAddr = format!("{addr}:8080").parse().unwrap();
+    let l = probe::run_in(netns, move || TcpListener::bind(at))
+        .unwrap()
+        .unwrap();
+    let me = addr.to_string();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut c = c;
+            let _ = c.write_all(me.as_bytes());
+        }
+    });
+}
+
+/// Connects to `vip` from `netns` every millisecond until `want` answers; how long since
+/// `from` that took.
+fn until_answered(netns: PathBuf, vip: SocketAddr, want: &'static str, from: Instant) -> Duration {
+    probe::run_in(&netns, move || {
+        let deadline = from + Duration::from_secs(120);
+        loop {
+            // A SYN lost while a rule lands costs at most this (a connection between
+            // namespaces is set up in well under a millisecond).
+            if let Ok(mut s) = TcpStream::connect_timeout(&vip, Duration::from_millis(20)) {
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut out = String::new();
+                if s.read_to_string(&mut out).is_ok() && out == want {
+                    return from.elapsed();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{vip} never answered from {want}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })
+    .unwrap()
+}
+
+/// Both nodes probed at once from `from`.
+fn both(
+    a: &Path,
+    b: &Path,
+    vip: SocketAddr,
+    want: &'static str,
+    from: Instant,
+) -> (Duration, Duration) {
+    let (a, b) = (a.to_path_buf(), b.to_path_buf());
+    let ta = std::thread::spawn(move || until_answered(a, vip, want, from));
+    let tb = std::thread::spawn(move || until_answered(b, vip, want, from));
+    (ta.join().unwrap(), tb.join().unwrap())
+}
+
+/// CPU seconds (user + system) a process has spent.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, s)| s).unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn row(what: &str, a: &mut [Duration], b: &mut [Duration]) {
+    let (a50, a99, b50, b99) = (pct(a, 0.5), pct(a, 0.99), pct(b, 0.5), pct(b, 0.99));
+    println!(
+        "{what:<38} {:>10} {:>10}   {:>10} {:>10}   {:>6.1}×",
+        ms(a50),
+        ms(a99),
+        ms(b50),
+        ms(b99),
+        b50.as_secs_f64() / a50.as_secs_f64().max(1e-9)
+    );
+}
+
+/// Creates every object through the API, 32 requests in flight (a kube-rs client inside the
+/// control plane's namespace).
+fn load(cp: &Path, kubeconfig: PathBuf, objects: Vec<(&'static str, serde_json::Value)>) {
+    probe::run_in(cp, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .unwrap();
+            let client = kube::Client::try_from(cfg).unwrap();
+            futures::stream::iter(objects)
+                .map(|(path, body)| {
+                    let client = client.clone();
+                    async move {
+                        let req = http::Request::post(path)
+                            .header("content-type", "application/json")
+                            .body(serde_json::to_vec(&body).unwrap())
+                            .unwrap();
+                        client
+                            .request_text(req)
+                            .await
+                            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+                    }
+                })
+                .buffer_unordered(32)
+                .collect::<Vec<()>>()
+                .await;
+        });
+    })
+    .unwrap();
+}
+
+const SERVICES: &str = "/api/v1/namespaces/default/services";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+
+/// A process killed when dropped (kube-proxy, even when the benchmark fails).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn kube_proxy(node: &Path, bin: &Path, kubeconfig: &Path, log: &Path) -> Killed {
+    in_netns(Some(node), bin)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args([
+            "--proxy-mode",
+            "nftables",
+            "--hostname-override",
+            "node-b",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--conntrack-max-per-core",
+            "0",
+            "--metrics-bind-address",
+            "127.0.0.1:10249",
+            "--healthz-bind-address",
+            "127.0.0.1:10256",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .map(Killed)
+        .expect("kube-proxy")
+}
+
+fn delete_tables(node: &Path, tables: &[&str]) {
+    for t in tables {
+        let _ = in_netns(Some(node), Path::new("/usr/sbin/nft"))
+            .args(["delete", "table"])
+            .args(t.split(' '))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = Args::parse();
+    let bins = bin_dir();
+    let (etcd, api, kp) = (
+        bins.join("etcd"),
+        bins.join("kube-apiserver"),
+        bins.join("kube-proxy"),
+    );
+    for b in [&etcd, &api, &kp] {
+        assert!(b.is_file(), "{}: run testbed/k8s/build.sh", b.display());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cp_name = format!("netlet-bk-cp-{}", PID());
+    let cp = NetNs::create(&cp_name).unwrap();
+    probe::link_up(&cp.path, "lo").unwrap();
+    // Unknown destinations are refused at once (ICMP unrate-limited), not left to time out.
+    probe::run_in(&cp.path, || {
+        // Forwarding on, so a packet for an address it has no route to gets "network
+        // unreachable" back instead of being dropped.
+        for (k, v) in [
+            ("ip_forward", "1"),
+            ("icmp_ratelimit", "0"),
+            ("icmp_msgs_per_sec", "1000000"),
+            ("icmp_msgs_burst", "100000"),
+        ] {
+            std::fs::write(format!("/proc/sys/net/ipv4/{k}"), v)?;
+        }
+        std::io::Result::Ok(())
+    })
+    .unwrap()
+    .unwrap();
+    // A connection to a ClusterIP no node has a rule for yet is reset at once.
+    let rules = dir.path().join("cp.nft");
+    std::fs::write(
+        &rules,
+        "table inet bench {\n chain reset_unknown {\n  type filter hook forward priority 0;\n  ip daddr 10.96.0.0/12 reject with tcp reset\n }\n}\n",
+    )
+    .unwrap();
+    let ok = in_netns(Some(&cp.path), Path::new("/usr/sbin/nft"))
+        .arg("-f")
+        .arg(&rules)
+        .status()
+        .expect("nft");
+    assert!(ok.success(), "nft in the control plane");
+    // ... routed there (to a link going nowhere) so the forward hook sees it.
+    ip(&[
+        "-n", &cp_name, "link", "add", "unknown0", "type", "veth", "peer", "name", "unknown1",
+    ]);
+    ip(&["-n", &cp_name, "link", "set", "unknown0", "up"]);
+    ip(&[
+        "-n",
+        &cp_name,
+        "route",
+        "add",
+        "10.96.0.0/12",
+        "dev",
+        "unknown0",
+    ]);
+    let (kc_a, kc_b, kc_cp) = (
+        dir.path().join("a.kubeconfig"),
+        dir.path().join("b.kubeconfig"),
+        dir.path().join("cp.kubeconfig"),
+    );
+    write_kubeconfig_at(&kc_a, "https://192.0.2.1:6443", None);
+    write_kubeconfig_at(&kc_b, "https://192.0.2.5:6443", None);
+    write_kubeconfig_at(&kc_cp, "https://127.0.0.1:6443", None);
+
+    // Node A: netlet.
+    let drivers = bridge_driver("bridge", "default", "netlet0", &["10.244.0.0/24"])
+        + &nft_driver("nft", &["--cluster-cidr", "10.244.0.0/24"]);
+    let mut node_a = Node::start(
+        "bk-a",
+        &drivers,
+        &format!("nodeName: node-a\nkubeconfig: {}\n", kc_a.display()),
+    )
+    .await;
+    probe::wire(
+        &cp.path,
+        "va",
+        "192.0.2.1/30",
+        &node_a.netns.path,
+        "cp0",
+        "192.0.2.2/30",
+    )
+    .unwrap();
+    probe::add_route(
+        &node_a.netns.path,
+        "0.0.0.0/0",
+        "192.0.2.1".parse().unwrap(),
+    )
+    .unwrap();
+    // Node B: kube-proxy.
+    let b_name = format!("netlet-bk-b-{}", PID());
+    let node_b = NetNs::create(&b_name).unwrap();
+    probe::link_up(&node_b.path, "lo").unwrap();
+    probe::wire(
+        &cp.path,
+        "vb",
+        "192.0.2.5/30",
+        &node_b.path,
+        "cp0",
+        "192.0.2.6/30",
+    )
+    .unwrap();
+    probe::add_route(&node_b.path, "0.0.0.0/0", "192.0.2.5".parse().unwrap()).unwrap();
+    let pods_b = plain_pods(&b_name);
+
+    let apiserver = ApiServer::start_in(&cp.path, &etcd, &api, "192.0.2.1");
+    node_a.host.wait_ready("default").await;
+    node_a.host.wait_driver("nft").await;
+    let c = node_a.host.clients().await;
+    let mut pods_a = Vec::new();
+    for (i, addr) in [WEB, WEB2].into_iter().enumerate() {
+        let ns = NetNs::create(&format!("netlet-bk-a{i}-{}", PID())).unwrap();
+        attach(
+            &c,
+            netlet_sdk::proto::PodSandbox {
+                id: format!("bk-{i}"),
+                name: format!("web{i}"),
+                namespace: "default".into(),
+                uid: format!("bk-{i}"),
+                netns_path: ns.path.display().to_string(),
+                ..Default::default()
+            },
+            vec![netlet_sdk::proto::NetworkSelection {
+                network: "default".into(),
+                interface_name: "eth0".into(),
+                ips: vec![addr.into()],
+                ..Default::default()
+            }],
+        )
+        .await
+        .expect("attach");
+        pods_a.push(ns);
+    }
+    for (pods, _) in [(&pods_a, "a"), (&pods_b, "b")] {
+        serve_identity(&pods[0].path, WEB);
+        serve_identity(&pods[1].path, WEB2);
+    }
+    // The Node objects, with the addresses their kubelets would report (kube-proxy waits up to
+    // 30 s for its node's).
+    for (n, addr) in [("node-a", "192.0.2.2"), ("node-b", "192.0.2.6")] {
+        let created = apiserver
+            .request(
+                "POST",
+                "/api/v1/nodes",
+                Some(&serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}).to_string()),
+            )
+            .unwrap();
+        let mut node: serde_json::Value = serde_json::from_str(&created).unwrap();
+        node["status"] = serde_json::json!({"addresses": [{"type": "InternalIP", "address": addr}, {"type": "Hostname", "address": n}]});
+        apiserver
+            .request(
+                "PUT",
+                &format!("/api/v1/nodes/{n}/status"),
+                Some(&node.to_string()),
+            )
+            .unwrap();
+    }
+
+    // The cluster: N Services × E endpoints; the last one (the probe) has the pod `web`.
+    let n = args.services;
+    let t = Instant::now();
+    let mut objects = Vec::new();
+    for i in 0..n {
+        let real = (i == n - 1).then_some(WEB);
+        objects.push((SLICES, slice_json(i, args.endpoints, real)));
+        objects.push((SERVICES, service_json(i)));
+    }
+    load(&cp.path, kc_cp.clone(), objects);
+    println!(
+        "loaded {n} Services × {} endpoints into the API in {:.1} s",
+        args.endpoints,
+        t.elapsed().as_secs_f64()
+    );
+    let probe_vip: SocketAddr = format!("{}:80", cluster_ip(n - 1)).parse().unwrap();
+
+    // Full sync after a restart, from an empty data plane: each side alone, in turn.
+    let kp_log = dir.path().join("kube-proxy.log");
+    let (mut sync_a, mut sync_b) = (Vec::new(), Vec::new());
+    let mut kube_proxy_child: Option<Killed> = None;
+    for _ in 0..args.restarts {
+        node_a.host.stop_with(nix::sys::signal::Signal::SIGTERM);
+        delete_tables(&node_a.netns.path, &["ip netlet-nft", "ip6 netlet-nft"]);
+        let t = Instant::now();
+        node_a.host.spawn().await;
+        sync_a.push(until_answered(node_a.netns.path.clone(), probe_vip, WEB, t));
+        drop(kube_proxy_child.take());
+        delete_tables(&node_b.path, &["ip kube-proxy", "ip6 kube-proxy"]);
+        let t = Instant::now();
+        kube_proxy_child = Some(kube_proxy(&node_b.path, &kp, &kc_b, &kp_log));
+        sync_b.push(until_answered(node_b.path.clone(), probe_vip, WEB, t));
+    }
+    let kp_pid = kube_proxy_child.as_ref().unwrap().0.id();
+    let host_pid = node_a.host.pid().unwrap();
+    let nft_pid = node_a
+        .host
+        .children("netlet-nft")
+        .first()
+        .copied()
+        .unwrap_or(0) as u32;
+    let cpu0 = (
+        cpu_seconds(host_pid) + cpu_seconds(nft_pid),
+        cpu_seconds(kp_pid),
+    );
+    let t_phase = Instant::now();
+
+    // One Service created in the API → live on each node.
+    let (mut create_a, mut create_b, mut api_write) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 0..args.creates {
+        let i = n + k;
+        apiserver
+            .request(
+                "POST",
+                SLICES,
+                Some(&slice_json(i, 1, Some(WEB)).to_string()),
+            )
+            .unwrap();
+        // kube-proxy syncs at most once a second (its --min-sync-period); spaced so each create
+        // is its own sync on both sides.
+        std::thread::sleep(Duration::from_millis(1100));
+        let t = Instant::now();
+        apiserver
+            .request("POST", SERVICES, Some(&service_json(i).to_string()))
+            .unwrap();
+        api_write.push(t.elapsed());
+        let vip: SocketAddr = format!("{}:80", cluster_ip(i)).parse().unwrap();
+        let (a, b) = both(&node_a.netns.path, &node_b.path, vip, WEB, t);
+        create_a.push(a);
+        create_b.push(b);
+    }
+    // The probe Service's endpoint moves between web and web2 → live on each node.
+    let (mut change_a, mut change_b) = (Vec::new(), Vec::new());
+    for k in 0..args.changes {
+        let to = if k % 2 == 0 { WEB2 } else { WEB };
+        std::thread::sleep(Duration::from_millis(1100));
+        let t = Instant::now();
+        apiserver
+            .request(
+                "PUT",
+                &format!("{SLICES}/svc{}-1", n - 1),
+                Some(&slice_json(n - 1, 1, Some(to)).to_string()),
+            )
+            .unwrap();
+        let (a, b) = both(&node_a.netns.path, &node_b.path, probe_vip, to, t);
+        change_a.push(a);
+        change_b.push(b);
+    }
+    let phase = t_phase.elapsed().as_secs_f64();
+    let cpu = (
+        cpu_seconds(host_pid) + cpu_seconds(nft_pid) - cpu0.0,
+        cpu_seconds(kp_pid) - cpu0.1,
+    );
+
+    println!();
+    println!(
+        "{n} Services × {} endpoints in one kube-apiserver (Kubernetes v1.34.4, etcd v3.6.5); netlet (host + nft driver) on node A, kube-proxy --proxy-mode nftables on node B",
+        args.endpoints
+    );
+    println!(
+        "{:<38} {:>10} {:>10}   {:>10} {:>10}   {:>7}",
+        "", "netlet p50", "p99", "k-proxy p50", "p99", "k-p/nl"
+    );
+    row(
+        &format!("Service created → live (n={})", args.creates),
+        &mut create_a,
+        &mut create_b,
+    );
+    row(
+        &format!("endpoint changed → live (n={})", args.changes),
+        &mut change_a,
+        &mut change_b,
+    );
+    row(
+        &format!("full sync after restart (n={})", args.restarts),
+        &mut sync_a,
+        &mut sync_b,
+    );
+    println!(
+        "(the API write itself, inside each create: p50 {}, p99 {})",
+        ms(pct(&mut api_write, 0.5)),
+        ms(pct(&mut api_write, 0.99))
+    );
+    let (rss_a, rss_nft, rss_b) = (
+        rss_kib(host_pid, "VmRSS:"),
+        rss_kib(nft_pid, "VmRSS:"),
+        rss_kib(kp_pid, "VmRSS:"),
+    );
+    println!(
+        "resident memory: netlet {} MiB (host {} + nft driver {}), kube-proxy {} MiB ({:.2}×)",
+        (rss_a + rss_nft) / 1024,
+        rss_a / 1024,
+        rss_nft / 1024,
+        rss_b / 1024,
+        (rss_a + rss_nft) as f64 / rss_b.max(1) as f64
+    );
+    println!(
+        "CPU seconds over the {phase:.0} s of creates and changes: netlet {:.2}, kube-proxy {:.2}",
+        cpu.0, cpu.1
+    );
+    drop(kube_proxy_child);
+    drop(apiserver);
+    drop(node_a);
+}
