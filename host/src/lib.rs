@@ -340,6 +340,10 @@ pub async fn run(
         let client = services::kube::client(&kc)
             .await
             .map_err(|e| Error::Admin(std::io::Error::other(format!("kubeconfig: {e}"))))?;
+        tasks.push(tokio::spawn(services::kube::report_node(
+            host.clone(),
+            client.clone(),
+        )));
         tasks.push(tokio::spawn(services::kube::watch(host.clone(), client)));
     }
     tasks.push(tokio::spawn(pending_detach::watch(host.clone())));

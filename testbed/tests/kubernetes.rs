@@ -168,6 +168,80 @@ async fn a_service_created_through_the_api_answers_from_a_pod() {
     assert!(!gone.is_empty());
 }
 
+/// The Node's conditions: (NetworkUnavailable, NetletNetworkReady) as (status, reason).
+fn node_conditions(apiserver: &ApiServer) -> Option<((String, String), (String, String))> {
+    let node: serde_json::Value = serde_json::from_str(
+        &apiserver
+            .request("GET", &format!("/api/v1/nodes/{NODE}"), None)
+            .ok()?,
+    )
+    .ok()?;
+    let of = |kind: &str| {
+        node["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == kind)
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or_default().to_string(),
+                    c["reason"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+    };
+    Some((of("NetworkUnavailable")?, of("NetletNetworkReady")?))
+}
+
+/// The node's network state on its Node object, as network plugins report it: available once
+/// the drivers are ready, unavailable (with the reason) while the pod network's driver does not
+/// answer, available again after.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_object_carries_the_network_state() {
+    const T: &str = "the_node_object_carries_the_network_state";
+    let Some(cl) = Cluster::start(T, "k8snode").await else {
+        return;
+    };
+    cl.apiserver
+        .request(
+            "POST",
+            "/api/v1/nodes",
+            Some(&format!(
+                r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{NODE}"}}}}"#
+            )),
+        )
+        .unwrap();
+    let state = |want: &'static str| {
+        let api = &cl.apiserver;
+        move || async move { node_conditions(api).filter(|((unavailable, _), _)| unavailable == want) }
+    };
+    let (_, (ready, reason)) = wait_until(
+        "NetworkUnavailable False",
+        Duration::from_secs(30),
+        state("False"),
+    )
+    .await;
+    assert_eq!((ready.as_str(), reason.as_str()), ("True", "Ready"));
+
+    // The bridge driver stops answering: the pod network is not ready.
+    let bridge = cl.node.host.children("netlet-bridge");
+    assert_eq!(bridge.len(), 1, "{bridge:?}");
+    let pid = nix::unistd::Pid::from_raw(bridge[0]);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let ((_, why), (ready, _)) = wait_until(
+        "NetworkUnavailable True",
+        Duration::from_secs(60),
+        state("True"),
+    )
+    .await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!((ready.as_str(), why.as_str()), ("False", "NetletNotReady"));
+    wait_until(
+        "NetworkUnavailable False again",
+        Duration::from_secs(60),
+        state("False"),
+    )
+    .await;
+}
+
 /// Attaches pod `namespace/name` in `netns` to the default network with address `ip`.
 async fn attach_in(
     c: &netlet_sdk::client::Clients,

@@ -19,35 +19,32 @@ use crate::services::sources::Source;
 use tonic::Status;
 
 /// The Service objects an object source (the manifests, the Kubernetes API) last held (kept
-/// for zone rebuilds that another source triggers).
-#[derive(Debug, Default)]
+/// for zone rebuilds that another source triggers). Shared, not copied: the Kubernetes source
+/// hands over its reflectors' own objects.
+#[derive(Debug, Default, Clone)]
 pub struct ManifestServices {
-    services: Vec<KService>,
-    slices: Vec<EndpointSlice>,
+    /// Services.
+    pub services: Vec<Arc<KService>>,
+    /// EndpointSlices.
+    pub slices: Vec<Arc<EndpointSlice>>,
 }
 
 impl Host {
-    /// Rebuilds the cluster zone: the object sources' Services and EndpointSlices (`m` now
-    /// holding `source`'s, the others as last read), and the Services socket callers
-    /// programmed.
-    pub async fn refresh_dns_zone(
-        &self,
-        m: Option<(Source, &crate::services::manifests::Manifests)>,
-    ) {
+    /// Rebuilds the cluster zone: the object sources' Services and EndpointSlices (`m` being
+    /// `source`'s now, the others as last read), and the Services socket callers programmed.
+    pub async fn refresh_dns_zone(&self, m: Option<(Source, ManifestServices)>) {
         let Some(dns) = &self.dns else { return };
         if let Some((source, m)) = m {
-            let (s, e) = m.service_objects();
-            let mut all = self.dns_objects.lock().unwrap();
-            let kept = all.entry(source).or_default();
-            kept.services = s.into_iter().cloned().collect();
-            kept.slices = e.into_iter().cloned().collect();
+            self.dns_objects.lock().unwrap().insert(source, m);
         }
         let mut zone = {
             let all = self.dns_objects.lock().unwrap();
             Zone::build(
                 &dns.config().domain,
-                all.values().flat_map(|k| &k.services),
-                all.values().flat_map(|k| &k.slices),
+                all.values()
+                    .flat_map(|k| k.services.iter().map(|s| s.as_ref())),
+                all.values()
+                    .flat_map(|k| k.slices.iter().map(|s| s.as_ref())),
             )
         };
         let view = self.services.lock().await;

@@ -25,7 +25,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 
-use super::manifests::{Manifests, Objects, apply};
+use super::manifests::{Manifests, Objects, apply, wanted_of};
 use super::sources::Source;
 use crate::Host;
 
@@ -220,7 +220,8 @@ impl Stores {
         typed
     }
 
-    /// Everything held, as the manifests' objects.
+    /// What is held besides Services and EndpointSlices, as the manifests' objects (copied:
+    /// far fewer than those in a large cluster).
     fn objects(&self) -> Objects {
         fn all<K: Clone + Resource>(s: &Store<K>) -> Vec<K>
         where
@@ -229,8 +230,6 @@ impl Stores {
             s.state().iter().map(|o| o.as_ref().clone()).collect()
         }
         let mut o = Objects {
-            services: all(&self.services),
-            slices: all(&self.slices),
             network_policies: all(&self.network_policies),
             namespaces: all(&self.namespaces),
             pods: all(&self.pods),
@@ -249,6 +248,77 @@ impl Stores {
             }
         }
         o
+    }
+}
+
+/// How often the node's network state is compared with what its Node object last got.
+const NODE_REPORT: Duration = Duration::from_secs(2);
+
+/// The condition netlet keeps on its Node besides `NetworkUnavailable`.
+pub const NODE_CONDITION: &str = "NetletNetworkReady";
+
+/// Reports the node's network state on its Node object (`settings.node.name`), as network
+/// plugins do: `NetworkUnavailable` False once the network is ready (True, reason
+/// `NetletNotReady`, while it is not: the node controller then keeps new pods off the node),
+/// and [`NODE_CONDITION`] with the host's readiness reason and message. Patched (strategic
+/// merge on the condition type) only when the state changed; a Node that does not exist yet or
+/// a refused patch is retried.
+pub async fn report_node(host: Arc<Host>, client: Client) {
+    let name = host.settings.node.name.clone();
+    let nodes: Api<Node> = Api::all(client);
+    let mut last: Option<(bool, String, String)> = None;
+    let mut tick = tokio::time::interval(NODE_REPORT);
+    let mut shutdown = std::pin::pin!(crate::stopped(host.shutdown.clone()));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut shutdown => return,
+        }
+        let r = host.readiness("");
+        let now = (r.ready, r.reason.clone(), r.message.clone());
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        let ts = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ))
+        .unwrap_or_default();
+        let flipped = last.as_ref().is_none_or(|l| l.0 != now.0);
+        let condition = |kind: &str, status: bool, reason: &str, message: &str| {
+            let mut c = serde_json::json!({
+                "type": kind,
+                "status": if status { "True" } else { "False" },
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": ts,
+            });
+            if flipped {
+                c["lastTransitionTime"] = ts.clone();
+            }
+            c
+        };
+        let (reason, message) = if r.ready {
+            ("NetletReady", "netlet's drivers are ready".to_string())
+        } else {
+            ("NetletNotReady", format!("{}: {}", r.reason, r.message))
+        };
+        let patch = serde_json::json!({"status": {"conditions": [
+            condition("NetworkUnavailable", !r.ready, reason, &message),
+            condition(NODE_CONDITION, r.ready, if r.ready { "Ready" } else { &r.reason }, &message),
+        ]}});
+        match nodes
+            .patch_status(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Strategic(patch),
+            )
+            .await
+        {
+            Ok(_) => last = Some(now),
+            Err(e) => {
+                tracing::warn!(node = %name, error = %e, "node conditions not reported; retrying")
+            }
+        }
     }
 }
 
@@ -341,8 +411,25 @@ pub async fn watch(host: Arc<Host>, client: Client) {
     let mut rediscover = tokio::time::interval(REDISCOVER);
     rediscover.reset();
     loop {
+        // Services and EndpointSlices are read where the reflectors keep them, never copied.
+        let services = crate::dns::ManifestServices {
+            services: stores.services.state(),
+            slices: stores.slices.state(),
+        };
+        let wanted = wanted_of(
+            services
+                .services
+                .iter()
+                .map(|s| (ORIGIN.to_string(), s.as_ref())),
+            services
+                .slices
+                .iter()
+                .map(|s| (ORIGIN.to_string(), s.as_ref())),
+            &host.settings.node,
+            &host.settings.node_port_range,
+        );
         let m = Manifests::of(ORIGIN, stores.objects());
-        apply(&host, Source::Kubernetes, &m, ORIGIN).await;
+        apply(&host, Source::Kubernetes, &m, wanted, services, ORIGIN).await;
         drop(m);
         let applied = host
             .source_errors

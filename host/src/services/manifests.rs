@@ -409,14 +409,15 @@ impl Manifests {
     }
 
     /// Every Service and EndpointSlice the files hold, for the DNS zone.
-    pub fn service_objects(&self) -> (Vec<&KService>, Vec<&EndpointSlice>) {
-        let mut svcs = Vec::new();
-        let mut slices = Vec::new();
+    pub fn service_objects(&self) -> crate::dns::ManifestServices {
+        let mut o = crate::dns::ManifestServices::default();
         for f in self.files.values() {
-            svcs.extend(&f.objects.services);
-            slices.extend(&f.objects.slices);
+            o.services
+                .extend(f.objects.services.iter().cloned().map(Arc::new));
+            o.slices
+                .extend(f.objects.slices.iter().cloned().map(Arc::new));
         }
-        (svcs, slices)
+        o
     }
 
     /// Every Service the files hold, as this node's source wants it (see [`wanted_of`]), each
@@ -557,17 +558,33 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
         }
         scanned = true;
         let origin = dir.display().to_string();
-        apply(&host, Source::Manifests, &m, &origin).await;
+        let wanted = m.wanted(&host.settings.node, &host.settings.node_port_range);
+        apply(
+            &host,
+            Source::Manifests,
+            &m,
+            wanted,
+            m.service_objects(),
+            &origin,
+        )
+        .await;
     }
 }
 
-/// Brings the node to what an object source holds (`m`: the manifests, or the objects the
-/// Kubernetes API source holds, as one pseudo-file): its Services, the DNS zone, the pods and
-/// namespaces policy selectors resolve against, and its policies. What is left out or
-/// conflicts is reported as `origin: …` (for the manifests, as `file: …`). The first apply of
-/// the last source still unread lets the drivers have their first full sync.
-pub(crate) async fn apply(host: &Arc<Host>, source: Source, m: &Manifests, origin: &str) {
-    let (wanted, invalid) = m.wanted(&host.settings.node, &host.settings.node_port_range);
+/// Brings the node to what an object source holds: its Services (`wanted`, with what was left
+/// out, from `m` or, for the Kubernetes source, from its stores), the DNS zone (`dns`), the
+/// pods and namespaces policy selectors resolve against and its policies (`m`: the manifests,
+/// or the other objects the Kubernetes API source holds, as one pseudo-file). What is left out
+/// or conflicts is reported as `origin: …` (for the manifests, as `file: …`). The first apply
+/// of the last source still unread lets the drivers have their first full sync.
+pub(crate) async fn apply(
+    host: &Arc<Host>,
+    source: Source,
+    m: &Manifests,
+    (wanted, invalid): (BTreeMap<Key, Wanted>, Vec<String>),
+    dns: crate::dns::ManifestServices,
+    origin: &str,
+) {
     let mut view = host.services.lock().await;
     let prev = view.table.generation();
     let (delta, conflicts) = view.replace(source, wanted);
@@ -617,7 +634,7 @@ pub(crate) async fn apply(host: &Arc<Host>, source: Source, m: &Manifests, origi
         tracing::warn!(error = %e, "Services drivers not brought up to date; retried at their next resync");
     }
     drop(view);
-    host.refresh_dns_zone(Some((source, m))).await;
+    host.refresh_dns_zone(Some((source, dns))).await;
     let (policies, invalid) = m.network_policies();
     if let Ok(mut all) = host.source_clusters.lock() {
         let mut next = m.cluster();
