@@ -43,6 +43,9 @@ struct Args {
     /// Full syncs after a restart, timed.
     #[arg(long, default_value_t = 3)]
     restarts: usize,
+    /// Pods in the API (other nodes' pods, which netlet follows for policy peers).
+    #[arg(long, default_value_t = 5_000)]
+    pods: usize,
 }
 
 const WEB: &str = "10.244.0.10";
@@ -459,17 +462,49 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
     let probe_vip: SocketAddr = format!("{}:80", cluster_ip(n - 1)).parse().unwrap();
+    // The pods of a cluster that size, on other nodes (no controller manager runs: the
+    // namespace's default ServiceAccount, which pods need, is made here).
+    apiserver
+        .request(
+            "POST",
+            "/api/v1/namespaces/default/serviceaccounts",
+            Some(r#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default"}}"#),
+        )
+        .unwrap();
+    let t = Instant::now();
+    let pods: Vec<(&'static str, serde_json::Value)> = (0..args.pods)
+        .map(|i| {
+            (
+                "/api/v1/namespaces/default/pods",
+                serde_json::json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("pod{i}"), "labels": {"app": format!("app{}", i % 100)}},
+                    "spec": {"nodeName": format!("node-{}", i % 50), "containers": [{"name": "c", "image": "registry.example/app:1", "ports": [{"name": "http", "containerPort": 8080}]}]}
+                }),
+            )
+        })
+        .collect();
+    load(&cp.path, kc_cp.clone(), pods);
+    println!(
+        "loaded {} Pods into the API in {:.1} s",
+        args.pods,
+        t.elapsed().as_secs_f64()
+    );
 
     // Full sync after a restart, from an empty data plane: each side alone, in turn.
     let kp_log = dir.path().join("kube-proxy.log");
     let (mut sync_a, mut sync_b) = (Vec::new(), Vec::new());
     let mut kube_proxy_child: Option<Killed> = None;
+    let mut listed_rss = Vec::new();
     for _ in 0..args.restarts {
         node_a.host.stop_with(nix::sys::signal::Signal::SIGTERM);
         delete_tables(&node_a.netns.path, &["ip netlet-nft", "ip6 netlet-nft"]);
         let t = Instant::now();
         node_a.host.spawn().await;
         sync_a.push(until_answered(node_a.netns.path.clone(), probe_vip, WEB, t));
+        if let Some(pid) = node_a.host.pid() {
+            listed_rss.push(rss_kib(pid, "VmRSS:"));
+        }
         drop(kube_proxy_child.take());
         delete_tables(&node_b.path, &["ip kube-proxy", "ip6 kube-proxy"]);
         let t = Instant::now();
@@ -539,8 +574,8 @@ async fn main() {
 
     println!();
     println!(
-        "{n} Services × {} endpoints in one kube-apiserver (Kubernetes v1.34.4, etcd v3.6.5); netlet (host + nft driver) on node A, kube-proxy --proxy-mode nftables on node B",
-        args.endpoints
+        "{n} Services × {} endpoints and {} Pods in one kube-apiserver (Kubernetes v1.34.4, etcd v3.6.5); netlet (host + nft driver) on node A, kube-proxy --proxy-mode nftables on node B",
+        args.endpoints, args.pods
     );
     println!(
         "{:<38} {:>10} {:>10}   {:>10} {:>10}   {:>7}",
@@ -578,6 +613,11 @@ async fn main() {
         rss_nft / 1024,
         rss_b / 1024,
         (rss_a + rss_nft) as f64 / rss_b.max(1) as f64
+    );
+    println!(
+        "netlet host resident right after its initial list and full sync: {} MiB (each restart: {:?} MiB)",
+        listed_rss.iter().max().copied().unwrap_or(0) / 1024,
+        listed_rss.iter().map(|k| k / 1024).collect::<Vec<_>>()
     );
     println!(
         "CPU seconds over the {phase:.0} s of creates and changes: netlet {:.2}, kube-proxy {:.2}",
