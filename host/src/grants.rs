@@ -72,13 +72,13 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<HostnameGrant, String> {
             .unwrap_or_default(),
         module_sha256: spec.module_sha256,
     };
-    let req = netlet_sdk::proto::ApplyPolicyRequest {
-        generation: 1,
-        hostname_grants: vec![g.clone()],
-        ..Default::default()
-    };
-    netlet_sdk::validate::apply_policy(&req)
-        .map_err(|s| s.message().replace("hostname_grants[0].", "").to_string())?;
+    crate::policy::check_alone(
+        netlet_sdk::proto::ApplyPolicyRequest {
+            hostname_grants: vec![g.clone()],
+            ..Default::default()
+        },
+        "hostname_grants[0].",
+    )?;
     Ok(g)
 }
 

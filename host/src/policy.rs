@@ -27,6 +27,16 @@ fn key_of(k: Option<&PolicyKey>) -> Option<Key> {
     k.map(|k| (k.kind, k.namespace.clone(), k.name.clone()))
 }
 
+/// Checks a batch of one object read from a manifest or the API as an ApplyPolicy caller's
+/// would be; the reason without the batch's `prefix` (`dns_policies[0].`).
+pub fn check_alone(req: netlet_sdk::proto::ApplyPolicyRequest, prefix: &str) -> Result<(), String> {
+    let req = netlet_sdk::proto::ApplyPolicyRequest {
+        generation: 1,
+        ..req
+    };
+    netlet_sdk::validate::apply_policy(&req).map_err(|s| s.message().replace(prefix, ""))
+}
+
 /// One policy of any kind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {

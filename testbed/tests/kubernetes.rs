@@ -696,3 +696,73 @@ async fn the_api_server_away_and_compacted_nothing_flaps() {
     let errors = cl.node.host.kubernetes_errors();
     assert!(errors.is_empty(), "{errors:?}");
 }
+
+/// A pod that lists netlet's readiness gate gets it set once attached and everything the node
+/// wants is in its drivers (so a rollout waits for the network); a pod without the gate is
+/// left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readiness_gate_turns_true_once_programmed() {
+    const T: &str = "the_readiness_gate_turns_true_once_programmed";
+    let Some(cl) = Cluster::start(T, "k8sgate").await else {
+        return;
+    };
+    let api = &cl.apiserver;
+    api.request(
+        "POST",
+        "/api/v1/namespaces/default/serviceaccounts",
+        Some(r#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default"}}"#),
+    )
+    .unwrap();
+    for (name, gates) in [
+        (
+            "gated",
+            r#","readinessGates":[{"conditionType":"netlet.io/network-programmed"}]"#,
+        ),
+        ("plain", ""),
+    ] {
+        api.request(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(&format!(
+                r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{"nodeName":"{NODE}","containers":[{{"name":"c","image":"x"}}]{gates}}}}}"#
+            )),
+        )
+        .unwrap();
+    }
+    let gate = |name: &'static str| {
+        move || async move {
+            let pod: serde_json::Value = serde_json::from_str(
+                &api.request(
+                    "GET",
+                    &format!("/api/v1/namespaces/default/pods/{name}"),
+                    None,
+                )
+                .ok()?,
+            )
+            .ok()?;
+            pod["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "netlet.io/network-programmed")
+                .map(|c| c["status"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    // Not attached yet: nothing to say about its network.
+    assert_eq!(gate("gated")().await, None);
+    let c = cl.node.host.clients().await;
+    let mut netns = Vec::new();
+    for (i, name) in ["gated", "plain"].into_iter().enumerate() {
+        let ns = NetNs::create(&format!("netlet-k8sgate-{name}-{}", std::process::id())).unwrap();
+        attach_default(&c, &format!("k8sgate-{i}"), name, &ns.path, vec![])
+            .await
+            .expect("attach");
+        netns.push(ns);
+    }
+    let set = wait_until("the gate set", Duration::from_secs(30), gate("gated")).await;
+    assert_eq!(set, "True");
+    assert_eq!(
+        gate("plain")().await,
+        None,
+        "a pod without the gate is left alone"
+    );
+}

@@ -455,13 +455,13 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<DnsPolicy, String> {
         egress_by_name: spec.egress_by_name,
         egress_min_ttl_seconds: spec.egress_min_ttl_seconds,
     };
-    let req = netlet_sdk::proto::ApplyPolicyRequest {
-        generation: 1,
-        dns_policies: vec![p.clone()],
-        ..Default::default()
-    };
-    netlet_sdk::validate::apply_policy(&req)
-        .map_err(|s| s.message().replace("dns_policies[0].", "").to_string())?;
+    crate::policy::check_alone(
+        netlet_sdk::proto::ApplyPolicyRequest {
+            dns_policies: vec![p.clone()],
+            ..Default::default()
+        },
+        "dns_policies[0].",
+    )?;
     Ok(p)
 }
 

@@ -1,16 +1,17 @@
 //! The Kubernetes API as a source (kube-rs): the cluster's Services and EndpointSlices,
 //! NetworkPolicies, Namespaces, Pods and Nodes, and — where the API server serves their kinds —
 //! AdminNetworkPolicies, BaselineAdminNetworkPolicies, ClusterNetworkPolicies and netlet's
-//! DnsPolicies and HostnameGrants. Each kind is kept by a reflector (the watch relists on 410 Gone, follows
-//! bookmarks and backs off on errors, as kube-runtime's watcher does); the objects are checked
-//! and applied with the manifests' rules ([`super::manifests::apply`]) as
+//! DnsPolicies and HostnameGrants. Each kind is kept by a reflector (the watch relists on 410
+//! Gone, follows bookmarks and backs off on errors, as kube-runtime's watcher does); the objects
+//! are checked and applied with the manifests' rules ([`super::manifests::apply`]) as
 //! [`Source::Kubernetes`], errors named `kubernetes: …`.
 //!
 //! A relist replaces a reflector's store only once it is complete, so while the API server is
 //! away or relisting, the data plane keeps its last state, and afterwards only the difference
 //! is applied (the views hand drivers deltas). Objects are stored stripped of what netlet does
-//! not read (managed fields, annotations; of a Pod all but its labels, node, named ports and
-//! addresses): the initial list of a large cluster is where a watcher's memory goes.
+//! not read (managed fields, owner references, annotations but the topology mode; of a Pod all
+//! but its labels, node, named ports, addresses and readiness gates): the initial list of a
+//! large cluster is where a watcher's memory goes.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -71,15 +72,24 @@ pub async fn client(path: &Path) -> anyhow::Result<Client> {
     Client::try_from(cfg).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
+/// The annotations netlet reads (a Service's topology mode); every other one is dropped.
+const READ_ANNOTATIONS: [&str; 1] = [super::view::TOPOLOGY_MODE_ANNOTATION];
+
 /// What netlet never reads of any object.
 fn strip_meta<K: Resource>(o: &mut K) {
     let m = o.meta_mut();
     m.managed_fields = None;
-    m.annotations = None;
     m.owner_references = None;
+    if let Some(a) = m.annotations.as_mut() {
+        a.retain(|k, _| READ_ANNOTATIONS.contains(&k.as_str()));
+        if a.is_empty() {
+            m.annotations = None;
+        }
+    }
 }
 
-/// Of a Pod, what policy peers need: labels, node, named container ports, addresses.
+/// Of a Pod, what policy peers need (labels, node, named container ports, addresses) and what
+/// its readiness gate needs (the gates, and netlet's condition).
 fn strip_pod(p: &mut Pod) {
     strip_meta(p);
     if let Some(spec) = p.spec.take() {
@@ -96,6 +106,7 @@ fn strip_pod(p: &mut Pod) {
             containers,
             node_name: spec.node_name,
             host_network: spec.host_network,
+            readiness_gates: spec.readiness_gates,
             ..Default::default()
         });
     }
@@ -104,8 +115,111 @@ fn strip_pod(p: &mut Pod) {
             pod_ip: status.pod_ip,
             pod_ips: status.pod_ips,
             phase: status.phase,
+            conditions: status.conditions.map(|c| {
+                c.into_iter()
+                    .filter(|c| c.type_ == READINESS_GATE)
+                    .collect()
+            }),
             ..Default::default()
         });
+    }
+}
+
+/// The pod readiness gate netlet sets: a pod that lists it in `spec.readinessGates` is Ready
+/// only once netlet says its network is programmed, so a rollout waits for the network.
+pub const READINESS_GATE: &str = "netlet.io/network-programmed";
+
+/// How often pods waiting on [`READINESS_GATE`] are looked at.
+const GATE_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether the data plane holds everything now wanted: every object source read, and every
+/// Services and Policy driver acknowledging the generation of the node's Service view and
+/// policy table (so whatever Services a pod may need and whatever policies select it are in).
+async fn programmed(host: &Host) -> bool {
+    use netlet_sdk::proto::Capability;
+    if !host.sources_loaded() {
+        return false;
+    }
+    let services = host.services.lock().await.table.generation();
+    let policies = host.policies.lock().await.table.generation();
+    let acked = |g: &std::sync::Mutex<u64>, want: u64| g.lock().is_ok_and(|g| *g == want);
+    host.registry
+        .with_capability(Capability::Services)
+        .iter()
+        .all(|d| acked(&d.services_generation, services))
+        && host
+            .registry
+            .with_capability(Capability::Policy)
+            .iter()
+            .all(|d| acked(&d.policy_generation, policies))
+}
+
+/// Sets [`READINESS_GATE`] True on each pod attached on this node whose Pod object asks for
+/// it, once the network is programmed ([`programmed`]). Set once: a later Service or policy
+/// change elsewhere does not take a running pod out of its Services.
+async fn readiness_gates(host: Arc<Host>, client: Client, pods: Store<Pod>) {
+    let mut tick = tokio::time::interval(GATE_CHECK);
+    let mut done: std::collections::HashSet<String> = Default::default();
+    loop {
+        tick.tick().await;
+        let attached = match host.store.attachments() {
+            Ok(a) => a,
+            Err(_) => continue,
+        };
+        let waiting: Vec<Arc<Pod>> = attached
+            .iter()
+            .filter_map(|a| a.sandbox.as_ref())
+            .filter_map(|s| pods.get(&reflector::ObjectRef::new(&s.name).within(&s.namespace)))
+            .filter(|p| {
+                let gated = p.spec.as_ref().is_some_and(|s| {
+                    s.readiness_gates
+                        .iter()
+                        .flatten()
+                        .any(|g| g.condition_type == READINESS_GATE)
+                });
+                let set = p.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == READINESS_GATE && c.status == "True")
+                });
+                gated && !set && !done.contains(p.metadata.uid.as_deref().unwrap_or_default())
+            })
+            .collect();
+        if waiting.is_empty() || !programmed(&host).await {
+            continue;
+        }
+        let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ))
+        .unwrap_or_default();
+        for p in waiting {
+            let (Some(ns), Some(name)) = (&p.metadata.namespace, &p.metadata.name) else {
+                continue;
+            };
+            let patch = serde_json::json!({"status": {"conditions": [{
+                "type": READINESS_GATE,
+                "status": "True",
+                "reason": "NetworkProgrammed",
+                "message": "netlet: the pod's attachments, Services and policies are in the data plane",
+                "lastTransitionTime": now,
+            }]}});
+            match Api::<Pod>::namespaced(client.clone(), ns)
+                .patch_status(
+                    name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Strategic(patch),
+                )
+                .await
+            {
+                Ok(_) => {
+                    done.insert(p.metadata.uid.clone().unwrap_or_default());
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "readiness gate not set; retrying")
+                }
+            }
+        }
     }
 }
 
@@ -359,6 +473,11 @@ pub async fn watch(host: Arc<Host>, client: Client) {
         errors: errors.clone(),
         resources: resources.clone(),
     };
+    tasks.push(tokio::spawn(readiness_gates(
+        host.clone(),
+        client.clone(),
+        stores.pods.clone(),
+    )));
     tasks.push(tokio::spawn(recheck(
         client.clone(),
         errors.clone(),
@@ -520,4 +639,45 @@ async fn discover(
     }
     *absent = still;
     transient
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+        let mut docs = netlet_sdk::yaml::documents::<serde_json::Value>(text).unwrap();
+        serde_json::from_value(docs.remove(0)).unwrap()
+    }
+
+    /// What is read survives the stripping: a Service's topology mode (it turns on
+    /// PreferClose), a Pod's labels, node, named ports, addresses, gates and netlet's condition.
+    #[test]
+    fn stripping_keeps_what_is_read() {
+        let mut svc: Service = yaml(
+            "metadata: {name: web, namespace: shop, annotations: {service.kubernetes.io/topology-mode: Auto, kubectl.kubernetes.io/last-applied-configuration: '{}'}, managedFields: [{manager: kubectl}]}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n",
+        );
+        strip_meta(&mut svc);
+        assert_eq!(
+            svc.metadata
+                .annotations
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [(
+                "service.kubernetes.io/topology-mode".to_string(),
+                "Auto".to_string()
+            )]
+        );
+        assert!(svc.metadata.managed_fields.is_none());
+
+        let mut pod: Pod = yaml(
+            "metadata: {name: p, namespace: shop, labels: {app: web}, annotations: {a: b}}\nspec: {nodeName: n1, readinessGates: [{conditionType: netlet.io/network-programmed}], containers: [{name: c, image: x, command: [sleep], env: [{name: A, value: B}], ports: [{name: http, containerPort: 8080}]}]}\nstatus: {phase: Running, podIP: 10.244.0.5, podIPs: [{ip: 10.244.0.5}], hostIP: 192.0.2.1, conditions: [{type: Ready, status: 'True'}, {type: netlet.io/network-programmed, status: 'True'}]}\n",
+        );
+        strip_pod(&mut pod);
+        let want: Pod = yaml(
+            "metadata: {name: p, namespace: shop, labels: {app: web}}\nspec: {nodeName: n1, readinessGates: [{conditionType: netlet.io/network-programmed}], containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}\nstatus: {phase: Running, podIP: 10.244.0.5, podIPs: [{ip: 10.244.0.5}], conditions: [{type: netlet.io/network-programmed, status: 'True'}]}\n",
+        );
+        assert_eq!(pod, want);
+    }
 }

@@ -85,6 +85,14 @@ pub struct Objects {
     pub nodes: Vec<k8s_openapi::api::core::v1::Node>,
 }
 
+/// A kind read as it comes, converted into the contract's form (its key, when it has one).
+type Convert =
+    fn(&serde_json::Value) -> Result<(Option<crate::policy::Key>, crate::policy::Item), String>;
+
+fn policy_key(k: Option<&netlet_sdk::proto::PolicyKey>) -> Option<crate::policy::Key> {
+    k.map(|k| (k.kind, k.namespace.clone(), k.name.clone()))
+}
+
 impl Objects {
     fn is_empty(&self) -> bool {
         self.services.is_empty()
@@ -313,8 +321,8 @@ impl Manifests {
         c
     }
 
-    /// Every NetworkPolicy the files hold, in the contract's form; one that does not convert
-    /// is left out and reported (`file: NetworkPolicy ns/name: field: why`).
+    /// Every NetworkPolicy the files hold (and admin policy, DnsPolicy, HostnameGrant), in the
+    /// contract's form; one that does not convert is left out and reported (`file: NetworkPolicy ns/name: field: why`).
     pub fn network_policies(
         &self,
     ) -> (
@@ -343,65 +351,36 @@ impl Manifests {
                     )),
                 }
             }
-            for v in &f.objects.cluster_policies {
-                match crate::netpol::cnp::cluster_network_policy(v) {
-                    Ok(p) => {
-                        if let Some(k) = p
-                            .key
-                            .as_ref()
-                            .map(|k| (k.kind, k.namespace.clone(), k.name.clone()))
-                        {
-                            out.insert(k, crate::policy::Item::Cluster(p));
+            let origin = path.display();
+            let kinds: [(&[serde_json::Value], Convert); 3] = [
+                (&f.objects.cluster_policies, |v| {
+                    crate::netpol::cnp::cluster_network_policy(v)
+                        .map(|p| (policy_key(p.key.as_ref()), crate::policy::Item::Cluster(p)))
+                }),
+                (&f.objects.dns_policies, |v| {
+                    crate::dns::policy::from_manifest(v)
+                        .map(|p| (policy_key(p.key.as_ref()), crate::policy::Item::Dns(p)))
+                }),
+                (&f.objects.hostname_grants, |v| {
+                    crate::grants::from_manifest(v)
+                        .map(|g| (policy_key(g.key.as_ref()), crate::policy::Item::Grant(g)))
+                }),
+            ];
+            for (values, convert) in kinds {
+                for v in values {
+                    match convert(v) {
+                        Ok((Some(k), item)) => {
+                            out.insert(k, item);
                         }
+                        Ok((None, _)) => {}
+                        Err(why) => errors.push(format!(
+                            "{origin}: {} {}: {why}",
+                            v.get("kind").and_then(|k| k.as_str()).unwrap_or_default(),
+                            v.pointer("/metadata/name")
+                                .and_then(|k| k.as_str())
+                                .unwrap_or_default()
+                        )),
                     }
-                    Err(why) => errors.push(format!(
-                        "{}: {} {}: {why}",
-                        path.display(),
-                        v.get("kind").and_then(|k| k.as_str()).unwrap_or_default(),
-                        v.pointer("/metadata/name")
-                            .and_then(|k| k.as_str())
-                            .unwrap_or_default()
-                    )),
-                }
-            }
-            for v in &f.objects.dns_policies {
-                match crate::dns::policy::from_manifest(v) {
-                    Ok(p) => {
-                        if let Some(k) = p
-                            .key
-                            .as_ref()
-                            .map(|k| (k.kind, k.namespace.clone(), k.name.clone()))
-                        {
-                            out.insert(k, crate::policy::Item::Dns(p));
-                        }
-                    }
-                    Err(why) => errors.push(format!(
-                        "{}: DnsPolicy {}: {why}",
-                        path.display(),
-                        v.pointer("/metadata/name")
-                            .and_then(|k| k.as_str())
-                            .unwrap_or_default()
-                    )),
-                }
-            }
-            for v in &f.objects.hostname_grants {
-                match crate::grants::from_manifest(v) {
-                    Ok(g) => {
-                        if let Some(k) = g
-                            .key
-                            .as_ref()
-                            .map(|k| (k.kind, k.namespace.clone(), k.name.clone()))
-                        {
-                            out.insert(k, crate::policy::Item::Grant(g));
-                        }
-                    }
-                    Err(why) => errors.push(format!(
-                        "{}: HostnameGrant {}: {why}",
-                        path.display(),
-                        v.pointer("/metadata/name")
-                            .and_then(|k| k.as_str())
-                            .unwrap_or_default()
-                    )),
                 }
             }
         }
