@@ -444,7 +444,8 @@ async fn a_network_policy_created_through_the_api_is_enforced() {
 /// deploy/ applies to a real API server (the CRDs' schemas are accepted and enforced: an object
 /// breaking a rule is refused with the rule's message), a ServiceAccount without the binding is
 /// refused and the host says so, and the ClusterRole of deploy/ suffices: the host run with the
-/// netlet ServiceAccount's token serves a Service and reads DnsPolicies and HostnameGrants.
+/// netlet ServiceAccount's token serves a Service, reads DnsPolicies and HostnameGrants,
+/// reports on its Node and sets a pod's readiness gate.
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_applies_and_its_cluster_role_suffices() {
     const T: &str = "deploy_applies_and_its_cluster_role_suffices";
@@ -576,6 +577,32 @@ async fn deploy_applies_and_its_cluster_role_suffices() {
         netlet_sdk::proto::DnsAction::Deny as i32
     );
     assert_eq!(listed.hostname_grants[0].hostnames, ["*.shop.example.com"]);
+    // The ClusterRole lets it report the node's network state on its Node, too.
+    cl.apiserver
+        .request(
+            "POST",
+            "/api/v1/nodes",
+            Some(&format!(
+                r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{NODE}"}}}}"#
+            )),
+        )
+        .unwrap();
+    let api = &cl.apiserver;
+    let ((unavailable, _), _) = wait_until(
+        "the node's conditions reported",
+        Duration::from_secs(30),
+        || async { node_conditions(api) },
+    )
+    .await;
+    assert_eq!(unavailable, "False");
+    // ... and set the readiness gate of a pod attached here that asks for it.
+    default_service_account(api);
+    create_pod(api, "web", true);
+    let set = wait_until("the gate set", Duration::from_secs(30), || async {
+        gate_of(api, "web")
+    })
+    .await;
+    assert_eq!(set, "True");
     let errors = cl.node.host.kubernetes_errors();
     assert!(errors.is_empty(), "{errors:?}");
 }
@@ -697,6 +724,53 @@ async fn the_api_server_away_and_compacted_nothing_flaps() {
     assert!(errors.is_empty(), "{errors:?}");
 }
 
+/// The status of pod `default/name`'s condition `netlet.io/network-programmed`, if it has one.
+fn gate_of(api: &ApiServer, name: &str) -> Option<String> {
+    let pod: serde_json::Value = serde_json::from_str(
+        &api.request(
+            "GET",
+            &format!("/api/v1/namespaces/default/pods/{name}"),
+            None,
+        )
+        .ok()?,
+    )
+    .ok()?;
+    pod["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "netlet.io/network-programmed")
+        .map(|c| c["status"].as_str().unwrap_or_default().to_string())
+}
+
+/// Creates pod `default/name` on this node through the API, listing netlet's readiness gate
+/// when `gated`.
+fn create_pod(api: &ApiServer, name: &str, gated: bool) {
+    let gates = if gated {
+        r#","readinessGates":[{"conditionType":"netlet.io/network-programmed"}]"#
+    } else {
+        ""
+    };
+    api.request(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        Some(&format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{"nodeName":"{NODE}","containers":[{{"name":"c","image":"x"}}]{gates}}}}}"#
+        )),
+    )
+    .unwrap();
+}
+
+/// No controller manager runs: the default namespace's default ServiceAccount, which pods
+/// need, is made here.
+fn default_service_account(api: &ApiServer) {
+    api.request(
+        "POST",
+        "/api/v1/namespaces/default/serviceaccounts",
+        Some(r#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default"}}"#),
+    )
+    .unwrap();
+}
+
 /// A pod that lists netlet's readiness gate gets it set once attached and everything the node
 /// wants is in its drivers (so a rollout waits for the network); a pod without the gate is
 /// left alone.
@@ -707,46 +781,10 @@ async fn the_readiness_gate_turns_true_once_programmed() {
         return;
     };
     let api = &cl.apiserver;
-    api.request(
-        "POST",
-        "/api/v1/namespaces/default/serviceaccounts",
-        Some(r#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default"}}"#),
-    )
-    .unwrap();
-    for (name, gates) in [
-        (
-            "gated",
-            r#","readinessGates":[{"conditionType":"netlet.io/network-programmed"}]"#,
-        ),
-        ("plain", ""),
-    ] {
-        api.request(
-            "POST",
-            "/api/v1/namespaces/default/pods",
-            Some(&format!(
-                r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{"nodeName":"{NODE}","containers":[{{"name":"c","image":"x"}}]{gates}}}}}"#
-            )),
-        )
-        .unwrap();
-    }
-    let gate = |name: &'static str| {
-        move || async move {
-            let pod: serde_json::Value = serde_json::from_str(
-                &api.request(
-                    "GET",
-                    &format!("/api/v1/namespaces/default/pods/{name}"),
-                    None,
-                )
-                .ok()?,
-            )
-            .ok()?;
-            pod["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .find(|c| c["type"] == "netlet.io/network-programmed")
-                .map(|c| c["status"].as_str().unwrap_or_default().to_string())
-        }
-    };
+    default_service_account(api);
+    create_pod(api, "gated", true);
+    create_pod(api, "plain", false);
+    let gate = |name: &'static str| move || async move { gate_of(api, name) };
     // Not attached yet: nothing to say about its network.
     assert_eq!(gate("gated")().await, None);
     let c = cl.node.host.clients().await;
