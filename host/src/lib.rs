@@ -98,12 +98,10 @@ pub struct Host {
     pub source_clusters: std::sync::Mutex<std::collections::BTreeMap<Source, netpol::Cluster>>,
     /// Desired policies (replayed to drivers).
     pub policies: tokio::sync::Mutex<policy::PolicyView>,
-    /// How many of the object sources of the node's config (the manifests directory, the
-    /// Kubernetes API) have not been read once yet. Until none is left no Services or Policy
-    /// driver is sent a full sync: what a driver kept from before a host restart goes on
-    /// serving and enforcing instead of an empty table (no flap).
-    pub sources_pending: std::sync::atomic::AtomicUsize,
-    /// The object sources read once so far.
+    /// The object sources (the manifests directory, the Kubernetes API) read once so far.
+    /// Until every one the node's config names is, no Services or Policy driver is sent a
+    /// full sync: what a driver kept from before a host restart goes on serving and enforcing
+    /// instead of an empty table (no flap). See [`Host::sources_loaded`].
     pub sources_read: std::sync::Mutex<std::collections::BTreeSet<Source>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
@@ -119,11 +117,25 @@ pub struct Host {
 }
 
 impl Host {
+    /// How many object sources the node's config names.
+    fn sources_configured(&self) -> usize {
+        usize::from(self.settings.manifests_dir.is_some())
+            + usize::from(self.settings.kubeconfig.is_some())
+    }
+
     /// Whether every object source of the node's config has been read once.
     pub fn sources_loaded(&self) -> bool {
-        self.sources_pending
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 0
+        self.sources_read
+            .lock()
+            .is_ok_and(|r| r.len() >= self.sources_configured())
+    }
+
+    /// Records `source` as read; true when that read was the last one outstanding (the
+    /// drivers may now have their first full sync).
+    pub fn source_read(&self, source: Source) -> bool {
+        self.sources_read
+            .lock()
+            .is_ok_and(|mut r| r.insert(source) && r.len() == self.sources_configured())
     }
 
     /// What every object source holds for policy selectors, merged: namespaces' labels,
@@ -304,10 +316,6 @@ pub async fn run(
         health_checks: services::health::HealthChecks::new(registry.clone()),
         policies: tokio::sync::Mutex::new(policy::PolicyView::new(epoch)),
         sources_read: Default::default(),
-        sources_pending: std::sync::atomic::AtomicUsize::new(
-            usize::from(settings.manifests_dir.is_some())
-                + usize::from(settings.kubeconfig.is_some()),
-        ),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
         locks: KeyLocks::default(),

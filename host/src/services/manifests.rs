@@ -583,22 +583,12 @@ pub(crate) async fn apply(
         tracing::error!(source = what, conflict = %m, "Service asks for what another holds");
         errors.push(format!("{origin}: {m}"));
     }
-    let first = host
-        .sources_read
-        .lock()
-        .is_ok_and(|mut read| read.insert(source));
+    // This source's first read: once it was the last one unread, every driver may have its
+    // first full sync (a driver with nothing applied is sent the whole table).
+    let all_loaded = host.source_read(source);
     if let Ok(mut e) = host.source_errors.lock() {
         e.insert(source, errors);
     }
-    // This source's first read: once it was the last one unread, every driver may have its
-    // first full sync (a driver with nothing applied is sent the whole table).
-    let all_loaded = if first {
-        host.sources_pending
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
-            == 1
-    } else {
-        false
-    };
     let delta = delta.or_else(|| {
         all_loaded.then(|| netlet_sdk::proto::ProgramServiceRequest {
             generation: view.table.generation(),
