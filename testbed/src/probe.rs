@@ -366,6 +366,32 @@ fn in_ns_rt<R: Send + 'static>(
     })?
 }
 
+/// A veth pair between two namespaces: `a_if` in `a`, `b_if` in `b`, both down and without
+/// addresses.
+fn veth_between(a: &Path, a_if: &str, b: &Path, b_if: &str) -> Result<(), String> {
+    let peer_ns = std::fs::File::open(b).map_err(|e| e.to_string())?;
+    let (a_if, b_if) = (a_if.to_string(), b_if.to_string());
+    in_ns_rt(a, move |h| {
+        Box::pin(async move {
+            use std::os::fd::AsRawFd;
+            let peer = rtnetlink::LinkMessageBuilder::<rtnetlink::LinkUnspec>::new()
+                .name(b_if.clone())
+                .setns_by_fd(peer_ns.as_raw_fd())
+                .build();
+            let msg = rtnetlink::LinkVeth::new(&a_if, &b_if)
+                .set_info_data(rtnetlink::packet_route::link::InfoData::Veth(
+                    rtnetlink::packet_route::link::InfoVeth::Peer(peer),
+                ))
+                .build();
+            h.link()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(|e| format!("veth {a_if}: {e}"))
+        })
+    })
+}
+
 /// Wires two namespaces with a veth pair: `a_if` with `a_cidr` in `a`, `b_if` with `b_cidr`
 /// in `b` (e.g. a node and an "outside" client), both up. Gone with either namespace.
 pub fn wire(
@@ -376,33 +402,62 @@ pub fn wire(
     b_if: &str,
     b_cidr: &str,
 ) -> Result<(), String> {
-    let peer_ns = std::fs::File::open(b).map_err(|e| e.to_string())?;
-    let (a_if2, b_if2, a_cidr2) = (a_if.to_string(), b_if.to_string(), a_cidr.to_string());
-    in_ns_rt(a, move |h| {
+    veth_between(a, a_if, b, b_if)?;
+    add_address(a, a_if, a_cidr)?;
+    add_address(b, b_if, b_cidr)
+}
+
+/// A Linux bridge `name` holding `cidr` inside `netns`, up.
+pub fn bridge(netns: &Path, name: &str, cidr: &str) -> Result<(), String> {
+    let (name, cidr) = (name.to_string(), cidr.to_string());
+    in_ns_rt(netns, move |h| {
         Box::pin(async move {
-            use std::os::fd::AsRawFd;
-            let peer = rtnetlink::LinkMessageBuilder::<rtnetlink::LinkUnspec>::new()
-                .name(b_if2.clone())
-                .setns_by_fd(peer_ns.as_raw_fd())
-                .build();
-            let msg = rtnetlink::LinkVeth::new(&a_if2, &b_if2)
-                .set_info_data(rtnetlink::packet_route::link::InfoData::Veth(
-                    rtnetlink::packet_route::link::InfoVeth::Peer(peer),
-                ))
-                .build();
             h.link()
-                .add(msg)
+                .add(rtnetlink::LinkBridge::new(&name).build())
                 .execute()
                 .await
-                .map_err(|e| format!("veth {a_if2}: {e}"))?;
-            drop(peer_ns);
-            nl_up_with_address(&h, &a_if2, &a_cidr2).await
+                .map_err(|e| format!("bridge {name}: {e}"))?;
+            nl_up_with_address(&h, &name, &cidr).await
+        })
+    })
+}
+
+/// Puts namespace `pod` on bridge `bridge` of namespace `node` (as a plain CNI bridge plugin
+/// would): veth `port` there, a port of the bridge, and `eth0` in `pod` holding `cidr` with a
+/// default route via `gateway`; `lo` of `pod` up.
+pub fn onto_bridge(
+    node: &Path,
+    bridge: &str,
+    port: &str,
+    pod: &Path,
+    cidr: &str,
+    gateway: IpAddr,
+) -> Result<(), String> {
+    veth_between(node, port, pod, "eth0")?;
+    let (bridge, port) = (bridge.to_string(), port.to_string());
+    in_ns_rt(node, move |h| {
+        Box::pin(async move {
+            let (br, idx) = (nl_index(&h, &bridge).await?, nl_index(&h, &port).await?);
+            h.link()
+                .set(
+                    rtnetlink::LinkUnspec::new_with_index(idx)
+                        .controller(br)
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| format!("{port} onto {bridge}: {e}"))
         })
     })?;
-    let (b_if3, b_cidr3) = (b_if.to_string(), b_cidr.to_string());
-    in_ns_rt(b, move |h| {
-        Box::pin(async move { nl_up_with_address(&h, &b_if3, &b_cidr3).await })
-    })
+    add_address(pod, "eth0", cidr)?;
+    link_up(pod, "lo")?;
+    let default = if gateway.is_ipv4() {
+        "0.0.0.0/0"
+    } else {
+        "::/0"
+    };
+    add_route(pod, default, gateway)
 }
 
 /// Makes a veth pair `a` / `b` inside `netns` (a link the pod has before a driver comes), up.

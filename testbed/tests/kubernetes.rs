@@ -340,6 +340,14 @@ async fn a_network_policy_created_through_the_api_is_enforced() {
     probe::tcp_echo(Some(&netns[0].path), server, 1000).unwrap();
     let (a, b) = (netns[1].path.clone(), netns[2].path.clone());
     let reach = |from: &std::path::Path| probe::tcp_request(from, server, "hi").is_ok();
+    // Until `from` reaches the server (`want`) or is refused by policy (`!want`).
+    let until = |what: &'static str, from: &std::path::PathBuf, want: bool| {
+        let from = from.clone();
+        wait_until(what, Duration::from_secs(30), move || {
+            let from = from.clone();
+            async move { (reach(&from) == want).then_some(()) }
+        })
+    };
     assert!(reach(&a) && reach(&b), "open before any policy");
 
     // Ingress to app=web (the label the Pod object carries) on its named port, from namespaces
@@ -352,15 +360,7 @@ async fn a_network_policy_created_through_the_api_is_enforced() {
             Some(policy),
         )
         .unwrap();
-    wait_until(
-        "team-b refused by the policy",
-        Duration::from_secs(30),
-        || {
-            let b = b.clone();
-            async move { (!reach(&b)).then_some(()) }
-        },
-    )
-    .await;
+    until("team-b refused by the policy", &b, false).await;
     assert!(reach(&a), "team-a is admitted");
 
     // team-b relabelled team=a through the API: admitted.
@@ -371,15 +371,7 @@ async fn a_network_policy_created_through_the_api_is_enforced() {
             Some(&namespace("team-b", r#""team":"a""#)),
         )
         .unwrap();
-    wait_until(
-        "relabelled team-b admitted",
-        Duration::from_secs(30),
-        || {
-            let b = b.clone();
-            async move { reach(&b).then_some(()) }
-        },
-    )
-    .await;
+    until("relabelled team-b admitted", &b, true).await;
 
     // The server's labels change in the API (its sandbox never had any): no longer selected,
     // and a policy isolating everything else in the namespace now covers it.
@@ -409,15 +401,7 @@ async fn a_network_policy_created_through_the_api_is_enforced() {
             Some(&obj.to_string()),
         )
         .unwrap();
-    wait_until(
-        "relabelled server isolated",
-        Duration::from_secs(30),
-        || {
-            let a = a.clone();
-            async move { (!reach(&a)).then_some(()) }
-        },
-    )
-    .await;
+    until("relabelled server isolated", &a, false).await;
 
     // Both policies deleted: open again.
     for name in ["web-from-a", "deny-others"] {

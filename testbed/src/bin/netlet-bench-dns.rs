@@ -449,6 +449,8 @@ async fn row_c(args: &Args) {
         let (mut per, mut micros) = (Vec::new(), Vec::new());
         for _ in 0..args.repeat {
             let before = queries_received(&node);
+            // `ip netns exec` (not netlet-netns-exec): it mounts /etc/netns/<name>/resolv.conf
+            // over /etc/resolv.conf, the file glibc's resolver reads.
             let out = std::process::Command::new("ip")
                 .args(["netns", "exec", &name, "python3", "-c", &script])
                 .output()

@@ -85,44 +85,26 @@ fn slice_json(i: usize, endpoints: usize, real: Option<&str>) -> serde_json::Val
     })
 }
 
-fn ip(args: &[&str]) {
-    let ok = std::process::Command::new("ip")
-        .args(args)
-        .status()
-        .expect("ip");
-    assert!(ok.success(), "ip {args:?}");
-}
-
 /// Node B's pods: a Linux bridge with `web` and `web2` on it.
-fn plain_pods(node: &str) -> Vec<NetNs> {
-    ip(&["-n", node, "link", "add", "br0", "type", "bridge"]);
-    ip(&["-n", node, "addr", "add", "10.244.0.1/24", "dev", "br0"]);
-    ip(&["-n", node, "link", "set", "br0", "up"]);
-    let mut pods = Vec::new();
-    for (i, addr) in [WEB, WEB2].into_iter().enumerate() {
-        let name = format!("netlet-bk-b{i}-{}", PID());
-        let ns = NetNs::create(&name).unwrap();
-        let veth = format!("w{i}");
-        ip(&[
-            "-n", node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
-            &name,
-        ]);
-        ip(&["-n", node, "link", "set", &veth, "master", "br0", "up"]);
-        ip(&[
-            "-n",
-            &name,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &name, "link", "set", "eth0", "up"]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        ip(&["-n", &name, "route", "add", "default", "via", "10.244.0.1"]);
-        pods.push(ns);
-    }
-    pods
+fn plain_pods(node: &Path) -> Vec<NetNs> {
+    probe::bridge(node, "br0", "10.244.0.1/24").unwrap();
+    [WEB, WEB2]
+        .into_iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let ns = NetNs::create(&format!("netlet-bk-b{i}-{}", PID())).unwrap();
+            probe::onto_bridge(
+                node,
+                "br0",
+                &format!("w{i}"),
+                &ns.path,
+                &format!("{addr}/24"),
+                "10.244.0.1".parse().unwrap(),
+            )
+            .unwrap();
+            ns
+        })
+        .collect()
 }
 
 /// Answers every connection to `addr` in `netns` with `addr`'s address.
@@ -330,20 +312,11 @@ async fn main() {
         .status()
         .expect("nft");
     assert!(ok.success(), "nft in the control plane");
-    // ... routed there (to a link going nowhere) so the forward hook sees it.
-    ip(&[
-        "-n", &cp_name, "link", "add", "unknown0", "type", "veth", "peer", "name", "unknown1",
-    ]);
-    ip(&["-n", &cp_name, "link", "set", "unknown0", "up"]);
-    ip(&[
-        "-n",
-        &cp_name,
-        "route",
-        "add",
-        "10.96.0.0/12",
-        "dev",
-        "unknown0",
-    ]);
+    // ... routed there (towards a neighbour that does not exist) so the forward hook sees it.
+    probe::veth_inside(&cp.path, "unknown0", "unknown1").unwrap();
+    probe::link_up(&cp.path, "unknown1").unwrap();
+    probe::add_address(&cp.path, "unknown0", "203.0.113.1/24").unwrap();
+    probe::add_route(&cp.path, "10.96.0.0/12", "203.0.113.2".parse().unwrap()).unwrap();
     let (kc_a, kc_b, kc_cp) = (
         dir.path().join("a.kubeconfig"),
         dir.path().join("b.kubeconfig"),
@@ -391,7 +364,7 @@ async fn main() {
     )
     .unwrap();
     probe::add_route(&node_b.path, "0.0.0.0/0", "192.0.2.5".parse().unwrap()).unwrap();
-    let pods_b = plain_pods(&b_name);
+    let pods_b = plain_pods(&node_b.path);
 
     let apiserver = ApiServer::start_in(&cp.path, &etcd, &api, "192.0.2.1");
     node_a.host.wait_ready("default").await;
