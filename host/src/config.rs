@@ -124,6 +124,34 @@ pub struct NodeConfig {
     /// Limits of the WebAssembly engine.
     #[serde(default)]
     pub wasm: Option<WasmConfig>,
+    /// Hostname claims: what a name no grant covers gets, and the admission webhook.
+    #[serde(default)]
+    pub hostnames: Option<HostnamesConfig>,
+}
+
+/// `hostnames:` of the NodeConfig.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostnamesConfig {
+    /// What a hostname no grant covers gets: `deny` (the default), `allow`, or `audit`
+    /// (allowed, the violation said as a warning and listed by the audit).
+    #[serde(default)]
+    pub no_grant: Option<String>,
+    /// The validating admission webhook; off when absent.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// `hostnames.webhook:` of the NodeConfig.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `IP:PORT` to serve HTTPS on. Required.
+    pub listen: String,
+    /// PEM certificate chain (read again whenever the file changes). Required.
+    pub cert_file: PathBuf,
+    /// PEM private key (read again whenever the file changes). Required.
+    pub key_file: PathBuf,
 }
 
 /// `dns:` of the NodeConfig.
@@ -303,6 +331,10 @@ pub struct Settings {
     pub policy_modules: Vec<crate::wasm::ModuleSpec>,
     /// Limits of the WebAssembly engine.
     pub wasm: crate::wasm::Limits,
+    /// What a hostname no grant covers gets.
+    pub no_grant: crate::hostnames::NoGrant,
+    /// The hostname admission webhook: where it listens, its certificate and key files.
+    pub webhook: Option<(std::net::SocketAddr, PathBuf, PathBuf)>,
 }
 
 /// Command-line overrides.
@@ -550,6 +582,25 @@ impl NodeConfig {
             None => None,
             Some(d) => Some(dns_settings(d, &invalid, &duration)?),
         };
+        let hn = self.hostnames.clone().unwrap_or_default();
+        let no_grant = match &hn.no_grant {
+            None => Default::default(),
+            Some(m) => m
+                .parse()
+                .map_err(|e: String| invalid("hostnames.noGrant", e))?,
+        };
+        let webhook = match hn.webhook {
+            None => None,
+            Some(w) => {
+                let listen = w.listen.parse().map_err(|_| {
+                    invalid(
+                        "hostnames.webhook.listen",
+                        format!("{:?} is not IP:PORT", w.listen),
+                    )
+                })?;
+                Some((listen, base.join(w.cert_file), base.join(w.key_file)))
+            }
+        };
         let socket = o
             .socket
             .or(self.socket)
@@ -594,6 +645,8 @@ impl NodeConfig {
             dns_notrack,
             policy_modules,
             wasm,
+            no_grant,
+            webhook,
         })
     }
 }

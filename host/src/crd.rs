@@ -106,11 +106,16 @@ pub struct DnsPolicySpec {
     printcolumn = r#"{"name":"Hostnames","type":"string","jsonPath":".spec.hostnames"}"#
 )]
 #[x_kube(validation = Rule::new("self.moduleSha256 == '' || self.module != ''").message("moduleSha256 needs module"))]
+#[x_kube(validation = Rule::new("(has(self.namespaces) && size(self.namespaces) > 0) || has(self.namespaceSelector)").message("namespaces or namespaceSelector is required"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostnameGrantSpec {
-    /// Namespaces granted; `*` for all.
-    #[schemars(length(min = 1, max = 1000), inner(length(min = 1, max = 63)))]
+    /// Namespaces granted by name; `*` for all.
+    #[serde(default)]
+    #[schemars(length(max = 1000), inner(length(min = 1, max = 63)))]
     pub namespaces: Vec<String>,
+    /// Namespaces granted by their labels, besides those named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
     /// Hostnames granted: exact names or `*.example.com` wildcards.
     #[schemars(length(min = 1, max = 1000), inner(length(min = 1, max = 253)))]
     pub hostnames: Vec<String>,

@@ -11,11 +11,16 @@ use std::sync::atomic::Ordering;
 
 use netlet_sdk::proto::{
     CheckDnsRequest, CheckDnsResponse, CheckHostnameRequest, CheckHostnameResponse, DnsAction,
-    HostnameGrant, PolicyModule, PolicyModuleCounters,
+    HostnameClaim, HostnameGrant, PolicyModule, PolicyModuleCounters,
 };
+
+use std::collections::HashMap;
+
+use k8s_openapi::jiff::Timestamp;
 
 use crate::Host;
 use crate::dns::policy::{Action, Client, Policies};
+use crate::hostnames::{self, Claim, NoGrant};
 use crate::wasm::{self, HostnameRequest, Label, Modules};
 
 /// Whether grant hostname `pattern` covers requested `host` (both without trailing dots).
@@ -64,6 +69,10 @@ pub fn from_manifest(v: &serde_json::Value) -> Result<HostnameGrant, String> {
             name: name.to_string(),
         }),
         namespaces: spec.namespaces,
+        namespace_selector: spec
+            .namespace_selector
+            .as_ref()
+            .map(crate::netpol::selector),
         hostnames: spec.hostnames,
         module: spec.module,
         module_settings_json: spec
@@ -214,107 +223,246 @@ impl Host {
         }
     }
 
-    /// CheckHostname: allowed when a grant covers the namespace and hostname and its module (if
-    /// any) agrees.
+    /// CheckHostname: the decision on one claim (see [`crate::hostnames`] for the rules),
+    /// from the grants applied now, the namespaces' labels and every source's claims.
     pub async fn check_hostname(&self, req: &CheckHostnameRequest) -> CheckHostnameResponse {
-        let grants: Vec<HostnameGrant> = self
-            .policies
+        let grants = self.hostname_grants().await;
+        let namespaces = self.cluster_objects().namespaces;
+        let since = req
+            .claimed_since
+            .as_ref()
+            .and_then(|t| Timestamp::new(t.seconds, t.nanos).ok())
+            .unwrap_or_else(Timestamp::now);
+        let ask = Claim {
+            hostname: hostnames::normalize(&req.hostname),
+            namespace: req.namespace.clone(),
+            kind: req.object_kind.clone(),
+            name: req.object_name.clone(),
+            since,
+        };
+        self.decide_hostname(&grants, &namespaces, &ask)
+    }
+
+    /// The hostname grants applied now.
+    pub async fn hostname_grants(&self) -> Vec<HostnameGrant> {
+        self.policies
             .lock()
             .await
             .table
             .hostname_grants()
             .cloned()
+            .collect()
+    }
+
+    /// The decision on claim `ask`: a grant covering the name must list the namespace (and
+    /// its module agree), or, for a name no grant covers, the node's `noGrant` mode decides;
+    /// then no older claim of another namespace may hold the name.
+    pub fn decide_hostname(
+        &self,
+        grants: &[HostnameGrant],
+        namespaces: &Namespaces,
+        ask: &Claim,
+    ) -> CheckHostnameResponse {
+        let governing: Vec<(&HostnameGrant, &String)> = grants
+            .iter()
+            .filter_map(|g| {
+                let p = g
+                    .hostnames
+                    .iter()
+                    .find(|h| hostname_covered(h, &ask.hostname))?;
+                Some((g, p))
+            })
             .collect();
-        let ns_labels: Vec<Label> = self
-            .cluster_objects()
-            .namespaces
-            .get(&req.namespace)
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(key, value)| Label { key, value })
-            .collect();
-        for g in &grants {
-            let Some(key) = &g.key else { continue };
-            let ns_ok = g.namespaces.iter().any(|n| n == "*" || *n == req.namespace);
-            let Some(pattern) = g
-                .hostnames
-                .iter()
-                .find(|h| hostname_covered(h, &req.hostname))
-            else {
-                continue;
-            };
-            if !ns_ok {
-                continue;
-            }
-            if g.module.is_empty() {
-                return CheckHostnameResponse {
-                    allowed: true,
-                    grant: key.name.clone(),
-                    reason: format!("granted by {:?} for {pattern:?}", key.name),
-                    module: String::new(),
-                };
-            }
-            let settings = if g.module_settings_json.is_empty() {
-                "{}"
-            } else {
-                &g.module_settings_json
-            };
-            let r = HostnameRequest {
-                namespace: req.namespace.clone(),
-                namespace_labels: ns_labels.clone(),
-                hostname: req.hostname.to_ascii_lowercase(),
-                object_kind: req.object_kind.clone(),
-                object_name: String::new(),
-            };
-            let pinned_mismatch = !g.module_sha256.is_empty()
-                && self
-                    .modules
-                    .sha256(&g.module)
-                    .is_some_and(|s| !s.eq_ignore_ascii_case(&g.module_sha256));
-            let (allowed, reason) = if pinned_mismatch {
-                (
-                    false,
-                    format!(
-                        "module {:?}: loaded sha256 is not the grant's pin",
-                        g.module
-                    ),
-                )
-            } else {
-                match self.modules.check_hostname(&g.module, settings, &r) {
-                    Ok(d) => (d.allowed, d.reason),
-                    Err(f) => {
-                        let open = self.modules.fails_open(&g.module).unwrap_or(false);
-                        (
-                            open,
-                            format!(
-                                "module failed ({f}); failing {}",
-                                if open { "open" } else { "closed" }
-                            ),
-                        )
-                    }
+        let out = if governing.is_empty() {
+            let why = format!("no grant covers {:?}", ask.hostname);
+            match self.settings.no_grant {
+                NoGrant::Deny => {
+                    return denied(format!("{why} (hostnames.noGrant: deny)"));
                 }
-            };
-            return CheckHostnameResponse {
-                allowed,
-                grant: if allowed {
-                    key.name.clone()
-                } else {
-                    String::new()
+                NoGrant::Allow => CheckHostnameResponse {
+                    allowed: true,
+                    reason: format!("{why}; allowed (hostnames.noGrant: allow)"),
+                    ..Default::default()
                 },
-                reason,
-                module: g.module.clone(),
+                NoGrant::Audit => CheckHostnameResponse {
+                    allowed: true,
+                    audit: true,
+                    reason: format!("{why}; allowed for audit only (hostnames.noGrant: audit)"),
+                    ..Default::default()
+                },
+            }
+        } else {
+            let Some((g, pattern)) = governing
+                .iter()
+                .find(|(g, _)| lists(g, &ask.namespace, namespaces))
+            else {
+                let names: Vec<&str> = governing
+                    .iter()
+                    .filter_map(|(g, _)| g.key.as_ref().map(|k| k.name.as_str()))
+                    .collect();
+                return denied(format!(
+                    "no grant lets namespace {:?} use {:?} (it is governed by {})",
+                    ask.namespace,
+                    ask.hostname,
+                    names.join(", ")
+                ));
+            };
+            let d = self.grant_module(g, pattern, namespaces, ask);
+            if !d.allowed {
+                return d;
+            }
+            d
+        };
+        // A claim holds its name while its namespace may use it by the grants (modules are
+        // not asked again for others' claims); a name no grant covers is held by any claim.
+        let holds = |c: &Claim| {
+            governing.is_empty()
+                || governing
+                    .iter()
+                    .any(|(g, _)| lists(g, &c.namespace, namespaces))
+        };
+        if let Some(h) = self.claims.holder(ask, holds) {
+            return CheckHostnameResponse {
+                allowed: false,
+                reason: format!(
+                    "{:?} is held by {} since {}",
+                    ask.hostname,
+                    h.object(),
+                    h.since
+                ),
+                held_by: h.object(),
+                held_since: Some(prost_types::Timestamp {
+                    seconds: h.since.as_second(),
+                    nanos: h.since.subsec_nanosecond(),
+                }),
+                module: out.module,
+                ..Default::default()
             };
         }
-        CheckHostnameResponse {
-            allowed: false,
-            grant: String::new(),
-            reason: format!(
-                "no grant lets namespace {:?} use {:?}",
-                req.namespace, req.hostname
-            ),
-            module: String::new(),
+        out
+    }
+
+    /// The verdict of grant `g` (covering the name with `pattern`, listing the namespace):
+    /// allowed, unless its module says otherwise.
+    fn grant_module(
+        &self,
+        g: &HostnameGrant,
+        pattern: &str,
+        namespaces: &Namespaces,
+        ask: &Claim,
+    ) -> CheckHostnameResponse {
+        let name = g.key.as_ref().map(|k| k.name.clone()).unwrap_or_default();
+        if g.module.is_empty() {
+            return CheckHostnameResponse {
+                allowed: true,
+                reason: format!("granted by {name:?} for {pattern:?}"),
+                grant: name,
+                ..Default::default()
+            };
         }
+        let settings = if g.module_settings_json.is_empty() {
+            "{}"
+        } else {
+            &g.module_settings_json
+        };
+        let r = HostnameRequest {
+            namespace: ask.namespace.clone(),
+            namespace_labels: namespaces
+                .get(&ask.namespace)
+                .into_iter()
+                .flatten()
+                .map(|(key, value)| Label {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            hostname: ask.hostname.clone(),
+            object_kind: ask.kind.clone(),
+            object_name: ask.name.clone(),
+        };
+        let pinned_mismatch = !g.module_sha256.is_empty()
+            && self
+                .modules
+                .sha256(&g.module)
+                .is_some_and(|s| !s.eq_ignore_ascii_case(&g.module_sha256));
+        let (allowed, reason) = if pinned_mismatch {
+            (
+                false,
+                format!(
+                    "module {:?}: loaded sha256 is not the grant's pin",
+                    g.module
+                ),
+            )
+        } else {
+            match self.modules.check_hostname(&g.module, settings, &r) {
+                Ok(d) => (d.allowed, d.reason),
+                Err(f) => {
+                    let open = self.modules.fails_open(&g.module).unwrap_or(false);
+                    (
+                        open,
+                        format!(
+                            "module failed ({f}); failing {}",
+                            if open { "open" } else { "closed" }
+                        ),
+                    )
+                }
+            }
+        };
+        CheckHostnameResponse {
+            allowed,
+            grant: if allowed { name } else { String::new() },
+            reason,
+            module: g.module.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Every claim the object sources hold, each with its decision now: the audit.
+    pub async fn hostname_audit(&self) -> Vec<HostnameClaim> {
+        let grants = self.hostname_grants().await;
+        let namespaces = self.cluster_objects().namespaces;
+        let index = self.claims.index();
+        index
+            .all()
+            .into_iter()
+            .map(|c| HostnameClaim {
+                hostname: c.hostname.clone(),
+                namespace: c.namespace.clone(),
+                kind: c.kind.clone(),
+                name: c.name.clone(),
+                since: Some(prost_types::Timestamp {
+                    seconds: c.since.as_second(),
+                    nanos: c.since.subsec_nanosecond(),
+                }),
+                decision: Some(self.decide_hostname(&grants, &namespaces, c)),
+            })
+            .collect()
+    }
+}
+
+/// Namespaces' labels by name.
+pub type Namespaces = HashMap<String, HashMap<String, String>>;
+
+/// Whether grant `g` lists namespace `ns`: by name, `*`, or its namespace selector (a
+/// namespace not known yet carries only its name label).
+pub fn lists(g: &HostnameGrant, ns: &str, namespaces: &Namespaces) -> bool {
+    g.namespaces.iter().any(|n| n == "*" || n == ns)
+        || g.namespace_selector
+            .as_ref()
+            .is_some_and(|sel| match namespaces.get(ns) {
+                Some(l) => netlet_sdk::labels::matches(sel, l),
+                None => netlet_sdk::labels::matches(
+                    sel,
+                    &HashMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())]),
+                ),
+            })
+}
+
+fn denied(reason: String) -> CheckHostnameResponse {
+    CheckHostnameResponse {
+        allowed: false,
+        reason,
+        ..Default::default()
     }
 }
 

@@ -16,6 +16,7 @@ pub mod dns;
 pub mod error;
 pub mod features;
 pub mod grants;
+pub mod hostnames;
 pub mod metrics;
 pub mod netpol;
 pub mod pending_detach;
@@ -25,6 +26,7 @@ mod resync;
 pub mod services;
 pub mod store;
 pub mod wasm;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -111,6 +113,8 @@ pub struct Host {
     pub dns: Option<Arc<dns::Dns>>,
     /// Per object source: its Service objects, for the DNS zone.
     pub dns_objects: std::sync::Mutex<std::collections::BTreeMap<Source, dns::ManifestServices>>,
+    /// Per object source: the hostnames its objects claim (with what the webhook admitted).
+    pub claims: hostnames::Claims,
     /// True once shutdown began (the drain: no new calls; watches end).
     pub shutdown: watch::Receiver<bool>,
     locks: KeyLocks,
@@ -307,6 +311,7 @@ pub async fn run(
         modules: modules.clone(),
         dns: dns.clone(),
         dns_objects: Default::default(),
+        claims: Default::default(),
         settings: settings.clone(),
         registry: registry.clone(),
         store,
@@ -353,6 +358,17 @@ pub async fn run(
             client.clone(),
         )));
         tasks.push(tokio::spawn(services::kube::watch(host.clone(), client)));
+    }
+    if let Some((listen, cert, key)) = settings.webhook.clone() {
+        let (listener, cert) = webhook::bind(listen, &cert, &key)
+            .await
+            .map_err(|e| Error::Admin(std::io::Error::other(format!("webhook: {e}"))))?;
+        let h = host.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = webhook::serve(h, listener, cert).await {
+                tracing::error!(error = %e, "hostname admission webhook stopped");
+            }
+        }));
     }
     tasks.push(tokio::spawn(pending_detach::watch(host.clone())));
     tasks.push(tokio::spawn(wasm::watch(modules.clone(), stop_rx.clone())));

@@ -40,7 +40,14 @@ pub struct Metrics {
     restarts: Family<DriverLabels, Counter>,
     registered: Gauge,
     denied: Counter,
+    admissions: Family<AdmissionLabels, Counter>,
     methods: HashSet<String>,
+}
+
+/// The label of `hostname_admissions`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct AdmissionLabels {
+    verdict: &'static str,
 }
 
 /// The `method` label of a path the host does not serve: whatever a caller sends is folded into
@@ -110,6 +117,12 @@ impl Default for Metrics {
             "gRPC requests refused by the peer-credential check (not timed, not labelled)",
             denied.clone(),
         );
+        let admissions = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "hostname_admissions",
+            "Admission requests the hostname webhook decided, by verdict (allowed, denied)",
+            admissions.clone(),
+        );
         registry.register(
             "drivers_registered",
             "Drivers currently registered",
@@ -121,6 +134,7 @@ impl Default for Metrics {
             restarts,
             registered,
             denied,
+            admissions,
             methods: served_methods(),
         }
     }
@@ -155,6 +169,14 @@ impl Metrics {
                 code: code_label(code).to_string(),
             })
             .observe(seconds);
+    }
+
+    /// Counts an admission request the hostname webhook decided.
+    pub fn hostname_decisions(&self, allowed: bool) {
+        let verdict = if allowed { "allowed" } else { "denied" };
+        self.admissions
+            .get_or_create(&AdmissionLabels { verdict })
+            .inc();
     }
 
     /// Counts a request the peer-credential check refused.

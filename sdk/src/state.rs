@@ -512,6 +512,7 @@ impl PolicyTable {
             cluster_network_policies: self.cluster.values().cloned().collect(),
             address_sets: self.address_sets(),
             modules: Vec::new(),
+            hostname_claims: Vec::new(),
         }
     }
 

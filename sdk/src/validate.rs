@@ -1009,6 +1009,20 @@ pub fn apply_policy(r: &ApplyPolicyRequest) -> R {
         if g.hostnames.is_empty() {
             return Err(invalid(format!("{f}.hostnames"), "required"));
         }
+        if g.namespaces.is_empty() && g.namespace_selector.is_none() {
+            return Err(invalid(
+                format!("{f}.namespaces"),
+                "required (or namespace_selector)",
+            ));
+        }
+        for (j, n) in g.namespaces.iter().enumerate() {
+            if n != "*" {
+                dns_label(&format!("{f}.namespaces[{j}]"), n)?;
+            }
+        }
+        if let Some(sel) = &g.namespace_selector {
+            crate::labels::selector(&format!("{f}.namespace_selector"), sel)?;
+        }
         for (j, n) in g.hostnames.iter().enumerate() {
             name_pattern(&format!("{f}.hostnames[{j}]"), n)?;
         }

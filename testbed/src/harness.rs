@@ -147,6 +147,25 @@ pub fn in_netns(netns: Option<&Path>, program: &Path) -> Command {
     }
 }
 
+/// Where the test command built the WebAssembly policy modules (`$NETLET_WASM_DIR`, else
+/// `$CARGO_TARGET_DIR/wasm-policies`); fails when they are not there.
+pub fn wasm_dir() -> PathBuf {
+    let dir = std::env::var_os("NETLET_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+                .join("wasm-policies")
+        });
+    assert!(
+        dir.join("dns-block-log.wasm").exists(),
+        "{}: modules not built (the test command builds them)",
+        dir.display()
+    );
+    dir
+}
+
 /// A supervised bridge-driver entry: `network` on `bridge` with `subnets`.
 pub fn bridge_driver(name: &str, network: &str, bridge: &str, subnets: &[&str]) -> String {
     let mut args = vec!["--name", name, "--network", network, "--bridge", bridge];

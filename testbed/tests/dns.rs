@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use netlet_sdk::client::Clients;
 use netlet_sdk::proto::{CheckDnsRequest, DnsAction, ListPoliciesRequest, PodSandbox};
-use netlet_testbed::harness::{Node, Proc, attach, bin, bridge_driver, privileged, tool};
+use netlet_testbed::harness::{Node, Proc, attach, bin, bridge_driver, privileged, tool, wasm_dir};
 use netlet_testbed::probe::{self, NetNs};
 
 const V4: &str = "10.244.0.0/24";
@@ -337,23 +337,6 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "{what}: not within {CONVERGE:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn wasm_dir() -> PathBuf {
-    let dir = std::env::var_os("NETLET_WASM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-                .join("wasm-policies")
-        });
-    assert!(
-        dir.join("dns-block-log.wasm").exists(),
-        "{}: modules not built (the test command builds them)",
-        dir.display()
-    );
-    dir
 }
 
 async fn setup() -> Env {

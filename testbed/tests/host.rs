@@ -1391,7 +1391,7 @@ async fn the_host_decides_hostname_grants() {
             "www.shop.example.com",
             false,
             "",
-            "no grant lets namespace \"blog\" use \"www.shop.example.com\"",
+            "no grant lets namespace \"blog\" use \"www.shop.example.com\" (it is governed by shop)",
         ),
         (
             "blog",
@@ -1405,7 +1405,7 @@ async fn the_host_decides_hostname_grants() {
             "apps.example.com",
             false,
             "",
-            "no grant lets namespace \"blog\" use \"apps.example.com\"",
+            "no grant covers \"apps.example.com\" (hostnames.noGrant: deny)",
         ),
     ] {
         let r = c
@@ -1414,6 +1414,7 @@ async fn the_host_decides_hostname_grants() {
                 namespace: ns.into(),
                 hostname: host.into(),
                 object_kind: "HTTPRoute".into(),
+                ..Default::default()
             })
             .await
             .unwrap()

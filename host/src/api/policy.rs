@@ -125,6 +125,7 @@ impl Policy for Api {
     ) -> Result<Response<ListPoliciesResponse>, Status> {
         let mut list = self.0.policies.lock().await.list();
         list.modules = crate::grants::module_list(&self.0.modules);
+        list.hostname_claims = self.0.hostname_audit().await;
         Ok(Response::new(list))
     }
 }

@@ -2,6 +2,12 @@
 
 use std::path::PathBuf;
 
+/// mimalloc rather than the system allocator: it returns freed pages to the kernel soon, where
+/// glibc's arenas keep what a large initial list or full sync once needed (measured at 10k
+/// Services: about a third of the resident memory).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use netlet_host::config::{self, Overrides};

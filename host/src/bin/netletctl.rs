@@ -74,6 +74,9 @@ enum Cmd {
     /// The node's NetworkPolicies and ClusterNetworkPolicies as drivers are told them: the
     /// addresses each applies to and each rule's peers, resolved by the host.
     Policies,
+    /// Hostname grants, and every hostname claim with its decision now (the audit: a claim
+    /// denied here was made before a grant or an older claim said otherwise).
+    Hostnames,
     /// Prometheus metrics, as served.
     Metrics,
     /// Debugging dumps.
@@ -430,6 +433,113 @@ async fn main() -> anyhow::Result<()> {
                     println!();
                     table(&["POD", "HOST-PORT", "TO"], rows);
                 }
+            }
+        }
+        Cmd::Hostnames => {
+            let mut c = Clients::connect(&cli.socket, Some(std::time::Duration::from_secs(10)))
+                .await
+                .with_context(|| format!("connect {}", cli.socket.display()))?;
+            let l = c
+                .policy
+                .list_policies(ListPoliciesRequest::default())
+                .await?
+                .into_inner();
+            let since = |t: &Option<prost_types::Timestamp>| {
+                t.as_ref()
+                    .and_then(|t| k8s_openapi::jiff::Timestamp::new(t.seconds, t.nanos).ok())
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            };
+            let grants: Vec<Value> = l
+                .hostname_grants
+                .iter()
+                .map(|g| {
+                    json!({
+                        "name": g.key.as_ref().map(|k| k.name.clone()).unwrap_or_default(),
+                        "hostnames": g.hostnames,
+                        "namespaces": g.namespaces,
+                        "namespaceSelector": g.namespace_selector.as_ref().map(|s| json!({
+                            "matchLabels": s.match_labels,
+                            "matchExpressions": s.match_expressions.iter().map(|e| json!({"key": e.key, "operator": e.operator, "values": e.values})).collect::<Vec<_>>(),
+                        })),
+                        "module": g.module,
+                    })
+                })
+                .collect();
+            let claims: Vec<Value> = l
+                .hostname_claims
+                .iter()
+                .map(|c| {
+                    let d = c.decision.clone().unwrap_or_default();
+                    json!({
+                        "hostname": c.hostname,
+                        "namespace": c.namespace,
+                        "kind": c.kind,
+                        "name": c.name,
+                        "since": since(&c.since),
+                        "allowed": d.allowed,
+                        "audit": d.audit,
+                        "grant": d.grant,
+                        "heldBy": d.held_by,
+                        "reason": d.reason,
+                    })
+                })
+                .collect();
+            if json_out {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"grants": grants, "claims": claims}))?
+                );
+            } else {
+                let rows = l
+                    .hostname_grants
+                    .iter()
+                    .map(|g| {
+                        let mut ns = g.namespaces.join(",");
+                        if let Some(sel) = &g.namespace_selector {
+                            let labels: Vec<String> = sel
+                                .match_labels
+                                .iter()
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .chain(sel.match_expressions.iter().map(|e| {
+                                    format!("{} {} ({})", e.key, e.operator, e.values.join(","))
+                                }))
+                                .collect();
+                            if !ns.is_empty() {
+                                ns.push(',');
+                            }
+                            ns.push_str(&format!("selector[{}]", labels.join(",")));
+                        }
+                        vec![
+                            g.key.as_ref().map(|k| k.name.clone()).unwrap_or_default(),
+                            g.hostnames.join(","),
+                            ns,
+                            g.module.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["GRANT", "HOSTNAMES", "NAMESPACES", "MODULE"], rows);
+                println!();
+                let rows = l
+                    .hostname_claims
+                    .iter()
+                    .map(|c| {
+                        let d = c.decision.clone().unwrap_or_default();
+                        let verdict = match (d.allowed, d.audit) {
+                            (true, false) => "allowed",
+                            (true, true) => "audit",
+                            (false, _) => "DENIED",
+                        };
+                        vec![
+                            c.hostname.clone(),
+                            format!("{}/{}/{}", c.namespace, c.kind, c.name),
+                            since(&c.since),
+                            verdict.to_string(),
+                            d.reason,
+                        ]
+                    })
+                    .collect();
+                table(&["HOSTNAME", "CLAIMED BY", "SINCE", "VERDICT", "WHY"], rows);
             }
         }
         Cmd::Policies => {

@@ -72,8 +72,12 @@ pub async fn client(path: &Path) -> anyhow::Result<Client> {
     Client::try_from(cfg).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// The annotations netlet reads (a Service's topology mode); every other one is dropped.
-const READ_ANNOTATIONS: [&str; 1] = [super::view::TOPOLOGY_MODE_ANNOTATION];
+/// The annotations netlet reads (a Service's topology mode, the hostnames external-dns would
+/// publish for it); every other one is dropped.
+const READ_ANNOTATIONS: [&str; 2] = [
+    super::view::TOPOLOGY_MODE_ANNOTATION,
+    crate::hostnames::EXTERNAL_DNS_ANNOTATION,
+];
 
 /// What netlet never reads of any object.
 fn strip_meta<K: Resource>(o: &mut K) {
@@ -85,6 +89,17 @@ fn strip_meta<K: Resource>(o: &mut K) {
         if a.is_empty() {
             m.annotations = None;
         }
+    }
+}
+
+/// Of an EndpointSlice, all but what each endpoint points at (`targetRef`, which the
+/// EndpointSlice controller sets on every endpoint and netlet never reads) and the deprecated
+/// topology map.
+fn strip_slice(s: &mut EndpointSlice) {
+    strip_meta(s);
+    for e in &mut s.endpoints {
+        e.target_ref = None;
+        e.deprecated_topology = None;
     }
 }
 
@@ -464,7 +479,7 @@ pub async fn watch(host: Arc<Host>, client: Client) {
     }
     let mut stores = Stores {
         services: typed!(Service, strip_meta),
-        slices: typed!(EndpointSlice, strip_meta),
+        slices: typed!(EndpointSlice, strip_slice),
         network_policies: typed!(NetworkPolicy, strip_meta),
         namespaces: typed!(Namespace, strip_meta),
         pods: typed!(Pod, strip_pod),
@@ -651,7 +666,7 @@ mod tests {
     }
 
     /// What is read survives the stripping: a Service's topology mode (it turns on
-    /// PreferClose), a Pod's labels, node, named ports, addresses, gates and netlet's condition.
+    /// PreferClose), an EndpointSlice endpoint's address, conditions, node, zone and hints, a Pod's labels, node, named ports, addresses, gates and netlet's condition.
     #[test]
     fn stripping_keeps_what_is_read() {
         let mut svc: Service = yaml(
@@ -670,6 +685,15 @@ mod tests {
             )]
         );
         assert!(svc.metadata.managed_fields.is_none());
+
+        let mut slice: EndpointSlice = yaml(
+            "metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.244.1.5], conditions: {ready: true, serving: true}, nodeName: n1, zone: z1, hints: {forZones: [{name: z1}]}, targetRef: {kind: Pod, namespace: shop, name: web-1, uid: 0b8d}}]\n",
+        );
+        strip_slice(&mut slice);
+        let want: EndpointSlice = yaml(
+            "metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.244.1.5], conditions: {ready: true, serving: true}, nodeName: n1, zone: z1, hints: {forZones: [{name: z1}]}}]\n",
+        );
+        assert_eq!(slice, want);
 
         let mut pod: Pod = yaml(
             "metadata: {name: p, namespace: shop, labels: {app: web}, annotations: {a: b}}\nspec: {nodeName: n1, readinessGates: [{conditionType: netlet.io/network-programmed}], containers: [{name: c, image: x, command: [sleep], env: [{name: A, value: B}], ports: [{name: http, containerPort: 8080}]}]}\nstatus: {phase: Running, podIP: 10.244.0.5, podIPs: [{ip: 10.244.0.5}], hostIP: 192.0.2.1, conditions: [{type: Ready, status: 'True'}, {type: netlet.io/network-programmed, status: 'True'}]}\n",

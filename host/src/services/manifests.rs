@@ -83,6 +83,9 @@ pub struct Objects {
     pub hostname_grants: Vec<serde_json::Value>,
     /// Nodes (their addresses, for node peers).
     pub nodes: Vec<k8s_openapi::api::core::v1::Node>,
+    /// Objects that claim hostnames (Ingresses, Gateway API routes and Gateways, OpenShift
+    /// Routes; as read, see [`crate::hostnames`]).
+    pub claimers: Vec<serde_json::Value>,
 }
 
 /// A kind read as it comes, converted into the contract's form (its key, when it has one).
@@ -104,6 +107,7 @@ impl Objects {
             && self.dns_policies.is_empty()
             && self.hostname_grants.is_empty()
             && self.nodes.is_empty()
+            && self.claimers.is_empty()
     }
 }
 
@@ -148,10 +152,11 @@ pub fn parse(text: &str) -> Result<Objects, String> {
             }
             "DnsPolicy" => o.dns_policies.push(v),
             "HostnameGrant" => o.hostname_grants.push(v),
+            k if crate::hostnames::is_claiming_kind(k) => o.claimers.push(v),
             "" => return Err(format!("document {}: no kind", i + 1)),
             other => {
                 return Err(format!(
-                    "document {}: kind {other} is not Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy, DnsPolicy, HostnameGrant, Namespace, Pod or Node",
+                    "document {}: kind {other} is not Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy, DnsPolicy, HostnameGrant, Namespace, Pod, Node, Ingress, HTTPRoute, GRPCRoute, TLSRoute, Gateway or Route",
                     i + 1
                 ));
             }
@@ -603,6 +608,19 @@ pub(crate) async fn apply(
         tracing::warn!(error = %e, "Services drivers not brought up to date; retried at their next resync");
     }
     drop(view);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut claims: Vec<crate::hostnames::Claim> = dns
+        .services
+        .iter()
+        .flat_map(|s| crate::hostnames::service_claims(s, now))
+        .collect();
+    claims.extend(
+        m.files
+            .values()
+            .flat_map(|f| &f.objects.claimers)
+            .flat_map(|o| crate::hostnames::claims_of(o, now)),
+    );
+    host.claims.set(source, claims);
     host.refresh_dns_zone(Some((source, dns))).await;
     let (policies, invalid) = m.network_policies();
     if let Ok(mut all) = host.source_clusters.lock() {
@@ -678,7 +696,7 @@ mod tests {
         std::fs::write(&f, "kind: ConfigMap\n").unwrap();
         assert!(m.scan());
         assert!(m.errors()[0].contains(
-            "kind ConfigMap is not Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy, DnsPolicy, HostnameGrant, Namespace, Pod or Node"
+            "kind ConfigMap is not Service, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy, DnsPolicy, HostnameGrant, Namespace, Pod, Node, Ingress, HTTPRoute, GRPCRoute, TLSRoute, Gateway or Route"
         ));
         // Deleting the file deletes its Services.
         std::fs::remove_file(&f).unwrap();

@@ -255,6 +255,8 @@ pub fn endpoints(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo) -> V
         }
     }
     let mut eps: Vec<Endpoint> = by_addr.into_values().collect();
+    // Kept for as long as the Service is: no room for ports an endpoint will not get.
+    eps.iter_mut().for_each(|e| e.ports.shrink_to_fit());
     categorize(svc, &mut eps, node);
     eps
 }

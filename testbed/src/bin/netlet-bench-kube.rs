@@ -71,7 +71,14 @@ fn slice_json(i: usize, endpoints: usize, real: Option<&str>) -> serde_json::Val
         None => (0..endpoints)
             .map(|j| {
                 let n = i * 16 + j;
-                serde_json::json!({"addresses": [format!("10.{}.{}.{}", 100 + n / 65536, (n / 256) % 256, n % 256)], "conditions": {"ready": true}})
+                // As the EndpointSlice controller writes them: the pod's node and a reference
+                // to the pod.
+                serde_json::json!({
+                    "addresses": [format!("10.{}.{}.{}", 100 + n / 65536, (n / 256) % 256, n % 256)],
+                    "conditions": {"ready": true, "serving": true, "terminating": false},
+                    "nodeName": format!("node-{}", n % 50),
+                    "targetRef": {"kind": "Pod", "namespace": "default", "name": format!("svc{i}-{j}"), "uid": format!("{:08x}-0000-4000-8000-{n:012x}", i)},
+                })
             })
             .collect(),
     };

@@ -115,6 +115,7 @@ pub fn checks() -> Vec<Check> {
                         namespace: "conformance".into(),
                         hostname: "app.example.com".into(),
                         object_kind: "HTTPRoute".into(),
+                        ..Default::default()
                     })
                     .await;
                 if ctx.has_feature(netlet_sdk::proto::Feature::HostnameGrants) {
