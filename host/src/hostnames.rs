@@ -44,7 +44,7 @@ pub const KINDS: [(&str, &str, &str); 6] = [
     ("networking.k8s.io", "v1", "Ingress"),
     ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
     ("gateway.networking.k8s.io", "v1", "GRPCRoute"),
-    ("gateway.networking.k8s.io", "v1alpha2", "TLSRoute"),
+    ("gateway.networking.k8s.io", "v1", "TLSRoute"),
     ("gateway.networking.k8s.io", "v1", "Gateway"),
     ("route.openshift.io", "v1", "Route"),
 ];

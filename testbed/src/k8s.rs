@@ -38,6 +38,99 @@ pub fn kubectl(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// The Gateway API's CRDs `testbed/k8s/build.sh` put beside the binaries (Gateway, HTTPRoute,
+/// GRPCRoute, TLSRoute); when missing, [`skip`] decides.
+pub fn gateway_api_crds(test: &str) -> Option<PathBuf> {
+    let d = bin_dir().join("gateway-api-crds");
+    if d.join("gateway.networking.k8s.io_httproutes.yaml").is_file() {
+        return Some(d);
+    }
+    skip(
+        test,
+        &format!(
+            "{}: no Gateway API CRDs (testbed/k8s/build.sh fetches them)",
+            d.display()
+        ),
+    );
+    None
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issues, in `dir`, a CA `ca-<tag>.pem` and a serving certificate it signed for 127.0.0.1
+/// and `netlet-webhook.netlet-system.svc` (`srv-<tag>.pem`, key `srv-<tag>.key`; P-256):
+/// (CA, certificate, key).
+pub fn issue_tls(dir: &Path, tag: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let (ca, ca_key) = (format!("ca-{tag}.pem"), format!("ca-{tag}.key"));
+    let (srv, srv_key, csr) = (
+        format!("srv-{tag}.pem"),
+        format!("srv-{tag}.key"),
+        format!("srv-{tag}.csr"),
+    );
+    let subj = format!("/CN=netlet-test-ca-{tag}");
+    let mut a = vec!["req", "-x509"];
+    a.extend(ec);
+    a.extend(["-keyout", &ca_key, "-out", &ca, "-days", "1", "-subj", &subj]);
+    openssl(dir, &a);
+    let mut a = vec!["req"];
+    a.extend(ec);
+    a.extend([
+        "-keyout",
+        &srv_key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=netlet-webhook",
+    ]);
+    openssl(dir, &a);
+    let ext = format!("ext-{tag}");
+    std::fs::write(
+        dir.join(&ext),
+        "subjectAltName=IP:127.0.0.1,DNS:netlet-webhook.netlet-system.svc\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &srv,
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+        ],
+    );
+    (dir.join(ca), dir.join(srv), dir.join(srv_key))
+}
+
 /// The built binaries (etcd, kube-apiserver); when missing, [`skip`] decides.
 pub fn binaries(test: &str) -> Option<(PathBuf, PathBuf)> {
     let dir = bin_dir();

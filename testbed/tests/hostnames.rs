@@ -9,88 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use netlet_testbed::harness::{Node, bin, privileged, tool, wait_until, wasm_dir};
+use netlet_testbed::k8s::issue_tls;
 use serde_json::{Value, json};
 
 const LISTEN: &str = "127.0.0.1:9443";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .stdout(Stdio::null())
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA `ca-<tag>.pem` and a serving certificate it signed for 127.0.0.1 (`srv-<tag>.pem`,
-/// key `srv-<tag>.key`).
-fn issue(dir: &Path, tag: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let (ca, ca_key) = (format!("ca-{tag}.pem"), format!("ca-{tag}.key"));
-    let (srv, srv_key, csr) = (
-        format!("srv-{tag}.pem"),
-        format!("srv-{tag}.key"),
-        format!("srv-{tag}.csr"),
-    );
-    let subj = format!("/CN=netlet-test-ca-{tag}");
-    let mut a = vec!["req", "-x509"];
-    a.extend(ec);
-    a.extend([
-        "-keyout", &ca_key, "-out", &ca, "-days", "1", "-subj", &subj,
-    ]);
-    openssl(dir, &a);
-    let mut a = vec!["req"];
-    a.extend(ec);
-    a.extend([
-        "-keyout",
-        &srv_key,
-        "-out",
-        &csr,
-        "-subj",
-        "/CN=netlet-webhook",
-    ]);
-    openssl(dir, &a);
-    let ext = dir.join(format!("ext-{tag}"));
-    std::fs::write(
-        &ext,
-        "subjectAltName=IP:127.0.0.1,DNS:netlet-webhook.netlet-system.svc\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &srv,
-            "-days",
-            "1",
-            "-extfile",
-        ]
-        .into_iter()
-        .chain([ext.to_str().unwrap()])
-        .collect::<Vec<_>>(),
-    );
-    (dir.join(ca), dir.join(srv), dir.join(srv_key))
-}
 
 /// A node whose host serves the webhook.
 struct Webhook {
@@ -108,7 +30,7 @@ impl Webhook {
         }
         tool("curl", "hostname webhook")?;
         let dir = tempfile::tempdir().unwrap();
-        let (ca, cert, key) = issue(dir.path(), "one");
+        let (ca, cert, key) = issue_tls(dir.path(), "one");
         std::fs::copy(&cert, dir.path().join("tls.crt")).unwrap();
         std::fs::copy(&key, dir.path().join("tls.key")).unwrap();
         let m = dir.path().join("manifests");
@@ -793,7 +715,7 @@ async fn certificate_rotation() {
         return;
     };
     w.ready().await;
-    let (ca2, cert2, key2) = issue(w.dir.path(), "two");
+    let (ca2, cert2, key2) = issue_tls(w.dir.path(), "two");
     let body = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request":
         route("CREATE", "shop", "a", None, &["www.shop.example.com"], None)})
     .to_string();

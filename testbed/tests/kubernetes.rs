@@ -9,7 +9,10 @@ use std::time::Duration;
 use netlet_testbed::harness::{
     Node, attach, attach_default, bridge_driver, nft_driver, privileged, tool, wait_until,
 };
-use netlet_testbed::k8s::{ApiServer, binaries, kubectl, write_kubeconfig, write_kubeconfig_with};
+use netlet_testbed::k8s::{
+    ApiServer, binaries, gateway_api_crds, issue_tls, kubectl, write_kubeconfig,
+    write_kubeconfig_with,
+};
 use netlet_testbed::probe::{self, NetNs};
 
 const V4: &str = "10.244.0.0/24";
@@ -37,6 +40,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(test: &str, name: &str) -> Option<Cluster> {
+        Self::start_with(test, name, "").await
+    }
+
+    /// As [`Cluster::start`], with `extra` NodeConfig lines.
+    async fn start_with(test: &str, name: &str, extra: &str) -> Option<Cluster> {
         if !privileged(test) || tool("curl", test).is_none() || tool("openssl", test).is_none() {
             return None;
         }
@@ -49,7 +57,10 @@ impl Cluster {
         let node = Node::start(
             name,
             &drivers,
-            &format!("nodeName: {NODE}\nkubeconfig: {}\n", kubeconfig.display()),
+            &format!(
+                "nodeName: {NODE}\nkubeconfig: {}\n{extra}",
+                kubeconfig.display()
+            ),
         )
         .await;
         let outside = NetNs::create(&format!("netlet-{name}-out-{}", std::process::id())).unwrap();
@@ -452,6 +463,7 @@ async fn deploy_applies_and_its_cluster_role_suffices() {
         "clusterrole.rbac.authorization.k8s.io/netlet created",
         "daemonset.apps/netlet created",
         "configmap/netlet-config created",
+        "validatingwebhookconfiguration.admissionregistration.k8s.io/netlet-hostnames created",
     ] {
         assert!(out.contains(created), "{created}: {out}");
     }
@@ -787,4 +799,164 @@ async fn the_readiness_gate_turns_true_once_programmed() {
         None,
         "a pod without the gate is left alone"
     );
+}
+
+/// The API server asks the hostname webhook as `deploy/` registers it (its rules, failure
+/// policies and match condition; the client config pointed at the host with the test's CA):
+/// an HTTPRoute a grant allows is created, one whose name another namespace holds or no grant
+/// covers is refused with netlet's reason; a Service reaches the webhook only with the
+/// external-dns annotation; with the host gone, routes wait (Fail) and Services do not
+/// (Ignore).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_server_asks_the_hostname_webhook() {
+    const T: &str = "the_api_server_asks_the_hostname_webhook";
+    let Some(kubectl) = kubectl(T) else { return };
+    let Some(gateway) = gateway_api_crds(T) else {
+        return;
+    };
+    if tool("openssl", T).is_none() {
+        return;
+    }
+    let tls = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = issue_tls(tls.path(), "api");
+    let Some(mut cl) = Cluster::start_with(
+        T,
+        "k8shn",
+        &format!(
+            "hostnames:\n  noGrant: deny\n  webhook: {{listen: \"127.0.0.1:9443\", certFile: {}, keyFile: {}}}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await
+    else {
+        return;
+    };
+    let api = &cl.apiserver;
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    api.kubectl(
+        &kubectl,
+        &[
+            "apply",
+            "-f",
+            &deploy.join("crds").display().to_string(),
+            "-f",
+            &gateway
+                .join("gateway.networking.k8s.io_httproutes.yaml")
+                .display()
+                .to_string(),
+        ],
+    )
+    .unwrap();
+    api.kubectl(
+        &kubectl,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/hostnamegrants.netlet.io",
+            "crd/httproutes.gateway.networking.k8s.io",
+        ],
+    )
+    .unwrap();
+    // deploy/'s registration, reaching the host at its address with the test's CA.
+    let text = std::fs::read_to_string(deploy.join("netlet.yaml")).unwrap();
+    let mut hook = netlet_sdk::yaml::documents::<serde_json::Value>(&text)
+        .unwrap()
+        .into_iter()
+        .find(|d| d["kind"] == "ValidatingWebhookConfiguration")
+        .expect("deploy/ registers the webhook");
+    hook["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    let ca_bundle = std::process::Command::new("openssl")
+        .args(["base64", "-A", "-in"])
+        .arg(&ca)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap();
+    for w in hook["webhooks"].as_array_mut().unwrap() {
+        w["clientConfig"] =
+            serde_json::json!({"url": "https://127.0.0.1:9443/validate", "caBundle": ca_bundle});
+    }
+    api.request(
+        "POST",
+        "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations",
+        Some(&hook.to_string()),
+    )
+    .unwrap();
+    for ns in ["team-a", "team-b"] {
+        api.request(
+            "POST",
+            "/api/v1/namespaces",
+            Some(&format!(
+                r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{ns}"}}}}"#
+            )),
+        )
+        .unwrap();
+    }
+    api.request(
+        "POST",
+        "/apis/netlet.io/v1alpha1/hostnamegrants",
+        Some(r#"{"apiVersion":"netlet.io/v1alpha1","kind":"HostnameGrant","metadata":{"name":"shop"},"spec":{"namespaces":["team-a","team-b"],"hostnames":["shop.example.com"]}}"#),
+    )
+    .unwrap();
+    let route = |ns: &str, name: &str, host: &str| {
+        (
+            format!("/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes"),
+            format!(
+                r#"{{"apiVersion":"gateway.networking.k8s.io/v1","kind":"HTTPRoute","metadata":{{"name":"{name}","namespace":"{ns}"}},"spec":{{"parentRefs":[{{"name":"gw"}}],"hostnames":["{host}"]}}}}"#
+            ),
+        )
+    };
+    // Once the host has the grant: team-a's route is created.
+    let (path, body) = route("team-a", "shop", "shop.example.com");
+    wait_until("team-a's HTTPRoute admitted", Duration::from_secs(60), || {
+        let r = api.request("POST", &path, Some(&body));
+        async move { r.ok() }
+    })
+    .await;
+    // team-b's is refused: team-a holds the name.
+    let (path, body) = route("team-b", "shop", "shop.example.com");
+    let e = api.request("POST", &path, Some(&body)).unwrap_err();
+    assert!(
+        e.contains(r#"admission webhook \"hostnames.netlet.io\" denied the request: netlet: hostname \"shop.example.com\": \"shop.example.com\" is held by team-a/HTTPRoute/shop since"#),
+        "{e}"
+    );
+    // No grant covers it.
+    let (path, body) = route("team-b", "blog", "blog.example.org");
+    let e = api.request("POST", &path, Some(&body)).unwrap_err();
+    assert!(
+        e.contains(r#"no grant covers \"blog.example.org\" (hostnames.noGrant: deny)"#),
+        "{e}"
+    );
+    let service = |name: &str, annotated: bool| {
+        let a = if annotated {
+            r#","annotations":{"external-dns.alpha.kubernetes.io/hostname":"shop.example.com"}"#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}","namespace":"team-b"{a}}},"spec":{{"ports":[{{"port":80}}]}}}}"#
+        )
+    };
+    let services = "/api/v1/namespaces/team-b/services";
+    api.request("POST", services, Some(&service("plain", false)))
+        .unwrap();
+    let e = api
+        .request("POST", services, Some(&service("published", true)))
+        .unwrap_err();
+    assert!(e.contains("is held by team-a/HTTPRoute/shop"), "{e}");
+
+    // The host gone: a route waits (failurePolicy Fail), a Service does not (Ignore).
+    cl.node.host.stop_with(nix::sys::signal::Signal::SIGTERM);
+    let api = &cl.apiserver;
+    let (path, body) = route("team-a", "later", "shop.example.com");
+    let e = api.request("POST", &path, Some(&body)).unwrap_err();
+    assert!(
+        e.contains(r#"failed calling webhook \"hostnames.netlet.io\""#),
+        "{e}"
+    );
+    api.request("POST", services, Some(&service("published", true)))
+        .unwrap();
 }

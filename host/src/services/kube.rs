@@ -1,7 +1,8 @@
 //! The Kubernetes API as a source (kube-rs): the cluster's Services and EndpointSlices,
-//! NetworkPolicies, Namespaces, Pods and Nodes, and — where the API server serves their kinds —
-//! AdminNetworkPolicies, BaselineAdminNetworkPolicies, ClusterNetworkPolicies and netlet's
-//! DnsPolicies and HostnameGrants. Each kind is kept by a reflector (the watch relists on 410
+//! NetworkPolicies, Namespaces, Pods, Nodes and Ingresses, and — where the API server serves
+//! their kinds — AdminNetworkPolicies, BaselineAdminNetworkPolicies, ClusterNetworkPolicies,
+//! netlet's DnsPolicies and HostnameGrants, and the objects that claim hostnames (Gateway API
+//! HTTPRoutes, GRPCRoutes, TLSRoutes and Gateways, OpenShift Routes). Each kind is kept by a reflector (the watch relists on 410
 //! Gone, follows bookmarks and backs off on errors, as kube-runtime's watcher does); the objects
 //! are checked and applied with the manifests' rules ([`super::manifests::apply`]) as
 //! [`Source::Kubernetes`], errors named `kubernetes: …`.
@@ -20,7 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -39,9 +40,9 @@ const REDISCOVER: Duration = Duration::from_secs(15);
 /// The name errors of this source carry.
 pub const ORIGIN: &str = "kubernetes";
 
-/// The kinds read as they come (converted by `netpol::cnp` and `dns::policy`), each watched
-/// only where the API server serves it.
-const DYNAMIC: [(&str, &str, &str); 5] = [
+/// The kinds read as they come (converted by `netpol::cnp`, `dns::policy` and `grants`, or
+/// read for the hostnames they claim), each watched only where the API server serves it.
+const DYNAMIC: [(&str, &str, &str); 10] = [
     ("policy.networking.k8s.io", "v1alpha1", "AdminNetworkPolicy"),
     (
         "policy.networking.k8s.io",
@@ -55,6 +56,11 @@ const DYNAMIC: [(&str, &str, &str); 5] = [
     ),
     ("netlet.io", "v1alpha1", "DnsPolicy"),
     ("netlet.io", "v1alpha1", "HostnameGrant"),
+    ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+    ("gateway.networking.k8s.io", "v1", "GRPCRoute"),
+    ("gateway.networking.k8s.io", "v1", "TLSRoute"),
+    ("gateway.networking.k8s.io", "v1", "Gateway"),
+    ("route.openshift.io", "v1", "Route"),
 ];
 
 /// A client: for the API server a kubeconfig file names (its current context), or, given
@@ -328,6 +334,7 @@ struct Stores {
     namespaces: Store<Namespace>,
     pods: Store<Pod>,
     nodes: Store<Node>,
+    ingresses: Store<Ingress>,
     dynamic: Vec<(String, Store<DynamicObject>)>,
     errors: WatchErrors,
     resources: Resources,
@@ -340,7 +347,8 @@ impl Stores {
             && self.network_policies.wait_until_ready().await.is_ok()
             && self.namespaces.wait_until_ready().await.is_ok()
             && self.pods.wait_until_ready().await.is_ok()
-            && self.nodes.wait_until_ready().await.is_ok();
+            && self.nodes.wait_until_ready().await.is_ok()
+            && self.ingresses.wait_until_ready().await.is_ok();
         for (_, s) in &self.dynamic {
             if s.wait_until_ready().await.is_err() {
                 return false;
@@ -373,9 +381,22 @@ impl Stores {
             match kind.as_str() {
                 "DnsPolicy" => o.dns_policies.extend(values),
                 "HostnameGrant" => o.hostname_grants.extend(values),
+                k if crate::hostnames::is_claiming_kind(k) => {
+                    // A list's items may come without their kind.
+                    o.claimers.extend(values.map(|mut v| {
+                        v["kind"] = serde_json::Value::String(kind.clone());
+                        v
+                    }))
+                }
                 _ => o.cluster_policies.extend(values),
             }
         }
+        o.claimers.extend(
+            self.ingresses
+                .state()
+                .iter()
+                .filter_map(|i| serde_json::to_value(i.as_ref()).ok()),
+        );
         o
     }
 }
@@ -484,6 +505,7 @@ pub async fn watch(host: Arc<Host>, client: Client) {
         namespaces: typed!(Namespace, strip_meta),
         pods: typed!(Pod, strip_pod),
         nodes: typed!(Node, strip_meta),
+        ingresses: typed!(Ingress, strip_meta),
         dynamic: Vec::new(),
         errors: errors.clone(),
         resources: resources.clone(),
