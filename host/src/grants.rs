@@ -15,6 +15,7 @@ use netlet_sdk::proto::{
 };
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 
@@ -23,22 +24,29 @@ use crate::dns::policy::{Action, Client, Policies};
 use crate::hostnames::{self, Claim, NoGrant};
 use crate::wasm::{self, HostnameRequest, Label, Modules};
 
-/// Whether grant hostname `pattern` covers requested `host` (both without trailing dots).
+/// Whether grant hostname `pattern` covers requested `host` (trailing dots and case ignored;
+/// no allocation: every claim a webhook request carries is compared with every grant).
 pub fn hostname_covered(pattern: &str, host: &str) -> bool {
-    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let pattern = pattern.trim_end_matches('.');
+    let host = host.trim_end_matches('.');
     match pattern.strip_prefix("*.") {
         Some(suffix) => {
-            // "*.x" in the request stands for names with a label in place of "*".
-            let h = host
-                .strip_prefix("*.")
-                .map(|rest| format!("a.{rest}"))
-                .unwrap_or(host);
-            h.len() > suffix.len() + 1
-                && h.ends_with(suffix)
-                && h.as_bytes()[h.len() - suffix.len() - 1] == b'.'
+            // "*.x" in the request stands for names with a label in place of "*": the part
+            // before the suffix must be at least one label.
+            let h = host.strip_prefix("*.").unwrap_or(host);
+            let (hb, sb) = (h.as_bytes(), suffix.as_bytes());
+            let wild_request = host.starts_with("*.");
+            let longer = if wild_request {
+                // "*.rest" covered when rest is the suffix itself or below it.
+                hb.len() >= sb.len()
+            } else {
+                hb.len() > sb.len() + 1
+            };
+            longer
+                && hb[hb.len() - sb.len()..].eq_ignore_ascii_case(sb)
+                && (hb.len() == sb.len() || hb[hb.len() - sb.len() - 1] == b'.')
         }
-        None => !host.starts_with("*.") && host == pattern,
+        None => !host.starts_with("*.") && host.eq_ignore_ascii_case(pattern),
     }
 }
 
@@ -243,15 +251,23 @@ impl Host {
         self.decide_hostname(&grants, &namespaces, &ask)
     }
 
-    /// The hostname grants applied now.
-    pub async fn hostname_grants(&self) -> Vec<HostnameGrant> {
-        self.policies
-            .lock()
-            .await
-            .table
-            .hostname_grants()
-            .cloned()
-            .collect()
+    /// The hostname grants applied now (a snapshot kept per policy generation: a webhook
+    /// request does not copy them).
+    pub async fn hostname_grants(&self) -> Arc<Vec<HostnameGrant>> {
+        let policies = self.policies.lock().await;
+        let generation = policies.table.generation();
+        let Ok(mut cached) = self.grant_snapshot.lock() else {
+            return Arc::new(policies.table.hostname_grants().cloned().collect());
+        };
+        if cached.0 != generation || cached.1.is_none() {
+            *cached = (
+                generation,
+                Some(Arc::new(
+                    policies.table.hostname_grants().cloned().collect(),
+                )),
+            );
+        }
+        cached.1.clone().unwrap_or_default()
     }
 
     /// The decision on claim `ask`: a grant covering the name must list the namespace (and
@@ -480,6 +496,9 @@ mod tests {
             ("*.example.com", "aexample.com", false),
             ("*.example.com", "*.example.com", true),
             ("*.example.com", "*.a.example.com", true),
+            ("*.example.com", "*.aexample.com", false),
+            ("*.example.com", "*.com", false),
+            ("*.Example.com", "A.example.COM.", true),
             ("shop.example.com", "shop.example.com", true),
             ("shop.example.com", "Shop.Example.com.", true),
             ("shop.example.com", "a.shop.example.com", false),

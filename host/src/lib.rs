@@ -115,6 +115,8 @@ pub struct Host {
     pub dns_objects: std::sync::Mutex<std::collections::BTreeMap<Source, dns::ManifestServices>>,
     /// Per object source: the hostnames its objects claim (with what the webhook admitted).
     pub claims: hostnames::Claims,
+    /// The hostname grants of one policy generation (see [`Host::hostname_grants`]).
+    pub grant_snapshot: std::sync::Mutex<(u64, Option<Arc<Vec<netlet_sdk::proto::HostnameGrant>>>)>,
     /// True once shutdown began (the drain: no new calls; watches end).
     pub shutdown: watch::Receiver<bool>,
     locks: KeyLocks,
@@ -312,6 +314,7 @@ pub async fn run(
         dns: dns.clone(),
         dns_objects: Default::default(),
         claims: Default::default(),
+        grant_snapshot: Default::default(),
         settings: settings.clone(),
         registry: registry.clone(),
         store,

@@ -42,7 +42,9 @@ pub fn kubectl(test: &str) -> Option<PathBuf> {
 /// GRPCRoute, TLSRoute); when missing, [`skip`] decides.
 pub fn gateway_api_crds(test: &str) -> Option<PathBuf> {
     let d = bin_dir().join("gateway-api-crds");
-    if d.join("gateway.networking.k8s.io_httproutes.yaml").is_file() {
+    if d.join("gateway.networking.k8s.io_httproutes.yaml")
+        .is_file()
+    {
         return Some(d);
     }
     skip(
@@ -89,7 +91,9 @@ pub fn issue_tls(dir: &Path, tag: &str) -> (PathBuf, PathBuf, PathBuf) {
     let subj = format!("/CN=netlet-test-ca-{tag}");
     let mut a = vec!["req", "-x509"];
     a.extend(ec);
-    a.extend(["-keyout", &ca_key, "-out", &ca, "-days", "1", "-subj", &subj]);
+    a.extend([
+        "-keyout", &ca_key, "-out", &ca, "-days", "1", "-subj", &subj,
+    ]);
     openssl(dir, &a);
     let mut a = vec!["req"];
     a.extend(ec);

@@ -581,6 +581,42 @@ spec: {rules: [{host: held.example.com}]}
         ]
     );
 
+    // CheckHostname on the socket makes the same decision for a claim given with its object
+    // and age.
+    let c = w.node.host.clients().await;
+    let check = |host: &'static str, since: i64| {
+        let mut c = c.clone();
+        async move {
+            c.policy
+                .check_hostname(netlet_sdk::proto::CheckHostnameRequest {
+                    namespace: "team-a".into(),
+                    hostname: host.into(),
+                    object_kind: "Route".into(),
+                    object_name: "other".into(),
+                    claimed_since: Some(prost_types::Timestamp {
+                        seconds: since,
+                        nanos: 0,
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    // 2024-01-01T00:00:00Z, against the Ingress of 2020-05-01T10:00:00Z.
+    let r = check("Held.Example.com.", 1_704_067_200).await;
+    assert_eq!(
+        (
+            r.allowed,
+            r.held_by.as_str(),
+            r.held_since.map(|t| t.seconds)
+        ),
+        (false, "team-b/Ingress/web", Some(1_588_327_200))
+    );
+    // Older than the Ingress: it would hold the name.
+    let r = check("held.example.com", 1_500_000_000).await;
+    assert!(r.allowed, "{r:?}");
+
     // The grant moves the name: held.example.com now only for team-a. team-b's claim no longer
     // holds it, and team-a may have it.
     std::fs::write(

@@ -911,10 +911,14 @@ async fn the_api_server_asks_the_hostname_webhook() {
     };
     // Once the host has the grant: team-a's route is created.
     let (path, body) = route("team-a", "shop", "shop.example.com");
-    wait_until("team-a's HTTPRoute admitted", Duration::from_secs(60), || {
-        let r = api.request("POST", &path, Some(&body));
-        async move { r.ok() }
-    })
+    wait_until(
+        "team-a's HTTPRoute admitted",
+        Duration::from_secs(60),
+        || {
+            let r = api.request("POST", &path, Some(&body));
+            async move { r.ok() }
+        },
+    )
     .await;
     // team-b's is refused: team-a holds the name.
     let (path, body) = route("team-b", "shop", "shop.example.com");

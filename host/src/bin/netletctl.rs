@@ -107,6 +107,17 @@ async fn admin_get(socket: &Path, path: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// The host's `ListPolicies`.
+async fn list_policies(socket: &Path) -> anyhow::Result<netlet_sdk::proto::ListPoliciesResponse> {
+    let mut c = Clients::connect(socket, Some(std::time::Duration::from_secs(10)))
+        .await
+        .with_context(|| format!("connect {}", socket.display()))?;
+    Ok(c.policy
+        .list_policies(ListPoliciesRequest::default())
+        .await?
+        .into_inner())
+}
+
 async fn state(socket: &Path) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(
         &admin_get(socket, "/debug/state").await?,
@@ -436,14 +447,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Hostnames => {
-            let mut c = Clients::connect(&cli.socket, Some(std::time::Duration::from_secs(10)))
-                .await
-                .with_context(|| format!("connect {}", cli.socket.display()))?;
-            let l = c
-                .policy
-                .list_policies(ListPoliciesRequest::default())
-                .await?
-                .into_inner();
+            let l = list_policies(&cli.socket).await?;
             let since = |t: &Option<prost_types::Timestamp>| {
                 t.as_ref()
                     .and_then(|t| k8s_openapi::jiff::Timestamp::new(t.seconds, t.nanos).ok())
@@ -543,14 +547,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Policies => {
-            let mut c = Clients::connect(&cli.socket, Some(std::time::Duration::from_secs(10)))
-                .await
-                .with_context(|| format!("connect {}", cli.socket.display()))?;
-            let l = c
-                .policy
-                .list_policies(ListPoliciesRequest::default())
-                .await?
-                .into_inner();
+            let l = list_policies(&cli.socket).await?;
             // Selectors come resolved to shared address sets: show their elements.
             let sets: std::collections::HashMap<&str, &Vec<String>> = l
                 .address_sets

@@ -2,8 +2,9 @@
 //! NetworkPolicies, Namespaces, Pods, Nodes and Ingresses, and — where the API server serves
 //! their kinds — AdminNetworkPolicies, BaselineAdminNetworkPolicies, ClusterNetworkPolicies,
 //! netlet's DnsPolicies and HostnameGrants, and the objects that claim hostnames (Gateway API
-//! HTTPRoutes, GRPCRoutes, TLSRoutes and Gateways, OpenShift Routes). Each kind is kept by a reflector (the watch relists on 410
-//! Gone, follows bookmarks and backs off on errors, as kube-runtime's watcher does); the objects
+//! HTTPRoutes, GRPCRoutes, TLSRoutes and Gateways, OpenShift Routes). Each kind is kept by a
+//! reflector (the watch relists on 410 Gone, follows bookmarks and backs off on errors, as
+//! kube-runtime's watcher does); the objects
 //! are checked and applied with the manifests' rules ([`super::manifests::apply`]) as
 //! [`Source::Kubernetes`], errors named `kubernetes: …`.
 //!
@@ -40,9 +41,10 @@ const REDISCOVER: Duration = Duration::from_secs(15);
 /// The name errors of this source carry.
 pub const ORIGIN: &str = "kubernetes";
 
-/// The kinds read as they come (converted by `netpol::cnp`, `dns::policy` and `grants`, or
-/// read for the hostnames they claim), each watched only where the API server serves it.
-const DYNAMIC: [(&str, &str, &str); 10] = [
+/// The kinds read as they come (converted by `netpol::cnp`, `dns::policy` and `grants`), each
+/// watched only where the API server serves it; so are the kinds of [`crate::hostnames::KINDS`]
+/// but Ingress, read for the hostnames they claim.
+const DYNAMIC: [(&str, &str, &str); 5] = [
     ("policy.networking.k8s.io", "v1alpha1", "AdminNetworkPolicy"),
     (
         "policy.networking.k8s.io",
@@ -56,11 +58,6 @@ const DYNAMIC: [(&str, &str, &str); 10] = [
     ),
     ("netlet.io", "v1alpha1", "DnsPolicy"),
     ("netlet.io", "v1alpha1", "HostnameGrant"),
-    ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
-    ("gateway.networking.k8s.io", "v1", "GRPCRoute"),
-    ("gateway.networking.k8s.io", "v1", "TLSRoute"),
-    ("gateway.networking.k8s.io", "v1", "Gateway"),
-    ("route.openshift.io", "v1", "Route"),
 ];
 
 /// A client: for the API server a kubeconfig file names (its current context), or, given
@@ -525,6 +522,12 @@ pub async fn watch(host: Arc<Host>, client: Client) {
     // Which optional kinds are served is known once the API server answers; until then (it may
     // start after the node) discovery is retried.
     let mut absent: Vec<(&str, &str, &str)> = DYNAMIC.to_vec();
+    absent.extend(
+        crate::hostnames::KINDS
+            .iter()
+            .filter(|k| k.2 != "Ingress")
+            .copied(),
+    );
     let mut backoff = Duration::from_millis(200);
     loop {
         let transient = discover(&client, &mut absent, &mut stores, &mut tasks, &tx).await;
