@@ -139,6 +139,17 @@ impl Webhook {
         )
     }
 
+    /// Sends the CREATE of an HTTPRoute `ns/name` created at `created` claiming `host`.
+    fn create(
+        &self,
+        ns: &str,
+        name: &str,
+        created: Option<&str>,
+        host: &str,
+    ) -> (bool, String, Vec<String>) {
+        self.review(route("CREATE", ns, name, created, &[host], None))
+    }
+
     /// Waits until the webhook answers (the host read its manifests).
     async fn ready(&self) {
         let probe = route("CREATE", "ready", "probe", None, &["probe.invalid"], None);
@@ -289,14 +300,7 @@ async fn grants_decide_admission() {
         .await
         .unwrap();
     a.ready().await;
-    let (ok, _, warnings) = a.review(route(
-        "CREATE",
-        "blog",
-        "free",
-        t,
-        &["blog.example.org"],
-        None,
-    ));
+    let (ok, _, warnings) = a.create("blog", "free", t, "blog.example.org");
     assert!(ok);
     assert_eq!(
         warnings,
@@ -304,17 +308,7 @@ async fn grants_decide_admission() {
             "netlet: hostname \"blog.example.org\": no grant covers \"blog.example.org\"; allowed for audit only (hostnames.noGrant: audit)"
         ]
     );
-    assert!(
-        !a.review(route(
-            "CREATE",
-            "blog",
-            "pay",
-            t,
-            &["pay.example.com"],
-            None
-        ))
-        .0
-    );
+    assert!(!a.create("blog", "pay", t, "pay.example.com").0);
 }
 
 /// Bodies that are not AdmissionReviews get a 400 saying why (or 405, 413), and the webhook
@@ -359,17 +353,7 @@ async fn malformed_reviews_get_clear_errors() {
     assert_eq!(w.post(&huge).0, 413);
     // Still deciding.
     let t = Some("2026-01-01T00:00:00Z");
-    assert!(
-        w.review(route(
-            "CREATE",
-            "shop",
-            "ok",
-            t,
-            &["www.shop.example.com"],
-            None
-        ))
-        .0
-    );
+    assert!(w.create("shop", "ok", t, "www.shop.example.com").0);
 }
 
 const RACE_GRANT: &str = "\
@@ -406,88 +390,27 @@ spec: {rules: [{host: held.example.com}]}
     let (old, new) = (Some("2026-03-01T10:00:00Z"), Some("2026-03-01T10:00:07Z"));
     // Newer request first: both admitted (the older one is older), and the newer one's
     // namespace is refused from then on.
-    assert!(
-        w.review(route(
-            "CREATE",
-            "team-a",
-            "late",
-            new,
-            &["one.example.com"],
-            None
-        ))
-        .0
-    );
-    assert!(
-        w.review(route(
-            "CREATE",
-            "team-b",
-            "early",
-            old,
-            &["one.example.com"],
-            None
-        ))
-        .0
-    );
-    let (a, m, _) = w.review(route(
-        "CREATE",
-        "team-a",
-        "again",
-        new,
-        &["one.example.com"],
-        None,
-    ));
+    assert!(w.create("team-a", "late", new, "one.example.com").0);
+    assert!(w.create("team-b", "early", old, "one.example.com").0);
+    let (a, m, _) = w.create("team-a", "again", new, "one.example.com");
     assert!(!a);
     assert_eq!(
         m,
         "netlet: hostname \"one.example.com\": \"one.example.com\" is held by team-b/HTTPRoute/early since 2026-03-01T10:00:00Z"
     );
     // Older request first: the newer is refused at once. Same winner.
-    assert!(
-        w.review(route(
-            "CREATE",
-            "team-b",
-            "early",
-            old,
-            &["two.example.com"],
-            None
-        ))
-        .0
-    );
-    let (a, m, _) = w.review(route(
-        "CREATE",
-        "team-a",
-        "late",
-        new,
-        &["two.example.com"],
-        None,
-    ));
+    assert!(w.create("team-b", "early", old, "two.example.com").0);
+    let (a, m, _) = w.create("team-a", "late", new, "two.example.com");
     assert!(!a);
     assert!(
         m.ends_with("is held by team-b/HTTPRoute/early since 2026-03-01T10:00:00Z"),
         "{m}"
     );
     // Its own namespace reuses it.
-    assert!(
-        w.review(route(
-            "CREATE",
-            "team-b",
-            "other",
-            new,
-            &["two.example.com"],
-            None
-        ))
-        .0
-    );
+    assert!(w.create("team-b", "other", new, "two.example.com").0);
 
     // A claim a source holds (the Ingress).
-    let (a, m, _) = w.review(route(
-        "CREATE",
-        "team-a",
-        "r",
-        new,
-        &["held.example.com"],
-        None,
-    ));
+    let (a, m, _) = w.create("team-a", "r", new, "held.example.com");
     assert!(!a);
     assert!(
         m.ends_with("is held by team-b/Ingress/web since 2020-05-01T10:00:00Z"),
@@ -496,17 +419,7 @@ spec: {rules: [{host: held.example.com}]}
     // An object old enough to be older than a claim cannot take its name by an edit: a name
     // added by an UPDATE is as new as the request.
     let ancient = Some("2019-01-01T00:00:00Z");
-    assert!(
-        w.review(route(
-            "CREATE",
-            "team-a",
-            "ancient",
-            ancient,
-            &["a.example.com"],
-            None
-        ))
-        .0
-    );
+    assert!(w.create("team-a", "ancient", ancient, "a.example.com").0);
     let (a, _, _) = w.review(route(
         "UPDATE",
         "team-a",
@@ -633,25 +546,11 @@ spec: {rules: [{host: held.example.com}]}
     )
     .unwrap();
     wait_until("the name moved", Duration::from_secs(20), || {
-        let r = w.review(route(
-            "CREATE",
-            "team-a",
-            "r2",
-            new,
-            &["held.example.com"],
-            None,
-        ));
+        let r = w.create("team-a", "r2", new, "held.example.com");
         async move { r.0.then_some(()) }
     })
     .await;
-    let (a, m, _) = w.review(route(
-        "CREATE",
-        "team-b",
-        "r3",
-        new,
-        &["held.example.com"],
-        None,
-    ));
+    let (a, m, _) = w.create("team-b", "r3", new, "held.example.com");
     assert!(!a);
     assert!(
         m.contains("no grant lets namespace \"team-b\" use \"held.example.com\""),
@@ -692,25 +591,8 @@ spec: {namespaces: ['*'], hostnames: ['*.loop.example.com'], module: loop}
     };
     w.ready().await;
     let t = Some("2026-01-01T00:00:00Z");
-    assert!(
-        w.review(route(
-            "CREATE",
-            "shop",
-            "a",
-            t,
-            &["shop.apps.example.com"],
-            None
-        ))
-        .0
-    );
-    let (a, m, _) = w.review(route(
-        "CREATE",
-        "shop",
-        "b",
-        t,
-        &["blog.apps.example.com"],
-        None,
-    ));
+    assert!(w.create("shop", "a", t, "shop.apps.example.com").0);
+    let (a, m, _) = w.create("shop", "b", t, "blog.apps.example.com");
     assert!(!a);
     // The module's own reason.
     assert_eq!(
@@ -718,24 +600,10 @@ spec: {namespaces: ['*'], hostnames: ['*.loop.example.com'], module: loop}
         "netlet: hostname \"blog.apps.example.com\": outside shop.apps.example.com"
     );
     // Trap, failing open: allowed, saying so.
-    let (a, _, _) = w.review(route(
-        "CREATE",
-        "shop",
-        "c",
-        t,
-        &["x.trap.example.com"],
-        None,
-    ));
+    let (a, _, _) = w.create("shop", "c", t, "x.trap.example.com");
     assert!(a);
     // Endless loop, failing closed: denied at the deadline, in time.
-    let (a, m, _) = w.review(route(
-        "CREATE",
-        "shop",
-        "d",
-        t,
-        &["x.loop.example.com"],
-        None,
-    ));
+    let (a, m, _) = w.create("shop", "d", t, "x.loop.example.com");
     assert!(!a);
     assert!(
         m.contains("module failed") && m.contains("failing closed"),
