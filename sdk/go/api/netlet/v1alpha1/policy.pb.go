@@ -11,6 +11,7 @@ package netletv1alpha1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -1341,9 +1342,11 @@ type HostnameGrant struct {
 	// Settings for the module, as JSON; validated when the grant is applied.
 	ModuleSettingsJson string `protobuf:"bytes,5,opt,name=module_settings_json,json=moduleSettingsJson,proto3" json:"module_settings_json,omitempty"`
 	// Expected sha256 of the module's file (see DnsPolicy.module_sha256).
-	ModuleSha256  string `protobuf:"bytes,6,opt,name=module_sha256,json=moduleSha256,proto3" json:"module_sha256,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ModuleSha256 string `protobuf:"bytes,6,opt,name=module_sha256,json=moduleSha256,proto3" json:"module_sha256,omitempty"`
+	// Namespaces granted by their labels, besides those `namespaces` names; unset for none.
+	NamespaceSelector *LabelSelector `protobuf:"bytes,7,opt,name=namespace_selector,json=namespaceSelector,proto3" json:"namespace_selector,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *HostnameGrant) Reset() {
@@ -1416,6 +1419,13 @@ func (x *HostnameGrant) GetModuleSha256() string {
 		return x.ModuleSha256
 	}
 	return ""
+}
+
+func (x *HostnameGrant) GetNamespaceSelector() *LabelSelector {
+	if x != nil {
+		return x.NamespaceSelector
+	}
+	return nil
 }
 
 // ApplyPolicyRequest is one batch of policy changes.
@@ -1799,7 +1809,13 @@ type CheckHostnameRequest struct {
 	// Hostname. Required.
 	Hostname string `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	// Kind of object asking, e.g. "HTTPRoute", "Route", "Ingress".
-	ObjectKind    string `protobuf:"bytes,3,opt,name=object_kind,json=objectKind,proto3" json:"object_kind,omitempty"`
+	ObjectKind string `protobuf:"bytes,3,opt,name=object_kind,json=objectKind,proto3" json:"object_kind,omitempty"`
+	// Name of the object asking; with `object_kind` it tells the object's own claims (an
+	// update keeps them) from others'.
+	ObjectName string `protobuf:"bytes,4,opt,name=object_name,json=objectName,proto3" json:"object_name,omitempty"`
+	// Since when the object claims the name (its creation); unset for now. Of two namespaces
+	// claiming one name, the older claim holds it.
+	ClaimedSince  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=claimed_since,json=claimedSince,proto3" json:"claimed_since,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1855,6 +1871,20 @@ func (x *CheckHostnameRequest) GetObjectKind() string {
 	return ""
 }
 
+func (x *CheckHostnameRequest) GetObjectName() string {
+	if x != nil {
+		return x.ObjectName
+	}
+	return ""
+}
+
+func (x *CheckHostnameRequest) GetClaimedSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ClaimedSince
+	}
+	return nil
+}
+
 // CheckHostnameResponse is a decision.
 type CheckHostnameResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1865,7 +1895,15 @@ type CheckHostnameResponse struct {
 	// Why, for logs.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// WebAssembly module that decided, when one did.
-	Module        string `protobuf:"bytes,4,opt,name=module,proto3" json:"module,omitempty"`
+	Module string `protobuf:"bytes,4,opt,name=module,proto3" json:"module,omitempty"`
+	// When denied because another namespace holds the name: that claim's object
+	// ("namespace/Kind/name").
+	HeldBy string `protobuf:"bytes,5,opt,name=held_by,json=heldBy,proto3" json:"held_by,omitempty"`
+	// Since when `held_by` holds it.
+	HeldSince *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=held_since,json=heldSince,proto3" json:"held_since,omitempty"`
+	// True when allowed only because no grant covers the name and the node audits such names
+	// (`reason` says the violation).
+	Audit         bool `protobuf:"varint,7,opt,name=audit,proto3" json:"audit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1928,6 +1966,118 @@ func (x *CheckHostnameResponse) GetModule() string {
 	return ""
 }
 
+func (x *CheckHostnameResponse) GetHeldBy() string {
+	if x != nil {
+		return x.HeldBy
+	}
+	return ""
+}
+
+func (x *CheckHostnameResponse) GetHeldSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HeldSince
+	}
+	return nil
+}
+
+func (x *CheckHostnameResponse) GetAudit() bool {
+	if x != nil {
+		return x.Audit
+	}
+	return false
+}
+
+// HostnameClaim is one hostname an object uses, with the decision on it now.
+type HostnameClaim struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The hostname (lower case, no trailing dot).
+	Hostname string `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// The object's namespace.
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// The object's kind ("Ingress", "HTTPRoute", "Gateway", "Route", "Service", ...).
+	Kind string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The object's name.
+	Name string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	// Since when (the object's creation).
+	Since *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=since,proto3" json:"since,omitempty"`
+	// The decision, as CheckHostname makes it for this claim.
+	Decision      *CheckHostnameResponse `protobuf:"bytes,6,opt,name=decision,proto3" json:"decision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostnameClaim) Reset() {
+	*x = HostnameClaim{}
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostnameClaim) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostnameClaim) ProtoMessage() {}
+
+func (x *HostnameClaim) ProtoReflect() protoreflect.Message {
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostnameClaim.ProtoReflect.Descriptor instead.
+func (*HostnameClaim) Descriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *HostnameClaim) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *HostnameClaim) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *HostnameClaim) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *HostnameClaim) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HostnameClaim) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *HostnameClaim) GetDecision() *CheckHostnameResponse {
+	if x != nil {
+		return x.Decision
+	}
+	return nil
+}
+
 // ListPoliciesRequest is empty.
 type ListPoliciesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1937,7 +2087,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[19]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1949,7 +2099,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[19]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1962,7 +2112,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{19}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{20}
 }
 
 // ListPoliciesResponse lists applied policies.
@@ -1983,14 +2133,17 @@ type ListPoliciesResponse struct {
 	// Address sets the policies name.
 	AddressSets []*AddressSet `protobuf:"bytes,7,rep,name=address_sets,json=addressSets,proto3" json:"address_sets,omitempty"`
 	// WebAssembly policy modules (from the host: its own engine's modules).
-	Modules       []*PolicyModule `protobuf:"bytes,8,rep,name=modules,proto3" json:"modules,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Modules []*PolicyModule `protobuf:"bytes,8,rep,name=modules,proto3" json:"modules,omitempty"`
+	// Hostname claims the object sources hold, each with its decision: the audit (a claim
+	// denied here was made before a grant or an older claim said otherwise).
+	HostnameClaims []*HostnameClaim `protobuf:"bytes,9,rep,name=hostname_claims,json=hostnameClaims,proto3" json:"hostname_claims,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[20]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2002,7 +2155,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[20]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2015,7 +2168,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{20}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListPoliciesResponse) GetAppliedGeneration() uint64 {
@@ -2074,6 +2227,13 @@ func (x *ListPoliciesResponse) GetModules() []*PolicyModule {
 	return nil
 }
 
+func (x *ListPoliciesResponse) GetHostnameClaims() []*HostnameClaim {
+	if x != nil {
+		return x.HostnameClaims
+	}
+	return nil
+}
+
 // PolicyModule is one WebAssembly policy module as the evaluator holds it.
 type PolicyModule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2101,7 +2261,7 @@ type PolicyModule struct {
 
 func (x *PolicyModule) Reset() {
 	*x = PolicyModule{}
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[21]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2113,7 +2273,7 @@ func (x *PolicyModule) String() string {
 func (*PolicyModule) ProtoMessage() {}
 
 func (x *PolicyModule) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[21]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2126,7 +2286,7 @@ func (x *PolicyModule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyModule.ProtoReflect.Descriptor instead.
 func (*PolicyModule) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{21}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PolicyModule) GetName() string {
@@ -2221,7 +2381,7 @@ type PolicyModuleCounters struct {
 
 func (x *PolicyModuleCounters) Reset() {
 	*x = PolicyModuleCounters{}
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[22]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2233,7 +2393,7 @@ func (x *PolicyModuleCounters) String() string {
 func (*PolicyModuleCounters) ProtoMessage() {}
 
 func (x *PolicyModuleCounters) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[22]
+	mi := &file_netlet_v1alpha1_policy_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2246,7 +2406,7 @@ func (x *PolicyModuleCounters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyModuleCounters.ProtoReflect.Descriptor instead.
 func (*PolicyModuleCounters) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{22}
+	return file_netlet_v1alpha1_policy_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PolicyModuleCounters) GetCalls() uint64 {
@@ -2323,7 +2483,7 @@ var File_netlet_v1alpha1_policy_proto protoreflect.FileDescriptor
 
 const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\n" +
-	"\x1cnetlet/v1alpha1/policy.proto\x12\x0fnetlet.v1alpha1\x1a\x1bnetlet/v1alpha1/types.proto\"n\n" +
+	"\x1cnetlet/v1alpha1/policy.proto\x12\x0fnetlet.v1alpha1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bnetlet/v1alpha1/types.proto\"n\n" +
 	"\tPolicyKey\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.netlet.v1alpha1.PolicyKindR\x04kind\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
@@ -2403,7 +2563,7 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\rmodule_sha256\x18\v \x01(\tR\fmoduleSha256\x12$\n" +
 	"\x0eegress_by_name\x18\f \x01(\bR\fegressByName\x123\n" +
 	"\x16egress_min_ttl_seconds\x18\r \x01(\rR\x13egressMinTtlSeconds\x12.\n" +
-	"\x13allow_tld_shadowing\x18\x0e \x01(\bR\x11allowTldShadowing\"\xea\x01\n" +
+	"\x13allow_tld_shadowing\x18\x0e \x01(\bR\x11allowTldShadowing\"\xb9\x02\n" +
 	"\rHostnameGrant\x12,\n" +
 	"\x03key\x18\x01 \x01(\v2\x1a.netlet.v1alpha1.PolicyKeyR\x03key\x12\x1e\n" +
 	"\n" +
@@ -2412,7 +2572,8 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\thostnames\x18\x03 \x03(\tR\thostnames\x12\x16\n" +
 	"\x06module\x18\x04 \x01(\tR\x06module\x120\n" +
 	"\x14module_settings_json\x18\x05 \x01(\tR\x12moduleSettingsJson\x12#\n" +
-	"\rmodule_sha256\x18\x06 \x01(\tR\fmoduleSha256\"\xea\x05\n" +
+	"\rmodule_sha256\x18\x06 \x01(\tR\fmoduleSha256\x12M\n" +
+	"\x12namespace_selector\x18\a \x01(\v2\x1e.netlet.v1alpha1.LabelSelectorR\x11namespaceSelector\"\xea\x05\n" +
 	"\x12ApplyPolicyRequest\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -2446,18 +2607,32 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x16\n" +
 	"\x06module\x18\x04 \x01(\tR\x06module\x12\x18\n" +
-	"\arewrite\x18\x05 \x01(\tR\arewrite\"q\n" +
+	"\arewrite\x18\x05 \x01(\tR\arewrite\"\xd3\x01\n" +
 	"\x14CheckHostnameRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x1f\n" +
 	"\vobject_kind\x18\x03 \x01(\tR\n" +
-	"objectKind\"w\n" +
+	"objectKind\x12\x1f\n" +
+	"\vobject_name\x18\x04 \x01(\tR\n" +
+	"objectName\x12?\n" +
+	"\rclaimed_since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\fclaimedSince\"\xe1\x01\n" +
 	"\x15CheckHostnameResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x14\n" +
 	"\x05grant\x18\x02 \x01(\tR\x05grant\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x16\n" +
-	"\x06module\x18\x04 \x01(\tR\x06module\"\x15\n" +
-	"\x13ListPoliciesRequest\"\x97\x04\n" +
+	"\x06module\x18\x04 \x01(\tR\x06module\x12\x17\n" +
+	"\aheld_by\x18\x05 \x01(\tR\x06heldBy\x129\n" +
+	"\n" +
+	"held_since\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\theldSince\x12\x14\n" +
+	"\x05audit\x18\a \x01(\bR\x05audit\"\xe7\x01\n" +
+	"\rHostnameClaim\x12\x1a\n" +
+	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\x120\n" +
+	"\x05since\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12B\n" +
+	"\bdecision\x18\x06 \x01(\v2&.netlet.v1alpha1.CheckHostnameResponseR\bdecision\"\x15\n" +
+	"\x13ListPoliciesRequest\"\xe0\x04\n" +
 	"\x14ListPoliciesResponse\x12-\n" +
 	"\x12applied_generation\x18\x01 \x01(\x04R\x11appliedGeneration\x12I\n" +
 	"\x10network_policies\x18\x02 \x03(\v2\x1e.netlet.v1alpha1.NetworkPolicyR\x0fnetworkPolicies\x12=\n" +
@@ -2466,7 +2641,8 @@ const file_netlet_v1alpha1_policy_proto_rawDesc = "" +
 	"\rapplied_epoch\x18\x05 \x01(\x04R\fappliedEpoch\x12_\n" +
 	"\x18cluster_network_policies\x18\x06 \x03(\v2%.netlet.v1alpha1.ClusterNetworkPolicyR\x16clusterNetworkPolicies\x12>\n" +
 	"\faddress_sets\x18\a \x03(\v2\x1b.netlet.v1alpha1.AddressSetR\vaddressSets\x127\n" +
-	"\amodules\x18\b \x03(\v2\x1d.netlet.v1alpha1.PolicyModuleR\amodules\"\xa5\x02\n" +
+	"\amodules\x18\b \x03(\v2\x1d.netlet.v1alpha1.PolicyModuleR\amodules\x12G\n" +
+	"\x0fhostname_claims\x18\t \x03(\v2\x1e.netlet.v1alpha1.HostnameClaimR\x0ehostnameClaims\"\xa5\x02\n" +
 	"\fPolicyModule\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04file\x18\x02 \x01(\tR\x04file\x12\x14\n" +
@@ -2535,7 +2711,7 @@ func file_netlet_v1alpha1_policy_proto_rawDescGZIP() []byte {
 }
 
 var file_netlet_v1alpha1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_netlet_v1alpha1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_netlet_v1alpha1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_netlet_v1alpha1_policy_proto_goTypes = []any{
 	(PolicyKind)(0),                  // 0: netlet.v1alpha1.PolicyKind
 	(PolicyDirection)(0),             // 1: netlet.v1alpha1.PolicyDirection
@@ -2561,71 +2737,79 @@ var file_netlet_v1alpha1_policy_proto_goTypes = []any{
 	(*CheckDnsResponse)(nil),         // 21: netlet.v1alpha1.CheckDnsResponse
 	(*CheckHostnameRequest)(nil),     // 22: netlet.v1alpha1.CheckHostnameRequest
 	(*CheckHostnameResponse)(nil),    // 23: netlet.v1alpha1.CheckHostnameResponse
-	(*ListPoliciesRequest)(nil),      // 24: netlet.v1alpha1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 25: netlet.v1alpha1.ListPoliciesResponse
-	(*PolicyModule)(nil),             // 26: netlet.v1alpha1.PolicyModule
-	(*PolicyModuleCounters)(nil),     // 27: netlet.v1alpha1.PolicyModuleCounters
-	(*LabelSelector)(nil),            // 28: netlet.v1alpha1.LabelSelector
-	(Protocol)(0),                    // 29: netlet.v1alpha1.Protocol
+	(*HostnameClaim)(nil),            // 24: netlet.v1alpha1.HostnameClaim
+	(*ListPoliciesRequest)(nil),      // 25: netlet.v1alpha1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 26: netlet.v1alpha1.ListPoliciesResponse
+	(*PolicyModule)(nil),             // 27: netlet.v1alpha1.PolicyModule
+	(*PolicyModuleCounters)(nil),     // 28: netlet.v1alpha1.PolicyModuleCounters
+	(*LabelSelector)(nil),            // 29: netlet.v1alpha1.LabelSelector
+	(Protocol)(0),                    // 30: netlet.v1alpha1.Protocol
+	(*timestamppb.Timestamp)(nil),    // 31: google.protobuf.Timestamp
 }
 var file_netlet_v1alpha1_policy_proto_depIdxs = []int32{
 	0,  // 0: netlet.v1alpha1.PolicyKey.kind:type_name -> netlet.v1alpha1.PolicyKind
 	5,  // 1: netlet.v1alpha1.NetworkPolicy.key:type_name -> netlet.v1alpha1.PolicyKey
-	28, // 2: netlet.v1alpha1.NetworkPolicy.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	29, // 2: netlet.v1alpha1.NetworkPolicy.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
 	1,  // 3: netlet.v1alpha1.NetworkPolicy.directions:type_name -> netlet.v1alpha1.PolicyDirection
 	7,  // 4: netlet.v1alpha1.NetworkPolicy.ingress:type_name -> netlet.v1alpha1.NetworkPolicyRule
 	7,  // 5: netlet.v1alpha1.NetworkPolicy.egress:type_name -> netlet.v1alpha1.NetworkPolicyRule
 	8,  // 6: netlet.v1alpha1.NetworkPolicyRule.peers:type_name -> netlet.v1alpha1.NetworkPolicyPeer
 	9,  // 7: netlet.v1alpha1.NetworkPolicyRule.ports:type_name -> netlet.v1alpha1.NetworkPolicyPort
-	28, // 8: netlet.v1alpha1.NetworkPolicyPeer.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
-	28, // 9: netlet.v1alpha1.NetworkPolicyPeer.namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
-	29, // 10: netlet.v1alpha1.NetworkPolicyPort.protocol:type_name -> netlet.v1alpha1.Protocol
+	29, // 8: netlet.v1alpha1.NetworkPolicyPeer.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	29, // 9: netlet.v1alpha1.NetworkPolicyPeer.namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
+	30, // 10: netlet.v1alpha1.NetworkPolicyPort.protocol:type_name -> netlet.v1alpha1.Protocol
 	10, // 11: netlet.v1alpha1.NetworkPolicyPort.named_port_targets:type_name -> netlet.v1alpha1.NamedPortTarget
 	5,  // 12: netlet.v1alpha1.ClusterNetworkPolicy.key:type_name -> netlet.v1alpha1.PolicyKey
 	2,  // 13: netlet.v1alpha1.ClusterNetworkPolicy.tier:type_name -> netlet.v1alpha1.ClusterPolicyTier
-	28, // 14: netlet.v1alpha1.ClusterNetworkPolicy.subject_namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
-	28, // 15: netlet.v1alpha1.ClusterNetworkPolicy.subject_pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	29, // 14: netlet.v1alpha1.ClusterNetworkPolicy.subject_namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
+	29, // 15: netlet.v1alpha1.ClusterNetworkPolicy.subject_pod_selector:type_name -> netlet.v1alpha1.LabelSelector
 	14, // 16: netlet.v1alpha1.ClusterNetworkPolicy.ingress:type_name -> netlet.v1alpha1.ClusterNetworkPolicyRule
 	14, // 17: netlet.v1alpha1.ClusterNetworkPolicy.egress:type_name -> netlet.v1alpha1.ClusterNetworkPolicyRule
 	3,  // 18: netlet.v1alpha1.ClusterNetworkPolicyRule.action:type_name -> netlet.v1alpha1.ClusterPolicyAction
 	15, // 19: netlet.v1alpha1.ClusterNetworkPolicyRule.peers:type_name -> netlet.v1alpha1.ClusterNetworkPolicyPeer
 	9,  // 20: netlet.v1alpha1.ClusterNetworkPolicyRule.ports:type_name -> netlet.v1alpha1.NetworkPolicyPort
-	28, // 21: netlet.v1alpha1.ClusterNetworkPolicyPeer.namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
-	28, // 22: netlet.v1alpha1.ClusterNetworkPolicyPeer.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
-	28, // 23: netlet.v1alpha1.ClusterNetworkPolicyPeer.node_selector:type_name -> netlet.v1alpha1.LabelSelector
+	29, // 21: netlet.v1alpha1.ClusterNetworkPolicyPeer.namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
+	29, // 22: netlet.v1alpha1.ClusterNetworkPolicyPeer.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	29, // 23: netlet.v1alpha1.ClusterNetworkPolicyPeer.node_selector:type_name -> netlet.v1alpha1.LabelSelector
 	5,  // 24: netlet.v1alpha1.DnsPolicy.key:type_name -> netlet.v1alpha1.PolicyKey
-	28, // 25: netlet.v1alpha1.DnsPolicy.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
+	29, // 25: netlet.v1alpha1.DnsPolicy.pod_selector:type_name -> netlet.v1alpha1.LabelSelector
 	4,  // 26: netlet.v1alpha1.DnsPolicy.default_action:type_name -> netlet.v1alpha1.DnsAction
 	4,  // 27: netlet.v1alpha1.DnsPolicy.failure_action:type_name -> netlet.v1alpha1.DnsAction
 	5,  // 28: netlet.v1alpha1.HostnameGrant.key:type_name -> netlet.v1alpha1.PolicyKey
-	6,  // 29: netlet.v1alpha1.ApplyPolicyRequest.network_policies:type_name -> netlet.v1alpha1.NetworkPolicy
-	16, // 30: netlet.v1alpha1.ApplyPolicyRequest.dns_policies:type_name -> netlet.v1alpha1.DnsPolicy
-	17, // 31: netlet.v1alpha1.ApplyPolicyRequest.hostname_grants:type_name -> netlet.v1alpha1.HostnameGrant
-	5,  // 32: netlet.v1alpha1.ApplyPolicyRequest.deletes:type_name -> netlet.v1alpha1.PolicyKey
-	11, // 33: netlet.v1alpha1.ApplyPolicyRequest.address_sets:type_name -> netlet.v1alpha1.AddressSet
-	12, // 34: netlet.v1alpha1.ApplyPolicyRequest.address_set_changes:type_name -> netlet.v1alpha1.AddressSetChange
-	13, // 35: netlet.v1alpha1.ApplyPolicyRequest.cluster_network_policies:type_name -> netlet.v1alpha1.ClusterNetworkPolicy
-	4,  // 36: netlet.v1alpha1.CheckDnsResponse.action:type_name -> netlet.v1alpha1.DnsAction
-	6,  // 37: netlet.v1alpha1.ListPoliciesResponse.network_policies:type_name -> netlet.v1alpha1.NetworkPolicy
-	16, // 38: netlet.v1alpha1.ListPoliciesResponse.dns_policies:type_name -> netlet.v1alpha1.DnsPolicy
-	17, // 39: netlet.v1alpha1.ListPoliciesResponse.hostname_grants:type_name -> netlet.v1alpha1.HostnameGrant
-	13, // 40: netlet.v1alpha1.ListPoliciesResponse.cluster_network_policies:type_name -> netlet.v1alpha1.ClusterNetworkPolicy
-	11, // 41: netlet.v1alpha1.ListPoliciesResponse.address_sets:type_name -> netlet.v1alpha1.AddressSet
-	26, // 42: netlet.v1alpha1.ListPoliciesResponse.modules:type_name -> netlet.v1alpha1.PolicyModule
-	27, // 43: netlet.v1alpha1.PolicyModule.counters:type_name -> netlet.v1alpha1.PolicyModuleCounters
-	18, // 44: netlet.v1alpha1.Policy.ApplyPolicy:input_type -> netlet.v1alpha1.ApplyPolicyRequest
-	20, // 45: netlet.v1alpha1.Policy.CheckDns:input_type -> netlet.v1alpha1.CheckDnsRequest
-	22, // 46: netlet.v1alpha1.Policy.CheckHostname:input_type -> netlet.v1alpha1.CheckHostnameRequest
-	24, // 47: netlet.v1alpha1.Policy.ListPolicies:input_type -> netlet.v1alpha1.ListPoliciesRequest
-	19, // 48: netlet.v1alpha1.Policy.ApplyPolicy:output_type -> netlet.v1alpha1.ApplyPolicyResponse
-	21, // 49: netlet.v1alpha1.Policy.CheckDns:output_type -> netlet.v1alpha1.CheckDnsResponse
-	23, // 50: netlet.v1alpha1.Policy.CheckHostname:output_type -> netlet.v1alpha1.CheckHostnameResponse
-	25, // 51: netlet.v1alpha1.Policy.ListPolicies:output_type -> netlet.v1alpha1.ListPoliciesResponse
-	48, // [48:52] is the sub-list for method output_type
-	44, // [44:48] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	29, // 29: netlet.v1alpha1.HostnameGrant.namespace_selector:type_name -> netlet.v1alpha1.LabelSelector
+	6,  // 30: netlet.v1alpha1.ApplyPolicyRequest.network_policies:type_name -> netlet.v1alpha1.NetworkPolicy
+	16, // 31: netlet.v1alpha1.ApplyPolicyRequest.dns_policies:type_name -> netlet.v1alpha1.DnsPolicy
+	17, // 32: netlet.v1alpha1.ApplyPolicyRequest.hostname_grants:type_name -> netlet.v1alpha1.HostnameGrant
+	5,  // 33: netlet.v1alpha1.ApplyPolicyRequest.deletes:type_name -> netlet.v1alpha1.PolicyKey
+	11, // 34: netlet.v1alpha1.ApplyPolicyRequest.address_sets:type_name -> netlet.v1alpha1.AddressSet
+	12, // 35: netlet.v1alpha1.ApplyPolicyRequest.address_set_changes:type_name -> netlet.v1alpha1.AddressSetChange
+	13, // 36: netlet.v1alpha1.ApplyPolicyRequest.cluster_network_policies:type_name -> netlet.v1alpha1.ClusterNetworkPolicy
+	4,  // 37: netlet.v1alpha1.CheckDnsResponse.action:type_name -> netlet.v1alpha1.DnsAction
+	31, // 38: netlet.v1alpha1.CheckHostnameRequest.claimed_since:type_name -> google.protobuf.Timestamp
+	31, // 39: netlet.v1alpha1.CheckHostnameResponse.held_since:type_name -> google.protobuf.Timestamp
+	31, // 40: netlet.v1alpha1.HostnameClaim.since:type_name -> google.protobuf.Timestamp
+	23, // 41: netlet.v1alpha1.HostnameClaim.decision:type_name -> netlet.v1alpha1.CheckHostnameResponse
+	6,  // 42: netlet.v1alpha1.ListPoliciesResponse.network_policies:type_name -> netlet.v1alpha1.NetworkPolicy
+	16, // 43: netlet.v1alpha1.ListPoliciesResponse.dns_policies:type_name -> netlet.v1alpha1.DnsPolicy
+	17, // 44: netlet.v1alpha1.ListPoliciesResponse.hostname_grants:type_name -> netlet.v1alpha1.HostnameGrant
+	13, // 45: netlet.v1alpha1.ListPoliciesResponse.cluster_network_policies:type_name -> netlet.v1alpha1.ClusterNetworkPolicy
+	11, // 46: netlet.v1alpha1.ListPoliciesResponse.address_sets:type_name -> netlet.v1alpha1.AddressSet
+	27, // 47: netlet.v1alpha1.ListPoliciesResponse.modules:type_name -> netlet.v1alpha1.PolicyModule
+	24, // 48: netlet.v1alpha1.ListPoliciesResponse.hostname_claims:type_name -> netlet.v1alpha1.HostnameClaim
+	28, // 49: netlet.v1alpha1.PolicyModule.counters:type_name -> netlet.v1alpha1.PolicyModuleCounters
+	18, // 50: netlet.v1alpha1.Policy.ApplyPolicy:input_type -> netlet.v1alpha1.ApplyPolicyRequest
+	20, // 51: netlet.v1alpha1.Policy.CheckDns:input_type -> netlet.v1alpha1.CheckDnsRequest
+	22, // 52: netlet.v1alpha1.Policy.CheckHostname:input_type -> netlet.v1alpha1.CheckHostnameRequest
+	25, // 53: netlet.v1alpha1.Policy.ListPolicies:input_type -> netlet.v1alpha1.ListPoliciesRequest
+	19, // 54: netlet.v1alpha1.Policy.ApplyPolicy:output_type -> netlet.v1alpha1.ApplyPolicyResponse
+	21, // 55: netlet.v1alpha1.Policy.CheckDns:output_type -> netlet.v1alpha1.CheckDnsResponse
+	23, // 56: netlet.v1alpha1.Policy.CheckHostname:output_type -> netlet.v1alpha1.CheckHostnameResponse
+	26, // 57: netlet.v1alpha1.Policy.ListPolicies:output_type -> netlet.v1alpha1.ListPoliciesResponse
+	54, // [54:58] is the sub-list for method output_type
+	50, // [50:54] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_netlet_v1alpha1_policy_proto_init() }
@@ -2640,7 +2824,7 @@ func file_netlet_v1alpha1_policy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netlet_v1alpha1_policy_proto_rawDesc), len(file_netlet_v1alpha1_policy_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
