@@ -256,18 +256,15 @@ impl Host {
     pub async fn hostname_grants(&self) -> Arc<Vec<HostnameGrant>> {
         let policies = self.policies.lock().await;
         let generation = policies.table.generation();
-        let Ok(mut cached) = self.grant_snapshot.lock() else {
-            return Arc::new(policies.table.hostname_grants().cloned().collect());
-        };
-        if cached.0 != generation || cached.1.is_none() {
+        let mut cached = self.grant_snapshot.lock().unwrap();
+        // Generation 0 holds nothing, as the empty snapshot a host starts with.
+        if cached.0 != generation {
             *cached = (
                 generation,
-                Some(Arc::new(
-                    policies.table.hostname_grants().cloned().collect(),
-                )),
+                Arc::new(policies.table.hostname_grants().cloned().collect()),
             );
         }
-        cached.1.clone().unwrap_or_default()
+        cached.1.clone()
     }
 
     /// The decision on claim `ask`: a grant covering the name must list the namespace (and

@@ -212,16 +212,6 @@ impl Index {
         hosts.into_iter().flat_map(|h| &self.by_host[h]).collect()
     }
 
-    /// Number of claims.
-    pub fn len(&self) -> usize {
-        self.by_host.values().map(Vec::len).sum()
-    }
-
-    /// Whether there is none.
-    pub fn is_empty(&self) -> bool {
-        self.by_host.is_empty()
-    }
-
     /// The oldest claim on `ask`'s hostname, other than `ask`'s object's, that `holds`: the
     /// name's holder.
     pub fn first_holding<'a>(
@@ -236,7 +226,8 @@ impl Index {
     }
 
     /// The claim that keeps `ask` from its name: the name's holder, when it is older than
-    /// `ask` and of another namespace.
+    /// `ask` and of another namespace (as [`Claims::holder`] decides over two indexes).
+    #[cfg(test)]
     pub fn holder<'a>(&'a self, ask: &Claim, holds: impl Fn(&Claim) -> bool) -> Option<&'a Claim> {
         self.first_holding(ask, holds).filter(|c| blocks(c, ask))
     }

@@ -116,7 +116,7 @@ pub struct Host {
     /// Per object source: the hostnames its objects claim (with what the webhook admitted).
     pub claims: hostnames::Claims,
     /// The hostname grants of one policy generation (see [`Host::hostname_grants`]).
-    pub grant_snapshot: std::sync::Mutex<(u64, Option<Arc<Vec<netlet_sdk::proto::HostnameGrant>>>)>,
+    pub grant_snapshot: std::sync::Mutex<(u64, Arc<Vec<netlet_sdk::proto::HostnameGrant>>)>,
     /// True once shutdown began (the drain: no new calls; watches end).
     pub shutdown: watch::Receiver<bool>,
     locks: KeyLocks,

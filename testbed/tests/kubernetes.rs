@@ -179,6 +179,19 @@ async fn a_service_created_through_the_api_answers_from_a_pod() {
     assert!(!gone.is_empty());
 }
 
+/// Creates this node's Node object (with no status: the host reports its conditions).
+fn create_node(apiserver: &ApiServer) {
+    apiserver
+        .request(
+            "POST",
+            "/api/v1/nodes",
+            Some(&format!(
+                r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{NODE}"}}}}"#
+            )),
+        )
+        .unwrap();
+}
+
 /// The Node's conditions: (NetworkUnavailable, NetletNetworkReady) as (status, reason).
 fn node_conditions(apiserver: &ApiServer) -> Option<((String, String), (String, String))> {
     let node: serde_json::Value = serde_json::from_str(
@@ -211,15 +224,7 @@ async fn the_node_object_carries_the_network_state() {
     let Some(cl) = Cluster::start(T, "k8snode").await else {
         return;
     };
-    cl.apiserver
-        .request(
-            "POST",
-            "/api/v1/nodes",
-            Some(&format!(
-                r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{NODE}"}}}}"#
-            )),
-        )
-        .unwrap();
+    create_node(&cl.apiserver);
     let state = |want: &'static str| {
         let api = &cl.apiserver;
         move || async move { node_conditions(api).filter(|((unavailable, _), _)| unavailable == want) }
@@ -574,15 +579,7 @@ async fn deploy_applies_and_its_cluster_role_suffices() {
     );
     assert_eq!(listed.hostname_grants[0].hostnames, ["*.shop.example.com"]);
     // The ClusterRole lets it report the node's network state on its Node, too.
-    cl.apiserver
-        .request(
-            "POST",
-            "/api/v1/nodes",
-            Some(&format!(
-                r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{NODE}"}}}}"#
-            )),
-        )
-        .unwrap();
+    create_node(&cl.apiserver);
     let api = &cl.apiserver;
     let ((unavailable, _), _) = wait_until(
         "the node's conditions reported",

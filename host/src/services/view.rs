@@ -224,7 +224,8 @@ pub fn endpoints(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo) -> V
             let e = by_addr.entry(addr.clone()).or_insert_with(|| Endpoint {
                 address: addr.clone(),
                 family: family_of(addr) as i32,
-                ports: vec![],
+                // Kept for as long as the Service is: room for this slice's ports only.
+                ports: Vec::with_capacity(ports.len()),
                 ready,
                 serving,
                 terminating,
@@ -255,8 +256,6 @@ pub fn endpoints(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo) -> V
         }
     }
     let mut eps: Vec<Endpoint> = by_addr.into_values().collect();
-    // Kept for as long as the Service is: no room for ports an endpoint will not get.
-    eps.iter_mut().for_each(|e| e.ports.shrink_to_fit());
     categorize(svc, &mut eps, node);
     eps
 }
