@@ -458,7 +458,7 @@ impl Host {
                 .is_some_and(|s| s.port_mappings.iter().any(is_published));
             if rest.attachments.is_empty() {
                 self.store
-                    .delete_attachment(sandbox_id)
+                    .forget_attachment(sandbox_id)
                     .await
                     .map_err(error::from_store)?;
                 if published {

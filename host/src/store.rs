@@ -92,6 +92,15 @@ impl Store {
         Ok(self.kv.delete(ATTACHMENTS, sandbox_id).await?)
     }
 
+    /// Removes a detached sandbox's record without waiting for the disk (on it within
+    /// [`netlet_sdk::store::FLUSH_AFTER`]). Losing it in a crash brings back only the record of
+    /// a pod the runtime has let go: the next DetachPod or the runtime's GarbageCollect (which
+    /// lists the sandboxes that exist) removes it again; no address is handed out twice, since
+    /// the drivers hold addresses by their own records.
+    pub async fn forget_attachment(&self, sandbox_id: &str) -> Result<()> {
+        Ok(self.kv.delete_lazy(ATTACHMENTS, sandbox_id).await?)
+    }
+
     /// A device claim's allocation.
     pub fn claim(&self, claim_uid: &str) -> Result<Option<AllocateDeviceResponse>> {
         self.get(CLAIMS, claim_uid)

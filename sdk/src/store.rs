@@ -49,8 +49,14 @@ pub struct Change {
 
 struct Write {
     changes: Vec<Change>,
+    /// Whether the caller waits for the changes to be on disk (else: visible at once, on disk
+    /// with the next durable commit or within [`FLUSH_AFTER`]).
+    durable: bool,
     done: oneshot::Sender<Result<(), String>>,
 }
+
+/// How long changes written without waiting for the disk may stay off it.
+pub const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
@@ -119,12 +125,20 @@ impl Store {
     /// Applies `changes` atomically and durably (one transaction, possibly shared with other
     /// writers' changes).
     pub async fn write(&self, changes: Vec<Change>) -> R<()> {
+        self.send(changes, true).await
+    }
+
+    async fn send(&self, changes: Vec<Change>, durable: bool) -> R<()> {
         for c in &changes {
             self.check(c.table)?;
         }
         let (done, wait) = oneshot::channel();
         self.writes
-            .send(Write { changes, done })
+            .send(Write {
+                changes,
+                durable,
+                done,
+            })
             .map_err(|_| StoreError::WriterGone)?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
@@ -153,6 +167,22 @@ impl Store {
         .await
     }
 
+    /// Removes `key` without waiting for the disk: readers see it gone when this returns; it is
+    /// on disk with the next durable commit, or within [`FLUSH_AFTER`]. For removals whose loss
+    /// in a crash is repaired at the next start (a forgotten attachment found again and
+    /// cleaned up), not for anything whose loss would hand out something twice.
+    pub async fn delete_lazy(&self, table: &'static str, key: &str) -> R<()> {
+        self.send(
+            vec![Change {
+                table,
+                key: key.to_string(),
+                value: None,
+            }],
+            false,
+        )
+        .await
+    }
+
     /// The value under `key`.
     pub fn get(&self, table: &'static str, key: &str) -> R<Option<Vec<u8>>> {
         self.check(table)?;
@@ -176,7 +206,31 @@ impl Store {
 }
 
 fn writer(db: Arc<Database>, rx: std::sync::mpsc::Receiver<Write>) {
-    while let Ok(first) = rx.recv() {
+    use std::sync::mpsc::RecvTimeoutError;
+    // Whether commits were made that are not on disk yet.
+    let mut pending = false;
+    loop {
+        let first = if pending {
+            match rx.recv_timeout(FLUSH_AFTER) {
+                Ok(w) => w,
+                Err(e) => {
+                    if let Err(e) = flush(&db) {
+                        tracing::error!(error = %e, "store flush failed");
+                    } else {
+                        pending = false;
+                    }
+                    if e == RecvTimeoutError::Disconnected {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            match rx.recv() {
+                Ok(w) => w,
+                Err(_) => return,
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -184,9 +238,12 @@ fn writer(db: Arc<Database>, rx: std::sync::mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        let res = commit(&db, &batch).map_err(|e| e.to_string());
-        if let Err(e) = &res {
-            tracing::error!(error = %e, writes = batch.len(), "store commit failed");
+        let durable = batch.iter().any(|w| w.durable);
+        let res = commit(&db, &batch, durable).map_err(|e| e.to_string());
+        match &res {
+            Err(e) => tracing::error!(error = %e, writes = batch.len(), "store commit failed"),
+            // A durable commit takes the earlier ones to disk with it.
+            Ok(()) => pending = !durable,
         }
         for w in batch {
             let _ = w.done.send(res.clone());
@@ -194,8 +251,18 @@ fn writer(db: Arc<Database>, rx: std::sync::mpsc::Receiver<Write>) {
     }
 }
 
-fn commit(db: &Database, batch: &[Write]) -> Result<(), redb::Error> {
-    let tx = db.begin_write()?;
+/// An empty durable commit: what earlier non-durable commits changed goes to disk.
+fn flush(db: &Database) -> Result<(), redb::Error> {
+    db.begin_write()?.commit()?;
+    Ok(())
+}
+
+fn commit(db: &Database, batch: &[Write], durable: bool) -> Result<(), redb::Error> {
+    let mut tx = db.begin_write()?;
+    if !durable {
+        tx.set_durability(redb::Durability::None)
+            .map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?;
+    }
     for c in batch.iter().flat_map(|w| &w.changes) {
         let mut t = tx.open_table(def(c.table))?;
         match &c.value {
@@ -227,6 +294,45 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join("t.redb")), 0o600);
+    }
+
+    /// What a crash would leave: the file as it is on disk now, opened on its own.
+    fn disk_image(dir: &Path, into: &Path) -> Vec<(String, Vec<u8>)> {
+        std::fs::copy(dir.join("t.redb"), into.join("t.redb")).unwrap();
+        let db = Database::create(into.join("t.redb")).unwrap();
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(def("t")).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.value().to_string(), v.value().to_vec())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_lazy_removal_is_seen_at_once_and_reaches_the_disk_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), "t.redb", &["t"]).unwrap();
+        s.put("t", "a", vec![1]).await.unwrap();
+        s.put("t", "b", vec![2]).await.unwrap();
+        s.delete_lazy("t", "a").await.unwrap();
+        assert_eq!(s.get("t", "a").unwrap(), None, "readers see it at once");
+        // With no other write coming, the removal is flushed within FLUSH_AFTER.
+        let copy = tempfile::tempdir().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let image = disk_image(dir.path(), copy.path());
+            if image == vec![("b".to_string(), vec![2])] {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the removal never reached the disk: {image:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]

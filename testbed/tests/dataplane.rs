@@ -59,6 +59,19 @@ fn pod_links(node: &Node) -> Vec<String> {
         .collect()
 }
 
+/// The node's pod links once the deletions in flight are done (DetachPod answers before the
+/// kernel has deleted the veth): none as soon as they are, else what is still there after 10 s.
+async fn pod_links_left(node: &Node) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = pod_links(node);
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn conformance_data_plane_against_host_and_bridge_driver() {
     if !privileged("conformance_data_plane_against_host_and_bridge_driver") {
@@ -106,7 +119,7 @@ async fn conformance_data_plane_against_host_and_bridge_driver() {
         assert_eq!(text.contains(multi), !direct, "{text}");
     }
     assert_eq!(
-        pod_links(&n),
+        pod_links_left(&n).await,
         Vec::<String>::new(),
         "conformance left pod links behind"
     );
@@ -134,7 +147,7 @@ async fn failure_on_the_second_network_rolls_the_first_back() {
     let listed = listed(&c).await;
     assert!(listed.is_empty(), "{listed:?}");
     assert_eq!(
-        pod_links(&n),
+        pod_links_left(&n).await,
         Vec::<String>::new(),
         "eth0's veth was not rolled back"
     );
@@ -150,7 +163,7 @@ async fn failure_on_the_second_network_rolls_the_first_back() {
     .unwrap();
     assert_eq!(ok.len(), 2);
     detach(&c, "rb-1").await.unwrap();
-    assert_eq!(pod_links(&n), Vec::<String>::new());
+    assert_eq!(pod_links_left(&n).await, Vec::<String>::new());
 }
 
 /// The supervised driver's pid, from the host's pid file (`None` while it is being rewritten).
@@ -247,7 +260,7 @@ async fn driver_killed_during_churn_converges_with_nothing_leaked() {
     let driver_view = listed(&driver).await;
     assert!(driver_view.is_empty(), "driver still holds {driver_view:?}");
     assert_eq!(
-        pod_links(&n),
+        pod_links_left(&n).await,
         Vec::<String>::new(),
         "veths leaked on the node"
     );
@@ -259,19 +272,26 @@ async fn driver_killed_during_churn_converges_with_nothing_leaked() {
             p.path.display()
         );
     }
-    // Every address is back in the pool.
-    let r = readiness(&driver).await;
-    let usage: Vec<&str> = r
-        .conditions
-        .iter()
-        .filter(|c| c.r#type == "AddressesAvailable")
-        .map(|c| c.message.as_str())
-        .collect();
-    assert_eq!(usage.len(), 2, "{r:?}");
-    assert!(
-        usage.iter().all(|m| m.contains(": 0 of ")),
-        "addresses still held: {usage:?}"
-    );
+    // Every address is back in the pool (once its veth is deleted: DetachPod answers first).
+    let usage = || async {
+        let r = readiness(&driver).await;
+        r.conditions
+            .iter()
+            .filter(|c| c.r#type == "AddressesAvailable")
+            .map(|c| c.message.clone())
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(usage().await.len(), 2);
+    let freed = wait_until(
+        "addresses back in the pool",
+        Duration::from_secs(10),
+        || async {
+            let u = usage().await;
+            u.iter().all(|m| m.contains(": 0 of ")).then_some(u)
+        },
+    )
+    .await;
+    assert_eq!(freed.len(), 2, "{freed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -320,7 +340,7 @@ async fn bandwidth_annotations_become_tbf_qdiscs_and_go_with_the_pod() {
     );
     detach(&c, "bw-1").await.unwrap();
     assert_eq!(
-        pod_links(&n),
+        pod_links_left(&n).await,
         Vec::<String>::new(),
         "veth or ifb left behind"
     );
@@ -420,7 +440,17 @@ async fn exhausted_pool_is_resource_exhausted_and_a_readiness_reason() {
     assert!(r.ready && r.reason == "IPAMExhausted", "{r:?}");
     assert!(!probe::interfaces(&p2.path).unwrap().contains_key("eth0"));
     detach(&c, "ex-1").await.unwrap();
-    assert_eq!(driver_readiness(&n, "bridge").await.reason, "");
+    // The address is free once its veth is deleted, shortly after DetachPod answered; an
+    // attach meanwhile waits for it instead of failing.
+    let again = attach(&c, sandbox("ex-2", &p2.path), vec![]).await.unwrap();
+    assert_eq!(again[0].ips[0].address, "10.250.0.2/30");
+    detach(&c, "ex-2").await.unwrap();
+    wait_until(
+        "the pool no longer exhausted",
+        Duration::from_secs(10),
+        || async { (driver_readiness(&n, "bridge").await.reason.is_empty()).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -509,5 +539,5 @@ async fn a_deleted_bridge_is_made_again_with_its_pods_on_it() {
     for id in ["rb-a", "rb-b"] {
         detach(&c, id).await.unwrap();
     }
-    assert_eq!(pod_links(&n), Vec::<String>::new());
+    assert_eq!(pod_links_left(&n).await, Vec::<String>::new());
 }

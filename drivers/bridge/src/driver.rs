@@ -5,7 +5,15 @@
 //! durably, then the data plane is built. A crash after the write leaves a record whose veth
 //! may be missing; a repeated AttachPod (the host replays its attachments whenever the driver
 //! registers) finds the record, sees the veth missing and builds it again with the same
-//! addresses. Detach removes the veth first and the record last.
+//! addresses.
+//!
+//! Detach removes the record (without waiting for the disk) and answers; the veth is deleted
+//! by the [`Reaper`] behind it, and only then are its addresses free again, so nothing can
+//! still send from an address handed to another pod. An attach that needs the name, or the
+//! pod-side interface, of a veth still being deleted waits for it. A crash before the veth is
+//! gone leaves a veth without a record (removed by the sweep at start); a crash before the
+//! removal reached the disk brings the record back, and the host's replay or its sweep of
+//! orphans settles it.
 
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +36,7 @@ use crate::bandwidth;
 use crate::config::NetworkConfig;
 use crate::ipam::{IpamError, Pool};
 use crate::netlink::{self, Netlink, NlError};
+use crate::reaper::Reaper;
 
 const TABLE: &str = "attachments";
 
@@ -51,6 +60,12 @@ impl Network {
     }
 }
 
+struct Reaping {
+    netns: String,
+    ifname: String,
+    done: watch::Receiver<bool>,
+}
+
 struct State {
     networks: BTreeMap<String, Network>,
     /// `sandbox/ifname` → the record (sandbox + one attachment).
@@ -67,6 +82,9 @@ pub struct Bridge {
     state: Mutex<State>,
     locks: KeyLocks,
     nl: Netlink,
+    reaper: Reaper,
+    /// Veths being deleted: host-side name → (pod namespace, pod-side name, done).
+    reaping: Mutex<HashMap<String, Reaping>>,
     ready_tx: watch::Sender<NetworkReadiness>,
 }
 
@@ -140,6 +158,8 @@ impl Bridge {
             }),
             locks: KeyLocks::default(),
             nl: Netlink::connect()?,
+            reaper: Reaper::start()?,
+            reaping: Mutex::new(HashMap::new()),
             ready_tx,
         }))
     }
@@ -151,6 +171,37 @@ impl Bridge {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reaping_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Reaping>> {
+        self.reaping.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until no veth named `host_veth`, and none whose pod side is `ifname` in `netns`,
+    /// is being deleted.
+    async fn reaped(&self, host_veth: &str, netns: &str, ifname: &str) {
+        let pending: Vec<watch::Receiver<bool>> = self
+            .reaping_lock()
+            .iter()
+            .filter(|(h, r)| *h == host_veth || (r.netns == netns && r.ifname == ifname))
+            .map(|(_, r)| r.done.clone())
+            .collect();
+        for mut done in pending {
+            let _ = done.wait_for(|d| *d).await;
+        }
+    }
+
+    /// Waits until every veth being deleted now is gone; returns whether there was any.
+    async fn all_reaped(&self) -> bool {
+        let pending: Vec<watch::Receiver<bool>> = self
+            .reaping_lock()
+            .values()
+            .map(|r| r.done.clone())
+            .collect();
+        for mut done in pending.iter().cloned() {
+            let _ = done.wait_for(|d| *d).await;
+        }
+        !pending.is_empty()
     }
 
     fn store(&self) -> Result<Store, Status> {
@@ -506,6 +557,12 @@ impl Bridge {
             ));
         }
         let limits = bandwidth::limits(sandbox, sel, field).map_err(|(f, why)| invalid(f, why))?;
+        self.reaped(
+            &netlink::host_veth_name(&sandbox.id, ifname),
+            &sandbox.netns_path,
+            ifname,
+        )
+        .await;
         let existing = self.lock().records.get(&k).cloned();
         let (attachment, bridge_index, fresh) = match existing {
             Some(rec) => {
@@ -536,7 +593,17 @@ impl Bridge {
             }
             None => {
                 let bi = self.bridge_index(&sel.network, field)?;
-                let a = self.allocate(&k, sandbox, sel, ifname, field)?;
+                let a = match self.allocate(&k, sandbox, sel, ifname, field) {
+                    // The address asked for, or the last free one, may be a detached pod's
+                    // whose veth is still being deleted: free in a moment, so wait for it.
+                    Err(e)
+                        if matches!(e.code(), Code::AlreadyExists | Code::ResourceExhausted)
+                            && self.all_reaped().await =>
+                    {
+                        self.allocate(&k, sandbox, sel, ifname, field)?
+                    }
+                    r => r?,
+                };
                 (a, bi, true)
             }
         };
@@ -816,7 +883,11 @@ impl Bridge {
     }
 
     /// Detaches the sandbox's interfaces (those named in `only`, or all); unknown → OK.
-    pub async fn detach(&self, sandbox_id: &str, only: &[NetworkSelection]) -> Result<(), Status> {
+    pub async fn detach(
+        self: &Arc<Self>,
+        sandbox_id: &str,
+        only: &[NetworkSelection],
+    ) -> Result<(), Status> {
         // Until the records are loaded, "nothing attached" would be a lie: the caller retries.
         let store = self.store()?;
         let _s = self.locks.lock(&sandbox_lock(sandbox_id)).await;
@@ -852,15 +923,44 @@ impl Bridge {
             else {
                 continue;
             };
-            bandwidth::remove(&self.nl, &a.host_interface)
+            store
+                .delete_lazy(TABLE, &k)
                 .await
-                .map_err(internal)?;
-            self.nl
-                .delete_link(&a.host_interface)
-                .await
-                .map_err(internal)?;
-            self.forget(&store, &k, &a).await;
+                .map_err(|e| Status::unavailable(format!("IPAM store: {e}")))?;
+            self.lock().records.remove(&k);
+            let (done_tx, done) = watch::channel(false);
+            self.reaping_lock().insert(
+                a.host_interface.clone(),
+                Reaping {
+                    netns: a.netns_path.clone(),
+                    ifname: a.interface_name.clone(),
+                    done,
+                },
+            );
+            let me = self.clone();
+            tokio::spawn(async move {
+                let names = vec![
+                    a.host_interface.clone(),
+                    bandwidth::ifb_name(&a.host_interface),
+                ];
+                let t = std::time::Instant::now();
+                match me.reaper.delete(names).await {
+                    Ok(()) => {
+                        tracing::debug!(key = %k, took = ?t.elapsed(), "veth deleted");
+                        me.release(&k, &a)
+                    }
+                    // The addresses stay held; the veth, without a record, goes at the next
+                    // start's sweep, and the addresses with it.
+                    Err(e) => {
+                        tracing::error!(key = %k, error = %e, "could not delete the veth; its addresses stay held")
+                    }
+                }
+                me.reaping_lock().remove(&a.host_interface);
+                let _ = done_tx.send(true);
+                me.publish();
+            });
         }
+        self.publish();
         Ok(())
     }
 

@@ -11,6 +11,7 @@ mod driver;
 mod ipam;
 mod masquerade;
 mod netlink;
+mod reaper;
 
 use std::path::PathBuf;
 use std::time::Duration;

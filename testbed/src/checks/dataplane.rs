@@ -13,6 +13,9 @@ use super::{check, expect_ok};
 use crate::conformance::{Check, Ctx, Outcome};
 use crate::probe;
 
+/// How soon after DetachPod a pod's interfaces must be gone (pods.proto, DetachPod).
+const REAPED_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Pods attached at once by the concurrency check.
 pub const CONCURRENT_PODS: usize = 50;
 
@@ -399,18 +402,30 @@ pub fn checks() -> Vec<Check> {
                     )));
                 }
                 detach(ctx, &pod.id).await?;
-                if !host_if.is_empty() && probe::local_interface_exists(&host_if) {
-                    return Err(format!(
-                        "host interface {host_if} still exists after DetachPod"
-                    ));
-                }
-                let ns = pod.netns.clone();
-                let left = blocking(move || probe::interfaces(&ns)).await?;
-                if left.contains_key(&att.interface_name) {
-                    return Err(format!(
-                        "{} still in the pod after DetachPod",
-                        att.interface_name
-                    ));
+                // A driver may answer before the kernel has deleted the interfaces (that takes
+                // tens of milliseconds); they must be gone soon after.
+                let deadline = std::time::Instant::now() + REAPED_WITHIN;
+                loop {
+                    let ns = pod.netns.clone();
+                    let left = blocking(move || probe::interfaces(&ns)).await?;
+                    let host_left = !host_if.is_empty() && probe::local_interface_exists(&host_if);
+                    let pod_left = left.contains_key(&att.interface_name);
+                    if !host_left && !pod_left {
+                        break;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Err(if host_left {
+                            format!(
+                                "host interface {host_if} still exists {REAPED_WITHIN:?} after DetachPod"
+                            )
+                        } else {
+                            format!(
+                                "{} still in the pod {REAPED_WITHIN:?} after DetachPod",
+                                att.interface_name
+                            )
+                        });
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
                 // The same addresses, asked for statically by a new pod, must be free again.
                 if !ctx.has_feature(netlet_sdk::proto::Feature::StaticIps) {

@@ -101,6 +101,9 @@ type PodsClient interface {
 	//
 	// On a driver: detach the sandbox's attachments the selections match (all of the sandbox's
 	// on this driver when empty) and free their addresses once nothing can send from them.
+	// The answer may come before the kernel has deleted the interfaces (deleting a veth takes it
+	// tens of milliseconds): they must be gone within 5 s, and until they are, an AttachPod that
+	// needs their names or asks for their addresses waits for them instead of failing.
 	//
 	// Idempotent: yes. Detaching an unknown sandbox, or one already detached, returns OK.
 	//
@@ -278,6 +281,9 @@ type PodsServer interface {
 	//
 	// On a driver: detach the sandbox's attachments the selections match (all of the sandbox's
 	// on this driver when empty) and free their addresses once nothing can send from them.
+	// The answer may come before the kernel has deleted the interfaces (deleting a veth takes it
+	// tens of milliseconds): they must be gone within 5 s, and until they are, an AttachPod that
+	// needs their names or asks for their addresses waits for them instead of failing.
 	//
 	// Idempotent: yes. Detaching an unknown sandbox, or one already detached, returns OK.
 	//
