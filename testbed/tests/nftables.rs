@@ -92,11 +92,11 @@ fn cases() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
         ),
         (
             "dynset-update",
-            "update @aff { ip saddr timeout 5s : ip daddr }",
+            "update @affs { ip saddr . numgen random mod 3 timeout 5s }",
             vec![
-                nft::payload(nft::base::NETWORK, 12, 4, Register::Reg1),
-                nft::payload(nft::base::NETWORK, 16, 4, Register::Reg2),
-                nft::dynset_update_data("aff", Register::Reg1, Register::Reg2, 5000),
+                nft::payload(nft::base::NETWORK, 12, 4, Register::Reg32_00),
+                nft::numgen_random(Register::Reg32_01, 3),
+                nft::dynset_update("affs", Register::Reg32_00, 5000),
             ],
         ),
         (
@@ -106,6 +106,12 @@ fn cases() -> Vec<(&'static str, &'static str, Vec<Expr>)> {
                 daddr(),
                 nft::lookup("vm", Register::Reg1, Some(Register::Verdict)),
             ],
+        ),
+        (
+            // A class chain's test that a front has a local shortcut (a map, asked for its keys).
+            "lookup-map-membership",
+            "ip daddr @aff",
+            vec![daddr(), nft::lookup("aff", Register::Reg1, None)],
         ),
         (
             "lookup-absent",
@@ -238,6 +244,7 @@ fn hand_encoded_expressions_match_what_nft_makes() {
     let setup = format!(
         "table ip {TABLE} {{
   map aff {{ type ipv4_addr : ipv4_addr; flags dynamic,timeout; timeout 10s; }}
+  set affs {{ type ipv4_addr . mark; flags dynamic,timeout; timeout 10s; }}
   map vm {{ type ipv4_addr : verdict; }}
   set s {{ type ipv4_addr; }}
   set si_ref {{ type ipv4_addr; flags interval; }}

@@ -13,7 +13,9 @@ use netlet_sdk::proto::{
     ProgramServiceRequest, Protocol, Service, ServiceKey, ServicePort, ServiceType,
     SessionAffinity, TrafficPolicy,
 };
-use netlet_testbed::harness::{Node, attach, bridge_driver, detach, nft_driver, privileged};
+use netlet_testbed::harness::{
+    Node, attach, bridge_driver, detach, in_netns, nft_driver, privileged, tool,
+};
 use netlet_testbed::probe::{self, NetNs};
 
 const V4: &str = "10.244.0.0/24";
@@ -931,5 +933,155 @@ async fn a_long_transaction_does_not_stall_probe() {
     assert!(
         answered >= 10,
         "{answered} probes answered during a {took:?} transaction"
+    );
+}
+
+/// Services of a shape already in use (the same traffic handling and endpoint count) are data:
+/// adding 40 of them, and changing an endpoint, leaves the table's chains as `nft` lists them,
+/// so the kernel has no jump graph to check again; the Services are in the maps.
+#[tokio::test(flavor = "multi_thread")]
+async fn services_of_a_known_shape_add_no_chain() {
+    if !privileged("services_of_a_known_shape_add_no_chain") {
+        return;
+    }
+    let Some(nft) = tool("nft", "services_of_a_known_shape_add_no_chain") else {
+        return;
+    };
+    let node = Node::start(
+        "shape",
+        &nft_driver("nft", &["--cluster-cidr", V4]),
+        &format!("nodeName: {NODE}\n"),
+    )
+    .await;
+    node.host.wait_driver("nft").await;
+    let mut prog = Programmer {
+        clients: node.host.clients().await,
+        generation: 0,
+    };
+    let svc = |i: usize| {
+        cluster_ip(
+            &format!("s{i}"),
+            &[&format!("10.96.1.{i}")],
+            vec![port("http", Protocol::Tcp, 80, 8080)],
+        )
+    };
+    let eps = |i: usize, second: u8| {
+        vec![
+            ready(ip(&format!("10.244.0.{i}"))),
+            ready(ip(&format!("10.244.{second}.{i}"))),
+        ]
+    };
+    let nft_out = |args: &[&str]| {
+        let out = in_netns(Some(&node.netns.path), &nft)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "nft {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let chains = || {
+        let out = nft_out(&["list", "table", "ip", "netlet-nft"]);
+        out.lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("chain "))
+            .map(|l| l.trim_end_matches(" {").to_string())
+            .collect::<Vec<_>>()
+    };
+    prog.set(vec![(svc(1), eps(1, 1))]).await;
+    let before = chains();
+    assert!(
+        before.iter().any(|c| c.starts_with("chain class-ip-")),
+        "the Service's class chain: {before:?}"
+    );
+    prog.set((1..=40).map(|i| (svc(i), eps(i, 1))).collect())
+        .await;
+    // One endpoint of each moves (same count).
+    prog.set((1..=40).map(|i| (svc(i), eps(i, 2))).collect())
+        .await;
+    assert_eq!(chains(), before, "chains changed");
+    let mut sv = svc(41);
+    sv.session_affinity = SessionAffinity::ClientIp as i32;
+    sv.r#type = ServiceType::NodePort as i32;
+    sv.ports[0].node_port = 30041;
+    sv.external_traffic_policy = TrafficPolicy::Local as i32;
+    prog.set(
+        (1..=41)
+            .map(|i| (if i == 41 { sv.clone() } else { svc(i) }, eps(i, 2)))
+            .collect(),
+    )
+    .await;
+    let t = in_netns(Some(&node.netns.path), &nft)
+        .args(["list", "table", "ip", "netlet-nft"])
+        .output()
+        .unwrap();
+    std::fs::write(
+        "/tmp/table.txt",
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&t.stdout),
+            String::from_utf8_lossy(&t.stderr)
+        ),
+    )
+    .unwrap();
+    let mut all = String::new();
+    for ch in [
+        "services",
+        "fronts",
+        "fronts-nodeports",
+        "local-shortcuts",
+        "local-shortcuts-nodeports",
+        "class-ip-notfrom-10800-2",
+        "class-nodeport-none-10800-2",
+        "class-local-ip-notfrom-10800-2",
+        "class-local-nodeport-notfrom-10800-2",
+        "class-ip-notfrom-0-2",
+    ] {
+        let t = in_netns(Some(&node.netns.path), &nft)
+            .args(["list", "chain", "ip", "netlet-nft", ch])
+            .output()
+            .unwrap();
+        all += &format!(
+            "== {ch}\n{}\n{}",
+            String::from_utf8_lossy(&t.stdout),
+            String::from_utf8_lossy(&t.stderr)
+        );
+    }
+    std::fs::write("/tmp/chains.txt", all).unwrap();
+    // The class's set holds the fronts; nft lists the whole table (operators read it).
+    let class = before
+        .iter()
+        .find_map(|c| c.strip_prefix("chain class-ip-"))
+        .map(|c| format!("class-ip-{c}"))
+        .unwrap();
+    let fronts = nft_out(&["list", "set", "ip", "netlet-nft", &class]);
+    let listed = (1..=40)
+        .filter(|i| fronts.contains(&format!("10.96.1.{i} . tcp . 80")))
+        .count();
+    assert_eq!(listed, 40, "{fronts}");
+    // Every kind of class lists too (operators read the ruleset with nft): ClientIP affinity,
+    // a NodePort, externalTrafficPolicy Local's shortcut.
+    let mut sticky = svc(41);
+    sticky.r#type = ServiceType::NodePort as i32;
+    sticky.ports[0].node_port = 30041;
+    sticky.session_affinity = SessionAffinity::ClientIp as i32;
+    sticky.external_traffic_policy = TrafficPolicy::Local as i32;
+    prog.set(
+        (1..=41)
+            .map(|i| (if i == 41 { sticky.clone() } else { svc(i) }, eps(i, 2)))
+            .collect(),
+    )
+    .await;
+    let table = nft_out(&["list", "table", "ip", "netlet-nft"]);
+    for want in [
+        "update @affinity-ip",
+        "goto class-nodeport-none-10800-2",
+        "goto class-local-nodeport-notfrom-10800-2",
+    ] {
+        assert!(table.contains(want), "{want} not in\n{table}");
+    }
+    let endpoints = nft_out(&["list", "map", "ip", "netlet-nft", "endpoints-ip"]);
+    assert!(
+        endpoints.contains("10.244.2.40 . 8080") && !endpoints.contains("10.244.1.40 . 8080"),
+        "{endpoints}"
     );
 }

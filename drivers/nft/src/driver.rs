@@ -17,7 +17,7 @@ use netlet_sdk::validate;
 use tonic::{Request, Response, Status};
 
 use crate::conntrack;
-use crate::ruleset::{self, Claim, Fam, Objects, Plan, Settings};
+use crate::ruleset::{self, Claim, Class, Fam, Objects, Plan, Settings};
 
 type Key = (String, String);
 
@@ -36,6 +36,8 @@ struct State {
     host_ports: [Objects; 2],
     /// Backend addresses with the number of Services leading to them (the `hairpin` set).
     hairpin: HashMap<IpAddr, u32>,
+    /// The classes whose chains exist, in the ip and ip6 tables (kept once made: few).
+    classes: [BTreeSet<Class>; 2],
     /// Which Service holds each address . protocol . port and NodePort (the first to ask).
     claims: HashMap<Claim, Key>,
     /// Services left out of a claim another holds, to look at again when it is released.
@@ -138,6 +140,7 @@ impl Nft {
                 objects: HashMap::new(),
                 host_ports: Default::default(),
                 hairpin: HashMap::new(),
+                classes: Default::default(),
                 claims: HashMap::new(),
                 blocked: HashMap::new(),
                 conn,
@@ -194,6 +197,7 @@ impl Nft {
         }
         let mut conflicts: Vec<(Claim, Key)> = Vec::new();
         let mut plan = Plan::default();
+        let mut new_classes: [BTreeSet<Class>; 2] = Default::default();
         let mut next: Vec<(Key, [Objects; 2])> = Vec::with_capacity(post.len());
         // Per backend address, how many more (or fewer) Services lead to it.
         let mut pins: BTreeMap<IpAddr, i64> = BTreeMap::new();
@@ -218,6 +222,11 @@ impl Nft {
                     }
                 }
                 plan.diff(fam, &old[i], &o);
+                for c in &o.classes {
+                    if !st.classes[i].contains(c) && new_classes[i].insert(*c) {
+                        plan.add_class(&self.settings, fam, c);
+                    }
+                }
                 o
             });
             for ip in addresses(old) {
@@ -257,6 +266,9 @@ impl Nft {
         }
         st.commit_claims(taken, &post, conflicts);
         st.commit_pins(pins);
+        for (made, new) in st.classes.iter_mut().zip(new_classes) {
+            made.extend(new);
+        }
         for (key, objs) in next {
             if objs.iter().all(Objects::is_empty) {
                 st.objects.remove(&key);

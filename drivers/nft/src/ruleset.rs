@@ -1,27 +1,33 @@
 //! The nftables ruleset for Services, per family (`ip netlet-nft`, `ip6 netlet-nft`), and how
-//! one Service's change becomes the few objects a transaction touches.
+//! one Service's change becomes the few elements a transaction touches.
+//!
+//! Chains are fixed or shared; a Service is data. Adding, changing or removing one changes set
+//! and map elements only (no chain, no rule, no jump verdict), so the kernel has no jump graph
+//! to check again and the cost does not grow with the number of Services.
 //!
 //! ```text
 //! nat-prerouting / nat-output (nat, -100)   jump services
 //! services                                  daddr . l4proto . dport vmap @host-ports
 //!                                           <local, not loopback> l4proto . dport vmap @host-ports-any
 //!                                           (ip) daddr 127.0.0.1 l4proto . dport vmap @host-ports-any
-//!                                           daddr . l4proto . dport vmap @service-ips
-//!                                           <node address> l4proto . dport vmap @service-nodeports
-//! svc-<ns>/<name>/<proto>/<port>            [masquerade mark]
-//!                                           [affinity: id . saddr's entry in @affinity-NN gone
-//!                                            from @live-NN -> delete it; present -> refresh it,
-//!                                            dnat to it]
-//!                                           dnat to id . numgen random mod N map @endpoints-NN
-//!                                           (-> endpoint address . port) [update @affinity-NN]
-//! ext-<...>  (NodePort, external/LB IPs)    Cluster: mark for masquerade; Local: pods and the node
-//!                                           go to svc-<...>, others keep their address
-//! fw-<...>  (LoadBalancer IPs with          allowed source -> goto ext-<...>; else drop
-//!           loadBalancerSourceRanges)
+//!                                           daddr . l4proto . dport vmap @firewalls (load balancer
+//!                                             source ranges: jump fw-<...>, allowed sources return)
+//!                                           jump local-shortcuts, jump fronts
+//!                                           <node address> jump local-shortcuts-nodeports,
+//!                                             jump fronts-nodeports
+//! local-shortcuts(-nodeports)               externalTrafficPolicy Local for pods and the node, per
+//!                                           class: saddr <pod CIDR> key @class goto class;
+//!                                           <from the node> key @class: mark, goto class
+//! fronts(-nodeports)                        per class in use: key @class goto class
+//! class-<kind>-<masq>-<affinity>-<n>        shared by every Service port of its kind:
+//!                                           [masquerade mark] [affinity: the client's remembered
+//!                                           endpoint, forgotten when no longer live, else reused]
+//!                                           dnat to key . numgen random mod n map @endpoints-<kind>
+//!                                           [remembered in @affinity-<kind>]
 //! hp-<sandbox>/<proto>/<host ip|*>:<port>   a pod's host port: hairpin mark, dnat to the pod
 //! filter-input/forward/output (filter,-110) ct state new jump endpoints-check
-//! endpoints-check                           vmap @no-endpoint-services / @no-endpoint-nodeports
-//!                                           (goto reject-chain: refused; drop: none local)
+//! endpoints-check                           key @no-endpoint-reject: goto reject-chain (refused)
+//!                                           key @no-endpoint-drop: drop (none local)
 //! nat-postrouting (nat, 100)                saddr . daddr @hairpin (a pod sent to itself) -> masquerade
 //!                                           mark set -> clear it, masquerade
 //!                                           (ip) saddr 127.0.0.0/8, oif not lo -> masquerade
@@ -29,10 +35,14 @@
 //!                                           (route_localnet is on for localhost host ports)
 //! ```
 //!
-//! Endpoints are data, not chains: they sit in shared maps keyed by the chain's id and a slot
-//! whose values are `address . port`, so adding or removing one endpoint changes a few elements
-//! (and, when the count changes, the chain's one rule); no verdict changes, so the kernel does
-//! not re-check the table's jump graph. Never the other Services.
+//! A front is what a connection is addressed to: `daddr . l4proto . dport` (a cluster, external
+//! or load-balancer IP with its port) or `l4proto . dport` (a NodePort on a node address). Its
+//! class (the kind of front, how the source is masqueraded, the affinity timeout, the number of
+//! endpoints) is a set the front is a member of, and the class's chain picks an endpoint from
+//! `@endpoints-<kind>` (`key . slot -> addr . port`). An endpoint change touches a few elements;
+//! when the count changes, the front moves to the class of the new count. A class not in use
+//! yet is the only thing that adds a chain (and a set and a rule), once per node; each new
+//! connection is looked up once per class in use.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -50,28 +60,14 @@ use netlet_sdk::proto::{
 pub const TABLE: &str = "netlet-nft";
 /// The packet mark bit that asks for masquerade.
 pub const MASQ_BIT: u32 = 0x4000;
-const SERVICE_IPS: &str = "service-ips";
-const SERVICE_NODEPORTS: &str = "service-nodeports";
-const NO_EP_SERVICES: &str = "no-endpoint-services";
-const NO_EP_NODEPORTS: &str = "no-endpoint-nodeports";
+/// Load-balancer fronts with loadBalancerSourceRanges: `-> jump fw-...`.
+const FIREWALLS: &str = "firewalls";
+const NO_EP_REJECT_IP: &str = "no-endpoint-reject";
+const NO_EP_DROP_IP: &str = "no-endpoint-drop";
+const NO_EP_REJECT_NP: &str = "no-endpoint-reject-nodeports";
+const NO_EP_DROP_NP: &str = "no-endpoint-drop-nodeports";
 const HOST_PORTS: &str = "host-ports";
 const HAIRPIN: &str = "hairpin";
-/// Service chains share their endpoint, affinity and live-endpoint maps in this many buckets
-/// (by chain id): a rule naming a data map makes the kernel walk the map's elements, and a
-/// table's sets are found by name one after another, so neither one map for all nor one per
-/// Service scales.
-const BUCKETS: u64 = 256;
-
-/// The endpoint map (`chain id . slot -> addr . port`), affinity map (`chain id . client ->
-/// addr . port`, timed) and live-endpoint set (`chain id . addr . port`) of a chain's bucket.
-fn bucket(id: u64) -> [String; 3] {
-    let b = id % BUCKETS;
-    [
-        format!("endpoints-{b:02}"),
-        format!("affinity-{b:02}"),
-        format!("live-{b:02}"),
-    ]
-}
 const HOST_PORTS_ANY: &str = "host-ports-any";
 const REJECT_CHAIN: &str = "reject-chain";
 const MARK_CHAIN: &str = "mark-for-masquerade";
@@ -189,12 +185,6 @@ fn port_key(proto: u8, port: u16) -> Vec<u8> {
     k
 }
 
-/// A Service chain's id in the shared maps' keys (FNV-1a of its name: stable, and with 64 bits
-/// no two of a node's chains collide in practice).
-fn chain_id(name: &str) -> u64 {
-    netlet_sdk::hash::fnv1a(name.as_bytes())
-}
-
 /// `addr . port` as a map's data (the port padded to 4 bytes).
 fn backend_bytes(ip: &IpAddr, port: u16) -> Vec<u8> {
     let mut d = ip_bytes(ip);
@@ -221,41 +211,120 @@ pub enum Elem {
     Data(Vec<u8>),
 }
 
-/// How a Service chain treats the source.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a class chain treats the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Masq {
     /// Leave it.
-    None,
+    None = 0,
     /// Masquerade every connection (external traffic, externalTrafficPolicy Cluster).
-    All,
+    All = 1,
     /// Masquerade unless it comes from the pod CIDR (ClusterIP with a known pod CIDR).
-    NotFrom(IpNet),
-    /// externalTrafficPolicy Local: the pod CIDR and the node itself go to the internal chain
-    /// (the node's own connections masqueraded); others keep their address.
-    ShortCircuit(Option<IpNet>, String),
+    NotFromCluster = 2,
 }
 
-/// What a chain holds; the rules are generated from it.
+/// Which front a class chain finds its id by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `daddr . l4proto . dport` in `fronts`.
+    Ip = 0,
+    /// `l4proto . dport` in `fronts-nodeports`.
+    NodePort = 1,
+    /// `daddr . l4proto . dport` in `local-shortcuts`.
+    ShortcutIp = 2,
+    /// `l4proto . dport` in `local-shortcuts-nodeports`.
+    ShortcutNodePort = 3,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 4] = [
+        Kind::Ip,
+        Kind::NodePort,
+        Kind::ShortcutIp,
+        Kind::ShortcutNodePort,
+    ];
+    fn by_addr(self) -> bool {
+        matches!(self, Kind::Ip | Kind::ShortcutIp)
+    }
+    fn shortcut(self) -> bool {
+        matches!(self, Kind::ShortcutIp | Kind::ShortcutNodePort)
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Ip => "ip",
+            Kind::NodePort => "nodeport",
+            Kind::ShortcutIp => "local-ip",
+            Kind::ShortcutNodePort => "local-nodeport",
+        }
+    }
+    /// The chain its classes' dispatch rules are in.
+    fn dispatch(self) -> &'static str {
+        match self {
+            Kind::Ip => "fronts",
+            Kind::NodePort => "fronts-nodeports",
+            Kind::ShortcutIp => "local-shortcuts",
+            Kind::ShortcutNodePort => "local-shortcuts-nodeports",
+        }
+    }
+    /// Its endpoint map (`key . slot -> addr . port`) and affinity set (`key . client . slot`,
+    /// timed: the slot each client was given).
+    fn maps(self) -> [String; 2] {
+        let n = self.name();
+        [format!("endpoints-{n}"), format!("affinity-{n}")]
+    }
+    /// Key length in 4-byte registers.
+    fn key_regs(self, fam: Fam) -> u32 {
+        if self.by_addr() {
+            fam.addr_len() / 4 + 2
+        } else {
+            2
+        }
+    }
+}
+
+/// What a Service port needs from the data plane beyond its endpoints: one shared chain per
+/// class in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Class {
+    /// Where the id is found.
+    pub kind: Kind,
+    /// Source handling.
+    pub masq: Masq,
+    /// ClientIP affinity timeout in seconds (0: none; Kubernetes allows up to 86400).
+    pub affinity_s: u32,
+    /// Endpoints to choose from (at least 1).
+    pub slots: u32,
+}
+
+/// Kubernetes' longest ClientIP affinity timeout.
+const MAX_AFFINITY_S: u32 = 86400;
+
+impl Class {
+    /// The name of its chain, and of the set of its fronts.
+    pub fn chain(&self) -> String {
+        let masq = match self.masq {
+            Masq::None => "none",
+            Masq::All => "all",
+            Masq::NotFromCluster => "notfrom",
+        };
+        format!(
+            "class-{}-{masq}-{}-{}",
+            self.kind.name(),
+            self.affinity_s,
+            self.slots
+        )
+    }
+}
+
+/// What a per-Service chain holds (only a load balancer's source ranges and pods' host ports
+/// have one); the rules are generated from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
-    /// A Service port's chain: source handling, affinity, random choice of a slot.
-    Service {
-        /// Source handling.
-        masq: Masq,
-        /// The chain's id in the `endpoints`, `affinity` and `live-endpoints` keys.
-        id: u64,
-        /// ClientIP affinity timeout, ms.
-        affinity_ms: Option<u64>,
-        /// Number of endpoint slots.
-        slots: u32,
-    },
-    /// loadBalancerSourceRanges in front of a LoadBalancer IP: allowed sources go on to
-    /// `then`, others are dropped.
+    /// loadBalancerSourceRanges in front of a LoadBalancer IP: allowed sources return (on to
+    /// the class), others are dropped.
     Firewall {
         /// Allowed source CIDRs.
         allowed: Vec<IpNet>,
-        /// The chain allowed traffic goes to.
-        then: String,
     },
     /// A single destination (a pod's host port).
     Endpoint {
@@ -272,10 +341,13 @@ pub enum Body {
 /// protocol . NodePort (`true`) in one family's table.
 pub type Claim = (Fam, bool, Vec<u8>);
 
+/// The sets whose keys are claims (`false`: by address, `true`: NodePort).
 fn claim_kind(set: &str) -> Option<bool> {
     match set {
-        SERVICE_IPS | NO_EP_SERVICES => Some(false),
-        SERVICE_NODEPORTS | NO_EP_NODEPORTS => Some(true),
+        NO_EP_REJECT_IP | NO_EP_DROP_IP => Some(false),
+        NO_EP_REJECT_NP | NO_EP_DROP_NP => Some(true),
+        s if s.starts_with("class-ip-") => Some(false),
+        s if s.starts_with("class-nodeport-") => Some(true),
         _ => None,
     }
 }
@@ -288,10 +360,27 @@ pub fn claims(o: &Objects, fam: Fam) -> Vec<Claim> {
         .collect()
 }
 
-/// Leaves out the elements behind a claim another Service holds.
+/// Leaves out the elements behind a claim another Service holds: the front's class and its
+/// endpoints, shortcut and firewall.
 pub fn give_up(o: &mut Objects, c: &Claim) {
-    o.elems
-        .retain(|(set, key), _| !(claim_kind(set) == Some(c.1) && *key == c.2));
+    // The maps keyed by a front and more (endpoints, affinity, live) of the claim's key shape.
+    let keyed_by_front: Vec<String> = Kind::ALL
+        .iter()
+        .filter(|k| k.by_addr() != c.1)
+        .flat_map(|k| k.maps())
+        .collect();
+    o.elems.retain(|(set, key), _| {
+        if keyed_by_front.contains(set) {
+            return !key.starts_with(&c.2);
+        }
+        let kind = claim_kind(set).or(match set.as_str() {
+            FIREWALLS => Some(false),
+            s if s.starts_with("class-local-ip-") => Some(false),
+            s if s.starts_with("class-local-nodeport-") => Some(true),
+            _ => None,
+        });
+        !(kind == Some(c.1) && *key == c.2)
+    });
 }
 
 /// A claim for messages: "10.96.0.10 tcp 80" or "NodePort tcp 30080".
@@ -331,6 +420,8 @@ pub struct Objects {
     pub slots: BTreeMap<String, Vec<String>>,
     /// Every backend the Service's maps lead to.
     pub backends: BTreeSet<Backend>,
+    /// The classes its fronts use (their chains are shared, made once).
+    pub classes: BTreeSet<Class>,
 }
 
 impl Objects {
@@ -444,33 +535,39 @@ pub fn desired(
         // A single-stack Service of the other family: its NodePorts are not served here.
         return o;
     }
-    let affinity_timeout = (svc.session_affinity == SessionAffinity::ClientIp as i32).then_some(
+    let affinity_s = if svc.session_affinity == SessionAffinity::ClientIp as i32 {
         match svc.session_affinity_timeout_seconds {
             0 => DEFAULT_AFFINITY_SECONDS,
-            s => s,
-        },
-    );
+            s => s.min(MAX_AFFINITY_S),
+        }
+    } else {
+        0
+    };
     let etp_local = svc.external_traffic_policy == TrafficPolicy::Local as i32;
+    let itp_local = svc.internal_traffic_policy == TrafficPolicy::Local as i32;
     let fam_eps: Vec<(&Endpoint, IpAddr)> = eps
         .values()
         .filter_map(|e| e.address.parse::<IpAddr>().ok().map(|ip| (e, ip)))
         .filter(|(_, ip)| Fam::of(ip) == fam)
         .collect();
-    let cluster_cidr = cidr_of(&set.cluster_cidrs, fam);
+    let internal_masq = if cidr_of(&set.cluster_cidrs, fam).is_some() {
+        Masq::NotFromCluster
+    } else {
+        Masq::None
+    };
+    let external_masq = if etp_local { Masq::None } else { Masq::All };
     for p in &svc.ports {
         let proto = proto_num(p.protocol);
         let Ok(port) = u16::try_from(p.port) else {
             continue;
         };
-        let id = format!(
+        let name = format!(
             "{}/{}/{}/{}",
             key.namespace,
             key.name,
             proto_name(proto),
             port
         );
-        let svc_chain = format!("svc-{id}");
-        let ext_chain = format!("ext-{id}");
         let has_external = !external_ips.is_empty() || (node_ports && p.node_port != 0);
         let mut internal = BTreeSet::new();
         let mut external = BTreeSet::new();
@@ -500,93 +597,100 @@ pub fn desired(
             }
             data.insert(id, backend_bytes(ip, eport));
         }
-        // No endpoint for this traffic: refused, unless a Local policy hides endpoints that
-        // exist on other nodes: then dropped (kube-proxy's rule).
-        let itp_local = svc.internal_traffic_policy == TrafficPolicy::Local as i32;
-        let none_verdict = |local: bool| {
-            if any && local {
-                VerdictData::Drop
-            } else {
-                VerdictData::Goto(REJECT_CHAIN.into())
-            }
+        let internal_slots = assign_slots(
+            old.and_then(|x| x.slots.get(&format!("svc-{name}"))),
+            &internal,
+        );
+        let external_slots = assign_slots(
+            old.and_then(|x| x.slots.get(&format!("ext-{name}"))),
+            &external,
+        );
+        let class = |kind, masq, slots: &Vec<String>| Class {
+            kind,
+            masq,
+            affinity_s,
+            slots: slots.len() as u32,
         };
-        let chain_for = |o: &mut Objects, name: &str, members: &BTreeSet<String>, masq: Masq| {
-            let id = chain_id(name);
-            let [endpoints, _, live] = bucket(id);
-            let slots = assign_slots(old.and_then(|x| x.slots.get(name)), members);
+        // A front: a member of its class's set, its endpoints keyed by it; or, without
+        // endpoints for its traffic, refused (dropped when a Local policy hides endpoints that
+        // exist on other nodes: kube-proxy's rule).
+        let front = |o: &mut Objects, k: &[u8], c: Class, slots: &Vec<String>, local: bool| {
+            if c.slots == 0 {
+                if !c.kind.shortcut() {
+                    let set = match (c.kind.by_addr(), any && local) {
+                        (true, false) => NO_EP_REJECT_IP,
+                        (true, true) => NO_EP_DROP_IP,
+                        (false, false) => NO_EP_REJECT_NP,
+                        (false, true) => NO_EP_DROP_NP,
+                    };
+                    o.elems.insert((set.into(), k.to_vec()), Elem::Key);
+                }
+                return;
+            }
+            o.elems.insert((c.chain(), k.to_vec()), Elem::Key);
+            o.classes.insert(c);
+            let [endpoints, _] = c.kind.maps();
             for (i, ep) in slots.iter().enumerate() {
-                let mut key = id.to_ne_bytes().to_vec();
+                let mut key = k.to_vec();
                 key.extend((i as u32).to_ne_bytes());
                 o.elems
                     .insert((endpoints.clone(), key), Elem::Data(data[ep].clone()));
-                if affinity_timeout.is_some() {
-                    let mut key = id.to_ne_bytes().to_vec();
-                    key.extend(&data[ep]);
-                    o.elems.insert((live.clone(), key), Elem::Key);
-                }
-            }
-            o.chains.insert(
-                name.to_string(),
-                Body::Service {
-                    masq,
-                    id,
-                    affinity_ms: affinity_timeout.map(|t| u64::from(t) * 1000),
-                    slots: slots.len() as u32,
-                },
-            );
-            o.slots.insert(name.to_string(), slots);
-        };
-        let internal_masq = cluster_cidr.map_or(Masq::None, Masq::NotFrom);
-        chain_for(&mut o, &svc_chain, &internal, internal_masq);
-        if has_external {
-            let masq = if etp_local {
-                Masq::ShortCircuit(cluster_cidr, svc_chain.clone())
-            } else {
-                Masq::All
-            };
-            chain_for(&mut o, &ext_chain, &external, masq);
-        }
-        let target = |members: &BTreeSet<String>, chain: &str, local: bool| {
-            if members.is_empty() {
-                (NO_EP_SERVICES, none_verdict(local))
-            } else {
-                (SERVICE_IPS, VerdictData::Goto(chain.to_string()))
             }
         };
         for ip in &cluster_ips {
-            let (map, v) = target(&internal, &svc_chain, itp_local);
-            o.elems
-                .insert((map.into(), ip_key(ip, proto, port)), Elem::Verdict(v));
+            let c = class(Kind::Ip, internal_masq, &internal_slots);
+            front(
+                &mut o,
+                &ip_key(ip, proto, port),
+                c,
+                &internal_slots,
+                itp_local,
+            );
         }
-        if has_external {
-            for ip in &external_ips {
-                let (map, mut v) = target(&external, &ext_chain, etp_local);
-                if firewalled && map == SERVICE_IPS && lb_ips.contains(ip) {
-                    let fw = format!("fw-{id}");
-                    o.chains.insert(
-                        fw.clone(),
-                        Body::Firewall {
-                            allowed: allowed.clone(),
-                            then: ext_chain.clone(),
-                        },
-                    );
-                    v = VerdictData::Goto(fw);
-                }
-                o.elems
-                    .insert((map.into(), ip_key(ip, proto, port)), Elem::Verdict(v));
-            }
-            if node_ports && p.node_port != 0 {
-                let (map, v) = target(&external, &ext_chain, etp_local);
-                let map = if map == SERVICE_IPS {
-                    SERVICE_NODEPORTS
-                } else {
-                    NO_EP_NODEPORTS
-                };
+        if !internal_slots.is_empty() {
+            o.slots
+                .insert(format!("svc-{name}"), internal_slots.clone());
+        }
+        if !has_external {
+            continue;
+        }
+        if !external_slots.is_empty() {
+            o.slots
+                .insert(format!("ext-{name}"), external_slots.clone());
+        }
+        // externalTrafficPolicy Local: pods and the node itself use every endpoint, as from
+        // inside (the node's own connections masqueraded); others keep their address.
+        let shortcut = etp_local && !external_slots.is_empty();
+        for ip in &external_ips {
+            let k = ip_key(ip, proto, port);
+            if firewalled && !external_slots.is_empty() && lb_ips.contains(ip) {
+                let fw = format!("fw-{name}");
+                o.chains.insert(
+                    fw.clone(),
+                    Body::Firewall {
+                        allowed: allowed.clone(),
+                    },
+                );
                 o.elems.insert(
-                    (map.into(), port_key(proto, p.node_port as u16)),
-                    Elem::Verdict(v),
+                    (FIREWALLS.into(), k.clone()),
+                    Elem::Verdict(VerdictData::Jump(fw)),
                 );
             }
+            if shortcut {
+                let c = class(Kind::ShortcutIp, internal_masq, &internal_slots);
+                front(&mut o, &k, c, &internal_slots, false);
+            }
+            let c = class(Kind::Ip, external_masq, &external_slots);
+            front(&mut o, &k, c, &external_slots, etp_local);
+        }
+        if node_ports && p.node_port != 0 {
+            let k = port_key(proto, p.node_port as u16);
+            if shortcut {
+                let c = class(Kind::ShortcutNodePort, internal_masq, &internal_slots);
+                front(&mut o, &k, c, &internal_slots, false);
+            }
+            let c = class(Kind::NodePort, external_masq, &external_slots);
+            front(&mut o, &k, c, &external_slots, etp_local);
         }
     }
     o
@@ -670,7 +774,7 @@ fn jump(chain: &str) -> Expr {
     nft::verdict(&VerdictData::Jump(chain.into()))
 }
 
-/// The rules of a chain.
+/// The rules of a per-Service chain.
 pub fn rules(fam: Fam, body: &Body) -> Vec<Vec<Expr>> {
     let saddr = || {
         nft::payload(
@@ -681,12 +785,12 @@ pub fn rules(fam: Fam, body: &Body) -> Vec<Vec<Expr>> {
         )
     };
     match body {
-        Body::Firewall { allowed, then } => {
+        Body::Firewall { allowed } => {
             let mut r: Vec<Vec<Expr>> = allowed
                 .iter()
                 .map(|c| {
                     let mut e = addr_in(fam, false, c, Operator::Equal);
-                    e.push(goto(then));
+                    e.push(nft::ret());
                     e
                 })
                 .collect();
@@ -706,95 +810,163 @@ pub fn rules(fam: Fam, body: &Body) -> Vec<Vec<Expr>> {
                 nft::dnat(fam == Fam::V6, Register::Reg1, Register::Reg2),
             ],
         ],
-        Body::Service {
-            masq,
-            id,
-            affinity_ms,
-            slots,
-        } => {
-            let mut r = Vec::new();
-            match masq {
-                Masq::None => {}
-                Masq::All => r.push(vec![jump(MARK_CHAIN)]),
-                Masq::NotFrom(c) => {
-                    let mut e = addr_in(fam, false, c, Operator::NotEqual);
-                    e.push(jump(MARK_CHAIN));
-                    r.push(e);
-                }
-                Masq::ShortCircuit(c, internal) => {
-                    if let Some(c) = c {
-                        let mut e = addr_in(fam, false, c, Operator::Equal);
-                        e.push(goto(internal));
-                        r.push(e);
-                    }
-                    let mut e = fib_local(false);
-                    e.push(jump(MARK_CHAIN));
-                    r.push(e);
-                    let mut e = fib_local(false);
-                    e.push(goto(internal));
-                    r.push(e);
-                }
-            }
-            // Registers: the chain's id in Reg32_00..01 then the chosen backend (`addr . port`)
-            // from Reg32_02 (so Reg32_00.. holds a `live-endpoints` key); the id again in
-            // Reg32_08..09 followed by the client address (an `affinity` key).
-            let port_reg = match fam {
-                Fam::V4 => Register::Reg32_03,
-                Fam::V6 => Register::Reg32_06,
-            };
-            let dnat = || nft::dnat(fam == Fam::V6, Register::Reg32_02, port_reg);
-            let id_bytes = id.to_ne_bytes().to_vec();
-            let [endpoints, aff, live] = &bucket(*id);
-            let id_at = |r| nft::immediate(r, id_bytes.clone());
-            let client = || {
-                nft::payload(
-                    base::NETWORK,
-                    fam.saddr_offset(),
-                    fam.addr_len(),
-                    Register::Reg32_10,
-                )
-            };
-            if let Some(ms) = affinity_ms {
-                // A remembered endpoint that is gone is forgotten...
-                r.push(vec![
-                    id_at(Register::Reg32_00),
-                    id_at(Register::Reg32_08),
-                    client(),
-                    nft::lookup(aff, Register::Reg32_08, Some(Register::Reg32_02)),
-                    nft::lookup_absent(live, Register::Reg32_00),
-                    nft::dynset_delete(aff, Register::Reg32_08, Register::Reg32_02),
-                ]);
-                // ...a live one is used again, its timeout refreshed.
-                r.push(vec![
-                    id_at(Register::Reg32_08),
-                    client(),
-                    nft::lookup(aff, Register::Reg32_08, Some(Register::Reg32_02)),
-                    nft::dynset_update_data(aff, Register::Reg32_08, Register::Reg32_02, *ms),
-                    dnat(),
-                ]);
-            }
-            if *slots > 0 {
-                let mut e = vec![
-                    id_at(Register::Reg32_00),
-                    nft::numgen_random(Register::Reg32_02, *slots),
-                    nft::lookup(endpoints, Register::Reg32_00, Some(Register::Reg32_02)),
-                ];
-                if let Some(ms) = affinity_ms {
-                    e.push(id_at(Register::Reg32_08));
-                    e.push(client());
-                    e.push(nft::dynset_update_data(
-                        aff,
-                        Register::Reg32_08,
-                        Register::Reg32_02,
-                        *ms,
-                    ));
-                }
-                e.push(dnat());
+    }
+}
+
+fn reg(n: u32) -> Register {
+    use Register::*;
+    [
+        Reg32_00, Reg32_01, Reg32_02, Reg32_03, Reg32_04, Reg32_05, Reg32_06, Reg32_07, Reg32_08,
+        Reg32_09, Reg32_10, Reg32_11, Reg32_12, Reg32_13, Reg32_14, Reg32_15,
+    ][n as usize]
+}
+
+/// The chains of a class: its own, and with affinity the one that sends a client to the slot it
+/// was given.
+pub fn class_chains(set: &Settings, fam: Fam, c: &Class) -> Vec<(String, Vec<Vec<Expr>>)> {
+    let name = c.chain();
+    let mut r = Vec::new();
+    match c.masq {
+        Masq::None => {}
+        Masq::All => r.push(vec![jump(MARK_CHAIN)]),
+        Masq::NotFromCluster => {
+            if let Some(cidr) = cidr_of(&set.cluster_cidrs, fam) {
+                let mut e = addr_in(fam, false, &cidr, Operator::NotEqual);
+                e.push(jump(MARK_CHAIN));
                 r.push(e);
             }
-            r
         }
     }
+    // Registers: the front's key from Reg32_00 (`k` registers), then the slot or the client's
+    // address and a slot; the chosen backend (`addr . port`) from Reg32_10. Every value is
+    // loaded for the one expression that uses it, so that `nft list` can show each rule.
+    let k = c.kind.key_regs(fam);
+    let a = fam.addr_len() / 4;
+    let key_at = || service_key_load_at(fam, c.kind.by_addr(), 0);
+    let client = || nft::payload(base::NETWORK, fam.saddr_offset(), fam.addr_len(), reg(k));
+    let backend = reg(10);
+    let dnat = || nft::dnat(fam == Fam::V6, backend, reg(10 + a));
+    let [endpoints, affinity] = c.kind.maps();
+    let pick = |slot: Option<u32>| {
+        let mut e = key_at();
+        e.push(match slot {
+            Some(i) => nft::immediate(reg(k), i.to_ne_bytes().to_vec()),
+            None => nft::numgen_random(reg(k), c.slots),
+        });
+        e.push(nft::lookup(&endpoints, reg(0), Some(backend)));
+        e.push(dnat());
+        e
+    };
+    let mut chains = Vec::new();
+    if c.affinity_s != 0 {
+        // `key . client . slot` in the affinity set: the slot a client was given (a slot past
+        // the count, after endpoints left, matches nothing: the client is given another).
+        let given = |slot: Option<u32>| {
+            let mut e = key_at();
+            e.push(client());
+            e.push(match slot {
+                Some(i) => nft::immediate(reg(k + a), i.to_ne_bytes().to_vec()),
+                None => nft::numgen_random(reg(k + a), c.slots),
+            });
+            e
+        };
+        let ms = u64::from(c.affinity_s) * 1000;
+        let sticky = format!("{name}-sticky");
+        let rules = (0..c.slots)
+            .map(|i| {
+                let mut e = given(Some(i));
+                e.push(nft::lookup(&affinity, reg(0), None));
+                // Used again: its timeout starts over.
+                e.extend(given(Some(i)));
+                e.push(nft::dynset_update(&affinity, reg(0), ms));
+                let mut to = pick(Some(i));
+                e.append(&mut to);
+                e
+            })
+            .collect();
+        chains.push((sticky.clone(), rules));
+        r.push(vec![jump(&sticky)]);
+        // A client without a slot is given one at random, then sent to it.
+        let mut e = given(None);
+        e.push(nft::dynset_update(&affinity, reg(0), ms));
+        r.push(e);
+        r.push(vec![jump(&sticky)]);
+    }
+    // Without affinity (or when the affinity set refused the element): one at random.
+    r.push(pick(None));
+    chains.insert(0, (name, r));
+    chains
+}
+
+/// The rules that send a class's fronts to its chain (in the kind's dispatch chain).
+fn class_dispatch(set: &Settings, fam: Fam, c: &Class) -> Vec<Vec<Expr>> {
+    let name = c.chain();
+    let mut member = service_key_load_at(fam, c.kind.by_addr(), 0);
+    member.push(nft::lookup(&name, reg(0), None));
+    if !c.kind.shortcut() {
+        member.push(goto(&name));
+        return vec![member];
+    }
+    let mut r = Vec::new();
+    if let Some(cidr) = cidr_of(&set.cluster_cidrs, fam) {
+        let mut e = addr_in(fam, false, &cidr, Operator::Equal);
+        e.extend(member.iter().cloned());
+        e.push(goto(&name));
+        r.push(e);
+    }
+    let mut e = fib_local(false);
+    e.extend(member.iter().cloned());
+    e.push(jump(MARK_CHAIN));
+    r.push(e);
+    let mut e = fib_local(false);
+    e.extend(member);
+    e.push(goto(&name));
+    r.push(e);
+    r
+}
+
+/// A class's set of fronts.
+fn class_set(fam: Fam, c: &Class) -> SetSpec {
+    let (key_len, key_type) = front_key(fam, c.kind.by_addr());
+    SetSpec {
+        name: c.chain(),
+        key_len,
+        key_type,
+        verdict_map: false,
+        data: None,
+        timeout_ms: None,
+        interval: false,
+    }
+}
+
+/// A front key's length and nft type.
+fn front_key(fam: Fam, by_addr: bool) -> (u32, u32) {
+    if by_addr {
+        (
+            fam.addr_len() + 8,
+            (fam.addr_type() << 6 | TYPE_INET_PROTO) << 6 | TYPE_INET_SERVICE,
+        )
+    } else {
+        (8, TYPE_INET_PROTO << 6 | TYPE_INET_SERVICE)
+    }
+}
+
+/// Loads a front's key from register `at`.
+fn service_key_load_at(fam: Fam, by_addr: bool, at: u32) -> Vec<Expr> {
+    let mut e = Vec::new();
+    let mut next = at;
+    if by_addr {
+        e.push(nft::payload(
+            base::NETWORK,
+            fam.daddr_offset(),
+            fam.addr_len(),
+            reg(next),
+        ));
+        next += fam.addr_len() / 4;
+    }
+    e.push(nft::meta(MetaKey::L4Proto, reg(next)));
+    e.push(nft::payload(base::TRANSPORT, 2, 2, reg(next + 1)));
+    e
 }
 
 /// Loads `daddr . l4proto . dport` (or `l4proto . dport` without the address) from Reg32_00.
@@ -877,92 +1049,71 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
     let key_len = fam.addr_len() + 8;
     let ip_type = (fam.addr_type() << 6 | TYPE_INET_PROTO) << 6 | TYPE_INET_SERVICE;
     let port_type = TYPE_INET_PROTO << 6 | TYPE_INET_SERVICE;
-    for (name, len, key_type) in [
-        (HOST_PORTS, key_len, ip_type),
-        (HOST_PORTS_ANY, 8, port_type),
-        (SERVICE_IPS, key_len, ip_type),
-        (SERVICE_NODEPORTS, 8, port_type),
-        (NO_EP_SERVICES, key_len, ip_type),
-        (NO_EP_NODEPORTS, 8, port_type),
-    ] {
-        b.add_set(
-            f,
-            TABLE,
-            &SetSpec {
-                name: name.into(),
-                key_len: len,
-                key_type,
-                verdict_map: true,
-                data: None,
-                timeout_ms: None,
-                interval: false,
-            },
-        );
-    }
     let backend_type = fam.addr_type() << 6 | TYPE_INET_SERVICE;
     let backend_len = fam.addr_len() + 4;
-    let id_type = TYPE_MARK << 6 | TYPE_MARK;
-    for b_id in 0..BUCKETS {
-        let [endpoints, affinity, live] = bucket(b_id);
-        for (name, key_len, key_type, data, timeout_ms) in [
-            (
-                endpoints,
-                12,
-                id_type << 6 | TYPE_MARK,
-                Some((backend_type, backend_len)),
-                None,
-            ),
-            // Each rule gives its Service's own timeout.
-            (
-                affinity,
-                8 + fam.addr_len(),
-                id_type << 6 | fam.addr_type(),
-                Some((backend_type, backend_len)),
-                Some(u64::from(DEFAULT_AFFINITY_SECONDS) * 1000),
-            ),
-            (
-                live,
-                8 + backend_len,
-                (id_type << 6 | fam.addr_type()) << 6 | TYPE_INET_SERVICE,
-                None,
-                None,
-            ),
-        ] {
-            b.add_set(
-                f,
-                TABLE,
-                &SetSpec {
-                    name,
-                    key_len,
-                    key_type,
-                    verdict_map: false,
-                    data,
-                    timeout_ms,
-                    interval: false,
-                },
-            );
-        }
-    }
-    b.add_set(
-        f,
-        TABLE,
-        &SetSpec {
-            name: HAIRPIN.into(),
-            key_len: 2 * fam.addr_len(),
-            key_type: fam.addr_type() << 6 | fam.addr_type(),
-            verdict_map: false,
-            data: None,
-            timeout_ms: None,
-            interval: false,
+    let spec = |name: &str, key_len, key_type| SetSpec {
+        name: name.into(),
+        key_len,
+        key_type,
+        verdict_map: false,
+        data: None,
+        timeout_ms: None,
+        interval: false,
+    };
+    let mut sets = vec![
+        SetSpec {
+            verdict_map: true,
+            ..spec(HOST_PORTS, key_len, ip_type)
         },
-    );
+        SetSpec {
+            verdict_map: true,
+            ..spec(HOST_PORTS_ANY, 8, port_type)
+        },
+        SetSpec {
+            verdict_map: true,
+            ..spec(FIREWALLS, key_len, ip_type)
+        },
+        spec(NO_EP_REJECT_IP, key_len, ip_type),
+        spec(NO_EP_DROP_IP, key_len, ip_type),
+        spec(NO_EP_REJECT_NP, 8, port_type),
+        spec(NO_EP_DROP_NP, 8, port_type),
+        spec(
+            HAIRPIN,
+            2 * fam.addr_len(),
+            fam.addr_type() << 6 | fam.addr_type(),
+        ),
+    ];
+    for kind in Kind::ALL {
+        let (klen, ktype) = front_key(fam, kind.by_addr());
+        let [endpoints, affinity] = kind.maps();
+        sets.push(SetSpec {
+            data: Some((backend_type, backend_len)),
+            ..spec(&endpoints, klen + 4, ktype << 6 | TYPE_MARK)
+        });
+        // Each rule gives its class's own timeout.
+        sets.push(SetSpec {
+            timeout_ms: Some(u64::from(DEFAULT_AFFINITY_SECONDS) * 1000),
+            ..spec(
+                &affinity,
+                klen + fam.addr_len() + 4,
+                (ktype << 6 | fam.addr_type()) << 6 | TYPE_MARK,
+            )
+        });
+    }
+    for s in &sets {
+        b.add_set(f, TABLE, s);
+    }
     let base = |kind, hook, priority| BaseChain {
         kind,
         hook,
         priority,
     };
-    let chains: [(&str, Option<BaseChain>); 11] = [
+    let chains: [(&str, Option<BaseChain>); 15] = [
         ("services", None),
+        ("local-shortcuts", None),
+        ("fronts", None),
+        ("local-shortcuts-nodeports", None),
+        ("fronts-nodeports", None),
         ("endpoints-check", None),
         (REJECT_CHAIN, None),
         (MARK_CHAIN, None),
@@ -1007,27 +1158,41 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
         ));
         rule("services", e);
     }
-    // services: by address, then NodePorts on node addresses; endpoints-check: the same keys
-    // in the maps of Services without usable endpoints.
-    for (chain, by_ip, by_port) in [
-        ("services", SERVICE_IPS, SERVICE_NODEPORTS),
-        ("endpoints-check", NO_EP_SERVICES, NO_EP_NODEPORTS),
+    // services: a load balancer's source ranges, then the fronts (by address, then NodePorts on
+    // node addresses), externalTrafficPolicy Local's shortcuts for pods and the node first.
+    let mut e = service_key_load(fam, true);
+    e.push(nft::lookup(
+        FIREWALLS,
+        Register::Reg32_00,
+        Some(Register::Verdict),
+    ));
+    rule("services", e);
+    rule("services", vec![jump("local-shortcuts")]);
+    rule("services", vec![jump("fronts")]);
+    let node_guards = node_address_guards(set, fam);
+    for g in &node_guards {
+        for chain in ["local-shortcuts-nodeports", "fronts-nodeports"] {
+            let mut e = g.clone();
+            e.push(jump(chain));
+            rule("services", e);
+        }
+    }
+    // endpoints-check: fronts without endpoints for their traffic.
+    for (by_addr, guards, reject, drop) in [
+        (true, vec![vec![]], NO_EP_REJECT_IP, NO_EP_DROP_IP),
+        (false, node_guards, NO_EP_REJECT_NP, NO_EP_DROP_NP),
     ] {
-        let mut e = service_key_load(fam, true);
-        e.push(nft::lookup(
-            by_ip,
-            Register::Reg32_00,
-            Some(Register::Verdict),
-        ));
-        rule(chain, e);
-        for mut e in node_address_guards(set, fam) {
-            e.extend(service_key_load(fam, false));
-            e.push(nft::lookup(
-                by_port,
-                Register::Reg32_00,
-                Some(Register::Verdict),
-            ));
-            rule(chain, e);
+        for g in guards {
+            for (set, verdict) in [
+                (reject, goto(REJECT_CHAIN)),
+                (drop, nft::verdict(&VerdictData::Drop)),
+            ] {
+                let mut e = g.clone();
+                e.extend(service_key_load(fam, by_addr));
+                e.push(nft::lookup(set, Register::Reg32_00, None));
+                e.push(verdict);
+                rule("endpoints-check", e);
+            }
         }
     }
     rule(
@@ -1248,6 +1413,25 @@ impl Plan {
             .add_keys(f, TABLE, HAIRPIN, add.iter().map(hairpin_key).collect());
     }
 
+    /// Makes what a class not in use yet needs: its set, its chain, and its dispatch rules.
+    pub fn add_class(&mut self, set: &Settings, fam: Fam, c: &Class) {
+        let f = fam.family();
+        self.make.add_set(f, TABLE, &class_set(fam, c));
+        let chains = class_chains(set, fam, c);
+        for (chain, _) in &chains {
+            self.make.add_chain(f, TABLE, chain, None);
+        }
+        for (chain, rules) in chains {
+            for r in rules {
+                self.fill.add_rule(f, TABLE, &chain, r);
+            }
+        }
+        for r in class_dispatch(set, fam, c) {
+            self.fill.add_rule(f, TABLE, c.kind.dispatch(), r);
+        }
+        self.touched += 1;
+    }
+
     fn fill_rules(&mut self, fam: Fam, name: &str, body: &Body) {
         self.touched += 1;
         for r in rules(fam, body) {
@@ -1282,7 +1466,7 @@ mod tests {
     fn eps(n: usize) -> BTreeMap<String, Endpoint> {
         (0..n)
             .map(|i| {
-                let a = format!("10.244.0.{}", i + 2);
+                let a = format!("10.244.{}.{}", i / 250, i % 250 + 2);
                 (
                     a.clone(),
                     Endpoint {
@@ -1325,8 +1509,50 @@ mod tests {
             let b = desired(&set, Some(&svc()), &e2, Fam::V4, Some(&a));
             let mut plan = Plan::default();
             plan.diff(Fam::V4, &a, &b);
-            // two chains' rules (svc, ext), 2 x (delete 2 slot elements, add 1)
-            assert!(plan.touched <= 9, "n={n}: {}", plan.touched);
+            // Per id (svc, ext): the emptied slot takes the last endpoint and the last slot
+            // goes (1 add, 2 deletes); per front (ClusterIP, NodePort): its class changes
+            // (1 delete, 1 add). No chain.
+            assert_eq!(plan.touched, 10, "n={n}");
+            assert!(b.chains.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_service_is_data_only_and_its_classes_are_shared() {
+        let set = Settings {
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            ..Default::default()
+        };
+        let mut a = svc();
+        a.session_affinity = SessionAffinity::ClientIp as i32;
+        let o = desired(&set, Some(&a), &eps(10), Fam::V4, None);
+        assert!(o.chains.is_empty(), "{:?}", o.chains);
+        assert!(
+            o.elems.values().all(|v| !matches!(v, Elem::Verdict(_))),
+            "no verdict: {:?}",
+            o.elems
+        );
+        let classes: Vec<String> = o.classes.iter().map(Class::chain).collect();
+        assert_eq!(
+            classes,
+            ["class-ip-notfrom-10800-10", "class-nodeport-all-10800-10"]
+        );
+        // Another Service of the same shape uses the same classes.
+        let mut b = a.clone();
+        b.key.as_mut().unwrap().name = "other".into();
+        b.cluster_ips = vec!["10.96.0.11".into()];
+        b.ports[0].node_port = 30081;
+        let o2 = desired(&set, Some(&b), &eps(10), Fam::V4, None);
+        assert_eq!(o.classes, o2.classes);
+        // Endpoints are keyed by the front: the ClusterIP's and the NodePort's.
+        let [ip_eps, _] = Kind::Ip.maps();
+        let [np_eps, _] = Kind::NodePort.maps();
+        for (set, n) in [(ip_eps, 10), (np_eps, 10)] {
+            assert_eq!(
+                o.elems.keys().filter(|(s, _)| *s == set).count(),
+                n,
+                "{set}"
+            );
         }
     }
 
@@ -1335,12 +1561,12 @@ mod tests {
         let set = Settings::default();
         let o = desired(&set, Some(&svc()), &BTreeMap::new(), Fam::V4, None);
         assert!(o.elems.contains_key(&(
-            NO_EP_SERVICES.into(),
+            NO_EP_REJECT_IP.into(),
             ip_key(&"10.96.0.10".parse().unwrap(), 6, 80)
         )));
         assert!(
             o.elems
-                .contains_key(&(NO_EP_NODEPORTS.into(), port_key(6, 30080)))
+                .contains_key(&(NO_EP_REJECT_NP.into(), port_key(6, 30080)))
         );
         assert!(desired(&set, Some(&svc()), &eps(3), Fam::V6, None).is_empty());
     }

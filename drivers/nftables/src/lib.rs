@@ -873,29 +873,22 @@ pub fn ct_state(dreg: Register) -> Expr {
 /// `ct state new` bit.
 pub const CT_STATE_NEW: u32 = 1 << 3;
 
-/// Adds the key in `key` with the data in `data` to a timed map, or refreshes its timeout when
-/// present (`update @map { key timeout T : data }`); `timeout_ms` overrides the map's.
-pub fn dynset_update_data(set: &str, key: Register, data: Register, timeout_ms: u64) -> Expr {
-    dynset(set, 1, key, Some((data, Some(timeout_ms))))
+/// Adds the key in `key` to a timed set, or refreshes its timeout when present
+/// (`update @set { key timeout T }`); `timeout_ms` overrides the set's.
+pub fn dynset_update(set: &str, key: Register, timeout_ms: u64) -> Expr {
+    dynset(set, 1, key, timeout_ms)
 }
 
-/// Deletes the key in `key` from a map updated from the packet path (`delete @map { key :
-/// data }`; the kernel wants a map's data register even to delete).
-pub fn dynset_delete(set: &str, key: Register, data: Register) -> Expr {
-    dynset(set, 2, key, Some((data, None)))
-}
-
-fn dynset(set: &str, op: u32, key: Register, data: Option<(Register, Option<u64>)>) -> Expr {
+fn dynset(set: &str, op: u32, key: Register, timeout_ms: u64) -> Expr {
     let mut name = set.as_bytes().to_vec();
     name.push(0);
-    // SET_NAME, OP (ADD 0, UPDATE 1, DELETE 2), SREG_KEY, SREG_DATA, TIMEOUT (ms, be64)
-    let mut attrs = vec![(1, name), (3, be32(op)), (4, reg(key))];
-    if let Some((d, timeout_ms)) = data {
-        attrs.push((5, reg(d)));
-        if let Some(t) = timeout_ms {
-            attrs.push((6, t.to_be_bytes().to_vec()));
-        }
-    }
+    // SET_NAME, OP (ADD 0, UPDATE 1, DELETE 2), SREG_KEY, TIMEOUT (ms, be64)
+    let attrs = vec![
+        (1, name),
+        (3, be32(op)),
+        (4, reg(key)),
+        (6, timeout_ms.to_be_bytes().to_vec()),
+    ];
     other("dynset", attrs)
 }
 
