@@ -43,3 +43,71 @@ pub fn pid_of(prog: &str) -> Option<u32> {
             .then_some(pid)
     })
 }
+
+/// One figure over a benchmark's repeats: the median, and the smallest and largest, so that a
+/// slow run on a noisy machine shows as such.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spread {
+    /// Median of the repeats.
+    pub median: Duration,
+    /// Smallest.
+    pub min: Duration,
+    /// Largest.
+    pub max: Duration,
+}
+
+impl Spread {
+    /// Of the repeats' values (zero when none).
+    pub fn of(v: &[Duration]) -> Self {
+        let mut v = v.to_vec();
+        v.sort();
+        Self {
+            median: pct(&mut v, 0.5),
+            min: v.first().copied().unwrap_or_default(),
+            max: v.last().copied().unwrap_or_default(),
+        }
+    }
+
+    /// `123 µs (110–140)`.
+    pub fn us(&self) -> String {
+        format!(
+            "{} ({:.0}–{:.0})",
+            us(self.median),
+            self.min.as_secs_f64() * 1e6,
+            self.max.as_secs_f64() * 1e6
+        )
+    }
+
+    /// `1.23 ms (1.10–1.40)`.
+    pub fn ms(&self) -> String {
+        format!(
+            "{} ({:.2}–{:.2})",
+            ms(self.median),
+            self.min.as_secs_f64() * 1e3,
+            self.max.as_secs_f64() * 1e3
+        )
+    }
+}
+
+/// `a / b` (how many times `b` fits in `a`); 0 when `b` is zero.
+pub fn ratio(a: Duration, b: Duration) -> f64 {
+    if b.is_zero() {
+        0.0
+    } else {
+        a.as_secs_f64() / b.as_secs_f64()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_median_and_range() {
+        let ms = Duration::from_millis;
+        let s = Spread::of(&[ms(5), ms(1), ms(3)]);
+        assert_eq!((s.median, s.min, s.max), (ms(3), ms(1), ms(5)));
+        assert_eq!(s.ms(), "3.00 ms (1.00–5.00)");
+        assert_eq!(ratio(ms(6), ms(3)), 2.0);
+    }
+}

@@ -16,7 +16,7 @@ use netlet_sdk::client::Clients;
 use netlet_sdk::proto::{AttachPodRequest, DetachPodRequest, PodSandbox};
 use netlet_testbed::harness::{CNI_PLUGIN_DIR, Node, bin, bridge_driver, cni_env, cni_exec};
 use netlet_testbed::probe::NetNs;
-use netlet_testbed::stats::{ms, pct};
+use netlet_testbed::stats::{Spread, ms, pct, ratio};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -31,6 +31,37 @@ struct Args {
     /// Pods per throughput run.
     #[arg(long, default_value_t = 200)]
     burst: usize,
+    /// Runs of every measurement; the median and the range are printed.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+}
+
+/// One run of a row: p50, p99, operations per second.
+type Run = (Duration, Duration, f64);
+
+/// Per row (path, operation), each run.
+#[derive(Default)]
+struct Rows(Vec<(&'static str, &'static str, Vec<Run>)>);
+
+impl Rows {
+    fn add(&mut self, name: &'static str, op: &'static str, v: &mut [Duration]) {
+        let run = (
+            pct(v, 0.5),
+            pct(v, 0.99),
+            v.len() as f64 / v.iter().sum::<Duration>().as_secs_f64(),
+        );
+        match self.0.iter_mut().find(|(n, o, _)| *n == name && *o == op) {
+            Some((_, _, runs)) => runs.push(run),
+            None => self.0.push((name, op, vec![run])),
+        }
+    }
+    fn p50(&self, name: &str, op: &str) -> Vec<Duration> {
+        self.0
+            .iter()
+            .filter(|(n, o, _)| *n == name && *o == op)
+            .flat_map(|(_, _, r)| r.iter().map(|x| x.0))
+            .collect()
+    }
 }
 
 struct Lat {
@@ -200,17 +231,6 @@ fn exec_throughput(
     rate
 }
 
-fn row(name: &str, op: &str, v: &mut [Duration]) -> (Duration, Duration) {
-    let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
-    println!(
-        "{name:<44} {op:<7} {:>10} {:>10} {:>10.0}",
-        ms(p50),
-        ms(p99),
-        v.len() as f64 / v.iter().sum::<Duration>().as_secs_f64()
-    );
-    (p50, p99)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -268,90 +288,138 @@ async fn main() -> anyhow::Result<()> {
         "w",
     );
 
-    let mut g = grpc_rounds(&via_host, &pods, args.rounds).await;
-    let mut d = grpc_rounds(&direct, &pods, args.rounds).await;
-    let mut s = exec_rounds(
-        None,
-        &bin("netlet-cni"),
-        &shim_conf,
-        &pods,
-        args.rounds,
-        "s",
-    );
-    let mut r = exec_rounds(
-        Some(&ref_node.path),
-        &bridge_plugin,
-        &ref_conf,
-        &pods,
-        args.rounds,
-        "r",
-    );
-    let g_rate = grpc_throughput(&n, &pods, args.concurrency, args.burst).await;
-    let s_rate = exec_throughput(
-        None,
-        &bin("netlet-cni"),
-        &shim_conf,
-        &pods,
-        args.concurrency,
-        args.burst,
-        "st",
-    );
-    let r_rate = exec_throughput(
-        Some(&ref_node.path),
-        &bridge_plugin,
-        &ref_conf,
-        &pods,
-        args.concurrency,
-        args.burst,
-        "rt",
-    );
+    const HOST: &str = "netlet: AttachPod/DetachPod via host (gRPC)";
+    const DIRECT: &str = "  of which: bridge driver alone (no host)";
+    const SHIM: &str = "netlet-cni shim exec -> host";
+    const REF: &str = "anchor: CNI bridge + host-local exec";
+    let mut rows = Rows::default();
+    let mut rates: Vec<(f64, f64, f64)> = Vec::new();
+    for _ in 0..args.repeat {
+        let mut g = grpc_rounds(&via_host, &pods, args.rounds).await;
+        rows.add(HOST, "attach", &mut g.add);
+        rows.add(HOST, "detach", &mut g.del);
+        let mut d = grpc_rounds(&direct, &pods, args.rounds).await;
+        rows.add(DIRECT, "attach", &mut d.add);
+        rows.add(DIRECT, "detach", &mut d.del);
+        let mut s = exec_rounds(
+            None,
+            &bin("netlet-cni"),
+            &shim_conf,
+            &pods,
+            args.rounds,
+            "s",
+        );
+        rows.add(SHIM, "ADD", &mut s.add);
+        rows.add(SHIM, "DEL", &mut s.del);
+        let mut r = exec_rounds(
+            Some(&ref_node.path),
+            &bridge_plugin,
+            &ref_conf,
+            &pods,
+            args.rounds,
+            "r",
+        );
+        rows.add(REF, "ADD", &mut r.add);
+        rows.add(REF, "DEL", &mut r.del);
+        let g_rate = grpc_throughput(&n, &pods, args.concurrency, args.burst).await;
+        let s_rate = exec_throughput(
+            None,
+            &bin("netlet-cni"),
+            &shim_conf,
+            &pods,
+            args.concurrency,
+            args.burst,
+            "st",
+        );
+        let r_rate = exec_throughput(
+            Some(&ref_node.path),
+            &bridge_plugin,
+            &ref_conf,
+            &pods,
+            args.concurrency,
+            args.burst,
+            "rt",
+        );
+        rates.push((g_rate, s_rate, r_rate));
+    }
 
     println!(
-        "\nnetlet-bench-pods: attach = veth into a fresh netns + IPv4 + IPv6 + routes, same run, {} rounds\n",
-        args.rounds
+        "\nnetlet-bench-pods: attach = veth into a fresh netns + IPv4 + IPv6 + routes, same run, {} rounds per path; median of {} runs (min–max)\n",
+        args.rounds, args.repeat
     );
     println!(
-        "{:<44} {:<7} {:>10} {:>10} {:>10}",
-        "path", "op", "p50", "p99", "ops/s"
+        "{:<44} {:<7} {:>22} {:>22} {:>8} {:>11}",
+        "path", "op", "p50", "p99", "ops/s", "CNI/netlet"
     );
-    let (ga, _) = row(
-        "netlet: AttachPod/DetachPod via host (gRPC)",
-        "attach",
-        &mut g.add,
-    );
-    let (gd, _) = row("", "detach", &mut g.del);
-    row(
-        "  of which: bridge driver alone (no host)",
-        "attach",
-        &mut d.add,
-    );
-    row("", "detach", &mut d.del);
-    let (sa, _) = row("netlet-cni shim exec -> host", "ADD", &mut s.add);
-    let (sd, _) = row("", "DEL", &mut s.del);
-    let (ra, _) = row("anchor: CNI bridge + host-local exec", "ADD", &mut r.add);
-    let (rd, _) = row("", "DEL", &mut r.del);
-    let x = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-    println!(
-        "\nattaches/s with {} at once ({} pods): netlet gRPC {g_rate:.0}, netlet-cni {s_rate:.0}, CNI reference {r_rate:.0}",
-        args.concurrency, args.burst
-    );
-    println!(
-        "ratio (CNI reference / netlet, p50): attach {:.1}x via gRPC, {:.1}x via the shim; detach {:.1}x via gRPC, {:.1}x via the shim",
-        x(ra, ga),
-        x(ra, sa),
-        x(rd, gd),
-        x(rd, sd)
-    );
-    println!(
-        "target: attach p50 <= 2 ms and >= 10x faster than CNI -> p50 {} ({}), {:.1}x ({})",
-        ms(ga),
-        if ga <= Duration::from_millis(2) {
-            "met"
+    let anchor = |op: &str| {
+        let op = if op == "attach" || op == "ADD" {
+            "ADD"
         } else {
-            "missed"
-        },
-        x(ra, ga),
-        if x(ra, ga) >= 10.0 { "met" } else { "missed" }
+            "DEL"
+        };
+        Spread::of(&rows.p50(REF, op)).median
+    };
+    for (name, op, runs) in &rows.0 {
+        let p50 = Spread::of(&runs.iter().map(|r| r.0).collect::<Vec<_>>());
+        let p99 = Spread::of(&runs.iter().map(|r| r.1).collect::<Vec<_>>());
+        let mut rate: Vec<f64> = runs.iter().map(|r| r.2).collect();
+        rate.sort_by(f64::total_cmp);
+        println!(
+            "{:<44} {:<7} {:>22} {:>22} {:>8.0} {:>10.1}×",
+            name,
+            op,
+            p50.ms(),
+            p99.ms(),
+            rate[rate.len() / 2],
+            ratio(anchor(op), p50.median)
+        );
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (g_rate, s_rate, r_rate) = (
+        med(rates.iter().map(|r| r.0).collect()),
+        med(rates.iter().map(|r| r.1).collect()),
+        med(rates.iter().map(|r| r.2).collect()),
+    );
+    println!(
+        "\nattaches/s with {} at once ({} pods, median of {} runs): netlet gRPC {g_rate:.0}, netlet-cni {s_rate:.0}, CNI reference {r_rate:.0} ({:.1}x, {:.1}x)",
+        args.concurrency,
+        args.burst,
+        args.repeat,
+        g_rate / r_rate,
+        s_rate / r_rate
+    );
+    let verdict = |ok: bool| if ok { "met" } else { "missed" };
+    let ga = Spread::of(&rows.p50(HOST, "attach")).median;
+    let gd = Spread::of(&rows.p50(HOST, "detach")).median;
+    let sa = Spread::of(&rows.p50(SHIM, "ADD")).median;
+    let (ra, rd) = (anchor("ADD"), anchor("DEL"));
+    println!(
+        "target attach p50 <= 2 ms and >= 10x CNI ADD: {} ({}), {:.1}x ({})",
+        ms(ga),
+        verdict(ga <= Duration::from_millis(2)),
+        ratio(ra, ga),
+        verdict(ratio(ra, ga) >= 10.0)
+    );
+    println!(
+        "target detach p50 <= 2 ms and >= 10x CNI DEL: {} ({}), {:.1}x ({})",
+        ms(gd),
+        verdict(gd <= Duration::from_millis(2)),
+        ratio(rd, gd),
+        verdict(ratio(rd, gd) >= 10.0)
+    );
+    println!(
+        "target shim ADD within 1 ms of the gRPC attach: +{} ({})",
+        ms(sa.saturating_sub(ga)),
+        verdict(sa.saturating_sub(ga) <= Duration::from_millis(1))
+    );
+    println!(
+        "target attaches/s at {} >= 10x the reference: {:.1}x ({})",
+        args.concurrency,
+        g_rate / r_rate,
+        verdict(g_rate / r_rate >= 10.0)
     );
     Ok(())
 }

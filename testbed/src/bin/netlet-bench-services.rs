@@ -20,7 +20,7 @@ use netlet_sdk::proto::{
 };
 use netlet_testbed::harness::{Host, Node, attach, bridge_driver, fixture_driver, nft_driver};
 use netlet_testbed::probe::{self, NetNs};
-use netlet_testbed::stats::{ms, pct, pid_of, rss_kib};
+use netlet_testbed::stats::{Spread, pct, pid_of, ratio, rss_kib};
 use prost::Message;
 
 #[derive(Parser)]
@@ -39,6 +39,9 @@ struct Args {
     /// Single changes timed per measurement.
     #[arg(long, default_value_t = 50)]
     changes: usize,
+    /// Runs of every measurement; the median and the range are printed.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 /// Services per ProgramService batch while loading.
@@ -265,118 +268,156 @@ async fn main() -> anyhow::Result<()> {
         generation: 0,
     };
     let rss0 = rss_kib(pid, "VmRSS:");
-    let mut rows: Vec<(String, String, String)> = Vec::new();
-    // (c) with 10 Services (+ the target) programmed.
-    let mut lat = None;
     let mut pod_nses = None;
     if nft {
-        let (server, client, server_ip) = pods(node.as_ref().expect("node")).await;
-        load(&mut s, 10, eps).await;
-        s.send(target(server_ip)).await;
-        let via = std::net::SocketAddr::new("10.97.0.1".parse()?, 80);
-        let direct = std::net::SocketAddr::new(server_ip, 8080);
-        lat = Some((
-            latency(&client, via, args.connections),
-            latency(&client, direct, args.connections),
-            via,
-        ));
-        pod_nses = Some((server, client, server_ip));
+        pod_nses = Some(pods(node.as_ref().expect("node")).await);
     }
-
-    for n in [1_000usize, 10_000] {
-        let t = load(&mut s, n, eps).await;
-        // The naive way: everything removed, everything emitted again.
+    // Each figure per run.
+    let mut sync: [(Vec<Duration>, Vec<Duration>); 2] = Default::default();
+    let mut lat10: Vec<(Duration, Duration)> = Vec::new();
+    let mut lat10k: Vec<(Duration, Duration)> = Vec::new();
+    let mut direct_lat: Vec<(Duration, Duration)> = Vec::new();
+    let mut add_p: Vec<(Duration, Duration)> = Vec::new();
+    let mut change_p: Vec<(Duration, Duration)> = Vec::new();
+    let mut naive_one: Vec<Duration> = Vec::new();
+    let mut rss = 0;
+    let mut hwm = 0;
+    let mut driver_rss = 0;
+    let via = std::net::SocketAddr::new("10.97.0.1".parse()?, 80);
+    for _ in 0..args.repeat {
+        // (c) with 10 Services (+ the target) programmed.
+        if let Some((_, client, server_ip)) = &pod_nses {
+            load(&mut s, 10, eps).await;
+            s.send(target(*server_ip)).await;
+            lat10.push(latency(client, via, args.connections));
+        }
+        for (i, n) in [1_000usize, 10_000].into_iter().enumerate() {
+            let t = load(&mut s, n, eps).await;
+            // The naive way: everything removed, everything emitted again.
+            let empty = s
+                .send(ProgramServiceRequest {
+                    full_sync: true,
+                    ..Default::default()
+                })
+                .await;
+            let again = naive(&mut s, n, eps).await;
+            sync[i].0.push(t);
+            sync[i].1.push(empty + again);
+        }
+        if let Some((_, client, server_ip)) = &pod_nses {
+            // The full syncs above replaced it.
+            s.send(target(*server_ip)).await;
+            lat10k.push(latency(client, via, args.connections));
+            let direct = std::net::SocketAddr::new(*server_ip, 8080);
+            direct_lat.push(latency(client, direct, args.connections));
+        }
+        rss = rss_kib(pid, "VmRSS:");
+        hwm = rss_kib(pid, "VmHWM:");
+        driver_rss = if nft { pid_of("netlet-nft") } else { None }
+            .map(|p| rss_kib(p, "VmRSS:"))
+            .unwrap_or(0);
+        let mut add = Vec::new();
+        let mut change = Vec::new();
+        for k in 0..args.changes {
+            let i = 10_000 + k;
+            add.push(
+                s.send(ProgramServiceRequest {
+                    service_upserts: vec![service(i)],
+                    endpoint_upserts: upserts(i, eps),
+                    ..Default::default()
+                })
+                .await,
+            );
+            change.push(
+                s.send(ProgramServiceRequest {
+                    endpoint_upserts: vec![EndpointUpsert {
+                        service: Some(key(k)),
+                        endpoint: Some(endpoint(k, 0, k % 2 == 0)),
+                    }],
+                    ..Default::default()
+                })
+                .await,
+            );
+        }
+        add_p.push((pct(&mut add, 0.5), pct(&mut add, 0.99)));
+        change_p.push((pct(&mut change, 0.5), pct(&mut change, 0.99)));
         let empty = s
             .send(ProgramServiceRequest {
                 full_sync: true,
                 ..Default::default()
             })
             .await;
-        let again = naive(&mut s, n, eps).await;
+        naive_one.push(empty + naive(&mut s, 10_000, eps).await);
+    }
+    let sp = |v: &[Duration]| Spread::of(v);
+    let p50s = |v: &[(Duration, Duration)]| sp(&v.iter().map(|x| x.0).collect::<Vec<_>>());
+    let p99s = |v: &[(Duration, Duration)]| sp(&v.iter().map(|x| x.1).collect::<Vec<_>>());
+    let verdict = |ok: bool| if ok { "met" } else { "missed" };
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    for (i, n) in [1_000usize, 10_000].into_iter().enumerate() {
+        let ours = sp(&sync[i].0);
+        let naive = sp(&sync[i].1);
         rows.push((
             format!("(a) full sync {n} Services x {eps} endpoints (batches of {BATCH})"),
-            ms(t),
-            format!("naive re-emit (drop all + load): {}", ms(empty + again)),
-        ));
-    }
-    if let Some((_, _, ip)) = &pod_nses {
-        // The full syncs above replaced it.
-        s.send(target(*ip)).await;
-    }
-    let rss = rss_kib(pid, "VmRSS:");
-    let hwm = rss_kib(pid, "VmHWM:");
-    let driver_pid = if nft { pid_of("netlet-nft") } else { None };
-    let driver_rss = driver_pid.map(|p| rss_kib(p, "VmRSS:")).unwrap_or(0);
-
-    if let (Some(((p50_10, p99_10), (d50, d99), via)), Some((_, client, server_ip))) =
-        (&lat, &pod_nses)
-    {
-        let (p50_10k, p99_10k) = latency(client, *via, args.connections);
-        let direct = std::net::SocketAddr::new(*server_ip, 8080);
-        let (d50_10k, d99_10k) = latency(client, direct, args.connections);
-        rows.push((
+            ours.ms(),
             format!(
-                "(c) new connection to a ClusterIP, {} Services, p50/p99",
-                11
-            ),
-            format!("{} / {}", ms(*p50_10), ms(*p99_10)),
-            format!("straight to the pod: {} / {}", ms(*d50), ms(*d99)),
-        ));
-        rows.push((
-            "(c) same, 10k Services programmed, p50/p99".into(),
-            format!("{} / {}", ms(p50_10k), ms(p99_10k)),
-            format!(
-                "10k vs 10: {:+.1} % at p50 (target within 10 %); straight to the pod now: {} / {}",
-                (p50_10k.as_secs_f64() / p50_10.as_secs_f64() - 1.0) * 100.0,
-                ms(d50_10k),
-                ms(d99_10k)
+                "naive re-emit (drop all + load): {} = {:.1}x{}",
+                naive.ms(),
+                ratio(naive.median, ours.median),
+                if n == 10_000 {
+                    format!(
+                        "; target <= 1 s: {} (every run: {})",
+                        verdict(ours.median <= Duration::from_secs(1)),
+                        verdict(ours.max <= Duration::from_secs(1))
+                    )
+                } else {
+                    String::new()
+                }
             ),
         ));
     }
-
-    let mut add = Vec::new();
-    let mut change = Vec::new();
-    for k in 0..args.changes {
-        let i = 10_000 + k;
-        add.push(
-            s.send(ProgramServiceRequest {
-                service_upserts: vec![service(i)],
-                endpoint_upserts: upserts(i, eps),
-                ..Default::default()
-            })
-            .await,
-        );
-        change.push(
-            s.send(ProgramServiceRequest {
-                endpoint_upserts: vec![EndpointUpsert {
-                    service: Some(key(k)),
-                    endpoint: Some(endpoint(k, 0, k % 2 == 0)),
-                }],
-                ..Default::default()
-            })
-            .await,
-        );
+    if !lat10.is_empty() {
+        let (a50, a99) = (p50s(&lat10), p99s(&lat10));
+        let (b50, b99) = (p50s(&lat10k), p99s(&lat10k));
+        let (d50, d99) = (p50s(&direct_lat), p99s(&direct_lat));
+        rows.push((
+            "(c) new connection to a ClusterIP, 11 Services, p50 / p99".into(),
+            format!("{} / {}", a50.ms(), a99.ms()),
+            format!("straight to the pod: {} / {}", d50.ms(), d99.ms()),
+        ));
+        rows.push((
+            "(c) same, 10k Services programmed, p50 / p99".into(),
+            format!("{} / {}", b50.ms(), b99.ms()),
+            format!(
+                "10k vs 10: {:+.1} % at p50 (target within 10 %: {})",
+                (ratio(b50.median, a50.median) - 1.0) * 100.0,
+                verdict((ratio(b50.median, a50.median) - 1.0).abs() <= 0.10)
+            ),
+        ));
     }
-    let empty = s
-        .send(ProgramServiceRequest {
-            full_sync: true,
-            ..Default::default()
-        })
-        .await;
-    let naive_one = empty + naive(&mut s, 10_000, eps).await;
+    let naive = sp(&naive_one);
+    let (add50, add99) = (p50s(&add_p), p99s(&add_p));
+    let (ch50, ch99) = (p50s(&change_p), p99s(&change_p));
     rows.push((
-        "(b) add 1 Service, 10k present, call to rule live, p50/p99".into(),
-        format!("{} / {}", ms(pct(&mut add, 0.5)), ms(pct(&mut add, 0.99))),
-        format!("naive re-emit of the whole table: {}", ms(naive_one)),
+        "(b) add 1 Service, 10k present, call to rule live, p50 / p99".into(),
+        format!("{} / {}", add50.ms(), add99.ms()),
+        format!(
+            "naive re-emit of the whole table: {} = {:.0}x; target p99 <= 5 ms: {} (every run: {})",
+            naive.ms(),
+            ratio(naive.median, add99.median),
+            verdict(add99.median <= Duration::from_millis(5)),
+            verdict(add99.max <= Duration::from_millis(5))
+        ),
     ));
     rows.push((
-        "(b) change 1 endpoint, 10k present, p50/p99".into(),
+        "(b) change 1 endpoint, 10k present, p50 / p99".into(),
+        format!("{} / {}", ch50.ms(), ch99.ms()),
         format!(
-            "{} / {}",
-            ms(pct(&mut change, 0.5)),
-            ms(pct(&mut change, 0.99))
+            "naive: {:.0}x; target p99 <= 2 ms: {} (every run: {})",
+            ratio(naive.median, ch99.median),
+            verdict(ch99.median <= Duration::from_millis(2)),
+            verdict(ch99.max <= Duration::from_millis(2))
         ),
-        format!("naive re-emit of the whole table: {}", ms(naive_one)),
     ));
     for size in [10usize, 1000] {
         let (d, whole) = delta_bytes(size);
@@ -404,18 +445,19 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .into_inner();
     println!(
-        "\nnetlet-bench-services (host + {} driver; node generation {}, driver in sync: {})\n",
+        "\nnetlet-bench-services (host + {} driver; node generation {}, driver in sync: {}); median of {} runs (min–max)\n",
         if nft {
             "nft (nftables data plane)"
         } else {
             "no-data-plane fixture"
         },
         listed.node_generation,
-        listed.drivers.iter().all(|d| d.in_sync)
+        listed.drivers.iter().all(|d| d.in_sync),
+        args.repeat
     );
-    println!("{:<66} {:>22}  anchor (same run)", "measurement", "netlet");
+    println!("{:<64} {:>40}  anchor (same run)", "measurement", "netlet");
     for (m, ours, anchor) in rows {
-        println!("{m:<66} {ours:>22}  {anchor}");
+        println!("{m:<64} {ours:>40}  {anchor}");
     }
     Ok(())
 }
