@@ -31,13 +31,13 @@ struct Args {
     #[arg(long, default_value = "nft")]
     driver: String,
     /// Connections per new-connection latency sample.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 1000)]
     connections: usize,
     /// Endpoints per Service.
     #[arg(long, default_value_t = 10)]
     endpoints: usize,
     /// Single changes timed per measurement.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 200)]
     changes: usize,
     /// Runs of every measurement; the median and the range are printed.
     #[arg(long, default_value_t = 3)]

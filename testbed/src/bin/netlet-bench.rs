@@ -2,11 +2,11 @@
 //! the same run, repeated (`--repeat N`: the median of the N runs, and their range). Not a
 //! test: it gates nothing.
 //!
-//! - anchor: one bare tonic hop — a minimal tonic server (CheckDns answered at once, on a
+//! - anchor: one bare tonic hop — a minimal tonic server (ListDevices answered at once, on a
 //!   current-thread runtime like the host's) called over a unix socket by the same client.
-//! - (a) routing: CheckDns through the host to the no-op fixture driver (two hops, no store
+//! - (a) routing: ListDevices through the host to the fixture driver (two hops, no store
 //!   write), beside the same call straight to the driver (one hop). Target: the host adds no
-//!   more than one bare hop.
+//!   more than one bare hop. (CheckDns is answered by the host itself: one hop.)
 //! - (b) AttachPod + DetachPod through the host with durable store writes. Target: no more than
 //!   four bare hops and one fsync (anchor: one 4 KiB write + fsync in the state directory).
 
@@ -19,8 +19,8 @@ use clap::Parser;
 use netlet_sdk::{
     client::Clients,
     proto::{
-        AttachPodRequest, CheckDnsRequest, CheckDnsResponse, DetachPodRequest, PodSandbox,
-        policy_server::{Policy, PolicyServer},
+        AttachPodRequest, DetachPodRequest, ListDevicesRequest, ListDevicesResponse, PodSandbox,
+        devices_server::{Devices, DevicesServer},
     },
 };
 use netlet_testbed::harness::{Host, fixture_driver};
@@ -109,16 +109,16 @@ fn fsync_anchor(dir: &std::path::Path) -> Run {
     }
 }
 
-/// The bare server: CheckDns answered at once, nothing else.
+/// The bare server: ListDevices answered at once (no device), nothing else.
 struct Bare;
 
 #[tonic::async_trait]
-impl Policy for Bare {
-    async fn check_dns(
+impl Devices for Bare {
+    async fn list_devices(
         &self,
-        _: tonic::Request<CheckDnsRequest>,
-    ) -> Result<tonic::Response<CheckDnsResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckDnsResponse::default()))
+        _: tonic::Request<ListDevicesRequest>,
+    ) -> Result<tonic::Response<ListDevicesResponse>, tonic::Status> {
+        Ok(tonic::Response::new(ListDevicesResponse::default()))
     }
 }
 
@@ -135,7 +135,7 @@ fn bare_server(socket: std::path::PathBuf) {
             let incoming = sock.incoming().expect("listener");
             let _ = ready_tx.send(());
             tonic::transport::Server::builder()
-                .add_service(PolicyServer::new(Bare))
+                .add_service(DevicesServer::new(Bare))
                 .serve_with_incoming(incoming)
                 .await
                 .expect("serve");
@@ -153,9 +153,9 @@ enum Row {
 }
 
 const ROWS: [(Row, &str); 4] = [
-    (Row::Bare, "anchor: bare tonic hop (CheckDns)"),
-    (Row::Direct, "CheckDns straight to the driver (1 hop)"),
-    (Row::Routed, "(a) CheckDns routed by the host (2 hops)"),
+    (Row::Bare, "anchor: bare tonic hop (ListDevices)"),
+    (Row::Direct, "ListDevices straight to the driver (1 hop)"),
+    (Row::Routed, "(a) ListDevices routed by the host (2 hops)"),
     (
         Row::AttachDetach,
         "(b) AttachPod+DetachPod via host, durable",
@@ -173,11 +173,6 @@ async fn main() -> anyhow::Result<()> {
     let bare_sock = bare_dir.path().join("bare.sock");
     bare_server(bare_sock.clone());
     let bare = Clients::connect(&bare_sock, None).await?;
-    let dns = CheckDnsRequest {
-        client_address: "10.244.0.5".into(),
-        query_name: "example.com.".into(),
-        ..Default::default()
-    };
     let mut runs: Vec<(Row, usize, Vec<Run>)> = Vec::new();
     let mut fsyncs = Vec::new();
     let mut next_pod = 0usize;
@@ -219,12 +214,12 @@ async fn main() -> anyhow::Result<()> {
                             Row::Direct => direct.clone(),
                             _ => via_host.clone(),
                         };
-                        let req = dns.clone();
                         measure(conc, calls, move |_| {
-                            let mut p = clients.policy.clone();
-                            let req = req.clone();
+                            let mut d = clients.devices.clone();
                             async move {
-                                p.check_dns(req).await.expect("CheckDns");
+                                d.list_devices(ListDevicesRequest::default())
+                                    .await
+                                    .expect("ListDevices");
                             }
                         })
                         .await
