@@ -951,7 +951,7 @@ fn front_key(fam: Fam, by_addr: bool) -> (u32, u32) {
     }
 }
 
-/// Loads a front's key from register `at`.
+/// Loads a front's key (`daddr . l4proto . dport`, or `l4proto . dport`) from register `at`.
 fn service_key_load_at(fam: Fam, by_addr: bool, at: u32) -> Vec<Expr> {
     let mut e = Vec::new();
     let mut next = at;
@@ -966,27 +966,6 @@ fn service_key_load_at(fam: Fam, by_addr: bool, at: u32) -> Vec<Expr> {
     }
     e.push(nft::meta(MetaKey::L4Proto, reg(next)));
     e.push(nft::payload(base::TRANSPORT, 2, 2, reg(next + 1)));
-    e
-}
-
-/// Loads `daddr . l4proto . dport` (or `l4proto . dport` without the address) from Reg32_00.
-fn service_key_load(fam: Fam, with_addr: bool) -> Vec<Expr> {
-    let (p, d) = if with_addr {
-        fam.after_addr()
-    } else {
-        (Register::Reg32_00, Register::Reg32_01)
-    };
-    let mut e = Vec::new();
-    if with_addr {
-        e.push(nft::payload(
-            base::NETWORK,
-            fam.daddr_offset(),
-            fam.addr_len(),
-            Register::Reg32_00,
-        ));
-    }
-    e.push(nft::meta(MetaKey::L4Proto, p));
-    e.push(nft::payload(base::TRANSPORT, 2, 2, d));
     e
 }
 
@@ -1129,44 +1108,32 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
         b.add_chain(f, TABLE, name, bc.as_ref());
     }
     let mut rule = |chain: &str, e: Vec<Expr>| b.add_rule(f, TABLE, chain, e);
+    // `<guard> key vmap @map`.
+    let vmap = |mut guard: Vec<Expr>, by_addr: bool, map: &str| {
+        guard.extend(service_key_load_at(fam, by_addr, 0));
+        guard.push(nft::lookup(
+            map,
+            Register::Reg32_00,
+            Some(Register::Verdict),
+        ));
+        guard
+    };
     // Pods' host ports first: on a given node address, then on every one.
-    let mut e = service_key_load(fam, true);
-    e.push(nft::lookup(
-        HOST_PORTS,
-        Register::Reg32_00,
-        Some(Register::Verdict),
-    ));
-    rule("services", e);
-    let mut e = local_not_loopback(fam);
-    e.extend(service_key_load(fam, false));
-    e.push(nft::lookup(
-        HOST_PORTS_ANY,
-        Register::Reg32_00,
-        Some(Register::Verdict),
-    ));
-    rule("services", e);
+    rule("services", vmap(vec![], true, HOST_PORTS));
+    rule(
+        "services",
+        vmap(local_not_loopback(fam), false, HOST_PORTS_ANY),
+    );
     if fam == Fam::V4 {
         // Host ports answer on 127.0.0.1 too, as the CNI portmap plugin serves them (IPv4 only:
         // the kernel never routes ::1 off the node). Such traffic leaves with a loopback source,
         // which route_localnet lets out and nat-postrouting masquerades.
-        let mut e = addr_in(fam, true, &localhost(), Operator::Equal);
-        e.extend(service_key_load(fam, false));
-        e.push(nft::lookup(
-            HOST_PORTS_ANY,
-            Register::Reg32_00,
-            Some(Register::Verdict),
-        ));
-        rule("services", e);
+        let guard = addr_in(fam, true, &localhost(), Operator::Equal);
+        rule("services", vmap(guard, false, HOST_PORTS_ANY));
     }
     // services: a load balancer's source ranges, then the fronts (by address, then NodePorts on
     // node addresses), externalTrafficPolicy Local's shortcuts for pods and the node first.
-    let mut e = service_key_load(fam, true);
-    e.push(nft::lookup(
-        FIREWALLS,
-        Register::Reg32_00,
-        Some(Register::Verdict),
-    ));
-    rule("services", e);
+    rule("services", vmap(vec![], true, FIREWALLS));
     rule("services", vec![jump("local-shortcuts")]);
     rule("services", vec![jump("fronts")]);
     let node_guards = node_address_guards(set, fam);
@@ -1188,7 +1155,7 @@ pub fn skeleton(set: &Settings, fam: Fam, b: &mut Batch) {
                 (drop, nft::verdict(&VerdictData::Drop)),
             ] {
                 let mut e = g.clone();
-                e.extend(service_key_load(fam, by_addr));
+                e.extend(service_key_load_at(fam, by_addr, 0));
                 e.push(nft::lookup(set, Register::Reg32_00, None));
                 e.push(verdict);
                 rule("endpoints-check", e);
