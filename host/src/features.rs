@@ -41,6 +41,12 @@ pub fn needed_by_selection(
     if !sel.mac.is_empty() {
         out.push((format!("networks[{i}].mac"), Feature::StaticMac));
     }
+    if !sel.device_id.is_empty() {
+        out.push((format!("networks[{i}].device_id"), Feature::Devices));
+    }
+    if !sel.routes.is_empty() {
+        out.push((format!("networks[{i}].routes"), Feature::Routes));
+    }
     let limited = sel.bandwidth.as_ref().is_some_and(|b| {
         b.ingress_bps != 0
             || b.egress_bps != 0
@@ -185,6 +191,8 @@ pub fn advertised(registry: &Registry) -> Vec<i32> {
         Feature::DnsPolicy,
         Feature::HostnameGrants,
         Feature::ClusterNetworkPolicy,
+        Feature::Devices,
+        Feature::Routes,
     ];
     let drivers = registry.drivers();
     all.into_iter()

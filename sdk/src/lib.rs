@@ -52,6 +52,8 @@ mod driver;
 pub mod generation;
 pub mod hash;
 pub mod labels;
+#[cfg(feature = "netlink")]
+pub mod netlink;
 #[cfg(feature = "netns")]
 pub mod netns;
 pub mod parts;

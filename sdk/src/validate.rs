@@ -242,6 +242,34 @@ pub fn network_selection(field: &str, n: &NetworkSelection) -> R {
             format!("{} is not an MTU (68-65535)", n.mtu),
         ));
     }
+    if !n.device_id.is_empty() {
+        dns_label(&format!("{field}.device_id"), &n.device_id)?;
+    }
+    if n.routes.len() > limits::MAX_ROUTES {
+        return Err(invalid(
+            format!("{field}.routes"),
+            format!("at most {}", limits::MAX_ROUTES),
+        ));
+    }
+    for (i, r) in n.routes.iter().enumerate() {
+        let f = format!("{field}.routes[{i}]");
+        cidr(&format!("{f}.destination"), &r.destination)?;
+        if !r.gateway.is_empty() {
+            let g: IpAddr = r.gateway.parse().map_err(|_| {
+                invalid(
+                    format!("{f}.gateway"),
+                    format!("{:?} is not an IP address", r.gateway),
+                )
+            })?;
+            let dst: ipnet::IpNet = r.destination.parse().map_err(|_| invalid(&f, "bad"))?;
+            if g.is_ipv4() != dst.addr().is_ipv4() {
+                return Err(invalid(
+                    format!("{f}.gateway"),
+                    "not of the destination's family",
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -261,6 +289,8 @@ pub mod limits {
     pub const MAX_DNS_OPTIONS: usize = 32;
     /// Length of a pod uid, cgroup parent or DNS option.
     pub const MAX_STRING: usize = 1024;
+    /// Routes of one attachment.
+    pub const MAX_ROUTES: usize = 64;
 }
 
 /// A DNS-1123 subdomain: 1..253 of `[a-z0-9-.]`, alphanumeric at both ends (pod names).
@@ -1260,6 +1290,22 @@ mod tests {
         r.networks[0].interface_name = "a-very-long-interface".into();
         assert!(msg(attach_pod(&r)).starts_with("networks[0].interface_name:"));
         r.networks[0].interface_name = "eth0".into();
+        assert!(attach_pod(&r).is_ok());
+        r.networks[0].device_id = "Ens1f0".into();
+        assert!(msg(attach_pod(&r)).starts_with("networks[0].device_id:"));
+        r.networks[0].device_id = "ens1f0".into();
+        let route = |d: &str, g: &str| crate::proto::Route {
+            destination: d.into(),
+            gateway: g.into(),
+            ..Default::default()
+        };
+        r.networks[0].routes = vec![route("10.2.0.0/16", "10.0.0.1"), route("10.3.0.0", "")];
+        assert!(msg(attach_pod(&r)).starts_with("networks[0].routes[1].destination:"));
+        r.networks[0].routes = vec![route("fd00::/8", "10.0.0.1")];
+        assert!(msg(attach_pod(&r)).starts_with("networks[0].routes[0].gateway:"));
+        r.networks[0].routes = vec![route("0.0.0.0/0", "10.0.0.1"); limits::MAX_ROUTES + 1];
+        assert!(msg(attach_pod(&r)).starts_with("networks[0].routes:"));
+        r.networks[0].routes = vec![route("0.0.0.0/0", "10.0.0.1"), route("::/0", "fe80::1")];
         assert!(attach_pod(&r).is_ok());
         let pm = |host_port, host_ip: &str| PortMapping {
             host_port,

@@ -131,6 +131,63 @@ func (TopologyScope) EnumDescriptor() ([]byte, []int) {
 	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{1}
 }
 
+// DeviceHealth is whether a device can carry traffic.
+type DeviceHealth int32
+
+const (
+	// Not reported.
+	DeviceHealth_DEVICE_HEALTH_UNSPECIFIED DeviceHealth = 0
+	// Present and its link is up (or it sits in a pod).
+	DeviceHealth_DEVICE_HEALTH_HEALTHY DeviceHealth = 1
+	// Present on the node, its link down (no carrier or administratively down).
+	DeviceHealth_DEVICE_HEALTH_DOWN DeviceHealth = 2
+	// Left the node while allocated; listed until its claim is released.
+	DeviceHealth_DEVICE_HEALTH_GONE DeviceHealth = 3
+)
+
+// Enum value maps for DeviceHealth.
+var (
+	DeviceHealth_name = map[int32]string{
+		0: "DEVICE_HEALTH_UNSPECIFIED",
+		1: "DEVICE_HEALTH_HEALTHY",
+		2: "DEVICE_HEALTH_DOWN",
+		3: "DEVICE_HEALTH_GONE",
+	}
+	DeviceHealth_value = map[string]int32{
+		"DEVICE_HEALTH_UNSPECIFIED": 0,
+		"DEVICE_HEALTH_HEALTHY":     1,
+		"DEVICE_HEALTH_DOWN":        2,
+		"DEVICE_HEALTH_GONE":        3,
+	}
+)
+
+func (x DeviceHealth) Enum() *DeviceHealth {
+	p := new(DeviceHealth)
+	*p = x
+	return p
+}
+
+func (x DeviceHealth) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DeviceHealth) Descriptor() protoreflect.EnumDescriptor {
+	return file_netlet_v1alpha1_devices_proto_enumTypes[2].Descriptor()
+}
+
+func (DeviceHealth) Type() protoreflect.EnumType {
+	return &file_netlet_v1alpha1_devices_proto_enumTypes[2]
+}
+
+func (x DeviceHealth) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DeviceHealth.Descriptor instead.
+func (DeviceHealth) EnumDescriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{2}
+}
+
 // Device is one inventory entry (DRA ResourceSlice device).
 type Device struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -150,12 +207,22 @@ type Device struct {
 	PcieRoot string `protobuf:"bytes,7,opt,name=pcie_root,json=pcieRoot,proto3" json:"pcie_root,omitempty"`
 	// Vendor name.
 	Vendor string `protobuf:"bytes,8,opt,name=vendor,proto3" json:"vendor,omitempty"`
-	// Typed-enough attributes for selection (e.g. "rdma": "true", "speed": "100000").
+	// Typed-enough attributes for selection (e.g. "rdma": "true", "speed": "100000"). The devices
+	// driver sets: kernel-driver, mac, mtu, speed (Mb/s, when known), pci-vendor and pci-device
+	// (hex ids), sriov-totalvfs and sriov-numvfs (on a physical function), physfn (a VF's
+	// physical function), rdma ("true") and rdma-device, virtual ("true" for a device without a
+	// bus).
 	Attributes map[string]string `protobuf:"bytes,9,rep,name=attributes,proto3" json:"attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Claim holding it; empty when free.
 	AllocatedToClaim string `protobuf:"bytes,10,opt,name=allocated_to_claim,json=allocatedToClaim,proto3" json:"allocated_to_claim,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Pool it belongs to (the driver's configuration groups devices into pools).
+	Pool string `protobuf:"bytes,11,opt,name=pool,proto3" json:"pool,omitempty"`
+	// Health.
+	Health DeviceHealth `protobuf:"varint,12,opt,name=health,proto3,enum=netlet.v1alpha1.DeviceHealth" json:"health,omitempty"`
+	// Sandbox it has been moved into; empty when on the node.
+	AttachedToSandbox string `protobuf:"bytes,13,opt,name=attached_to_sandbox,json=attachedToSandbox,proto3" json:"attached_to_sandbox,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Device) Reset() {
@@ -258,13 +325,36 @@ func (x *Device) GetAllocatedToClaim() string {
 	return ""
 }
 
+func (x *Device) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *Device) GetHealth() DeviceHealth {
+	if x != nil {
+		return x.Health
+	}
+	return DeviceHealth_DEVICE_HEALTH_UNSPECIFIED
+}
+
+func (x *Device) GetAttachedToSandbox() string {
+	if x != nil {
+		return x.AttachedToSandbox
+	}
+	return ""
+}
+
 // ListDevicesRequest filters the inventory.
 type ListDevicesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only this kind; unspecified for all.
 	Kind DeviceKind `protobuf:"varint,1,opt,name=kind,proto3,enum=netlet.v1alpha1.DeviceKind" json:"kind,omitempty"`
 	// Only free devices.
-	FreeOnly      bool `protobuf:"varint,2,opt,name=free_only,json=freeOnly,proto3" json:"free_only,omitempty"`
+	FreeOnly bool `protobuf:"varint,2,opt,name=free_only,json=freeOnly,proto3" json:"free_only,omitempty"`
+	// Only this pool; empty for all.
+	Pool          string `protobuf:"bytes,3,opt,name=pool,proto3" json:"pool,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -313,10 +403,17 @@ func (x *ListDevicesRequest) GetFreeOnly() bool {
 	return false
 }
 
+func (x *ListDevicesRequest) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
 // ListDevicesResponse is the inventory.
 type ListDevicesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Devices ordered by id.
+	// Devices ordered by id (by driver, then id, on the host).
 	Devices       []*Device `protobuf:"bytes,1,rep,name=devices,proto3" json:"devices,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -370,12 +467,24 @@ type DeviceRequest struct {
 	DeviceId string `protobuf:"bytes,3,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	// Attributes that must match exactly.
 	MatchAttributes map[string]string `protobuf:"bytes,4,rep,name=match_attributes,json=matchAttributes,proto3" json:"match_attributes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// Number of devices; 0 means 1.
+	// Number of devices; 0 means 1; at most 64.
 	Count uint32 `protobuf:"varint,5,opt,name=count,proto3" json:"count,omitempty"`
 	// Align with this device's topology; empty for no constraint.
 	AlignWithDeviceId string `protobuf:"bytes,6,opt,name=align_with_device_id,json=alignWithDeviceId,proto3" json:"align_with_device_id,omitempty"`
-	// How closely to align.
-	AlignScope    TopologyScope `protobuf:"varint,7,opt,name=align_scope,json=alignScope,proto3,enum=netlet.v1alpha1.TopologyScope" json:"align_scope,omitempty"`
+	// How closely to align; required with an alignment target.
+	AlignScope TopologyScope `protobuf:"varint,7,opt,name=align_scope,json=alignScope,proto3,enum=netlet.v1alpha1.TopologyScope" json:"align_scope,omitempty"`
+	// Align with a device netlet does not own (a GPU, say), named by its PCI address
+	// ("0000:3b:00.0"); its topology is read from the node. At most one of this and
+	// `align_with_device_id`; either may name a device of another request of the same claim
+	// that comes earlier.
+	AlignWithPciAddress string `protobuf:"bytes,8,opt,name=align_with_pci_address,json=alignWithPciAddress,proto3" json:"align_with_pci_address,omitempty"`
+	// Opaque configuration for the driver (DRA's opaque device configuration), returned with
+	// each device of this request. The devices driver reads JSON: {"mtu": 9000, "mac": "...",
+	// "addresses": ["10.1.0.5/24"], "routes": [{"destination": "...", "gateway": "..."}]}, the
+	// defaults of an attachment that moves the device into a pod. At most 64 KiB.
+	Config []byte `protobuf:"bytes,9,opt,name=config,proto3" json:"config,omitempty"`
+	// Only devices of this pool; empty for any.
+	Pool          string `protobuf:"bytes,10,opt,name=pool,proto3" json:"pool,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -459,6 +568,27 @@ func (x *DeviceRequest) GetAlignScope() TopologyScope {
 	return TopologyScope_TOPOLOGY_SCOPE_UNSPECIFIED
 }
 
+func (x *DeviceRequest) GetAlignWithPciAddress() string {
+	if x != nil {
+		return x.AlignWithPciAddress
+	}
+	return ""
+}
+
+func (x *DeviceRequest) GetConfig() []byte {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+func (x *DeviceRequest) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
 // AllocateDeviceRequest allocates a claim.
 type AllocateDeviceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -470,7 +600,7 @@ type AllocateDeviceRequest struct {
 	ClaimName string `protobuf:"bytes,3,opt,name=claim_name,json=claimName,proto3" json:"claim_name,omitempty"`
 	// Requests. At least one.
 	Requests []*DeviceRequest `protobuf:"bytes,4,rep,name=requests,proto3" json:"requests,omitempty"`
-	// Sandbox the devices are for, when known.
+	// Sandbox the devices are for, when known: then only that sandbox may attach them.
 	SandboxId     string `protobuf:"bytes,5,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -547,7 +677,9 @@ type AllocatedDevice struct {
 	// Request name.
 	Request string `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
 	// The device.
-	Device        *Device `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	Device *Device `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	// The request's `config`, unchanged.
+	Config        []byte `protobuf:"bytes,3,opt,name=config,proto3" json:"config,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -592,6 +724,13 @@ func (x *AllocatedDevice) GetRequest() string {
 func (x *AllocatedDevice) GetDevice() *Device {
 	if x != nil {
 		return x.Device
+	}
+	return nil
+}
+
+func (x *AllocatedDevice) GetConfig() []byte {
+	if x != nil {
+		return x.Config
 	}
 	return nil
 }
@@ -738,7 +877,7 @@ var File_netlet_v1alpha1_devices_proto protoreflect.FileDescriptor
 
 const file_netlet_v1alpha1_devices_proto_rawDesc = "" +
 	"\n" +
-	"\x1dnetlet/v1alpha1/devices.proto\x12\x0fnetlet.v1alpha1\"\xb1\x03\n" +
+	"\x1dnetlet/v1alpha1/devices.proto\x12\x0fnetlet.v1alpha1\"\xac\x04\n" +
 	"\x06Device\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06driver\x18\x02 \x01(\tR\x06driver\x12/\n" +
@@ -753,15 +892,19 @@ const file_netlet_v1alpha1_devices_proto_rawDesc = "" +
 	"attributes\x18\t \x03(\v2'.netlet.v1alpha1.Device.AttributesEntryR\n" +
 	"attributes\x12,\n" +
 	"\x12allocated_to_claim\x18\n" +
-	" \x01(\tR\x10allocatedToClaim\x1a=\n" +
+	" \x01(\tR\x10allocatedToClaim\x12\x12\n" +
+	"\x04pool\x18\v \x01(\tR\x04pool\x125\n" +
+	"\x06health\x18\f \x01(\x0e2\x1d.netlet.v1alpha1.DeviceHealthR\x06health\x12.\n" +
+	"\x13attached_to_sandbox\x18\r \x01(\tR\x11attachedToSandbox\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"b\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"v\n" +
 	"\x12ListDevicesRequest\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.netlet.v1alpha1.DeviceKindR\x04kind\x12\x1b\n" +
-	"\tfree_only\x18\x02 \x01(\bR\bfreeOnly\"H\n" +
+	"\tfree_only\x18\x02 \x01(\bR\bfreeOnly\x12\x12\n" +
+	"\x04pool\x18\x03 \x01(\tR\x04pool\"H\n" +
 	"\x13ListDevicesResponse\x121\n" +
-	"\adevices\x18\x01 \x03(\v2\x17.netlet.v1alpha1.DeviceR\adevices\"\x9d\x03\n" +
+	"\adevices\x18\x01 \x03(\v2\x17.netlet.v1alpha1.DeviceR\adevices\"\xfe\x03\n" +
 	"\rDeviceRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1b.netlet.v1alpha1.DeviceKindR\x04kind\x12\x1b\n" +
@@ -770,7 +913,11 @@ const file_netlet_v1alpha1_devices_proto_rawDesc = "" +
 	"\x05count\x18\x05 \x01(\rR\x05count\x12/\n" +
 	"\x14align_with_device_id\x18\x06 \x01(\tR\x11alignWithDeviceId\x12?\n" +
 	"\valign_scope\x18\a \x01(\x0e2\x1e.netlet.v1alpha1.TopologyScopeR\n" +
-	"alignScope\x1aB\n" +
+	"alignScope\x123\n" +
+	"\x16align_with_pci_address\x18\b \x01(\tR\x13alignWithPciAddress\x12\x16\n" +
+	"\x06config\x18\t \x01(\fR\x06config\x12\x12\n" +
+	"\x04pool\x18\n" +
+	" \x01(\tR\x04pool\x1aB\n" +
 	"\x14MatchAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd7\x01\n" +
@@ -781,10 +928,11 @@ const file_netlet_v1alpha1_devices_proto_rawDesc = "" +
 	"claim_name\x18\x03 \x01(\tR\tclaimName\x12:\n" +
 	"\brequests\x18\x04 \x03(\v2\x1e.netlet.v1alpha1.DeviceRequestR\brequests\x12\x1d\n" +
 	"\n" +
-	"sandbox_id\x18\x05 \x01(\tR\tsandboxId\"\\\n" +
+	"sandbox_id\x18\x05 \x01(\tR\tsandboxId\"t\n" +
 	"\x0fAllocatedDevice\x12\x18\n" +
 	"\arequest\x18\x01 \x01(\tR\arequest\x12/\n" +
-	"\x06device\x18\x02 \x01(\v2\x17.netlet.v1alpha1.DeviceR\x06device\"q\n" +
+	"\x06device\x18\x02 \x01(\v2\x17.netlet.v1alpha1.DeviceR\x06device\x12\x16\n" +
+	"\x06config\x18\x03 \x01(\fR\x06config\"q\n" +
 	"\x16AllocateDeviceResponse\x12\x1b\n" +
 	"\tclaim_uid\x18\x01 \x01(\tR\bclaimUid\x12:\n" +
 	"\adevices\x18\x02 \x03(\v2 .netlet.v1alpha1.AllocatedDeviceR\adevices\"3\n" +
@@ -800,7 +948,12 @@ const file_netlet_v1alpha1_devices_proto_rawDesc = "" +
 	"\rTopologyScope\x12\x1e\n" +
 	"\x1aTOPOLOGY_SCOPE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18TOPOLOGY_SCOPE_NUMA_NODE\x10\x01\x12\x1c\n" +
-	"\x18TOPOLOGY_SCOPE_PCIE_ROOT\x10\x022\xa6\x02\n" +
+	"\x18TOPOLOGY_SCOPE_PCIE_ROOT\x10\x02*x\n" +
+	"\fDeviceHealth\x12\x1d\n" +
+	"\x19DEVICE_HEALTH_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15DEVICE_HEALTH_HEALTHY\x10\x01\x12\x16\n" +
+	"\x12DEVICE_HEALTH_DOWN\x10\x02\x12\x16\n" +
+	"\x12DEVICE_HEALTH_GONE\x10\x032\xa6\x02\n" +
 	"\aDevices\x12X\n" +
 	"\vListDevices\x12#.netlet.v1alpha1.ListDevicesRequest\x1a$.netlet.v1alpha1.ListDevicesResponse\x12a\n" +
 	"\x0eAllocateDevice\x12&.netlet.v1alpha1.AllocateDeviceRequest\x1a'.netlet.v1alpha1.AllocateDeviceResponse\x12^\n" +
@@ -818,45 +971,47 @@ func file_netlet_v1alpha1_devices_proto_rawDescGZIP() []byte {
 	return file_netlet_v1alpha1_devices_proto_rawDescData
 }
 
-var file_netlet_v1alpha1_devices_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_netlet_v1alpha1_devices_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_netlet_v1alpha1_devices_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_netlet_v1alpha1_devices_proto_goTypes = []any{
 	(DeviceKind)(0),                // 0: netlet.v1alpha1.DeviceKind
 	(TopologyScope)(0),             // 1: netlet.v1alpha1.TopologyScope
-	(*Device)(nil),                 // 2: netlet.v1alpha1.Device
-	(*ListDevicesRequest)(nil),     // 3: netlet.v1alpha1.ListDevicesRequest
-	(*ListDevicesResponse)(nil),    // 4: netlet.v1alpha1.ListDevicesResponse
-	(*DeviceRequest)(nil),          // 5: netlet.v1alpha1.DeviceRequest
-	(*AllocateDeviceRequest)(nil),  // 6: netlet.v1alpha1.AllocateDeviceRequest
-	(*AllocatedDevice)(nil),        // 7: netlet.v1alpha1.AllocatedDevice
-	(*AllocateDeviceResponse)(nil), // 8: netlet.v1alpha1.AllocateDeviceResponse
-	(*ReleaseDeviceRequest)(nil),   // 9: netlet.v1alpha1.ReleaseDeviceRequest
-	(*ReleaseDeviceResponse)(nil),  // 10: netlet.v1alpha1.ReleaseDeviceResponse
-	nil,                            // 11: netlet.v1alpha1.Device.AttributesEntry
-	nil,                            // 12: netlet.v1alpha1.DeviceRequest.MatchAttributesEntry
+	(DeviceHealth)(0),              // 2: netlet.v1alpha1.DeviceHealth
+	(*Device)(nil),                 // 3: netlet.v1alpha1.Device
+	(*ListDevicesRequest)(nil),     // 4: netlet.v1alpha1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),    // 5: netlet.v1alpha1.ListDevicesResponse
+	(*DeviceRequest)(nil),          // 6: netlet.v1alpha1.DeviceRequest
+	(*AllocateDeviceRequest)(nil),  // 7: netlet.v1alpha1.AllocateDeviceRequest
+	(*AllocatedDevice)(nil),        // 8: netlet.v1alpha1.AllocatedDevice
+	(*AllocateDeviceResponse)(nil), // 9: netlet.v1alpha1.AllocateDeviceResponse
+	(*ReleaseDeviceRequest)(nil),   // 10: netlet.v1alpha1.ReleaseDeviceRequest
+	(*ReleaseDeviceResponse)(nil),  // 11: netlet.v1alpha1.ReleaseDeviceResponse
+	nil,                            // 12: netlet.v1alpha1.Device.AttributesEntry
+	nil,                            // 13: netlet.v1alpha1.DeviceRequest.MatchAttributesEntry
 }
 var file_netlet_v1alpha1_devices_proto_depIdxs = []int32{
 	0,  // 0: netlet.v1alpha1.Device.kind:type_name -> netlet.v1alpha1.DeviceKind
-	11, // 1: netlet.v1alpha1.Device.attributes:type_name -> netlet.v1alpha1.Device.AttributesEntry
-	0,  // 2: netlet.v1alpha1.ListDevicesRequest.kind:type_name -> netlet.v1alpha1.DeviceKind
-	2,  // 3: netlet.v1alpha1.ListDevicesResponse.devices:type_name -> netlet.v1alpha1.Device
-	0,  // 4: netlet.v1alpha1.DeviceRequest.kind:type_name -> netlet.v1alpha1.DeviceKind
-	12, // 5: netlet.v1alpha1.DeviceRequest.match_attributes:type_name -> netlet.v1alpha1.DeviceRequest.MatchAttributesEntry
-	1,  // 6: netlet.v1alpha1.DeviceRequest.align_scope:type_name -> netlet.v1alpha1.TopologyScope
-	5,  // 7: netlet.v1alpha1.AllocateDeviceRequest.requests:type_name -> netlet.v1alpha1.DeviceRequest
-	2,  // 8: netlet.v1alpha1.AllocatedDevice.device:type_name -> netlet.v1alpha1.Device
-	7,  // 9: netlet.v1alpha1.AllocateDeviceResponse.devices:type_name -> netlet.v1alpha1.AllocatedDevice
-	3,  // 10: netlet.v1alpha1.Devices.ListDevices:input_type -> netlet.v1alpha1.ListDevicesRequest
-	6,  // 11: netlet.v1alpha1.Devices.AllocateDevice:input_type -> netlet.v1alpha1.AllocateDeviceRequest
-	9,  // 12: netlet.v1alpha1.Devices.ReleaseDevice:input_type -> netlet.v1alpha1.ReleaseDeviceRequest
-	4,  // 13: netlet.v1alpha1.Devices.ListDevices:output_type -> netlet.v1alpha1.ListDevicesResponse
-	8,  // 14: netlet.v1alpha1.Devices.AllocateDevice:output_type -> netlet.v1alpha1.AllocateDeviceResponse
-	10, // 15: netlet.v1alpha1.Devices.ReleaseDevice:output_type -> netlet.v1alpha1.ReleaseDeviceResponse
-	13, // [13:16] is the sub-list for method output_type
-	10, // [10:13] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	12, // 1: netlet.v1alpha1.Device.attributes:type_name -> netlet.v1alpha1.Device.AttributesEntry
+	2,  // 2: netlet.v1alpha1.Device.health:type_name -> netlet.v1alpha1.DeviceHealth
+	0,  // 3: netlet.v1alpha1.ListDevicesRequest.kind:type_name -> netlet.v1alpha1.DeviceKind
+	3,  // 4: netlet.v1alpha1.ListDevicesResponse.devices:type_name -> netlet.v1alpha1.Device
+	0,  // 5: netlet.v1alpha1.DeviceRequest.kind:type_name -> netlet.v1alpha1.DeviceKind
+	13, // 6: netlet.v1alpha1.DeviceRequest.match_attributes:type_name -> netlet.v1alpha1.DeviceRequest.MatchAttributesEntry
+	1,  // 7: netlet.v1alpha1.DeviceRequest.align_scope:type_name -> netlet.v1alpha1.TopologyScope
+	6,  // 8: netlet.v1alpha1.AllocateDeviceRequest.requests:type_name -> netlet.v1alpha1.DeviceRequest
+	3,  // 9: netlet.v1alpha1.AllocatedDevice.device:type_name -> netlet.v1alpha1.Device
+	8,  // 10: netlet.v1alpha1.AllocateDeviceResponse.devices:type_name -> netlet.v1alpha1.AllocatedDevice
+	4,  // 11: netlet.v1alpha1.Devices.ListDevices:input_type -> netlet.v1alpha1.ListDevicesRequest
+	7,  // 12: netlet.v1alpha1.Devices.AllocateDevice:input_type -> netlet.v1alpha1.AllocateDeviceRequest
+	10, // 13: netlet.v1alpha1.Devices.ReleaseDevice:input_type -> netlet.v1alpha1.ReleaseDeviceRequest
+	5,  // 14: netlet.v1alpha1.Devices.ListDevices:output_type -> netlet.v1alpha1.ListDevicesResponse
+	9,  // 15: netlet.v1alpha1.Devices.AllocateDevice:output_type -> netlet.v1alpha1.AllocateDeviceResponse
+	11, // 16: netlet.v1alpha1.Devices.ReleaseDevice:output_type -> netlet.v1alpha1.ReleaseDeviceResponse
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_netlet_v1alpha1_devices_proto_init() }
@@ -869,7 +1024,7 @@ func file_netlet_v1alpha1_devices_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netlet_v1alpha1_devices_proto_rawDesc), len(file_netlet_v1alpha1_devices_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -42,7 +42,8 @@ type DevicesClient interface {
 	// | invalid filter   | INVALID_ARGUMENT |
 	ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error)
 	// AllocateDevice allocates devices to a claim, optionally aligned with another device's
-	// topology (same NUMA node or PCIe root).
+	// topology (same NUMA node or PCIe root). All of a claim's requests are allocated or none;
+	// two claims never hold one device. Allocations survive restarts of the host and drivers.
 	//
 	// Idempotent: yes. Repeating it for the same claim returns the same allocation.
 	//
@@ -52,6 +53,9 @@ type DevicesClient interface {
 	// | missing/invalid field (named in the message)        | INVALID_ARGUMENT    |
 	// | requested device unknown                            | NOT_FOUND           |
 	// | no free device matches                              | RESOURCE_EXHAUSTED  |
+	// | free devices match, none meets the alignment, or    | FAILED_PRECONDITION |
+	// | the topology the alignment needs is unknown (the    |                     |
+	// | message names the constraint, the field its request)|                     |
 	// | claim exists with a different request               | ALREADY_EXISTS      |
 	// | no driver serves Devices (host)                     | UNAVAILABLE         |
 	AllocateDevice(ctx context.Context, in *AllocateDeviceRequest, opts ...grpc.CallOption) (*AllocateDeviceResponse, error)
@@ -121,7 +125,8 @@ type DevicesServer interface {
 	// | invalid filter   | INVALID_ARGUMENT |
 	ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error)
 	// AllocateDevice allocates devices to a claim, optionally aligned with another device's
-	// topology (same NUMA node or PCIe root).
+	// topology (same NUMA node or PCIe root). All of a claim's requests are allocated or none;
+	// two claims never hold one device. Allocations survive restarts of the host and drivers.
 	//
 	// Idempotent: yes. Repeating it for the same claim returns the same allocation.
 	//
@@ -131,6 +136,9 @@ type DevicesServer interface {
 	// | missing/invalid field (named in the message)        | INVALID_ARGUMENT    |
 	// | requested device unknown                            | NOT_FOUND           |
 	// | no free device matches                              | RESOURCE_EXHAUSTED  |
+	// | free devices match, none meets the alignment, or    | FAILED_PRECONDITION |
+	// | the topology the alignment needs is unknown (the    |                     |
+	// | message names the constraint, the field its request)|                     |
 	// | claim exists with a different request               | ALREADY_EXISTS      |
 	// | no driver serves Devices (host)                     | UNAVAILABLE         |
 	AllocateDevice(context.Context, *AllocateDeviceRequest) (*AllocateDeviceResponse, error)

@@ -116,6 +116,11 @@ const (
 	// ApplyPolicy: ClusterNetworkPolicies (Admin and Baseline tiers), enforced around the
 	// NetworkPolicies.
 	Feature_FEATURE_CLUSTER_NETWORK_POLICY Feature = 10
+	// Pods: a device allocated with AllocateDevice moved into the pod (NetworkSelection.device_id)
+	// and moved back on detach.
+	Feature_FEATURE_DEVICES Feature = 11
+	// Pods: routes requested with an attachment (NetworkSelection.routes).
+	Feature_FEATURE_ROUTES Feature = 12
 )
 
 // Enum value maps for Feature.
@@ -132,6 +137,8 @@ var (
 		8:  "FEATURE_DNS_POLICY",
 		9:  "FEATURE_HOSTNAME_GRANTS",
 		10: "FEATURE_CLUSTER_NETWORK_POLICY",
+		11: "FEATURE_DEVICES",
+		12: "FEATURE_ROUTES",
 	}
 	Feature_value = map[string]int32{
 		"FEATURE_UNSPECIFIED":            0,
@@ -145,6 +152,8 @@ var (
 		"FEATURE_DNS_POLICY":             8,
 		"FEATURE_HOSTNAME_GRANTS":        9,
 		"FEATURE_CLUSTER_NETWORK_POLICY": 10,
+		"FEATURE_DEVICES":                11,
+		"FEATURE_ROUTES":                 12,
 	}
 )
 
@@ -568,7 +577,7 @@ const file_netlet_v1alpha1_identity_proto_rawDesc = "" +
 	"\x0fCAPABILITY_PODS\x10\x02\x12\x17\n" +
 	"\x13CAPABILITY_SERVICES\x10\x03\x12\x15\n" +
 	"\x11CAPABILITY_POLICY\x10\x04\x12\x16\n" +
-	"\x12CAPABILITY_DEVICES\x10\x05*\xa6\x02\n" +
+	"\x12CAPABILITY_DEVICES\x10\x05*\xcf\x02\n" +
 	"\aFeature\x12\x17\n" +
 	"\x13FEATURE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12FEATURE_STATIC_IPS\x10\x01\x12\x16\n" +
@@ -581,7 +590,9 @@ const file_netlet_v1alpha1_identity_proto_rawDesc = "" +
 	"\x12FEATURE_DNS_POLICY\x10\b\x12\x1b\n" +
 	"\x17FEATURE_HOSTNAME_GRANTS\x10\t\x12\"\n" +
 	"\x1eFEATURE_CLUSTER_NETWORK_POLICY\x10\n" +
-	"*_\n" +
+	"\x12\x13\n" +
+	"\x0fFEATURE_DEVICES\x10\v\x12\x12\n" +
+	"\x0eFEATURE_ROUTES\x10\f*_\n" +
 	"\fEndpointRole\x12\x1d\n" +
 	"\x19ENDPOINT_ROLE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ENDPOINT_ROLE_DRIVER\x10\x01\x12\x16\n" +

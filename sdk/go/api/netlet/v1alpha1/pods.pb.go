@@ -183,12 +183,20 @@ type NetworkSelection struct {
 	DefaultRoute *bool `protobuf:"varint,5,opt,name=default_route,json=defaultRoute,proto3,oneof" json:"default_route,omitempty"`
 	// Requested MTU; 0 means the network's MTU.
 	Mtu uint32 `protobuf:"varint,6,opt,name=mtu,proto3" json:"mtu,omitempty"`
-	// Id of a device allocated with AllocateDevice that the driver moves into the pod.
+	// Id of a device allocated with AllocateDevice that the driver moves into the pod under
+	// `interface_name` and configures (addresses from `ips`, `mac`, `mtu`, `routes`; unset ones
+	// from the allocation's configuration, else the device's own MAC and MTU and no address);
+	// DetachPod moves it back to the node under its original name and settings. A device that is
+	// not allocated, or allocated to a claim of another sandbox, is FAILED_PRECONDITION naming
+	// `networks[i].device_id`. Needs FEATURE_DEVICES.
 	DeviceId string `protobuf:"bytes,7,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	// Bandwidth limits, bits per second; 0 means unlimited (CNI bandwidth plugin).
 	Bandwidth *BandwidthLimits `protobuf:"bytes,8,opt,name=bandwidth,proto3" json:"bandwidth,omitempty"`
 	// Driver-specific extension data. An escape hatch only: typed fields come first.
-	Extensions    map[string]string `protobuf:"bytes,9,rep,name=extensions,proto3" json:"extensions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Extensions map[string]string `protobuf:"bytes,9,rep,name=extensions,proto3" json:"extensions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Routes through this interface, besides the default route; at most 64. Needs
+	// FEATURE_ROUTES.
+	Routes        []*Route `protobuf:"bytes,10,rep,name=routes,proto3" json:"routes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -282,6 +290,13 @@ func (x *NetworkSelection) GetBandwidth() *BandwidthLimits {
 func (x *NetworkSelection) GetExtensions() map[string]string {
 	if x != nil {
 		return x.Extensions
+	}
+	return nil
+}
+
+func (x *NetworkSelection) GetRoutes() []*Route {
+	if x != nil {
+		return x.Routes
 	}
 	return nil
 }
@@ -1093,7 +1108,7 @@ const file_netlet_v1alpha1_pods_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AnnotationsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb4\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe4\x03\n" +
 	"\x10NetworkSelection\x12\x18\n" +
 	"\anetwork\x18\x01 \x01(\tR\anetwork\x12%\n" +
 	"\x0einterface_name\x18\x02 \x01(\tR\rinterfaceName\x12\x10\n" +
@@ -1105,7 +1120,9 @@ const file_netlet_v1alpha1_pods_proto_rawDesc = "" +
 	"\tbandwidth\x18\b \x01(\v2 .netlet.v1alpha1.BandwidthLimitsR\tbandwidth\x12Q\n" +
 	"\n" +
 	"extensions\x18\t \x03(\v21.netlet.v1alpha1.NetworkSelection.ExtensionsEntryR\n" +
-	"extensions\x1a=\n" +
+	"extensions\x12.\n" +
+	"\x06routes\x18\n" +
+	" \x03(\v2\x16.netlet.v1alpha1.RouteR\x06routes\x1a=\n" +
 	"\x0fExtensionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x10\n" +
@@ -1205,8 +1222,8 @@ var file_netlet_v1alpha1_pods_proto_goTypes = []any{
 	nil,                              // 17: netlet.v1alpha1.NetworkSelection.ExtensionsEntry
 	(*PortMapping)(nil),              // 18: netlet.v1alpha1.PortMapping
 	(*DnsConfig)(nil),                // 19: netlet.v1alpha1.DnsConfig
-	(*IpConfig)(nil),                 // 20: netlet.v1alpha1.IpConfig
-	(*Route)(nil),                    // 21: netlet.v1alpha1.Route
+	(*Route)(nil),                    // 20: netlet.v1alpha1.Route
+	(*IpConfig)(nil),                 // 21: netlet.v1alpha1.IpConfig
 }
 var file_netlet_v1alpha1_pods_proto_depIdxs = []int32{
 	15, // 0: netlet.v1alpha1.PodSandbox.labels:type_name -> netlet.v1alpha1.PodSandbox.LabelsEntry
@@ -1215,32 +1232,33 @@ var file_netlet_v1alpha1_pods_proto_depIdxs = []int32{
 	19, // 3: netlet.v1alpha1.PodSandbox.dns_config:type_name -> netlet.v1alpha1.DnsConfig
 	2,  // 4: netlet.v1alpha1.NetworkSelection.bandwidth:type_name -> netlet.v1alpha1.BandwidthLimits
 	17, // 5: netlet.v1alpha1.NetworkSelection.extensions:type_name -> netlet.v1alpha1.NetworkSelection.ExtensionsEntry
-	20, // 6: netlet.v1alpha1.Attachment.ips:type_name -> netlet.v1alpha1.IpConfig
-	21, // 7: netlet.v1alpha1.Attachment.routes:type_name -> netlet.v1alpha1.Route
-	19, // 8: netlet.v1alpha1.Attachment.dns:type_name -> netlet.v1alpha1.DnsConfig
-	0,  // 9: netlet.v1alpha1.AttachPodRequest.sandbox:type_name -> netlet.v1alpha1.PodSandbox
-	1,  // 10: netlet.v1alpha1.AttachPodRequest.networks:type_name -> netlet.v1alpha1.NetworkSelection
-	3,  // 11: netlet.v1alpha1.AttachPodResponse.attachments:type_name -> netlet.v1alpha1.Attachment
-	1,  // 12: netlet.v1alpha1.DetachPodRequest.networks:type_name -> netlet.v1alpha1.NetworkSelection
-	10, // 13: netlet.v1alpha1.PodNetworkStatusResponse.pod:type_name -> netlet.v1alpha1.PodAttachments
-	0,  // 14: netlet.v1alpha1.PodAttachments.sandbox:type_name -> netlet.v1alpha1.PodSandbox
-	3,  // 15: netlet.v1alpha1.PodAttachments.attachments:type_name -> netlet.v1alpha1.Attachment
-	10, // 16: netlet.v1alpha1.ListAttachmentsResponse.pods:type_name -> netlet.v1alpha1.PodAttachments
-	4,  // 17: netlet.v1alpha1.Pods.AttachPod:input_type -> netlet.v1alpha1.AttachPodRequest
-	6,  // 18: netlet.v1alpha1.Pods.DetachPod:input_type -> netlet.v1alpha1.DetachPodRequest
-	8,  // 19: netlet.v1alpha1.Pods.PodNetworkStatus:input_type -> netlet.v1alpha1.PodNetworkStatusRequest
-	11, // 20: netlet.v1alpha1.Pods.ListAttachments:input_type -> netlet.v1alpha1.ListAttachmentsRequest
-	13, // 21: netlet.v1alpha1.Pods.GarbageCollect:input_type -> netlet.v1alpha1.GarbageCollectRequest
-	5,  // 22: netlet.v1alpha1.Pods.AttachPod:output_type -> netlet.v1alpha1.AttachPodResponse
-	7,  // 23: netlet.v1alpha1.Pods.DetachPod:output_type -> netlet.v1alpha1.DetachPodResponse
-	9,  // 24: netlet.v1alpha1.Pods.PodNetworkStatus:output_type -> netlet.v1alpha1.PodNetworkStatusResponse
-	12, // 25: netlet.v1alpha1.Pods.ListAttachments:output_type -> netlet.v1alpha1.ListAttachmentsResponse
-	14, // 26: netlet.v1alpha1.Pods.GarbageCollect:output_type -> netlet.v1alpha1.GarbageCollectResponse
-	22, // [22:27] is the sub-list for method output_type
-	17, // [17:22] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	20, // 6: netlet.v1alpha1.NetworkSelection.routes:type_name -> netlet.v1alpha1.Route
+	21, // 7: netlet.v1alpha1.Attachment.ips:type_name -> netlet.v1alpha1.IpConfig
+	20, // 8: netlet.v1alpha1.Attachment.routes:type_name -> netlet.v1alpha1.Route
+	19, // 9: netlet.v1alpha1.Attachment.dns:type_name -> netlet.v1alpha1.DnsConfig
+	0,  // 10: netlet.v1alpha1.AttachPodRequest.sandbox:type_name -> netlet.v1alpha1.PodSandbox
+	1,  // 11: netlet.v1alpha1.AttachPodRequest.networks:type_name -> netlet.v1alpha1.NetworkSelection
+	3,  // 12: netlet.v1alpha1.AttachPodResponse.attachments:type_name -> netlet.v1alpha1.Attachment
+	1,  // 13: netlet.v1alpha1.DetachPodRequest.networks:type_name -> netlet.v1alpha1.NetworkSelection
+	10, // 14: netlet.v1alpha1.PodNetworkStatusResponse.pod:type_name -> netlet.v1alpha1.PodAttachments
+	0,  // 15: netlet.v1alpha1.PodAttachments.sandbox:type_name -> netlet.v1alpha1.PodSandbox
+	3,  // 16: netlet.v1alpha1.PodAttachments.attachments:type_name -> netlet.v1alpha1.Attachment
+	10, // 17: netlet.v1alpha1.ListAttachmentsResponse.pods:type_name -> netlet.v1alpha1.PodAttachments
+	4,  // 18: netlet.v1alpha1.Pods.AttachPod:input_type -> netlet.v1alpha1.AttachPodRequest
+	6,  // 19: netlet.v1alpha1.Pods.DetachPod:input_type -> netlet.v1alpha1.DetachPodRequest
+	8,  // 20: netlet.v1alpha1.Pods.PodNetworkStatus:input_type -> netlet.v1alpha1.PodNetworkStatusRequest
+	11, // 21: netlet.v1alpha1.Pods.ListAttachments:input_type -> netlet.v1alpha1.ListAttachmentsRequest
+	13, // 22: netlet.v1alpha1.Pods.GarbageCollect:input_type -> netlet.v1alpha1.GarbageCollectRequest
+	5,  // 23: netlet.v1alpha1.Pods.AttachPod:output_type -> netlet.v1alpha1.AttachPodResponse
+	7,  // 24: netlet.v1alpha1.Pods.DetachPod:output_type -> netlet.v1alpha1.DetachPodResponse
+	9,  // 25: netlet.v1alpha1.Pods.PodNetworkStatus:output_type -> netlet.v1alpha1.PodNetworkStatusResponse
+	12, // 26: netlet.v1alpha1.Pods.ListAttachments:output_type -> netlet.v1alpha1.ListAttachmentsResponse
+	14, // 27: netlet.v1alpha1.Pods.GarbageCollect:output_type -> netlet.v1alpha1.GarbageCollectResponse
+	23, // [23:28] is the sub-list for method output_type
+	18, // [18:23] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_netlet_v1alpha1_pods_proto_init() }

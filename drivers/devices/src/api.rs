@@ -1,0 +1,183 @@
+//! The gRPC face of the devices driver: Devices, Pods (attachments that move a device) and
+//! Node.
+
+use std::sync::Arc;
+
+use netlet_sdk::proto::{
+    AllocateDeviceRequest, AllocateDeviceResponse, AttachPodRequest, AttachPodResponse,
+    DetachPodRequest, DetachPodResponse, DeviceKind, GarbageCollectRequest, GarbageCollectResponse,
+    ListAttachmentsRequest, ListAttachmentsResponse, ListDevicesRequest, ListDevicesResponse,
+    NetworkReadiness, NetworkReadyRequest, NetworkReadyResponse, NetworkSelection,
+    PodNetworkStatusRequest, PodNetworkStatusResponse, ReleaseDeviceRequest, ReleaseDeviceResponse,
+    devices_server::Devices as DevicesApi, node_server::Node, pods_server::Pods,
+};
+use netlet_sdk::{server::to_completion, state, validate};
+use tonic::{Code, Request, Response, Status};
+
+use crate::driver::Devices;
+
+/// Serves [`Devices`] over gRPC.
+#[derive(Clone)]
+pub struct Api(pub Arc<Devices>);
+
+#[tonic::async_trait]
+impl DevicesApi for Api {
+    async fn list_devices(
+        &self,
+        req: Request<ListDevicesRequest>,
+    ) -> Result<Response<ListDevicesResponse>, Status> {
+        let req = req.into_inner();
+        if DeviceKind::try_from(req.kind).is_err() {
+            return Err(validate::field_error(
+                Code::InvalidArgument,
+                "kind",
+                format!("{} is not a DeviceKind", req.kind),
+                "KIND_INVALID",
+            ));
+        }
+        if !req.pool.is_empty() {
+            validate::dns_label("pool", &req.pool)?;
+        }
+        let devices = self
+            .0
+            .inventory()
+            .await?
+            .into_iter()
+            .filter(|d| req.kind == DeviceKind::Unspecified as i32 || d.kind == req.kind)
+            .filter(|d| !req.free_only || d.allocated_to_claim.is_empty())
+            .filter(|d| req.pool.is_empty() || d.pool == req.pool)
+            .collect();
+        Ok(Response::new(ListDevicesResponse { devices }))
+    }
+
+    async fn allocate_device(
+        &self,
+        req: Request<AllocateDeviceRequest>,
+    ) -> Result<Response<AllocateDeviceResponse>, Status> {
+        let req = req.into_inner();
+        validate::allocate_device(&req)?;
+        let d = self.0.clone();
+        to_completion(async move { d.allocate(req).await })
+            .await
+            .map(Response::new)
+    }
+
+    async fn release_device(
+        &self,
+        req: Request<ReleaseDeviceRequest>,
+    ) -> Result<Response<ReleaseDeviceResponse>, Status> {
+        let req = req.into_inner();
+        validate::release_device(&req)?;
+        let d = self.0.clone();
+        to_completion(async move { d.release(&req.claim_uid).await }).await?;
+        Ok(Response::new(ReleaseDeviceResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl Pods for Api {
+    async fn attach_pod(
+        &self,
+        req: Request<AttachPodRequest>,
+    ) -> Result<Response<AttachPodResponse>, Status> {
+        let req = req.into_inner();
+        validate::attach_pod(&req)?;
+        let d = self.0.clone();
+        let attachments = to_completion(async move {
+            let sandbox = req.sandbox.unwrap_or_default();
+            let nets = state::with_defaults(req.networks);
+            let mut done: Vec<NetworkSelection> = Vec::new();
+            let mut out = Vec::new();
+            for (i, sel) in nets.iter().enumerate() {
+                match d.attach(&sandbox, sel, &format!("networks[{i}]")).await {
+                    Ok(a) => {
+                        done.push(sel.clone());
+                        out.push(a);
+                    }
+                    Err(e) => {
+                        if !done.is_empty()
+                            && let Err(r) = d.detach(&sandbox.id, &done).await
+                        {
+                            tracing::error!(sandbox = %sandbox.id, error = %r, "rollback failed");
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(Response::new(AttachPodResponse { attachments }))
+    }
+
+    async fn detach_pod(
+        &self,
+        req: Request<DetachPodRequest>,
+    ) -> Result<Response<DetachPodResponse>, Status> {
+        let req = req.into_inner();
+        validate::detach_pod(&req)?;
+        let d = self.0.clone();
+        to_completion(async move { d.detach(&req.sandbox_id, &req.networks).await }).await?;
+        Ok(Response::new(DetachPodResponse {}))
+    }
+
+    async fn pod_network_status(
+        &self,
+        req: Request<PodNetworkStatusRequest>,
+    ) -> Result<Response<PodNetworkStatusResponse>, Status> {
+        state::pod_network_status(&req.into_inner(), self.0.pods().await).map(Response::new)
+    }
+
+    async fn list_attachments(
+        &self,
+        req: Request<ListAttachmentsRequest>,
+    ) -> Result<Response<ListAttachmentsResponse>, Status> {
+        state::list_attachments(&req.into_inner(), self.0.pods().await).map(Response::new)
+    }
+
+    async fn garbage_collect(
+        &self,
+        req: Request<GarbageCollectRequest>,
+    ) -> Result<Response<GarbageCollectResponse>, Status> {
+        let req = req.into_inner();
+        let stale = state::stale_sandboxes(&req, self.0.pods().await)?;
+        let only = state::gc_selection(&req);
+        let d = self.0.clone();
+        let ids = stale.clone();
+        to_completion(async move {
+            for id in &ids {
+                d.detach(id, &only).await?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(GarbageCollectResponse {
+            removed_sandbox_ids: stale,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Node for Api {
+    async fn network_ready(
+        &self,
+        req: Request<NetworkReadyRequest>,
+    ) -> Result<Response<NetworkReadyResponse>, Status> {
+        let network = req.into_inner().network;
+        validate::optional_network("network", &network)?;
+        if !network.is_empty() && !self.0.networks().contains(&network) {
+            return Err(validate::field_error(
+                Code::NotFound,
+                "network",
+                format!("this driver does not serve {network:?}"),
+                "NETWORK_NOT_SERVED",
+            ));
+        }
+        Ok(Response::new(NetworkReadyResponse {
+            readiness: Some(NetworkReadiness {
+                ready: true,
+                ..Default::default()
+            }),
+        }))
+    }
+}
