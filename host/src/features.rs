@@ -208,7 +208,11 @@ pub fn advertised(registry: &Registry) -> Vec<i32> {
 /// The capability a feature belongs to.
 fn capability_of(f: Feature) -> Capability {
     match f {
-        Feature::StaticIps | Feature::StaticMac | Feature::Bandwidth => Capability::Pods,
+        Feature::StaticIps
+        | Feature::StaticMac
+        | Feature::Bandwidth
+        | Feature::Devices
+        | Feature::Routes => Capability::Pods,
         Feature::Sctp | Feature::SessionAffinity | Feature::HostPorts => Capability::Services,
         Feature::NetworkPolicy
         | Feature::ClusterNetworkPolicy

@@ -33,7 +33,8 @@ const MOVES: &str = "moves";
 
 /// The environment variable that makes the driver abort at a point of a move (`moved-in`:
 /// the device is in the pod, not yet configured; `moved-out`: back on the node, its settings
-/// not yet restored): a test hook for the recovery a crash there needs.
+/// not yet restored), once per state directory: a test hook for the recovery a crash there
+/// needs.
 pub const CRASH_AT_ENV: &str = "NETLET_DEVICES_CRASH_AT";
 
 /// A claim as allocated.
@@ -140,6 +141,7 @@ pub struct Devices {
     nl: Netlink,
     node_ns: std::fs::File,
     store: Store,
+    state_dir: PathBuf,
     state: Mutex<State>,
 }
 
@@ -151,10 +153,18 @@ fn kernel(e: NlError) -> Status {
     Status::internal(e.to_string())
 }
 
-fn crash_point(at: &str) {
+fn crash_point(state_dir: &Path, at: &str) {
     if std::env::var(CRASH_AT_ENV).is_ok_and(|v| v == at) {
-        tracing::error!(at, "{CRASH_AT_ENV}: aborting");
-        std::process::abort();
+        let mark = state_dir.join(format!("crashed-{at}"));
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&mark)
+            .is_ok()
+        {
+            tracing::error!(at, "{CRASH_AT_ENV}: aborting");
+            std::process::abort();
+        }
     }
 }
 
@@ -182,6 +192,7 @@ impl Devices {
             nl: Netlink::connect()?,
             node_ns: std::fs::File::open("/proc/self/ns/net")?,
             store,
+            state_dir: state_dir.to_path_buf(),
             state: Mutex::new(state),
         }))
     }
@@ -499,7 +510,7 @@ impl Devices {
             let ns = std::fs::File::open(netns)
                 .map_err(netlet_sdk::netlink::io(format!("open {}", netns.display())))?;
             links::move_to(&self.nl, link.index, &ns, &sel.interface_name).await?;
-            crash_point("moved-in");
+            crash_point(&self.state_dir, "moved-in");
             self.configure_in_pod(&pod, &sel.interface_name, &conf)
                 .await
         }
@@ -648,7 +659,7 @@ impl Devices {
         {
             links::down(&pod, index).await?;
             links::move_to(&pod, index, &self.node_ns, &m.original_name).await?;
-            crash_point("moved-out");
+            crash_point(&self.state_dir, "moved-out");
         }
         let Some(index) = self.nl.link_index(&m.original_name).await? else {
             tracing::warn!(device = %m.device_id, name = %m.original_name,

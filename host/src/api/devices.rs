@@ -14,6 +14,16 @@ use tonic::{Code, Request, Response, Status};
 use super::Api;
 use crate::error;
 
+/// How much a driver's refusal of an allocation says (the host answers the most telling).
+fn rank(c: Code) -> u8 {
+    match c {
+        Code::FailedPrecondition => 3,
+        Code::ResourceExhausted => 2,
+        Code::NotFound => 1,
+        _ => 0,
+    }
+}
+
 #[tonic::async_trait]
 impl Devices for Api {
     async fn list_devices(
@@ -31,7 +41,7 @@ impl Devices for Api {
                 .clients
                 .devices
                 .clone()
-                .list_devices(req)
+                .list_devices(req.clone())
                 .await
                 .map_err(|s| error::from_driver(&d, None, s))?;
             devices.extend(resp.into_inner().devices.into_iter().map(|mut dev| {
@@ -39,7 +49,7 @@ impl Devices for Api {
                 dev
             }));
         }
-        devices.sort_by(|a, b| a.id.cmp(&b.id));
+        devices.sort_by(|a, b| (&a.driver, &a.id).cmp(&(&b.driver, &b.id)));
         Ok(Response::new(ListDevicesResponse { devices }))
     }
 
@@ -56,18 +66,27 @@ impl Devices for Api {
             .claim(&req.claim_uid)
             .map_err(error::from_store)?
         {
+            // The driver holding it tells a repeat from another request under the same UID.
+            let owner = existing
+                .devices
+                .iter()
+                .find_map(|a| a.device.as_ref())
+                .and_then(|d| self.0.registry.get(&d.driver));
+            if let Some(d) = owner {
+                d.clients
+                    .devices
+                    .clone()
+                    .allocate_device(req)
+                    .await
+                    .map_err(|s| error::from_driver(&d, None, s))?;
+            }
             return Ok(Response::new(existing));
         }
         let drivers = self.0.registry.with_capability(Capability::Devices);
         if drivers.is_empty() {
             return Err(error::nothing_serves("Devices"));
         }
-        let mut last = netlet_sdk::validate::field_error(
-            tonic::Code::ResourceExhausted,
-            "requests",
-            "no free device matches",
-            "NO_DEVICE_FREE",
-        );
+        let mut last: Option<Status> = None;
         for d in drivers {
             match d.clients.devices.clone().allocate_device(req.clone()).await {
                 Ok(resp) => {
@@ -91,12 +110,32 @@ impl Devices for Api {
                     }
                     return Ok(Response::new(alloc));
                 }
-                // Another driver may own the device or have a free one.
-                Err(s) if matches!(s.code(), Code::NotFound | Code::ResourceExhausted) => last = s,
+                // Another driver may own the device or have a free (or an aligned) one; the
+                // answer is the most telling refusal: alignment, then exhaustion, then unknown.
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        Code::NotFound | Code::ResourceExhausted | Code::FailedPrecondition
+                    ) =>
+                {
+                    if last
+                        .as_ref()
+                        .is_none_or(|l| rank(s.code()) >= rank(l.code()))
+                    {
+                        last = Some(s);
+                    }
+                }
                 Err(s) => return Err(error::from_driver(&d, None, s)),
             }
         }
-        Err(last)
+        Err(last.unwrap_or_else(|| {
+            netlet_sdk::validate::field_error(
+                Code::ResourceExhausted,
+                "requests",
+                "no free device matches",
+                "NO_DEVICE_FREE",
+            )
+        }))
     }
 
     async fn release_device(

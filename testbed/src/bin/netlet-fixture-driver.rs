@@ -552,6 +552,7 @@ impl Devices for Fixture {
                         allocated_to_claim: req.claim_uid.clone(),
                         ..dev
                     }),
+                    config: r.config.clone(),
                 });
             }
         }

@@ -1,0 +1,468 @@
+//! Devices for real: the devices driver under the host inside a namespace standing for the
+//! node, "devices" that are veth ends made for the test (this kernel has no dummy devices),
+//! their topology from the configuration and a recorded sysfs tree holding a GPU, pods as
+//! namespaces. A device is listed, allocated with an alignment, moved into a pod (seen there
+//! with its configuration, carrying traffic) and back; a crash in the middle of a move leaves
+//! nothing stranded. Needs root (CI runs as root).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use netlet_sdk::client::Clients;
+use netlet_sdk::proto::{
+    AllocateDeviceRequest, Device, DeviceHealth, DeviceRequest, ListDevicesRequest,
+    NetworkSelection, PodSandbox, ReleaseDeviceRequest, Route, TopologyScope,
+};
+use netlet_testbed::harness::{Node, attach, bin, detach, privileged, wait_until};
+use netlet_testbed::probe::{self, NetNs};
+use tonic::Code;
+
+/// The GPU of the recorded tree: NUMA node 1, PCIe root pci0000:b0.
+const GPU: &str = "0000:b2:00.0";
+
+/// A sysfs tree with one GPU (the devices driver reads the topology of PCI functions it
+/// does not own from here), as a node shows it: a function directory under its root complex
+/// and the bus's symlink to it.
+fn recorded_sysfs(root: &Path) {
+    let f = root.join("devices/pci0000:b0/0000:b0:03.0").join(GPU);
+    std::fs::create_dir_all(&f).unwrap();
+    std::fs::write(f.join("numa_node"), "1\n").unwrap();
+    std::fs::write(f.join("vendor"), "0x10de\n").unwrap();
+    std::fs::create_dir_all(root.join("bus/pci/devices")).unwrap();
+    std::os::unix::fs::symlink(
+        format!("../../../devices/pci0000:b0/0000:b0:03.0/{GPU}"),
+        root.join("bus/pci/devices").join(GPU),
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("class/net")).unwrap();
+}
+
+/// Three devices: tdev0 on NUMA node 0, tdev1 and tdev2 on node 1 beside the GPU.
+fn config(dir: &Path) -> PathBuf {
+    let sys = dir.join("sys");
+    recorded_sysfs(&sys);
+    let p = dir.join("devices.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "networks: [devices]\n\
+             pools:\n- name: test\n  select: {{names: [\"tdev*\"], drivers: [veth]}}\n\
+             topology:\n  tdev0: {{numaNode: 0, pcieRoot: \"pci0000:3a\"}}\n  \
+             tdev1: {{numaNode: 1, pcieRoot: \"pci0000:b0\"}}\n  \
+             tdev2: {{numaNode: 1, pcieRoot: \"pci0000:b0\"}}\n\
+             sysfsRoot: {}\n",
+            sys.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn driver_entry(config: &Path, crash_at: Option<&str>) -> String {
+    let env = crash_at
+        .map(|c| format!("  env: [{{name: NETLET_DEVICES_CRASH_AT, value: {c}}}]\n"))
+        .unwrap_or_default();
+    format!(
+        "- name: devices\n  command: {}\n  args: [--name, devices, --config, {}]\n{env}",
+        bin("netlet-devices").display(),
+        config.display()
+    )
+}
+
+/// The node with its devices: `tdevN` (the device) paired with `tpeerN` (its far end, on the
+/// node, 192.168.7N.1/24), both up, with fixed MACs.
+async fn node(tag: &str, dir: &Path, crash_at: Option<&str>) -> Node {
+    let n = Node::start(tag, &driver_entry(&config(dir), crash_at), "").await;
+    for i in 0..3 {
+        probe::veth_inside(&n.netns.path, &format!("tdev{i}"), &format!("tpeer{i}")).unwrap();
+        ip(
+            &n.netns.path,
+            &format!("link set tdev{i} address 02:00:00:00:0{i}:01"),
+        );
+        probe::add_address(
+            &n.netns.path,
+            &format!("tpeer{i}"),
+            &format!("192.168.7{i}.1/24"),
+        )
+        .unwrap();
+    }
+    n.host.wait_driver("devices").await;
+    n
+}
+
+/// `ip` inside `netns` (the reference tool reads what the kernel holds); stdout.
+fn ip(netns: &Path, args: &str) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .arg("ip")
+        .args(args.split_whitespace())
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One link as `ip -j link show` reports it: (name, MAC, MTU, up).
+fn link(netns: &Path, name: &str) -> Option<(String, String, u64, bool)> {
+    let all: serde_json::Value = serde_json::from_str(&ip(netns, "-j link show")).unwrap();
+    all.as_array()?
+        .iter()
+        .find(|l| l["ifname"] == name)
+        .map(|l| {
+            (
+                l["ifname"].as_str().unwrap_or("").to_string(),
+                l["address"].as_str().unwrap_or("").to_string(),
+                l["mtu"].as_u64().unwrap_or(0),
+                l["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "UP")),
+            )
+        })
+}
+
+async fn list(c: &Clients, free_only: bool) -> Vec<Device> {
+    c.devices
+        .clone()
+        .list_devices(ListDevicesRequest {
+            free_only,
+            ..Default::default()
+        })
+        .await
+        .expect("ListDevices")
+        .into_inner()
+        .devices
+}
+
+fn near_gpu(uid: &str, count: u32) -> AllocateDeviceRequest {
+    AllocateDeviceRequest {
+        claim_uid: uid.into(),
+        claim_namespace: "ml".into(),
+        claim_name: uid.into(),
+        requests: vec![DeviceRequest {
+            name: "nic".into(),
+            pool: "test".into(),
+            count,
+            align_with_pci_address: GPU.into(),
+            align_scope: TopologyScope::NumaNode as i32,
+            config: br#"{"mtu": 1400, "addresses": ["192.168.71.2/24"],
+                         "routes": [{"destination": "10.99.0.0/16", "gateway": "192.168.71.1"}]}"#
+                .to_vec(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn sandbox(id: &str, netns: &Path) -> PodSandbox {
+    PodSandbox {
+        id: id.into(),
+        name: id.into(),
+        namespace: "ml".into(),
+        uid: id.into(),
+        netns_path: netns.display().to_string(),
+        ..Default::default()
+    }
+}
+
+fn with_device(device: &str, ifname: &str) -> NetworkSelection {
+    NetworkSelection {
+        network: "devices".into(),
+        interface_name: ifname.into(),
+        device_id: device.into(),
+        ..Default::default()
+    }
+}
+
+fn reason(s: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    s.get_details_error_info()
+        .map(|e| e.reason)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_is_listed_allocated_near_a_gpu_moved_into_a_pod_and_back() {
+    if !privileged("a_device_is_listed_allocated_near_a_gpu_moved_into_a_pod_and_back") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let n = node("devices", dir.path(), None).await;
+    let c = n.host.clients().await;
+
+    // Listed with the topology the configuration gives, healthy while the far end is up.
+    let devs = list(&c, false).await;
+    let brief: Vec<_> = devs
+        .iter()
+        .map(|d| {
+            (
+                d.id.as_str(),
+                d.numa_node,
+                d.pcie_root.as_str(),
+                d.pool.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        brief,
+        [
+            ("tdev0", 0, "pci0000:3a", "test"),
+            ("tdev1", 1, "pci0000:b0", "test"),
+            ("tdev2", 1, "pci0000:b0", "test"),
+        ]
+    );
+    assert!(devs.iter().all(|d| d.driver == "devices"
+        && d.health == DeviceHealth::Healthy as i32
+        && d.attributes.get("kernel-driver").map(String::as_str) == Some("veth")));
+    // A device going down, and one leaving, show at once.
+    ip(&n.netns.path, "link set tpeer2 down");
+    let d2 = list(&c, false).await;
+    assert_eq!(d2[2].health, DeviceHealth::Down as i32, "{:?}", d2[2]);
+    ip(&n.netns.path, "link set tpeer2 up");
+    probe::veth_inside(&n.netns.path, "tdev9", "tpeer9").unwrap();
+    assert_eq!(list(&c, false).await.len(), 4);
+    probe::delete_link(&n.netns.path, "tdev9").unwrap();
+    assert_eq!(list(&c, false).await.len(), 3);
+
+    // Allocated on the GPU's NUMA node: tdev1.
+    let a = c
+        .devices
+        .clone()
+        .allocate_device(near_gpu("claim-a", 1))
+        .await
+        .expect("allocate near the GPU")
+        .into_inner();
+    let got: Vec<_> = a
+        .devices
+        .iter()
+        .map(|d| d.device.as_ref().unwrap().id.as_str())
+        .collect();
+    assert_eq!(got, ["tdev1"]);
+    // The same claim again: the same answer. Another request under its UID: refused.
+    let again = c
+        .devices
+        .clone()
+        .allocate_device(near_gpu("claim-a", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, a);
+    let e = c
+        .devices
+        .clone()
+        .allocate_device(near_gpu("claim-a", 2))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    // Two more near the GPU: only tdev2 is left there. Refused naming the constraint, and
+    // nothing is held.
+    let e = c
+        .devices
+        .clone()
+        .allocate_device(near_gpu("claim-b", 2))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().starts_with("requests[0].align_scope: ")
+            && e.message().contains("NUMA node 1")
+            && e.message().contains(GPU),
+        "{}",
+        e.message()
+    );
+    assert_eq!(reason(&e), "ALIGNMENT_UNSATISFIABLE");
+    let free: Vec<String> = list(&c, true).await.into_iter().map(|d| d.id).collect();
+    assert_eq!(free, ["tdev0", "tdev2"]);
+
+    // Into a pod: under the pod's name, with the claim's configuration, carrying traffic to
+    // its far end on the node; gone from the node meanwhile.
+    let pod = NetNs::create(&format!("netlet-devpod-{}", std::process::id())).unwrap();
+    let before = link(&n.netns.path, "tdev1").unwrap();
+    let att = attach(
+        &c,
+        sandbox("pod-a", &pod.path),
+        vec![with_device("tdev1", "eth0")],
+    )
+    .await
+    .expect("attach with the device");
+    assert_eq!(att.len(), 1);
+    assert_eq!(
+        (
+            att[0].device_id.as_str(),
+            att[0].driver.as_str(),
+            att[0].mtu
+        ),
+        ("tdev1", "devices", 1400)
+    );
+    assert_eq!(att[0].ips[0].address, "192.168.71.2/24");
+    let inside = link(&pod.path, "eth0").expect("eth0 in the pod");
+    assert_eq!(
+        (inside.1.as_str(), inside.2, inside.3),
+        (before.1.as_str(), 1400, true)
+    );
+    assert!(
+        link(&n.netns.path, "tdev1").is_none(),
+        "tdev1 left the node"
+    );
+    let routes = ip(&pod.path, "route show");
+    assert!(
+        routes.contains("10.99.0.0/16 via 192.168.71.1 dev eth0"),
+        "{routes}"
+    );
+    let echo = probe::tcp_echo(
+        Some(&n.netns.path),
+        "192.168.71.1:0".parse::<SocketAddr>().unwrap(),
+        1,
+    )
+    .unwrap();
+    let heard = probe::tcp_request(&pod.path, echo, "through the device").unwrap();
+    assert_eq!(heard, "192.168.71.2|through the device");
+    let listed = list(&c, false).await;
+    assert_eq!(listed[1].attached_to_sandbox, "pod-a");
+    assert_eq!(listed[1].allocated_to_claim, "claim-a");
+    // Released while in a pod: refused, the pod keeps it.
+    let e = c
+        .devices
+        .clone()
+        .release_device(ReleaseDeviceRequest {
+            claim_uid: "claim-a".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+
+    // Two pods race for one device: one gets it, the other is refused and left as it was.
+    c.devices
+        .clone()
+        .allocate_device(AllocateDeviceRequest {
+            claim_uid: "claim-c".into(),
+            requests: vec![DeviceRequest {
+                name: "nic".into(),
+                device_id: "tdev0".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("allocate tdev0");
+    let p1 = NetNs::create(&format!("netlet-devpod1-{}", std::process::id())).unwrap();
+    let p2 = NetNs::create(&format!("netlet-devpod2-{}", std::process::id())).unwrap();
+    let (r1, r2) = tokio::join!(
+        attach(
+            &c,
+            sandbox("pod-1", &p1.path),
+            vec![with_device("tdev0", "net1")]
+        ),
+        attach(
+            &c,
+            sandbox("pod-2", &p2.path),
+            vec![with_device("tdev0", "net1")]
+        ),
+    );
+    let (won, lost, loser_ns) = match (&r1, &r2) {
+        (Ok(_), Err(e)) => ("pod-1", e, &p2.path),
+        (Err(e), Ok(_)) => ("pod-2", e, &p1.path),
+        other => panic!("exactly one pod gets the device: {other:?}"),
+    };
+    assert_eq!(lost.code(), Code::FailedPrecondition, "{lost:?}");
+    assert_eq!(reason(lost), "DEVICE_IN_USE");
+    assert!(link(loser_ns, "net1").is_none());
+    detach(&c, won).await.unwrap();
+    assert!(link(&n.netns.path, "tdev0").is_some());
+
+    // Detached: back on the node under its name, with its MAC, MTU and state.
+    detach(&c, "pod-a").await.expect("detach");
+    assert!(link(&pod.path, "eth0").is_none());
+    assert_eq!(link(&n.netns.path, "tdev1"), Some(before));
+    c.devices
+        .clone()
+        .release_device(ReleaseDeviceRequest {
+            claim_uid: "claim-a".into(),
+        })
+        .await
+        .expect("release");
+    c.devices
+        .clone()
+        .release_device(ReleaseDeviceRequest {
+            claim_uid: "never-allocated".into(),
+        })
+        .await
+        .expect("releasing an unknown claim is OK");
+    let free: Vec<String> = list(&c, true).await.into_iter().map(|d| d.id).collect();
+    assert_eq!(free, ["tdev1", "tdev2"]);
+}
+
+/// A driver that dies at `crash_at` in the middle of a move: once it is back (the host
+/// restarts it) and the runtime has had its answer, the device is on the node as it was.
+async fn crash_in_a_move(crash_at: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(&format!("devcrash-{crash_at}"), dir.path(), Some(crash_at)).await;
+    let c = n.host.clients().await;
+    c.devices
+        .clone()
+        .allocate_device(near_gpu("claim-x", 1))
+        .await
+        .expect("allocate");
+    let before = link(&n.netns.path, "tdev1").unwrap();
+    let pod = NetNs::create(&format!(
+        "netlet-devcrash-{crash_at}-{}",
+        std::process::id()
+    ))
+    .unwrap();
+    let r = attach(
+        &c,
+        sandbox("pod-x", &pod.path),
+        vec![with_device("tdev1", "eth0")],
+    )
+    .await;
+    match crash_at {
+        "moved-in" => {
+            assert!(r.is_err(), "the driver died in the middle: {r:?}");
+        }
+        _ => {
+            r.expect("attach");
+            let e = detach(&c, "pod-x").await;
+            assert!(e.is_err(), "the driver died in the middle: {e:?}");
+            // The pod is still attached for the host (which gives a restarted driver its
+            // attachments back); the runtime retries DetachPod until it is answered.
+            let c2 = c.clone();
+            wait_until("DetachPod answered", Duration::from_secs(30), || {
+                let c = c2.clone();
+                async move { detach(&c, "pod-x").await.ok() }
+            })
+            .await;
+        }
+    }
+    // Back on the node with its name and settings once the restarted driver has recovered.
+    wait_until("device back on the node", Duration::from_secs(30), || {
+        let (node, before) = (n.netns.path.clone(), before.clone());
+        async move { (link(&node, "tdev1") == Some(before)).then_some(()) }
+    })
+    .await;
+    assert!(link(&pod.path, "eth0").is_none());
+    n.host.wait_driver("devices").await;
+    let listed = list(&c, false).await;
+    assert_eq!(listed[1].attached_to_sandbox, "", "{:?}", listed[1]);
+    assert_eq!(listed[1].allocated_to_claim, "claim-x");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_while_moving_a_device_in_leaves_it_on_the_node() {
+    if !privileged("a_crash_while_moving_a_device_in_leaves_it_on_the_node") {
+        return;
+    }
+    crash_in_a_move("moved-in").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_while_moving_a_device_out_finishes_the_move() {
+    if !privileged("a_crash_while_moving_a_device_out_finishes_the_move") {
+        return;
+    }
+    crash_in_a_move("moved-out").await;
+}
