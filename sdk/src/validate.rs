@@ -1113,6 +1113,21 @@ pub fn allocate_device(r: &AllocateDeviceRequest) -> R {
     Ok(())
 }
 
+/// A ListDevices (or WatchDevices) filter; `prefix` goes before the field names
+/// (`filter.` for a watch).
+pub fn list_devices(prefix: &str, r: &crate::proto::ListDevicesRequest) -> R {
+    if crate::proto::DeviceKind::try_from(r.kind).is_err() {
+        return Err(invalid(
+            format!("{prefix}kind"),
+            format!("{} is not a DeviceKind", r.kind),
+        ));
+    }
+    if !r.pool.is_empty() {
+        dns_label(&format!("{prefix}pool"), &r.pool)?;
+    }
+    Ok(())
+}
+
 /// ReleaseDevice.
 pub fn release_device(r: &ReleaseDeviceRequest) -> R {
     required("claim_uid", &r.claim_uid)

@@ -13,7 +13,7 @@ use std::time::Duration;
 use netlet_sdk::client::Clients;
 use netlet_sdk::proto::{
     AllocateDeviceRequest, Device, DeviceHealth, DeviceRequest, ListDevicesRequest,
-    NetworkSelection, PodSandbox, ReleaseDeviceRequest, Route, TopologyScope,
+    NetworkSelection, PodSandbox, ReleaseDeviceRequest, TopologyScope, WatchDevicesRequest,
 };
 use netlet_testbed::harness::{Node, attach, bin, detach, privileged, wait_until};
 use netlet_testbed::probe::{self, NetNs};
@@ -219,15 +219,45 @@ async fn a_device_is_listed_allocated_near_a_gpu_moved_into_a_pod_and_back() {
     assert!(devs.iter().all(|d| d.driver == "devices"
         && d.health == DeviceHealth::Healthy as i32
         && d.attributes.get("kernel-driver").map(String::as_str) == Some("veth")));
-    // A device going down, and one leaving, show at once.
+    // A device going down, and one coming and leaving, show at once in a listing, and
+    // reach a watcher (the whole inventory each time it changes).
+    let mut watch = c
+        .devices
+        .clone()
+        .watch_devices(WatchDevicesRequest {
+            filter: Some(ListDevicesRequest {
+                pool: "test".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("WatchDevices")
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap().devices;
+    assert_eq!(first, devs, "the watch starts with the inventory");
+    let mut next_change = async || {
+        tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("a change reaches the watcher")
+            .expect("watch stream")
+            .expect("watch open")
+            .devices
+    };
     ip(&n.netns.path, "link set tpeer2 down");
     let d2 = list(&c, false).await;
     assert_eq!(d2[2].health, DeviceHealth::Down as i32, "{:?}", d2[2]);
+    let mut seen = next_change().await;
+    while seen[2].health != DeviceHealth::Down as i32 {
+        seen = next_change().await;
+    }
     ip(&n.netns.path, "link set tpeer2 up");
     probe::veth_inside(&n.netns.path, "tdev9", "tpeer9").unwrap();
     assert_eq!(list(&c, false).await.len(), 4);
+    while next_change().await.len() != 4 {}
     probe::delete_link(&n.netns.path, "tdev9").unwrap();
     assert_eq!(list(&c, false).await.len(), 3);
+    while next_change().await.len() != 3 {}
+    drop(watch);
 
     // Allocated on the GPU's NUMA node: tdev1.
     let a = c
@@ -325,6 +355,38 @@ async fn a_device_is_listed_allocated_near_a_gpu_moved_into_a_pod_and_back() {
     let listed = list(&c, false).await;
     assert_eq!(listed[1].attached_to_sandbox, "pod-a");
     assert_eq!(listed[1].allocated_to_claim, "claim-a");
+    // What an operator sees.
+    let out = Command::new(bin("netletctl"))
+        .arg("--socket")
+        .arg(&n.host.socket)
+        .arg("devices")
+        .output()
+        .expect("netletctl devices");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("tdev1 "))
+        .unwrap_or_else(|| panic!("no tdev1 row: {text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row,
+        [
+            "tdev1",
+            "devices",
+            "test",
+            "NIC",
+            "tdev1",
+            "-",
+            "1",
+            "pci0000:b0",
+            "HEALTHY",
+            "claim-a",
+            "pod-a"
+        ],
+        "{text}"
+    );
     // Released while in a pod: refused, the pod keeps it.
     let e = c
         .devices

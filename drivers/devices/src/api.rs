@@ -11,7 +11,9 @@ use netlet_sdk::proto::{
     PodNetworkStatusRequest, PodNetworkStatusResponse, ReleaseDeviceRequest, ReleaseDeviceResponse,
     devices_server::Devices as DevicesApi, node_server::Node, pods_server::Pods,
 };
+use netlet_sdk::proto::{Device, WatchDevicesRequest, WatchDevicesResponse};
 use netlet_sdk::{server::to_completion, state, validate};
+use tonic::codegen::BoxStream;
 use tonic::{Code, Request, Response, Status};
 
 use crate::driver::Devices;
@@ -20,6 +22,15 @@ use crate::driver::Devices;
 #[derive(Clone)]
 pub struct Api(pub Arc<Devices>);
 
+/// The inventory through a ListDevices filter.
+fn filtered(all: Vec<Device>, req: &ListDevicesRequest) -> Vec<Device> {
+    all.into_iter()
+        .filter(|d| req.kind == DeviceKind::Unspecified as i32 || d.kind == req.kind)
+        .filter(|d| !req.free_only || d.allocated_to_claim.is_empty())
+        .filter(|d| req.pool.is_empty() || d.pool == req.pool)
+        .collect()
+}
+
 #[tonic::async_trait]
 impl DevicesApi for Api {
     async fn list_devices(
@@ -27,27 +38,51 @@ impl DevicesApi for Api {
         req: Request<ListDevicesRequest>,
     ) -> Result<Response<ListDevicesResponse>, Status> {
         let req = req.into_inner();
-        if DeviceKind::try_from(req.kind).is_err() {
-            return Err(validate::field_error(
-                Code::InvalidArgument,
-                "kind",
-                format!("{} is not a DeviceKind", req.kind),
-                "KIND_INVALID",
-            ));
-        }
-        if !req.pool.is_empty() {
-            validate::dns_label("pool", &req.pool)?;
-        }
-        let devices = self
-            .0
-            .inventory()
-            .await?
-            .into_iter()
-            .filter(|d| req.kind == DeviceKind::Unspecified as i32 || d.kind == req.kind)
-            .filter(|d| !req.free_only || d.allocated_to_claim.is_empty())
-            .filter(|d| req.pool.is_empty() || d.pool == req.pool)
-            .collect();
+        validate::list_devices("", &req)?;
+        let devices = filtered(self.0.inventory().await?, &req);
         Ok(Response::new(ListDevicesResponse { devices }))
+    }
+
+    async fn watch_devices(
+        &self,
+        req: Request<WatchDevicesRequest>,
+    ) -> Result<Response<BoxStream<WatchDevicesResponse>>, Status> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        validate::list_devices("filter.", &filter)?;
+        let d = self.0.clone();
+        let mut changed = d.subscribe();
+        let (tx, out) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut last: Option<Vec<Device>> = None;
+            loop {
+                changed.borrow_and_update();
+                match d.inventory().await {
+                    Ok(all) => {
+                        let now = filtered(all, &filter);
+                        if last.as_ref() != Some(&now) {
+                            let msg = WatchDevicesResponse {
+                                devices: now.clone(),
+                            };
+                            if tx.send(Ok(msg)).await.is_err() {
+                                return;
+                            }
+                            last = Some(now);
+                        }
+                    }
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
     }
 
     async fn allocate_device(

@@ -143,6 +143,8 @@ pub struct Devices {
     store: Store,
     state_dir: PathBuf,
     state: Mutex<State>,
+    /// Bumped whenever the inventory may have changed (links, claims, moves).
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Status {
@@ -194,7 +196,36 @@ impl Devices {
             store,
             state_dir: state_dir.to_path_buf(),
             state: Mutex::new(state),
+            changed: tokio::sync::watch::Sender::new(0),
         }))
+    }
+
+    /// A receiver told whenever the inventory may have changed.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// Follows the node's link events (RTNLGRP_LINK: a link added, removed, renamed, up or
+    /// down) for the watchers, until the socket fails.
+    pub async fn follow_links(self: Arc<Self>) {
+        use futures::StreamExt;
+        let (conn, _handle, mut events) = match rtnetlink::new_multicast_connection(&[
+            rtnetlink::MulticastGroup::Link,
+        ]) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "link events: no netlink socket; watchers see claims and moves only");
+                return;
+            }
+        };
+        tokio::spawn(conn);
+        while events.next().await.is_some() {
+            self.bump();
+        }
     }
 
     /// Networks served.
@@ -314,6 +345,7 @@ impl Devices {
             .await
             .map_err(unavailable)?;
         st.claims.insert(req.claim_uid, rec);
+        self.bump();
         Ok(resp)
     }
 
@@ -343,6 +375,7 @@ impl Devices {
             .await
             .map_err(unavailable)?;
         st.claims.remove(claim_uid);
+        self.bump();
         Ok(())
     }
 
@@ -581,6 +614,7 @@ impl Devices {
             .await
             .map_err(unavailable)?;
         st.moves.insert(rec.key(), rec);
+        self.bump();
         Ok(attachment)
     }
 
@@ -643,6 +677,7 @@ impl Devices {
                 .await
                 .map_err(unavailable)?;
             st.moves.remove(&m.key());
+            self.bump();
         }
         Ok(())
     }

@@ -48,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg = config::Config::load(&args.config)?;
     let devices = driver::Devices::new(&args.name, cfg, &args.state_dir)?;
     devices.recover().await;
+    tokio::spawn(devices.clone().follow_links());
     let api = api::Api(devices.clone());
     let mut d = Driver::new(&args.name, env!("CARGO_PKG_VERSION"));
     for n in devices.networks() {

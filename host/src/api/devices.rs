@@ -4,12 +4,13 @@
 
 use netlet_sdk::{
     proto::{
-        AllocateDeviceRequest, AllocateDeviceResponse, Capability, ListDevicesRequest,
-        ListDevicesResponse, ReleaseDeviceRequest, ReleaseDeviceResponse, devices_server::Devices,
+        AllocateDeviceRequest, AllocateDeviceResponse, Capability, Device, ListDevicesRequest,
+        ListDevicesResponse, ReleaseDeviceRequest, ReleaseDeviceResponse, WatchDevicesRequest,
+        WatchDevicesResponse, devices_server::Devices,
     },
     validate,
 };
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, codegen::BoxStream};
 
 use super::Api;
 use crate::error;
@@ -31,6 +32,7 @@ impl Devices for Api {
         req: Request<ListDevicesRequest>,
     ) -> Result<Response<ListDevicesResponse>, Status> {
         let req = req.into_inner();
+        validate::list_devices("", &req)?;
         let drivers = self.0.registry.with_capability(Capability::Devices);
         if drivers.is_empty() {
             return Err(error::nothing_serves("Devices"));
@@ -51,6 +53,89 @@ impl Devices for Api {
         }
         devices.sort_by(|a, b| (&a.driver, &a.id).cmp(&(&b.driver, &b.id)));
         Ok(Response::new(ListDevicesResponse { devices }))
+    }
+
+    async fn watch_devices(
+        &self,
+        req: Request<WatchDevicesRequest>,
+    ) -> Result<Response<BoxStream<WatchDevicesResponse>>, Status> {
+        use futures::StreamExt;
+        let req = req.into_inner();
+        validate::list_devices("filter.", &req.filter.clone().unwrap_or_default())?;
+        let drivers = self.0.registry.with_capability(Capability::Devices);
+        if drivers.is_empty() {
+            return Err(error::nothing_serves("Devices"));
+        }
+        // Each driver's stream, its messages tagged with the driver, ended by a `None`.
+        let mut streams = Vec::new();
+        for (i, d) in drivers.iter().enumerate() {
+            let s = d
+                .clients
+                .devices
+                .clone()
+                .watch_devices(req.clone())
+                .await
+                .map_err(|s| error::from_driver(d, None, s))?
+                .into_inner();
+            let name = d.name.clone();
+            streams.push(
+                s.map(move |m| Some((i, name.clone(), m)))
+                    .chain(futures::stream::once(async { None }))
+                    .boxed(),
+            );
+        }
+        let shutdown = self.0.shutdown.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            let mut merged = futures::stream::select_all(streams);
+            let mut latest: Vec<Option<Vec<Device>>> = vec![None; drivers.len()];
+            let mut sent: Option<Vec<Device>> = None;
+            loop {
+                let next = tokio::select! {
+                    n = merged.next() => n.flatten(),
+                    _ = crate::stopped(shutdown.clone()) => {
+                        let _ = tx.send(Err(Status::unavailable("host shutting down"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                };
+                // A driver's stream ended: the caller watches again.
+                let Some((i, name, m)) = next else { return };
+                let devices = match m {
+                    Ok(r) => r.devices,
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                };
+                latest[i] = Some(
+                    devices
+                        .into_iter()
+                        .map(|mut d| {
+                            d.driver = name.clone();
+                            d
+                        })
+                        .collect(),
+                );
+                if latest.iter().any(Option::is_none) {
+                    continue;
+                }
+                let mut all: Vec<Device> = latest.iter().flatten().flatten().cloned().collect();
+                all.sort_by(|a, b| (&a.driver, &a.id).cmp(&(&b.driver, &b.id)));
+                if sent.as_ref() != Some(&all) {
+                    let msg = WatchDevicesResponse {
+                        devices: all.clone(),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                    sent = Some(all);
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn allocate_device(

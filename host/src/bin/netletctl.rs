@@ -12,8 +12,8 @@ use hyperlocal::{UnixClientExt, UnixConnector, Uri};
 use netlet_sdk::{
     client::Clients,
     proto::{
-        IpFamily, ListAttachmentsRequest, ListPoliciesRequest, ListServicesRequest,
-        NetworkReadyRequest,
+        IpFamily, ListAttachmentsRequest, ListDevicesRequest, ListPoliciesRequest,
+        ListServicesRequest, NetworkReadyRequest, WatchDevicesRequest,
     },
 };
 use serde_json::{Value, json};
@@ -77,6 +77,19 @@ enum Cmd {
     /// Hostname grants, and every hostname claim with its decision now (the audit: a claim
     /// denied here was made before a grant or an older claim said otherwise).
     Hostnames,
+    /// The node's devices (every Devices driver's inventory): topology, health, the claim
+    /// holding each and the pod it is in.
+    Devices {
+        /// Only free devices.
+        #[arg(long)]
+        free: bool,
+        /// Only this pool.
+        #[arg(long, default_value = "")]
+        pool: String,
+        /// Print the inventory again each time it changes, until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Prometheus metrics, as served.
     Metrics,
     /// Debugging dumps.
@@ -122,6 +135,71 @@ async fn state(socket: &Path) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(
         &admin_get(socket, "/debug/state").await?,
     )?)
+}
+
+/// Devices as a table, or as JSON (one document; one line per update when watching).
+fn print_devices(devices: &[netlet_sdk::proto::Device], json_out: bool) -> anyhow::Result<()> {
+    use netlet_sdk::proto::{DeviceHealth, DeviceKind};
+    let view: Vec<Value> = devices
+        .iter()
+        .map(|d| {
+            let kind = DeviceKind::try_from(d.kind).unwrap_or(DeviceKind::Unspecified);
+            let health = DeviceHealth::try_from(d.health).unwrap_or(DeviceHealth::Unspecified);
+            json!({
+                "id": d.id, "driver": d.driver, "pool": d.pool,
+                "kind": kind.as_str_name().trim_start_matches("DEVICE_KIND_"),
+                "interface": d.interface_name, "pciAddress": d.pci_address,
+                "numaNode": (d.numa_node >= 0).then_some(d.numa_node), "pcieRoot": d.pcie_root,
+                "vendor": d.vendor, "attributes": d.attributes,
+                "health": health.as_str_name().trim_start_matches("DEVICE_HEALTH_"),
+                "claim": d.allocated_to_claim, "sandbox": d.attached_to_sandbox,
+            })
+        })
+        .collect();
+    if json_out {
+        println!("{}", serde_json::to_string(&view)?);
+        return Ok(());
+    }
+    let dash = |v: &Value| match s(v) {
+        x if x.is_empty() => "-".to_string(),
+        x => x,
+    };
+    table(
+        &[
+            "DEVICE",
+            "DRIVER",
+            "POOL",
+            "KIND",
+            "IFACE",
+            "PCI",
+            "NUMA",
+            "PCIE ROOT",
+            "HEALTH",
+            "CLAIM",
+            "SANDBOX",
+        ],
+        view.iter()
+            .map(|d| {
+                [
+                    "id",
+                    "driver",
+                    "pool",
+                    "kind",
+                    "interface",
+                    "pciAddress",
+                    "numaNode",
+                    "pcieRoot",
+                    "health",
+                    "claim",
+                    "sandbox",
+                ]
+                .iter()
+                .map(|k| dash(&d[*k]))
+                .collect()
+            })
+            .collect(),
+    );
+    Ok(())
 }
 
 fn table(headers: &[&str], rows: Vec<Vec<String>>) {
@@ -259,6 +337,39 @@ async fn main() -> anyhow::Result<()> {
             }
             if check && !r.ready {
                 std::process::exit(1);
+            }
+        }
+        Cmd::Devices { free, pool, watch } => {
+            let c = Clients::connect(&cli.socket, Some(std::time::Duration::from_secs(10)))
+                .await
+                .with_context(|| format!("connect {}", cli.socket.display()))?;
+            let filter = ListDevicesRequest {
+                free_only: free,
+                pool,
+                ..Default::default()
+            };
+            if watch {
+                let mut stream = c
+                    .devices
+                    .clone()
+                    .watch_devices(WatchDevicesRequest {
+                        filter: Some(filter),
+                    })
+                    .await?
+                    .into_inner();
+                while let Some(m) = stream.message().await? {
+                    print_devices(&m.devices, json_out)?;
+                    println!();
+                }
+            } else {
+                let devices = c
+                    .devices
+                    .clone()
+                    .list_devices(filter)
+                    .await?
+                    .into_inner()
+                    .devices;
+                print_devices(&devices, json_out)?;
             }
         }
         Cmd::Drivers => {

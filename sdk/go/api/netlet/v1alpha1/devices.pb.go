@@ -456,6 +456,98 @@ func (x *ListDevicesResponse) GetDevices() []*Device {
 	return nil
 }
 
+// WatchDevicesRequest filters the watched inventory as ListDevicesRequest does.
+type WatchDevicesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The filter.
+	Filter        *ListDevicesRequest `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchDevicesRequest) Reset() {
+	*x = WatchDevicesRequest{}
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchDevicesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchDevicesRequest) ProtoMessage() {}
+
+func (x *WatchDevicesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchDevicesRequest.ProtoReflect.Descriptor instead.
+func (*WatchDevicesRequest) Descriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *WatchDevicesRequest) GetFilter() *ListDevicesRequest {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+// WatchDevicesResponse is the inventory now.
+type WatchDevicesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Devices, ordered as ListDevices orders them.
+	Devices       []*Device `protobuf:"bytes,1,rep,name=devices,proto3" json:"devices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchDevicesResponse) Reset() {
+	*x = WatchDevicesResponse{}
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchDevicesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchDevicesResponse) ProtoMessage() {}
+
+func (x *WatchDevicesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchDevicesResponse.ProtoReflect.Descriptor instead.
+func (*WatchDevicesResponse) Descriptor() ([]byte, []int) {
+	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *WatchDevicesResponse) GetDevices() []*Device {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
 // DeviceRequest selects devices for a claim.
 type DeviceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -491,7 +583,7 @@ type DeviceRequest struct {
 
 func (x *DeviceRequest) Reset() {
 	*x = DeviceRequest{}
-	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[3]
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -503,7 +595,7 @@ func (x *DeviceRequest) String() string {
 func (*DeviceRequest) ProtoMessage() {}
 
 func (x *DeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[3]
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -516,7 +608,7 @@ func (x *DeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceRequest.ProtoReflect.Descriptor instead.
 func (*DeviceRequest) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{3}
+	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DeviceRequest) GetName() string {
@@ -608,7 +700,7 @@ type AllocateDeviceRequest struct {
 
 func (x *AllocateDeviceRequest) Reset() {
 	*x = AllocateDeviceRequest{}
-	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[4]
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +712,7 @@ func (x *AllocateDeviceRequest) String() string {
 func (*AllocateDeviceRequest) ProtoMessage() {}
 
 func (x *AllocateDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[4]
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +725,7 @@ func (x *AllocateDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateDeviceRequest.ProtoReflect.Descriptor instead.
 func (*AllocateDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{4}
+	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AllocateDeviceRequest) GetClaimUid() string {
@@ -686,7 +778,7 @@ type AllocatedDevice struct {
 
 func (x *AllocatedDevice) Reset() {
 	*x = AllocatedDevice{}
-	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[5]
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -698,7 +790,7 @@ func (x *AllocatedDevice) String() string {
 func (*AllocatedDevice) ProtoMessage() {}
 
 func (x *AllocatedDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[5]
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -711,7 +803,7 @@ func (x *AllocatedDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocatedDevice.ProtoReflect.Descriptor instead.
 func (*AllocatedDevice) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{5}
+	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AllocatedDevice) GetRequest() string {
@@ -748,7 +840,7 @@ type AllocateDeviceResponse struct {
 
 func (x *AllocateDeviceResponse) Reset() {
 	*x = AllocateDeviceResponse{}
-	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[6]
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +852,7 @@ func (x *AllocateDeviceResponse) String() string {
 func (*AllocateDeviceResponse) ProtoMessage() {}
 
 func (x *AllocateDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[6]
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +865,7 @@ func (x *AllocateDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateDeviceResponse.ProtoReflect.Descriptor instead.
 func (*AllocateDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{6}
+	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AllocateDeviceResponse) GetClaimUid() string {
@@ -801,7 +893,7 @@ type ReleaseDeviceRequest struct {
 
 func (x *ReleaseDeviceRequest) Reset() {
 	*x = ReleaseDeviceRequest{}
-	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[7]
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -813,7 +905,7 @@ func (x *ReleaseDeviceRequest) String() string {
 func (*ReleaseDeviceRequest) ProtoMessage() {}
 
 func (x *ReleaseDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[7]
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -826,7 +918,7 @@ func (x *ReleaseDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseDeviceRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{7}
+	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReleaseDeviceRequest) GetClaimUid() string {
@@ -845,7 +937,7 @@ type ReleaseDeviceResponse struct {
 
 func (x *ReleaseDeviceResponse) Reset() {
 	*x = ReleaseDeviceResponse{}
-	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[8]
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +949,7 @@ func (x *ReleaseDeviceResponse) String() string {
 func (*ReleaseDeviceResponse) ProtoMessage() {}
 
 func (x *ReleaseDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[8]
+	mi := &file_netlet_v1alpha1_devices_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +962,7 @@ func (x *ReleaseDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseDeviceResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{8}
+	return file_netlet_v1alpha1_devices_proto_rawDescGZIP(), []int{10}
 }
 
 var File_netlet_v1alpha1_devices_proto protoreflect.FileDescriptor
@@ -904,6 +996,10 @@ const file_netlet_v1alpha1_devices_proto_rawDesc = "" +
 	"\tfree_only\x18\x02 \x01(\bR\bfreeOnly\x12\x12\n" +
 	"\x04pool\x18\x03 \x01(\tR\x04pool\"H\n" +
 	"\x13ListDevicesResponse\x121\n" +
+	"\adevices\x18\x01 \x03(\v2\x17.netlet.v1alpha1.DeviceR\adevices\"R\n" +
+	"\x13WatchDevicesRequest\x12;\n" +
+	"\x06filter\x18\x01 \x01(\v2#.netlet.v1alpha1.ListDevicesRequestR\x06filter\"I\n" +
+	"\x14WatchDevicesResponse\x121\n" +
 	"\adevices\x18\x01 \x03(\v2\x17.netlet.v1alpha1.DeviceR\adevices\"\xfe\x03\n" +
 	"\rDeviceRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
@@ -953,9 +1049,10 @@ const file_netlet_v1alpha1_devices_proto_rawDesc = "" +
 	"\x19DEVICE_HEALTH_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15DEVICE_HEALTH_HEALTHY\x10\x01\x12\x16\n" +
 	"\x12DEVICE_HEALTH_DOWN\x10\x02\x12\x16\n" +
-	"\x12DEVICE_HEALTH_GONE\x10\x032\xa6\x02\n" +
+	"\x12DEVICE_HEALTH_GONE\x10\x032\x85\x03\n" +
 	"\aDevices\x12X\n" +
-	"\vListDevices\x12#.netlet.v1alpha1.ListDevicesRequest\x1a$.netlet.v1alpha1.ListDevicesResponse\x12a\n" +
+	"\vListDevices\x12#.netlet.v1alpha1.ListDevicesRequest\x1a$.netlet.v1alpha1.ListDevicesResponse\x12]\n" +
+	"\fWatchDevices\x12$.netlet.v1alpha1.WatchDevicesRequest\x1a%.netlet.v1alpha1.WatchDevicesResponse0\x01\x12a\n" +
 	"\x0eAllocateDevice\x12&.netlet.v1alpha1.AllocateDeviceRequest\x1a'.netlet.v1alpha1.AllocateDeviceResponse\x12^\n" +
 	"\rReleaseDevice\x12%.netlet.v1alpha1.ReleaseDeviceRequest\x1a&.netlet.v1alpha1.ReleaseDeviceResponseb\x06proto3"
 
@@ -972,7 +1069,7 @@ func file_netlet_v1alpha1_devices_proto_rawDescGZIP() []byte {
 }
 
 var file_netlet_v1alpha1_devices_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_netlet_v1alpha1_devices_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_netlet_v1alpha1_devices_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_netlet_v1alpha1_devices_proto_goTypes = []any{
 	(DeviceKind)(0),                // 0: netlet.v1alpha1.DeviceKind
 	(TopologyScope)(0),             // 1: netlet.v1alpha1.TopologyScope
@@ -980,38 +1077,44 @@ var file_netlet_v1alpha1_devices_proto_goTypes = []any{
 	(*Device)(nil),                 // 3: netlet.v1alpha1.Device
 	(*ListDevicesRequest)(nil),     // 4: netlet.v1alpha1.ListDevicesRequest
 	(*ListDevicesResponse)(nil),    // 5: netlet.v1alpha1.ListDevicesResponse
-	(*DeviceRequest)(nil),          // 6: netlet.v1alpha1.DeviceRequest
-	(*AllocateDeviceRequest)(nil),  // 7: netlet.v1alpha1.AllocateDeviceRequest
-	(*AllocatedDevice)(nil),        // 8: netlet.v1alpha1.AllocatedDevice
-	(*AllocateDeviceResponse)(nil), // 9: netlet.v1alpha1.AllocateDeviceResponse
-	(*ReleaseDeviceRequest)(nil),   // 10: netlet.v1alpha1.ReleaseDeviceRequest
-	(*ReleaseDeviceResponse)(nil),  // 11: netlet.v1alpha1.ReleaseDeviceResponse
-	nil,                            // 12: netlet.v1alpha1.Device.AttributesEntry
-	nil,                            // 13: netlet.v1alpha1.DeviceRequest.MatchAttributesEntry
+	(*WatchDevicesRequest)(nil),    // 6: netlet.v1alpha1.WatchDevicesRequest
+	(*WatchDevicesResponse)(nil),   // 7: netlet.v1alpha1.WatchDevicesResponse
+	(*DeviceRequest)(nil),          // 8: netlet.v1alpha1.DeviceRequest
+	(*AllocateDeviceRequest)(nil),  // 9: netlet.v1alpha1.AllocateDeviceRequest
+	(*AllocatedDevice)(nil),        // 10: netlet.v1alpha1.AllocatedDevice
+	(*AllocateDeviceResponse)(nil), // 11: netlet.v1alpha1.AllocateDeviceResponse
+	(*ReleaseDeviceRequest)(nil),   // 12: netlet.v1alpha1.ReleaseDeviceRequest
+	(*ReleaseDeviceResponse)(nil),  // 13: netlet.v1alpha1.ReleaseDeviceResponse
+	nil,                            // 14: netlet.v1alpha1.Device.AttributesEntry
+	nil,                            // 15: netlet.v1alpha1.DeviceRequest.MatchAttributesEntry
 }
 var file_netlet_v1alpha1_devices_proto_depIdxs = []int32{
 	0,  // 0: netlet.v1alpha1.Device.kind:type_name -> netlet.v1alpha1.DeviceKind
-	12, // 1: netlet.v1alpha1.Device.attributes:type_name -> netlet.v1alpha1.Device.AttributesEntry
+	14, // 1: netlet.v1alpha1.Device.attributes:type_name -> netlet.v1alpha1.Device.AttributesEntry
 	2,  // 2: netlet.v1alpha1.Device.health:type_name -> netlet.v1alpha1.DeviceHealth
 	0,  // 3: netlet.v1alpha1.ListDevicesRequest.kind:type_name -> netlet.v1alpha1.DeviceKind
 	3,  // 4: netlet.v1alpha1.ListDevicesResponse.devices:type_name -> netlet.v1alpha1.Device
-	0,  // 5: netlet.v1alpha1.DeviceRequest.kind:type_name -> netlet.v1alpha1.DeviceKind
-	13, // 6: netlet.v1alpha1.DeviceRequest.match_attributes:type_name -> netlet.v1alpha1.DeviceRequest.MatchAttributesEntry
-	1,  // 7: netlet.v1alpha1.DeviceRequest.align_scope:type_name -> netlet.v1alpha1.TopologyScope
-	6,  // 8: netlet.v1alpha1.AllocateDeviceRequest.requests:type_name -> netlet.v1alpha1.DeviceRequest
-	3,  // 9: netlet.v1alpha1.AllocatedDevice.device:type_name -> netlet.v1alpha1.Device
-	8,  // 10: netlet.v1alpha1.AllocateDeviceResponse.devices:type_name -> netlet.v1alpha1.AllocatedDevice
-	4,  // 11: netlet.v1alpha1.Devices.ListDevices:input_type -> netlet.v1alpha1.ListDevicesRequest
-	7,  // 12: netlet.v1alpha1.Devices.AllocateDevice:input_type -> netlet.v1alpha1.AllocateDeviceRequest
-	10, // 13: netlet.v1alpha1.Devices.ReleaseDevice:input_type -> netlet.v1alpha1.ReleaseDeviceRequest
-	5,  // 14: netlet.v1alpha1.Devices.ListDevices:output_type -> netlet.v1alpha1.ListDevicesResponse
-	9,  // 15: netlet.v1alpha1.Devices.AllocateDevice:output_type -> netlet.v1alpha1.AllocateDeviceResponse
-	11, // 16: netlet.v1alpha1.Devices.ReleaseDevice:output_type -> netlet.v1alpha1.ReleaseDeviceResponse
-	14, // [14:17] is the sub-list for method output_type
-	11, // [11:14] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	4,  // 5: netlet.v1alpha1.WatchDevicesRequest.filter:type_name -> netlet.v1alpha1.ListDevicesRequest
+	3,  // 6: netlet.v1alpha1.WatchDevicesResponse.devices:type_name -> netlet.v1alpha1.Device
+	0,  // 7: netlet.v1alpha1.DeviceRequest.kind:type_name -> netlet.v1alpha1.DeviceKind
+	15, // 8: netlet.v1alpha1.DeviceRequest.match_attributes:type_name -> netlet.v1alpha1.DeviceRequest.MatchAttributesEntry
+	1,  // 9: netlet.v1alpha1.DeviceRequest.align_scope:type_name -> netlet.v1alpha1.TopologyScope
+	8,  // 10: netlet.v1alpha1.AllocateDeviceRequest.requests:type_name -> netlet.v1alpha1.DeviceRequest
+	3,  // 11: netlet.v1alpha1.AllocatedDevice.device:type_name -> netlet.v1alpha1.Device
+	10, // 12: netlet.v1alpha1.AllocateDeviceResponse.devices:type_name -> netlet.v1alpha1.AllocatedDevice
+	4,  // 13: netlet.v1alpha1.Devices.ListDevices:input_type -> netlet.v1alpha1.ListDevicesRequest
+	6,  // 14: netlet.v1alpha1.Devices.WatchDevices:input_type -> netlet.v1alpha1.WatchDevicesRequest
+	9,  // 15: netlet.v1alpha1.Devices.AllocateDevice:input_type -> netlet.v1alpha1.AllocateDeviceRequest
+	12, // 16: netlet.v1alpha1.Devices.ReleaseDevice:input_type -> netlet.v1alpha1.ReleaseDeviceRequest
+	5,  // 17: netlet.v1alpha1.Devices.ListDevices:output_type -> netlet.v1alpha1.ListDevicesResponse
+	7,  // 18: netlet.v1alpha1.Devices.WatchDevices:output_type -> netlet.v1alpha1.WatchDevicesResponse
+	11, // 19: netlet.v1alpha1.Devices.AllocateDevice:output_type -> netlet.v1alpha1.AllocateDeviceResponse
+	13, // 20: netlet.v1alpha1.Devices.ReleaseDevice:output_type -> netlet.v1alpha1.ReleaseDeviceResponse
+	17, // [17:21] is the sub-list for method output_type
+	13, // [13:17] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_netlet_v1alpha1_devices_proto_init() }
@@ -1025,7 +1128,7 @@ func file_netlet_v1alpha1_devices_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netlet_v1alpha1_devices_proto_rawDesc), len(file_netlet_v1alpha1_devices_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

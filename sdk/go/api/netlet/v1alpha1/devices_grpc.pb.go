@@ -22,6 +22,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Devices_ListDevices_FullMethodName    = "/netlet.v1alpha1.Devices/ListDevices"
+	Devices_WatchDevices_FullMethodName   = "/netlet.v1alpha1.Devices/WatchDevices"
 	Devices_AllocateDevice_FullMethodName = "/netlet.v1alpha1.Devices/AllocateDevice"
 	Devices_ReleaseDevice_FullMethodName  = "/netlet.v1alpha1.Devices/ReleaseDevice"
 )
@@ -41,6 +42,20 @@ type DevicesClient interface {
 	// | success          | OK               |
 	// | invalid filter   | INVALID_ARGUMENT |
 	ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error)
+	// WatchDevices streams the inventory: the whole filtered list at once, then the whole list
+	// again each time it changes (a device appears, leaves, goes down or up, is allocated,
+	// released, moved into a pod or back). Consecutive messages differ. The stream ends when
+	// the caller cancels it or the server stops; on the host, when a Devices driver registers or
+	// leaves (watch again).
+	//
+	// Idempotent: yes; no side effects.
+	//
+	// | condition        | code             |
+	// |------------------|------------------|
+	// | success          | OK (streaming)   |
+	// | invalid filter   | INVALID_ARGUMENT |
+	// | no driver (host) | UNAVAILABLE      |
+	WatchDevices(ctx context.Context, in *WatchDevicesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchDevicesResponse], error)
 	// AllocateDevice allocates devices to a claim, optionally aligned with another device's
 	// topology (same NUMA node or PCIe root). All of a claim's requests are allocated or none;
 	// two claims never hold one device. Allocations survive restarts of the host and drivers.
@@ -63,11 +78,13 @@ type DevicesClient interface {
 	//
 	// Idempotent: yes. Releasing an unknown claim returns OK.
 	//
-	// | condition                    | code             |
-	// |------------------------------|------------------|
-	// | success, or claim unknown    | OK               |
-	// | `claim_uid` missing          | INVALID_ARGUMENT |
-	// | driver holding it is down    | UNAVAILABLE      |
+	// | condition                        | code                |
+	// |----------------------------------|---------------------|
+	// | success, or claim unknown        | OK                  |
+	// | `claim_uid` missing              | INVALID_ARGUMENT    |
+	// | a device of it is in a pod       | FAILED_PRECONDITION |
+	// | (detach first)                   |                     |
+	// | driver holding it is down        | UNAVAILABLE         |
 	ReleaseDevice(ctx context.Context, in *ReleaseDeviceRequest, opts ...grpc.CallOption) (*ReleaseDeviceResponse, error)
 }
 
@@ -88,6 +105,25 @@ func (c *devicesClient) ListDevices(ctx context.Context, in *ListDevicesRequest,
 	}
 	return out, nil
 }
+
+func (c *devicesClient) WatchDevices(ctx context.Context, in *WatchDevicesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchDevicesResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Devices_ServiceDesc.Streams[0], Devices_WatchDevices_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchDevicesRequest, WatchDevicesResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Devices_WatchDevicesClient = grpc.ServerStreamingClient[WatchDevicesResponse]
 
 func (c *devicesClient) AllocateDevice(ctx context.Context, in *AllocateDeviceRequest, opts ...grpc.CallOption) (*AllocateDeviceResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -124,6 +160,20 @@ type DevicesServer interface {
 	// | success          | OK               |
 	// | invalid filter   | INVALID_ARGUMENT |
 	ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error)
+	// WatchDevices streams the inventory: the whole filtered list at once, then the whole list
+	// again each time it changes (a device appears, leaves, goes down or up, is allocated,
+	// released, moved into a pod or back). Consecutive messages differ. The stream ends when
+	// the caller cancels it or the server stops; on the host, when a Devices driver registers or
+	// leaves (watch again).
+	//
+	// Idempotent: yes; no side effects.
+	//
+	// | condition        | code             |
+	// |------------------|------------------|
+	// | success          | OK (streaming)   |
+	// | invalid filter   | INVALID_ARGUMENT |
+	// | no driver (host) | UNAVAILABLE      |
+	WatchDevices(*WatchDevicesRequest, grpc.ServerStreamingServer[WatchDevicesResponse]) error
 	// AllocateDevice allocates devices to a claim, optionally aligned with another device's
 	// topology (same NUMA node or PCIe root). All of a claim's requests are allocated or none;
 	// two claims never hold one device. Allocations survive restarts of the host and drivers.
@@ -146,11 +196,13 @@ type DevicesServer interface {
 	//
 	// Idempotent: yes. Releasing an unknown claim returns OK.
 	//
-	// | condition                    | code             |
-	// |------------------------------|------------------|
-	// | success, or claim unknown    | OK               |
-	// | `claim_uid` missing          | INVALID_ARGUMENT |
-	// | driver holding it is down    | UNAVAILABLE      |
+	// | condition                        | code                |
+	// |----------------------------------|---------------------|
+	// | success, or claim unknown        | OK                  |
+	// | `claim_uid` missing              | INVALID_ARGUMENT    |
+	// | a device of it is in a pod       | FAILED_PRECONDITION |
+	// | (detach first)                   |                     |
+	// | driver holding it is down        | UNAVAILABLE         |
 	ReleaseDevice(context.Context, *ReleaseDeviceRequest) (*ReleaseDeviceResponse, error)
 	mustEmbedUnimplementedDevicesServer()
 }
@@ -164,6 +216,9 @@ type UnimplementedDevicesServer struct{}
 
 func (UnimplementedDevicesServer) ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListDevices not implemented")
+}
+func (UnimplementedDevicesServer) WatchDevices(*WatchDevicesRequest, grpc.ServerStreamingServer[WatchDevicesResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchDevices not implemented")
 }
 func (UnimplementedDevicesServer) AllocateDevice(context.Context, *AllocateDeviceRequest) (*AllocateDeviceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AllocateDevice not implemented")
@@ -209,6 +264,17 @@ func _Devices_ListDevices_Handler(srv interface{}, ctx context.Context, dec func
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _Devices_WatchDevices_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchDevicesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(DevicesServer).WatchDevices(m, &grpc.GenericServerStream[WatchDevicesRequest, WatchDevicesResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Devices_WatchDevicesServer = grpc.ServerStreamingServer[WatchDevicesResponse]
 
 func _Devices_AllocateDevice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(AllocateDeviceRequest)
@@ -266,6 +332,12 @@ var Devices_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Devices_ReleaseDevice_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchDevices",
+			Handler:       _Devices_WatchDevices_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "netlet/v1alpha1/devices.proto",
 }
