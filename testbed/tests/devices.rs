@@ -15,7 +15,7 @@ use netlet_sdk::proto::{
     AllocateDeviceRequest, Device, DeviceHealth, DeviceRequest, ListDevicesRequest,
     NetworkSelection, PodSandbox, ReleaseDeviceRequest, TopologyScope, WatchDevicesRequest,
 };
-use netlet_testbed::harness::{Node, attach, bin, detach, privileged, wait_until};
+use netlet_testbed::harness::{Node, attach, bin, conformance, detach, privileged, wait_until};
 use netlet_testbed::probe::{self, NetNs};
 use tonic::Code;
 
@@ -258,6 +258,20 @@ async fn a_device_is_listed_allocated_near_a_gpu_moved_into_a_pod_and_back() {
     assert_eq!(list(&c, false).await.len(), 3);
     while next_change().await.len() != 3 {}
     drop(watch);
+
+    // The contract's device checks, through the host.
+    let text = conformance(
+        n.command(&bin("netlet-conformance")),
+        &n.host.socket,
+        &["--focus", "^(devices|identity)/"],
+        &dir.path().join("junit.xml"),
+    );
+    assert!(text.contains("PASS  devices/allocate-idempotent"), "{text}");
+    assert_eq!(
+        list(&c, true).await.len(),
+        3,
+        "the checks released what they took"
+    );
 
     // Allocated on the GPU's NUMA node: tdev1.
     let a = c
