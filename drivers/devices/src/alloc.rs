@@ -59,7 +59,7 @@ fn check(i: usize, r: &DeviceRequest, pools: &[String]) -> Result<(), Status> {
     if r.count > MAX_COUNT {
         return Err(field_error(
             Code::InvalidArgument,
-            &f("count"),
+            f("count"),
             format!("at most {MAX_COUNT}"),
             "COUNT_TOO_LARGE",
         ));
@@ -67,7 +67,7 @@ fn check(i: usize, r: &DeviceRequest, pools: &[String]) -> Result<(), Status> {
     if !r.pool.is_empty() && !pools.contains(&r.pool) {
         return Err(field_error(
             Code::NotFound,
-            &f("pool"),
+            f("pool"),
             format!("no pool {:?} on this node", r.pool),
             "POOL_UNKNOWN",
         ));
@@ -77,7 +77,7 @@ fn check(i: usize, r: &DeviceRequest, pools: &[String]) -> Result<(), Status> {
     if n > 1 {
         return Err(field_error(
             Code::InvalidArgument,
-            &f("align_with_pci_address"),
+            f("align_with_pci_address"),
             "give align_with_device_id or align_with_pci_address, not both",
             "ALIGNMENT_TARGETS",
         ));
@@ -86,7 +86,7 @@ fn check(i: usize, r: &DeviceRequest, pools: &[String]) -> Result<(), Status> {
     if n == 1 && scope == TopologyScope::Unspecified {
         return Err(field_error(
             Code::InvalidArgument,
-            &f("align_scope"),
+            f("align_scope"),
             "an alignment target needs a scope (NUMA node or PCIe root)",
             "ALIGNMENT_SCOPE",
         ));
@@ -94,7 +94,7 @@ fn check(i: usize, r: &DeviceRequest, pools: &[String]) -> Result<(), Status> {
     if !r.align_with_pci_address.is_empty() && !is_pci_address(&r.align_with_pci_address) {
         return Err(field_error(
             Code::InvalidArgument,
-            &f("align_with_pci_address"),
+            f("align_with_pci_address"),
             format!(
                 "{:?} is not a PCI address (0000:3b:00.0)",
                 r.align_with_pci_address
@@ -105,14 +105,14 @@ fn check(i: usize, r: &DeviceRequest, pools: &[String]) -> Result<(), Status> {
     if r.config.len() > MAX_CONFIG_BYTES {
         return Err(field_error(
             Code::InvalidArgument,
-            &f("config"),
+            f("config"),
             format!("at most {MAX_CONFIG_BYTES} bytes"),
             "CONFIG_TOO_LARGE",
         ));
     }
     if !r.config.is_empty() {
         crate::netconf::NetConf::parse(&r.config)
-            .map_err(|e| field_error(Code::InvalidArgument, &f("config"), e, "CONFIG_INVALID"))?;
+            .map_err(|e| field_error(Code::InvalidArgument, f("config"), e, "CONFIG_INVALID"))?;
     }
     Ok(())
 }
@@ -144,7 +144,7 @@ pub fn allocate(
         if !r.device_id.is_empty() && !inventory.iter().any(|d| d.id == r.device_id) {
             return Err(field_error(
                 Code::NotFound,
-                &f("device_id"),
+                f("device_id"),
                 format!("no device {:?} on this node", r.device_id),
                 "DEVICE_UNKNOWN",
             ));
@@ -162,7 +162,7 @@ pub fn allocate(
         if free.len() < count {
             return Err(field_error(
                 Code::ResourceExhausted,
-                &format!("requests[{i}]"),
+                format!("requests[{i}]"),
                 format!(
                     "request {:?}: {} device(s) needed, {} of the {} matching free",
                     r.name,
@@ -181,7 +181,7 @@ pub fn allocate(
                 .ok_or_else(|| {
                     field_error(
                         Code::NotFound,
-                        &f("align_with_device_id"),
+                        f("align_with_device_id"),
                         format!("no device {:?} on this node", r.align_with_device_id),
                         "DEVICE_UNKNOWN",
                     )
@@ -191,7 +191,7 @@ pub fn allocate(
             let info = pci(&r.align_with_pci_address).ok_or_else(|| {
                 field_error(
                     Code::NotFound,
-                    &f("align_with_pci_address"),
+                    f("align_with_pci_address"),
                     format!("no PCI function {} on this node", r.align_with_pci_address),
                     "PCI_FUNCTION_UNKNOWN",
                 )
@@ -206,7 +206,7 @@ pub fn allocate(
                 let Some(want) = t.at(scope) else {
                     return Err(field_error(
                         Code::FailedPrecondition,
-                        &f("align_scope"),
+                        f("align_scope"),
                         format!(
                             "request {:?}: the {} of {} is unknown on this node",
                             r.name,
@@ -227,7 +227,7 @@ pub fn allocate(
                 if aligned.len() < count {
                     return Err(field_error(
                         Code::FailedPrecondition,
-                        &f("align_scope"),
+                        f("align_scope"),
                         format!(
                             "request {:?}: {} free device(s) match, {} on {} (the {} of {}), {} needed",
                             r.name,

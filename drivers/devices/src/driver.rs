@@ -406,7 +406,7 @@ impl Devices {
         if !self.cfg.networks.contains(&sel.network) {
             return Err(field_error(
                 Code::FailedPrecondition,
-                &f("network"),
+                f("network"),
                 format!("this driver does not serve {:?}", sel.network),
                 "NETWORK_NOT_SERVED",
             ));
@@ -414,7 +414,7 @@ impl Devices {
         if sel.device_id.is_empty() {
             return Err(field_error(
                 Code::InvalidArgument,
-                &f("device_id"),
+                f("device_id"),
                 "this network moves an allocated device into the pod: name it",
                 "DEVICE_REQUIRED",
             ));
@@ -454,7 +454,7 @@ impl Devices {
             .ok_or_else(|| {
                 field_error(
                     Code::FailedPrecondition,
-                    &f("device_id"),
+                    f("device_id"),
                     format!("device {:?} is not allocated", sel.device_id),
                     "DEVICE_NOT_ALLOCATED",
                 )
@@ -463,7 +463,7 @@ impl Devices {
         if !creq.sandbox_id.is_empty() && creq.sandbox_id != sandbox.id {
             return Err(field_error(
                 Code::FailedPrecondition,
-                &f("device_id"),
+                f("device_id"),
                 format!(
                     "device {:?} is allocated to claim {uid:?} for sandbox {:?}",
                     sel.device_id, creq.sandbox_id
@@ -474,7 +474,7 @@ impl Devices {
         if let Some(m) = st.moves.get(&sel.device_id) {
             return Err(field_error(
                 Code::FailedPrecondition,
-                &f("device_id"),
+                f("device_id"),
                 format!(
                     "device {:?} is in sandbox {:?} as {}",
                     sel.device_id,
@@ -496,7 +496,7 @@ impl Devices {
         let Some((dev, link)) = node.get(&sel.device_id).cloned() else {
             return Err(field_error(
                 Code::FailedPrecondition,
-                &f("device_id"),
+                f("device_id"),
                 format!("device {:?} is not on the node", sel.device_id),
                 "DEVICE_GONE",
             ));
@@ -512,7 +512,7 @@ impl Devices {
         if has_link(&pod, &sel.interface_name).await {
             return Err(field_error(
                 Code::AlreadyExists,
-                &f("interface_name"),
+                f("interface_name"),
                 format!("the pod has an interface {:?}", sel.interface_name),
                 "INTERFACE_EXISTS",
             ));
@@ -561,7 +561,7 @@ impl Devices {
                 return Err(if e.errno == Some(errno::EEXIST) {
                     field_error(
                         Code::AlreadyExists,
-                        &f("interface_name"),
+                        f("interface_name"),
                         e.to_string(),
                         "INTERFACE_EXISTS",
                     )

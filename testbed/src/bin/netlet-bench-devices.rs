@@ -99,6 +99,9 @@ fn cni_rounds(node: &Path, conf: &str, pods: &[NetNs], n: usize) -> (Vec<Duratio
     (add, del)
 }
 
+/// A row (path, operation) with each run's (p50, p99).
+type Row = (&'static str, &'static str, Vec<(Duration, Duration)>);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -170,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
     const DEV: &str = "netlet: device moved in/out via host";
     const VETH: &str = "anchor: plain veth via the same host";
     const REF: &str = "anchor: CNI host-device + static exec";
-    let mut runs: Vec<(&str, &str, Vec<(Duration, Duration)>)> = Vec::new();
+    let mut runs: Vec<Row> = Vec::new();
     let mut add = |name: &'static str, op: &'static str, v: &mut Vec<Duration>| {
         let r = (pct(v, 0.5), pct(v, 0.99));
         match runs.iter_mut().find(|(n, o, _)| *n == name && *o == op) {
