@@ -57,6 +57,7 @@ pub mod netlink;
 #[cfg(feature = "netns")]
 pub mod netns;
 pub mod parts;
+pub mod pods;
 pub mod server;
 pub mod state;
 #[cfg(feature = "store")]

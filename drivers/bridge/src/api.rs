@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use netlet_sdk::proto::{
-    AttachPodRequest, AttachPodResponse, DetachPodRequest, DetachPodResponse,
+    AttachPodRequest, AttachPodResponse, Attachment, DetachPodRequest, DetachPodResponse,
     GarbageCollectRequest, GarbageCollectResponse, ListAttachmentsRequest, ListAttachmentsResponse,
     NetworkReadyRequest, NetworkReadyResponse, NetworkSelection, PodNetworkStatusRequest,
-    PodNetworkStatusResponse, WatchNetworkReadyRequest, WatchNetworkReadyResponse,
+    PodNetworkStatusResponse, PodSandbox, WatchNetworkReadyRequest, WatchNetworkReadyResponse,
     node_server::Node, pods_server::Pods,
 };
-use netlet_sdk::{server::to_completion, state, validate};
+use netlet_sdk::{pods, state, validate};
 use tonic::{Request, Response, Status};
 
 use crate::driver::Bridge;
@@ -18,56 +18,41 @@ use crate::driver::Bridge;
 #[derive(Clone)]
 pub struct Api(pub Arc<Bridge>);
 
+impl pods::PodNetworks for Bridge {
+    async fn attach_one(
+        this: &Arc<Self>,
+        sandbox: &PodSandbox,
+        sel: &NetworkSelection,
+        field: &str,
+    ) -> Result<Attachment, Status> {
+        this.attach(sandbox, sel, field).await
+    }
+
+    async fn detach_some(
+        this: &Arc<Self>,
+        sandbox_id: &str,
+        only: &[NetworkSelection],
+    ) -> Result<(), Status> {
+        this.detach(sandbox_id, only).await
+    }
+}
+
 #[tonic::async_trait]
 impl Pods for Api {
     async fn attach_pod(
         &self,
         req: Request<AttachPodRequest>,
     ) -> Result<Response<AttachPodResponse>, Status> {
-        let req = req.into_inner();
-        validate::attach_pod(&req)?;
-        let bridge = self.0.clone();
-        // Finished (or rolled back) even when the host gives up on the call.
-        let attachments = to_completion(async move {
-            let sandbox = req.sandbox.unwrap_or_default();
-            let nets = netlet_sdk::state::with_defaults(req.networks);
-            let mut done: Vec<NetworkSelection> = Vec::new();
-            let mut attachments = Vec::new();
-            for (i, sel) in nets.iter().enumerate() {
-                match bridge
-                    .attach(&sandbox, sel, &format!("networks[{i}]"))
-                    .await
-                {
-                    Ok(a) => {
-                        let mut s = sel.clone();
-                        s.interface_name = a.interface_name.clone();
-                        done.push(s);
-                        attachments.push(a);
-                    }
-                    Err(e) => {
-                        if !done.is_empty()
-                            && let Err(r) = bridge.detach(&sandbox.id, &done).await
-                        {
-                            tracing::error!(sandbox = %sandbox.id, error = %r, "rollback failed");
-                        }
-                        return Err(e);
-                    }
-                }
-            }
-            Ok(attachments)
-        })
-        .await?;
-        Ok(Response::new(AttachPodResponse { attachments }))
+        pods::attach_pod(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn detach_pod(
         &self,
         req: Request<DetachPodRequest>,
     ) -> Result<Response<DetachPodResponse>, Status> {
-        let req = req.into_inner();
-        validate::detach_pod(&req)?;
-        let bridge = self.0.clone();
-        to_completion(async move { bridge.detach(&req.sandbox_id, &req.networks).await }).await?;
+        pods::detach_pod(&self.0, req.into_inner()).await?;
         Ok(Response::new(DetachPodResponse {}))
     }
 
@@ -89,21 +74,10 @@ impl Pods for Api {
         &self,
         req: Request<GarbageCollectRequest>,
     ) -> Result<Response<GarbageCollectResponse>, Status> {
-        let req = req.into_inner();
-        let stale = state::stale_sandboxes(&req, self.0.pods()?)?;
-        let only = state::gc_selection(&req);
-        let bridge = self.0.clone();
-        let ids = stale.clone();
-        to_completion(async move {
-            for id in &ids {
-                bridge.detach(id, &only).await?;
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(Response::new(GarbageCollectResponse {
-            removed_sandbox_ids: stale,
-        }))
+        let pods = self.0.pods()?;
+        pods::garbage_collect(&self.0, req.into_inner(), pods)
+            .await
+            .map(Response::new)
     }
 }
 

@@ -12,7 +12,7 @@ use netlet_sdk::proto::{
     devices_server::Devices as DevicesApi, node_server::Node, pods_server::Pods,
 };
 use netlet_sdk::proto::{Device, WatchDevicesRequest, WatchDevicesResponse};
-use netlet_sdk::{server::to_completion, state, validate};
+use netlet_sdk::{pods, server::to_completion, state, validate};
 use tonic::codegen::BoxStream;
 use tonic::{Code, Request, Response, Status};
 
@@ -109,50 +109,41 @@ impl DevicesApi for Api {
     }
 }
 
+impl pods::PodNetworks for Devices {
+    async fn attach_one(
+        this: &Arc<Self>,
+        sandbox: &netlet_sdk::proto::PodSandbox,
+        sel: &NetworkSelection,
+        field: &str,
+    ) -> Result<netlet_sdk::proto::Attachment, Status> {
+        this.attach(sandbox, sel, field).await
+    }
+
+    async fn detach_some(
+        this: &Arc<Self>,
+        sandbox_id: &str,
+        only: &[NetworkSelection],
+    ) -> Result<(), Status> {
+        this.detach(sandbox_id, only).await
+    }
+}
+
 #[tonic::async_trait]
 impl Pods for Api {
     async fn attach_pod(
         &self,
         req: Request<AttachPodRequest>,
     ) -> Result<Response<AttachPodResponse>, Status> {
-        let req = req.into_inner();
-        validate::attach_pod(&req)?;
-        let d = self.0.clone();
-        let attachments = to_completion(async move {
-            let sandbox = req.sandbox.unwrap_or_default();
-            let nets = state::with_defaults(req.networks);
-            let mut done: Vec<NetworkSelection> = Vec::new();
-            let mut out = Vec::new();
-            for (i, sel) in nets.iter().enumerate() {
-                match d.attach(&sandbox, sel, &format!("networks[{i}]")).await {
-                    Ok(a) => {
-                        done.push(sel.clone());
-                        out.push(a);
-                    }
-                    Err(e) => {
-                        if !done.is_empty()
-                            && let Err(r) = d.detach(&sandbox.id, &done).await
-                        {
-                            tracing::error!(sandbox = %sandbox.id, error = %r, "rollback failed");
-                        }
-                        return Err(e);
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .await?;
-        Ok(Response::new(AttachPodResponse { attachments }))
+        pods::attach_pod(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn detach_pod(
         &self,
         req: Request<DetachPodRequest>,
     ) -> Result<Response<DetachPodResponse>, Status> {
-        let req = req.into_inner();
-        validate::detach_pod(&req)?;
-        let d = self.0.clone();
-        to_completion(async move { d.detach(&req.sandbox_id, &req.networks).await }).await?;
+        pods::detach_pod(&self.0, req.into_inner()).await?;
         Ok(Response::new(DetachPodResponse {}))
     }
 
@@ -174,21 +165,10 @@ impl Pods for Api {
         &self,
         req: Request<GarbageCollectRequest>,
     ) -> Result<Response<GarbageCollectResponse>, Status> {
-        let req = req.into_inner();
-        let stale = state::stale_sandboxes(&req, self.0.pods().await)?;
-        let only = state::gc_selection(&req);
-        let d = self.0.clone();
-        let ids = stale.clone();
-        to_completion(async move {
-            for id in &ids {
-                d.detach(id, &only).await?;
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(Response::new(GarbageCollectResponse {
-            removed_sandbox_ids: stale,
-        }))
+        let pods = self.0.pods().await;
+        pods::garbage_collect(&self.0, req.into_inner(), pods)
+            .await
+            .map(Response::new)
     }
 }
 
