@@ -8,6 +8,7 @@
 mod alloc;
 mod api;
 mod config;
+mod dra;
 mod driver;
 mod inventory;
 mod links;
@@ -39,6 +40,22 @@ struct Args {
     /// Socket to serve on; defaults to `$NETLET_DRIVER_SOCKET` (set by the host).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// This node's name: turns the DRA path on (a ResourceSlice for the node, the kubelet's
+    /// DRA plugin and registration sockets).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// The DRA driver name.
+    #[arg(long, default_value = "dra.netlet.io")]
+    dra_driver: String,
+    /// Kubeconfig for the DRA path, or `in-cluster`.
+    #[arg(long, default_value = "in-cluster")]
+    kubeconfig: PathBuf,
+    /// The kubelet's plugin registry.
+    #[arg(long, default_value = "/var/lib/kubelet/plugins_registry")]
+    kubelet_registry_dir: PathBuf,
+    /// Where the kubelet's plugins keep their sockets.
+    #[arg(long, default_value = "/var/lib/kubelet/plugins")]
+    kubelet_plugins_dir: PathBuf,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -49,6 +66,25 @@ async fn main() -> anyhow::Result<()> {
     let devices = driver::Devices::new(&args.name, cfg, &args.state_dir)?;
     devices.recover().await;
     tokio::spawn(devices.clone().follow_links());
+    if let Some(node) = &args.node_name {
+        let dra = dra::Dra::new(
+            devices.clone(),
+            dra::Options {
+                node: node.clone(),
+                driver: args.dra_driver.clone(),
+                kubeconfig: args.kubeconfig.clone(),
+                registry_dir: args.kubelet_registry_dir.clone(),
+                plugins_dir: args.kubelet_plugins_dir.clone(),
+            },
+        )
+        .await?;
+        tokio::spawn(dra.clone().publish());
+        tokio::spawn(async move {
+            if let Err(e) = dra.serve().await {
+                tracing::error!(error = %e, "the kubelet's DRA sockets");
+            }
+        });
+    }
     let api = api::Api(devices.clone());
     let mut d = Driver::new(&args.name, env!("CARGO_PKG_VERSION"));
     for n in devices.networks() {
