@@ -60,21 +60,28 @@ fn config(dir: &Path) -> PathBuf {
     p
 }
 
-fn driver_entry(config: &Path, crash_at: Option<&str>) -> String {
+fn driver_entry(config: &Path, crash_at: Option<&str>, extra: &[String]) -> String {
     let env = crash_at
         .map(|c| format!("  env: [{{name: NETLET_DEVICES_CRASH_AT, value: {c}}}]\n"))
         .unwrap_or_default();
+    let mut args = vec![
+        "--name".to_string(),
+        "devices".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    args.extend_from_slice(extra);
     format!(
-        "- name: devices\n  command: {}\n  args: [--name, devices, --config, {}]\n{env}",
+        "- name: devices\n  command: {}\n  args: {}\n{env}",
         bin("netlet-devices").display(),
-        config.display()
+        serde_json::to_string(&args).unwrap()
     )
 }
 
 /// The node with its devices: `tdevN` (the device) paired with `tpeerN` (its far end, on the
 /// node, 192.168.7N.1/24), both up, with fixed MACs.
-async fn node(tag: &str, dir: &Path, crash_at: Option<&str>) -> Node {
-    let n = Node::start(tag, &driver_entry(&config(dir), crash_at), "").await;
+async fn node(tag: &str, dir: &Path, crash_at: Option<&str>, extra: &[String]) -> Node {
+    let n = Node::start(tag, &driver_entry(&config(dir), crash_at, extra), "").await;
     for i in 0..3 {
         probe::veth_inside(&n.netns.path, &format!("tdev{i}"), &format!("tpeer{i}")).unwrap();
         ip(
@@ -192,7 +199,7 @@ async fn a_device_is_listed_allocated_near_a_gpu_moved_into_a_pod_and_back() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let n = node("devices", dir.path(), None).await;
+    let n = node("devices", dir.path(), None, &[]).await;
     let c = n.host.clients().await;
 
     // Listed with the topology the configuration gives, healthy while the far end is up.
@@ -477,7 +484,13 @@ async fn a_device_is_listed_allocated_near_a_gpu_moved_into_a_pod_and_back() {
 /// restarts it) and the runtime has had its answer, the device is on the node as it was.
 async fn crash_in_a_move(crash_at: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let n = node(&format!("devcrash-{crash_at}"), dir.path(), Some(crash_at)).await;
+    let n = node(
+        &format!("devcrash-{crash_at}"),
+        dir.path(),
+        Some(crash_at),
+        &[],
+    )
+    .await;
     let c = n.host.clients().await;
     c.devices
         .clone()
@@ -541,4 +554,212 @@ async fn a_crash_while_moving_a_device_out_finishes_the_move() {
         return;
     }
     crash_in_a_move("moved-out").await;
+}
+
+/// The dra-probe (testbed/dra): the kubelet's own client code for plugin registration and the
+/// DRA plugin service, built into `dir`.
+fn dra_probe(dir: &Path) -> PathBuf {
+    let out = dir.join("dra-probe");
+    let st = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("dra"))
+        .status()
+        .expect("go build dra-probe");
+    assert!(st.success(), "go build dra-probe");
+    out
+}
+
+fn probe_json(probe: &Path, netns: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .arg(probe)
+        .args(args)
+        .output()
+        .expect("dra-probe");
+    assert!(
+        out.status.success(),
+        "dra-probe {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("dra-probe JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resource_claim_reaches_the_node_through_the_kubelet_s_dra_protocol() {
+    let test = "a_resource_claim_reaches_the_node_through_the_kubelet_s_dra_protocol";
+    if !privileged(test) {
+        return;
+    }
+    let Some((etcd, api_bin)) = netlet_testbed::k8s::binaries(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    netlet_testbed::k8s::write_kubeconfig(&kubeconfig);
+    let (registry, plugins) = (dir.path().join("registry"), dir.path().join("plugins"));
+    let extra: Vec<String> = [
+        "--node-name",
+        "node-a",
+        "--kubeconfig",
+        &kubeconfig.display().to_string(),
+        "--kubelet-registry-dir",
+        &registry.display().to_string(),
+        "--kubelet-plugins-dir",
+        &plugins.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let n = node("dra", dir.path(), None, &extra).await;
+    let api = netlet_testbed::k8s::ApiServer::start(&n, &etcd, &api_bin);
+    let c = n.host.clients().await;
+    let probe = dra_probe(dir.path());
+
+    // The node's devices as a ResourceSlice, typed, the NUMA node and PCIe root as DRA aligns.
+    const SLICE: &str = "/apis/resource.k8s.io/v1/resourceslices/node-a-dra.netlet.io";
+    let slice = |want: usize| {
+        let api = &api;
+        async move {
+            wait_until("the ResourceSlice", Duration::from_secs(60), || async {
+                let v: serde_json::Value =
+                    serde_json::from_str(&api.request("GET", SLICE, None).ok()?).ok()?;
+                (v["spec"]["devices"].as_array()?.len() == want).then_some(v)
+            })
+            .await
+        }
+    };
+    let s = slice(3).await;
+    assert_eq!(s["spec"]["driver"], "dra.netlet.io");
+    assert_eq!(s["spec"]["nodeName"], "node-a");
+    assert_eq!(s["spec"]["pool"]["name"], "node-a");
+    let d1 = &s["spec"]["devices"][1];
+    assert_eq!(d1["name"], "tdev1");
+    assert_eq!(d1["attributes"]["numaNode"]["int"], 1);
+    assert_eq!(
+        d1["attributes"]["resource.kubernetes.io/pcieRoot"]["string"],
+        "pci0000:b0"
+    );
+    assert_eq!(d1["attributes"]["kernelDriver"]["string"], "veth");
+    // A device leaving the node leaves the slice, in a new pool generation.
+    let g0 = s["spec"]["pool"]["generation"].as_i64().unwrap();
+    probe::delete_link(&n.netns.path, "tdev2").unwrap();
+    let s2 = slice(2).await;
+    assert!(
+        s2["spec"]["pool"]["generation"].as_i64().unwrap() > g0,
+        "{s2}"
+    );
+
+    // Registration, checked as the kubelet checks it.
+    let reg = probe_json(
+        &probe,
+        &n.netns.path,
+        &[
+            "register",
+            &registry
+                .join("dra.netlet.io-reg.sock")
+                .display()
+                .to_string(),
+        ],
+    );
+    assert_eq!(reg["accepted"], true, "{reg}");
+    let endpoint = plugins.join("dra.netlet.io/dra.sock").display().to_string();
+    assert_eq!(reg["endpoint"], endpoint.as_str());
+
+    // A claim, allocated as the scheduler would (its status written), with this driver's
+    // opaque configuration.
+    api.request(
+        "POST",
+        "/api/v1/namespaces",
+        Some(r#"{"metadata":{"name":"ml"}}"#),
+    )
+    .unwrap();
+    let created: serde_json::Value = serde_json::from_str(
+        &api.request(
+            "POST",
+            "/apis/resource.k8s.io/v1/namespaces/ml/resourceclaims",
+            Some(r#"{"metadata":{"name":"nic"},"spec":{"devices":{"requests":[{"name":"nic","exactly":{"deviceClassName":"netlet-nic"}}]}}}"#),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    let mut claim = created.clone();
+    claim["status"] = serde_json::json!({"allocation": {"devices": {
+        "results": [{"request": "nic", "driver": "dra.netlet.io", "pool": "node-a", "device": "tdev1"}],
+        "config": [{"source": "FromClaim", "requests": ["nic"], "opaque": {"driver": "dra.netlet.io",
+            "parameters": {"mtu": 1400, "addresses": ["192.168.71.2/24"]}}}]}}});
+    api.request(
+        "PUT",
+        "/apis/resource.k8s.io/v1/namespaces/ml/resourceclaims/nic/status",
+        Some(&claim.to_string()),
+    )
+    .unwrap();
+
+    // NodePrepareResources: the device, and the claim allocated on the node.
+    let prepared = probe_json(
+        &probe,
+        &n.netns.path,
+        &["prepare", &endpoint, "ml", "nic", &uid],
+    );
+    assert_eq!(prepared["error"], "", "{prepared}");
+    assert_eq!(
+        prepared["devices"],
+        serde_json::json!([{"requestNames": ["nic"], "pool": "node-a", "device": "tdev1", "cdiDeviceIds": null}])
+    );
+    let again = probe_json(
+        &probe,
+        &n.netns.path,
+        &["prepare", &endpoint, "ml", "nic", &uid],
+    );
+    assert_eq!(again, prepared, "preparing twice gives the same devices");
+    let listed = list(&c, false).await;
+    assert_eq!(listed[1].allocated_to_claim, uid);
+    // A claim that is not what the kubelet says, or not allocated: an error for that claim.
+    let wrong = probe_json(
+        &probe,
+        &n.netns.path,
+        &["prepare", &endpoint, "ml", "nic", "not-its-uid"],
+    );
+    assert!(
+        wrong["error"].as_str().unwrap().contains("has UID"),
+        "{wrong}"
+    );
+
+    // The pod gets the device with the claim's configuration.
+    let pod = NetNs::create(&format!("netlet-drapod-{}", std::process::id())).unwrap();
+    let att = attach(
+        &c,
+        sandbox("pod-d", &pod.path),
+        vec![with_device("tdev1", "net1")],
+    )
+    .await
+    .expect("attach the claimed device");
+    assert_eq!(
+        (att[0].mtu, att[0].ips[0].address.as_str()),
+        (1400, "192.168.71.2/24")
+    );
+    assert_eq!(link(&pod.path, "net1").map(|l| l.2), Some(1400));
+    // Unprepared while in the pod: an error, the claim kept; after the pod: released.
+    let busy = probe_json(
+        &probe,
+        &n.netns.path,
+        &["unprepare", &endpoint, "ml", "nic", &uid],
+    );
+    assert!(busy["error"].as_str().unwrap().contains("detach"), "{busy}");
+    detach(&c, "pod-d").await.unwrap();
+    let done = probe_json(
+        &probe,
+        &n.netns.path,
+        &["unprepare", &endpoint, "ml", "nic", &uid],
+    );
+    assert_eq!(done["error"], "", "{done}");
+    assert_eq!(list(&c, false).await[1].allocated_to_claim, "");
+    let unknown = probe_json(
+        &probe,
+        &n.netns.path,
+        &["unprepare", &endpoint, "ml", "gone", "no-such-uid"],
+    );
+    assert_eq!(unknown["error"], "", "an unknown claim unprepares fine");
 }

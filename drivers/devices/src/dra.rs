@@ -36,6 +36,7 @@ pub mod kubelet {
 use kubelet::dra::{
     Claim, NodePrepareResourceResponse, NodePrepareResourcesRequest, NodePrepareResourcesResponse,
     NodeUnprepareResourceResponse, NodeUnprepareResourcesRequest, NodeUnprepareResourcesResponse,
+    PrepareEntry, UnprepareEntry,
     dra_plugin_server::{DraPlugin, DraPluginServer},
 };
 use kubelet::registration::{
@@ -388,7 +389,7 @@ impl DraPlugin for Plugin {
         &self,
         req: Request<NodePrepareResourcesRequest>,
     ) -> Result<Response<NodePrepareResourcesResponse>, Status> {
-        let mut claims = std::collections::HashMap::new();
+        let mut claims = Vec::new();
         for c in req.into_inner().claims {
             let r = match self.0.prepare(&c).await {
                 Ok(devices) => NodePrepareResourceResponse {
@@ -403,7 +404,10 @@ impl DraPlugin for Plugin {
                     }
                 }
             };
-            claims.insert(c.uid, r);
+            claims.push(PrepareEntry {
+                key: c.uid,
+                value: Some(r),
+            });
         }
         Ok(Response::new(NodePrepareResourcesResponse { claims }))
     }
@@ -412,13 +416,16 @@ impl DraPlugin for Plugin {
         &self,
         req: Request<NodeUnprepareResourcesRequest>,
     ) -> Result<Response<NodeUnprepareResourcesResponse>, Status> {
-        let mut claims = std::collections::HashMap::new();
+        let mut claims = Vec::new();
         for c in req.into_inner().claims {
             let error = match self.0.devices.release(&c.uid).await {
                 Ok(()) => String::new(),
                 Err(s) => s.message().to_string(),
             };
-            claims.insert(c.uid, NodeUnprepareResourceResponse { error });
+            claims.push(UnprepareEntry {
+                key: c.uid,
+                value: Some(NodeUnprepareResourceResponse { error }),
+            });
         }
         Ok(Response::new(NodeUnprepareResourcesResponse { claims }))
     }
