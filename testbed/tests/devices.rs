@@ -478,6 +478,12 @@ async fn a_device_is_listed_allocated_near_a_gpu_moved_into_a_pod_and_back() {
         .expect("releasing an unknown claim is OK");
     let free: Vec<String> = list(&c, true).await.into_iter().map(|d| d.id).collect();
     assert_eq!(free, ["tdev1", "tdev2"]);
+    // An interface the node's default route leaves by is its uplink, never a device.
+    ip(&n.netns.path, "route add default dev tdev2");
+    let ids: Vec<String> = list(&c, false).await.into_iter().map(|d| d.id).collect();
+    assert_eq!(ids, ["tdev0", "tdev1"]);
+    ip(&n.netns.path, "route del default dev tdev2");
+    assert_eq!(list(&c, false).await.len(), 3);
 }
 
 /// A driver that dies at `crash_at` in the middle of a move: once it is back (the host

@@ -273,7 +273,13 @@ impl Devices {
     }
 
     async fn node_devices(&self) -> Result<BTreeMap<String, (Device, Link)>, Status> {
-        let links = inventory::links(&self.nl).await.map_err(kernel)?;
+        let uplinks = inventory::uplinks(&self.nl).await.map_err(kernel)?;
+        let links: Vec<Link> = inventory::links(&self.nl)
+            .await
+            .map_err(kernel)?
+            .into_iter()
+            .filter(|l| !uplinks.contains(&l.index))
+            .collect();
         Ok(inventory::devices(&self.cfg, &self.sys, &links))
     }
 

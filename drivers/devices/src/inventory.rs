@@ -71,6 +71,38 @@ pub async fn links(nl: &Netlink) -> NlResult<Vec<Link>> {
     Ok(out)
 }
 
+/// The interfaces the namespace's default routes (IPv4 or IPv6) leave by: the node's uplinks,
+/// never offered as devices (moving one into a pod would cut the node off).
+pub async fn uplinks(nl: &Netlink) -> NlResult<std::collections::BTreeSet<u32>> {
+    use netlink_packet_route::route::RouteAttribute;
+    let mut out = std::collections::BTreeSet::new();
+    for v4 in [true, false] {
+        let msg = if v4 {
+            rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+        } else {
+            rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+        };
+        let mut dump = nl.handle().route().get(msg).execute();
+        while let Some(r) = dump.try_next().within("list routes").await? {
+            if r.header.destination_prefix_length != 0 {
+                continue;
+            }
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => {
+                        out.insert(*i);
+                    }
+                    RouteAttribute::MultiPath(hops) => {
+                        out.extend(hops.iter().map(|h| h.interface_index));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A device id from an interface name: a DNS-1123 label (what a DRA device name must be).
 pub fn device_id(ifname: &str) -> String {
     let id: String = ifname
