@@ -1110,6 +1110,18 @@ pub fn allocate_device(r: &AllocateDeviceRequest) -> R {
     for (i, q) in r.requests.iter().enumerate() {
         required(&format!("requests[{i}].name"), &q.name)?;
     }
+    if r.pod_uids.len() > limits::MAX_METADATA_ENTRIES {
+        return Err(invalid(
+            "pod_uids",
+            format!("at most {}", limits::MAX_METADATA_ENTRIES),
+        ));
+    }
+    for (i, u) in r.pod_uids.iter().enumerate() {
+        required(&format!("pod_uids[{i}]"), u)?;
+        if u.len() > limits::MAX_STRING {
+            return Err(invalid(format!("pod_uids[{i}]"), "too long"));
+        }
+    }
     Ok(())
 }
 

@@ -433,6 +433,39 @@ async fn a_device_is_listed_allocated_near_a_gpu_moved_into_a_pod_and_back() {
         })
         .await
         .expect("allocate tdev0");
+    // Two claims racing for one device: one holds it, the other is refused.
+    let race = |uid: &'static str| {
+        let mut d = c.devices.clone();
+        async move {
+            d.allocate_device(AllocateDeviceRequest {
+                claim_uid: uid.into(),
+                requests: vec![DeviceRequest {
+                    name: "nic".into(),
+                    device_id: "tdev2".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let (r1, r2) = tokio::join!(race("race-1"), race("race-2"));
+    let codes = [&r1, &r2].map(|r| r.as_ref().err().map(|e| e.code()));
+    assert!(
+        codes == [None, Some(Code::ResourceExhausted)]
+            || codes == [Some(Code::ResourceExhausted), None],
+        "{r1:?} {r2:?}"
+    );
+    let holder = if r1.is_ok() { "race-1" } else { "race-2" };
+    assert_eq!(list(&c, false).await[2].allocated_to_claim, holder);
+    c.devices
+        .clone()
+        .release_device(ReleaseDeviceRequest {
+            claim_uid: holder.into(),
+        })
+        .await
+        .unwrap();
+
     let p1 = NetNs::create(&format!("netlet-devpod1-{}", std::process::id())).unwrap();
     let p2 = NetNs::create(&format!("netlet-devpod2-{}", std::process::id())).unwrap();
     let (r1, r2) = tokio::join!(
@@ -692,7 +725,8 @@ async fn a_resource_claim_reaches_the_node_through_the_kubelet_s_dra_protocol() 
     .unwrap();
     let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
     let mut claim = created.clone();
-    claim["status"] = serde_json::json!({"allocation": {"devices": {
+    claim["status"] = serde_json::json!({"reservedFor": [{"resource": "pods", "name": "pod-d", "uid": "pod-d"}],
+        "allocation": {"devices": {
         "results": [{"request": "nic", "driver": "dra.netlet.io", "pool": "node-a", "device": "tdev1"}],
         "config": [{"source": "FromClaim", "requests": ["nic"], "opaque": {"driver": "dra.netlet.io",
             "parameters": {"mtu": 1400, "addresses": ["192.168.71.2/24"]}}}]}}});
@@ -733,8 +767,18 @@ async fn a_resource_claim_reaches_the_node_through_the_kubelet_s_dra_protocol() 
         "{wrong}"
     );
 
-    // The pod gets the device with the claim's configuration.
+    // Only a pod the claim is reserved for may take the device; that pod gets it with the
+    // claim's configuration.
     let pod = NetNs::create(&format!("netlet-drapod-{}", std::process::id())).unwrap();
+    let other = attach(
+        &c,
+        sandbox("pod-e", &pod.path),
+        vec![with_device("tdev1", "net1")],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(other.code(), Code::FailedPrecondition, "{other:?}");
+    assert_eq!(reason(&other), "DEVICE_ALLOCATED_ELSEWHERE");
     let att = attach(
         &c,
         sandbox("pod-d", &pod.path),

@@ -289,6 +289,15 @@ impl Dra {
                 c.uid
             ));
         }
+        let pod_uids: Vec<String> = claim
+            .status
+            .as_ref()
+            .and_then(|s| s.reserved_for.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|r| r.resource == "pods" && r.api_group.as_deref().unwrap_or("").is_empty())
+            .map(|r| r.uid.clone())
+            .collect();
         let alloc = claim
             .status
             .and_then(|s| s.allocation)
@@ -324,6 +333,7 @@ impl Dra {
                 })
                 .collect(),
             sandbox_id: String::new(),
+            pod_uids,
         };
         netlet_sdk::validate::allocate_device(&req).map_err(|s| s.message().to_string())?;
         self.devices

@@ -466,6 +466,17 @@ impl Devices {
                 )
             })?;
         let (creq, a) = alloc;
+        if !creq.pod_uids.is_empty() && !creq.pod_uids.contains(&sandbox.uid) {
+            return Err(field_error(
+                Code::FailedPrecondition,
+                &f("device_id"),
+                format!(
+                    "device {:?} is allocated to claim {uid:?}, whose pods do not include {:?}",
+                    sel.device_id, sandbox.uid
+                ),
+                "DEVICE_ALLOCATED_ELSEWHERE",
+            ));
+        }
         if !creq.sandbox_id.is_empty() && creq.sandbox_id != sandbox.id {
             return Err(field_error(
                 Code::FailedPrecondition,
@@ -554,7 +565,7 @@ impl Devices {
                 .await
         }
         .await;
-        let (index, mac, mtu) = match moved {
+        let (mac, mtu) = match moved {
             Ok(v) => v,
             Err(e) => {
                 // Put it back as it was, then answer the error.
@@ -576,7 +587,6 @@ impl Devices {
                 });
             }
         };
-        let _ = index;
         let attachment = Attachment {
             network: sel.network.clone(),
             driver: self.name.clone(),
@@ -625,13 +635,13 @@ impl Devices {
     }
 
     /// In the pod: MAC and MTU, up, addresses and routes; `lo` up. Returns the interface's
-    /// index, MAC and MTU.
+    /// MAC and MTU as the kernel has them.
     async fn configure_in_pod(
         &self,
         pod: &Netlink,
         ifname: &str,
         conf: &NetConf,
-    ) -> Result<(u32, String, u32), NlError> {
+    ) -> Result<(String, u32), NlError> {
         let index = links::index_of(pod, ifname, "pod").await?;
         links::configure(pod, index, conf.mtu, conf.mac.as_deref(), true).await?;
         links::configure(pod, 1, None, None, true).await?;
@@ -644,7 +654,6 @@ impl Devices {
         let now = inventory::links(pod).await?;
         let l = now.iter().find(|l| l.index == index);
         Ok((
-            index,
             l.map(|l| l.mac.clone()).unwrap_or_default(),
             l.map(|l| l.mtu).unwrap_or_default(),
         ))

@@ -693,7 +693,10 @@ type AllocateDeviceRequest struct {
 	// Requests. At least one.
 	Requests []*DeviceRequest `protobuf:"bytes,4,rep,name=requests,proto3" json:"requests,omitempty"`
 	// Sandbox the devices are for, when known: then only that sandbox may attach them.
-	SandboxId     string `protobuf:"bytes,5,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	SandboxId string `protobuf:"bytes,5,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// The pods (their UIDs, PodSandbox.uid) that use the claim (DRA's reservedFor), when known:
+	// then only their sandboxes may attach the devices. At most 256.
+	PodUids       []string `protobuf:"bytes,6,rep,name=pod_uids,json=podUids,proto3" json:"pod_uids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -761,6 +764,13 @@ func (x *AllocateDeviceRequest) GetSandboxId() string {
 		return x.SandboxId
 	}
 	return ""
+}
+
+func (x *AllocateDeviceRequest) GetPodUids() []string {
+	if x != nil {
+		return x.PodUids
+	}
+	return nil
 }
 
 // AllocatedDevice is one device given to a request.
@@ -1016,7 +1026,7 @@ const file_netlet_v1alpha1_devices_proto_rawDesc = "" +
 	" \x01(\tR\x04pool\x1aB\n" +
 	"\x14MatchAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd7\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf2\x01\n" +
 	"\x15AllocateDeviceRequest\x12\x1b\n" +
 	"\tclaim_uid\x18\x01 \x01(\tR\bclaimUid\x12'\n" +
 	"\x0fclaim_namespace\x18\x02 \x01(\tR\x0eclaimNamespace\x12\x1d\n" +
@@ -1024,7 +1034,8 @@ const file_netlet_v1alpha1_devices_proto_rawDesc = "" +
 	"claim_name\x18\x03 \x01(\tR\tclaimName\x12:\n" +
 	"\brequests\x18\x04 \x03(\v2\x1e.netlet.v1alpha1.DeviceRequestR\brequests\x12\x1d\n" +
 	"\n" +
-	"sandbox_id\x18\x05 \x01(\tR\tsandboxId\"t\n" +
+	"sandbox_id\x18\x05 \x01(\tR\tsandboxId\x12\x19\n" +
+	"\bpod_uids\x18\x06 \x03(\tR\apodUids\"t\n" +
 	"\x0fAllocatedDevice\x12\x18\n" +
 	"\arequest\x18\x01 \x01(\tR\arequest\x12/\n" +
 	"\x06device\x18\x02 \x01(\v2\x17.netlet.v1alpha1.DeviceR\x06device\x12\x16\n" +
