@@ -469,7 +469,7 @@ impl Devices {
         if !creq.pod_uids.is_empty() && !creq.pod_uids.contains(&sandbox.uid) {
             return Err(field_error(
                 Code::FailedPrecondition,
-                &f("device_id"),
+                f("device_id"),
                 format!(
                     "device {:?} is allocated to claim {uid:?}, whose pods do not include {:?}",
                     sel.device_id, sandbox.uid
