@@ -650,3 +650,51 @@ pub async fn detach(c: &Clients, id: &str) -> Result<(), tonic::Status> {
         .await
         .map(|_| ())
 }
+
+/// A benchmark's sandbox `id` (its name and uid too) of namespace `bench`, in `netns`.
+pub fn bench_sandbox(id: &str, netns: &Path) -> netlet_sdk::proto::PodSandbox {
+    netlet_sdk::proto::PodSandbox {
+        id: id.into(),
+        name: id.into(),
+        namespace: "bench".into(),
+        uid: id.into(),
+        netns_path: netns.display().to_string(),
+        ..Default::default()
+    }
+}
+
+/// `n` AttachPod+DetachPod rounds through `c`, sandbox `<tag><i>` in `pods` round robin, with
+/// `networks` (empty: the default network) each time; the attach and the detach latencies.
+pub async fn attach_detach_rounds(
+    c: &Clients,
+    pods: &[crate::probe::NetNs],
+    n: usize,
+    tag: &str,
+    networks: &[netlet_sdk::proto::NetworkSelection],
+) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut add, mut del) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let id = format!("{tag}{i}");
+        let t = Instant::now();
+        c.pods
+            .clone()
+            .attach_pod(netlet_sdk::proto::AttachPodRequest {
+                sandbox: Some(bench_sandbox(&id, &pods[i % pods.len()].path)),
+                networks: networks.to_vec(),
+            })
+            .await
+            .expect("AttachPod");
+        add.push(t.elapsed());
+        let t = Instant::now();
+        c.pods
+            .clone()
+            .detach_pod(netlet_sdk::proto::DetachPodRequest {
+                sandbox_id: id,
+                ..Default::default()
+            })
+            .await
+            .expect("DetachPod");
+        del.push(t.elapsed());
+    }
+    (add, del)
+}

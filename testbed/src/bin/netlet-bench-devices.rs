@@ -10,12 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use netlet_sdk::client::Clients;
-use netlet_sdk::proto::{
-    AllocateDeviceRequest, AttachPodRequest, DetachPodRequest, DeviceRequest, NetworkSelection,
-    PodSandbox,
+use netlet_sdk::proto::{AllocateDeviceRequest, DeviceRequest, NetworkSelection};
+use netlet_testbed::harness::{
+    CNI_PLUGIN_DIR, Node, attach_detach_rounds, bin, bridge_driver, cni_env, cni_exec,
 };
-use netlet_testbed::harness::{CNI_PLUGIN_DIR, Node, bin, bridge_driver, cni_env, cni_exec};
 use netlet_testbed::probe::{self, NetNs};
 use netlet_testbed::stats::{Spread, pct, ratio};
 use serde_json::json;
@@ -31,53 +29,7 @@ struct Args {
     repeat: usize,
 }
 
-fn sandbox(id: &str, netns: &Path) -> PodSandbox {
-    PodSandbox {
-        id: id.into(),
-        name: id.into(),
-        namespace: "bench".into(),
-        uid: id.into(),
-        netns_path: netns.display().to_string(),
-        ..Default::default()
-    }
-}
-
-/// Attach+detach rounds through the host with `networks`; (attach, detach) latencies.
-async fn rounds(
-    c: &Clients,
-    pods: &[NetNs],
-    n: usize,
-    tag: &str,
-    networks: &[NetworkSelection],
-) -> (Vec<Duration>, Vec<Duration>) {
-    let (mut add, mut del) = (Vec::new(), Vec::new());
-    for i in 0..n {
-        let id = format!("{tag}{i}");
-        let t = Instant::now();
-        c.pods
-            .clone()
-            .attach_pod(AttachPodRequest {
-                sandbox: Some(sandbox(&id, &pods[i % pods.len()].path)),
-                networks: networks.to_vec(),
-            })
-            .await
-            .expect("AttachPod");
-        add.push(t.elapsed());
-        let t = Instant::now();
-        c.pods
-            .clone()
-            .detach_pod(DetachPodRequest {
-                sandbox_id: id,
-                ..Default::default()
-            })
-            .await
-            .expect("DetachPod");
-        del.push(t.elapsed());
-    }
-    (add, del)
-}
-
-/// The same with the CNI reference plugin, one exec per call, inside `node`.
+/// Attach+detach rounds with the CNI reference plugin, one exec per call, inside `node`.
 fn cni_rounds(node: &Path, conf: &str, pods: &[NetNs], n: usize) -> (Vec<Duration>, Vec<Duration>) {
     let plugin = PathBuf::from(CNI_PLUGIN_DIR).join("host-device");
     let (mut add, mut del) = (Vec::new(), Vec::new());
@@ -166,8 +118,8 @@ async fn main() -> anyhow::Result<()> {
     })
     .to_string();
     // Warm-up.
-    rounds(&c, &pods, 10, "w", &device).await;
-    rounds(&c, &pods, 10, "v", &[]).await;
+    attach_detach_rounds(&c, &pods, 10, "w", &device).await;
+    attach_detach_rounds(&c, &pods, 10, "v", &[]).await;
     cni_rounds(&ref_node.path, &ref_conf, &pods, 5);
 
     const DEV: &str = "netlet: device moved in/out via host";
@@ -182,10 +134,10 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     for _ in 0..args.repeat {
-        let (mut a, mut d) = rounds(&c, &pods, args.rounds, "d", &device).await;
+        let (mut a, mut d) = attach_detach_rounds(&c, &pods, args.rounds, "d", &device).await;
         add(DEV, "attach", &mut a);
         add(DEV, "detach", &mut d);
-        let (mut a, mut d) = rounds(&c, &pods, args.rounds, "p", &[]).await;
+        let (mut a, mut d) = attach_detach_rounds(&c, &pods, args.rounds, "p", &[]).await;
         add(VETH, "attach", &mut a);
         add(VETH, "detach", &mut d);
         let (mut a, mut d) = cni_rounds(&ref_node.path, &ref_conf, &pods, args.rounds);

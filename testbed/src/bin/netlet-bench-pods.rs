@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use netlet_sdk::client::Clients;
-use netlet_sdk::proto::{AttachPodRequest, DetachPodRequest, PodSandbox};
-use netlet_testbed::harness::{CNI_PLUGIN_DIR, Node, bin, bridge_driver, cni_env, cni_exec};
+use netlet_sdk::proto::{AttachPodRequest, DetachPodRequest};
+use netlet_testbed::harness::{
+    CNI_PLUGIN_DIR, Node, attach_detach_rounds, bench_sandbox, bin, bridge_driver, cni_env,
+    cni_exec,
+};
 use netlet_testbed::probe::NetNs;
 use netlet_testbed::stats::{Spread, ms, pct, ratio};
 use serde_json::json;
@@ -69,17 +72,6 @@ struct Lat {
     del: Vec<Duration>,
 }
 
-fn sandbox(id: &str, netns: &Path) -> PodSandbox {
-    PodSandbox {
-        id: id.into(),
-        name: id.into(),
-        namespace: "bench".into(),
-        uid: id.into(),
-        netns_path: netns.display().to_string(),
-        ..Default::default()
-    }
-}
-
 /// What a runtime passes in `CNI_ARGS`.
 const CNI_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p";
 
@@ -101,35 +93,8 @@ fn cni_call(
 }
 
 async fn grpc_rounds(c: &Clients, pods: &[NetNs], rounds: usize) -> Lat {
-    let mut lat = Lat {
-        add: vec![],
-        del: vec![],
-    };
-    for i in 0..rounds {
-        let p = &pods[i % pods.len()];
-        let id = format!("g{i}");
-        let t = Instant::now();
-        c.pods
-            .clone()
-            .attach_pod(AttachPodRequest {
-                sandbox: Some(sandbox(&id, &p.path)),
-                networks: vec![],
-            })
-            .await
-            .expect("AttachPod");
-        lat.add.push(t.elapsed());
-        let t = Instant::now();
-        c.pods
-            .clone()
-            .detach_pod(DetachPodRequest {
-                sandbox_id: id,
-                ..Default::default()
-            })
-            .await
-            .expect("DetachPod");
-        lat.del.push(t.elapsed());
-    }
-    lat
+    let (add, del) = attach_detach_rounds(c, pods, rounds, "g", &[]).await;
+    Lat { add, del }
 }
 
 fn exec_rounds(
@@ -168,7 +133,7 @@ async fn grpc_throughput(n: &Node, pods: &[NetNs], conc: usize, burst: usize) ->
                 c.pods
                     .clone()
                     .attach_pod(AttachPodRequest {
-                        sandbox: Some(sandbox(&format!("t{i}"), &path)),
+                        sandbox: Some(bench_sandbox(&format!("t{i}"), &path)),
                         networks: vec![],
                     })
                     .await
