@@ -47,6 +47,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod devices;
 pub mod dnsname;
 mod driver;
 pub mod generation;

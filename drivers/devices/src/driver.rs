@@ -335,9 +335,22 @@ impl Devices {
                 "CLAIM_EXISTS",
             ));
         }
+        for (i, r) in req.requests.iter().enumerate() {
+            if !r.config.is_empty() {
+                NetConf::parse(&r.config).map_err(|e| {
+                    field_error(
+                        Code::InvalidArgument,
+                        format!("requests[{i}].config"),
+                        e,
+                        "CONFIG_INVALID",
+                    )
+                })?;
+            }
+        }
         let inv: Vec<Device> = self.inventory_locked(&st).await?.into_values().collect();
         let sys = self.sys.clone();
-        let devices = crate::alloc::allocate(&req, &inv, &self.pools(), &|a| sys.pci(a))?;
+        let devices =
+            netlet_sdk::devices::allocate(&req, &inv, &self.pools(), &|a| sys.topology(a))?;
         let resp = AllocateDeviceResponse {
             claim_uid: req.claim_uid.clone(),
             devices,

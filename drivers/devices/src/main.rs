@@ -5,7 +5,6 @@
 
 #![forbid(unsafe_code)]
 
-mod alloc;
 mod api;
 mod config;
 mod dra;

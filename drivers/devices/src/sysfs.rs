@@ -41,19 +41,7 @@ pub struct DeviceInfo {
     pub mac: Option<String>,
 }
 
-/// Whether `s` is a PCI address in its sysfs form, `dddd:bb:dd.f`.
-pub fn is_pci_address(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 12
-        && b[4] == b':'
-        && b[7] == b':'
-        && b[10] == b'.'
-        && (b'0'..=b'7').contains(&b[11])
-        && [0..4, 5..7, 8..10].into_iter().all(|r| {
-            b[r].iter()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        })
-}
+pub use netlet_sdk::devices::is_pci_address;
 
 impl Sysfs {
     /// The tree at `root`.
@@ -80,6 +68,14 @@ impl Sysfs {
             return None;
         }
         self.device(&self.root.join("bus/pci/devices").join(address))
+    }
+
+    /// Where PCI function `address` sits, for alignment.
+    pub fn topology(&self, address: &str) -> Option<netlet_sdk::devices::Topology> {
+        self.pci(address).map(|i| netlet_sdk::devices::Topology {
+            numa_node: i.numa_node,
+            pcie_root: i.pcie_root,
+        })
     }
 
     /// Reads the device directory `link` points at (a net class's `device`, a PCI bus entry).
@@ -317,15 +313,6 @@ pub(crate) mod recorded {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pci_addresses_in_sysfs_form() {
-        assert!(is_pci_address("0000:3b:00.2"));
-        assert!(!is_pci_address("0000:3b:00.8"));
-        assert!(!is_pci_address("0000:3B:00.2"));
-        assert!(!is_pci_address("3b:00.2"));
-        assert!(!is_pci_address("0000:3b:00:2"));
-    }
 
     #[test]
     fn a_server_tree_reads_as_recorded() {

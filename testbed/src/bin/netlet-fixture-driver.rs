@@ -14,18 +14,17 @@ use netlet_sdk::{
     Driver,
     parts::Parts,
     proto::{
-        AllocateDeviceRequest, AllocateDeviceResponse, AllocatedDevice, ApplyPolicyRequest,
-        ApplyPolicyResponse, AttachPodRequest, AttachPodResponse, Attachment, CheckDnsRequest,
-        CheckDnsResponse, CheckHostnameRequest, CheckHostnameResponse, DetachPodRequest,
-        DetachPodResponse, Device, DeviceKind, DnsAction, GarbageCollectRequest,
-        GarbageCollectResponse, IpConfig, IpFamily, ListAttachmentsRequest,
-        ListAttachmentsResponse, ListDevicesRequest, ListDevicesResponse, ListPoliciesRequest,
-        ListPoliciesResponse, ListServicesRequest, ListServicesResponse, NetworkReadiness,
-        NetworkReadyRequest, NetworkReadyResponse, PodAttachments, PodNetworkStatusRequest,
-        PodNetworkStatusResponse, ProgramServiceRequest, ProgramServiceResponse,
-        ReleaseDeviceRequest, ReleaseDeviceResponse, Route, WatchNetworkReadyRequest,
-        WatchNetworkReadyResponse, devices_server::Devices, node_server::Node, pods_server::Pods,
-        policy_server::Policy, services_server::Services,
+        AllocateDeviceRequest, AllocateDeviceResponse, ApplyPolicyRequest, ApplyPolicyResponse,
+        AttachPodRequest, AttachPodResponse, Attachment, CheckDnsRequest, CheckDnsResponse,
+        CheckHostnameRequest, CheckHostnameResponse, DetachPodRequest, DetachPodResponse, Device,
+        DeviceKind, DnsAction, GarbageCollectRequest, GarbageCollectResponse, IpConfig, IpFamily,
+        ListAttachmentsRequest, ListAttachmentsResponse, ListDevicesRequest, ListDevicesResponse,
+        ListPoliciesRequest, ListPoliciesResponse, ListServicesRequest, ListServicesResponse,
+        NetworkReadiness, NetworkReadyRequest, NetworkReadyResponse, PodAttachments,
+        PodNetworkStatusRequest, PodNetworkStatusResponse, ProgramServiceRequest,
+        ProgramServiceResponse, ReleaseDeviceRequest, ReleaseDeviceResponse, Route,
+        WatchNetworkReadyRequest, WatchNetworkReadyResponse, devices_server::Devices,
+        node_server::Node, pods_server::Pods, policy_server::Policy, services_server::Services,
     },
     state::{self, PolicyTable, ServiceTable},
     tonic::{self, Request, Response, Status},
@@ -93,6 +92,8 @@ struct State {
     service_parts: Parts<ProgramServiceRequest>,
     policy_parts: Parts<ApplyPolicyRequest>,
     claims: BTreeMap<String, AllocateDeviceResponse>,
+    /// The request each claim was allocated with.
+    claim_requests: BTreeMap<String, AllocateDeviceRequest>,
 }
 
 #[derive(Clone)]
@@ -446,15 +447,10 @@ impl Policy for Fixture {
     }
 }
 
-#[tonic::async_trait]
-impl Devices for Fixture {
-    async fn list_devices(
-        &self,
-        req: Request<ListDevicesRequest>,
-    ) -> Result<Response<ListDevicesResponse>, Status> {
-        let req = req.into_inner();
-        let st = self.state()?;
-        let devices = inventory()
+impl Fixture {
+    /// The inventory with the claims holding each device.
+    fn listed(&self, st: &State) -> Vec<Device> {
+        inventory()
             .into_iter()
             .map(|mut d| {
                 d.driver = self.name.clone();
@@ -467,7 +463,24 @@ impl Devices for Fixture {
                 }
                 d
             })
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl Devices for Fixture {
+    async fn list_devices(
+        &self,
+        req: Request<ListDevicesRequest>,
+    ) -> Result<Response<ListDevicesResponse>, Status> {
+        let req = req.into_inner();
+        validate::list_devices("", &req)?;
+        let st = self.state()?;
+        let devices = self
+            .listed(&st)
+            .into_iter()
             .filter(|d| req.kind == 0 || d.kind == req.kind)
+            .filter(|d| req.pool.is_empty() || d.pool == req.pool)
             .filter(|d| !req.free_only || d.allocated_to_claim.is_empty())
             .collect();
         Ok(Response::new(ListDevicesResponse { devices }))
@@ -481,81 +494,27 @@ impl Devices for Fixture {
         validate::allocate_device(&req)?;
         let mut st = self.state()?;
         if let Some(c) = st.claims.get(&req.claim_uid) {
-            return Ok(Response::new(c.clone()));
-        }
-        let taken: Vec<String> = st
-            .claims
-            .values()
-            .flat_map(|c| {
-                c.devices
-                    .iter()
-                    .filter_map(|a| a.device.as_ref().map(|d| d.id.clone()))
-            })
-            .collect();
-        let inv = inventory();
-        let mut out = AllocateDeviceResponse {
-            claim_uid: req.claim_uid.clone(),
-            devices: vec![],
-        };
-        for (i, r) in req.requests.iter().enumerate() {
-            let align = if r.align_with_device_id.is_empty() {
-                None
-            } else {
-                Some(
-                    inv.iter()
-                        .find(|d| d.id == r.align_with_device_id)
-                        .cloned()
-                        .ok_or_else(|| {
-                            validate::field_error(
-                                tonic::Code::NotFound,
-                                format!("requests[{i}].align_with_device_id"),
-                                format!("{:?} unknown", r.align_with_device_id),
-                                "DEVICE_UNKNOWN",
-                            )
-                        })?,
-                )
-            };
-            if !r.device_id.is_empty() && !inv.iter().any(|d| d.id == r.device_id) {
+            if st.claim_requests.get(&req.claim_uid) != Some(&req) {
                 return Err(validate::field_error(
-                    tonic::Code::NotFound,
-                    format!("requests[{i}].device_id"),
-                    format!("{:?} unknown", r.device_id),
-                    "DEVICE_UNKNOWN",
+                    tonic::Code::AlreadyExists,
+                    "claim_uid",
+                    format!(
+                        "claim {:?} is allocated with another request",
+                        req.claim_uid
+                    ),
+                    "CLAIM_EXISTS",
                 ));
             }
-            for _ in 0..r.count.max(1) {
-                let dev = inv
-                    .iter()
-                    .filter(|d| {
-                        !taken.contains(&d.id)
-                            && !out
-                                .devices
-                                .iter()
-                                .any(|a| a.device.as_ref().is_some_and(|x| x.id == d.id))
-                    })
-                    .filter(|d| r.device_id.is_empty() || d.id == r.device_id)
-                    .filter(|d| r.kind == 0 || d.kind == r.kind)
-                    .find(|d| align.as_ref().is_none_or(|a| a.numa_node == d.numa_node))
-                    .cloned()
-                    .ok_or_else(|| {
-                        validate::field_error(
-                            tonic::Code::ResourceExhausted,
-                            format!("requests[{i}]"),
-                            "no free device matches",
-                            "NO_DEVICE_FREE",
-                        )
-                    })?;
-                out.devices.push(AllocatedDevice {
-                    request: r.name.clone(),
-                    device: Some(Device {
-                        driver: self.name.clone(),
-                        allocated_to_claim: req.claim_uid.clone(),
-                        ..dev
-                    }),
-                    config: r.config.clone(),
-                });
-            }
+            return Ok(Response::new(c.clone()));
         }
+        let inv = self.listed(&st);
+        // No PCI functions besides its own: alignment is with inventory devices only.
+        let devices = netlet_sdk::devices::allocate(&req, &inv, &[], &|_| None)?;
+        let out = AllocateDeviceResponse {
+            claim_uid: req.claim_uid.clone(),
+            devices,
+        };
+        st.claim_requests.insert(req.claim_uid.clone(), req.clone());
         st.claims.insert(req.claim_uid.clone(), out.clone());
         Ok(Response::new(out))
     }
@@ -566,7 +525,9 @@ impl Devices for Fixture {
     ) -> Result<Response<ReleaseDeviceResponse>, Status> {
         let req = req.into_inner();
         validate::release_device(&req)?;
-        self.state()?.claims.remove(&req.claim_uid);
+        let mut st = self.state()?;
+        st.claims.remove(&req.claim_uid);
+        st.claim_requests.remove(&req.claim_uid);
         Ok(Response::new(ReleaseDeviceResponse {}))
     }
 }

@@ -1,7 +1,9 @@
-//! Devices: release of unknown claims is OK, field errors, idempotent allocation.
+//! Devices: release of unknown claims is OK, field errors, idempotent allocation, a claim UID
+//! reused with another request, an alignment that cannot be met.
 
 use netlet_sdk::proto::{
-    AllocateDeviceRequest, Capability, DeviceRequest, ListDevicesRequest, ReleaseDeviceRequest,
+    AllocateDeviceRequest, Capability, Device, DeviceRequest, ListDevicesRequest,
+    ReleaseDeviceRequest, TopologyScope,
 };
 use tonic::Code;
 
@@ -159,5 +161,138 @@ pub fn checks() -> Vec<Check> {
                 Ok(Outcome::Passed)
             }
         ),
+        check!(
+            "devices/list-invalid-filter",
+            Some(Capability::Devices),
+            |ctx| {
+                expect_code(
+                    "ListDevices with kind 99",
+                    ctx.clients
+                        .devices
+                        .clone()
+                        .list_devices(ListDevicesRequest {
+                            kind: 99,
+                            ..Default::default()
+                        })
+                        .await,
+                    Code::InvalidArgument,
+                    Some("kind"),
+                )?;
+                Ok(Outcome::Passed)
+            }
+        ),
+        check!(
+            "devices/claim-reused-with-another-request",
+            Some(Capability::Devices),
+            |ctx| {
+                let free = free_devices(ctx).await?;
+                let [a, b, ..] = free.as_slice() else {
+                    return Ok(Outcome::Skipped("fewer than two free devices".into()));
+                };
+                let uid = ctx.unique("claim");
+                ctx.created_claim(&uid);
+                let claim = |id: &str| AllocateDeviceRequest {
+                    claim_uid: uid.clone(),
+                    requests: vec![DeviceRequest {
+                        name: "nic".into(),
+                        device_id: id.into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                expect_ok(
+                    "AllocateDevice",
+                    ctx.clients
+                        .devices
+                        .clone()
+                        .allocate_device(claim(&a.id))
+                        .await,
+                )?;
+                expect_code(
+                    "AllocateDevice of the same claim UID for another device",
+                    ctx.clients
+                        .devices
+                        .clone()
+                        .allocate_device(claim(&b.id))
+                        .await,
+                    Code::AlreadyExists,
+                    Some("claim_uid"),
+                )?;
+                if !free_devices(ctx).await?.iter().any(|d| d.id == b.id) {
+                    return Err("the refused request took its device".into());
+                }
+                expect_ok(
+                    "ReleaseDevice",
+                    ctx.clients
+                        .devices
+                        .clone()
+                        .release_device(ReleaseDeviceRequest { claim_uid: uid })
+                        .await,
+                )?;
+                Ok(Outcome::Passed)
+            }
+        ),
+        check!(
+            "devices/alignment-refused-names-the-constraint",
+            Some(Capability::Devices),
+            |ctx| {
+                // One more device on X's NUMA node than are free there, while enough are free
+                // elsewhere: matching devices exist, the alignment cannot be met.
+                let free = free_devices(ctx).await?;
+                let Some(x) = free
+                    .iter()
+                    .find(|x| x.numa_node >= 0 && free.iter().any(|d| d.numa_node != x.numa_node))
+                else {
+                    return Ok(Outcome::Skipped("no free devices on two NUMA nodes".into()));
+                };
+                let near = free.iter().filter(|d| d.numa_node == x.numa_node).count();
+                let uid = ctx.unique("claim");
+                ctx.created_claim(&uid);
+                let req = AllocateDeviceRequest {
+                    claim_uid: uid,
+                    requests: vec![DeviceRequest {
+                        name: "near".into(),
+                        count: near as u32 + 1,
+                        align_with_device_id: x.id.clone(),
+                        align_scope: TopologyScope::NumaNode as i32,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                expect_code(
+                    &format!(
+                        "AllocateDevice of {} devices on the NUMA node of {} ({} free there, {} in all)",
+                        near + 1,
+                        x.id,
+                        near,
+                        free.len()
+                    ),
+                    ctx.clients.devices.clone().allocate_device(req).await,
+                    Code::FailedPrecondition,
+                    Some("requests[0].align_scope"),
+                )?;
+                if free_devices(ctx).await?.len() != free.len() {
+                    return Err("a refused claim holds devices".into());
+                }
+                Ok(Outcome::Passed)
+            }
+        ),
     ]
+}
+
+/// The free devices.
+async fn free_devices(ctx: &crate::conformance::Ctx) -> Result<Vec<Device>, String> {
+    Ok(expect_ok(
+        "ListDevices",
+        ctx.clients
+            .devices
+            .clone()
+            .list_devices(ListDevicesRequest {
+                free_only: true,
+                ..Default::default()
+            })
+            .await,
+    )?
+    .into_inner()
+    .devices)
 }

@@ -1,17 +1,42 @@
-//! Allocation: which free devices a claim's requests get, with topology alignment. Pure: the
-//! driver passes the inventory (with what other claims hold) and a way to read the topology of
-//! a PCI function it does not own.
+//! Device allocation as AllocateDevice specifies it, for Devices drivers: which free devices a
+//! claim's requests get (by id, pool, kind and attributes), all or none, aligned by NUMA node or
+//! PCIe root with a device of the inventory or a PCI function the driver does not own, and the
+//! contract's errors naming the request and the constraint. Pure: the driver passes its
+//! inventory (a device held by another claim has `allocated_to_claim` set) and a way to read a
+//! PCI function's topology; it keeps the claims itself.
 
 use std::collections::BTreeSet;
 
-use netlet_sdk::proto::{
+use tonic::{Code, Status};
+
+use crate::proto::{
     AllocateDeviceRequest, AllocatedDevice, Device, DeviceHealth, DeviceKind, DeviceRequest,
     TopologyScope,
 };
-use netlet_sdk::validate::field_error;
-use tonic::{Code, Status};
+use crate::validate::field_error;
 
-use crate::sysfs::{DeviceInfo, is_pci_address};
+/// Where a PCI function sits. `None` is unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// NUMA node.
+    pub numa_node: Option<i32>,
+    /// PCIe root complex, `pci0000:3a`.
+    pub pcie_root: Option<String>,
+}
+
+/// Whether `s` is a PCI address in its sysfs form, `dddd:bb:dd.f` (lower-case hex).
+pub fn is_pci_address(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && (b'0'..=b'7').contains(&b[11])
+        && [0..4, 5..7, 8..10].into_iter().all(|r| {
+            b[r].iter()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        })
+}
 
 /// Most devices one request may ask for.
 pub const MAX_COUNT: u32 = 64;
@@ -35,7 +60,7 @@ impl Place {
         }
     }
 
-    fn of_pci(addr: &str, info: &DeviceInfo) -> Self {
+    fn of_pci(addr: &str, info: &Topology) -> Self {
         Self {
             what: format!("PCI function {addr}"),
             numa_node: info.numa_node,
@@ -110,10 +135,6 @@ fn check(i: usize, r: &DeviceRequest, pools: &[String]) -> Result<(), Status> {
             "CONFIG_TOO_LARGE",
         ));
     }
-    if !r.config.is_empty() {
-        crate::netconf::NetConf::parse(&r.config)
-            .map_err(|e| field_error(Code::InvalidArgument, f("config"), e, "CONFIG_INVALID"))?;
-    }
     Ok(())
 }
 
@@ -129,12 +150,15 @@ fn matches(r: &DeviceRequest, d: &Device) -> bool {
 }
 
 /// Allocates every request of `req` from `inventory` (devices with `allocated_to_claim` set
-/// are held), or none: the first request that cannot be met fails the claim, naming it.
+/// are held, `GONE` ones are not offered), or none: the first request that cannot be met fails
+/// the claim, naming it. `pools` are the driver's pool names (a request naming another is
+/// NOT_FOUND); `pci` reads the topology of a PCI function (`None`: the node has none such).
+/// The requests' opaque `config` is only size-checked: its meaning is the driver's.
 pub fn allocate(
     req: &AllocateDeviceRequest,
     inventory: &[Device],
     pools: &[String],
-    pci: &dyn Fn(&str) -> Option<DeviceInfo>,
+    pci: &dyn Fn(&str) -> Option<Topology>,
 ) -> Result<Vec<AllocatedDevice>, Status> {
     let mut taken: BTreeSet<&str> = BTreeSet::new();
     let mut out = Vec::new();
@@ -291,11 +315,10 @@ mod tests {
         vec!["p".into(), "q".into()]
     }
 
-    fn gpu(addr: &str) -> Option<DeviceInfo> {
-        (addr == "0000:b2:00.0").then(|| DeviceInfo {
+    fn gpu(addr: &str) -> Option<Topology> {
+        (addr == "0000:b2:00.0").then(|| Topology {
             numa_node: Some(1),
             pcie_root: Some("pci0000:b0".into()),
-            ..Default::default()
         })
     }
 
@@ -326,6 +349,15 @@ mod tests {
     fn err(r: Result<Vec<AllocatedDevice>, Status>) -> (Code, String) {
         let s = r.unwrap_err();
         (s.code(), s.message().to_string())
+    }
+
+    #[test]
+    fn pci_addresses_in_sysfs_form() {
+        assert!(is_pci_address("0000:3b:00.2"));
+        assert!(!is_pci_address("0000:3b:00.8"));
+        assert!(!is_pci_address("0000:3B:00.2"));
+        assert!(!is_pci_address("3b:00.2"));
+        assert!(!is_pci_address("0000:3b:00:2"));
     }
 
     #[test]
@@ -452,7 +484,7 @@ mod tests {
                 "requests[0].count",
             ),
             (
-                Box::new(|r: &mut DeviceRequest| r.config = b"{\"mtu\": \"big\"}".to_vec()),
+                Box::new(|r: &mut DeviceRequest| r.config = vec![b' '; MAX_CONFIG_BYTES + 1]),
                 Code::InvalidArgument,
                 "requests[0].config",
             ),
