@@ -660,6 +660,15 @@ async fn a_resource_claim_reaches_the_node_through_the_kubelet_s_dra_protocol() 
     .collect();
     let n = node("dra", dir.path(), None, &extra).await;
     let api = netlet_testbed::k8s::ApiServer::start(&n, &etcd, &api_bin);
+    let node_obj: serde_json::Value = serde_json::from_str(
+        &api.request(
+            "POST",
+            "/api/v1/nodes",
+            Some(r#"{"metadata":{"name":"node-a"}}"#),
+        )
+        .unwrap(),
+    )
+    .unwrap();
     let c = n.host.clients().await;
     let probe = dra_probe(dir.path());
 
@@ -694,6 +703,17 @@ async fn a_resource_claim_reaches_the_node_through_the_kubelet_s_dra_protocol() 
     let s2 = slice(2).await;
     assert!(
         s2["spec"]["pool"]["generation"].as_i64().unwrap() > g0,
+        "{s2}"
+    );
+    // Owned by the Node, so it goes with it.
+    let owner = &s2["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (&owner["kind"], &owner["name"], &owner["uid"]),
+        (
+            &"Node".into(),
+            &"node-a".into(),
+            &node_obj["metadata"]["uid"]
+        ),
         "{s2}"
     );
 

@@ -11,10 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::{
     Device as SliceDevice, DeviceAttribute, ResourceClaim, ResourcePool, ResourceSlice,
     ResourceSliceSpec,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use netlet_sdk::proto::{AllocateDeviceRequest, Device, DeviceHealth, DeviceKind, DeviceRequest};
 use tonic::{Request, Response, Status};
@@ -213,7 +215,7 @@ impl Dra {
             Ok(Some(s)) => s.spec.pool.generation,
             _ => 0,
         };
-        let mut published: Option<Vec<SliceDevice>> = None;
+        let mut published: Option<(Vec<SliceDevice>, Option<OwnerReference>)> = None;
         loop {
             changed.borrow_and_update();
             let devices = match self.devices.inventory().await {
@@ -224,10 +226,14 @@ impl Dra {
                     continue;
                 }
             };
-            if published.as_ref() != Some(&devices) {
+            // Owned by the Node object (when there is one), so deleting the node deletes its
+            // slice.
+            let owner = self.node_owner().await;
+            if published.as_ref() != Some(&(devices.clone(), owner.clone())) {
                 let slice = ResourceSlice {
                     metadata: ObjectMeta {
                         name: Some(self.slice_name()),
+                        owner_references: owner.clone().map(|o| vec![o]),
                         ..Default::default()
                     },
                     spec: ResourceSliceSpec {
@@ -257,7 +263,7 @@ impl Dra {
                             generation,
                             "ResourceSlice published"
                         );
-                        published = Some(devices);
+                        published = Some((devices, owner));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "publish ResourceSlice; retrying");
@@ -270,6 +276,20 @@ impl Dra {
                 return;
             }
         }
+    }
+
+    /// A reference to this node's Node object, if the API server has it.
+    async fn node_owner(&self) -> Option<OwnerReference> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let n = nodes.get_opt(&self.opts.node).await.ok().flatten()?;
+        Some(OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: self.opts.node.clone(),
+            uid: n.metadata.uid?,
+            controller: Some(true),
+            ..Default::default()
+        })
     }
 
     /// Prepares one claim: its allocation for this driver, read from the API server, allocated
