@@ -75,19 +75,7 @@ pub fn checks() -> Vec<Check> {
             "devices/allocate-idempotent",
             Some(Capability::Devices),
             |ctx| {
-                let free = expect_ok(
-                    "ListDevices",
-                    ctx.clients
-                        .devices
-                        .clone()
-                        .list_devices(ListDevicesRequest {
-                            free_only: true,
-                            ..Default::default()
-                        })
-                        .await,
-                )?
-                .into_inner()
-                .devices;
+                let free = free_devices(ctx).await?;
                 let Some(dev) = free.first() else {
                     return Ok(Outcome::Skipped("no free device in the inventory".into()));
                 };
@@ -130,19 +118,7 @@ pub fn checks() -> Vec<Check> {
                         return Err("replayed allocation differs".into());
                     }
                 }
-                let still_free = expect_ok(
-                    "ListDevices",
-                    ctx.clients
-                        .devices
-                        .clone()
-                        .list_devices(ListDevicesRequest {
-                            free_only: true,
-                            ..Default::default()
-                        })
-                        .await,
-                )?
-                .into_inner()
-                .devices;
+                let still_free = free_devices(ctx).await?;
                 if still_free.iter().any(|d| d.id == dev.id) {
                     return Err("allocated device still listed as free".into());
                 }
