@@ -123,7 +123,8 @@ func TestValidation(t *testing.T) {
 	ok := &pb.AttachPodRequest{
 		Sandbox: &pb.PodSandbox{Id: "s1", NetnsPath: "/run/netns/s1",
 			PortMappings: []*pb.PortMapping{{HostPort: 0, ContainerPort: 80}}},
-		Networks: []*pb.NetworkSelection{{Network: "default", InterfaceName: "eth0", Ips: []string{"10.0.0.5/24"}}},
+		Networks: []*pb.NetworkSelection{{Network: "default", InterfaceName: "eth0", Ips: []string{"10.0.0.5/24"},
+			DeviceId: "ens1f0", Routes: []*pb.Route{{Destination: "0.0.0.0/0", Gateway: "10.0.0.1"}, {Destination: "::/0", Gateway: "fe80::1"}}}},
 	}
 	if err := AttachPod(ok); err != nil {
 		t.Fatalf("valid request refused: %v", err)
@@ -135,7 +136,14 @@ func TestValidation(t *testing.T) {
 		"networks[0].ips[0]":         func(r *pb.AttachPodRequest) { r.Networks[0].Ips = []string{"10.1.2.300"} },
 		"networks[0].mac":            func(r *pb.AttachPodRequest) { r.Networks[0].Mac = "01:00:00:00:00:01" },
 		"networks[0].mtu":            func(r *pb.AttachPodRequest) { r.Networks[0].Mtu = 10 },
-		"sandbox.namespace":          func(r *pb.AttachPodRequest) { r.Sandbox.Namespace = "Bad_NS" },
+		"networks[0].device_id":      func(r *pb.AttachPodRequest) { r.Networks[0].DeviceId = "Ens1f0" },
+		"networks[0].routes[0].destination": func(r *pb.AttachPodRequest) {
+			r.Networks[0].Routes = []*pb.Route{{Destination: "10.3.0.0"}}
+		},
+		"networks[0].routes[0].gateway": func(r *pb.AttachPodRequest) {
+			r.Networks[0].Routes = []*pb.Route{{Destination: "fd00::/8", Gateway: "10.0.0.1"}}
+		},
+		"sandbox.namespace": func(r *pb.AttachPodRequest) { r.Sandbox.Namespace = "Bad_NS" },
 		"sandbox.dns_config.nameservers": func(r *pb.AttachPodRequest) {
 			r.Sandbox.DnsConfig = &pb.DnsConfig{Nameservers: []string{"1.1.1.1", "1.1.1.2", "1.1.1.3", "1.1.1.4"}}
 		},

@@ -98,8 +98,35 @@ func NetworkSelection(field string, n *pb.NetworkSelection) error {
 	if m := n.GetMtu(); m != 0 && (m < 68 || m > 65535) {
 		return Invalid(field+".mtu", fmt.Sprintf("%d is not an MTU (68-65535)", m))
 	}
+	if n.GetDeviceId() != "" {
+		if err := DNSLabel(field+".device_id", n.GetDeviceId()); err != nil {
+			return err
+		}
+	}
+	if len(n.GetRoutes()) > MaxRoutes {
+		return Invalid(field+".routes", fmt.Sprintf("at most %d", MaxRoutes))
+	}
+	for i, r := range n.GetRoutes() {
+		f := fmt.Sprintf("%s.routes[%d]", field, i)
+		dst, err := netip.ParsePrefix(r.GetDestination())
+		if err != nil {
+			return Invalid(f+".destination", fmt.Sprintf("%q is not a CIDR (address/prefix)", r.GetDestination()))
+		}
+		if r.GetGateway() != "" {
+			gw, err := netip.ParseAddr(r.GetGateway())
+			if err != nil {
+				return Invalid(f+".gateway", fmt.Sprintf("%q is not an IP address", r.GetGateway()))
+			}
+			if gw.Is4() != dst.Addr().Is4() {
+				return Invalid(f+".gateway", "not of the destination's family")
+			}
+		}
+	}
 	return nil
 }
+
+// MaxRoutes is the most routes one attachment may ask for.
+const MaxRoutes = 64
 
 // PortMappings checks a pod's CRI port mappings: host_port 0 (not published) or a port,
 // container_port a port, host_ip a plain address.
