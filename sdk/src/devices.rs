@@ -15,6 +15,13 @@ use crate::proto::{
 };
 use crate::validate::field_error;
 
+/// Whether `d` passes a ListDevices (or WatchDevices) filter: its kind, free only, its pool.
+pub fn listed(d: &Device, filter: &crate::proto::ListDevicesRequest) -> bool {
+    (filter.kind == DeviceKind::Unspecified as i32 || d.kind == filter.kind)
+        && (!filter.free_only || d.allocated_to_claim.is_empty())
+        && (filter.pool.is_empty() || d.pool == filter.pool)
+}
+
 /// Where a PCI function sits. `None` is unknown.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Topology {

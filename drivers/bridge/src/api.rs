@@ -1,15 +1,12 @@
-//! The gRPC face of the bridge driver: Pods and Node.
+//! The gRPC face of the bridge driver: Pods (through the SDK's [`pods::PodsService`]) and Node.
 
 use std::sync::Arc;
 
 use netlet_sdk::proto::{
-    AttachPodRequest, AttachPodResponse, Attachment, DetachPodRequest, DetachPodResponse,
-    GarbageCollectRequest, GarbageCollectResponse, ListAttachmentsRequest, ListAttachmentsResponse,
-    NetworkReadyRequest, NetworkReadyResponse, NetworkSelection, PodNetworkStatusRequest,
-    PodNetworkStatusResponse, PodSandbox, WatchNetworkReadyRequest, WatchNetworkReadyResponse,
-    node_server::Node, pods_server::Pods,
+    Attachment, NetworkReadyRequest, NetworkReadyResponse, NetworkSelection, PodAttachments,
+    PodSandbox, WatchNetworkReadyRequest, WatchNetworkReadyResponse, node_server::Node,
 };
-use netlet_sdk::{pods, state, validate};
+use netlet_sdk::{pods, validate};
 use tonic::{Request, Response, Status};
 
 use crate::driver::Bridge;
@@ -35,49 +32,9 @@ impl pods::PodNetworks for Bridge {
     ) -> Result<(), Status> {
         this.detach(sandbox_id, only).await
     }
-}
 
-#[tonic::async_trait]
-impl Pods for Api {
-    async fn attach_pod(
-        &self,
-        req: Request<AttachPodRequest>,
-    ) -> Result<Response<AttachPodResponse>, Status> {
-        pods::attach_pod(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-
-    async fn detach_pod(
-        &self,
-        req: Request<DetachPodRequest>,
-    ) -> Result<Response<DetachPodResponse>, Status> {
-        pods::detach_pod(&self.0, req.into_inner()).await?;
-        Ok(Response::new(DetachPodResponse {}))
-    }
-
-    async fn pod_network_status(
-        &self,
-        req: Request<PodNetworkStatusRequest>,
-    ) -> Result<Response<PodNetworkStatusResponse>, Status> {
-        state::pod_network_status(&req.into_inner(), self.0.pods()?).map(Response::new)
-    }
-
-    async fn list_attachments(
-        &self,
-        req: Request<ListAttachmentsRequest>,
-    ) -> Result<Response<ListAttachmentsResponse>, Status> {
-        state::list_attachments(&req.into_inner(), self.0.pods()?).map(Response::new)
-    }
-
-    async fn garbage_collect(
-        &self,
-        req: Request<GarbageCollectRequest>,
-    ) -> Result<Response<GarbageCollectResponse>, Status> {
-        let pods = self.0.pods()?;
-        pods::garbage_collect(&self.0, req.into_inner(), pods)
-            .await
-            .map(Response::new)
+    async fn records(this: &Arc<Self>) -> Result<Vec<PodAttachments>, Status> {
+        this.pods()
     }
 }
 

@@ -98,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     let api = api::Api(bridge.clone());
+    let pods = netlet_sdk::pods::PodsService(bridge.clone());
     let mut d = Driver::new(&args.name, env!("CARGO_PKG_VERSION"));
     for n in &cfg.networks {
         d = d.network(&n.name);
@@ -109,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
     d.feature(Feature::StaticIps)
         .feature(Feature::StaticMac)
         .feature(Feature::Bandwidth)
-        .pods(api.clone())
+        .pods(pods)
         .node(api)
         .serve()
         .await?;

@@ -1,18 +1,15 @@
-//! The gRPC face of the devices driver: Devices, Pods (attachments that move a device) and
-//! Node.
+//! The gRPC face of the devices driver: Devices, Pods (attachments that move a device, through
+//! the SDK's [`pods::PodsService`]) and Node.
 
 use std::sync::Arc;
 
 use netlet_sdk::proto::{
-    AllocateDeviceRequest, AllocateDeviceResponse, AttachPodRequest, AttachPodResponse,
-    DetachPodRequest, DetachPodResponse, DeviceKind, GarbageCollectRequest, GarbageCollectResponse,
-    ListAttachmentsRequest, ListAttachmentsResponse, ListDevicesRequest, ListDevicesResponse,
+    AllocateDeviceRequest, AllocateDeviceResponse, Device, ListDevicesRequest, ListDevicesResponse,
     NetworkReadiness, NetworkReadyRequest, NetworkReadyResponse, NetworkSelection,
-    PodNetworkStatusRequest, PodNetworkStatusResponse, ReleaseDeviceRequest, ReleaseDeviceResponse,
-    devices_server::Devices as DevicesApi, node_server::Node, pods_server::Pods,
+    ReleaseDeviceRequest, ReleaseDeviceResponse, WatchDevicesRequest, WatchDevicesResponse,
+    devices_server::Devices as DevicesApi, node_server::Node,
 };
-use netlet_sdk::proto::{Device, WatchDevicesRequest, WatchDevicesResponse};
-use netlet_sdk::{pods, server::to_completion, state, validate};
+use netlet_sdk::{pods, server::to_completion, validate};
 use tonic::codegen::BoxStream;
 use tonic::{Code, Request, Response, Status};
 
@@ -25,9 +22,7 @@ pub struct Api(pub Arc<Devices>);
 /// The inventory through a ListDevices filter.
 fn filtered(all: Vec<Device>, req: &ListDevicesRequest) -> Vec<Device> {
     all.into_iter()
-        .filter(|d| req.kind == DeviceKind::Unspecified as i32 || d.kind == req.kind)
-        .filter(|d| !req.free_only || d.allocated_to_claim.is_empty())
-        .filter(|d| req.pool.is_empty() || d.pool == req.pool)
+        .filter(|d| netlet_sdk::devices::listed(d, req))
         .collect()
 }
 
@@ -126,49 +121,9 @@ impl pods::PodNetworks for Devices {
     ) -> Result<(), Status> {
         this.detach(sandbox_id, only).await
     }
-}
 
-#[tonic::async_trait]
-impl Pods for Api {
-    async fn attach_pod(
-        &self,
-        req: Request<AttachPodRequest>,
-    ) -> Result<Response<AttachPodResponse>, Status> {
-        pods::attach_pod(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-
-    async fn detach_pod(
-        &self,
-        req: Request<DetachPodRequest>,
-    ) -> Result<Response<DetachPodResponse>, Status> {
-        pods::detach_pod(&self.0, req.into_inner()).await?;
-        Ok(Response::new(DetachPodResponse {}))
-    }
-
-    async fn pod_network_status(
-        &self,
-        req: Request<PodNetworkStatusRequest>,
-    ) -> Result<Response<PodNetworkStatusResponse>, Status> {
-        state::pod_network_status(&req.into_inner(), self.0.pods().await).map(Response::new)
-    }
-
-    async fn list_attachments(
-        &self,
-        req: Request<ListAttachmentsRequest>,
-    ) -> Result<Response<ListAttachmentsResponse>, Status> {
-        state::list_attachments(&req.into_inner(), self.0.pods().await).map(Response::new)
-    }
-
-    async fn garbage_collect(
-        &self,
-        req: Request<GarbageCollectRequest>,
-    ) -> Result<Response<GarbageCollectResponse>, Status> {
-        let pods = self.0.pods().await;
-        pods::garbage_collect(&self.0, req.into_inner(), pods)
-            .await
-            .map(Response::new)
+    async fn records(this: &Arc<Self>) -> Result<Vec<netlet_sdk::proto::PodAttachments>, Status> {
+        Ok(this.pods().await)
     }
 }
 

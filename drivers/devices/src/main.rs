@@ -85,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let api = api::Api(devices.clone());
+    let pods = netlet_sdk::pods::PodsService(devices.clone());
     let mut d = Driver::new(&args.name, env!("CARGO_PKG_VERSION"));
     for n in devices.networks() {
         d = d.network(n);
@@ -97,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
         .feature(Feature::Devices)
         .feature(Feature::Routes)
         .devices(api.clone())
-        .pods(api.clone())
+        .pods(pods)
         .node(api)
         .serve()
         .await?;

@@ -479,9 +479,7 @@ impl Devices for Fixture {
         let devices = self
             .listed(&st)
             .into_iter()
-            .filter(|d| req.kind == 0 || d.kind == req.kind)
-            .filter(|d| req.pool.is_empty() || d.pool == req.pool)
-            .filter(|d| !req.free_only || d.allocated_to_claim.is_empty())
+            .filter(|d| netlet_sdk::devices::listed(d, &req))
             .collect();
         Ok(Response::new(ListDevicesResponse { devices }))
     }
