@@ -216,6 +216,7 @@ impl Dra {
             _ => 0,
         };
         let mut published: Option<(Vec<SliceDevice>, Option<OwnerReference>)> = None;
+        let mut owner: Option<OwnerReference> = None;
         loop {
             changed.borrow_and_update();
             let devices = match self.devices.inventory().await {
@@ -227,8 +228,10 @@ impl Dra {
                 }
             };
             // Owned by the Node object (when there is one), so deleting the node deletes its
-            // slice.
-            let owner = self.node_owner().await;
+            // slice; looked up until found.
+            if owner.is_none() {
+                owner = self.node_owner().await;
+            }
             if published.as_ref() != Some(&(devices.clone(), owner.clone())) {
                 let slice = ResourceSlice {
                     metadata: ObjectMeta {
@@ -263,7 +266,7 @@ impl Dra {
                             generation,
                             "ResourceSlice published"
                         );
-                        published = Some((devices, owner));
+                        published = Some((devices, owner.clone()));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "publish ResourceSlice; retrying");
