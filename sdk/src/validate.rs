@@ -1154,6 +1154,21 @@ pub fn optional_network(field: &str, v: &str) -> R {
     }
 }
 
+/// A driver's NetworkReady filter: empty, or one of the networks it `serves` (another is
+/// NOT_FOUND, reason NETWORK_NOT_SERVED).
+pub fn network_ready_filter(network: &str, serves: &[String]) -> R {
+    optional_network("network", network)?;
+    if !network.is_empty() && !serves.iter().any(|n| n == network) {
+        return Err(field_error(
+            tonic::Code::NotFound,
+            "network",
+            format!("this driver does not serve {network:?}"),
+            "NETWORK_NOT_SERVED",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

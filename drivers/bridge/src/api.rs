@@ -45,15 +45,7 @@ impl Node for Api {
         req: Request<NetworkReadyRequest>,
     ) -> Result<Response<NetworkReadyResponse>, Status> {
         let network = req.into_inner().network;
-        validate::optional_network("network", &network)?;
-        if !network.is_empty() && !self.0.network_names().contains(&network) {
-            return Err(validate::field_error(
-                tonic::Code::NotFound,
-                "network",
-                format!("this driver does not serve {network:?}"),
-                "NETWORK_NOT_SERVED",
-            ));
-        }
+        validate::network_ready_filter(&network, &self.0.network_names())?;
         Ok(Response::new(NetworkReadyResponse {
             readiness: Some(self.0.readiness()),
         }))

@@ -11,7 +11,7 @@ use netlet_sdk::proto::{
 };
 use netlet_sdk::{pods, server::to_completion, validate};
 use tonic::codegen::BoxStream;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::driver::Devices;
 
@@ -134,15 +134,7 @@ impl Node for Api {
         req: Request<NetworkReadyRequest>,
     ) -> Result<Response<NetworkReadyResponse>, Status> {
         let network = req.into_inner().network;
-        validate::optional_network("network", &network)?;
-        if !network.is_empty() && !self.0.networks().contains(&network) {
-            return Err(validate::field_error(
-                Code::NotFound,
-                "network",
-                format!("this driver does not serve {network:?}"),
-                "NETWORK_NOT_SERVED",
-            ));
-        }
+        validate::network_ready_filter(&network, self.0.networks())?;
         Ok(Response::new(NetworkReadyResponse {
             readiness: Some(NetworkReadiness {
                 ready: true,
