@@ -1151,3 +1151,129 @@ async fn notrack_and_cluster_dns_takeover() {
             == vec!["10.96.1.10"]
     });
 }
+
+/// A tenant's Services a pod then asks for: aliases that loop or run long, and a headless
+/// Service whose answer does not fit a DNS message.
+fn hostile_services(big: usize) -> String {
+    let ext = |name: &str, to: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: tenant}}\nspec: {{type: ExternalName, externalName: {to}}}\n---\n"
+        )
+    };
+    let svc = |n: &str| format!("{n}.tenant.svc.cluster.local");
+    let mut y = String::new();
+    // One naming itself; two naming each other.
+    y += &ext("self", &svc("self"));
+    y += &ext("ping", &svc("pong"));
+    y += &ext("pong", &svc("ping"));
+    // A chain of twelve ending in a public name (longer than any resolver follows), and one
+    // of three that does (what a user may well build).
+    for i in 0..12 {
+        let to = if i == 11 {
+            "api.example.com".to_string()
+        } else {
+            svc(&format!("long{}", i + 1))
+        };
+        y += &ext(&format!("long{i}"), &to);
+    }
+    for i in 0..3 {
+        let to = if i == 2 {
+            "api.example.com".to_string()
+        } else {
+            svc(&format!("short{}", i + 1))
+        };
+        y += &ext(&format!("short{i}"), &to);
+    }
+    y += "apiVersion: v1\nkind: Service\nmetadata: {name: big, namespace: tenant}\nspec: {clusterIP: None}\n---\n";
+    y += "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: big-1, namespace: tenant, labels: {kubernetes.io/service-name: big}}\naddressType: IPv4\nendpoints:\n";
+    for i in 0..big {
+        y += &format!(
+            "- {{addresses: [10.250.{}.{}], conditions: {{ready: true}}}}\n",
+            i / 250,
+            i % 250 + 1
+        );
+    }
+    y
+}
+
+/// Attacks from a pod's namespace on the node-local DNS server with what any tenant may
+/// create: an ExternalName naming itself, two naming each other, a long alias chain, and a
+/// headless Service too large for one TCP message. None of them may take the server (or the
+/// host) down; each is answered as CoreDNS answers it.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_names_do_not_take_dns_down() {
+    if !privileged("hostile_names_do_not_take_dns_down")
+        || tool("dig", "hostile_names_do_not_take_dns_down").is_none()
+    {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut env = setup_with("dnsatk", "", "").await;
+    let pod = start_pod(&mut env, "tenant", "attacker").await;
+    let pid = env.node.host.pid().expect("host running");
+    // 4500 endpoints: 4500 A records of 16 bytes each pass the 65,535 bytes a TCP message holds.
+    write_policy(&env, "hostile.yaml", &hostile_services(4500));
+    eventually("the tenant's Services are served", || {
+        dig(
+            &pod,
+            &["+nosearch", "CNAME", "self.tenant.svc.cluster.local"],
+        )
+        .data("CNAME")
+            == vec!["self.tenant.svc.cluster.local."]
+    });
+
+    for tcp in [false, true] {
+        let t = if tcp { "+tcp" } else { "+notcp" };
+        for name in ["self", "ping", "pong", "long0"] {
+            let q = format!("{name}.tenant.svc.cluster.local");
+            let d = dig(&pod, &["+nosearch", t, &q]);
+            assert_eq!(d.status, "SERVFAIL", "{q} ({t}): {d:?}");
+        }
+        // A short chain still resolves: three aliases, then the public name's address.
+        let d = dig(&pod, &["+nosearch", t, "short0.tenant.svc.cluster.local"]);
+        assert_eq!(d.status, "NOERROR", "{d:?}");
+        assert_eq!(
+            d.data("CNAME"),
+            vec![
+                "api.example.com.",
+                "short1.tenant.svc.cluster.local.",
+                "short2.tenant.svc.cluster.local.",
+            ],
+            "{d:?}"
+        );
+        assert_eq!(d.data("A"), vec!["203.0.113.10"], "{d:?}");
+    }
+    // Asked again and again, from the same pod: still answered, the host never restarts.
+    for _ in 0..20 {
+        assert_eq!(
+            dig(&pod, &["+nosearch", "self.tenant.svc.cluster.local"]).status,
+            "SERVFAIL"
+        );
+    }
+    assert!(metric(&env, "dns_alias_loops") >= 28);
+
+    // Too large for TCP: answered truncated (TC), never with a wrapped length.
+    let d = dig(
+        &pod,
+        &[
+            "+nosearch",
+            "+tcp",
+            "+ignore",
+            "big.tenant.svc.cluster.local",
+        ],
+    );
+    assert_eq!(d.status, "NOERROR", "{d:?}");
+    assert!(d.flags.contains(&"tc".to_string()), "{d:?}");
+    // Everything else is still served by the same process.
+    let d = dig(&pod, &["+nosearch", "web.shop.svc.cluster.local"]);
+    assert_eq!(d.data("A"), vec!["10.96.1.10"], "{d:?}");
+    assert_eq!(env.node.host.pid(), Some(pid));
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z "),
+        "the host is still running"
+    );
+    assert_eq!(metric(&env, "dns_panics"), 0);
+}

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -123,6 +123,10 @@ pub struct Stats {
     pub expanded: AtomicU64,
     /// Malformed or unsupported queries.
     pub malformed: AtomicU64,
+    /// Queries whose alias chain looped or ran too long (answered SERVFAIL).
+    pub alias_loops: AtomicU64,
+    /// Queries whose answering panicked (answered SERVFAIL; the server goes on).
+    pub panics: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +141,15 @@ struct CacheEntry {
 #[derive(Debug, Default)]
 struct Cache {
     map: HashMap<(String, u16, u16), CacheEntry>,
+}
+
+/// Aliases (ExternalName targets) one query follows at most; CoreDNS stops at about as many.
+pub const MAX_CNAME_HOPS: usize = 8;
+
+/// An SRV record's weight when `n` records share a name: their shares of 100, at least 1
+/// (RFC 2782: weight 0 means "rarely", not "equal").
+fn srv_weight(n: usize) -> u16 {
+    u16::try_from(100 / n.max(1)).unwrap_or(100).max(1)
 }
 
 /// The outcome of resolving one name.
@@ -213,17 +226,17 @@ impl Dns {
 
     /// Replaces the cluster zone.
     pub fn set_zone(&self, z: Zone) {
-        *self.zone.write().unwrap() = Arc::new(z);
+        *self.zone.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(z);
     }
 
     /// Replaces the address → pod map.
     pub fn set_clients(&self, c: HashMap<IpAddr, Arc<Client>>) {
-        *self.clients.write().unwrap() = c;
+        *self.clients.write().unwrap_or_else(PoisonError::into_inner) = c;
     }
 
     /// Maps `ips` to `client`.
     pub fn add_client(&self, client: Arc<Client>, ips: &[IpAddr]) {
-        let mut m = self.clients.write().unwrap();
+        let mut m = self.clients.write().unwrap_or_else(PoisonError::into_inner);
         for ip in ips {
             m.insert(*ip, client.clone());
         }
@@ -231,7 +244,7 @@ impl Dns {
 
     /// Forgets the pods behind `ips`.
     pub fn forget_clients(&self, ips: &[IpAddr]) {
-        let mut m = self.clients.write().unwrap();
+        let mut m = self.clients.write().unwrap_or_else(PoisonError::into_inner);
         for ip in ips {
             m.remove(ip);
         }
@@ -239,17 +252,23 @@ impl Dns {
 
     /// Replaces the DNS policies.
     pub fn set_policies(&self, p: Policies) {
-        *self.policies.write().unwrap() = Arc::new(p);
+        *self
+            .policies
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(p);
     }
 
     /// The policies in force.
     pub fn policies(&self) -> Arc<Policies> {
-        self.policies.read().unwrap().clone()
+        self.policies
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Every pod the server knows, once each.
     pub fn clients(&self) -> Vec<Arc<Client>> {
-        let m = self.clients.read().unwrap();
+        let m = self.clients.read().unwrap_or_else(PoisonError::into_inner);
         let mut seen = std::collections::HashSet::new();
         m.values()
             .filter(|c| seen.insert((c.namespace.as_str(), c.name.as_str())))
@@ -259,7 +278,11 @@ impl Dns {
 
     /// The pod behind an address.
     pub fn client(&self, ip: IpAddr) -> Option<Arc<Client>> {
-        self.clients.read().unwrap().get(&ip).cloned()
+        self.clients
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&ip)
+            .cloned()
     }
 
     /// The search list a pod of `namespace` gets by default (kubelet's).
@@ -288,8 +311,29 @@ impl Dns {
             .decide(&self.modules, client, &client_address, &n, qtype)
     }
 
-    /// Answers one DNS message from `src`; `None` when nothing should be sent back.
+    /// Answers one DNS message from `src`; `None` when nothing should be sent back. A query
+    /// whose answering panics is answered SERVFAIL and counted; the server goes on (its locks
+    /// shrug off poisoning), so no query a pod can send takes it down.
     pub async fn answer(self: Arc<Self>, req: Vec<u8>, src: IpAddr, udp: bool) -> Option<Vec<u8>> {
+        use futures::FutureExt;
+        let id = (req.len() >= 12).then(|| u16::from_be_bytes([req[0], req[1]]));
+        let dns = self.clone();
+        match std::panic::AssertUnwindSafe(self.respond(req, src, udp))
+            .catch_unwind()
+            .await
+        {
+            Ok(out) => out,
+            Err(_) => {
+                dns.stats.panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%src, "answering a DNS query panicked; answered SERVFAIL");
+                Message::error_msg(id?, OpCode::Query, ResponseCode::ServFail)
+                    .to_vec()
+                    .ok()
+            }
+        }
+    }
+
+    async fn respond(self: Arc<Self>, req: Vec<u8>, src: IpAddr, udp: bool) -> Option<Vec<u8>> {
         self.stats.queries.fetch_add(1, Ordering::Relaxed);
         let msg = match Message::from_vec(&req) {
             Ok(m) => m,
@@ -363,13 +407,17 @@ impl Dns {
             }
             None => 512,
         };
-        let bytes = out.to_vec().ok()?;
-        if udp && bytes.len() > max {
-            let mut t = out.truncate();
-            t.metadata.truncation = true;
-            return t.to_vec().ok();
+        // Over TCP the two-byte length is the limit (a large headless Service can pass it:
+        // the encoder then fails, and the answer goes truncated, as over UDP).
+        let max = if udp { max } else { usize::from(u16::MAX) };
+        match out.to_vec() {
+            Ok(bytes) if bytes.len() <= max => Some(bytes),
+            _ => {
+                let mut t = out.truncate();
+                t.metadata.truncation = true;
+                t.to_vec().ok()
+            }
         }
-        Some(bytes)
     }
 
     async fn resolve_for(
@@ -382,7 +430,11 @@ impl Dns {
         qclass: DNSClass,
     ) -> Resolution {
         let behaviour = policies.behaviour(client, self.cfg.defaults);
-        let zone = self.zone.read().unwrap().clone();
+        let zone = self
+            .zone
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         // Server-side search: the pod's first try along its search list, for a name that is
         // not a cluster name, is expanded here along the rest of the list.
         if behaviour.server_side_search
@@ -514,80 +566,112 @@ impl Dns {
         )
     }
 
-    /// Resolves `qname` (a name a policy allowed): the cluster zone, else upstream.
-    fn lookup<'a>(
-        &'a self,
-        zone: &'a Zone,
-        qname: &'a str,
+    /// Resolves `qname` (a name a policy allowed): the cluster zone, else upstream. An
+    /// ExternalName's alias is followed as CoreDNS follows it, iteratively: at most
+    /// [`MAX_CNAME_HOPS`] aliases, and a name seen twice (a Service naming itself, two naming
+    /// each other) ends the query with SERVFAIL instead of a recursion tenants control.
+    async fn lookup(
+        &self,
+        zone: &Zone,
+        qname: &str,
         qtype: RecordType,
         qclass: DNSClass,
         behaviour: Behaviour,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Resolution> + Send + 'a>> {
-        Box::pin(async move {
-            if behaviour.block_shadowing && self.shadows_public(zone, qname, qclass).await {
-                self.stats.shadowed.fetch_add(1, Ordering::Relaxed);
+    ) -> Resolution {
+        let mut seen: Vec<String> = Vec::new();
+        let mut next = qname.to_string();
+        let mut out: Option<Resolution> = None;
+        loop {
+            if seen.len() > MAX_CNAME_HOPS || seen.contains(&next) {
+                self.stats.alias_loops.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(name = %qname, chain = ?seen, "DNS alias chain loops or is too long");
+                return Resolution::code(ResponseCode::ServFail);
+            }
+            let (step, alias) = self
+                .lookup_once(zone, &next, qtype, qclass, behaviour)
+                .await;
+            seen.push(std::mem::take(&mut next));
+            match out.as_mut() {
+                None => out = Some(step),
+                Some(r) => {
+                    r.answers.extend(step.answers);
+                    r.authoritative = false;
+                }
+            }
+            match alias {
+                // The alias itself was asked for, or the name has none.
+                Some(t) if qtype != RecordType::CNAME => next = t,
+                _ => break,
+            }
+        }
+        out.unwrap_or_else(|| Resolution::code(ResponseCode::ServFail))
+    }
+
+    /// One step of [`Self::lookup`]: the records of `qname` itself, and the alias (an
+    /// ExternalName's target in the cluster zone) still to follow.
+    async fn lookup_once(
+        &self,
+        zone: &Zone,
+        qname: &str,
+        qtype: RecordType,
+        qclass: DNSClass,
+        behaviour: Behaviour,
+    ) -> (Resolution, Option<String>) {
+        if behaviour.block_shadowing && self.shadows_public(zone, qname, qclass).await {
+            self.stats.shadowed.fetch_add(1, Ordering::Relaxed);
+            let mut r = Resolution::code(ResponseCode::NXDomain);
+            r.authorities.push(self.soa(zone));
+            r.authoritative = true;
+            return (r, None);
+        }
+        match zone.lookup(qname, kind(qtype)) {
+            Lookup::NotOurs => (self.upstream(qname, qtype, qclass).await, None),
+            Lookup::NxDomain => {
+                self.stats.cluster.fetch_add(1, Ordering::Relaxed);
                 let mut r = Resolution::code(ResponseCode::NXDomain);
                 r.authorities.push(self.soa(zone));
                 r.authoritative = true;
-                return r;
+                (r, None)
             }
-            match zone.lookup(qname, kind(qtype)) {
-                Lookup::NotOurs => self.upstream(qname, qtype, qclass).await,
-                Lookup::NxDomain => {
-                    self.stats.cluster.fetch_add(1, Ordering::Relaxed);
-                    let mut r = Resolution::code(ResponseCode::NXDomain);
-                    r.authorities.push(self.soa(zone));
-                    r.authoritative = true;
-                    r
-                }
-                Lookup::Records(data) => {
-                    self.stats.cluster.fetch_add(1, Ordering::Relaxed);
-                    let owner = name(qname).unwrap_or_else(Name::root);
-                    let mut r = Resolution {
-                        rcode: ResponseCode::NoError,
-                        answers: Vec::new(),
-                        authorities: Vec::new(),
-                        authoritative: true,
+            Lookup::Records(data) => {
+                self.stats.cluster.fetch_add(1, Ordering::Relaxed);
+                let owner = name(qname).unwrap_or_else(Name::root);
+                let mut r = Resolution {
+                    rcode: ResponseCode::NoError,
+                    answers: Vec::new(),
+                    authorities: Vec::new(),
+                    authoritative: true,
+                };
+                let mut alias = None;
+                let weight = srv_weight(data.len());
+                for d in data {
+                    let rdata = match d {
+                        Data::Addr(IpAddr::V4(a)) => RData::A(a.into()),
+                        Data::Addr(IpAddr::V6(a)) => RData::AAAA(a.into()),
+                        Data::Cname(t) => {
+                            let Some(n) = name(&t) else { continue };
+                            alias = Some(t);
+                            RData::CNAME(rdata::CNAME(n))
+                        }
+                        Data::Srv(port, t) => {
+                            let Some(t) = name(&t) else { continue };
+                            RData::SRV(rdata::SRV::new(0, weight, port, t))
+                        }
+                        Data::Ptr(t) => {
+                            let Some(t) = name(&t) else { continue };
+                            RData::PTR(rdata::PTR(t))
+                        }
+                        Data::Txt(t) => RData::TXT(rdata::TXT::new(vec![t])),
                     };
-                    let mut cname = None;
-                    let n = data.len().max(1) as u16;
-                    for d in data {
-                        let rdata = match d {
-                            Data::Addr(IpAddr::V4(a)) => RData::A(a.into()),
-                            Data::Addr(IpAddr::V6(a)) => RData::AAAA(a.into()),
-                            Data::Cname(t) => {
-                                cname = Some(t.clone());
-                                let Some(t) = name(&t) else { continue };
-                                RData::CNAME(rdata::CNAME(t))
-                            }
-                            Data::Srv(port, t) => {
-                                let Some(t) = name(&t) else { continue };
-                                RData::SRV(rdata::SRV::new(0, 100 / n, port, t))
-                            }
-                            Data::Ptr(t) => {
-                                let Some(t) = name(&t) else { continue };
-                                RData::PTR(rdata::PTR(t))
-                            }
-                            Data::Txt(t) => RData::TXT(rdata::TXT::new(vec![t])),
-                        };
-                        r.answers
-                            .push(Record::from_rdata(owner.clone(), zone::TTL, rdata));
-                    }
-                    // An ExternalName's target is resolved too, as CoreDNS does.
-                    if let Some(t) = cname
-                        && qtype != RecordType::CNAME
-                    {
-                        let more = self.lookup(zone, &t, qtype, qclass, behaviour).await;
-                        r.answers.extend(more.answers);
-                        r.authoritative = false;
-                    }
-                    if r.answers.is_empty() {
-                        r.authorities.push(self.soa(zone));
-                    }
-                    r
+                    r.answers
+                        .push(Record::from_rdata(owner.clone(), zone::TTL, rdata));
                 }
+                if r.answers.is_empty() {
+                    r.authorities.push(self.soa(zone));
+                }
+                (r, alias.map(|t| t.to_ascii_lowercase()))
             }
-        })
+        }
     }
 
     /// Whether `qname` is a Service name in a namespace named like a public suffix (`com`)
@@ -617,7 +701,13 @@ impl Dns {
     async fn upstream(&self, qname: &str, qtype: RecordType, qclass: DNSClass) -> Resolution {
         let key = (qname.to_string(), u16::from(qtype), u16::from(qclass));
         let now = Instant::now();
-        let cached = self.cache.lock().unwrap().map.get(&key).cloned();
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .get(&key)
+            .cloned();
         if let Some(e) = &cached
             && now < e.stored + e.ttl
         {
@@ -652,7 +742,7 @@ impl Dns {
                     ttl,
                 };
                 if cacheable && !ttl.is_zero() {
-                    let mut c = self.cache.lock().unwrap();
+                    let mut c = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
                     if c.map.len() >= self.cfg.cache_entries {
                         // Make room: drop what expired past serving stale, else anything.
                         let stale = self.cfg.serve_stale;
@@ -840,6 +930,16 @@ pub fn metrics_text(dns: Option<&Dns>, modules: &Modules) -> String {
                 "Malformed or unsupported queries.",
                 l(&s.malformed),
             ),
+            (
+                "dns_alias_loops",
+                "Queries whose alias chain looped or ran too long (SERVFAIL).",
+                l(&s.alias_loops),
+            ),
+            (
+                "dns_panics",
+                "Queries whose answering panicked (SERVFAIL).",
+                l(&s.panics),
+            ),
         ] {
             counter(name, help, vec![(String::new(), v)]);
         }
@@ -1008,7 +1108,21 @@ pub async fn serve(dns: Arc<Dns>) -> anyhow::Result<Vec<tokio::task::JoinHandle<
             let (dns, rt, stop) = (dns.clone(), rt.clone(), stop.clone());
             std::thread::Builder::new()
                 .name(format!("dns-udp-{n}"))
-                .spawn(move || udp_thread(dns, sock, rt, stop))?;
+                .spawn(move || {
+                    // A panic the answer's own guard did not catch ends this round of the
+                    // loop, not the socket's service.
+                    while !stop.load(Ordering::Acquire) {
+                        let run = std::panic::AssertUnwindSafe(|| {
+                            udp_thread(dns.clone(), sock.clone(), rt.clone(), stop.clone())
+                        });
+                        if std::panic::catch_unwind(run).is_ok() {
+                            break;
+                        }
+                        dns.stats.panics.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("a DNS UDP thread panicked; it starts again");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                })?;
             n += 1;
         }
         let tcp = tcp_listener(addr).map_err(|e| anyhow::anyhow!("DNS TCP {addr}: {e}"))?;
@@ -1186,8 +1300,10 @@ async fn tcp_loop(dns: Arc<Dns>, listener: TcpListener) {
                     _ => return,
                 };
                 let mut msg = vec![0; len];
-                if s.read_exact(&mut msg).await.is_err() {
-                    return;
+                // The message follows its length at once, or the connection goes.
+                match tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut msg)).await {
+                    Ok(Ok(_)) => {}
+                    _ => return,
                 }
                 let Some(out) = dns.clone().answer(msg, src.ip(), false).await else {
                     continue;
