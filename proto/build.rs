@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "netlet/v1alpha1/services.proto",
     "netlet/v1alpha1/policy.proto",
     "netlet/v1alpha1/devices.proto",
+    "netlet/v1alpha1/cluster.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod api;
 pub mod attach;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod crd;
 pub mod dns;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 
 use netlet_sdk::{
     proto::{
-        Capability, NetworkReadiness, devices_server::DevicesServer,
+        Capability, NetworkReadiness, cluster_server::ClusterServer, devices_server::DevicesServer,
         identity_server::IdentityServer, node_server::NodeServer, pods_server::PodsServer,
         policy_server::PolicyServer, services_server::ServicesServer,
     },
@@ -98,6 +99,8 @@ pub struct Host {
     /// Per object source: pods of other nodes, namespaces' labels and nodes, for policy
     /// selectors (see [`Host::cluster_objects`]).
     pub source_clusters: std::sync::Mutex<std::collections::BTreeMap<Source, netpol::Cluster>>,
+    /// The cluster's nodes (sent to drivers that route between them).
+    pub nodes: Arc<cluster::Nodes>,
     /// Desired policies (replayed to drivers).
     pub policies: tokio::sync::Mutex<policy::PolicyView>,
     /// The object sources (the manifests directory, the Kubernetes API) read once so far.
@@ -323,6 +326,7 @@ pub async fn run(
         source_clusters: Default::default(),
         health_checks: services::health::HealthChecks::new(registry.clone()),
         policies: tokio::sync::Mutex::new(policy::PolicyView::new(epoch)),
+        nodes: Arc::new(cluster::Nodes::new(epoch)),
         sources_read: Default::default(),
         metrics: metrics.clone(),
         shutdown: shutdown_rx.clone(),
@@ -374,6 +378,11 @@ pub async fn run(
         }));
     }
     tasks.push(tokio::spawn(pending_detach::watch(host.clone())));
+    tasks.push(tokio::spawn(cluster::fanout::run(
+        host.nodes.clone(),
+        registry.clone(),
+        stop_rx.clone(),
+    )));
     tasks.push(tokio::spawn(wasm::watch(modules.clone(), stop_rx.clone())));
     let mut dns_added = Vec::new();
     let mut dns_tasks = Vec::new();
@@ -474,6 +483,7 @@ pub async fn run(
         .add_service(limited!(ServicesServer))
         .add_service(limited!(PolicyServer))
         .add_service(limited!(DevicesServer))
+        .add_service(limited!(ClusterServer))
         .add_service(health_svc)
         .add_service(refl_v1)
         .add_service(refl_v1alpha)

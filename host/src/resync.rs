@@ -33,6 +33,11 @@ async fn replay(host: &Host, d: &Arc<DriverEntry>) {
     // Services and policies only once their sources are read: an empty full sync now would
     // take away what the driver still serves and enforces from before a host restart.
     let loaded = host.sources_loaded();
+    // The node table first: a pod network that takes its subnets from this node's entry can
+    // only rebuild the pods replayed below once it has it.
+    if d.has(Capability::Cluster) {
+        let _ = crate::cluster::fanout::sync(&host.nodes, d).await;
+    }
     if d.has(Capability::Services) && loaded {
         let view = host.services.lock().await;
         let r = send(d, view.table.full_sync_request(), &api::program_service).await;

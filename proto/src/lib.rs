@@ -38,6 +38,7 @@ pub fn services_of(cap: v1alpha1::Capability) -> &'static [&'static str] {
         C::Services => &["netlet.v1alpha1.Services"],
         C::Policy => &["netlet.v1alpha1.Policy"],
         C::Devices => &["netlet.v1alpha1.Devices"],
+        C::Cluster => &["netlet.v1alpha1.Cluster"],
         C::Unspecified => &[],
     }
 }

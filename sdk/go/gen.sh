@@ -13,7 +13,7 @@ PB=$(go list -m -f '{{.Version}}' google.golang.org/protobuf)
 GOBIN=$bin go install "google.golang.org/protobuf/cmd/protoc-gen-go@$PB"
 GOBIN=$bin go install "google.golang.org/grpc/cmd/protoc-gen-go-grpc@$GRPC_GEN"
 pkg=netlet.io/sdk/go/api/netlet/v1alpha1
-files=(types identity node pods services policy devices)
+files=(types identity node pods services policy devices cluster)
 m=()
 for f in "${files[@]}"; do m+=("M netlet/v1alpha1/$f.proto=$pkg;netletv1alpha1"); done
 opts=$(IFS=,; echo "${m[*]// /}")

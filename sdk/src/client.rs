@@ -10,8 +10,9 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::proto::{
-    devices_client::DevicesClient, identity_client::IdentityClient, node_client::NodeClient,
-    pods_client::PodsClient, policy_client::PolicyClient, services_client::ServicesClient,
+    cluster_client::ClusterClient, devices_client::DevicesClient, identity_client::IdentityClient,
+    node_client::NodeClient, pods_client::PodsClient, policy_client::PolicyClient,
+    services_client::ServicesClient,
 };
 use crate::{DEFAULT_MAX_MESSAGE_BYTES, Error, Result};
 
@@ -81,6 +82,8 @@ pub struct Clients {
     pub policy: PolicyClient<Channel>,
     /// Devices.
     pub devices: DevicesClient<Channel>,
+    /// Cluster.
+    pub cluster: ClusterClient<Channel>,
 }
 
 macro_rules! limited {
@@ -101,6 +104,7 @@ impl Clients {
             services: limited!(ServicesClient, channel, max_message_bytes),
             policy: limited!(PolicyClient, channel, max_message_bytes),
             devices: limited!(DevicesClient, channel, max_message_bytes),
+            cluster: limited!(ClusterClient, channel, max_message_bytes),
         }
     }
 

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status, service::RoutesBuilder, transport::Server
 
 use crate::proto::{
     Capability, GetInfoRequest, GetInfoResponse, ProbeRequest, ProbeResponse,
+    cluster_server::{Cluster, ClusterServer},
     devices_server::{Devices, DevicesServer},
     identity_server::{Identity, IdentityServer},
     node_server::{Node, NodeServer},
@@ -116,6 +117,10 @@ impl Driver {
     capability!(
         /// Serves the Devices capability.
         devices, Devices, DevicesServer, Capability::Devices
+    );
+    capability!(
+        /// Serves the Cluster capability (the node table; see [`crate::nodes`]).
+        cluster, Cluster, ClusterServer, Capability::Cluster
     );
 
     /// What `Identity/GetInfo` answers.

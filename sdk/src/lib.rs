@@ -57,6 +57,7 @@ pub mod labels;
 pub mod netlink;
 #[cfg(feature = "netns")]
 pub mod netns;
+pub mod nodes;
 pub mod parts;
 pub mod pods;
 pub mod server;

@@ -43,15 +43,15 @@ pub fn split<R: Splittable>(req: R, max: usize) -> Vec<R> {
 
 /// Parts being filled, with the encoded size of the last one kept as it grows (measuring the
 /// whole part again per item would be quadratic).
-struct Filling<R> {
-    parts: Vec<R>,
+pub(crate) struct Filling<R> {
+    pub(crate) parts: Vec<R>,
     last_len: usize,
     template: R,
     max: usize,
 }
 
 impl<R: Splittable> Filling<R> {
-    fn new(template: R, max: usize) -> Self {
+    pub(crate) fn new(template: R, max: usize) -> Self {
         Self {
             last_len: template.encoded_len(),
             parts: vec![template.clone()],
@@ -62,7 +62,7 @@ impl<R: Splittable> Filling<R> {
 
     /// Moves the items of one repeated field into the parts, starting a new part whenever the
     /// current one would pass `max` bytes.
-    fn fill<T: Message>(&mut self, from: Vec<T>, field: fn(&mut R) -> &mut Vec<T>) {
+    pub(crate) fn fill<T: Message>(&mut self, from: Vec<T>, field: fn(&mut R) -> &mut Vec<T>) {
         let empty = self.template.encoded_len();
         for item in from {
             // An item costs its length, a tag and a length prefix (at most 6 bytes).
@@ -79,7 +79,7 @@ impl<R: Splittable> Filling<R> {
     }
 }
 
-/// The stamp accessors, the same for both batch types (their fields share names).
+/// The stamp accessors, the same for every batch type (their fields share names).
 macro_rules! stamped {
     () => {
         fn stamp(&self) -> (u64, u64, bool, bool) {
@@ -107,6 +107,7 @@ macro_rules! stamped {
         }
     };
 }
+pub(crate) use stamped;
 
 impl Splittable for ProgramServiceRequest {
     stamped!();

@@ -1,10 +1,13 @@
-//! The gRPC face of the bridge driver: Pods (through the SDK's [`pods::PodsService`]) and Node.
+//! The gRPC face of the bridge driver: Pods (through the SDK's [`pods::PodsService`]), Node and
+//! Cluster.
 
 use std::sync::Arc;
 
 use netlet_sdk::proto::{
-    Attachment, NetworkReadyRequest, NetworkReadyResponse, NetworkSelection, PodAttachments,
-    PodSandbox, WatchNetworkReadyRequest, WatchNetworkReadyResponse, node_server::Node,
+    Attachment, ListNodesRequest, ListNodesResponse, NetworkReadyRequest, NetworkReadyResponse,
+    NetworkSelection, PodAttachments, PodSandbox, ProgramNodesRequest, ProgramNodesResponse,
+    WatchNetworkReadyRequest, WatchNetworkReadyResponse, cluster_server::Cluster,
+    node_server::Node,
 };
 use netlet_sdk::{pods, validate};
 use tonic::{Request, Response, Status};
@@ -77,5 +80,24 @@ impl Node for Api {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(out),
         )))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for Api {
+    async fn program_nodes(
+        &self,
+        req: Request<ProgramNodesRequest>,
+    ) -> Result<Response<ProgramNodesResponse>, Status> {
+        Ok(Response::new(
+            self.0.program_nodes(&req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_nodes(
+        &self,
+        _req: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        Ok(Response::new(self.0.cluster_nodes().await))
     }
 }

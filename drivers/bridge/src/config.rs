@@ -20,6 +20,10 @@ pub const DEFAULT_MTU: u32 = 1500;
 pub struct Config {
     /// Networks served.
     pub networks: Vec<NetworkConfig>,
+    /// The cluster's pod and Service CIDRs (one cluster-wide setting): traffic from pods to them
+    /// is never masqueraded, so a pod on another node sees this pod's own address.
+    #[serde(default)]
+    pub cluster_cidrs: Vec<IpNet>,
 }
 
 /// One network.
@@ -30,8 +34,16 @@ pub struct NetworkConfig {
     pub name: String,
     /// Bridge interface name (at most 15 bytes).
     pub bridge: String,
-    /// Pod CIDRs, at most one per family; the first usable address is the gateway.
+    /// Pod CIDRs, at most one per family; the first usable address is the gateway. Empty
+    /// with `podCidrsFromNode`.
+    #[serde(default)]
     pub subnets: Vec<IpNet>,
+    /// Take the subnets from this node's entry in the cluster's node table (its Node's
+    /// `spec.podCIDRs`, sent by the host): one configuration serves every node. Until the
+    /// entry has them the network is not ready (PodCIDRPending) and attaches are UNAVAILABLE.
+    /// At most one network.
+    #[serde(default)]
+    pub pod_cidrs_from_node: bool,
     /// MTU of the bridge and of pod interfaces unless a selection asks for another.
     #[serde(default = "default_mtu")]
     pub mtu: u32,
@@ -102,7 +114,9 @@ impl Config {
                 subnets,
                 mtu,
                 masquerade,
+                pod_cidrs_from_node: false,
             }],
+            cluster_cidrs: Vec::new(),
         }
     }
 
@@ -118,6 +132,13 @@ impl Config {
                 "networks: at least one network is required".into(),
             ));
         }
+        for (i, c) in self.cluster_cidrs.iter().enumerate() {
+            if *c != c.trunc() {
+                return Err(ConfigError::Invalid(format!(
+                    "clusterCidrs[{i}]: {c} has host bits set"
+                )));
+            }
+        }
         for (i, n) in self.networks.iter().enumerate() {
             if let Err(s) = netlet_sdk::validate::dns_label("name", &n.name) {
                 return bad(i, "name", s.message().to_string());
@@ -129,7 +150,25 @@ impl Config {
                     format!("{:?} is not a valid interface name", n.bridge),
                 );
             }
-            if n.subnets.is_empty() {
+            if n.pod_cidrs_from_node {
+                if !n.subnets.is_empty() {
+                    return bad(
+                        i,
+                        "subnets",
+                        "pinned subnets and podCidrsFromNode exclude each other".into(),
+                    );
+                }
+                if let Some(k) = self.networks[..i]
+                    .iter()
+                    .position(|o| o.pod_cidrs_from_node)
+                {
+                    return bad(
+                        i,
+                        "podCidrsFromNode",
+                        format!("networks[{k}] takes the node's pod CIDRs already"),
+                    );
+                }
+            } else if n.subnets.is_empty() {
                 return bad(i, "subnets", "at least one CIDR is required".into());
             }
             let v4 = n
@@ -196,6 +235,7 @@ mod tests {
             subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
             mtu: 1500,
             masquerade: false,
+            pod_cidrs_from_node: false,
         }
     }
 
@@ -203,6 +243,7 @@ mod tests {
     fn checks_name_the_field() {
         let ok = Config {
             networks: vec![net("default", "netlet0", &DEFAULT_SUBNETS)],
+            cluster_cidrs: vec![],
         };
         ok.check().unwrap();
         let cases = [
@@ -237,9 +278,35 @@ mod tests {
                 vec![net("a", "a-very-long-bridge-name", &["10.0.0.0/24"])],
                 "networks[0].bridge",
             ),
+            (
+                vec![NetworkConfig {
+                    pod_cidrs_from_node: true,
+                    ..net("a", "b0", &["10.0.0.0/24"])
+                }],
+                "networks[0].subnets: pinned subnets and podCidrsFromNode",
+            ),
+            (
+                vec![
+                    NetworkConfig {
+                        pod_cidrs_from_node: true,
+                        ..net("a", "b0", &[])
+                    },
+                    NetworkConfig {
+                        pod_cidrs_from_node: true,
+                        ..net("b", "b1", &[])
+                    },
+                ],
+                "networks[1].podCidrsFromNode",
+            ),
         ];
         for (networks, want) in cases {
-            let err = Config { networks }.check().unwrap_err().to_string();
+            let err = Config {
+                networks,
+                cluster_cidrs: vec![],
+            }
+            .check()
+            .unwrap_err()
+            .to_string();
             assert!(err.contains(want), "{err:?} should contain {want:?}");
         }
     }

@@ -86,7 +86,23 @@ pub struct Bridge {
     /// Veths being deleted: host-side name → (pod namespace, pod-side name, done).
     reaping: Mutex<HashMap<String, Reaping>>,
     ready_tx: watch::Sender<NetworkReadiness>,
+    /// The cluster's pod and Service CIDRs (never masqueraded to).
+    cluster_cidrs: Vec<IpNet>,
+    /// The node table and the routes made from it (one batch at a time).
+    cluster: tokio::sync::Mutex<Cluster>,
+    /// Nodes not routed, with why (for readiness, read without waiting for a batch).
+    unrouted: Mutex<(usize, BTreeMap<String, String>)>,
 }
+
+/// The cluster's nodes as the host sent them, and the routes to their pods.
+#[derive(Default)]
+struct Cluster {
+    table: netlet_sdk::nodes::NodeTable,
+    routes: crate::routes::Routes,
+}
+
+/// Why a network that takes its subnets from the node is not ready before they come.
+const POD_CIDR_PENDING: &str = "PodCIDRPending";
 
 /// The lock of a whole sandbox (its interfaces' keys are `sandbox/ifname`; no interface name
 /// is empty, so this one is apart from them).
@@ -124,6 +140,7 @@ impl Bridge {
     pub fn new(
         name: &str,
         networks: Vec<NetworkConfig>,
+        cluster_cidrs: Vec<IpNet>,
         state_dir: &Path,
     ) -> Result<Arc<Self>, NlError> {
         let nets = networks
@@ -161,6 +178,9 @@ impl Bridge {
             reaper: Reaper::start()?,
             reaping: Mutex::new(HashMap::new()),
             ready_tx,
+            cluster_cidrs,
+            cluster: tokio::sync::Mutex::default(),
+            unrouted: Mutex::default(),
         }))
     }
 
@@ -281,6 +301,12 @@ impl Bridge {
             {
                 n.problem = Some(("MasqueradeFailed".into(), e.to_string()));
             }
+            if n.cfg.pod_cidrs_from_node && n.pools.is_empty() {
+                n.problem = Some((
+                    POD_CIDR_PENDING.into(),
+                    "this node's Node object has no spec.podCIDRs in the node table yet".into(),
+                ));
+            }
         }
         self.publish();
     }
@@ -375,7 +401,7 @@ impl Bridge {
             .filter(|n| n.cfg.masquerade)
             .flat_map(|n| n.cfg.subnets.clone())
             .collect();
-        match crate::masquerade::apply(&cidrs) {
+        match crate::masquerade::apply(&cidrs, &self.cluster_cidrs) {
             Ok(()) => {
                 self.masquerade_done.store(true, Ordering::Relaxed);
                 Ok(())
@@ -412,6 +438,7 @@ impl Bridge {
             if let Some(a) = rec.attachments.first()
                 && let Some(n) = st.networks.get_mut(&a.network)
             {
+                let pending = n.cfg.pod_cidrs_from_node && n.pools.is_empty();
                 for ip in a.ips.iter().filter_map(|c| parse_cidr(&c.address)) {
                     match n.pools.iter_mut().find(|p| p.contains(ip.addr())) {
                         Some(p) => {
@@ -419,6 +446,8 @@ impl Bridge {
                                 tracing::error!(key = %k, error = %e, "restored address conflicts");
                             }
                         }
+                        // Kept when the node's pod CIDRs arrive (see `set_pod_cidrs`).
+                        None if pending => {}
                         None => {
                             tracing::warn!(key = %k, ip = %ip.addr(), "restored address is outside today's subnets")
                         }
@@ -485,6 +514,35 @@ impl Bridge {
                 ));
             }
         }
+        if st.networks.values().any(|n| n.cfg.pod_cidrs_from_node) {
+            let u = self.unrouted.lock().unwrap_or_else(|p| p.into_inner());
+            let (routed, unrouted) = (&u.0, &u.1);
+            let listed: Vec<String> = unrouted
+                .iter()
+                .take(10)
+                .map(|(n, why)| format!("{n}: {why}"))
+                .collect();
+            conditions.push(condition(
+                "NodesRouted",
+                unrouted.is_empty(),
+                if unrouted.is_empty() {
+                    "AllNodesRouted"
+                } else {
+                    "NodesUnrouted"
+                },
+                if unrouted.is_empty() {
+                    format!("{routed} other nodes routed")
+                } else {
+                    format!(
+                        "{} of the cluster's nodes are not routed: {}",
+                        unrouted.len(),
+                        listed.join("; ")
+                    )
+                },
+                "",
+                &self.name,
+            ));
+        }
         match first_problem {
             Some((reason, message)) => NetworkReadiness {
                 ready: false,
@@ -528,6 +586,103 @@ impl Bridge {
     /// Readiness changes.
     pub fn watch(&self) -> watch::Receiver<NetworkReadiness> {
         self.ready_tx.subscribe()
+    }
+
+    /// Applies one batch of the cluster's node table: this node's pod CIDRs (for a network that
+    /// takes them from the node) and the routes to the other nodes' pods, before answering. A
+    /// failure to program the kernel forgets the table, so the host's next batch is a full sync.
+    pub async fn program_nodes(
+        &self,
+        req: &netlet_sdk::proto::ProgramNodesRequest,
+    ) -> Result<netlet_sdk::proto::ProgramNodesResponse, Status> {
+        let mut c = self.cluster.lock().await;
+        let (resp, changes) = c.table.apply(req)?;
+        // A whole full sync (even one that changes no entry) also checks every route: after a
+        // restart of the driver, the kernel's routes are what it finds.
+        let whole = req.full_sync && !req.full_sync_continues;
+        if changes.is_empty() && !whole {
+            return Ok(resp);
+        }
+        if changes
+            .upserted
+            .iter()
+            .chain(&changes.removed)
+            .any(|n| n.local)
+        {
+            let cidrs = c
+                .table
+                .local()
+                .map(netlet_sdk::nodes::pod_cidrs)
+                .unwrap_or_default();
+            self.set_pod_cidrs(cidrs).await;
+        }
+        let own: Vec<IpNet> = self
+            .lock()
+            .networks
+            .values()
+            .flat_map(|n| n.cfg.subnets.clone())
+            .collect();
+        let touched: Vec<String> = changes
+            .upserted
+            .iter()
+            .chain(&changes.removed)
+            .map(|n| n.name.clone())
+            .collect();
+        let Cluster { table, routes } = &mut *c;
+        let res = routes
+            .apply(&self.nl, table.nodes(), &touched, &own, whole)
+            .await;
+        *self.unrouted.lock().unwrap_or_else(|p| p.into_inner()) =
+            (routes.routed(), routes.unrouted().clone());
+        self.publish();
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "routes to other nodes not programmed");
+            *c = Cluster::default();
+            return Err(internal(e));
+        }
+        Ok(resp)
+    }
+
+    /// The node table as applied (ListNodes).
+    pub async fn cluster_nodes(&self) -> netlet_sdk::proto::ListNodesResponse {
+        let c = self.cluster.lock().await;
+        netlet_sdk::proto::ListNodesResponse {
+            nodes: c.table.nodes().values().cloned().collect(),
+            generation: c.table.generation(),
+        }
+    }
+
+    /// Sets the subnets of the network that takes them from the node: new pods get addresses
+    /// from them; the bridge gets their gateways; pods attached before keep their addresses
+    /// (a Node recreated with other pod CIDRs needs its pods recreated, as with kubelet).
+    async fn set_pod_cidrs(&self, cidrs: Vec<IpNet>) {
+        {
+            let mut st = self.lock();
+            let State { networks, records } = &mut *st;
+            for n in networks.values_mut().filter(|n| n.cfg.pod_cidrs_from_node) {
+                if n.cfg.subnets == cidrs {
+                    continue;
+                }
+                tracing::info!(network = %n.cfg.name, from = ?n.cfg.subnets, to = ?cidrs, "pod CIDRs from the node");
+                n.cfg.subnets = cidrs.clone();
+                n.pools = cidrs.iter().map(|s| Pool::new(*s)).collect();
+                // The addresses pods hold stay theirs.
+                for (k, rec) in records.iter() {
+                    for a in rec.attachments.iter().filter(|a| a.network == n.cfg.name) {
+                        for ip in a.ips.iter().filter_map(|c| parse_cidr(&c.address)) {
+                            if let Some(p) = n.pools.iter_mut().find(|p| p.contains(ip.addr())) {
+                                let _ = p.reserve(ip.addr(), k);
+                            }
+                        }
+                    }
+                }
+                // The bridge gets the new gateways at the next reconcile.
+                n.bridge_index = None;
+            }
+        }
+        self.masquerade_done
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.reconcile().await;
     }
 
     /// Attaches one interface (idempotently; a missing veth of a known record is rebuilt).
@@ -660,6 +815,15 @@ impl Bridge {
                 "NETWORK_NOT_SERVED",
             )
         })?;
+        if n.pools.is_empty() {
+            return Err(netlet_sdk::validate::reason_error(
+                Code::Unavailable,
+                format!(
+                    "network {network:?} has no pod CIDRs yet: this node's Node object has no spec.podCIDRs in the node table"
+                ),
+                "POD_CIDR_PENDING",
+            ));
+        }
         n.bridge_index.ok_or_else(|| {
             let (r, m) = n.problem.clone().unwrap_or_default();
             Status::unavailable(format!("network {network:?} is not ready: {r}: {m}"))

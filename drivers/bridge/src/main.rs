@@ -12,6 +12,7 @@ mod ipam;
 mod masquerade;
 mod netlink;
 mod reaper;
+mod routes;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,9 +48,17 @@ struct Args {
     /// MTU (single-network mode).
     #[arg(long, default_value_t = config::DEFAULT_MTU)]
     mtu: u32,
-    /// Masquerade traffic from the pod CIDRs to destinations outside them (single-network mode).
+    /// Masquerade traffic from the pod CIDRs to destinations outside them and outside the
+    /// cluster CIDRs (single-network mode).
     #[arg(long)]
     masquerade: bool,
+    /// Take the pod CIDRs from this node's Node object (through the host's node table) instead
+    /// of `--subnet` (single-network mode).
+    #[arg(long, conflicts_with = "subnets")]
+    pod_cidrs_from_node: bool,
+    /// The cluster's pod and Service CIDRs, never masqueraded to (repeat per CIDR).
+    #[arg(long = "cluster-cidr")]
+    cluster_cidrs: Vec<IpNet>,
     /// Where attachments and addresses are kept; defaults to `$NETLET_DRIVER_STATE_DIR`
     /// (set by the host), else /var/lib/netlet/bridge.
     #[arg(long, env = netlet_sdk::STATE_DIR_ENV, default_value = "/var/lib/netlet/bridge")]
@@ -66,7 +75,9 @@ async fn main() -> anyhow::Result<()> {
     let cfg = match &args.config {
         Some(p) => Config::load(p)?,
         None => {
-            let subnets = if args.subnets.is_empty() {
+            let subnets = if args.pod_cidrs_from_node {
+                Vec::new()
+            } else if args.subnets.is_empty() {
                 config::DEFAULT_SUBNETS
                     .iter()
                     .map(|s| s.parse())
@@ -74,18 +85,25 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 args.subnets.clone()
             };
-            let c = Config::single(
+            let mut c = Config::single(
                 args.network.clone(),
                 args.bridge.clone(),
                 subnets,
                 args.mtu,
                 args.masquerade,
             );
+            c.networks[0].pod_cidrs_from_node = args.pod_cidrs_from_node;
+            c.cluster_cidrs = args.cluster_cidrs.clone();
             c.check()?;
             c
         }
     };
-    let bridge = driver::Bridge::new(&args.name, cfg.networks.clone(), &args.state_dir)?;
+    let bridge = driver::Bridge::new(
+        &args.name,
+        cfg.networks.clone(),
+        cfg.cluster_cidrs.clone(),
+        &args.state_dir,
+    )?;
     bridge.reconcile().await;
     bridge.sweep_leftovers().await;
     let bg = bridge.clone();
@@ -111,7 +129,8 @@ async fn main() -> anyhow::Result<()> {
         .feature(Feature::StaticMac)
         .feature(Feature::Bandwidth)
         .pods(pods)
-        .node(api)
+        .node(api.clone())
+        .cluster(api)
         .serve()
         .await?;
     Ok(())

@@ -19,8 +19,9 @@ const NFPROTO_IPV6: u8 = 10;
 /// srcnat priority.
 const SRCNAT: i32 = 100;
 
-/// `saddr in cidr && daddr not in cidr → masquerade`, for the CIDR's family.
-fn rule(cidr: &IpNet) -> Vec<Expr> {
+/// `saddr in cidr && daddr not in cidr && daddr not in each of except → masquerade`, for the
+/// CIDR's family (`except` of the other family are left out).
+fn rule(cidr: &IpNet, except: &[IpNet]) -> Vec<Expr> {
     let (proto, src_off, dst_off) = match cidr {
         IpNet::V4(_) => (NFPROTO_IPV4, 12, 16),
         IpNet::V6(_) => (NFPROTO_IPV6, 8, 24),
@@ -31,12 +32,18 @@ fn rule(cidr: &IpNet) -> Vec<Expr> {
     ];
     exprs.extend(nft::addr_in(src_off, cidr, Operator::Equal));
     exprs.extend(nft::addr_in(dst_off, cidr, Operator::NotEqual));
+    for e in except {
+        if e.addr().is_ipv4() == cidr.addr().is_ipv4() && e != cidr {
+            exprs.extend(nft::addr_in(dst_off, e, Operator::NotEqual));
+        }
+    }
     exprs.push(nft::masquerade());
     exprs
 }
 
-/// The batch that makes the table hold exactly the rules for `cidrs` (none: no table).
-pub fn batch(cidrs: &[IpNet]) -> Batch {
+/// The batch that makes the table hold exactly the rules for `cidrs` (none: no table), none of
+/// them masquerading traffic to `except` (the cluster's CIDRs).
+pub fn batch(cidrs: &[IpNet], except: &[IpNet]) -> Batch {
     let inet = Family::Inet;
     let mut b = Batch::new();
     // Add (a no-op if it exists), then delete: the old table goes whatever it held.
@@ -55,21 +62,21 @@ pub fn batch(cidrs: &[IpNet]) -> Batch {
             }),
         );
         for c in cidrs {
-            b.add_rule(inet, TABLE, CHAIN, rule(c));
+            b.add_rule(inet, TABLE, CHAIN, rule(c, except));
         }
     }
     b
 }
 
 /// Sends `cidrs`' table as one transaction and waits for the kernel's answer.
-pub fn apply(cidrs: &[IpNet]) -> Result<(), NlError> {
+pub fn apply(cidrs: &[IpNet], except: &[IpNet]) -> Result<(), NlError> {
     let to_nl = |e: nft::NftError| NlError {
         what: format!("nftables: {}", e.what),
         errno: e.errno,
         message: e.message,
     };
     Conn::open()
-        .and_then(|mut c| c.send(batch(cidrs)))
+        .and_then(|mut c| c.send(batch(cidrs, except)))
         .map_err(to_nl)
 }
 
@@ -79,10 +86,13 @@ mod tests {
 
     #[test]
     fn batch_replaces_the_table_whole() {
-        let b = batch(&[
-            "10.244.0.0/24".parse().unwrap(),
-            "fd00::/64".parse().unwrap(),
-        ]);
+        let b = batch(
+            &[
+                "10.244.0.0/24".parse().unwrap(),
+                "fd00::/64".parse().unwrap(),
+            ],
+            &[],
+        );
         let steps: Vec<&str> = b.steps().collect();
         assert_eq!(
             steps,
@@ -95,11 +105,20 @@ mod tests {
                 "add rule to chain postrouting",
             ]
         );
-        assert_eq!(batch(&[]).len(), 2, "no CIDR: only the old table goes");
+        assert_eq!(batch(&[], &[]).len(), 2, "no CIDR: only the old table goes");
         assert_eq!(
-            rule(&"10.244.0.0/24".parse().unwrap()).len(),
+            rule(&"10.244.0.0/24".parse().unwrap(), &[]).len(),
             9,
             "nfproto, 2x (payload, bitwise, cmp), masq"
+        );
+        let except = [
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00::/48".parse().unwrap(),
+        ];
+        assert_eq!(
+            rule(&"10.244.1.0/24".parse().unwrap(), &except).len(),
+            12,
+            "one more (payload, bitwise, cmp) for the cluster CIDR of the family only"
         );
     }
 }

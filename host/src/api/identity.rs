@@ -15,6 +15,7 @@ pub const HOST_CAPABILITIES: &[Capability] = &[
     Capability::Services,
     Capability::Policy,
     Capability::Devices,
+    Capability::Cluster,
 ];
 
 /// Fully qualified names of the netlet services the host serves.

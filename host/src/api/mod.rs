@@ -1,6 +1,7 @@
 //! The gRPC services the host serves, one module per service. All are implemented on [`Api`],
 //! a handle to the shared [`Host`](crate::Host).
 
+mod cluster;
 mod devices;
 mod identity;
 mod node;

@@ -72,6 +72,10 @@ pub struct DriverEntry {
     pub services_generation: Mutex<u64>,
     /// Policy generation this driver has applied (0: needs a full sync).
     pub policy_generation: Mutex<u64>,
+    /// Node table generation this driver has applied (0: needs a full sync).
+    pub cluster_generation: Mutex<u64>,
+    /// Held while a node table batch is on its way to this driver (one at a time).
+    pub cluster_sync: tokio::sync::Mutex<()>,
 }
 
 impl DriverEntry {
@@ -419,6 +423,8 @@ impl Registry {
                     ..Default::default()
                 }),
                 services_generation: Mutex::new(0),
+                cluster_generation: Mutex::new(0),
+                cluster_sync: tokio::sync::Mutex::new(()),
                 policy_generation: Mutex::new(0),
                 info,
             });

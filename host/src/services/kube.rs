@@ -285,7 +285,8 @@ async fn recheck(
 }
 
 /// Follows one kind into `writer`: an error is logged and kept in `errors` until the watch
-/// next succeeds (the watcher retries with backoff); any event wakes the applier.
+/// next succeeds (the watcher retries with backoff); any event wakes the applier, and is handed
+/// to `each` (which sees one object per event: per-object consumers such as the node table).
 fn follow<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
@@ -293,6 +294,7 @@ fn follow<K>(
     tx: tokio::sync::mpsc::Sender<()>,
     what: String,
     errors: WatchErrors,
+    mut each: impl FnMut(&watcher::Event<K>) + Send + 'static,
 ) -> tokio::task::JoinHandle<()>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -306,6 +308,9 @@ where
                 .modify(strip),
         )
         .for_each(move |ev| {
+            if let Ok(ev) = &ev {
+                each(ev);
+            }
             if let Ok(mut m) = errors.lock() {
                 match ev {
                     Err(e) => {
@@ -476,7 +481,10 @@ pub async fn watch(host: Arc<Host>, client: Client) {
     let errors = WatchErrors::default();
     let resources = Resources::default();
     macro_rules! typed {
-        ($k:ty, $strip:expr) => {{
+        ($k:ty, $strip:expr) => {
+            typed!($k, $strip, |_: &watcher::Event<$k>| {})
+        };
+        ($k:ty, $strip:expr, $each:expr) => {{
             let (store, writer) = reflector::store::<$k>();
             if let Ok(mut r) = resources.lock() {
                 r.insert(
@@ -491,6 +499,7 @@ pub async fn watch(host: Arc<Host>, client: Client) {
                 tx.clone(),
                 <$k as Resource>::kind(&()).to_string(),
                 errors.clone(),
+                $each,
             ));
             store
         }};
@@ -501,7 +510,11 @@ pub async fn watch(host: Arc<Host>, client: Client) {
         network_policies: typed!(NetworkPolicy, strip_meta),
         namespaces: typed!(Namespace, strip_meta),
         pods: typed!(Pod, strip_pod),
-        nodes: typed!(Node, strip_meta),
+        nodes: typed!(
+            Node,
+            strip_meta,
+            crate::cluster::convert::follower(host.nodes.clone(), host.settings.node.name.clone())
+        ),
         ingresses: typed!(Ingress, strip_meta),
         dynamic: Vec::new(),
         errors: errors.clone(),
@@ -657,6 +670,7 @@ async fn discover(
                     tx.clone(),
                     kind.to_string(),
                     stores.errors.clone(),
+                    |_: &watcher::Event<DynamicObject>| {},
                 ));
             }
             Err(e) => {

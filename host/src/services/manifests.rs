@@ -326,6 +326,15 @@ impl Manifests {
         c
     }
 
+    /// The Node objects the files hold, as the node table holds them.
+    pub fn cluster_nodes(&self, local: &str) -> Vec<netlet_sdk::proto::ClusterNode> {
+        self.files
+            .values()
+            .flat_map(|f| f.objects.nodes.iter())
+            .filter_map(|n| crate::cluster::convert::node_of(n, local))
+            .collect()
+    }
+
     /// Every NetworkPolicy the files hold (and admin policy, DnsPolicy, HostnameGrant), in the
     /// contract's form; one that does not convert is left out and reported (`file: NetworkPolicy ns/name: field: why`).
     pub fn network_policies(
@@ -569,6 +578,11 @@ pub(crate) async fn apply(
     dns: crate::dns::ManifestServices,
     origin: &str,
 ) {
+    // The Kubernetes source writes its nodes per event (see `cluster::convert::follower`).
+    if source == Source::Manifests {
+        host.nodes
+            .replace(source, m.cluster_nodes(&host.settings.node.name));
+    }
     let mut view = host.services.lock().await;
     let prev = view.table.generation();
     let (delta, conflicts) = view.replace(source, wanted);

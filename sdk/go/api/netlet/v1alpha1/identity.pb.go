@@ -39,6 +39,8 @@ const (
 	Capability_CAPABILITY_POLICY Capability = 4
 	// Devices: ListDevices, AllocateDevice, ReleaseDevice.
 	Capability_CAPABILITY_DEVICES Capability = 5
+	// Cluster: ProgramNodes, ListNodes (the cluster's nodes, for routing between them).
+	Capability_CAPABILITY_CLUSTER Capability = 6
 )
 
 // Enum value maps for Capability.
@@ -50,6 +52,7 @@ var (
 		3: "CAPABILITY_SERVICES",
 		4: "CAPABILITY_POLICY",
 		5: "CAPABILITY_DEVICES",
+		6: "CAPABILITY_CLUSTER",
 	}
 	Capability_value = map[string]int32{
 		"CAPABILITY_UNSPECIFIED": 0,
@@ -58,6 +61,7 @@ var (
 		"CAPABILITY_SERVICES":    3,
 		"CAPABILITY_POLICY":      4,
 		"CAPABILITY_DEVICES":     5,
+		"CAPABILITY_CLUSTER":     6,
 	}
 )
 
@@ -569,7 +573,7 @@ const file_netlet_v1alpha1_identity_proto_rawDesc = "" +
 	"\rProbeResponse\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\bR\x05ready\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage*\x9a\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage*\xb2\x01\n" +
 	"\n" +
 	"Capability\x12\x1a\n" +
 	"\x16CAPABILITY_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -577,7 +581,8 @@ const file_netlet_v1alpha1_identity_proto_rawDesc = "" +
 	"\x0fCAPABILITY_PODS\x10\x02\x12\x17\n" +
 	"\x13CAPABILITY_SERVICES\x10\x03\x12\x15\n" +
 	"\x11CAPABILITY_POLICY\x10\x04\x12\x16\n" +
-	"\x12CAPABILITY_DEVICES\x10\x05*\xcf\x02\n" +
+	"\x12CAPABILITY_DEVICES\x10\x05\x12\x16\n" +
+	"\x12CAPABILITY_CLUSTER\x10\x06*\xcf\x02\n" +
 	"\aFeature\x12\x17\n" +
 	"\x13FEATURE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12FEATURE_STATIC_IPS\x10\x01\x12\x16\n" +

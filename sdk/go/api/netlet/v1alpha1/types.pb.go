@@ -24,11 +24,13 @@
 // | EPOCH_MISMATCH                 | FAILED_PRECONDITION | a delta from another epoch                | no: send a full sync |
 // | GENERATION_STALE               | FAILED_PRECONDITION | a generation older than the applied one   | no: send a full sync |
 // | FULL_SYNC_PART_MISSING         | FAILED_PRECONDITION | a part of a full sync out of order        | no: send the full sync again |
+// | NODES_FROM_SOURCES             | FAILED_PRECONDITION | ProgramNodes called on the host           | no    |
 // | SANDBOX_NOT_ATTACHED           | NOT_FOUND           | PodNetworkStatus of an unknown sandbox    | no    |
 // | DEVICE_UNKNOWN                 | NOT_FOUND           | a named device does not exist             | no    |
 // | POOL_EXHAUSTED                 | RESOURCE_EXHAUSTED  | no free address                           | yes, after pods leave |
 // | NO_DEVICE_FREE                 | RESOURCE_EXHAUSTED  | no free device matches                    | yes, after a release |
 // | NO_DRIVER                      | UNAVAILABLE         | no registered driver serves this (host)   | yes, with backoff |
+// | POD_CIDR_PENDING               | UNAVAILABLE         | the node's pod CIDRs are not known yet    | yes, once the Node has them |
 //
 // UNAVAILABLE and DEADLINE_EXCEEDED are always worth a retry with backoff (every RPC is
 // idempotent); INVALID_ARGUMENT, ALREADY_EXISTS and NOT_FOUND are not, unless the state they
