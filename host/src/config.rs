@@ -9,6 +9,10 @@ use std::{
 
 use serde::Deserialize;
 
+/// Where the node name comes from when the NodeConfig does not say (the DaemonSet sets it
+/// from the pod's `spec.nodeName`).
+pub const NODE_NAME_ENV: &str = "NETLET_NODE_NAME";
+
 /// The configuration used when `netlet serve` gets no `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default-config.yaml");
 
@@ -90,7 +94,8 @@ pub struct NodeConfig {
     /// Maximum gRPC message size in bytes, both directions.
     #[serde(default)]
     pub max_message_bytes: Option<usize>,
-    /// This node's name, as EndpointSlices name it (`nodeName`); default: the hostname.
+    /// This node's name, as EndpointSlices name it (`nodeName`); default: `$NETLET_NODE_NAME`
+    /// (the DaemonSet sets it from `spec.nodeName`), else the hostname.
     #[serde(default)]
     pub node_name: Option<String>,
     /// This node's zone (`topology.kubernetes.io/zone`), for topology-aware routing.
@@ -632,6 +637,7 @@ impl NodeConfig {
             node: crate::services::view::NodeInfo {
                 name: self
                     .node_name
+                    .or_else(|| std::env::var(NODE_NAME_ENV).ok().filter(|n| !n.is_empty()))
                     .or_else(|| nix::unistd::gethostname().ok()?.into_string().ok())
                     .unwrap_or_default(),
                 zone: self.node_zone.unwrap_or_default(),

@@ -279,3 +279,240 @@ async fn two_nodes_on_one_segment() {
     assert_eq!(tcp(&pa.path, &pb.path, b4).await, Ok(a4.to_string()));
     drop((ca, cb));
 }
+
+/// Sends `bytes` over TCP from `from` to a sink in `to_ns` at `to`; the count the sink read.
+async fn bulk(from: &Path, to_ns: &Path, to: IpAddr, bytes: usize) -> Result<usize, String> {
+    use std::io::{Read, Write};
+    let (from, to_ns) = (from.to_path_buf(), to_ns.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let l = probe::run_in(&to_ns, move || {
+            std::net::TcpListener::bind(SocketAddr::new(to, 0))
+        })?
+        .map_err(|e| e.to_string())?;
+        let at = l.local_addr().map_err(|e| e.to_string())?;
+        let sink = std::thread::spawn(move || -> Result<usize, String> {
+            let (mut c, _) = l.accept().map_err(|e| e.to_string())?;
+            c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+            let mut buf = vec![0u8; 65536];
+            let mut n = 0;
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => return Ok(n),
+                    Ok(k) => n += k,
+                    Err(e) => return Err(format!("after {n} bytes: {e}")),
+                }
+            }
+        });
+        probe::run_in(&from, move || -> Result<(), String> {
+            let mut s = std::net::TcpStream::connect_timeout(&at, Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            s.set_write_timeout(Some(Duration::from_secs(10))).ok();
+            let chunk = vec![7u8; 65536];
+            let mut left = bytes;
+            while left > 0 {
+                let k = left.min(chunk.len());
+                s.write_all(&chunk[..k]).map_err(|e| format!("send: {e}"))?;
+                left -= k;
+            }
+            Ok(())
+        })??;
+        sink.join().map_err(|_| "sink panicked".to_string())?
+    })
+    .await
+    .unwrap()
+}
+
+/// Three nodes across a router (two subnets): node-a and node-b share a segment (direct
+/// routes), node-c sits behind the router (VXLAN overlay, chosen per peer). Pods reach each
+/// other both ways with their own addresses, a large transfer crosses the overlay (the MTU
+/// leaves room for the encapsulation: no black hole), and each piece is needed: without the
+/// overlay's forwarding entry, or the direct route, the traffic stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_across_a_router() {
+    if !privileged("three_nodes_across_a_router") {
+        return;
+    }
+    let pid = std::process::id();
+    let router = NetNs::create(&format!("cl-r-{pid}")).unwrap();
+    probe::link_up(&router.path, "lo").unwrap();
+    probe::bridge(&router.path, "lan", "192.0.2.1/24").unwrap();
+    probe::add_address(&router.path, "lan", "2001:db8:1::1/64").unwrap();
+    for (k, v) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+    ] {
+        let ok = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                router.path.file_name().unwrap().to_str().unwrap(),
+            ])
+            .args(["sysctl", "-qw", &format!("{k}={v}")])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let names = ["node-a", "node-b", "node-c"];
+    let mut nodes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let extra = format!(
+            "nodeName: {name}\nmanifestsDir: {}\n",
+            dirs[i].path().display()
+        );
+        nodes.push(Node::start(&format!("cl3-{i}"), &driver(), &extra).await);
+    }
+    // node-a and node-b on the router's LAN; node-c on a subnet of its own behind it.
+    for (i, n) in nodes.iter().take(2).enumerate() {
+        let four = format!("192.0.2.1{}/24", i + 1);
+        probe::onto_bridge(
+            &router.path,
+            "lan",
+            &format!("p{i}"),
+            &n.netns.path,
+            &four,
+            "192.0.2.1".parse().unwrap(),
+        )
+        .unwrap();
+        probe::add_address(&n.netns.path, "eth0", &format!("2001:db8:1::1{}/64", i + 1)).unwrap();
+        probe::add_route(&n.netns.path, "::/0", "2001:db8:1::1".parse().unwrap()).unwrap();
+    }
+    let c = &nodes[2];
+    probe::wire(
+        &router.path,
+        "toc",
+        "198.51.100.1/24",
+        &c.netns.path,
+        "ul0",
+        "198.51.100.13/24",
+    )
+    .unwrap();
+    probe::add_address(&router.path, "toc", "2001:db8:2::1/64").unwrap();
+    probe::add_address(&c.netns.path, "ul0", "2001:db8:2::13/64").unwrap();
+    probe::add_route(&c.netns.path, "0.0.0.0/0", "198.51.100.1".parse().unwrap()).unwrap();
+    probe::add_route(&c.netns.path, "::/0", "2001:db8:2::1".parse().unwrap()).unwrap();
+
+    let all = node_yaml("node-a", "192.0.2.11", "2001:db8:1::11", 1)
+        + &node_yaml("node-b", "192.0.2.12", "2001:db8:1::12", 2)
+        + &node_yaml("node-c", "198.51.100.13", "2001:db8:2::13", 3);
+    for d in &dirs {
+        write(d.path(), &all);
+    }
+    let mut pods = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        n.host.wait_ready("default").await;
+        let c = n.host.clients().await;
+        condition(&c, "every other node routed", |r| {
+            r.conditions
+                .iter()
+                .any(|c| c.r#type == "NodesRouted" && c.reason == "AllNodesRouted")
+        })
+        .await;
+        let ns = NetNs::create(&format!("cl3-p{i}-{pid}")).unwrap();
+        let att = attach(&c, sandbox(&format!("p{i}"), &ns.path), vec![])
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(att.mtu, 1450, "room for the overlay's 50 bytes");
+        let v4 = probe::ip_of(&att.ips[0].address).unwrap();
+        let v6 = probe::ip_of(&att.ips[1].address).unwrap();
+        pods.push((ns, v4, v6));
+    }
+    let (a, b, cc) = (&pods[0], &pods[1], &pods[2]);
+    // Direct within the LAN, the overlay to node-c.
+    let ra = routes(&nodes[0]);
+    assert!(ra.contains("10.244.2.0/24 via 192.0.2.12"), "{ra}");
+    assert!(
+        ra.contains("10.244.3.0/24 via 10.244.3.0 dev netlet.vx4 onlink"),
+        "{ra}"
+    );
+    assert!(
+        ra.lines().any(
+            |l| l.starts_with("fd00:10:244:3::/64 via fd00:10:244:3:: dev netlet.vx6")
+                && l.contains("onlink")
+        ),
+        "{ra}"
+    );
+    for (from, to) in [(a, b), (b, a), (a, cc), (cc, a), (b, cc), (cc, b)] {
+        assert_eq!(
+            tcp(&from.0.path, &to.0.path, to.1).await,
+            Ok(from.1.to_string())
+        );
+        assert_eq!(
+            tcp(&from.0.path, &to.0.path, to.2).await,
+            Ok(from.2.to_string())
+        );
+    }
+    assert_eq!(
+        udp(&a.0.path, &cc.0.path, cc.1).await,
+        Ok(format!("{}|x", a.1))
+    );
+    // 8 MiB through the overlay, each family.
+    const BIG: usize = 8 << 20;
+    assert_eq!(bulk(&a.0.path, &cc.0.path, cc.1, BIG).await, Ok(BIG));
+    assert_eq!(bulk(&cc.0.path, &a.0.path, a.2, BIG).await, Ok(BIG));
+
+    // Each piece is needed: the overlay's forwarding entry for node-c...
+    let mac = {
+        let o = nodes[0]
+            .command(Path::new("/usr/sbin/bridge"))
+            .args(["fdb", "show", "dev", "netlet.vx4"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let line = text
+            .lines()
+            .find(|l| l.contains("dst 198.51.100.13"))
+            .unwrap_or_else(|| panic!("no forwarding entry for node-c: {text}"))
+            .to_string();
+        line.split_whitespace().next().unwrap().to_string()
+    };
+    let del = nodes[0]
+        .command(Path::new("/usr/sbin/bridge"))
+        .args([
+            "fdb",
+            "del",
+            &mac,
+            "dev",
+            "netlet.vx4",
+            "dst",
+            "198.51.100.13",
+            "self",
+        ])
+        .status()
+        .unwrap();
+    assert!(del.success());
+    assert!(
+        tcp(&a.0.path, &cc.0.path, cc.1).await.is_err(),
+        "no tunnel entry, no traffic"
+    );
+    // ...and the direct route to node-b.
+    let del = nodes[0]
+        .command(Path::new("/usr/sbin/ip"))
+        .args(["route", "del", "10.244.2.0/24", "via", "192.0.2.12"])
+        .status()
+        .unwrap();
+    assert!(del.success());
+    assert!(
+        tcp(&a.0.path, &b.0.path, b.1).await.is_err(),
+        "no route, no traffic"
+    );
+    // A full sync (after a restart of node-a's host) puts both back.
+    let mut na = nodes.remove(0);
+    na.host.stop_with(nix::sys::signal::Signal::SIGTERM);
+    na.host.spawn().await;
+    na.host.wait_ready("default").await;
+    let ca = na.host.clients().await;
+    condition(&ca, "routed again", |r| {
+        r.conditions
+            .iter()
+            .any(|c| c.r#type == "NodesRouted" && c.reason == "AllNodesRouted")
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tcp(&a.0.path, &cc.0.path, cc.1).await.is_err() {
+        assert!(Instant::now() < deadline, "node-c not reached again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(tcp(&a.0.path, &b.0.path, b.1).await, Ok(a.1.to_string()));
+}

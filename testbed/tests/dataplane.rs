@@ -88,7 +88,7 @@ async fn conformance_data_plane_against_host_and_bridge_driver() {
             .args(["--target", &format!("unix://{}", t.display())])
             .args(["--secondary-network", "net1"])
             // Only bridge drivers run here: Services, Policy and Devices have no driver.
-            .args(["--focus", "^(identity|node|pods|dataplane)/"])
+            .args(["--focus", "^(identity|node|pods|dataplane|cluster)/"])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -112,6 +112,22 @@ async fn conformance_data_plane_against_host_and_bridge_driver() {
                 text.contains(&format!("PASS  {check}")),
                 "{check} did not pass against {}:\n{text}",
                 t.display()
+            );
+        }
+        // The node table: the driver's own rules directly, the host's refusal through it.
+        let cluster: &[&str] = if direct {
+            &[
+                "cluster/program-invalid-fields",
+                "cluster/generations-deltas-and-replay",
+            ]
+        } else {
+            &["cluster/host-nodes-come-from-sources"]
+        };
+        for check in cluster {
+            assert!(
+                text.contains(&format!("PASS  {check}")),
+                "{check}:
+{text}"
             );
         }
         // net1 is served by another driver: only the host can attach both.

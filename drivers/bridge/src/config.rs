@@ -24,6 +24,10 @@ pub struct Config {
     /// is never masqueraded, so a pod on another node sees this pod's own address.
     #[serde(default)]
     pub cluster_cidrs: Vec<IpNet>,
+    /// How other nodes' pods are reached: `auto` (directly when the node is on a subnet of
+    /// this node, else through the VXLAN overlay), `direct` or `overlay`.
+    #[serde(default)]
+    pub routing: crate::routes::Mode,
 }
 
 /// One network.
@@ -44,7 +48,9 @@ pub struct NetworkConfig {
     /// At most one network.
     #[serde(default)]
     pub pod_cidrs_from_node: bool,
-    /// MTU of the bridge and of pod interfaces unless a selection asks for another.
+    /// MTU of the bridge and of pod interfaces unless a selection asks for another. For the
+    /// network that takes the node's pod CIDRs, the underlay's MTU: its pods get this less the
+    /// overlay's overhead (50, VXLAN over IPv4) unless routing is `direct`.
     #[serde(default = "default_mtu")]
     pub mtu: u32,
     /// Masquerade traffic from the pod CIDRs to destinations outside them (nftables table
@@ -117,6 +123,7 @@ impl Config {
                 pod_cidrs_from_node: false,
             }],
             cluster_cidrs: Vec::new(),
+            routing: Default::default(),
         }
     }
 
@@ -244,6 +251,7 @@ mod tests {
         let ok = Config {
             networks: vec![net("default", "netlet0", &DEFAULT_SUBNETS)],
             cluster_cidrs: vec![],
+            routing: Default::default(),
         };
         ok.check().unwrap();
         let cases = [
@@ -303,6 +311,7 @@ mod tests {
             let err = Config {
                 networks,
                 cluster_cidrs: vec![],
+                routing: Default::default(),
             }
             .check()
             .unwrap_err()

@@ -88,6 +88,8 @@ pub struct Bridge {
     ready_tx: watch::Sender<NetworkReadiness>,
     /// The cluster's pod and Service CIDRs (never masqueraded to).
     cluster_cidrs: Vec<IpNet>,
+    /// How other nodes' pods are reached.
+    routing: crate::routes::Mode,
     /// The node table and the routes made from it (one batch at a time).
     cluster: tokio::sync::Mutex<Cluster>,
     /// Nodes not routed, with why (for readiness, read without waiting for a batch).
@@ -95,7 +97,6 @@ pub struct Bridge {
 }
 
 /// The cluster's nodes as the host sent them, and the routes to their pods.
-#[derive(Default)]
 struct Cluster {
     table: netlet_sdk::nodes::NodeTable,
     routes: crate::routes::Routes,
@@ -141,6 +142,7 @@ impl Bridge {
         name: &str,
         networks: Vec<NetworkConfig>,
         cluster_cidrs: Vec<IpNet>,
+        routing: crate::routes::Mode,
         state_dir: &Path,
     ) -> Result<Arc<Self>, NlError> {
         let nets = networks
@@ -179,7 +181,11 @@ impl Bridge {
             reaping: Mutex::new(HashMap::new()),
             ready_tx,
             cluster_cidrs,
-            cluster: tokio::sync::Mutex::default(),
+            cluster: tokio::sync::Mutex::new(Cluster {
+                table: Default::default(),
+                routes: crate::routes::Routes::new(routing),
+            }),
+            routing,
             unrouted: Mutex::default(),
         }))
     }
@@ -637,7 +643,10 @@ impl Bridge {
         self.publish();
         if let Err(e) = res {
             tracing::warn!(error = %e, "routes to other nodes not programmed");
-            *c = Cluster::default();
+            *c = Cluster {
+                table: Default::default(),
+                routes: crate::routes::Routes::new(self.routing),
+            };
             return Err(internal(e));
         }
         Ok(resp)
@@ -939,7 +948,14 @@ impl Bridge {
             driver: self.name.clone(),
             interface_name: ifname.to_string(),
             mac: netlink::mac_string(&mac),
-            mtu: if sel.mtu == 0 { n.cfg.mtu } else { sel.mtu },
+            mtu: if sel.mtu != 0 {
+                sel.mtu
+            } else if n.cfg.pod_cidrs_from_node && self.routing != crate::routes::Mode::Direct {
+                // Room for the overlay's encapsulation (the path to some node may take it).
+                n.cfg.mtu.saturating_sub(crate::routes::OVERHEAD_V4)
+            } else {
+                n.cfg.mtu
+            },
             ips,
             routes,
             dns: sandbox.dns_config.clone(),

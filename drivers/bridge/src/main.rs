@@ -59,6 +59,10 @@ struct Args {
     /// The cluster's pod and Service CIDRs, never masqueraded to (repeat per CIDR).
     #[arg(long = "cluster-cidr")]
     cluster_cidrs: Vec<IpNet>,
+    /// How other nodes' pods are reached: directly when on a subnet of this node, else over
+    /// VXLAN (auto), or always one way.
+    #[arg(long, value_enum, default_value = "auto")]
+    routing: routes::Mode,
     /// Where attachments and addresses are kept; defaults to `$NETLET_DRIVER_STATE_DIR`
     /// (set by the host), else /var/lib/netlet/bridge.
     #[arg(long, env = netlet_sdk::STATE_DIR_ENV, default_value = "/var/lib/netlet/bridge")]
@@ -94,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
             );
             c.networks[0].pod_cidrs_from_node = args.pod_cidrs_from_node;
             c.cluster_cidrs = args.cluster_cidrs.clone();
+            c.routing = args.routing;
             c.check()?;
             c
         }
@@ -102,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         &args.name,
         cfg.networks.clone(),
         cfg.cluster_cidrs.clone(),
+        cfg.routing,
         &args.state_dir,
     )?;
     bridge.reconcile().await;

@@ -195,6 +195,12 @@ pub fn host_veth_mac(name: &str) -> [u8; 6] {
     stable_mac(&["veth", name])
 }
 
+/// The MAC of a node's VXLAN endpoint, from the node's name: every node computes every other
+/// node's the same way, so nothing needs publishing (flannel puts it in a Node annotation).
+pub fn vtep_mac(node: &str) -> [u8; 6] {
+    stable_mac(&["vtep", node])
+}
+
 fn stable_mac(parts: &[&str]) -> [u8; 6] {
     let h = netlet_sdk::hash::fnv1a_parts(parts).to_be_bytes();
     [0x02, h[1], h[2], h[3], h[4], h[5]]

@@ -148,6 +148,18 @@ pub fn checks() -> Vec<Check> {
                 )?;
                 tried.push("Devices");
             }
+            if !declared(Capability::Cluster) {
+                expect_code(
+                    "Cluster/ListNodes",
+                    c.cluster
+                        .clone()
+                        .list_nodes(netlet_sdk::proto::ListNodesRequest::default())
+                        .await,
+                    Code::Unimplemented,
+                    None,
+                )?;
+                tried.push("Cluster");
+            }
             if tried.is_empty() {
                 Ok(Outcome::Skipped("target declares every capability".into()))
             } else {

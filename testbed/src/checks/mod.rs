@@ -1,5 +1,6 @@
 //! The conformance checks, one file per capability.
 
+mod cluster;
 mod dataplane;
 mod devices;
 mod identity;
@@ -23,6 +24,7 @@ pub fn all() -> Vec<Check> {
     v.extend(services::checks());
     v.extend(policy::checks());
     v.extend(devices::checks());
+    v.extend(cluster::checks());
     v
 }
 
