@@ -516,3 +516,149 @@ async fn three_nodes_across_a_router() {
     }
     assert_eq!(tcp(&a.0.path, &b.0.path, b.1).await, Ok(a.1.to_string()));
 }
+
+/// A Node object with the pod CIDRs kube-controller-manager allocates, as JSON for the API
+/// server (its addresses go to the status afterwards, as kubelet reports them).
+fn node_json(name: &str, n: u8) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}"}},"spec":{{"podCIDR":"10.244.{n}.0/24","podCIDRs":["10.244.{n}.0/24","fd00:10:244:{n}::/64"]}}}}"#
+    )
+}
+
+/// The same two nodes following one real kube-apiserver (in node-a's namespace, reached by
+/// node-b over the segment): the node table comes from the Node objects, one event at a time;
+/// a Node deleted takes its routes, a Node recreated with other pod CIDRs and address is routed
+/// there and its node's new pods get addresses from its new CIDRs.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_following_the_api_server() {
+    const T: &str = "two_nodes_following_the_api_server";
+    if !privileged(T) || netlet_testbed::harness::tool("curl", T).is_none() {
+        return;
+    }
+    let Some(kubectl) = netlet_testbed::k8s::kubectl(T) else {
+        return;
+    };
+    let Some((etcd, api)) = netlet_testbed::k8s::binaries(T) else {
+        return;
+    };
+    let pid = std::process::id();
+    let dir = tempfile::tempdir().unwrap();
+    let (kc_a, kc_b) = (dir.path().join("kc-a"), dir.path().join("kc-b"));
+    netlet_testbed::k8s::write_kubeconfig(&kc_a);
+    netlet_testbed::k8s::write_kubeconfig_at(&kc_b, "https://192.0.2.11:6443", None);
+    let extra = |name: &str, kc: &Path| format!("nodeName: {name}\nkubeconfig: {}\n", kc.display());
+    let a = Node::start("clk-a", &driver(), &extra("node-a", &kc_a)).await;
+    let b = Node::start("clk-b", &driver(), &extra("node-b", &kc_b)).await;
+    probe::wire(
+        &a.netns.path,
+        "ul0",
+        "192.0.2.11/24",
+        &b.netns.path,
+        "ul0",
+        "192.0.2.12/24",
+    )
+    .unwrap();
+    let apiserver =
+        netlet_testbed::k8s::ApiServer::start_in(&a.netns.path, &etcd, &api, "192.0.2.11");
+    let (ca, cb) = (a.host.clients().await, b.host.clients().await);
+    condition(&cb, "PodCIDRPending until the Node exists", |r| {
+        r.conditions.iter().any(|c| c.reason == "PodCIDRPending")
+    })
+    .await;
+
+    let create = |name: &str, ip: &str, n: u8| {
+        apiserver
+            .request("POST", "/api/v1/nodes", Some(&node_json(name, n)))
+            .unwrap();
+        let status = format!(
+            r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"{ip}"}},{{"type":"Hostname","address":"{name}"}}]}}}}"#
+        );
+        apiserver
+            .kubectl(
+                &kubectl,
+                &[
+                    "patch",
+                    "node",
+                    name,
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    &status,
+                ],
+            )
+            .unwrap();
+    };
+    create("node-a", "192.0.2.11", 1);
+    create("node-b", "192.0.2.12", 2);
+    a.host.wait_ready("default").await;
+    b.host.wait_ready("default").await;
+    let pa = NetNs::create(&format!("clk-pa-{pid}")).unwrap();
+    let pb = NetNs::create(&format!("clk-pb-{pid}")).unwrap();
+    let ip4 = |att: netlet_sdk::proto::Attachment| probe::ip_of(&att.ips[0].address).unwrap();
+    let a4 = ip4(attach(&ca, sandbox("pa", &pa.path), vec![])
+        .await
+        .unwrap()
+        .remove(0));
+    let b4 = ip4(attach(&cb, sandbox("pb", &pb.path), vec![])
+        .await
+        .unwrap()
+        .remove(0));
+    assert!(
+        a4.to_string().starts_with("10.244.1.") && b4.to_string().starts_with("10.244.2."),
+        "{a4} {b4}"
+    );
+    eventually("node-a routes node-b's pods", || {
+        routes(&a).contains("10.244.2.0/24 via 192.0.2.12")
+    })
+    .await;
+    assert_eq!(tcp(&pa.path, &pb.path, b4).await, Ok(a4.to_string()));
+    assert_eq!(tcp(&pb.path, &pa.path, a4).await, Ok(b4.to_string()));
+
+    // node-b deleted: gone from node-a's table and routes.
+    apiserver
+        .kubectl(&kubectl, &["delete", "node", "node-b"])
+        .unwrap();
+    eventually("node-b's routes gone", || {
+        !routes(&a).contains("10.244.2.0/24")
+    })
+    .await;
+    assert!(tcp(&pa.path, &pb.path, b4).await.is_err());
+    // Recreated with another pod CIDR and address: routed there; node-b's new pods take it.
+    probe::add_address(&b.netns.path, "ul0", "192.0.2.13/24").unwrap();
+    create("node-b", "192.0.2.13", 5);
+    eventually("node-b routed at its new CIDR and address", || {
+        routes(&a).contains("10.244.5.0/24 via 192.0.2.13")
+    })
+    .await;
+    let pb2 = NetNs::create(&format!("clk-pb2-{pid}")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let b5 = loop {
+        let ip = ip4(attach(&cb, sandbox("pb2", &pb2.path), vec![])
+            .await
+            .unwrap()
+            .remove(0));
+        if ip.to_string().starts_with("10.244.5.") {
+            break ip;
+        }
+        // Attached before node-b's new entry arrived: detach and try again.
+        netlet_testbed::harness::detach(&cb, "pb2").await.unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "node-b's pods never got its new CIDR: {ip}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(tcp(&pa.path, &pb2.path, b5).await, Ok(a4.to_string()));
+    let listed = cb
+        .cluster
+        .clone()
+        .list_nodes(ListNodesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    let b_entry = listed.iter().find(|n| n.name == "node-b").unwrap();
+    assert_eq!(b_entry.pod_cidrs, ["10.244.5.0/24", "fd00:10:244:5::/64"]);
+    assert!(b_entry.local);
+    drop(apiserver);
+}
