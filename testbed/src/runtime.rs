@@ -44,7 +44,7 @@ pub fn build_cri_tools(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
         .current_dir(&src))?;
     let image = dir.join("pause.tar");
     run(Command::new("python3")
-        .arg(src.join("oci_image.py"))
+        .arg(src.join("../../deploy/oci_image.py"))
         .arg(dir.join("pause"))
         .arg(PAUSE_IMAGE)
         .arg(&image))?;

@@ -286,3 +286,102 @@ async fn end_to_end(release: runtime::Release, tag: &str) {
     );
     assert!(gone.is_err(), "hostPort still answers: {gone:?}");
 }
+
+/// The DaemonSet's image as a user builds it (deploy/build-image.sh, from the binaries built
+/// here), imported into a real containerd with `ctr images import` and run: every binary the
+/// DaemonSet and its init container use is there and starts, under the name deploy/ gives.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemonset_image_imports_and_runs() {
+    let t = "the_daemonset_image_imports_and_runs";
+    if !privileged(t) || tool("containerd", t).is_none() || tool("ctr", t).is_none() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let version = env!("CARGO_PKG_VERSION");
+    let deploy = std::fs::read_to_string(root.join("deploy/netlet.yaml")).unwrap();
+    assert_eq!(
+        deploy.matches(&format!("image: netlet:{version}")).count(),
+        2,
+        "the DaemonSet and its init container name the image of this version"
+    );
+    let work = tempfile::Builder::new()
+        .prefix("netlet-img-")
+        .tempdir()
+        .unwrap();
+    let w = work.path();
+    let out = std::process::Command::new("bash")
+        .arg(root.join("deploy/build-image.sh"))
+        .arg("--debug")
+        .arg(w.join("image"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let archive = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        archive.ends_with(&format!("netlet-{version}.oci.tar")),
+        "{archive}"
+    );
+
+    let (probe_bin, pause) = runtime::build_cri_tools(w).unwrap();
+    let conflist = serde_json::json!({"cniVersion": "1.0.0", "name": "none", "plugins": [{"type": "loopback"}]});
+    let plugins = [("loopback", Path::new(CNI_PLUGIN_DIR).join("loopback"))];
+    let ctrd = runtime::Containerd::start(
+        &runtime::Release::Debian,
+        &w.join("containerd"),
+        None,
+        &plugins,
+        &conflist,
+        &probe_bin,
+        &pause,
+    )
+    .unwrap();
+    let ctr = |args: &[&str]| {
+        let o = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(&ctrd.socket)
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let (ok, text) = ctr(&["images", "import", &archive]);
+    assert!(ok, "{text}");
+    let image = format!("docker.io/library/netlet:{version}");
+    let (ok, text) = ctr(&["images", "ls", "-q"]);
+    assert!(ok && text.lines().any(|l| l == image), "{text}");
+    for (i, cmd) in [
+        vec!["netlet", "--version"],
+        vec!["netletctl", "--version"],
+        vec!["netlet-bridge", "--version"],
+        vec!["netlet-nft", "--version"],
+        vec!["netlet-devices", "--version"],
+        // The init container's shell and tools, and the shim it installs.
+        vec![
+            "sh",
+            "-c",
+            "cp /usr/local/bin/netlet-cni /tmp/x && mv /tmp/x /tmp/y && ls /tmp/y",
+        ],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("img-{}-{i}", std::process::id());
+        let mut args = vec!["run", "--rm", &image, &id];
+        args.extend(cmd.iter().copied());
+        let (ok, text) = ctr(&args);
+        assert!(ok, "{cmd:?}: {text}");
+        if cmd[0] == "sh" {
+            assert_eq!(text.trim(), "/tmp/y");
+        } else {
+            assert!(text.contains(version), "{cmd:?}: {text}");
+        }
+    }
+}
