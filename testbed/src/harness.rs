@@ -179,6 +179,32 @@ pub fn bridge_driver(name: &str, network: &str, bridge: &str, subnets: &[&str]) 
     )
 }
 
+/// A supervised bridge-driver entry as every node of a cluster runs it: network `default` on
+/// `netlet0`, its pod CIDRs from the node's Node object, masquerading what leaves
+/// `cluster_cidrs`, other nodes reached as `routing` says (auto, direct, overlay).
+pub fn cluster_bridge_driver(cluster_cidrs: &[&str], routing: &str) -> String {
+    let mut args = vec![
+        "--name",
+        "bridge",
+        "--network",
+        "default",
+        "--bridge",
+        "netlet0",
+        "--pod-cidrs-from-node",
+        "--masquerade",
+        "--routing",
+        routing,
+    ];
+    for c in cluster_cidrs {
+        args.extend(["--cluster-cidr", c]);
+    }
+    format!(
+        "- name: bridge\n  command: {}\n  args: {}\n",
+        bin("netlet-bridge").display(),
+        serde_json::to_string(&args).unwrap_or_default()
+    )
+}
+
 /// A supervised nft (Services) driver entry with `args`.
 pub fn nft_driver(name: &str, args: &[&str]) -> String {
     let mut all = vec!["--name", name];

@@ -12,33 +12,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use netlet_sdk::proto::{ListNodesRequest, PodSandbox};
-use netlet_testbed::harness::{Node, attach, bin, privileged, readiness};
+use netlet_testbed::harness::{Node, attach, cluster_bridge_driver, privileged, readiness};
 use netlet_testbed::probe::{self, NetNs};
 
 /// The cluster-wide setting: pod CIDRs (v4, v6), the same on every node.
 const CLUSTER_CIDRS: [&str; 2] = ["10.244.0.0/16", "fd00:10:244::/48"];
 
 /// The bridge driver every node runs: subnets from the node's Node object, masquerade of what
-/// leaves the cluster.
+/// leaves the cluster, other nodes reached directly or over the overlay.
 fn driver() -> String {
-    let mut args = vec![
-        "--name",
-        "bridge",
-        "--network",
-        "default",
-        "--bridge",
-        "netlet0",
-        "--pod-cidrs-from-node",
-        "--masquerade",
-    ];
-    for c in CLUSTER_CIDRS {
-        args.extend(["--cluster-cidr", c]);
-    }
-    format!(
-        "- name: bridge\n  command: {}\n  args: {}\n",
-        bin("netlet-bridge").display(),
-        serde_json::to_string(&args).unwrap()
-    )
+    cluster_bridge_driver(&CLUSTER_CIDRS, "auto")
 }
 
 /// A Node object as the API server holds it once kube-controller-manager allocated its CIDRs.

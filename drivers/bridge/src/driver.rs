@@ -615,12 +615,16 @@ impl Bridge {
             .chain(&changes.removed)
             .any(|n| n.local)
         {
+            // This node's Node deleted (kubelet registers it again) or without CIDRs: the
+            // subnets in use stay, so its pods keep working meanwhile.
             let cidrs = c
                 .table
                 .local()
                 .map(netlet_sdk::nodes::pod_cidrs)
                 .unwrap_or_default();
-            self.set_pod_cidrs(cidrs).await;
+            if !cidrs.is_empty() {
+                self.set_pod_cidrs(cidrs).await;
+            }
         }
         let own: Vec<IpNet> = self
             .lock()
