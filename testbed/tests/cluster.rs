@@ -645,3 +645,140 @@ async fn two_nodes_following_the_api_server() {
     assert!(b_entry.local);
     drop(apiserver);
 }
+
+/// Pod `name` of namespace `shop` labelled `app: name` attached through `c`, echoing on TCP 80.
+async fn shop_pod(
+    c: &netlet_sdk::client::Clients,
+    tag: &str,
+    name: &str,
+) -> (NetNs, IpAddr, IpAddr) {
+    let ns = NetNs::create(&format!("{tag}-{name}-{}", std::process::id())).unwrap();
+    let mut sb = sandbox(name, &ns.path);
+    sb.namespace = "shop".into();
+    sb.labels = [("app".to_string(), name.to_string())].into();
+    let att = attach(c, sb, vec![]).await.unwrap().remove(0);
+    let ips: Vec<IpAddr> = att
+        .ips
+        .iter()
+        .map(|x| probe::ip_of(&x.address).unwrap())
+        .collect();
+    (ns, ips[0], ips[1])
+}
+
+/// What the API server would hold of a pod on another node (its labels, node and addresses).
+fn pod_yaml(name: &str, node: &str, ips: [IpAddr; 2]) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {name}}}}}\nspec: {{nodeName: {node}, containers: [{{name: c, image: x}}]}}\nstatus: {{phase: Running, podIP: '{}', podIPs: [{{ip: '{}'}}, {{ip: '{}'}}]}}\n---\n",
+        ips[0], ips[0], ips[1]
+    )
+}
+
+/// A NetworkPolicy on node-a admitting to `server` only pods labelled `app: client`, which run
+/// on node-b: the client is admitted, over the direct route and over the overlay (the pods'
+/// own addresses arrive, so policy sees who sent), and nobody else from that node is.
+async fn policy_across_nodes(routing: &str, tag: &str) {
+    let (man_a, man_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let drivers = cluster_bridge_driver(&CLUSTER_CIDRS, routing)
+        + &netlet_testbed::harness::nft_driver(
+            "nft",
+            &[
+                "--cluster-cidr",
+                CLUSTER_CIDRS[0],
+                "--cluster-cidr",
+                CLUSTER_CIDRS[1],
+            ],
+        );
+    let extra =
+        |name: &str, dir: &Path| format!("nodeName: {name}\nmanifestsDir: {}\n", dir.display());
+    let a = Node::start(
+        &format!("{tag}-a"),
+        &drivers,
+        &extra("node-a", man_a.path()),
+    )
+    .await;
+    let b = Node::start(
+        &format!("{tag}-b"),
+        &drivers,
+        &extra("node-b", man_b.path()),
+    )
+    .await;
+    probe::wire(
+        &a.netns.path,
+        "ul0",
+        "192.0.2.11/24",
+        &b.netns.path,
+        "ul0",
+        "192.0.2.12/24",
+    )
+    .unwrap();
+    probe::add_address(&a.netns.path, "ul0", "2001:db8::11/64").unwrap();
+    probe::add_address(&b.netns.path, "ul0", "2001:db8::12/64").unwrap();
+    let nodes = node_yaml("node-a", "192.0.2.11", "2001:db8::11", 1)
+        + &node_yaml("node-b", "192.0.2.12", "2001:db8::12", 2);
+    write(man_a.path(), &nodes);
+    write(man_b.path(), &nodes);
+    a.host.wait_ready("default").await;
+    b.host.wait_ready("default").await;
+    a.host.wait_driver("nft").await;
+    let (ca, cb) = (a.host.clients().await, b.host.clients().await);
+    let server = shop_pod(&ca, tag, "server").await;
+    let client = shop_pod(&cb, tag, "client").await;
+    let other = shop_pod(&cb, tag, "other").await;
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: only-clients, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  policyTypes: [Ingress]\n  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}]}]\n";
+    // node-a's sources: the Nodes, node-b's pods as the API server holds them, the policy.
+    std::fs::write(
+        man_a.path().join("objects.yaml"),
+        pod_yaml("client", "node-b", [client.1, client.2])
+            + &pod_yaml("other", "node-b", [other.1, other.2])
+            + policy,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tcp(&other.0.path, &server.0.path, server.1).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the policy never isolated the server"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for v6 in [false, true] {
+        let (to, from_client, from_other) = if v6 {
+            (server.2, client.2, other.2)
+        } else {
+            (server.1, client.1, other.1)
+        };
+        assert_eq!(
+            tcp(&client.0.path, &server.0.path, to).await,
+            Ok(from_client.to_string()),
+            "the client on the other node is admitted ({routing})"
+        );
+        let denied = tcp(&other.0.path, &server.0.path, to).await;
+        assert!(
+            denied.is_err(),
+            "{from_other} admitted: {denied:?} ({routing})"
+        );
+    }
+    let r = routes(&a);
+    let over = if routing == "overlay" {
+        "dev netlet.vx4"
+    } else {
+        "via 192.0.2.12"
+    };
+    assert!(r.contains(over), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_admits_a_pod_of_another_node_over_the_route() {
+    if !privileged("a_policy_admits_a_pod_of_another_node_over_the_route") {
+        return;
+    }
+    policy_across_nodes("direct", "clpd").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_admits_a_pod_of_another_node_over_the_overlay() {
+    if !privileged("a_policy_admits_a_pod_of_another_node_over_the_overlay") {
+        return;
+    }
+    policy_across_nodes("overlay", "clpo").await;
+}
