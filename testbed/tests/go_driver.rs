@@ -73,6 +73,7 @@ async fn go_driver_passes_conformance_directly_and_through_the_host() {
             "dataplane/interface-matches-attachment",
             "dataplane/pod-to-pod-tcp-udp-every-family",
             "dataplane/pod-to-node",
+            "dataplane/no-spoofed-sources",
             "dataplane/existing-interface-is-refused-and-kept",
             "dataplane/detach-removes-veth-and-frees-addresses",
             "dataplane/attach-replayed-is-one-attachment",

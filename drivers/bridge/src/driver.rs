@@ -77,6 +77,10 @@ pub struct Bridge {
     name: String,
     /// Whether the masquerade table matches the configuration.
     masquerade_done: std::sync::atomic::AtomicBool,
+    /// Whether the anti-spoofing table was made whole from the records (no attach before).
+    guard_done: std::sync::atomic::AtomicBool,
+    /// Host-side veths the anti-spoofing table has a chain for.
+    guarded: Mutex<std::collections::HashSet<String>>,
     state_dir: PathBuf,
     store: Mutex<Option<Store>>,
     state: Mutex<State>,
@@ -168,6 +172,8 @@ impl Bridge {
         });
         Ok(Arc::new(Self {
             masquerade_done: false.into(),
+            guard_done: false.into(),
+            guarded: Mutex::default(),
             name: name.to_string(),
             state_dir: state_dir.to_path_buf(),
             store: Mutex::new(None),
@@ -246,6 +252,14 @@ impl Bridge {
             .and_then(|_| netlink::sysctl("net.ipv6.conf.all.forwarding", "1"))
             .err();
         let masquerade = self.ensure_masquerade().err();
+        let guard = if store_problem.is_none() {
+            self.ensure_guard().err()
+        } else {
+            None
+        };
+        if let Some(e) = &guard {
+            tracing::warn!(error = %e, "anti-spoofing table not in place; no attach until it is");
+        }
         // (config, gateway addresses, whether the bridge was up at the last look)
         let todo: Vec<(NetworkConfig, Vec<IpNet>, bool)> = self
             .lock()
@@ -306,6 +320,9 @@ impl Bridge {
                 && n.cfg.masquerade
             {
                 n.problem = Some(("MasqueradeFailed".into(), e.to_string()));
+            }
+            if let Some(e) = &guard {
+                n.problem = Some(("AntiSpoofingFailed".into(), e.to_string()));
             }
             if n.cfg.pod_cidrs_from_node && n.pools.is_empty() {
                 n.problem = Some((
@@ -419,6 +436,50 @@ impl Bridge {
                 Ok(())
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Makes the anti-spoofing table guard exactly the recorded pods' ports (once; retried
+    /// until it works). Until then no attach proceeds.
+    fn ensure_guard(&self) -> Result<(), NlError> {
+        use std::sync::atomic::Ordering;
+        if self.guard_done.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let ports: Vec<crate::guard::Port> = self
+            .lock()
+            .records
+            .values()
+            .filter_map(|r| r.attachments.first())
+            .map(port_of)
+            .collect();
+        crate::guard::send(crate::guard::table(&ports))?;
+        *self.guarded.lock().unwrap_or_else(|p| p.into_inner()) =
+            ports.into_iter().map(|p| p.veth).collect();
+        self.guard_done.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Guards `a`'s port (before its veth exists, so its first frame is checked).
+    fn guard(&self, a: &Attachment) -> Result<(), NlError> {
+        let mut g = self.guarded.lock().unwrap_or_else(|p| p.into_inner());
+        let had = g.contains(&a.host_interface);
+        crate::guard::send(crate::guard::add(&port_of(a), had))?;
+        g.insert(a.host_interface.clone());
+        Ok(())
+    }
+
+    /// Stops guarding `veth` (its pod is gone: its frames are dropped from now on).
+    fn unguard(&self, veth: &str) {
+        let mut g = self.guarded.lock().unwrap_or_else(|p| p.into_inner());
+        if !g.contains(veth) {
+            return;
+        }
+        match crate::guard::send(crate::guard::remove(veth)) {
+            Ok(()) => {
+                g.remove(veth);
+            }
+            Err(e) => tracing::warn!(veth, error = %e, "anti-spoofing chain not removed"),
         }
     }
 
@@ -1009,6 +1070,14 @@ impl Bridge {
             // pod-side interface makes the creation fail with EEXIST, handled below.
             self.nl.delete_link(&a.host_interface).await?;
         }
+        if !self.guard_done.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(NlError {
+                what: "anti-spoofing".into(),
+                errno: None,
+                message: "the anti-spoofing table is not in place yet; see NetworkReady".into(),
+            });
+        }
+        self.guard(a)?;
         let mac = netlink::parse_mac(&a.mac).unwrap_or_default();
         let host_mac = netlink::host_veth_mac(&a.host_interface);
         let create = || {
@@ -1112,6 +1181,7 @@ impl Bridge {
                 .await
                 .map_err(|e| Status::unavailable(format!("IPAM store: {e}")))?;
             self.lock().records.remove(&k);
+            self.unguard(&a.host_interface);
             let (done_tx, done) = watch::channel(false);
             self.reaping_lock().insert(
                 a.host_interface.clone(),
@@ -1167,6 +1237,20 @@ impl Bridge {
             e.attachments.extend(r.attachments.iter().cloned());
         }
         Ok(by_sandbox.into_values().collect())
+    }
+}
+
+/// The anti-spoofing view of an attachment: its host-side veth, MAC and addresses.
+fn port_of(a: &Attachment) -> crate::guard::Port {
+    crate::guard::Port {
+        veth: a.host_interface.clone(),
+        mac: netlink::parse_mac(&a.mac).unwrap_or_default(),
+        addrs: a
+            .ips
+            .iter()
+            .filter_map(|c| parse_cidr(&c.address))
+            .map(|n| n.addr())
+            .collect(),
     }
 }
 

@@ -8,6 +8,7 @@ mod api;
 mod bandwidth;
 mod config;
 mod driver;
+mod guard;
 mod ipam;
 mod masquerade;
 mod netlink;

@@ -98,13 +98,16 @@ impl Netlink {
             .mtu(mtu)
             .setns_by_fd(ns.as_raw_fd())
             .build();
-        let msg = LinkVeth::new(host, peer)
+        let mut msg = LinkVeth::new(host, peer)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .address(host_mac.to_vec())
             .mtu(mtu)
             .controller(bridge)
             .up()
             .build();
+        // Pod ports are told apart from every other link by their group (anti-spoofing).
+        msg.attributes
+            .push(LinkAttribute::Group(crate::guard::POD_PORT_GROUP));
         let res = self
             .handle()
             .link()

@@ -18,7 +18,7 @@ use crate::netlink::{self, Netlink, NlError, NlResult, errno};
 
 /// The link group the reaper puts links in before deleting the group ("nlrp"): links of other
 /// software are never in it.
-const GROUP: u32 = 0x6e6c_7270;
+pub const GROUP: u32 = 0x6e6c_7270;
 
 struct Job {
     names: Vec<String>,

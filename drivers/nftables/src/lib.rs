@@ -44,6 +44,8 @@ pub enum Family {
     Ip6,
     /// `inet`
     Inet,
+    /// `bridge`: frames crossing a Linux bridge.
+    Bridge,
 }
 
 impl Family {
@@ -52,6 +54,7 @@ impl Family {
             Family::Ip => NetfilterProtoFamily::IPv4,
             Family::Ip6 => NetfilterProtoFamily::IPv6,
             Family::Inet => NetfilterProtoFamily::Inet,
+            Family::Bridge => NetfilterProtoFamily::Bridge,
         }
     }
 
@@ -61,6 +64,7 @@ impl Family {
             Family::Ip => "ip",
             Family::Ip6 => "ip6",
             Family::Inet => "inet",
+            Family::Bridge => "bridge",
         }
     }
 }
@@ -706,6 +710,8 @@ fn reg(r: Register) -> Vec<u8> {
 
 /// Payload bases.
 pub mod base {
+    /// Link-layer (Ethernet) header.
+    pub const LINK: u32 = 0;
     /// Network header.
     pub const NETWORK: u32 = 1;
     /// Transport header.

@@ -308,6 +308,74 @@ pub fn checks() -> Vec<Check> {
                 Ok(Outcome::Passed)
             }
         ),
+        check!(
+            "dataplane/no-spoofed-sources",
+            Some(Capability::Pods),
+            |ctx| {
+                // A pod sends only with its attachment's addresses (pods.proto, AttachPod,
+                // "Identity"): one it gives itself (it has NET_ADMIN in its namespace) gets
+                // nothing through, its own still works.
+                let net = network!(ctx);
+                let a = pod!(ctx, vec![selection(&net, "eth0")]);
+                let b = pod!(ctx, vec![selection(&net, "eth0")]);
+                let Some(own) = a.attachments[0]
+                    .ips
+                    .iter()
+                    .find(|c| c.address.contains('.'))
+                else {
+                    return Ok(Outcome::Skipped("the pod has no IPv4 address".into()));
+                };
+                let own: ipnet::IpNet = own.address.parse().map_err(|e| format!("{e}"))?;
+                let Some(to) = b.attachments[0]
+                    .ips
+                    .iter()
+                    .filter_map(|c| probe::ip_of(&c.address).ok())
+                    .find(IpAddr::is_ipv4)
+                else {
+                    return Ok(Outcome::Skipped(
+                        "the second pod has no IPv4 address".into(),
+                    ));
+                };
+                // An address of the pod's subnet nobody was given: the last but one.
+                let last = own.hosts().last().ok_or("the pod's subnet has no hosts")?;
+                let spoofed = match last {
+                    IpAddr::V4(v) => IpAddr::from(std::net::Ipv4Addr::from(u32::from(v) - 1)),
+                    v6 => v6,
+                };
+                if [own.addr(), to].contains(&spoofed) {
+                    return Ok(Outcome::Skipped(format!("{spoofed} is in use here")));
+                }
+                let (ans, bns) = (a.netns.clone(), b.netns.clone());
+                let (from_own, from_spoofed) = blocking(move || {
+                    probe::add_address(&ans, "eth0", &format!("{spoofed}/{}", own.prefix_len()))?;
+                    let ask = |src: IpAddr| -> Result<bool, String> {
+                        let srv = probe::udp_echo(&bns, SocketAddr::new(to, 0), 1)?;
+                        probe::run_in(&ans, move || {
+                            let s = std::net::UdpSocket::bind(SocketAddr::new(src, 0)).ok()?;
+                            s.set_read_timeout(Some(std::time::Duration::from_millis(700)))
+                                .ok()?;
+                            s.send_to(b"x", srv).ok()?;
+                            s.recv_from(&mut [0u8; 64]).ok()
+                        })
+                        .map(|r| r.is_some())
+                    };
+                    Ok::<_, String>((ask(own.addr())?, ask(spoofed)?))
+                })
+                .await?;
+                if !from_own {
+                    return Err(format!(
+                        "UDP from the pod's own {} to {to} was not answered",
+                        own.addr()
+                    ));
+                }
+                if from_spoofed {
+                    return Err(format!(
+                        "UDP from {spoofed}, an address the pod gave itself, reached {to} and was answered (contract: a pod sends only with its attachment's addresses)"
+                    ));
+                }
+                Ok(Outcome::Passed)
+            }
+        ),
         check!("dataplane/pod-to-node", Some(Capability::Pods), |ctx| {
             let net = network!(ctx);
             let pod = pod!(ctx, vec![selection(&net, "eth0")]);

@@ -269,6 +269,12 @@ func (p *ptp) plumb(sb *pb.PodSandbox, s *pb.NetworkSelection, ifname string, ad
 	if err := netlink.AddrReplace(hl, gwAddr); err != nil {
 		return nil, internal("host gateway address", err)
 	}
+	// Only the pod's own address may come from its veth (pods.proto, AttachPod, "Identity"):
+	// strict reverse-path filtering drops any source not routed back through this veth, before
+	// the first packet, since the veth is not up yet.
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+host+"/rp_filter", []byte("1"), 0o644); err != nil {
+		return nil, internal("host link rp_filter", err)
+	}
 	if err := netlink.LinkSetUp(hl); err != nil {
 		return nil, internal("host link up", err)
 	}
