@@ -328,9 +328,15 @@ async fn nl_up_with_address(h: &rtnetlink::Handle, name: &str, cidr: &str) -> Re
     let (ip, len) = cidr.split_once('/').ok_or("cidr")?;
     let ip: IpAddr = ip.parse().map_err(|_| format!("bad address {cidr}"))?;
     let idx = nl_index(h, name).await?;
-    h.address()
-        .add(idx, ip, len.parse().map_err(|_| "prefix")?)
-        .execute()
+    let mut req = h.address().add(idx, ip, len.parse().map_err(|_| "prefix")?);
+    // No duplicate address detection: the test made the only holder, and a tentative address
+    // would make the first second of traffic depend on timing.
+    req.message_mut()
+        .attributes
+        .push(rtnetlink::packet_route::address::AddressAttribute::Flags(
+            rtnetlink::packet_route::address::AddressFlags::Nodad,
+        ));
+    req.execute()
         .await
         .map_err(|e| format!("address {cidr} on {name}: {e}"))?;
     nl_up(h, name, idx).await

@@ -673,10 +673,17 @@ fn pod_yaml(name: &str, node: &str, ips: [IpAddr; 2]) -> String {
     )
 }
 
-/// A NetworkPolicy on node-a admitting to `server` only pods labelled `app: client`, which run
-/// on node-b: the client is admitted, over the direct route and over the overlay (the pods'
-/// own addresses arrive, so policy sees who sent), and nobody else from that node is.
-async fn policy_across_nodes(routing: &str, tag: &str) {
+/// Two nodes on one segment (node-a 192.0.2.11 / 2001:db8::11, node-b .12 / ::12), each with
+/// the bridge driver (`routing`) and the nft driver, their manifests directories holding both
+/// Node objects; ready.
+struct Pair {
+    a: Node,
+    b: Node,
+    man_a: tempfile::TempDir,
+    _man_b: tempfile::TempDir,
+}
+
+async fn pair(tag: &str, routing: &str) -> Pair {
     let (man_a, man_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let drivers = cluster_bridge_driver(&CLUSTER_CIDRS, routing)
         + &netlet_testbed::harness::nft_driver(
@@ -720,6 +727,24 @@ async fn policy_across_nodes(routing: &str, tag: &str) {
     a.host.wait_ready("default").await;
     b.host.wait_ready("default").await;
     a.host.wait_driver("nft").await;
+    Pair {
+        a,
+        b,
+        man_a,
+        _man_b: man_b,
+    }
+}
+
+/// A NetworkPolicy on node-a admitting to `server` only pods labelled `app: client`, which run
+/// on node-b: the client is admitted, over the direct route and over the overlay (the pods'
+/// own addresses arrive, so policy sees who sent), and nobody else from that node is.
+async fn policy_across_nodes(routing: &str, tag: &str) {
+    let Pair {
+        a,
+        b,
+        man_a,
+        _man_b,
+    } = pair(tag, routing).await;
     let (ca, cb) = (a.host.clients().await, b.host.clients().await);
     let server = shop_pod(&ca, tag, "server").await;
     let client = shop_pod(&cb, tag, "client").await;
@@ -781,4 +806,87 @@ async fn a_policy_admits_a_pod_of_another_node_over_the_overlay() {
         return;
     }
     policy_across_nodes("overlay", "clpo").await;
+}
+
+/// A ClusterIP and a NodePort whose only endpoint is a pod on the other node: a pod here reaches
+/// the ClusterIP (the endpoint sees the pod's own address), and a client outside the cluster
+/// reaches the NodePort on this node's address (masqueraded to this node, so the answer comes
+/// back the way it went), each over the route between the nodes.
+#[tokio::test(flavor = "multi_thread")]
+async fn services_whose_endpoint_is_on_the_other_node() {
+    if !privileged("services_whose_endpoint_is_on_the_other_node") {
+        return;
+    }
+    let pid = std::process::id();
+    let Pair {
+        a,
+        b,
+        man_a,
+        _man_b,
+    } = pair("clsvc", "auto").await;
+    // A client outside the cluster, on a link of node-a only.
+    let out = NetNs::create(&format!("clsvc-out-{pid}")).unwrap();
+    probe::wire(
+        &a.netns.path,
+        "ext0",
+        "198.51.100.1/24",
+        &out.path,
+        "ext0",
+        "198.51.100.2/24",
+    )
+    .unwrap();
+    let (ca, cb) = (a.host.clients().await, b.host.clients().await);
+    let client = shop_pod(&ca, "clsvc", "client").await;
+    let web = shop_pod(&cb, "clsvc", "web").await;
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec: {{type: NodePort, clusterIP: 10.96.0.80, ports: [{{name: http, port: 80, targetPort: 7000, nodePort: 30080}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 7000, protocol: TCP}}]\nendpoints: [{{addresses: ['{}'], conditions: {{ready: true}}, nodeName: node-b}}]\n",
+        web.1
+    );
+    std::fs::write(man_a.path().join("web.yaml"), service).unwrap();
+    // The endpoint answers with who it saw, for as many connections as asked.
+    let l = probe::run_in(&web.0.path, move || {
+        std::net::TcpListener::bind(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 7000))
+    })
+    .unwrap()
+    .unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for c in l.incoming().flatten() {
+            let mut c = c;
+            let _ = c.write_all(
+                c.peer_addr()
+                    .map(|p| p.ip().to_string())
+                    .unwrap_or_default()
+                    .as_bytes(),
+            );
+        }
+    });
+    let ask = |from: std::path::PathBuf, to: SocketAddr| async move {
+        tokio::task::spawn_blocking(move || probe::tcp_read(&from, to, Duration::from_secs(2)))
+            .await
+            .unwrap()
+    };
+    let vip = SocketAddr::new(IpAddr::from([10, 96, 0, 80]), 80);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let seen = loop {
+        match ask(client.0.path.clone(), vip).await {
+            Ok(s) => break s,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the ClusterIP never answered: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        seen,
+        client.1.to_string(),
+        "the endpoint sees the client pod's own address"
+    );
+    let node_port = SocketAddr::new(IpAddr::from([198, 51, 100, 1]), 30080);
+    assert_eq!(
+        ask(out.path.clone(), node_port).await,
+        Ok("192.0.2.11".to_string()),
+        "externalTrafficPolicy Cluster: masqueraded to node-a, answered through it"
+    );
 }

@@ -89,6 +89,32 @@ fn drop() -> Expr {
     nft::verdict(&VerdictData::Drop)
 }
 
+/// `<ethertype> <network header bytes at offset> == value [and ICMPv6 type] accept`.
+fn accept_if(ethertype_: u16, offset: u32, value: Vec<u8>, icmpv6: Option<u8>) -> Vec<Expr> {
+    let mut r = ethertype(ethertype_);
+    r.push(nft::payload(
+        nft::base::NETWORK,
+        offset,
+        value.len() as u32,
+        Register::Reg1,
+    ));
+    r.push(nft::cmp(Operator::Equal, Register::Reg1, value));
+    if let Some(t) = icmpv6 {
+        r.extend(icmpv6_type(t));
+    }
+    r.push(accept());
+    r
+}
+
+fn icmpv6_type(t: u8) -> Vec<Expr> {
+    vec![
+        nft::meta(MetaKey::L4Proto, Register::Reg1),
+        nft::cmp(Operator::Equal, Register::Reg1, vec![IPPROTO_ICMPV6]),
+        nft::payload(nft::base::TRANSPORT, 0, 1, Register::Reg1),
+        nft::cmp(Operator::Equal, Register::Reg1, vec![t]),
+    ]
+}
+
 /// The rules of a port's chain, in order.
 fn port_rules(p: &Port) -> Vec<Vec<Expr>> {
     let mut rules = vec![vec![
@@ -99,37 +125,12 @@ fn port_rules(p: &Port) -> Vec<Vec<Expr>> {
     for a in &p.addrs {
         match a {
             IpAddr::V4(v4) => {
-                // ARP's sender protocol address (after htype, ptype, hlen, plen, oper, sha).
-                let mut r = ethertype(ETH_P_ARP);
-                r.push(nft::payload(nft::base::NETWORK, 14, 4, Register::Reg1));
-                r.push(nft::cmp(
-                    Operator::Equal,
-                    Register::Reg1,
-                    v4.octets().to_vec(),
-                ));
-                r.push(accept());
-                rules.push(r);
-                let mut r = ethertype(ETH_P_IP);
-                r.push(nft::payload(nft::base::NETWORK, 12, 4, Register::Reg1));
-                r.push(nft::cmp(
-                    Operator::Equal,
-                    Register::Reg1,
-                    v4.octets().to_vec(),
-                ));
-                r.push(accept());
-                rules.push(r);
+                // ARP's sender protocol address (after htype, ptype, hlen, plen, oper, sha),
+                // then IPv4's source.
+                rules.push(accept_if(ETH_P_ARP, 14, v4.octets().to_vec(), None));
+                rules.push(accept_if(ETH_P_IP, 12, v4.octets().to_vec(), None));
             }
-            IpAddr::V6(v6) => {
-                let mut r = ethertype(ETH_P_IPV6);
-                r.push(nft::payload(nft::base::NETWORK, 8, 16, Register::Reg1));
-                r.push(nft::cmp(
-                    Operator::Equal,
-                    Register::Reg1,
-                    v6.octets().to_vec(),
-                ));
-                r.push(accept());
-                rules.push(r);
-            }
+            IpAddr::V6(v6) => rules.push(accept_if(ETH_P_IPV6, 8, v6.octets().to_vec(), None)),
         }
     }
     if p.addrs.iter().any(IpAddr::is_ipv6) {
@@ -137,31 +138,13 @@ fn port_rules(p: &Port) -> Vec<Vec<Expr>> {
         for t in ND_TYPES {
             let mut r = ethertype(ETH_P_IPV6);
             r.extend(nft::addr_in(8, &link_local, Operator::Equal));
-            r.push(nft::meta(MetaKey::L4Proto, Register::Reg1));
-            r.push(nft::cmp(
-                Operator::Equal,
-                Register::Reg1,
-                vec![IPPROTO_ICMPV6],
-            ));
-            r.push(nft::payload(nft::base::TRANSPORT, 0, 1, Register::Reg1));
-            r.push(nft::cmp(Operator::Equal, Register::Reg1, vec![t]));
+            r.extend(icmpv6_type(t));
             r.push(accept());
             rules.push(r);
         }
+        // Duplicate address detection: from the unspecified address.
         for t in [135u8, 143] {
-            let mut r = ethertype(ETH_P_IPV6);
-            r.push(nft::payload(nft::base::NETWORK, 8, 16, Register::Reg1));
-            r.push(nft::cmp(Operator::Equal, Register::Reg1, vec![0; 16]));
-            r.push(nft::meta(MetaKey::L4Proto, Register::Reg1));
-            r.push(nft::cmp(
-                Operator::Equal,
-                Register::Reg1,
-                vec![IPPROTO_ICMPV6],
-            ));
-            r.push(nft::payload(nft::base::TRANSPORT, 0, 1, Register::Reg1));
-            r.push(nft::cmp(Operator::Equal, Register::Reg1, vec![t]));
-            r.push(accept());
-            rules.push(r);
+            rules.push(accept_if(ETH_P_IPV6, 8, vec![0; 16], Some(t)));
         }
     }
     rules.push(vec![drop()]);

@@ -21,8 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use netlet_sdk::proto::PodSandbox;
-use netlet_testbed::harness::{Node, attach, cluster_bridge_driver};
+use netlet_testbed::harness::{Node, attach, bench_sandbox, cluster_bridge_driver};
 use netlet_testbed::k8s::{ApiServer, binaries, write_kubeconfig_at};
 use netlet_testbed::probe::{self, NetNs};
 use netlet_testbed::stats::{Spread, ms, pct, rss_kib};
@@ -65,17 +64,6 @@ fn node_json(name: &str, n: usize, addr: &str) -> String {
         "status": {"addresses": [{"type": "InternalIP", "address": addr}]}
     })
     .to_string()
-}
-
-fn sandbox(id: &str, netns: &Path) -> PodSandbox {
-    PodSandbox {
-        id: id.into(),
-        name: id.into(),
-        namespace: "bench".into(),
-        uid: id.into(),
-        netns_path: netns.display().to_string(),
-        ..Default::default()
-    }
 }
 
 /// Echoes every byte on every connection to `addr:PORT` in `netns`.
@@ -271,7 +259,7 @@ async fn main() {
         n.host.wait_ready("default").await;
         let c = n.host.clients().await;
         let ns = NetNs::create(&format!("nbc-p{i}-{pid}")).unwrap();
-        let a = attach(&c, sandbox(&format!("p{i}"), &ns.path), vec![])
+        let a = attach(&c, bench_sandbox(&format!("p{i}"), &ns.path), vec![])
             .await
             .unwrap()
             .remove(0);
