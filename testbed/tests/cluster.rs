@@ -808,24 +808,36 @@ async fn a_policy_admits_a_pod_of_another_node_over_the_overlay() {
     policy_across_nodes("overlay", "clpo").await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn services_whose_endpoint_is_on_the_other_node_over_the_route() {
+    if !privileged("services_whose_endpoint_is_on_the_other_node_over_the_route") {
+        return;
+    }
+    services_across_nodes("direct", "clsvd").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_whose_endpoint_is_on_the_other_node_over_the_overlay() {
+    if !privileged("services_whose_endpoint_is_on_the_other_node_over_the_overlay") {
+        return;
+    }
+    services_across_nodes("overlay", "clsvo").await;
+}
+
 /// A ClusterIP and a NodePort whose only endpoint is a pod on the other node: a pod here reaches
 /// the ClusterIP (the endpoint sees the pod's own address), and a client outside the cluster
 /// reaches the NodePort on this node's address (masqueraded to this node, so the answer comes
-/// back the way it went), each over the route between the nodes.
-#[tokio::test(flavor = "multi_thread")]
-async fn services_whose_endpoint_is_on_the_other_node() {
-    if !privileged("services_whose_endpoint_is_on_the_other_node") {
-        return;
-    }
+/// back the way it went), each over the path between the nodes that `routing` makes.
+async fn services_across_nodes(routing: &str, tag: &str) {
     let pid = std::process::id();
     let Pair {
         a,
         b,
         man_a,
         _man_b,
-    } = pair("clsvc", "auto").await;
+    } = pair(tag, routing).await;
     // A client outside the cluster, on a link of node-a only.
-    let out = NetNs::create(&format!("clsvc-out-{pid}")).unwrap();
+    let out = NetNs::create(&format!("{tag}-out-{pid}")).unwrap();
     probe::wire(
         &a.netns.path,
         "ext0",
@@ -836,8 +848,8 @@ async fn services_whose_endpoint_is_on_the_other_node() {
     )
     .unwrap();
     let (ca, cb) = (a.host.clients().await, b.host.clients().await);
-    let client = shop_pod(&ca, "clsvc", "client").await;
-    let web = shop_pod(&cb, "clsvc", "web").await;
+    let client = shop_pod(&ca, tag, "client").await;
+    let web = shop_pod(&cb, tag, "web").await;
     let service = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec: {{type: NodePort, clusterIP: 10.96.0.80, ports: [{{name: http, port: 80, targetPort: 7000, nodePort: 30080}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 7000, protocol: TCP}}]\nendpoints: [{{addresses: ['{}'], conditions: {{ready: true}}, nodeName: node-b}}]\n",
         web.1
@@ -884,9 +896,16 @@ async fn services_whose_endpoint_is_on_the_other_node() {
         "the endpoint sees the client pod's own address"
     );
     let node_port = SocketAddr::new(IpAddr::from([198, 51, 100, 1]), 30080);
+    // Masqueraded to node-a's address on the way out: its underlay address, or over the
+    // overlay its VTEP (its pod CIDR's network address, as flannel's vxlan backend does).
+    let node_a = if routing == "overlay" {
+        "10.244.1.0"
+    } else {
+        "192.0.2.11"
+    };
     assert_eq!(
         ask(out.path.clone(), node_port).await,
-        Ok("192.0.2.11".to_string()),
+        Ok(node_a.to_string()),
         "externalTrafficPolicy Cluster: masqueraded to node-a, answered through it"
     );
 }
