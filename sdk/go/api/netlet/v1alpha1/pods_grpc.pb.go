@@ -71,6 +71,18 @@ type PodsClient interface {
 	// node's) or the machine's own network namespace, or a file that is not a namespace; a path
 	// that does not exist is refused by the driver that would enter it.
 	//
+	// Identity (what a pod network driver guarantees, because policy and the node-local DNS
+	// know a pod by its source address): from the first frame of an attachment, the pod's side
+	// sends only with the attachment's MAC and its `ips` as source; other sources (addresses
+	// or MACs the pod set itself, with NET_ADMIN or NET_RAW in its namespace) are dropped where
+	// they leave the pod, and so is traffic from the interface once it is detached. The only
+	// exceptions are what the address families need to work: IPv6 neighbour discovery and
+	// duplicate address detection (ICMPv6 router and neighbour solicitations, neighbour
+	// advertisements and MLD reports, from the link-local or the unspecified address). Any other
+	// IPv6 link-local traffic is not offered (no policy could match it). A driver that cannot
+	// guarantee this for a network says so in its documentation; the conformance suite checks
+	// it (dataplane/no-spoofed-sources).
+	//
 	// Pod IPs: the attachment whose `default_route` is true (else the first) carries the
 	// addresses a CRI runtime reports for the pod, in their order: the first is the pod IP, the
 	// others (another family) its additional IPs.
@@ -250,6 +262,18 @@ type PodsServer interface {
 	// NETNS_INVALID). The host refuses, before asking any driver, a path that is its own (the
 	// node's) or the machine's own network namespace, or a file that is not a namespace; a path
 	// that does not exist is refused by the driver that would enter it.
+	//
+	// Identity (what a pod network driver guarantees, because policy and the node-local DNS
+	// know a pod by its source address): from the first frame of an attachment, the pod's side
+	// sends only with the attachment's MAC and its `ips` as source; other sources (addresses
+	// or MACs the pod set itself, with NET_ADMIN or NET_RAW in its namespace) are dropped where
+	// they leave the pod, and so is traffic from the interface once it is detached. The only
+	// exceptions are what the address families need to work: IPv6 neighbour discovery and
+	// duplicate address detection (ICMPv6 router and neighbour solicitations, neighbour
+	// advertisements and MLD reports, from the link-local or the unspecified address). Any other
+	// IPv6 link-local traffic is not offered (no policy could match it). A driver that cannot
+	// guarantee this for a network says so in its documentation; the conformance suite checks
+	// it (dataplane/no-spoofed-sources).
 	//
 	// Pod IPs: the attachment whose `default_route` is true (else the first) carries the
 	// addresses a CRI runtime reports for the pod, in their order: the first is the pod IP, the
