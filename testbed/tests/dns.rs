@@ -1264,6 +1264,45 @@ async fn hostile_names_do_not_take_dns_down() {
     );
     assert_eq!(d.status, "NOERROR", "{d:?}");
     assert!(d.flags.contains(&"tc".to_string()), "{d:?}");
+    // Connections held open without a query: a pod gets 16 at most, the rest are closed at
+    // once, and another pod's TCP query is still answered.
+    let held = probe::run_in(
+        &PathBuf::from("/run/netns").join(&pod.name),
+        || -> Vec<Option<std::net::TcpStream>> {
+            (0..20)
+                .map(|_| {
+                    std::net::TcpStream::connect_timeout(
+                        &format!("{LOCAL}:53").parse().unwrap(),
+                        Duration::from_secs(2),
+                    )
+                    .ok()
+                })
+                .collect()
+        },
+    )
+    .unwrap();
+    let open: Vec<bool> = held
+        .iter()
+        .map(|c| {
+            use std::io::Read;
+            let Some(c) = c else { return false };
+            c.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            // Closed by the server: EOF at once; held: nothing to read until the idle deadline.
+            !matches!((&*c).read(&mut [0u8; 1]), Ok(0))
+        })
+        .collect();
+    let n = open.iter().filter(|o| **o).count();
+    assert!(
+        (1..=16).contains(&n),
+        "a pod holds at most 16 DNS-over-TCP connections: {open:?}"
+    );
+    let other = start_pod(&mut env, "tenant", "bystander").await;
+    let d = dig(&other, &["+nosearch", "+tcp", "web.shop.svc.cluster.local"]);
+    assert_eq!(d.data("A"), vec!["10.96.1.10"], "{d:?}");
+    assert!(metric(&env, "dns_tcp_refused") >= 4);
+    drop(held);
+
     // Everything else is still served by the same process.
     let d = dig(&pod, &["+nosearch", "web.shop.svc.cluster.local"]);
     assert_eq!(d.data("A"), vec!["10.96.1.10"], "{d:?}");

@@ -127,6 +127,8 @@ pub struct Stats {
     pub alias_loops: AtomicU64,
     /// Queries whose answering panicked (answered SERVFAIL; the server goes on).
     pub panics: AtomicU64,
+    /// DNS-over-TCP connections closed at once: their source, or the server, held the most.
+    pub tcp_refused: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +186,59 @@ pub struct Dns {
     pub stats: Stats,
     /// What pods under egress by name were answered.
     pub egress: egress::Egress,
+    /// Open DNS-over-TCP connections by source address.
+    tcp_conns: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// DNS-over-TCP connections one source may hold open at once (a pod's resolver needs one or
+/// two); more are closed at once.
+pub const TCP_PER_SOURCE: usize = 16;
+/// DNS-over-TCP connections open at once, all sources together.
+pub const TCP_TOTAL: usize = 1024;
+/// How long a DNS-over-TCP connection may stay idle between queries.
+pub const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// One admitted DNS-over-TCP connection; counted until dropped.
+struct TcpSlot {
+    dns: Arc<Dns>,
+    src: IpAddr,
+}
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .dns
+            .tcp_conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.src) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.src);
+            }
+        }
+    }
+}
+
+impl Dns {
+    /// Admits a DNS-over-TCP connection from `src` within the per-source and total limits.
+    fn admit_tcp(self: &Arc<Self>, src: IpAddr) -> Option<TcpSlot> {
+        let mut m = self
+            .tcp_conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let total: usize = m.values().sum();
+        let mine = m.get(&src).copied().unwrap_or(0);
+        if mine >= TCP_PER_SOURCE || total >= TCP_TOTAL {
+            self.stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        m.insert(src, mine + 1);
+        Some(TcpSlot {
+            dns: self.clone(),
+            src,
+        })
+    }
 }
 
 fn fqdn_lower(n: &Name) -> String {
@@ -210,6 +265,7 @@ impl Dns {
             cache: Mutex::new(Cache::default()),
             stats: Stats::default(),
             egress: egress::Egress::default(),
+            tcp_conns: Mutex::default(),
             cfg,
         })
     }
@@ -940,6 +996,11 @@ pub fn metrics_text(dns: Option<&Dns>, modules: &Modules) -> String {
                 "Queries whose answering panicked (SERVFAIL).",
                 l(&s.panics),
             ),
+            (
+                "dns_tcp_refused",
+                "DNS-over-TCP connections closed at once (per-source or total limit).",
+                l(&s.tcp_refused),
+            ),
         ] {
             counter(name, help, vec![(String::new(), v)]);
         }
@@ -1292,10 +1353,16 @@ async fn tcp_loop(dns: Arc<Dns>, listener: TcpListener) {
                 continue;
             }
         };
+        // Within the limits, or closed at once (a pod cannot hold the server's sockets).
+        let Some(slot) = dns.admit_tcp(src.ip()) else {
+            drop(s);
+            continue;
+        };
         let dns = dns.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
-                let len = match tokio::time::timeout(Duration::from_secs(10), s.read_u16()).await {
+                let len = match tokio::time::timeout(TCP_IDLE, s.read_u16()).await {
                     Ok(Ok(n)) => n as usize,
                     _ => return,
                 };
