@@ -332,6 +332,15 @@ pub async fn run(
         shutdown: shutdown_rx.clone(),
         locks: KeyLocks::default(),
     });
+    // The node table waits for every source of Node objects before drivers get it.
+    host.nodes.expect(
+        [
+            settings.manifests_dir.as_ref().map(|_| Source::Manifests),
+            settings.kubeconfig.as_ref().map(|_| Source::Kubernetes),
+        ]
+        .into_iter()
+        .flatten(),
+    );
     resync::install(&host);
 
     let mut grpc_sock = server::bind_unix(&settings.socket, 0o660)?;

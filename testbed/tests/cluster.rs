@@ -530,7 +530,7 @@ async fn two_nodes_following_the_api_server() {
     netlet_testbed::k8s::write_kubeconfig(&kc_a);
     netlet_testbed::k8s::write_kubeconfig_at(&kc_b, "https://192.0.2.11:6443", None);
     let extra = |name: &str, kc: &Path| format!("nodeName: {name}\nkubeconfig: {}\n", kc.display());
-    let a = Node::start("clk-a", &driver(), &extra("node-a", &kc_a)).await;
+    let mut a = Node::start("clk-a", &driver(), &extra("node-a", &kc_a)).await;
     let b = Node::start("clk-b", &driver(), &extra("node-b", &kc_b)).await;
     probe::wire(
         &a.netns.path,
@@ -541,7 +541,7 @@ async fn two_nodes_following_the_api_server() {
         "192.0.2.12/24",
     )
     .unwrap();
-    let apiserver =
+    let mut apiserver =
         netlet_testbed::k8s::ApiServer::start_in(&a.netns.path, &etcd, &api, "192.0.2.11");
     let (ca, cb) = (a.host.clients().await, b.host.clients().await);
     condition(&cb, "PodCIDRPending until the Node exists", |r| {
@@ -549,7 +549,7 @@ async fn two_nodes_following_the_api_server() {
     })
     .await;
 
-    let create = |name: &str, ip: &str, n: u8| {
+    let create = |apiserver: &netlet_testbed::k8s::ApiServer, name: &str, ip: &str, n: u8| {
         apiserver
             .request("POST", "/api/v1/nodes", Some(&node_json(name, n)))
             .unwrap();
@@ -571,8 +571,8 @@ async fn two_nodes_following_the_api_server() {
             )
             .unwrap();
     };
-    create("node-a", "192.0.2.11", 1);
-    create("node-b", "192.0.2.12", 2);
+    create(&apiserver, "node-a", "192.0.2.11", 1);
+    create(&apiserver, "node-b", "192.0.2.12", 2);
     a.host.wait_ready("default").await;
     b.host.wait_ready("default").await;
     let pa = NetNs::create(&format!("clk-pa-{pid}")).unwrap();
@@ -597,6 +597,33 @@ async fn two_nodes_following_the_api_server() {
     assert_eq!(tcp(&pa.path, &pb.path, b4).await, Ok(a4.to_string()));
     assert_eq!(tcp(&pb.path, &pa.path, a4).await, Ok(b4.to_string()));
 
+    // node-a's host restarts while the API server is away: its new bridge driver is not told
+    // an empty cluster (the source has not been listed), so the routes stay and traffic flows.
+    apiserver.stop_api();
+    a.host.stop_with(nix::sys::signal::Signal::SIGKILL);
+    a.host.spawn().await;
+    let ca = a.host.clients().await;
+    condition(&ca, "the new bridge driver registered", |r| {
+        r.conditions.iter().any(|c| {
+            c.r#type == "DriverRegistered"
+                && c.driver == "bridge"
+                && c.status == netlet_sdk::proto::ConditionStatus::True as i32
+        })
+    })
+    .await;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(
+            tcp(&pa.path, &pb.path, b4).await,
+            Ok(a4.to_string()),
+            "traffic between nodes while the host is back but the API server is not"
+        );
+        assert!(routes(&a).contains("10.244.2.0/24 via 192.0.2.12"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    apiserver.restart_api();
+    a.host.wait_ready("default").await;
+
     // node-b deleted: gone from node-a's table and routes.
     apiserver
         .kubectl(&kubectl, &["delete", "node", "node-b"])
@@ -608,7 +635,7 @@ async fn two_nodes_following_the_api_server() {
     assert!(tcp(&pa.path, &pb.path, b4).await.is_err());
     // Recreated with another pod CIDR and address: routed there; node-b's new pods take it.
     probe::add_address(&b.netns.path, "ul0", "192.0.2.13/24").unwrap();
-    create("node-b", "192.0.2.13", 5);
+    create(&apiserver, "node-b", "192.0.2.13", 5);
     eventually("node-b routed at its new CIDR and address", || {
         routes(&a).contains("10.244.5.0/24 via 192.0.2.13")
     })

@@ -26,6 +26,8 @@ struct Inner {
     log: VecDeque<(u64, String)>,
     /// Names a source said it holds while it lists again (between `Init` and `InitDone`).
     relisting: BTreeMap<Source, BTreeSet<String>>,
+    /// The sources of Node objects the node's config names, not listed whole yet.
+    unread: BTreeSet<Source>,
 }
 
 impl Inner {
@@ -100,6 +102,18 @@ impl Nodes {
         });
     }
 
+    /// The sources whose Node objects the table waits for: until each has been listed whole,
+    /// [`Nodes::since`] answers nothing, so a driver that outlived a host restart keeps its
+    /// routes instead of taking an empty table for the cluster.
+    pub fn expect(&self, sources: impl IntoIterator<Item = Source>) {
+        self.lock().unread = sources.into_iter().collect();
+    }
+
+    /// Whether every expected source has been listed whole.
+    pub fn ready(&self) -> bool {
+        self.lock().unread.is_empty()
+    }
+
     /// Adds or replaces one node for `source`.
     pub fn upsert(&self, source: Source, node: ClusterNode) {
         let g = {
@@ -138,6 +152,10 @@ impl Nodes {
                 .collect();
             for n in gone {
                 i.delete(source, &n);
+            }
+            if i.unread.remove(&source) && i.unread.is_empty() {
+                // Complete now: wake the fan-out even if nothing changed.
+                i.changed("");
             }
             i.generation
         };
@@ -194,7 +212,7 @@ impl Nodes {
     pub fn since(&self, have: u64) -> Option<ProgramNodesRequest> {
         let i = self.lock();
         let now = i.generation;
-        if have == now {
+        if have == now || !i.unread.is_empty() {
             return None;
         }
         let reaches = i.log.front().is_some_and(|(g, _)| *g <= have + 1);
@@ -211,7 +229,8 @@ impl Nodes {
             generation: now,
             ..Default::default()
         };
-        for n in names {
+        // "" marks the table's completion, no node.
+        for n in names.into_iter().filter(|n| !n.is_empty()) {
             match i.entries.get(n) {
                 Some(e) => r.upserts.push(e.node.clone()),
                 None => r.deletes.push(n.to_string()),
@@ -273,6 +292,24 @@ mod tests {
         }
         assert!(t.since(1).unwrap().full_sync);
         assert!(!t.since(t.generation() - 1).unwrap().full_sync);
+    }
+
+    #[test]
+    fn nothing_is_sent_before_every_source_was_listed() {
+        let t = Nodes::new(1);
+        t.expect([Source::Kubernetes, Source::Manifests]);
+        t.relisting(Source::Kubernetes);
+        t.upsert(Source::Kubernetes, node("a", "192.0.2.1"));
+        assert!(t.since(0).is_none() && !t.ready());
+        t.relisted(Source::Kubernetes);
+        assert!(t.since(0).is_none(), "the manifests are not read yet");
+        t.replace(Source::Manifests, vec![node("b", "192.0.2.2")]);
+        assert!(t.ready());
+        let f = t.since(0).unwrap();
+        assert_eq!(f.upserts.len(), 2);
+        // A driver that had the table before completion gets no phantom entry.
+        let d = t.since(f.generation - 1).unwrap();
+        assert!(d.upserts.iter().all(|n| !n.name.is_empty()) && d.deletes.is_empty());
     }
 
     #[test]
