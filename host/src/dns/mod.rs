@@ -634,33 +634,30 @@ impl Dns {
         qclass: DNSClass,
         behaviour: Behaviour,
     ) -> Resolution {
+        let (mut out, mut alias) = self
+            .lookup_once(zone, qname, qtype, qclass, behaviour)
+            .await;
+        if qtype == RecordType::CNAME {
+            // The alias itself was asked for.
+            return out;
+        }
+        // Only a name with an alias allocates: the common answer stays copy-free.
         let mut seen: Vec<String> = Vec::new();
-        let mut next = qname.to_string();
-        let mut out: Option<Resolution> = None;
-        loop {
-            if seen.len() > MAX_CNAME_HOPS || seen.contains(&next) {
+        while let Some(next) = alias.take() {
+            if seen.len() >= MAX_CNAME_HOPS || next == qname || seen.contains(&next) {
                 self.stats.alias_loops.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(name = %qname, chain = ?seen, "DNS alias chain loops or is too long");
                 return Resolution::code(ResponseCode::ServFail);
             }
-            let (step, alias) = self
+            let (step, more) = self
                 .lookup_once(zone, &next, qtype, qclass, behaviour)
                 .await;
-            seen.push(std::mem::take(&mut next));
-            match out.as_mut() {
-                None => out = Some(step),
-                Some(r) => {
-                    r.answers.extend(step.answers);
-                    r.authoritative = false;
-                }
-            }
-            match alias {
-                // The alias itself was asked for, or the name has none.
-                Some(t) if qtype != RecordType::CNAME => next = t,
-                _ => break,
-            }
+            out.answers.extend(step.answers);
+            out.authoritative = false;
+            seen.push(next);
+            alias = more;
         }
-        out.unwrap_or_else(|| Resolution::code(ResponseCode::ServFail))
+        out
     }
 
     /// One step of [`Self::lookup`]: the records of `qname` itself, and the alias (an
