@@ -115,7 +115,7 @@ pub struct Host {
     /// The node-local DNS server, when configured.
     pub dns: Option<Arc<dns::Dns>>,
     /// Per object source: its Service objects, for the DNS zone.
-    pub dns_objects: std::sync::Mutex<std::collections::BTreeMap<Source, dns::ManifestServices>>,
+    pub dns_objects: std::sync::Mutex<std::collections::BTreeMap<Source, dns::ServiceObjects>>,
     /// Per object source: the hostnames its objects claim (with what the webhook admitted).
     pub claims: hostnames::Claims,
     /// The hostname grants of one policy generation (see [`Host::hostname_grants`]).

@@ -81,11 +81,26 @@ impl Services for Api {
         let mut view = self.0.services.lock().await;
         let prev = view.table.generation();
         let (applied, delta) = view.apply_socket(&req)?;
+        // The Services whose names may change: the batch's, and any a claim let in or out.
+        let keys: Vec<(String, String)> = [&req]
+            .into_iter()
+            .chain(delta.as_ref())
+            .flat_map(|r| {
+                r.service_upserts
+                    .iter()
+                    .filter_map(|s| s.key.as_ref())
+                    .chain(&r.service_deletes)
+            })
+            .map(|k| (k.namespace.clone(), k.name.clone()))
+            .collect();
         let pushed = push(&self.0, &view, prev, delta).await;
         drop(view);
-        // The zone holds Services, not endpoints: an endpoints-only batch leaves it as it is.
-        if req.full_sync || !req.service_upserts.is_empty() || !req.service_deletes.is_empty() {
+        // The zone holds Services, not endpoints: an endpoints-only batch leaves it as it is;
+        // a delta changes the zone for its Services only.
+        if req.full_sync {
             self.0.refresh_dns_zone(None).await;
+        } else {
+            self.0.update_dns_zone(None, keys).await;
         }
         pushed?;
         Ok(Response::new(ProgramServiceResponse::from(applied)))

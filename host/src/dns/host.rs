@@ -18,66 +18,164 @@ use crate::policy::{Item, Key, PolicyView};
 use crate::services::sources::Source;
 use tonic::Status;
 
-/// The Service objects an object source (the manifests, the Kubernetes API) last held (kept
-/// for zone rebuilds that another source triggers). Shared, not copied: the Kubernetes source
-/// hands over its reflectors' own objects.
-#[derive(Debug, Default, Clone)]
-pub struct ManifestServices {
-    /// Services.
-    pub services: Vec<Arc<KService>>,
-    /// EndpointSlices.
+/// One Service object as an object source (the manifests, the Kubernetes API) holds it, with
+/// its EndpointSlices. Shared, not copied: the Kubernetes source hands over its reflectors' own
+/// objects.
+#[derive(Debug, Clone)]
+pub struct ServiceObject {
+    /// The Service.
+    pub service: Arc<KService>,
+    /// Its EndpointSlices.
     pub slices: Vec<Arc<EndpointSlice>>,
+}
+
+/// The Service objects an object source last held, by `(namespace, name)` (kept for the zone
+/// changes another source causes).
+pub type ServiceObjects = HashMap<(String, String), ServiceObject>;
+
+/// What one object source now holds of some Services (`None`: nothing).
+pub type ServiceChanges = (Source, Vec<((String, String), Option<ServiceObject>)>);
+
+/// Services with their slices (a slice names its Service by label), by key.
+pub fn group_services(
+    services: impl IntoIterator<Item = Arc<KService>>,
+    slices: impl IntoIterator<Item = Arc<EndpointSlice>>,
+) -> ServiceObjects {
+    let mut out: ServiceObjects = services
+        .into_iter()
+        .map(|s| {
+            let key = (
+                s.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                s.metadata.name.clone().unwrap_or_default(),
+            );
+            (
+                key,
+                ServiceObject {
+                    service: s,
+                    slices: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    for s in slices {
+        let Some(svc) = crate::services::view::slice_service(&s) else {
+            continue;
+        };
+        if let Some(o) = out.get_mut(&(svc.namespace, svc.name)) {
+            o.slices.push(s);
+        }
+    }
+    out
+}
+
+/// A Service of the table as the zone needs it: its addresses and named ports (name, protocol
+/// in lower case, port).
+fn table_records(s: &netlet_sdk::proto::Service) -> (Vec<IpAddr>, Vec<(String, String, u16)>) {
+    let ips: Vec<IpAddr> = s
+        .cluster_ips
+        .iter()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    let ports = s
+        .ports
+        .iter()
+        .filter(|p| !p.name.is_empty())
+        .map(|p| {
+            let proto = netlet_sdk::proto::Protocol::try_from(p.protocol)
+                .ok()
+                .filter(|p| *p != netlet_sdk::proto::Protocol::Unspecified)
+                .unwrap_or(netlet_sdk::proto::Protocol::Tcp);
+            let proto = proto
+                .as_str_name()
+                .trim_start_matches("PROTOCOL_")
+                .to_ascii_lowercase();
+            (p.name.clone(), proto, p.port as u16)
+        })
+        .collect();
+    (ips, ports)
+}
+
+/// Puts one Service's records in `zone`: from the first object source holding it, else from
+/// the table (a Service a socket caller programmed), else none.
+fn rezone(
+    zone: &mut Zone,
+    objects: &BTreeMap<Source, ServiceObjects>,
+    table: &netlet_sdk::state::ServiceTable,
+    key: &(String, String),
+) {
+    if let Some(o) = objects.values().find_map(|m| m.get(key)) {
+        let slices: Vec<&EndpointSlice> = o.slices.iter().map(|s| s.as_ref()).collect();
+        zone.set_object(&o.service, &slices);
+    } else if let Some((Some(s), _)) = table.entry(&crate::services::view::key(&key.0, &key.1)) {
+        let (ips, ports) = table_records(s);
+        zone.add_cluster_ip_service(&key.0, &key.1, &ips, &ports);
+    } else {
+        zone.remove_service(&key.0, &key.1);
+    }
 }
 
 impl Host {
     /// Rebuilds the cluster zone: the object sources' Services and EndpointSlices (`m` being
     /// `source`'s now, the others as last read), and the Services socket callers programmed.
-    pub async fn refresh_dns_zone(&self, m: Option<(Source, ManifestServices)>) {
+    pub async fn refresh_dns_zone(&self, m: Option<(Source, ServiceObjects)>) {
         let Some(dns) = &self.dns else { return };
-        if let Some((source, m)) = m {
-            self.dns_objects.lock().unwrap().insert(source, m);
-        }
-        let mut zone = {
-            let all = self.dns_objects.lock().unwrap();
-            Zone::build(
-                &dns.config().domain,
-                all.values()
-                    .flat_map(|k| k.services.iter().map(|s| s.as_ref())),
-                all.values()
-                    .flat_map(|k| k.slices.iter().map(|s| s.as_ref())),
-            )
-        };
         let view = self.services.lock().await;
-        for s in view.table.services() {
-            let Some(k) = &s.key else { continue };
-            if zone.has_service(&k.name, &k.namespace) {
-                continue;
+        let all = {
+            let mut all = self.dns_objects.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((source, m)) = m {
+                all.insert(source, m);
             }
-            let ips: Vec<IpAddr> = s
-                .cluster_ips
-                .iter()
-                .filter_map(|ip| ip.parse().ok())
-                .collect();
-            let ports: Vec<(String, String, u16)> = s
-                .ports
-                .iter()
-                .filter(|p| !p.name.is_empty())
-                .map(|p| {
-                    let proto = netlet_sdk::proto::Protocol::try_from(p.protocol)
-                        .ok()
-                        .filter(|p| *p != netlet_sdk::proto::Protocol::Unspecified)
-                        .unwrap_or(netlet_sdk::proto::Protocol::Tcp);
-                    let proto = proto
-                        .as_str_name()
-                        .trim_start_matches("PROTOCOL_")
-                        .to_ascii_lowercase();
-                    (p.name.clone(), proto, p.port as u16)
-                })
-                .collect();
-            zone.add_cluster_ip_service(&k.namespace, &k.name, &ips, &ports);
+            all
+        };
+        let mut zone = Zone::new(&dns.config().domain);
+        let mut keys: BTreeSet<&(String, String)> = all.values().flat_map(|m| m.keys()).collect();
+        let table_keys: Vec<(String, String)> = view
+            .table
+            .services()
+            .filter_map(|s| s.key.as_ref())
+            .map(|k| (k.namespace.clone(), k.name.clone()))
+            .collect();
+        keys.extend(table_keys.iter());
+        for key in keys {
+            rezone(&mut zone, &all, &view.table, key);
         }
+        drop(all);
         drop(view);
         dns.set_zone(zone);
+    }
+
+    /// Changes the cluster zone for some Services only: `changes` are what `source` now holds
+    /// of each (`None`: nothing), `keys` further Services to look at again (a socket caller's).
+    pub async fn update_dns_zone(
+        &self,
+        changes: Option<ServiceChanges>,
+        keys: impl IntoIterator<Item = (String, String)>,
+    ) {
+        let Some(dns) = &self.dns else { return };
+        let view = self.services.lock().await;
+        let mut all = self.dns_objects.lock().unwrap_or_else(|e| e.into_inner());
+        let mut touched: Vec<(String, String)> = keys.into_iter().collect();
+        if let Some((source, changes)) = changes {
+            let mine = all.entry(source).or_default();
+            for (key, o) in changes {
+                match o {
+                    Some(o) => mine.insert(key.clone(), o),
+                    None => mine.remove(&key),
+                };
+                touched.push(key);
+            }
+        }
+        if touched.is_empty() {
+            return;
+        }
+        dns.update_zone(|z| {
+            for key in &touched {
+                rezone(z, &all, &view.table, key);
+            }
+        });
     }
 
     /// The DNS client a stored pod is, and its addresses.

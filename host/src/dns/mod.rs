@@ -13,7 +13,7 @@ pub mod notrack;
 pub mod policy;
 pub mod zone;
 
-pub use host::ManifestServices;
+pub use host::{ServiceObject, ServiceObjects, group_services};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -258,7 +258,7 @@ impl Dns {
     pub fn new(cfg: Config, modules: Arc<Modules>) -> Arc<Self> {
         let domain = cfg.domain.clone();
         Arc::new(Dns {
-            zone: RwLock::new(Arc::new(Zone::build(&domain, [], []))),
+            zone: RwLock::new(Arc::new(Zone::new(&domain))),
             clients: RwLock::new(HashMap::new()),
             policies: RwLock::new(Arc::new(Policies::default())),
             modules,
@@ -283,6 +283,13 @@ impl Dns {
     /// Replaces the cluster zone.
     pub fn set_zone(&self, z: Zone) {
         *self.zone.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(z);
+    }
+
+    /// Changes the cluster zone in place. Queries under way keep the snapshot they took (the
+    /// zone's maps share their structure, so that copy is cheap).
+    pub fn update_zone(&self, f: impl FnOnce(&mut Zone)) {
+        let mut z = self.zone.write().unwrap_or_else(PoisonError::into_inner);
+        f(Arc::make_mut(&mut z));
     }
 
     /// Replaces the address → pod map.

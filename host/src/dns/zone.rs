@@ -16,8 +16,9 @@
 //!   (or an empty non-terminal such as `<ns>.svc.<zone>`): NOERROR with no answers. Both carry
 //!   the zone's SOA.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service as KService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -73,18 +74,30 @@ pub enum Kind {
     Other,
 }
 
-/// The cluster's names.
-#[derive(Debug, Default)]
+/// The records one Service gives the zone: each a name and its data, or a name that only
+/// exists (a headless Service without ready endpoints, an ExternalName without a target).
+type Contribution = Arc<Records>;
+
+/// Records: each a name and its data, or a name that only exists.
+type Records = Vec<(String, Option<Data>)>;
+
+/// The cluster's names. Each Service's records are kept as its own contribution, so one
+/// Service is put in or taken out without touching the others; the maps are persistent
+/// (structure-sharing), so the server's readers keep a snapshot that costs nothing to take
+/// while a change is made.
+#[derive(Debug, Clone, Default)]
 pub struct Zone {
     /// The cluster domain with a trailing dot, e.g. `cluster.local.`.
     pub domain: String,
-    records: HashMap<String, Vec<Data>>,
-    /// Every name that exists, records or not (empty non-terminals included).
-    names: HashSet<String>,
-    /// Services by `<name>.<namespace>` (to tell shadowing candidates quickly).
-    services: HashSet<(String, String)>,
+    /// Records by name, sorted; one Service's record repeated by another is kept twice (and
+    /// answered once).
+    records: imbl::HashMap<String, Vec<Data>>,
+    /// Every name that exists, records or not (empty non-terminals included), with how many
+    /// records and Services make it exist.
+    names: imbl::HashMap<String, u32>,
+    /// Each Service's contribution by `(<name>, <namespace>)`, lower case.
+    services: imbl::HashMap<(String, String), Contribution>,
 }
-
 fn fqdn(s: &str) -> String {
     let mut s = s.to_ascii_lowercase();
     if !s.ends_with('.') {
@@ -118,7 +131,129 @@ fn dashed(ip: IpAddr) -> String {
     }
 }
 
+/// What a Service object (with its EndpointSlices) puts in the zone for `domain` (trailing
+/// dot): its key (lower case) and records.
+fn object_records(
+    domain: &str,
+    svc: &KService,
+    slices: &[&EndpointSlice],
+) -> Option<((String, String), Records)> {
+    let (Some(name), Some(spec)) = (&svc.metadata.name, &svc.spec) else {
+        return None;
+    };
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+    let key = (name.to_ascii_lowercase(), ns.to_ascii_lowercase());
+    let base = format!("{}.{}.svc.{domain}", key.0, key.1);
+    let mut out = vec![(base.clone(), None)];
+    if spec.type_.as_deref() == Some("ExternalName") {
+        if let Some(target) = &spec.external_name {
+            out.push((base, Some(Data::Cname(fqdn(target)))));
+        }
+        return Some((key, out));
+    }
+    let mut ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
+    if ips.is_empty()
+        && let Some(ip) = &spec.cluster_ip
+    {
+        ips.push(ip.clone());
+    }
+    let headless = ips.iter().any(|ip| ip == "None") || ips.is_empty();
+    if !headless {
+        let ips: Vec<IpAddr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+        let ports: Vec<(String, String, u16)> = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let n = p.name.as_ref().filter(|n| !n.is_empty())?;
+                let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+                Some((n.clone(), proto, p.port as u16))
+            })
+            .collect();
+        return Some((key, cluster_ip_records(&base, &ips, &ports)));
+    }
+    let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
+    let named_ports: Vec<(String, String)> = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            let n = p.name.as_ref().filter(|n| !n.is_empty())?;
+            let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+            Some((n.to_ascii_lowercase(), proto))
+        })
+        .collect();
+    // Headless: the endpoints.
+    let mut seen = BTreeSet::new();
+    for slice in slices {
+        for ep in &slice.endpoints {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if !ready && !publish_not_ready {
+                continue;
+            }
+            let host = ep.hostname.as_ref().map(|h| h.to_ascii_lowercase());
+            for ip in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                if !seen.insert(ip) {
+                    continue;
+                }
+                out.push((base.clone(), Some(Data::Addr(ip))));
+                let target = match &host {
+                    Some(h) => {
+                        let n = format!("{h}.{base}");
+                        out.push((n.clone(), Some(Data::Addr(ip))));
+                        out.push((reverse_name(ip), Some(Data::Ptr(n.clone()))));
+                        n
+                    }
+                    None => format!("{}.{base}", dashed(ip)),
+                };
+                for (port_name, proto) in &named_ports {
+                    let port = slice
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find(|p| {
+                            p.name.as_deref().map(str::to_ascii_lowercase).as_deref()
+                                == Some(port_name.as_str())
+                        })
+                        .and_then(|p| p.port);
+                    if let Some(port) = port {
+                        let srv = format!("_{port_name}._{proto}.{base}");
+                        out.push((srv, Some(Data::Srv(port as u16, target.clone()))));
+                    }
+                }
+            }
+        }
+    }
+    Some((key, out))
+}
+
+/// A ClusterIP Service's records under `base`: A/AAAA and PTR of its addresses, SRV of its named
+/// ports (name, protocol in lower case, port).
+fn cluster_ip_records(base: &str, ips: &[IpAddr], ports: &[(String, String, u16)]) -> Records {
+    let mut out = vec![(base.to_string(), None)];
+    for ip in ips {
+        out.push((base.to_string(), Some(Data::Addr(*ip))));
+        out.push((reverse_name(*ip), Some(Data::Ptr(base.to_string()))));
+    }
+    for (port_name, proto, port) in ports {
+        let srv = format!("_{}._{proto}.{base}", port_name.to_ascii_lowercase());
+        out.push((srv, Some(Data::Srv(*port, base.to_string()))));
+    }
+    out
+}
+
 impl Zone {
+    /// An empty zone for `domain` (e.g. `cluster.local`): only `dns-version`.
+    pub fn new(domain: &str) -> Zone {
+        let mut z = Zone {
+            domain: fqdn(domain),
+            ..Default::default()
+        };
+        let version = format!("dns-version.{}", z.domain);
+        z.put(&version, Some(&Data::Txt(SCHEMA_VERSION.into())));
+        z
+    }
+
     /// Builds the zone for `domain` (e.g. `cluster.local`) from Service and EndpointSlice
     /// objects.
     pub fn build<'a>(
@@ -126,10 +261,7 @@ impl Zone {
         services: impl IntoIterator<Item = &'a KService>,
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
     ) -> Zone {
-        let mut z = Zone {
-            domain: fqdn(domain),
-            ..Default::default()
-        };
+        let mut z = Zone::new(domain);
         let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
         for s in slices {
             let ns = s.metadata.namespace.clone().unwrap_or_default();
@@ -142,122 +274,30 @@ impl Zone {
                 by_service.entry((ns, svc.clone())).or_default().push(s);
             }
         }
-        z.add(
-            &format!("dns-version.{}", z.domain),
-            Data::Txt(SCHEMA_VERSION.into()),
-        );
         for svc in services {
-            let (Some(name), Some(spec)) = (&svc.metadata.name, &svc.spec) else {
-                continue;
-            };
-            let ns = svc
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            let base = format!(
-                "{}.{}.svc.{}",
-                name.to_ascii_lowercase(),
-                ns.to_ascii_lowercase(),
-                z.domain
+            let key = (
+                svc.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                svc.metadata.name.clone().unwrap_or_default(),
             );
-            z.services
-                .insert((name.to_ascii_lowercase(), ns.to_ascii_lowercase()));
-            z.exist(&base);
-            if spec.type_.as_deref() == Some("ExternalName") {
-                if let Some(target) = &spec.external_name {
-                    z.add(&base, Data::Cname(fqdn(target)));
-                }
-                continue;
-            }
-            let mut ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
-            if ips.is_empty()
-                && let Some(ip) = &spec.cluster_ip
-            {
-                ips.push(ip.clone());
-            }
-            let headless = ips.iter().any(|ip| ip == "None") || ips.is_empty();
-            let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-            let named_ports: Vec<(String, String)> = spec
-                .ports
-                .iter()
-                .flatten()
-                .filter_map(|p| {
-                    let n = p.name.as_ref().filter(|n| !n.is_empty())?;
-                    let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
-                    Some((n.to_ascii_lowercase(), proto))
-                })
-                .collect();
-            if !headless {
-                for ip in ips.iter().filter_map(|ip| ip.parse::<IpAddr>().ok()) {
-                    z.add(&base, Data::Addr(ip));
-                    z.add(&reverse_name(ip), Data::Ptr(base.clone()));
-                }
-                for p in spec.ports.iter().flatten() {
-                    let Some(n) = p.name.as_ref().filter(|n| !n.is_empty()) else {
-                        continue;
-                    };
-                    let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
-                    let srv = format!("_{}._{proto}.{base}", n.to_ascii_lowercase());
-                    z.add(&srv, Data::Srv(p.port as u16, base.clone()));
-                }
-                continue;
-            }
-            // Headless: the endpoints.
-            let slices = by_service
-                .get(&(ns.clone(), name.clone()))
-                .cloned()
-                .unwrap_or_default();
-            let mut seen = BTreeSet::new();
-            for slice in slices {
-                for ep in &slice.endpoints {
-                    let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                    if !ready && !publish_not_ready {
-                        continue;
-                    }
-                    let host = ep.hostname.as_ref().map(|h| h.to_ascii_lowercase());
-                    for ip in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
-                        if !seen.insert(ip) {
-                            continue;
-                        }
-                        z.add(&base, Data::Addr(ip));
-                        let target = match &host {
-                            Some(h) => {
-                                let n = format!("{h}.{base}");
-                                z.add(&n, Data::Addr(ip));
-                                z.add(&reverse_name(ip), Data::Ptr(n.clone()));
-                                n
-                            }
-                            None => format!("{}.{base}", dashed(ip)),
-                        };
-                        for (port_name, proto) in &named_ports {
-                            let port = slice
-                                .ports
-                                .iter()
-                                .flatten()
-                                .find(|p| {
-                                    p.name.as_deref().map(str::to_ascii_lowercase).as_deref()
-                                        == Some(port_name.as_str())
-                                })
-                                .and_then(|p| p.port);
-                            if let Some(port) = port {
-                                let srv = format!("_{port_name}._{proto}.{base}");
-                                z.add(&srv, Data::Srv(port as u16, target.clone()));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        for v in z.records.values_mut() {
-            v.sort();
-            v.dedup();
+            let mine = by_service.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            z.set_object(svc, mine);
         }
         z
     }
 
-    /// Adds a ClusterIP Service known only by its addresses and named ports (name, protocol in
-    /// lower case, port): its A/AAAA, PTR and SRV records.
+    /// Puts a Service object in the zone (its EndpointSlices give a headless Service its
+    /// records), replacing what it had.
+    pub fn set_object(&mut self, svc: &KService, slices: &[&EndpointSlice]) {
+        if let Some((key, records)) = object_records(&self.domain, svc, slices) {
+            self.replace(key, Some(records));
+        }
+    }
+
+    /// Puts a ClusterIP Service known only by its addresses and named ports (name, protocol in
+    /// lower case, port) in the zone: its A/AAAA, PTR and SRV records, replacing what it had.
     pub fn add_cluster_ip_service(
         &mut self,
         ns: &str,
@@ -265,44 +305,79 @@ impl Zone {
         ips: &[IpAddr],
         ports: &[(String, String, u16)],
     ) {
-        let base = format!(
-            "{}.{}.svc.{}",
-            name.to_ascii_lowercase(),
-            ns.to_ascii_lowercase(),
-            self.domain
-        );
-        self.services
-            .insert((name.to_ascii_lowercase(), ns.to_ascii_lowercase()));
-        self.exist(&base);
-        for ip in ips {
-            self.add(&base, Data::Addr(*ip));
-            self.add(&reverse_name(*ip), Data::Ptr(base.clone()));
+        let key = (name.to_ascii_lowercase(), ns.to_ascii_lowercase());
+        let base = format!("{}.{}.svc.{}", key.0, key.1, self.domain);
+        let records = cluster_ip_records(&base, ips, ports);
+        self.replace(key, Some(records));
+    }
+
+    /// Takes Service `<ns>/<name>` out of the zone.
+    pub fn remove_service(&mut self, ns: &str, name: &str) {
+        self.replace((name.to_ascii_lowercase(), ns.to_ascii_lowercase()), None);
+    }
+
+    /// Sets one Service's contribution.
+    fn replace(&mut self, key: (String, String), records: Option<Records>) {
+        if let Some(old) = self.services.remove(&key) {
+            for (name, d) in old.iter() {
+                self.take(name, d.as_ref());
+            }
         }
-        for (port_name, proto, port) in ports {
-            let srv = format!("_{}._{proto}.{base}", port_name.to_ascii_lowercase());
-            self.add(&srv, Data::Srv(*port, base.clone()));
+        if let Some(records) = records {
+            for (name, d) in &records {
+                self.put(name, d.as_ref());
+            }
+            self.services.insert(key, Arc::new(records));
         }
     }
 
-    fn exist(&mut self, name: &str) {
-        // the name and every ancestor down to the zone (empty non-terminals exist too)
-        let mut n = name;
-        loop {
-            if !self.names.insert(n.to_string()) {
-                break;
-            }
-            match n.split_once('.') {
-                Some((_, rest)) if !rest.is_empty() && rest.len() >= self.domain.len() => n = rest,
-                _ => break,
-            }
+    /// The name and its ancestors down to the zone (empty non-terminals exist too), for a name
+    /// in the zone.
+    fn lineage<'a>(&self, name: &'a str) -> impl Iterator<Item = &'a str> {
+        let domain = self.domain.len();
+        let mut next = name.ends_with(self.domain.as_str()).then_some(name);
+        std::iter::from_fn(move || {
+            let n = next?;
+            next = match n.split_once('.') {
+                Some((_, rest)) if !rest.is_empty() && rest.len() >= domain => Some(rest),
+                _ => None,
+            };
+            Some(n)
+        })
+    }
+
+    fn put(&mut self, name: &str, d: Option<&Data>) {
+        let lineage: Vec<&str> = self.lineage(name).collect();
+        for n in lineage {
+            *self.names.entry(n.to_string()).or_insert(0) += 1;
+        }
+        if let Some(d) = d {
+            let v = self.records.entry(name.to_string()).or_default();
+            let at = v.partition_point(|x| x < d);
+            v.insert(at, d.clone());
         }
     }
 
-    fn add(&mut self, name: &str, d: Data) {
-        if name.ends_with(&self.domain) {
-            self.exist(name);
+    fn take(&mut self, name: &str, d: Option<&Data>) {
+        let lineage: Vec<&str> = self.lineage(name).collect();
+        for n in lineage {
+            if let Some(c) = self.names.get_mut(n) {
+                *c -= 1;
+                if *c == 0 {
+                    self.names.remove(n);
+                }
+            }
         }
-        self.records.entry(name.to_string()).or_default().push(d);
+        if let Some(d) = d
+            && let Some(v) = self.records.get_mut(name)
+        {
+            if let Some(at) = v.iter().position(|x| x == d) {
+                v.remove(at);
+            }
+            if v.is_empty() {
+                self.records.remove(name);
+            }
+        }
     }
 
     /// Whether `name` (lower case, trailing dot) is in the cluster zone.
@@ -315,7 +390,8 @@ impl Zone {
 
     /// Whether a Service `<svc>.<ns>` exists.
     pub fn has_service(&self, svc: &str, ns: &str) -> bool {
-        self.services.contains(&(svc.to_string(), ns.to_string()))
+        self.services
+            .contains_key(&(svc.to_string(), ns.to_string()))
     }
 
     /// The records of `name` (lower case, trailing dot) of `kind`.
@@ -329,13 +405,13 @@ impl Zone {
                 // Addresses the cluster does not own are someone else's to answer.
                 return Lookup::NotOurs;
             }
-            return if self.names.contains(name) || name == self.domain {
+            return if self.names.contains_key(name) || name == self.domain {
                 Lookup::Records(Vec::new())
             } else {
                 Lookup::NxDomain
             };
         };
-        let pick: Vec<Data> = records
+        let mut pick: Vec<Data> = records
             .iter()
             .filter(|d| {
                 matches!(
@@ -350,6 +426,8 @@ impl Zone {
             })
             .cloned()
             .collect();
+        // Sorted: a record two Services give is answered once.
+        pick.dedup();
         Lookup::Records(pick)
     }
 
@@ -361,5 +439,200 @@ impl Zone {
     /// Whether the zone holds no records.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(ns: &str, name: &str, ip: Option<&str>, ports: &[(&str, u16)]) -> KService {
+        let ports: Vec<_> = ports
+            .iter()
+            .map(|(n, p)| serde_json::json!({"name": n, "port": p}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": ip.unwrap_or("None"), "ports": ports},
+        }))
+        .unwrap()
+    }
+
+    fn slice(ns: &str, svc: &str, name: &str, eps: &[(&str, Option<&str>)]) -> EndpointSlice {
+        let eps: Vec<_> = eps
+            .iter()
+            .map(|(ip, host)| serde_json::json!({"addresses": [ip], "hostname": host}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": eps,
+        }))
+        .unwrap()
+    }
+
+    fn records(z: &Zone, name: &str, kind: Kind) -> Lookup {
+        z.lookup(name, kind)
+    }
+
+    // Written out from the DNS specification: a Service taken out takes its names, its
+    // reverse records and the empty non-terminals only it made exist; what another Service
+    // still makes exist stays.
+    #[test]
+    fn a_service_taken_out_takes_only_its_names() {
+        let mut z = Zone::new("cluster.local");
+        z.set_object(
+            &svc("shop", "web", Some("10.96.0.10"), &[("http", 80)]),
+            &[],
+        );
+        z.set_object(&svc("shop", "db", Some("10.96.0.11"), &[]), &[]);
+        let db = slice("shop", "db", "db-1", &[("10.244.0.7", Some("db-0"))]);
+        z.set_object(&svc("shop", "db", None, &[("http", 80)]), &[&db]);
+        let a = |ip: &str| Lookup::Records(vec![Data::Addr(ip.parse().unwrap())]);
+        assert_eq!(
+            records(&z, "web.shop.svc.cluster.local.", Kind::A),
+            a("10.96.0.10")
+        );
+        assert_eq!(
+            records(&z, "db.shop.svc.cluster.local.", Kind::A),
+            a("10.244.0.7")
+        );
+        assert_eq!(
+            records(&z, "db-0.db.shop.svc.cluster.local.", Kind::A),
+            a("10.244.0.7")
+        );
+        // db's ClusterIP went with its headless change.
+        assert_eq!(
+            records(&z, "11.0.96.10.in-addr.arpa.", Kind::Ptr),
+            Lookup::NotOurs
+        );
+        assert_eq!(
+            records(&z, "_http._tcp.db.shop.svc.cluster.local.", Kind::Srv),
+            Lookup::Records(vec![Data::Srv(
+                8080,
+                "db-0.db.shop.svc.cluster.local.".into()
+            )])
+        );
+        z.remove_service("shop", "web");
+        assert_eq!(
+            records(&z, "web.shop.svc.cluster.local.", Kind::A),
+            Lookup::NxDomain
+        );
+        assert_eq!(
+            records(&z, "_http._tcp.web.shop.svc.cluster.local.", Kind::Srv),
+            Lookup::NxDomain
+        );
+        assert_eq!(
+            records(&z, "10.0.96.10.in-addr.arpa.", Kind::Ptr),
+            Lookup::NotOurs
+        );
+        assert!(!z.has_service("web", "shop"));
+        assert_eq!(
+            records(&z, "shop.svc.cluster.local.", Kind::A),
+            Lookup::Records(vec![])
+        );
+        z.remove_service("shop", "db");
+        assert_eq!(
+            records(&z, "shop.svc.cluster.local.", Kind::A),
+            Lookup::NxDomain
+        );
+        assert_eq!(
+            records(&z, "db-0.db.shop.svc.cluster.local.", Kind::A),
+            Lookup::NxDomain
+        );
+        assert_eq!(
+            records(&z, "svc.cluster.local.", Kind::A),
+            Lookup::NxDomain,
+            "only dns-version is left"
+        );
+        assert_eq!(
+            records(&z, "dns-version.cluster.local.", Kind::Txt),
+            Lookup::Records(vec![Data::Txt(SCHEMA_VERSION.into())])
+        );
+        // Two Services giving the same record: answered once, kept while either has it.
+        let one = slice("a", "x", "x-1", &[("10.244.0.9", Some("h"))]);
+        let two = slice("a", "y", "y-1", &[("10.244.0.9", Some("h"))]);
+        z.set_object(&svc("a", "x", None, &[]), &[&one]);
+        z.set_object(&svc("a", "y", None, &[]), &[&two]);
+        z.remove_service("a", "x");
+        assert_eq!(
+            records(&z, "9.0.244.10.in-addr.arpa.", Kind::Ptr),
+            Lookup::Records(vec![Data::Ptr("h.y.a.svc.cluster.local.".into())])
+        );
+    }
+
+    // Changed one Service at a time, in any order, the zone equals the one built from scratch
+    // from the same objects.
+    #[test]
+    fn changes_one_by_one_equal_a_fresh_build() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut z = Zone::new("cluster.local");
+        let mut now: std::collections::BTreeMap<
+            (String, String),
+            (KService, Option<EndpointSlice>),
+        > = Default::default();
+        for _ in 0..2000 {
+            let ns = format!("ns{}", next(3));
+            let name = format!("s{}", next(12));
+            let key = (ns.clone(), name.clone());
+            match next(4) {
+                0 => {
+                    z.remove_service(&ns, &name);
+                    now.remove(&key);
+                }
+                1 => {
+                    let ip = format!("10.96.{}.{}", next(2), next(20));
+                    let s = svc(&ns, &name, Some(&ip), &[("http", 80), ("dns", 53)]);
+                    z.set_object(&s, &[]);
+                    now.insert(key, (s, None));
+                }
+                _ => {
+                    let eps: Vec<(String, Option<String>)> = (0..next(4))
+                        .map(|_| {
+                            let ip = format!("10.244.0.{}", next(30));
+                            (ip, (next(2) == 0).then(|| format!("h{}", next(3))))
+                        })
+                        .collect();
+                    let eps: Vec<(&str, Option<&str>)> = eps
+                        .iter()
+                        .map(|(a, h)| (a.as_str(), h.as_deref()))
+                        .collect();
+                    let sl = slice(&ns, &name, &format!("{name}-1"), &eps);
+                    let s = svc(&ns, &name, None, &[("http", 80)]);
+                    z.set_object(&s, &[&sl]);
+                    now.insert(key, (s, Some(sl)));
+                }
+            }
+            let fresh = Zone::build(
+                "cluster.local",
+                now.values().map(|(s, _)| s),
+                now.values().filter_map(|(_, l)| l.as_ref()),
+            );
+            let norm = |z: &Zone| {
+                let mut r: Vec<(String, Vec<Data>)> = z
+                    .records
+                    .iter()
+                    .map(|(k, v)| {
+                        let mut v = v.clone();
+                        v.dedup();
+                        (k.clone(), v)
+                    })
+                    .collect();
+                r.sort();
+                let mut n: Vec<String> = z.names.keys().cloned().collect();
+                n.sort();
+                let mut s: Vec<(String, String)> = z.services.keys().cloned().collect();
+                s.sort();
+                (r, n, s)
+            };
+            assert_eq!(norm(&z), norm(&fresh));
+        }
     }
 }

@@ -28,9 +28,14 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 
-use super::manifests::{Manifests, Objects, apply, wanted_of};
-use super::sources::Source;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::manifests::{
+    Manifests, Objects, apply_objects, replace_services, update_services, wanted_one,
+};
+use super::sources::{Key, Source, Wanted};
 use crate::Host;
+use crate::dns::ServiceObject;
 
 /// Changes arriving within this long of each other are applied together.
 const SETTLE: Duration = Duration::from_millis(20);
@@ -328,6 +333,125 @@ where
     )
 }
 
+/// What the watches changed since the applier last looked: Services to look at again (a
+/// Service or EndpointSlice event names one), whether a relist of either kind ended (every
+/// Service is looked at again) and whether any other kind changed.
+#[derive(Debug, Default)]
+struct Pending {
+    dirty: BTreeSet<Key>,
+    relisted: bool,
+    others: bool,
+}
+
+type Shared<T> = Arc<std::sync::Mutex<T>>;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Which EndpointSlices (by namespace and name) belong to which Service, as the watch last
+/// said: an EndpointSlice's event names the Service it belonged to before as well as the one it
+/// belongs to now.
+#[derive(Debug, Default)]
+struct SliceIndex {
+    service_of: HashMap<(String, String), Key>,
+    slices_of: HashMap<Key, BTreeSet<String>>,
+    /// Being listed again: the index the relist is building.
+    next: Option<Box<SliceIndex>>,
+}
+
+impl SliceIndex {
+    /// Files slice `id` under `service` (none: under nothing); returns the Service it was under.
+    fn set(&mut self, id: (String, String), service: Option<Key>) -> Option<Key> {
+        let old = self.service_of.remove(&id);
+        if let Some(o) = &old
+            && let Some(set) = self.slices_of.get_mut(o)
+        {
+            set.remove(&id.1);
+            if set.is_empty() {
+                self.slices_of.remove(o);
+            }
+        }
+        if let Some(svc) = service {
+            self.slices_of
+                .entry(svc.clone())
+                .or_default()
+                .insert(id.1.clone());
+            self.service_of.insert(id, svc);
+        }
+        old
+    }
+}
+
+fn service_key(s: &Service) -> Option<Key> {
+    Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?))
+}
+
+fn slice_id(s: &EndpointSlice) -> Option<((String, String), Option<Key>)> {
+    let id = (s.metadata.namespace.clone()?, s.metadata.name.clone()?);
+    let svc = super::view::slice_service(s).map(|k| (k.namespace, k.name));
+    Some((id, svc))
+}
+
+/// The hook of the Service watch: each event names its Service.
+fn on_service(pending: Shared<Pending>) -> impl FnMut(&watcher::Event<Service>) + Send + 'static {
+    move |ev| match ev {
+        watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
+            if let Some(k) = service_key(s) {
+                lock(&pending).dirty.insert(k);
+            }
+        }
+        watcher::Event::InitDone => lock(&pending).relisted = true,
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+}
+
+/// The hook of the EndpointSlice watch: each event names the Service the slice belongs to, and
+/// the one it belonged to.
+fn on_slice(
+    pending: Shared<Pending>,
+    index: Shared<SliceIndex>,
+) -> impl FnMut(&watcher::Event<EndpointSlice>) + Send + 'static {
+    move |ev| {
+        let mut idx = lock(&index);
+        match ev {
+            watcher::Event::Apply(s) => {
+                let Some((id, svc)) = slice_id(s) else { return };
+                let old = idx.set(id, svc.clone());
+                let mut p = lock(&pending);
+                p.dirty.extend(old);
+                p.dirty.extend(svc);
+            }
+            watcher::Event::Delete(s) => {
+                let Some((id, _)) = slice_id(s) else { return };
+                let old = idx.set(id, None);
+                lock(&pending).dirty.extend(old);
+            }
+            watcher::Event::Init => idx.next = Some(Box::default()),
+            watcher::Event::InitApply(s) => {
+                if let (Some(next), Some((id, svc))) = (idx.next.as_mut(), slice_id(s)) {
+                    next.set(id, svc);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(next) = idx.next.take() {
+                    *idx = *next;
+                }
+                lock(&pending).relisted = true;
+            }
+        }
+    }
+}
+
+/// The hook of every other kind: something changed.
+fn on_other<K>(pending: Shared<Pending>) -> impl FnMut(&watcher::Event<K>) + Send + 'static {
+    move |ev| {
+        if !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_)) {
+            lock(&pending).others = true;
+        }
+    }
+}
+
 /// The stores of every kind followed.
 struct Stores {
     services: Store<Service>,
@@ -340,6 +464,8 @@ struct Stores {
     dynamic: Vec<(String, Store<DynamicObject>)>,
     errors: WatchErrors,
     resources: Resources,
+    pending: Shared<Pending>,
+    index: Shared<SliceIndex>,
 }
 
 impl Stores {
@@ -480,9 +606,11 @@ pub async fn watch(host: Arc<Host>, client: Client) {
     let mut tasks = Vec::new();
     let errors = WatchErrors::default();
     let resources = Resources::default();
+    let pending = Shared::<Pending>::default();
+    let index = Shared::<SliceIndex>::default();
     macro_rules! typed {
         ($k:ty, $strip:expr) => {
-            typed!($k, $strip, |_: &watcher::Event<$k>| {})
+            typed!($k, $strip, on_other::<$k>(pending.clone()))
         };
         ($k:ty, $strip:expr, $each:expr) => {{
             let (store, writer) = reflector::store::<$k>();
@@ -504,21 +632,29 @@ pub async fn watch(host: Arc<Host>, client: Client) {
             store
         }};
     }
+    let mut node_table =
+        crate::cluster::convert::follower(host.nodes.clone(), host.settings.node.name.clone());
+    let mut node_other = on_other::<Node>(pending.clone());
     let mut stores = Stores {
-        services: typed!(Service, strip_meta),
-        slices: typed!(EndpointSlice, strip_slice),
+        services: typed!(Service, strip_meta, on_service(pending.clone())),
+        slices: typed!(
+            EndpointSlice,
+            strip_slice,
+            on_slice(pending.clone(), index.clone())
+        ),
         network_policies: typed!(NetworkPolicy, strip_meta),
         namespaces: typed!(Namespace, strip_meta),
         pods: typed!(Pod, strip_pod),
-        nodes: typed!(
-            Node,
-            strip_meta,
-            crate::cluster::convert::follower(host.nodes.clone(), host.settings.node.name.clone())
-        ),
+        nodes: typed!(Node, strip_meta, move |ev: &watcher::Event<Node>| {
+            node_table(ev);
+            node_other(ev);
+        }),
         ingresses: typed!(Ingress, strip_meta),
         dynamic: Vec::new(),
         errors: errors.clone(),
         resources: resources.clone(),
+        pending: pending.clone(),
+        index: index.clone(),
     };
     tasks.push(tokio::spawn(readiness_gates(
         host.clone(),
@@ -582,36 +718,29 @@ pub async fn watch(host: Arc<Host>, client: Client) {
     // again now and then.
     let mut rediscover = tokio::time::interval(REDISCOVER);
     rediscover.reset();
+    let mut applier = Applier::default();
+    let mut first = true;
     loop {
-        // Services and EndpointSlices are read where the reflectors keep them, never copied.
-        let services = crate::dns::ManifestServices {
-            services: stores.services.state(),
-            slices: stores.slices.state(),
+        let p = std::mem::take(&mut *lock(&pending));
+        let all_loaded = if first || p.relisted {
+            applier.all_services(&host, &stores).await
+        } else {
+            applier.some_services(&host, &stores, p.dirty).await;
+            false
         };
-        let wanted = wanted_of(
-            services
-                .services
-                .iter()
-                .map(|s| (ORIGIN.to_string(), s.as_ref())),
-            services
-                .slices
-                .iter()
-                .map(|s| (ORIGIN.to_string(), s.as_ref())),
-            &host.settings.node,
-            &host.settings.node_port_range,
-        );
-        let m = Manifests::of(ORIGIN, stores.objects());
-        apply(&host, Source::Kubernetes, &m, wanted, services, ORIGIN).await;
-        drop(m);
-        let applied = host
-            .source_errors
-            .lock()
-            .ok()
-            .and_then(|e| e.get(&Source::Kubernetes).cloned())
-            .unwrap_or_default();
-        publish(&host, &errors, applied);
+        if first || p.others || applier.claims_changed {
+            applier.objects(&host, &stores, all_loaded).await;
+        }
+        first = false;
+        publish(&host, &errors, applier.errors());
         tokio::select! {
-            Some(()) = rx.recv() => tokio::time::sleep(SETTLE).await,
+            Some(()) = rx.recv() => {
+                // Other kinds come in bursts (a rollout's Pods): applied together. A Service or
+                // EndpointSlice change alone is applied at once.
+                if lock(&pending).others {
+                    tokio::time::sleep(SETTLE).await;
+                }
+            }
             _ = rediscover.tick(), if !absent.is_empty() => {
                 let before = stores.dynamic.len();
                 discover(&client, &mut absent, &mut stores, &mut tasks, &tx).await;
@@ -620,6 +749,7 @@ pub async fn watch(host: Arc<Host>, client: Client) {
                         tracing::warn!(kind, "Kubernetes kind not listed");
                     }
                 }
+                lock(&pending).others = true;
                 continue;
             }
             () = &mut shutdown => break,
@@ -627,6 +757,166 @@ pub async fn watch(host: Arc<Host>, client: Client) {
         while rx.try_recv().is_ok() {}
     }
     tasks.iter().for_each(|t| t.abort());
+}
+
+/// What the Kubernetes source last applied, kept to change it one Service at a time: what was
+/// left out of each Service (or refused), the hostname claims each Service makes, and what the
+/// other kinds left out.
+#[derive(Default)]
+struct Applier {
+    left_out: BTreeMap<Key, Vec<String>>,
+    refused: BTreeMap<Key, String>,
+    claim_conflicts: Vec<String>,
+    claims: BTreeMap<Key, Vec<crate::hostnames::Claim>>,
+    /// A Service's hostname claims changed since the other kinds were applied.
+    claims_changed: bool,
+    others: Vec<String>,
+}
+
+impl Applier {
+    /// Every error, in a stable order: the other kinds', then each Service's.
+    fn errors(&self) -> Vec<String> {
+        let mut out = self.others.clone();
+        out.extend(self.left_out.values().flatten().cloned());
+        out.extend(self.refused.values().cloned());
+        out.extend(self.claim_conflicts.iter().cloned());
+        out
+    }
+
+    /// One Service as the stores hold it now: what netlet wants of it (`None`: nothing), what
+    /// was left out, and the objects (for the zone).
+    fn service(
+        host: &Host,
+        key: &Key,
+        service: Option<Arc<Service>>,
+        slices: Vec<Arc<EndpointSlice>>,
+    ) -> (Option<Wanted>, Vec<String>, Option<ServiceObject>) {
+        let Some(service) = service else {
+            return (None, Vec::new(), None);
+        };
+        let mine: Vec<(String, &EndpointSlice)> = slices
+            .iter()
+            .map(|s| (ORIGIN.to_string(), s.as_ref()))
+            .collect();
+        let (wanted, left_out) = match wanted_one(
+            ORIGIN,
+            &service,
+            |_| &mine,
+            &host.settings.node,
+            &host.settings.node_port_range,
+        ) {
+            Some((k, w, e)) if &k == key => (w, e),
+            _ => (None, Vec::new()),
+        };
+        drop(mine);
+        (wanted, left_out, Some(ServiceObject { service, slices }))
+    }
+
+    fn set_claims(&mut self, key: &Key, o: Option<&ServiceObject>) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let claims = o
+            .map(|o| crate::hostnames::service_claims(&o.service, now))
+            .unwrap_or_default();
+        let had = self.claims.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        if had != claims.as_slice() {
+            self.claims_changed = true;
+        }
+        if claims.is_empty() {
+            self.claims.remove(key);
+        } else {
+            self.claims.insert(key.clone(), claims);
+        }
+    }
+
+    /// Every Service again (the first time, and after a relist). Returns whether this was the
+    /// first read of the last source unread.
+    async fn all_services(&mut self, host: &Arc<Host>, stores: &Stores) -> bool {
+        let objects = crate::dns::group_services(stores.services.state(), stores.slices.state());
+        let mut wanted = BTreeMap::new();
+        self.left_out.clear();
+        self.claims.clear();
+        self.claims_changed = true;
+        for (key, o) in &objects {
+            let (w, e, _) = Self::service(host, key, Some(o.service.clone()), o.slices.clone());
+            if let Some(w) = w {
+                wanted.insert(key.clone(), w);
+            }
+            if !e.is_empty() {
+                self.left_out.insert(key.clone(), e);
+            }
+            self.set_claims(key, Some(o));
+        }
+        for e in self.left_out.values().flatten() {
+            tracing::error!(source = ORIGIN, error = %e, "object left out");
+        }
+        let (refused, conflicts, all_loaded) =
+            replace_services(host, Source::Kubernetes, wanted, ORIGIN).await;
+        self.refused = refused;
+        self.claim_conflicts = conflicts;
+        host.refresh_dns_zone(Some((Source::Kubernetes, objects)))
+            .await;
+        all_loaded
+    }
+
+    /// The Services `keys` only, as the stores hold them now.
+    async fn some_services(&mut self, host: &Arc<Host>, stores: &Stores, keys: BTreeSet<Key>) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut changes = BTreeMap::new();
+        let mut zone = Vec::new();
+        for key in keys {
+            let service = stores
+                .services
+                .get(&reflector::ObjectRef::new(&key.1).within(&key.0));
+            let names: Vec<String> = lock(&stores.index)
+                .slices_of
+                .get(&key)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default();
+            let slices: Vec<Arc<EndpointSlice>> = names
+                .iter()
+                .filter_map(|n| {
+                    stores
+                        .slices
+                        .get(&reflector::ObjectRef::new(n).within(&key.0))
+                })
+                .collect();
+            let (w, e, o) = Self::service(host, &key, service, slices);
+            for e in &e {
+                tracing::error!(source = ORIGIN, error = %e, "object left out");
+            }
+            if e.is_empty() {
+                self.left_out.remove(&key);
+            } else {
+                self.left_out.insert(key.clone(), e);
+            }
+            self.set_claims(&key, o.as_ref());
+            self.refused.remove(&key);
+            changes.insert(key.clone(), w);
+            zone.push((key, o));
+        }
+        let (refused, conflicts) = update_services(host, Source::Kubernetes, changes, ORIGIN).await;
+        for (key, why) in refused {
+            tracing::error!(source = ORIGIN, error = %why, "Service not applied: another source owns it");
+            self.refused.insert(key, why);
+        }
+        self.claim_conflicts = conflicts;
+        host.update_dns_zone(Some((Source::Kubernetes, zone)), [])
+            .await;
+    }
+
+    /// Everything but Services and EndpointSlices: policies, the pods and namespaces they
+    /// select, hostname claims.
+    async fn objects(&mut self, host: &Arc<Host>, stores: &Stores, all_loaded: bool) {
+        let m = Manifests::of(ORIGIN, stores.objects());
+        let claims = self.claims.values().flatten().cloned().collect();
+        self.claims_changed = false;
+        let mut errors = m.errors();
+        errors
+            .extend(apply_objects(host, Source::Kubernetes, &m, claims, all_loaded, ORIGIN).await);
+        self.others = errors;
+    }
 }
 
 /// The source's errors as `netletctl debug state` shows them: `applied` (objects left out),
@@ -670,7 +960,7 @@ async fn discover(
                     tx.clone(),
                     kind.to_string(),
                     stores.errors.clone(),
-                    |_: &watcher::Event<DynamicObject>| {},
+                    on_other::<DynamicObject>(stores.pending.clone()),
                 ));
             }
             Err(e) => {

@@ -402,15 +402,12 @@ impl Manifests {
     }
 
     /// Every Service and EndpointSlice the files hold, for the DNS zone.
-    pub fn service_objects(&self) -> crate::dns::ManifestServices {
-        let mut o = crate::dns::ManifestServices::default();
-        for f in self.files.values() {
-            o.services
-                .extend(f.objects.services.iter().cloned().map(Arc::new));
-            o.slices
-                .extend(f.objects.slices.iter().cloned().map(Arc::new));
-        }
-        o
+    pub fn service_objects(&self) -> crate::dns::ServiceObjects {
+        let files = || self.files.values();
+        crate::dns::group_services(
+            files().flat_map(|f| f.objects.services.iter().cloned().map(Arc::new)),
+            files().flat_map(|f| f.objects.slices.iter().cloned().map(Arc::new)),
+        )
     }
 
     /// Every Service the files hold, as this node's source wants it (see [`wanted_of`]), each
@@ -458,49 +455,70 @@ pub fn wanted_of<'a>(
     let mut out = BTreeMap::new();
     let mut errors = Vec::new();
     for (origin, ks) in services {
-        let Some(svc) = view::service(ks) else {
+        let Some((key, wanted, mut why)) = wanted_one(
+            &origin,
+            ks,
+            |key| by_service.get(key).map(Vec::as_slice).unwrap_or(&[]),
+            node,
+            node_ports,
+        ) else {
             continue;
         };
-        let Some(key) = svc.key.as_ref().map(k) else {
-            continue;
-        };
-        let object = format!("Service {}/{}", key.0, key.1);
-        if let Err(e) =
-            validate::service("", &svc).and_then(|()| view::check_node_ports("", &svc, node_ports))
-        {
-            errors.push(format!("{origin}: {object}: {}", e.message()));
-            continue;
+        errors.append(&mut why);
+        if let Some(w) = wanted {
+            out.insert(key, w);
         }
-        let mine = by_service.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-        let just: Vec<&EndpointSlice> = mine.iter().map(|(_, s)| *s).collect();
-        let mut endpoints = BTreeMap::new();
-        for e in view::endpoints(&svc, &just, node) {
-            match validate::endpoint("", &e).map_err(|s| s.message().to_string()) {
-                Ok(()) => {
-                    endpoints.insert(e.address.clone(), e);
-                }
-                Err(why) => {
-                    let (from, slice) = mine
-                        .iter()
-                        .find(|(_, s)| s.endpoints.iter().any(|x| x.addresses.contains(&e.address)))
-                        .map(|(o, s)| (o.clone(), s.metadata.name.clone().unwrap_or_default()))
-                        .unwrap_or_default();
-                    errors.push(format!(
-                        "{from}: EndpointSlice {}/{slice} of {object}: endpoint {}: {why}",
-                        key.0, e.address
-                    ));
-                }
-            }
-        }
-        out.insert(
-            key,
-            Wanted {
-                service: Some(svc),
-                endpoints,
-            },
-        );
     }
     (out, errors)
+}
+
+/// One Service (from `origin`) as a source wants it, with its EndpointSlices (`slices_of` its
+/// key, each with where it came from), checked as [`wanted_of`] checks it: its key, what it
+/// wants (`None`: left out) and what was left out, as messages. `None` for an object that is
+/// no Service netlet serves (no name, or another proxy's).
+pub fn wanted_one<'a>(
+    origin: &str,
+    ks: &KService,
+    slices_of: impl FnOnce(&Key) -> &'a [(String, &'a EndpointSlice)],
+    node: &NodeInfo,
+    node_ports: &std::ops::RangeInclusive<u32>,
+) -> Option<(Key, Option<Wanted>, Vec<String>)> {
+    let svc = view::service(ks)?;
+    let key = svc.key.as_ref().map(k)?;
+    let object = format!("Service {}/{}", key.0, key.1);
+    let mut errors = Vec::new();
+    if let Err(e) =
+        validate::service("", &svc).and_then(|()| view::check_node_ports("", &svc, node_ports))
+    {
+        errors.push(format!("{origin}: {object}: {}", e.message()));
+        return Some((key, None, errors));
+    }
+    let mine = slices_of(&key);
+    let just: Vec<&EndpointSlice> = mine.iter().map(|(_, s)| *s).collect();
+    let mut endpoints = BTreeMap::new();
+    for e in view::endpoints(&svc, &just, node) {
+        match validate::endpoint("", &e).map_err(|s| s.message().to_string()) {
+            Ok(()) => {
+                endpoints.insert(e.address.clone(), e);
+            }
+            Err(why) => {
+                let (from, slice) = mine
+                    .iter()
+                    .find(|(_, s)| s.endpoints.iter().any(|x| x.addresses.contains(&e.address)))
+                    .map(|(o, s)| (o.clone(), s.metadata.name.clone().unwrap_or_default()))
+                    .unwrap_or_default();
+                errors.push(format!(
+                    "{from}: EndpointSlice {}/{slice} of {object}: endpoint {}: {why}",
+                    key.0, e.address
+                ));
+            }
+        }
+    }
+    let wanted = Wanted {
+        service: Some(svc),
+        endpoints,
+    };
+    Some((key, Some(wanted), errors))
 }
 
 /// Events of the directory, coalesced: one pending wake-up at most.
@@ -575,59 +593,143 @@ pub(crate) async fn apply(
     source: Source,
     m: &Manifests,
     (wanted, invalid): (BTreeMap<Key, Wanted>, Vec<String>),
-    dns: crate::dns::ManifestServices,
+    dns: crate::dns::ServiceObjects,
     origin: &str,
 ) {
-    // The Kubernetes source writes its nodes per event (see `cluster::convert::follower`).
-    if source == Source::Manifests {
-        host.nodes
-            .replace(source, m.cluster_nodes(&host.settings.node.name));
-    }
-    let mut view = host.services.lock().await;
-    let prev = view.table.generation();
-    let (delta, conflicts) = view.replace(source, wanted);
+    host.nodes
+        .replace(source, m.cluster_nodes(&host.settings.node.name));
     let mut errors = m.errors();
     let what = source.as_str();
     for e in invalid {
         tracing::error!(source = what, error = %e, "object left out");
         errors.push(e);
     }
-    for c in conflicts {
-        tracing::error!(source = what, service = %format!("{}/{}", c.key.namespace, c.key.name), owner = c.owner.as_str(), "Service not applied: another source owns it");
-        errors.push(format!("{origin}: {c}"));
-    }
-    // Two Services asking for one address and port: the first holds it (reported, not
-    // refused: the data plane keeps serving the holder and hands it on when it goes).
-    for m in view.claim_conflicts(source) {
-        tracing::error!(source = what, conflict = %m, "Service asks for what another holds");
-        errors.push(format!("{origin}: {m}"));
-    }
-    // This source's first read: once it was the last one unread, every driver may have its
-    // first full sync (a driver with nothing applied is sent the whole table).
-    let all_loaded = host.source_read(source);
+    let (refused, mut conflicts, all_loaded) = replace_services(host, source, wanted, origin).await;
+    errors.extend(refused.into_values());
+    errors.append(&mut conflicts);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let claims: Vec<crate::hostnames::Claim> = dns
+        .values()
+        .flat_map(|o| crate::hostnames::service_claims(&o.service, now))
+        .collect();
+    host.refresh_dns_zone(Some((source, dns))).await;
+    errors.append(&mut apply_objects(host, source, m, claims, all_loaded, origin).await);
     if let Ok(mut e) = host.source_errors.lock() {
         e.insert(source, errors);
     }
+}
+
+/// Replaces every Service `source` wants and brings the drivers up to date. Returns what was
+/// refused (owned by another source), by Service, and what waits for what another Service
+/// holds, as messages, and whether this was the first read of the last source unread (every
+/// driver then has its first full sync).
+pub(crate) async fn replace_services(
+    host: &Arc<Host>,
+    source: Source,
+    wanted: BTreeMap<Key, Wanted>,
+    origin: &str,
+) -> (BTreeMap<Key, String>, Vec<String>, bool) {
+    let mut view = host.services.lock().await;
+    let prev = view.table.generation();
+    let (delta, conflicts) = view.replace(source, wanted);
+    let what = source.as_str();
+    let mut refused = BTreeMap::new();
+    for c in conflicts {
+        tracing::error!(source = what, service = %format!("{}/{}", c.key.namespace, c.key.name), owner = c.owner.as_str(), "Service not applied: another source owns it");
+        refused.insert(k(&c.key), format!("{origin}: {c}"));
+    }
+    // Two Services asking for one address and port: the first holds it (reported, not
+    // refused: the data plane keeps serving the holder and hands it on when it goes).
+    let conflicts = claim_conflicts(&view, source, origin);
+    // This source's first read: once it was the last one unread, every driver may have its
+    // first full sync (a driver with nothing applied is sent the whole table).
+    let all_loaded = host.source_read(source);
     let delta = delta.or_else(|| {
         all_loaded.then(|| netlet_sdk::proto::ProgramServiceRequest {
             generation: view.table.generation(),
             ..Default::default()
         })
     });
-    // Until every source is read, drivers keep what they have (a driver that outlived a host
-    // restart goes on serving the Services of a source not read yet).
+    push_services(host, &view, prev, delta).await;
+    (refused, conflicts, all_loaded)
+}
+
+/// Services of `source` waiting for what another Service holds, as messages (logged).
+fn claim_conflicts(
+    view: &super::sources::ServiceView,
+    source: Source,
+    origin: &str,
+) -> Vec<String> {
+    let what = source.as_str();
+    view.claim_conflicts(source)
+        .into_iter()
+        .map(|m| {
+            tracing::error!(source = what, conflict = %m, "Service asks for what another holds");
+            format!("{origin}: {m}")
+        })
+        .collect()
+}
+
+/// Sends the view's change (from generation `prev`) to the Services drivers, once every source
+/// is read (until then drivers keep what they have: a driver that outlived a host restart goes
+/// on serving the Services of a source not read yet).
+async fn push_services(
+    host: &Arc<Host>,
+    view: &super::sources::ServiceView,
+    prev: u64,
+    delta: Option<netlet_sdk::proto::ProgramServiceRequest>,
+) {
     if !host.sources_loaded() {
-        host.health_checks.reconcile(&view);
-    } else if let Err(e) = crate::api::services::push(host, &view, prev, delta).await {
+        host.health_checks.reconcile(view);
+    } else if let Err(e) = crate::api::services::push(host, view, prev, delta).await {
         tracing::warn!(error = %e, "Services drivers not brought up to date; retried at their next resync");
     }
-    drop(view);
+}
+
+/// Sets what `source` wants of some Services only (`None`: nothing any more), as a watch event
+/// tells it, and sends drivers the change of those Services alone. Returns, for each key, why
+/// it was refused (another source owns it), and the source's claim conflicts now.
+pub(crate) async fn update_services(
+    host: &Arc<Host>,
+    source: Source,
+    mut changes: BTreeMap<Key, Option<Wanted>>,
+    origin: &str,
+) -> (BTreeMap<Key, String>, Vec<String>) {
+    let mut view = host.services.lock().await;
+    let prev = view.table.generation();
+    let mut refused = BTreeMap::new();
+    changes.retain(
+        |key, _| match view.check(source, &super::view::key(&key.0, &key.1)) {
+            Ok(()) => true,
+            Err(c) => {
+                refused.insert(key.clone(), format!("{origin}: {c}"));
+                false
+            }
+        },
+    );
+    // Checked above: every key is the source's or no one's.
+    let delta = view.update(source, changes).ok().flatten();
+    let conflicts = claim_conflicts(&view, source, origin);
+    if delta.is_some() {
+        push_services(host, &view, prev, delta).await;
+    }
+    (refused, conflicts)
+}
+
+/// Brings the node to the objects of a source besides its Services: the hostname claims (`claims`
+/// of its Services, and those of the claiming objects of `m`), the pods and namespaces policy
+/// selectors resolve against, and its policies. Returns what was left out, as messages.
+/// `all_loaded`: this source was the last one unread (every Policy driver has its first full
+/// sync).
+pub(crate) async fn apply_objects(
+    host: &Arc<Host>,
+    source: Source,
+    m: &Manifests,
+    mut claims: Vec<crate::hostnames::Claim>,
+    all_loaded: bool,
+    origin: &str,
+) -> Vec<String> {
     let now = k8s_openapi::jiff::Timestamp::now();
-    let mut claims: Vec<crate::hostnames::Claim> = dns
-        .services
-        .iter()
-        .flat_map(|s| crate::hostnames::service_claims(s, now))
-        .collect();
     claims.extend(
         m.files
             .values()
@@ -635,7 +737,6 @@ pub(crate) async fn apply(
             .flat_map(|o| crate::hostnames::claims_of(o, now)),
     );
     host.claims.set(source, claims);
-    host.refresh_dns_zone(Some((source, dns))).await;
     let (policies, invalid) = m.network_policies();
     if let Ok(mut all) = host.source_clusters.lock() {
         let mut next = m.cluster();
@@ -655,11 +756,9 @@ pub(crate) async fn apply(
     let (batch, conflicts) = pview.replace(source, policies);
     let mut perrors: Vec<String> = invalid;
     perrors.extend(conflicts.into_iter().map(|c| format!("{origin}: {c}")));
+    let what = source.as_str();
     for e in &perrors {
         tracing::error!(source = what, error = %e, "policy left out");
-    }
-    if let Ok(mut e) = host.source_errors.lock() {
-        e.entry(source).or_default().extend(perrors);
     }
     // After the first read of every source each Policy driver gets its first full sync (a
     // driver with nothing applied is sent the whole table, whatever the delta).
@@ -671,6 +770,7 @@ pub(crate) async fn apply(
     }
     drop(pview);
     host.refresh_dns_policies().await;
+    perrors
 }
 
 #[cfg(test)]

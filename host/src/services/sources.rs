@@ -215,6 +215,8 @@ pub struct ServiceView {
     claims: HashMap<Claim, Vec<Key>>,
     /// What each Service asks for (the keys of `claims` it is in line for).
     claimed: HashMap<Key, BTreeSet<Claim>>,
+    /// The claims more than one Service is in line for.
+    contested: BTreeSet<Claim>,
 }
 
 impl ServiceView {
@@ -350,7 +352,13 @@ impl ServiceView {
                 .map(|s| claims_of(s).into_iter().map(|c| c.0).collect())
                 .unwrap_or_default();
             for c in reclaim(&mut self.claims, &mut self.claimed, key, asks) {
-                affected.extend(self.claims.get(&c).into_iter().flatten().cloned());
+                let line = self.claims.get(&c);
+                if line.is_some_and(|l| l.len() > 1) {
+                    self.contested.insert(c.clone());
+                } else {
+                    self.contested.remove(&c);
+                }
+                affected.extend(line.into_iter().flatten().cloned());
             }
         }
         let mut req = self.next_batch();
@@ -483,8 +491,9 @@ impl ServiceView {
     /// it; the other gets it when the holder lets go.
     pub fn claim_conflicts(&self, source: Source) -> Vec<String> {
         let mut out: Vec<String> = self
-            .claims
+            .contested
             .iter()
+            .filter_map(|c| Some((c, self.claims.get(c)?)))
             .flat_map(|(c, keys)| {
                 keys.iter()
                     .skip(1)
