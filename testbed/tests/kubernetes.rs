@@ -179,6 +179,136 @@ async fn a_service_created_through_the_api_answers_from_a_pod() {
     assert!(!gone.is_empty());
 }
 
+/// Waits until `ask` is refused (the Service exists without a ready endpoint).
+async fn until_refused(what: &str, ask: impl Fn() -> Result<String, String> + Clone) {
+    wait_until(what, Duration::from_secs(20), || {
+        let a = ask.clone();
+        async move { a().err().filter(|e| e.contains("refused")) }
+    })
+    .await;
+}
+
+/// Waits until `ask` is answered.
+async fn until_answered(what: &str, ask: impl Fn() -> Result<String, String> + Clone) -> String {
+    wait_until(what, Duration::from_secs(20), || {
+        let a = ask.clone();
+        async move { a().ok() }
+    })
+    .await
+}
+
+// Each watch event changes the Services it names and no other: an EndpointSlice relabelled
+// from one Service to another leaves the first and joins the second, one deleted leaves its
+// Service, a Service the node cannot serve (a node port outside the node's range) is left out
+// and named until it is fixed, while the others go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_watch_event_changes_the_services_it_names() {
+    const T: &str = "each_watch_event_changes_the_services_it_names";
+    let Some(cl) = Cluster::start_with(T, "k8s-ev", "serviceNodePortRange: 30000-30099\n").await
+    else {
+        return;
+    };
+    let (apiserver, node) = (&cl.apiserver, &cl.node);
+    let pods = web_and_client(node, "k8sev").await;
+    let client = pods[1].path.clone();
+    let asker = |vip: &str| {
+        let vip: SocketAddr = vip.parse().unwrap();
+        let client = client.clone();
+        move || probe::tcp_request(&client, vip, "hello")
+    };
+    let (web, other) = (asker("10.96.0.80:80"), asker("10.96.0.81:80"));
+    let answer = serve_and_ask(apiserver, pods[1].path.clone()).await;
+    assert!(answer.ends_with("|hello"), "{answer}");
+    let other_svc = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"other","namespace":"default"},"spec":{"clusterIP":"10.96.0.81","ports":[{"name":"http","port":80,"targetPort":8080}]}}"#;
+    apiserver
+        .request(
+            "POST",
+            "/api/v1/namespaces/default/services",
+            Some(other_svc),
+        )
+        .unwrap();
+    until_refused("other: no endpoint yet", other.clone()).await;
+
+    // The slice relabelled to `other`: `web` loses its endpoint, `other` gains it.
+    let (_, slice) = service(true);
+    let moved = slice.replace(
+        r#""kubernetes.io/service-name":"web""#,
+        r#""kubernetes.io/service-name":"other""#,
+    );
+    assert_ne!(moved, slice);
+    apiserver
+        .request(
+            "PUT",
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/web-1",
+            Some(&moved),
+        )
+        .unwrap();
+    until_refused("web: its slice moved away", web.clone()).await;
+    let a = until_answered("other: the moved slice's endpoint", other.clone()).await;
+    assert!(a.ends_with("|hello"), "{a}");
+
+    // Deleted: `other` has no endpoint; `web` is still refused, not gone.
+    apiserver
+        .request(
+            "DELETE",
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/web-1",
+            None,
+        )
+        .unwrap();
+    until_refused("other: its slice deleted", other.clone()).await;
+    assert!(web().is_err_and(|e| e.contains("refused")));
+
+    // A NodePort outside this node's range (the API server's is wider): left out and named,
+    // `web` unchanged. Fixed: served, and no longer named.
+    let node_port = |port: u32| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"np","namespace":"default"}},"spec":{{"type":"NodePort","clusterIP":"10.96.0.82","ports":[{{"name":"http","port":80,"targetPort":8080,"nodePort":{port}}}]}}}}"#
+        )
+    };
+    apiserver
+        .request(
+            "POST",
+            "/api/v1/namespaces/default/services",
+            Some(&node_port(30500)),
+        )
+        .unwrap();
+    let named = wait_until("np named as left out", Duration::from_secs(20), || {
+        let e = node.host.kubernetes_errors();
+        async move { e.into_iter().find(|e| e.contains("default/np")) }
+    })
+    .await;
+    assert!(
+        named.starts_with("kubernetes: Service default/np:") && named.contains("30500"),
+        "{named}"
+    );
+    let np = asker("10.96.0.82:80");
+    assert!(
+        np().is_err_and(|e| !e.contains("refused")),
+        "np is not served"
+    );
+    let mut fixed: serde_json::Value = serde_json::from_str(
+        &apiserver
+            .request("GET", "/api/v1/namespaces/default/services/np", None)
+            .unwrap(),
+    )
+    .unwrap();
+    fixed["spec"]["ports"][0]["nodePort"] = 30050.into();
+    apiserver
+        .request(
+            "PUT",
+            "/api/v1/namespaces/default/services/np",
+            Some(&fixed.to_string()),
+        )
+        .unwrap();
+    until_refused("np served (no endpoint)", np.clone()).await;
+    wait_until("np no longer named", Duration::from_secs(20), || {
+        let e = node.host.kubernetes_errors();
+        async move { (!e.iter().any(|e| e.contains("default/np"))).then_some(()) }
+    })
+    .await;
+    assert!(web().is_err_and(|e| e.contains("refused")));
+}
+
 /// Creates this node's Node object (with no status: the host reports its conditions).
 fn create_node(apiserver: &ApiServer) {
     apiserver

@@ -226,6 +226,101 @@ fn load(cp: &Path, kubeconfig: PathBuf, objects: Vec<(&'static str, serde_json::
     .unwrap();
 }
 
+/// When a watch (a kube-rs watcher, as netlet's and kube-proxy's) saw each change: (when, the
+/// object's name, its first endpoint address for a slice).
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Instant, String, String)>>>;
+
+/// Watches Services and EndpointSlices from the control plane's namespace and records when each
+/// change arrives: the floor under any follower of the API.
+fn watch_delivery(cp: &Path, kubeconfig: PathBuf) -> Seen {
+    let seen = Seen::default();
+    let out = seen.clone();
+    let cp = cp.to_path_buf();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        probe::run_in(&cp, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use kube::runtime::watcher;
+                let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .unwrap();
+                let client = kube::Client::try_from(cfg).unwrap();
+                let services = watcher(
+                    kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(
+                        client.clone(),
+                        "default",
+                    ),
+                    watcher::Config::default(),
+                )
+                .filter_map(|e| async move {
+                    match e {
+                        Ok(watcher::Event::Apply(s)) => {
+                            Some((s.metadata.name.unwrap_or_default(), String::new()))
+                        }
+                        Ok(watcher::Event::InitDone) => Some((String::new(), String::new())),
+                        _ => None,
+                    }
+                })
+                .boxed();
+                let slices = watcher(
+                    kube::Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(
+                        client, "default",
+                    ),
+                    watcher::Config::default(),
+                )
+                .filter_map(|e| async move {
+                    match e {
+                        Ok(watcher::Event::Apply(s)) => Some((
+                            s.metadata.name.unwrap_or_default(),
+                            s.endpoints
+                                .first()
+                                .and_then(|e| e.addresses.first().cloned())
+                                .unwrap_or_default(),
+                        )),
+                        _ => None,
+                    }
+                })
+                .boxed();
+                let mut all = futures::stream::select(services, slices);
+                while let Some((name, addr)) = all.next().await {
+                    if name.is_empty() {
+                        let _ = ready_tx.send(());
+                        continue;
+                    }
+                    out.lock().unwrap().push((Instant::now(), name, addr));
+                }
+            });
+        })
+        .unwrap();
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the delivery watch listed");
+    seen
+}
+
+/// When the watch saw `name` (with first address `addr`, for a slice) change after `from`.
+fn delivered(seen: &Seen, name: &str, addr: &str, from: Instant) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((at, ..)) = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(at, n, a)| *at >= from && n == name && (addr.is_empty() || a == addr))
+        {
+            return *at - from;
+        }
+        assert!(Instant::now() < deadline, "the watch never saw {name}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 const SERVICES: &str = "/api/v1/namespaces/default/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
 
@@ -503,10 +598,12 @@ async fn main() {
         cpu_seconds(host_pid) + cpu_seconds(nft_pid),
         cpu_seconds(kp_pid),
     );
+    let seen = watch_delivery(&cp.path, kc_cp.clone());
     let t_phase = Instant::now();
 
     // One Service created in the API → live on each node.
     let (mut create_a, mut create_b, mut api_write) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut create_seen, mut change_seen, mut change_write) = (Vec::new(), Vec::new(), Vec::new());
     for k in 0..args.creates {
         let i = n + k;
         apiserver
@@ -528,6 +625,7 @@ async fn main() {
         let (a, b) = both(&node_a.netns.path, &node_b.path, vip, WEB, t);
         create_a.push(a);
         create_b.push(b);
+        create_seen.push(delivered(&seen, &format!("svc{i}"), "", t));
     }
     // The probe Service's endpoint moves between web and web2 → live on each node.
     let (mut change_a, mut change_b) = (Vec::new(), Vec::new());
@@ -542,11 +640,35 @@ async fn main() {
                 Some(&slice_json(n - 1, 1, Some(to)).to_string()),
             )
             .unwrap();
+        change_write.push(t.elapsed());
         let (a, b) = both(&node_a.netns.path, &node_b.path, probe_vip, to, t);
         change_a.push(a);
         change_b.push(b);
+        change_seen.push(delivered(&seen, &format!("svc{}-1", n - 1), to, t));
     }
     let phase = t_phase.elapsed().as_secs_f64();
+    // Beyond the floor: each change's time to live less the time a bare watch took to see it
+    // (the API write, etcd, the watch cache and the delivery), paired per change.
+    let beyond = |live: &[Duration], floor: &[Duration]| -> Vec<Duration> {
+        live.iter()
+            .zip(floor)
+            .map(|(l, f)| l.saturating_sub(*f))
+            .collect()
+    };
+    let mut floor_rows = [
+        (
+            "Service created",
+            create_seen.clone(),
+            beyond(&create_a, &create_seen),
+            beyond(&create_b, &create_seen),
+        ),
+        (
+            "endpoint changed",
+            change_seen.clone(),
+            beyond(&change_a, &change_seen),
+            beyond(&change_b, &change_seen),
+        ),
+    ];
     let cpu = (
         cpu_seconds(host_pid) + cpu_seconds(nft_pid) - cpu0.0,
         cpu_seconds(kp_pid) - cpu0.1,
@@ -577,10 +699,33 @@ async fn main() {
         &mut sync_b,
     );
     println!(
-        "(the API write itself, inside each create: p50 {}, p99 {})",
+        "(the API write itself, inside each create: p50 {}, p99 {}; inside each change: p50 {}, p99 {})",
         ms(pct(&mut api_write, 0.5)),
-        ms(pct(&mut api_write, 0.99))
+        ms(pct(&mut api_write, 0.99)),
+        ms(pct(&mut change_write, 0.5)),
+        ms(pct(&mut change_write, 0.99)),
     );
+    println!(
+        "{:<38} {:>10} {:>10}   {:>10} {:>10}   {:>10} {:>10}",
+        "beyond a bare watch's delivery",
+        "watch p50",
+        "p99",
+        "netlet p50",
+        "p99",
+        "k-proxy p50",
+        "p99"
+    );
+    for (what, floor, a, b) in &mut floor_rows {
+        println!(
+            "{what:<38} {:>10} {:>10}   {:>10} {:>10}   {:>10} {:>10}",
+            ms(pct(floor, 0.5)),
+            ms(pct(floor, 0.99)),
+            ms(pct(a, 0.5)),
+            ms(pct(a, 0.99)),
+            ms(pct(b, 0.5)),
+            ms(pct(b, 0.99)),
+        );
+    }
     let (rss_a, rss_nft, rss_b) = (
         rss_kib(host_pid, "VmRSS:"),
         rss_kib(nft_pid, "VmRSS:"),
