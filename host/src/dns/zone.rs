@@ -158,31 +158,22 @@ fn object_records(
         ips.push(ip.clone());
     }
     let headless = ips.iter().any(|ip| ip == "None") || ips.is_empty();
-    if !headless {
-        let ips: Vec<IpAddr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
-        let ports: Vec<(String, String, u16)> = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                let n = p.name.as_ref().filter(|n| !n.is_empty())?;
-                let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
-                Some((n.clone(), proto, p.port as u16))
-            })
-            .collect();
-        return Some((key, cluster_ip_records(&base, &ips, &ports)));
-    }
-    let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-    let named_ports: Vec<(String, String)> = spec
+    // Named ports: name and protocol in lower case, port.
+    let named_ports: Vec<(String, String, u16)> = spec
         .ports
         .iter()
         .flatten()
         .filter_map(|p| {
             let n = p.name.as_ref().filter(|n| !n.is_empty())?;
             let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
-            Some((n.to_ascii_lowercase(), proto))
+            Some((n.to_ascii_lowercase(), proto, p.port as u16))
         })
         .collect();
+    if !headless {
+        let ips: Vec<IpAddr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+        return Some((key, cluster_ip_records(&base, &ips, &named_ports)));
+    }
+    let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     // Headless: the endpoints.
     let mut seen = BTreeSet::new();
     for slice in slices {
@@ -206,7 +197,7 @@ fn object_records(
                     }
                     None => format!("{}.{base}", dashed(ip)),
                 };
-                for (port_name, proto) in &named_ports {
+                for (port_name, proto, _) in &named_ports {
                     let port = slice
                         .ports
                         .iter()
@@ -476,6 +467,12 @@ mod tests {
         z.lookup(name, kind)
     }
 
+    fn expect(z: &Zone, want: &[(&str, Kind, Lookup)]) {
+        for (name, kind, lookup) in want {
+            assert_eq!(&z.lookup(name, *kind), lookup, "{name} {kind:?}");
+        }
+    }
+
     // Written out from the DNS specification: a Service taken out takes its names, its
     // reverse records and the empty non-terminals only it made exist; what another Service
     // still makes exist stays.
@@ -515,40 +512,34 @@ mod tests {
             )])
         );
         z.remove_service("shop", "web");
-        assert_eq!(
-            records(&z, "web.shop.svc.cluster.local.", Kind::A),
-            Lookup::NxDomain
-        );
-        assert_eq!(
-            records(&z, "_http._tcp.web.shop.svc.cluster.local.", Kind::Srv),
-            Lookup::NxDomain
-        );
-        assert_eq!(
-            records(&z, "10.0.96.10.in-addr.arpa.", Kind::Ptr),
-            Lookup::NotOurs
+        expect(
+            &z,
+            &[
+                ("web.shop.svc.cluster.local.", Kind::A, Lookup::NxDomain),
+                (
+                    "_http._tcp.web.shop.svc.cluster.local.",
+                    Kind::Srv,
+                    Lookup::NxDomain,
+                ),
+                ("10.0.96.10.in-addr.arpa.", Kind::Ptr, Lookup::NotOurs),
+                ("shop.svc.cluster.local.", Kind::A, Lookup::Records(vec![])),
+            ],
         );
         assert!(!z.has_service("web", "shop"));
-        assert_eq!(
-            records(&z, "shop.svc.cluster.local.", Kind::A),
-            Lookup::Records(vec![])
-        );
         z.remove_service("shop", "db");
-        assert_eq!(
-            records(&z, "shop.svc.cluster.local.", Kind::A),
-            Lookup::NxDomain
-        );
-        assert_eq!(
-            records(&z, "db-0.db.shop.svc.cluster.local.", Kind::A),
-            Lookup::NxDomain
-        );
-        assert_eq!(
-            records(&z, "svc.cluster.local.", Kind::A),
-            Lookup::NxDomain,
-            "only dns-version is left"
-        );
-        assert_eq!(
-            records(&z, "dns-version.cluster.local.", Kind::Txt),
-            Lookup::Records(vec![Data::Txt(SCHEMA_VERSION.into())])
+        // Only dns-version is left.
+        expect(
+            &z,
+            &[
+                ("shop.svc.cluster.local.", Kind::A, Lookup::NxDomain),
+                ("db-0.db.shop.svc.cluster.local.", Kind::A, Lookup::NxDomain),
+                ("svc.cluster.local.", Kind::A, Lookup::NxDomain),
+                (
+                    "dns-version.cluster.local.",
+                    Kind::Txt,
+                    Lookup::Records(vec![Data::Txt(SCHEMA_VERSION.into())]),
+                ),
+            ],
         );
         // Two Services giving the same record: answered once, kept while either has it.
         let one = slice("a", "x", "x-1", &[("10.244.0.9", Some("h"))]);

@@ -193,6 +193,34 @@ fn row(what: &str, a: &mut [Duration], b: &mut [Duration]) {
 /// Creates every object through the API, 32 requests in flight (a kube-rs client inside the
 /// control plane's namespace).
 fn load(cp: &Path, kubeconfig: PathBuf, objects: Vec<(&'static str, serde_json::Value)>) {
+    with_client(cp, kubeconfig, move |client| async move {
+        futures::stream::iter(objects)
+            .map(|(path, body)| {
+                let client = client.clone();
+                async move {
+                    let req = http::Request::post(path)
+                        .header("content-type", "application/json")
+                        .body(serde_json::to_vec(&body).unwrap())
+                        .unwrap();
+                    client
+                        .request_text(req)
+                        .await
+                        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+            .await;
+    });
+}
+
+/// Runs `f` with a kube-rs client for `kubeconfig`, inside namespace `cp`, on a runtime of its
+/// own; returns when `f` does.
+fn with_client<F: std::future::Future<Output = ()>>(
+    cp: &Path,
+    kubeconfig: PathBuf,
+    f: impl FnOnce(kube::Client) -> F + Send,
+) {
     probe::run_in(cp, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -203,24 +231,7 @@ fn load(cp: &Path, kubeconfig: PathBuf, objects: Vec<(&'static str, serde_json::
             let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
                 .await
                 .unwrap();
-            let client = kube::Client::try_from(cfg).unwrap();
-            futures::stream::iter(objects)
-                .map(|(path, body)| {
-                    let client = client.clone();
-                    async move {
-                        let req = http::Request::post(path)
-                            .header("content-type", "application/json")
-                            .body(serde_json::to_vec(&body).unwrap())
-                            .unwrap();
-                        client
-                            .request_text(req)
-                            .await
-                            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-                    }
-                })
-                .buffer_unordered(32)
-                .collect::<Vec<()>>()
-                .await;
+            f(kube::Client::try_from(cfg).unwrap()).await
         });
     })
     .unwrap();
@@ -238,65 +249,53 @@ fn watch_delivery(cp: &Path, kubeconfig: PathBuf) -> Seen {
     let cp = cp.to_path_buf();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        probe::run_in(&cp, move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                use kube::runtime::watcher;
-                let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .unwrap();
-                let client = kube::Client::try_from(cfg).unwrap();
-                let services = watcher(
-                    kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(
-                        client.clone(),
-                        "default",
-                    ),
-                    watcher::Config::default(),
-                )
-                .filter_map(|e| async move {
-                    match e {
-                        Ok(watcher::Event::Apply(s)) => {
-                            Some((s.metadata.name.unwrap_or_default(), String::new()))
-                        }
-                        Ok(watcher::Event::InitDone) => Some((String::new(), String::new())),
-                        _ => None,
+        with_client(&cp, kubeconfig, move |client| async move {
+            use kube::runtime::watcher;
+            let services = watcher(
+                kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(
+                    client.clone(),
+                    "default",
+                ),
+                watcher::Config::default(),
+            )
+            .filter_map(|e| async move {
+                match e {
+                    Ok(watcher::Event::Apply(s)) => {
+                        Some((s.metadata.name.unwrap_or_default(), String::new()))
                     }
-                })
-                .boxed();
-                let slices = watcher(
-                    kube::Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(
-                        client, "default",
-                    ),
-                    watcher::Config::default(),
-                )
-                .filter_map(|e| async move {
-                    match e {
-                        Ok(watcher::Event::Apply(s)) => Some((
-                            s.metadata.name.unwrap_or_default(),
-                            s.endpoints
-                                .first()
-                                .and_then(|e| e.addresses.first().cloned())
-                                .unwrap_or_default(),
-                        )),
-                        _ => None,
-                    }
-                })
-                .boxed();
-                let mut all = futures::stream::select(services, slices);
-                while let Some((name, addr)) = all.next().await {
-                    if name.is_empty() {
-                        let _ = ready_tx.send(());
-                        continue;
-                    }
-                    out.lock().unwrap().push((Instant::now(), name, addr));
+                    Ok(watcher::Event::InitDone) => Some((String::new(), String::new())),
+                    _ => None,
                 }
-            });
-        })
-        .unwrap();
+            })
+            .boxed();
+            let slices = watcher(
+                kube::Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(
+                    client, "default",
+                ),
+                watcher::Config::default(),
+            )
+            .filter_map(|e| async move {
+                match e {
+                    Ok(watcher::Event::Apply(s)) => Some((
+                        s.metadata.name.unwrap_or_default(),
+                        s.endpoints
+                            .first()
+                            .and_then(|e| e.addresses.first().cloned())
+                            .unwrap_or_default(),
+                    )),
+                    _ => None,
+                }
+            })
+            .boxed();
+            let mut all = futures::stream::select(services, slices);
+            while let Some((name, addr)) = all.next().await {
+                if name.is_empty() {
+                    let _ = ready_tx.send(());
+                    continue;
+                }
+                out.lock().unwrap().push((Instant::now(), name, addr));
+            }
+        });
     });
     ready_rx
         .recv_timeout(Duration::from_secs(120))
