@@ -219,7 +219,7 @@ fn load(cp: &Path, kubeconfig: PathBuf, objects: Vec<(&'static str, serde_json::
 fn with_client<F: std::future::Future<Output = ()>>(
     cp: &Path,
     kubeconfig: PathBuf,
-    f: impl FnOnce(kube::Client) -> F + Send,
+    f: impl FnOnce(kube::Client) -> F + Send + 'static,
 ) {
     probe::run_in(cp, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
