@@ -583,7 +583,17 @@ async fn main() {
         delete_tables(&node_b.path, &["ip kube-proxy", "ip6 kube-proxy"]);
         let t = Instant::now();
         kube_proxy_child = Some(kube_proxy(&node_b.path, &kp, &kc_b, &kp_log));
-        sync_b.push(until_answered(node_b.path.clone(), probe_vip, WEB, t));
+        let nb = node_b.path.clone();
+        match std::panic::catch_unwind(move || until_answered(nb, probe_vip, WEB, t)) {
+            Ok(d) => sync_b.push(d),
+            Err(_) => {
+                let log = std::fs::read_to_string(&kp_log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("kube-proxy's log, last lines:");
+                tail.iter().rev().for_each(|l| eprintln!("  {l}"));
+                panic!("kube-proxy never synced");
+            }
+        }
     }
     let kp_pid = kube_proxy_child.as_ref().unwrap().0.id();
     let host_pid = node_a.host.pid().unwrap();
