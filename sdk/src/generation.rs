@@ -8,7 +8,7 @@
 
 use tonic::Status;
 
-use crate::validate::field_error;
+use crate::status::field_error;
 
 /// The (epoch, generation) of the batch a receiver applied last; the default is "nothing yet".
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

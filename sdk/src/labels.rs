@@ -7,8 +7,9 @@ use std::collections::HashMap;
 
 use tonic::Status;
 
+use crate::names::{is_label_value, metadata_key};
 use crate::proto::{LabelSelector, LabelSelectorRequirement};
-use crate::validate::{invalid, is_label_value, metadata_key};
+use crate::status::invalid;
 
 /// A label value at `field` (see [`is_label_value`]).
 pub fn label_value(field: &str, v: &str) -> Result<(), Status> {

@@ -53,6 +53,7 @@ mod driver;
 pub mod generation;
 pub mod hash;
 pub mod labels;
+pub mod names;
 #[cfg(feature = "netlink")]
 pub mod netlink;
 #[cfg(feature = "netns")]
@@ -60,8 +61,10 @@ pub mod netns;
 pub mod nodes;
 pub mod parts;
 pub mod pods;
+pub mod ports;
 pub mod server;
 pub mod state;
+pub mod status;
 #[cfg(feature = "store")]
 pub mod store;
 pub mod validate;

@@ -4,73 +4,18 @@
 use std::net::IpAddr;
 
 use tonic::Status;
-use tonic_types::{ErrorDetails, StatusExt};
+
+pub use crate::names::{dns_label, dns_subdomain, is_label_value, metadata_key};
+pub use crate::status::{
+    ERROR_DOMAIN, REASON_INVALID_FIELD, error_field, error_reason, field_error, invalid,
+    reason_error,
+};
 
 use crate::proto::{
     AllocateDeviceRequest, ApplyPolicyRequest, AttachPodRequest, CheckDnsRequest,
     CheckHostnameRequest, DetachPodRequest, GarbageCollectRequest, NetworkSelection, PolicyKey,
     PolicyKind, PortMapping, ProgramServiceRequest, Protocol, ReleaseDeviceRequest, ServiceKey,
 };
-
-/// The `ErrorInfo.domain` of netlet's errors.
-pub const ERROR_DOMAIN: &str = "netlet.io";
-
-/// The `ErrorInfo.reason` of an `INVALID_ARGUMENT` naming a field.
-pub const REASON_INVALID_FIELD: &str = "INVALID_FIELD";
-
-/// A status about one request field, readable and structured: the message `"<field>: <why>"`,
-/// and in the details a `google.rpc.BadRequest` with that field violation and a
-/// `google.rpc.ErrorInfo` with `reason` (SCREAMING_SNAKE_CASE) in [`ERROR_DOMAIN`], so clients
-/// act on the reason and the field, never on the text.
-pub fn field_error(
-    code: tonic::Code,
-    field: impl std::fmt::Display,
-    why: impl std::fmt::Display,
-    reason: &str,
-) -> Status {
-    let (field, why) = (field.to_string(), why.to_string());
-    let mut details = ErrorDetails::new();
-    details.add_bad_request_violation(field.clone(), why.clone());
-    details.set_error_info(
-        reason,
-        ERROR_DOMAIN,
-        std::collections::HashMap::from([("field".to_string(), field.clone())]),
-    );
-    Status::with_error_details(code, format!("{field}: {why}"), details)
-}
-
-/// A status not about a field, with an `ErrorInfo` `reason` in [`ERROR_DOMAIN`].
-pub fn reason_error(code: tonic::Code, message: impl Into<String>, reason: &str) -> Status {
-    let details = ErrorDetails::with_error_info(
-        reason,
-        ERROR_DOMAIN,
-        std::collections::HashMap::<String, String>::new(),
-    );
-    Status::with_error_details(code, message, details)
-}
-
-/// `INVALID_ARGUMENT` with the message `"<field>: <why>"`, the field in a `BadRequest` and the
-/// reason [`REASON_INVALID_FIELD`].
-pub fn invalid(field: impl std::fmt::Display, why: impl std::fmt::Display) -> Status {
-    field_error(
-        tonic::Code::InvalidArgument,
-        field,
-        why,
-        REASON_INVALID_FIELD,
-    )
-}
-
-/// The `ErrorInfo.reason` a status carries, if any.
-pub fn error_reason(s: &Status) -> Option<String> {
-    s.get_details_error_info().map(|i| i.reason)
-}
-
-/// The first field a status's `BadRequest` names, if any.
-pub fn error_field(s: &Status) -> Option<String> {
-    s.get_details_bad_request()
-        .and_then(|b| b.field_violations.into_iter().next())
-        .map(|v| v.field)
-}
 
 type R = Result<(), Status>;
 
@@ -79,24 +24,6 @@ fn required(field: &str, v: &str) -> R {
         Err(invalid(field, "required"))
     } else {
         Ok(())
-    }
-}
-
-/// A DNS-1123 label: 1..63 of `[a-z0-9-]`, alphanumeric at both ends.
-pub fn dns_label(field: &str, v: &str) -> R {
-    required(field, v)?;
-    let ok = v.len() <= 63
-        && v.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !v.starts_with('-')
-        && !v.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            field,
-            format!("{v:?} is not a DNS-1123 label (1-63 of a-z, 0-9, '-')"),
-        ))
     }
 }
 
@@ -214,7 +141,7 @@ pub fn port_mappings(field: &str, list: &[PortMapping]) -> R {
                 format!("{} is not a protocol", pm.protocol),
             ));
         }
-        if pm.host_port != 0 && !seen.insert(crate::state::host_port_key(pm)) {
+        if pm.host_port != 0 && !seen.insert(crate::ports::host_port_key(pm)) {
             return Err(invalid(
                 format!("{field}[{i}].host_port"),
                 format!("{} mapped twice", pm.host_port),
@@ -291,61 +218,6 @@ pub mod limits {
     pub const MAX_STRING: usize = 1024;
     /// Routes of one attachment.
     pub const MAX_ROUTES: usize = 64;
-}
-
-/// A DNS-1123 subdomain: 1..253 of `[a-z0-9-.]`, alphanumeric at both ends (pod names).
-pub fn dns_subdomain(field: &str, v: &str) -> R {
-    let ok = !v.is_empty()
-        && v.len() <= 253
-        && v.split('.').all(|l| {
-            !l.is_empty()
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            field,
-            format!("{v:?} is not a DNS-1123 subdomain (1-253 of a-z, 0-9, '-', '.')"),
-        ))
-    }
-}
-
-/// A Kubernetes label or annotation key: `[prefix/]name`, the prefix a DNS subdomain, the name
-/// 1..63 of `[A-Za-z0-9-_.]`, alphanumeric at both ends.
-pub fn metadata_key(field: &str, k: &str) -> R {
-    let (prefix, name) = match k.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    if let Some(p) = prefix {
-        dns_subdomain(field, p)
-            .map_err(|_| invalid(field, format!("{k:?}: the prefix is not a DNS subdomain")))?;
-    }
-    if is_label_value(name) && !name.is_empty() {
-        Ok(())
-    } else {
-        Err(invalid(
-            field,
-            format!(
-                "{k:?} is not a label key (1-63 of A-Z, a-z, 0-9, '-', '_', '.', after an optional prefix/)"
-            ),
-        ))
-    }
-}
-
-/// A label value: 0..63 of `[A-Za-z0-9-_.]`, alphanumeric at both ends.
-/// Whether `v` is a label value (at most 63 characters: alphanumerics, `-`, `_`, `.`, an
-/// alphanumeric at both ends; empty is one).
-pub fn is_label_value(v: &str) -> bool {
-    v.len() <= 63
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        && v.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
-        && v.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
 }
 
 /// The pod's identity and metadata: names as Kubernetes spells them, labels and annotations
@@ -629,7 +501,7 @@ pub fn program_service(r: &ProgramServiceRequest) -> R {
         if let Some(j) = h
             .port_mappings
             .iter()
-            .position(|pm| !crate::state::is_published(pm))
+            .position(|pm| !crate::ports::is_published(pm))
         {
             return Err(invalid(
                 format!("{f}.port_mappings[{j}].host_port"),
