@@ -24,6 +24,7 @@ pub mod pending_detach;
 pub mod policy;
 pub mod registry;
 mod resync;
+pub mod served;
 pub mod services;
 pub mod store;
 pub mod wasm;

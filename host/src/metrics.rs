@@ -67,7 +67,7 @@ fn served_methods() -> HashSet<String> {
     .into_iter()
     .map(String::from)
     .collect();
-    let served = crate::api::host_services();
+    let served = crate::served::host_services();
     if let Ok(set) = prost_types::FileDescriptorSet::decode(netlet_sdk::proto::FILE_DESCRIPTOR_SET)
     {
         for f in &set.file {

@@ -7,28 +7,7 @@ use netlet_sdk::proto::{
 use tonic::{Request, Response, Status};
 
 use super::Api;
-
-/// Capabilities the host serves (routing them to drivers).
-pub const HOST_CAPABILITIES: &[Capability] = &[
-    Capability::Node,
-    Capability::Pods,
-    Capability::Services,
-    Capability::Policy,
-    Capability::Devices,
-    Capability::Cluster,
-];
-
-/// Fully qualified names of the netlet services the host serves.
-pub fn host_services() -> Vec<String> {
-    std::iter::once(netlet_proto::IDENTITY_SERVICE)
-        .chain(
-            HOST_CAPABILITIES
-                .iter()
-                .flat_map(|c| netlet_proto::services_of(*c).iter().copied()),
-        )
-        .map(str::to_string)
-        .collect()
-}
+use crate::served::{HOST_CAPABILITIES, host_services};
 
 #[tonic::async_trait]
 impl Identity for Api {

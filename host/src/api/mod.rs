@@ -9,7 +9,7 @@ mod pods;
 pub(crate) mod policy;
 pub(crate) mod services;
 
-pub use identity::{HOST_CAPABILITIES, host_services};
+pub use crate::served::{HOST_CAPABILITIES, host_services};
 
 use std::sync::{Arc, Mutex};
 
