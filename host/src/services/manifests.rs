@@ -699,10 +699,13 @@ pub(crate) async fn update_services(
     let prev = view.table.generation();
     let mut refused = BTreeMap::new();
     changes.retain(
-        |key, _| match view.check(source, &super::view::key(&key.0, &key.1)) {
+        |key, w| match view.check(source, &super::view::key(&key.0, &key.1)) {
             Ok(()) => true,
             Err(c) => {
-                refused.insert(key.clone(), format!("{origin}: {c}"));
+                // Gone from this source: nothing is refused any more.
+                if w.is_some() {
+                    refused.insert(key.clone(), format!("{origin}: {c}"));
+                }
                 false
             }
         },

@@ -132,8 +132,20 @@ fn serve_identity(netns: &Path, addr: &str) {
 /// Connects to `vip` from `netns` every millisecond until `want` answers; how long since
 /// `from` that took.
 fn until_answered(netns: PathBuf, vip: SocketAddr, want: &'static str, from: Instant) -> Duration {
+    until_answered_within(netns, vip, want, from, Duration::from_secs(120))
+}
+
+/// As [`until_answered`], giving up after `within` (a full sync of a large cluster: kube-proxy's
+/// first `nft -f` of 10k Services × 10 endpoints takes minutes here).
+fn until_answered_within(
+    netns: PathBuf,
+    vip: SocketAddr,
+    want: &'static str,
+    from: Instant,
+    within: Duration,
+) -> Duration {
     probe::run_in(&netns, move || {
-        let deadline = from + Duration::from_secs(120);
+        let deadline = from + within;
         loop {
             // A SYN lost while a rule lands costs at most this (a connection between
             // namespaces is set up in well under a millisecond).
@@ -350,6 +362,7 @@ fn kube_proxy(node: &Path, bin: &Path, kubeconfig: &Path, log: &Path) -> Killed 
             "127.0.0.1:10249",
             "--healthz-bind-address",
             "127.0.0.1:10256",
+            "--v=2",
         ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
@@ -584,7 +597,9 @@ async fn main() {
         let t = Instant::now();
         kube_proxy_child = Some(kube_proxy(&node_b.path, &kp, &kc_b, &kp_log));
         let nb = node_b.path.clone();
-        match std::panic::catch_unwind(move || until_answered(nb, probe_vip, WEB, t)) {
+        let within = Duration::from_secs(900);
+        match std::panic::catch_unwind(move || until_answered_within(nb, probe_vip, WEB, t, within))
+        {
             Ok(d) => sync_b.push(d),
             Err(_) => {
                 let log = std::fs::read_to_string(&kp_log).unwrap_or_default();
