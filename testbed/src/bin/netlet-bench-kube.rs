@@ -362,7 +362,6 @@ fn kube_proxy(node: &Path, bin: &Path, kubeconfig: &Path, log: &Path) -> Killed 
             "127.0.0.1:10249",
             "--healthz-bind-address",
             "127.0.0.1:10256",
-            "--v=2",
         ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
