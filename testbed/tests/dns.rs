@@ -1316,3 +1316,64 @@ async fn hostile_names_do_not_take_dns_down() {
     );
     assert_eq!(metric(&env, "dns_panics"), 0);
 }
+
+// Issue: cluster names never depend on the outside. A Service in a namespace named like a
+// public suffix (`shop`, `com`) is answered at once whether or not the node's upstream can be
+// reached; a public name the upstream once said exists stays protected while it is away.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_names_never_wait_for_the_upstream() {
+    const T: &str = "cluster_names_never_wait_for_the_upstream";
+    if !privileged(T) || tool("dig", T).is_none() || tool("ip", T).is_none() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut env = setup_with("dnsup", "", "").await;
+    let pod = start_pod(&mut env, "blog", "reader").await;
+    // With the upstream there: yahoo.com exists, so the Service yahoo in namespace com does
+    // not answer for it.
+    eventually(
+        "yahoo.com.svc.cluster.local refused while yahoo.com exists",
+        || dig(&pod, &["+nosearch", "yahoo.com.svc.cluster.local"]).status == "NXDOMAIN",
+    );
+    // The upstream goes away: its link down, its packets lost (a timeout, not a refusal).
+    let down = Command::new("ip")
+        .args([
+            "-n",
+            &netns_name(&env._up.path),
+            "link",
+            "set",
+            "node0",
+            "down",
+        ])
+        .status()
+        .unwrap();
+    assert!(down.success());
+    // A Service created now in namespace shop (a public suffix) whose name was never asked
+    // upstream: answered at once.
+    write_policy(
+        &env,
+        "api.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: shop}\nspec: {clusterIP: 10.96.1.40, ports: [{name: http, port: 80}]}\n",
+    );
+    eventually("api.shop is in the zone", || {
+        dig(&pod, &["+nosearch", "api.shop.svc.cluster.local"]).status != "SERVFAIL"
+    });
+    // dig gives up after one second (the upstream's own timeout is 2 s): an answer that waited
+    // for the upstream never arrives.
+    for name in ["api.shop.svc.cluster.local", "web.shop.svc.cluster.local"] {
+        let d = dig(&pod, &["+nosearch", "+tries=1", "+time=1", name]);
+        assert_eq!(d.status, "NOERROR", "{name}: {d:?}");
+        assert_eq!(d.data("A").len(), 1, "{name}: {d:?}");
+    }
+    // What the upstream said before it went away still holds: yahoo.com stays protected.
+    let d = dig(
+        &pod,
+        &[
+            "+nosearch",
+            "+tries=1",
+            "+time=1",
+            "yahoo.com.svc.cluster.local",
+        ],
+    );
+    assert_eq!(d.status, "NXDOMAIN", "{d:?}");
+}

@@ -15,7 +15,7 @@ pub mod zone;
 
 pub use host::{ServiceObject, ServiceObjects, group_services};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -188,7 +188,24 @@ pub struct Dns {
     pub egress: egress::Egress,
     /// Open DNS-over-TCP connections by source address.
     tcp_conns: Mutex<HashMap<IpAddr, usize>>,
+    /// Public names a Service could shadow, and whether the upstream last said they exist.
+    public_names: Mutex<HashMap<String, bool>>,
+    /// Public names being asked about now.
+    public_checks: Mutex<HashSet<String>>,
+    /// This server, for the checks it starts.
+    me: std::sync::Weak<Dns>,
+    /// No upstream answered the last exchange.
+    upstream_down: std::sync::atomic::AtomicBool,
 }
+
+/// Public names remembered at most (a new one past this many starts the memory afresh).
+const MAX_PUBLIC_NAMES: usize = 65_536;
+/// Longest wait between two questions about a public name the upstream has not answered yet.
+const PUBLIC_RECHECK_MAX: Duration = Duration::from_secs(30);
+/// Longest a cluster name waits for the upstream to say whether its public counterpart exists
+/// (an upstream that answers does so in far less); past it, or with the upstream known to be
+/// away, the cluster name is answered and the question goes on in the background.
+const PUBLIC_WAIT: Duration = Duration::from_millis(250);
 
 /// DNS-over-TCP connections one source may hold open at once (a pod's resolver needs one or
 /// two); more are closed at once.
@@ -257,7 +274,11 @@ impl Dns {
     /// A server with an empty zone, no clients and no policies.
     pub fn new(cfg: Config, modules: Arc<Modules>) -> Arc<Self> {
         let domain = cfg.domain.clone();
-        Arc::new(Dns {
+        Arc::new_cyclic(|me| Dns {
+            public_names: Mutex::default(),
+            public_checks: Mutex::default(),
+            me: me.clone(),
+            upstream_down: Default::default(),
             zone: RwLock::new(Arc::new(Zone::new(&domain))),
             clients: RwLock::new(HashMap::new()),
             policies: RwLock::new(Arc::new(Policies::default())),
@@ -283,6 +304,14 @@ impl Dns {
     /// Replaces the cluster zone.
     pub fn set_zone(&self, z: Zone) {
         *self.zone.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(z);
+    }
+
+    /// The cluster zone now (a snapshot: later changes do not reach it).
+    pub fn zone(&self) -> Arc<Zone> {
+        self.zone
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Changes the cluster zone in place. Queries under way keep the snapshot they took (the
@@ -493,11 +522,7 @@ impl Dns {
         qclass: DNSClass,
     ) -> Resolution {
         let behaviour = policies.behaviour(client, self.cfg.defaults);
-        let zone = self
-            .zone
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let zone = self.zone();
         // Server-side search: the pod's first try along its search list, for a name that is
         // not a cluster name, is expanded here along the rest of the list.
         if behaviour.server_side_search
@@ -737,6 +762,11 @@ impl Dns {
     /// Whether `qname` is a Service name in a namespace named like a public suffix (`com`)
     /// whose public counterpart (`yahoo.com` for `yahoo.com.svc.cluster.local`) exists: then
     /// the cluster name would answer for the public one through a pod's search walk.
+    ///
+    /// A cluster name never waits long for, or fails with, the outside: what the upstream last
+    /// said of the public name decides (refreshed in the background); a name it never answered
+    /// for is asked now, for at most [`PUBLIC_WAIT`] and not at all while the upstream is known
+    /// to be away, and meanwhile the Service is answered.
     async fn shadows_public(&self, zone: &Zone, qname: &str, qclass: DNSClass) -> bool {
         let Some(rest) = qname
             .strip_suffix(zone.domain.as_str())
@@ -753,9 +783,89 @@ impl Dns {
             return false;
         }
         let public = format!("{rest}.");
-        let r = self.upstream(&public, RecordType::A, qclass).await;
-        // Unreachable upstreams: the public name may well exist; do not answer for it.
-        r.rcode != ResponseCode::NXDomain
+        let known = self
+            .public_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&public)
+            .copied();
+        if known.is_none() && !self.upstream_down.load(Ordering::Relaxed) {
+            let asked =
+                tokio::time::timeout(PUBLIC_WAIT, self.upstream(&public, RecordType::A, qclass))
+                    .await;
+            match asked.map(|r| r.rcode) {
+                Ok(ResponseCode::NXDomain) => return self.learn_public(&public, false),
+                Ok(ResponseCode::NoError) => return self.learn_public(&public, true),
+                _ => {}
+            }
+        }
+        // Known (refreshed when the cached answer expires), or not known yet (asked again).
+        self.check_public(public, qclass);
+        known.unwrap_or(false)
+    }
+
+    /// Records what the upstream said of a public name; returns it.
+    fn learn_public(&self, public: &str, exists: bool) -> bool {
+        let mut known = self
+            .public_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if known.len() >= MAX_PUBLIC_NAMES && !known.contains_key(public) {
+            known.clear();
+        }
+        known.insert(public.to_string(), exists);
+        exists
+    }
+
+    /// Asks the upstream whether `public` exists, in the background (once at a time per name;
+    /// a fresh cached answer costs no exchange): NXDOMAIN → no, an answer → yes, no answer →
+    /// what was known stays.
+    fn check_public(&self, public: String, qclass: DNSClass) {
+        let Some(me) = self.me.upgrade() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self
+            .public_checks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(public.clone())
+        {
+            return;
+        }
+        rt.spawn(async move {
+            // Never answered yet: asked again, less and less often, while its Service stays.
+            let mut wait = Duration::from_millis(500);
+            loop {
+                let r = me.upstream(&public, RecordType::A, qclass).await;
+                let exists = match r.rcode {
+                    ResponseCode::NXDomain => Some(false),
+                    ResponseCode::NoError => Some(true),
+                    _ => None,
+                };
+                if let Some(exists) = exists {
+                    me.learn_public(&public, exists);
+                }
+                let settled = me
+                    .public_names
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains_key(&public);
+                let wanted = public
+                    .trim_end_matches('.')
+                    .split_once('.')
+                    .is_some_and(|(svc, ns)| me.zone().has_service(svc, ns));
+                if settled || !wanted {
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(PUBLIC_RECHECK_MAX);
+            }
+            me.public_checks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&public);
+        });
     }
 
     async fn upstream(&self, qname: &str, qtype: RecordType, qclass: DNSClass) -> Resolution {
@@ -852,6 +962,7 @@ impl Dns {
                         if m.metadata.id == q.metadata.id
                             && m.metadata.response_code != ResponseCode::ServFail =>
                     {
+                        self.upstream_down.store(false, Ordering::Relaxed);
                         return Some(m);
                     }
                     _ => {}
@@ -862,6 +973,9 @@ impl Dns {
                 Err(_) => tracing::debug!(upstream = %up, "upstream DNS exchange timed out"),
             }
             self.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if !self.cfg.upstreams.is_empty() {
+            self.upstream_down.store(true, Ordering::Relaxed);
         }
         None
     }
