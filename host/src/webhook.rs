@@ -204,6 +204,23 @@ async fn handle(host: &Host, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "POST an AdmissionReview\n".into(),
         );
     }
+    // A body declared too large is refused before a byte of it is read: a client waiting for
+    // `100 Continue` then never sends it, and one already sending is not cut off mid-way.
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > MAX_BODY as u64) {
+        let mut r = reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body not read: {n} bytes declared (at most {MAX_BODY} bytes)\n"),
+        );
+        r.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        return r;
+    }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
