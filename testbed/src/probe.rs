@@ -353,6 +353,21 @@ pub fn link_up(netns: &Path, name: &str) -> Result<(), String> {
     })
 }
 
+/// Sets interface `name` down inside `netns` (its traffic is lost, not refused).
+pub fn link_down(netns: &Path, name: &str) -> Result<(), String> {
+    let name = name.to_string();
+    in_ns_rt(netns, move |h| {
+        Box::pin(async move {
+            let idx = nl_index(&h, &name).await?;
+            h.link()
+                .set(rtnetlink::LinkUnspec::new_with_index(idx).down().build())
+                .execute()
+                .await
+                .map_err(|e| format!("{name} down: {e}"))
+        })
+    })
+}
+
 fn in_ns_rt<R: Send + 'static>(
     netns: &Path,
     f: impl FnOnce(rtnetlink::Handle) -> std::pin::Pin<Box<dyn Future<Output = Result<R, String>>>>

@@ -774,15 +774,13 @@ impl Dns {
         else {
             return false;
         };
-        let labels: Vec<&str> = rest.split('.').collect();
-        if labels.len() < 2 {
+        let public = format!("{rest}.");
+        let Some((svc, ns)) = shadowing_service(&public) else {
             return false;
-        }
-        let (ns, svc) = (labels[labels.len() - 1], labels[labels.len() - 2]);
+        };
         if !zone.has_service(svc, ns) || !is_public_suffix(ns) {
             return false;
         }
-        let public = format!("{rest}.");
         let known = self
             .public_names
             .lock()
@@ -793,10 +791,8 @@ impl Dns {
             let asked =
                 tokio::time::timeout(PUBLIC_WAIT, self.upstream(&public, RecordType::A, qclass))
                     .await;
-            match asked.map(|r| r.rcode) {
-                Ok(ResponseCode::NXDomain) => return self.learn_public(&public, false),
-                Ok(ResponseCode::NoError) => return self.learn_public(&public, true),
-                _ => {}
+            if let Some(exists) = asked.ok().and_then(|r| self.learn_public(&public, r.rcode)) {
+                return exists;
             }
         }
         // Known (refreshed when the cached answer expires), or not known yet (asked again).
@@ -804,8 +800,14 @@ impl Dns {
         known.unwrap_or(false)
     }
 
-    /// Records what the upstream said of a public name; returns it.
-    fn learn_public(&self, public: &str, exists: bool) -> bool {
+    /// Records what the upstream's answer (`rcode`) says of a public name: NXDOMAIN → it does
+    /// not exist, an answer → it does; anything else says nothing (`None`, nothing recorded).
+    fn learn_public(&self, public: &str, rcode: ResponseCode) -> Option<bool> {
+        let exists = match rcode {
+            ResponseCode::NXDomain => false,
+            ResponseCode::NoError => true,
+            _ => return None,
+        };
         let mut known = self
             .public_names
             .lock()
@@ -814,7 +816,7 @@ impl Dns {
             known.clear();
         }
         known.insert(public.to_string(), exists);
-        exists
+        Some(exists)
     }
 
     /// Asks the upstream whether `public` exists, in the background (once at a time per name;
@@ -838,22 +840,13 @@ impl Dns {
             let mut wait = Duration::from_millis(500);
             loop {
                 let r = me.upstream(&public, RecordType::A, qclass).await;
-                let exists = match r.rcode {
-                    ResponseCode::NXDomain => Some(false),
-                    ResponseCode::NoError => Some(true),
-                    _ => None,
-                };
-                if let Some(exists) = exists {
-                    me.learn_public(&public, exists);
-                }
+                me.learn_public(&public, r.rcode);
                 let settled = me
                     .public_names
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .contains_key(&public);
-                let wanted = public
-                    .trim_end_matches('.')
-                    .split_once('.')
+                let wanted = shadowing_service(&public)
                     .is_some_and(|(svc, ns)| me.zone().has_service(svc, ns));
                 if settled || !wanted {
                     break;
@@ -1028,6 +1021,15 @@ fn kind(t: RecordType) -> Kind {
 }
 
 /// Whether a single label is a public suffix of the public-suffix list (`com`, `dev`, `co`).
+/// The Service `(name, namespace)` whose cluster name would shadow public name `public`
+/// (`www.yahoo.com.` → `yahoo` of namespace `com`): its last two labels.
+fn shadowing_service(public: &str) -> Option<(&str, &str)> {
+    let mut labels = public.trim_end_matches('.').rsplitn(3, '.');
+    let ns = labels.next()?;
+    let svc = labels.next()?;
+    Some((svc, ns))
+}
+
 pub fn is_public_suffix(label: &str) -> bool {
     psl::suffix(label.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == label.as_bytes())
 }
