@@ -155,9 +155,13 @@ impl Host {
         keys: impl IntoIterator<Item = (String, String)>,
     ) {
         let Some(dns) = &self.dns else { return };
+        let mut touched: Vec<(String, String)> = keys.into_iter().collect();
+        if touched.is_empty() && changes.as_ref().is_none_or(|(_, c)| c.is_empty()) {
+            // An endpoints-only batch: nothing to look at, not even the view's lock.
+            return;
+        }
         let view = self.services.lock().await;
         let mut all = self.dns_objects.lock().unwrap_or_else(|e| e.into_inner());
-        let mut touched: Vec<(String, String)> = keys.into_iter().collect();
         if let Some((source, changes)) = changes {
             let mine = all.entry(source).or_default();
             for (key, o) in changes {
@@ -167,9 +171,6 @@ impl Host {
                 };
                 touched.push(key);
             }
-        }
-        if touched.is_empty() {
-            return;
         }
         dns.update_zone(|z| {
             for key in &touched {

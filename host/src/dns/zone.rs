@@ -16,7 +16,7 @@
 //!   (or an empty non-terminal such as `<ns>.svc.<zone>`): NOERROR with no answers. Both carry
 //!   the zone's SOA.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -242,40 +242,6 @@ impl Zone {
         };
         let version = format!("dns-version.{}", z.domain);
         z.put(&version, Some(&Data::Txt(SCHEMA_VERSION.into())));
-        z
-    }
-
-    /// Builds the zone for `domain` (e.g. `cluster.local`) from Service and EndpointSlice
-    /// objects.
-    pub fn build<'a>(
-        domain: &str,
-        services: impl IntoIterator<Item = &'a KService>,
-        slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    ) -> Zone {
-        let mut z = Zone::new(domain);
-        let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
-        for s in slices {
-            let ns = s.metadata.namespace.clone().unwrap_or_default();
-            if let Some(svc) = s
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"))
-            {
-                by_service.entry((ns, svc.clone())).or_default().push(s);
-            }
-        }
-        for svc in services {
-            let key = (
-                svc.metadata
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into()),
-                svc.metadata.name.clone().unwrap_or_default(),
-            );
-            let mine = by_service.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-            z.set_object(svc, mine);
-        }
         z
     }
 
@@ -601,11 +567,11 @@ mod tests {
                     now.insert(key, (s, Some(sl)));
                 }
             }
-            let fresh = Zone::build(
-                "cluster.local",
-                now.values().map(|(s, _)| s),
-                now.values().filter_map(|(_, l)| l.as_ref()),
-            );
+            // Built afresh: every Service now, in one pass, into an empty zone.
+            let mut fresh = Zone::new("cluster.local");
+            for (s, l) in now.values() {
+                fresh.set_object(s, &l.iter().collect::<Vec<_>>());
+            }
             let norm = |z: &Zone| {
                 let mut r: Vec<(String, Vec<Data>)> = z
                     .records
