@@ -783,33 +783,24 @@ impl Applier {
         out
     }
 
-    /// One Service as the stores hold it now: what netlet wants of it (`None`: nothing), what
-    /// was left out, and the objects (for the zone).
-    fn service(
-        host: &Host,
-        key: &Key,
-        service: Option<Arc<Service>>,
-        slices: Vec<Arc<EndpointSlice>>,
-    ) -> (Option<Wanted>, Vec<String>, Option<ServiceObject>) {
-        let Some(service) = service else {
-            return (None, Vec::new(), None);
-        };
-        let mine: Vec<(String, &EndpointSlice)> = slices
+    /// What netlet wants of one Service as the stores hold it (`None`: nothing), and what was
+    /// left out of it.
+    fn wanted(host: &Host, key: &Key, o: &ServiceObject) -> (Option<Wanted>, Vec<String>) {
+        let mine: Vec<(String, &EndpointSlice)> = o
+            .slices
             .iter()
             .map(|s| (ORIGIN.to_string(), s.as_ref()))
             .collect();
-        let (wanted, left_out) = match wanted_one(
+        match wanted_one(
             ORIGIN,
-            &service,
+            &o.service,
             |_| &mine,
             &host.settings.node,
             &host.settings.node_port_range,
         ) {
             Some((k, w, e)) if &k == key => (w, e),
             _ => (None, Vec::new()),
-        };
-        drop(mine);
-        (wanted, left_out, Some(ServiceObject { service, slices }))
+        }
     }
 
     fn set_claims(&mut self, key: &Key, o: Option<&ServiceObject>) {
@@ -837,7 +828,7 @@ impl Applier {
         self.claims.clear();
         self.claims_changed = true;
         for (key, o) in &objects {
-            let (w, e, _) = Self::service(host, key, Some(o.service.clone()), o.slices.clone());
+            let (w, e) = Self::wanted(host, key, o);
             if let Some(w) = w {
                 wanted.insert(key.clone(), w);
             }
@@ -882,7 +873,11 @@ impl Applier {
                         .get(&reflector::ObjectRef::new(n).within(&key.0))
                 })
                 .collect();
-            let (w, e, o) = Self::service(host, &key, service, slices);
+            let o = service.map(|service| ServiceObject { service, slices });
+            let (w, e) = o
+                .as_ref()
+                .map(|o| Self::wanted(host, &key, o))
+                .unwrap_or_default();
             for e in &e {
                 tracing::error!(source = ORIGIN, error = %e, "object left out");
             }
@@ -900,6 +895,12 @@ impl Applier {
         for (key, why) in refused {
             tracing::error!(source = ORIGIN, error = %why, "Service not applied: another source owns it");
             self.refused.insert(key, why);
+        }
+        for m in conflicts
+            .iter()
+            .filter(|m| !self.claim_conflicts.contains(m))
+        {
+            tracing::error!(source = ORIGIN, conflict = %m, "Service asks for what another holds");
         }
         self.claim_conflicts = conflicts;
         host.update_dns_zone(Some((Source::Kubernetes, zone)), [])

@@ -582,12 +582,11 @@ pub async fn watch(host: Arc<Host>, dir: PathBuf) {
     }
 }
 
-/// Brings the node to what an object source holds: its Services (`wanted`, with what was left
-/// out, from `m` or, for the Kubernetes source, from its stores), the DNS zone (`dns`), the
-/// pods and namespaces policy selectors resolve against and its policies (`m`: the manifests,
-/// or the other objects the Kubernetes API source holds, as one pseudo-file). What is left out
-/// or conflicts is reported as `origin: …` (for the manifests, as `file: …`). The first apply
-/// of the last source still unread lets the drivers have their first full sync.
+/// Brings the node to what the manifests hold, as a whole: its Services (`wanted`, with what
+/// was left out), the DNS zone (`dns`), its nodes, the pods and namespaces policy selectors
+/// resolve against and its policies. What is left out or conflicts is reported as `file: …`.
+/// The first apply, if it is the last source still unread, lets the drivers have their first
+/// full sync. (The Kubernetes source applies the same parts one Service at a time.)
 pub(crate) async fn apply(
     host: &Arc<Host>,
     source: Source,
@@ -641,6 +640,9 @@ pub(crate) async fn replace_services(
     // Two Services asking for one address and port: the first holds it (reported, not
     // refused: the data plane keeps serving the holder and hands it on when it goes).
     let conflicts = claim_conflicts(&view, source, origin);
+    for m in &conflicts {
+        tracing::error!(source = what, conflict = %m, "Service asks for what another holds");
+    }
     // This source's first read: once it was the last one unread, every driver may have its
     // first full sync (a driver with nothing applied is sent the whole table).
     let all_loaded = host.source_read(source);
@@ -654,19 +656,15 @@ pub(crate) async fn replace_services(
     (refused, conflicts, all_loaded)
 }
 
-/// Services of `source` waiting for what another Service holds, as messages (logged).
+/// Services of `source` waiting for what another Service holds, as messages.
 fn claim_conflicts(
     view: &super::sources::ServiceView,
     source: Source,
     origin: &str,
 ) -> Vec<String> {
-    let what = source.as_str();
     view.claim_conflicts(source)
         .into_iter()
-        .map(|m| {
-            tracing::error!(source = what, conflict = %m, "Service asks for what another holds");
-            format!("{origin}: {m}")
-        })
+        .map(|m| format!("{origin}: {m}"))
         .collect()
 }
 
@@ -688,7 +686,8 @@ async fn push_services(
 
 /// Sets what `source` wants of some Services only (`None`: nothing any more), as a watch event
 /// tells it, and sends drivers the change of those Services alone. Returns, for each key, why
-/// it was refused (another source owns it), and the source's claim conflicts now.
+/// it was refused (another source owns it), and the source's claim conflicts now (not logged:
+/// the caller logs those that are new).
 pub(crate) async fn update_services(
     host: &Arc<Host>,
     source: Source,
