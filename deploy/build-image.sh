@@ -45,6 +45,9 @@ for applet in sh cp mv cat ls mkdir rm; do
   ln -s busybox "$rootfs/bin/$applet"
 done
 echo "root:x:0:0:root:/:/bin/sh" > "$rootfs/etc/passwd"
+# /var/run is /run, as on the nodes: runtimes hand CNI plugins namespaces under /var/run/netns.
+mkdir -p "$rootfs/run" "$rootfs/var"
+ln -s ../run "$rootfs/var/run"
 mkdir -p "$out"
 archive="$out/netlet-$version.oci.tar"
 python3 "$root/deploy/oci_image.py" --gzip "$rootfs" "docker.io/library/netlet:$version" "$archive" \

@@ -45,7 +45,11 @@ def layer_of(rootfs):
                 rel = os.path.relpath(top, rootfs)
                 if rel != ".":
                     add(top, rel)
-                for f in sorted(files):
+                # A symbolic link to a directory (var/run -> ../run) is listed among the
+                # directories but never walked into: it is an entry of its own.
+                links = [d for d in dirs if os.path.islink(os.path.join(top, d))]
+                dirs[:] = [d for d in dirs if d not in links]
+                for f in sorted(files + links):
                     p = os.path.join(top, f)
                     add(p, os.path.normpath(os.path.join(rel, f)))
     return buf.getvalue()
