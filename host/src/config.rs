@@ -132,6 +132,22 @@ pub struct NodeConfig {
     /// Hostname claims: what a name no grant covers gets, and the admission webhook.
     #[serde(default)]
     pub hostnames: Option<HostnamesConfig>,
+    /// The container runtime's CNI configuration, installed once the node is ready.
+    #[serde(default)]
+    pub cni_config: Option<CniConfigFile>,
+}
+
+/// `cniConfig:` of the NodeConfig: the file `source` is copied to `target` (the runtime's CNI
+/// configuration directory) once the node's network is ready, and again whenever `target`
+/// differs from `source` while it is ready; it is never removed (pods keep being torn down
+/// through the shim while the host restarts).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CniConfigFile {
+    /// The configuration to install (e.g. from the DaemonSet's ConfigMap).
+    pub source: PathBuf,
+    /// Where the runtime reads it (e.g. `/host/etc/cni/net.d/10-netlet.conflist`).
+    pub target: PathBuf,
 }
 
 /// `hostnames:` of the NodeConfig.
@@ -340,6 +356,8 @@ pub struct Settings {
     pub no_grant: crate::hostnames::NoGrant,
     /// The hostname admission webhook: where it listens, its certificate and key files.
     pub webhook: Option<(std::net::SocketAddr, PathBuf, PathBuf)>,
+    /// The CNI configuration installed once the node is ready: (source, target).
+    pub cni_config: Option<(PathBuf, PathBuf)>,
 }
 
 /// Command-line overrides.
@@ -606,6 +624,20 @@ impl NodeConfig {
                 Some((listen, base.join(w.cert_file), base.join(w.key_file)))
             }
         };
+        let cni_config = match &self.cni_config {
+            None => None,
+            Some(c) => {
+                for (field, p) in [("cniConfig.source", &c.source), ("cniConfig.target", &c.target)] {
+                    if !p.is_absolute() || p.file_name().is_none() {
+                        return Err(invalid(
+                            field,
+                            format!("{} is not an absolute file path", p.display()),
+                        ));
+                    }
+                }
+                Some((c.source.clone(), c.target.clone()))
+            }
+        };
         let socket = o
             .socket
             .or(self.socket)
@@ -653,6 +685,7 @@ impl NodeConfig {
             wasm,
             no_grant,
             webhook,
+            cni_config,
         })
     }
 }
@@ -755,6 +788,39 @@ mod tests {
 
     fn settings(text: &str) -> Result<Settings> {
         parse("t.yaml", text)?.settings("t.yaml", Overrides::default())
+    }
+
+    /// The NodeConfig deploy/netlet.yaml ships is valid, and says what its comments promise.
+    #[test]
+    fn the_deployed_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/netlet.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let cm = netlet_sdk::yaml::documents::<serde_json::Value>(&text)
+            .unwrap()
+            .into_iter()
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "netlet-config")
+            .expect("the ConfigMap netlet-config");
+        let s = settings(cm["data"]["node.yaml"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            s.cni_config,
+            Some((
+                PathBuf::from("/config/10-netlet.conflist"),
+                PathBuf::from("/host/etc/cni/net.d/10-netlet.conflist")
+            ))
+        );
+        let dns = s.dns.expect("node-local DNS on");
+        assert!(dns.listen.contains(&"10.96.0.10:53".parse().unwrap()), "{:?}", dns.listen);
+        let conflist: serde_json::Value =
+            serde_json::from_str(cm["data"]["10-netlet.conflist"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            conflist["plugins"][0]["capabilities"],
+            serde_json::json!({"portMappings": true, "bandwidth": true})
+        );
+        let e = settings(
+            "apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\ncniConfig: {source: rel.conflist, target: /etc/cni/net.d/x.conflist}\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cniConfig.source"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod api;
 pub mod attach;
 pub mod auth;
 pub mod cluster;
+pub mod cni_config;
 pub mod config;
 pub mod crd;
 pub mod dns;
@@ -365,6 +366,15 @@ pub async fn run(
     )));
     if let Some(dir) = settings.manifests_dir.clone() {
         tasks.push(tokio::spawn(services::manifests::watch(host.clone(), dir)));
+    }
+    if let Some((source, target)) = settings.cni_config.clone() {
+        let h = host.clone();
+        tasks.push(tokio::spawn(cni_config::keep_installed(
+            source,
+            target,
+            move || h.readiness("").ready,
+            stopped(host.shutdown.clone()),
+        )));
     }
     if let Some(kc) = settings.kubeconfig.clone() {
         let client = services::kube::client(&kc)

@@ -5,8 +5,11 @@
 #   registry.k8s.io/pause:3.10.1                       testbed/cri/pause
 #   registry.k8s.io/e2e-test-images/agnhost:2.56       k8s.io/kubernetes/test/images/agnhost (the
 #       version pinned in apiserver/go.mod), with what its Dockerfile adds from Alpine taken from
-#       this machine instead: sh and the small tools from busybox, curl, dig, ip, ss
+#       this machine instead: sh and the small tools from busybox, curl, dig, nslookup, host,
+#       ip, ss, getent, nc (netcat-openbsd), bash
 #   registry.k8s.io/e2e-test-images/busybox:1.37.0-1   busybox
+#   registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7  the DNS tests' resolver tools (dig,
+#       getent with this machine's glibc resolver) with busybox's sh
 #
 #   testbed/k8s/images.sh OUT_DIR
 #
@@ -59,9 +62,13 @@ if [ "$(cat "$cache/STAMP" 2>/dev/null)" != "$stamp" ]; then
   (cd "$here/apiserver" && CGO_ENABLED=0 go build -o "$a/agnhost" k8s.io/kubernetes/test/images/agnhost)
   ln -s agnhost "$a/agnhost-2"
   mkdir -p "$a/uploads"
-  for b in /usr/bin/curl /usr/bin/dig /usr/sbin/ip /usr/bin/ss; do
-    with_libs "$a" "$b" "/usr/bin/$(basename "$b")"
-    rm -f "$a/bin/$(basename "$b")"
+  # As the upstream image's Dockerfile adds from Alpine: bind-tools, curl, netcat-openbsd,
+  # iproute2 and bash (the suites run `nc -v -t -w 2`, `dig`, `getent hosts`, `ss`).
+  for b in /usr/bin/curl /usr/bin/dig /usr/bin/nslookup /usr/bin/host /usr/sbin/ip /usr/bin/ss \
+    /usr/bin/getent /usr/bin/nc.openbsd:/usr/bin/nc /bin/bash; do
+    to=/usr/bin/$(basename "${b#*:}")
+    with_libs "$a" "${b%%:*}" "$to"
+    rm -f "$a/bin/$(basename "$to")"
   done
   # curl's and dig's certificates and name service configuration.
   mkdir -p "$a/etc/ssl/certs"
@@ -69,6 +76,16 @@ if [ "$(cat "$cache/STAMP" 2>/dev/null)" != "$stamp" ]; then
   echo "hosts: files dns" >"$a/etc/nsswitch.conf"
   python3 "$root/deploy/oci_image.py" --gzip "$a" registry.k8s.io/e2e-test-images/agnhost:2.56 \
     "$cache/agnhost.tar" /agnhost --env PATH=/usr/bin:/bin
+  j=$work/jessie
+  busybox_into "$j"
+  for b in /usr/bin/dig /usr/bin/getent /usr/bin/nslookup /usr/bin/host; do
+    [ -x "$b" ] || continue
+    with_libs "$j" "$b"
+    rm -f "$j/bin/$(basename "$b")"
+  done
+  echo "hosts: files dns" >"$j/etc/nsswitch.conf"
+  python3 "$root/deploy/oci_image.py" --gzip "$j" registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7 \
+    "$cache/jessie-dnsutils.tar" /bin/sh --env PATH=/usr/bin:/bin
   echo "$stamp" >"$cache/STAMP"
 fi
 mkdir -p "$out"

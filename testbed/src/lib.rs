@@ -2,6 +2,7 @@
 //! tests and benchmarks use to run real hosts and drivers, and a no-data-plane fixture driver.
 
 pub mod checks;
+pub mod cluster;
 pub mod conformance;
 pub mod harness;
 pub mod k8s;

@@ -1431,3 +1431,38 @@ async fn the_host_decides_hostname_grants() {
         );
     }
 }
+
+/// `cniConfig:` the runtime's CNI configuration appears only once the node is ready (so a
+/// runtime, and the kubelet after it, report the node's network ready only then), with the
+/// source's content, and follows a changed source.
+#[tokio::test]
+async fn the_cni_configuration_is_installed_once_the_node_is_ready() {
+    let d = tempfile::tempdir().unwrap();
+    let (source, target) = (d.path().join("src.conflist"), d.path().join("net.d/10-netlet.conflist"));
+    std::fs::write(&source, r#"{"cniVersion": "1.0.0", "name": "netlet", "plugins": [{"type": "netlet"}]}"#).unwrap();
+    let extra = format!(
+        "cniConfig: {{source: {}, target: {}}}\n",
+        source.display(),
+        target.display()
+    );
+    // No driver serves the default network yet: not ready, nothing installed.
+    let h = Host::start("", &extra).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = readiness(&h.clients().await).await;
+    assert!(!r.ready, "{r:?}");
+    assert!(!target.exists(), "installed before the node is ready");
+    let (_ext, _sock) = h.external_fixture("ext", "default", &[]);
+    h.wait_ready("").await;
+    let installed = wait_until("the CNI configuration installed", T, || {
+        let t = target.clone();
+        async move { std::fs::read_to_string(t).ok() }
+    })
+    .await;
+    assert_eq!(installed, std::fs::read_to_string(&source).unwrap());
+    std::fs::write(&source, "changed").unwrap();
+    wait_until("the changed configuration installed", T, || {
+        let t = target.clone();
+        async move { (std::fs::read_to_string(t).ok()? == "changed").then_some(()) }
+    })
+    .await;
+}
