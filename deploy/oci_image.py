@@ -4,7 +4,7 @@ named for containerd with the io.containerd.image.name annotation, for `ctr imag
 registry and no container daemon are needed (none is reachable from the project's machines).
 The layer is reproducible: entries sorted, owned by root, timestamps zero.
 
-Usage: oci_image.py [--gzip] ROOTFS IMAGE_NAME OUT.tar [ENTRYPOINT ...] [--env K=V ...]
+Usage: oci_image.py [--gzip] ROOTFS IMAGE_NAME OUT.tar [ENTRYPOINT ...] [--env K=V ...] [--cmd ARG ...]
 ROOTFS is a directory (its contents become /), or a single file (it becomes /<its name>).
 """
 import gzip
@@ -60,7 +60,9 @@ def main():
     compress = "--gzip" in args
     args = [a for a in args if a != "--gzip"]
     env = [args[i + 1] for i, a in enumerate(args) if a == "--env"]
-    args = [a for i, a in enumerate(args) if a != "--env" and (i == 0 or args[i - 1] != "--env")]
+    cmd = [args[i + 1] for i, a in enumerate(args) if a == "--cmd"]
+    args = [a for i, a in enumerate(args)
+            if a not in ("--env", "--cmd") and (i == 0 or args[i - 1] not in ("--env", "--cmd"))]
     rootfs, name, out = args[0:3]
     entrypoint = args[3:] or ["/" + os.path.basename(rootfs)]
     tar_bytes = layer_of(rootfs)
@@ -72,6 +74,8 @@ def main():
         config = {"Entrypoint": entrypoint}
         if env:
             config["Env"] = env
+        if cmd:
+            config["Cmd"] = cmd
         config = json.dumps({
             "architecture": "amd64", "os": "linux",
             "config": config,

@@ -270,6 +270,9 @@ done
 for a in $dir/images/*.tar; do
   ctr --address "$d/containerd.sock" -n k8s.io images import --no-unpack "\$a" >/dev/null
 done
+# The network-policy-api conformance suite (v0.2.0) names an older agnhost.
+ctr --address "$d/containerd.sock" -n k8s.io images tag --force registry.k8s.io/e2e-test-images/agnhost:2.56 \
+  registry.k8s.io/e2e-test-images/agnhost:2.45 >/dev/null
 exec "$bin/kubelet" --config "$d/kubelet.yaml" --kubeconfig "$d/kubelet.kubeconfig" \
   --hostname-override $n --node-ip 192.0.2.1$i,2001:db8::1$i --v=2
 EOF

@@ -61,6 +61,9 @@ if [ "$(cat "$cache/STAMP" 2>/dev/null)" != "$stamp" ]; then
   busybox_into "$a"
   (cd "$here/apiserver" && CGO_ENABLED=0 go build -o "$a/agnhost" k8s.io/kubernetes/test/images/agnhost)
   ln -s agnhost "$a/agnhost-2"
+  # The user and group the SupplementalGroups test expects in the image.
+  echo "user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh" >>"$a/etc/passwd"
+  echo "group-defined-in-image:x:50000:user-defined-in-image" >>"$a/etc/group"
   mkdir -p "$a/uploads"
   # As the upstream image's Dockerfile adds from Alpine: bind-tools, curl, netcat-openbsd,
   # iproute2 and bash (the suites run `nc -v -t -w 2`, `dig`, `getent hosts`, `ss`).
@@ -75,7 +78,7 @@ if [ "$(cat "$cache/STAMP" 2>/dev/null)" != "$stamp" ]; then
   cp -L /etc/ssl/certs/ca-certificates.crt "$a/etc/ssl/certs/" 2>/dev/null || true
   echo "hosts: files dns" >"$a/etc/nsswitch.conf"
   python3 "$root/deploy/oci_image.py" --gzip "$a" registry.k8s.io/e2e-test-images/agnhost:2.56 \
-    "$cache/agnhost.tar" /agnhost --env PATH=/usr/bin:/bin
+    "$cache/agnhost.tar" /agnhost --cmd pause --env PATH=/usr/bin:/bin
   j=$work/jessie
   busybox_into "$j"
   for b in /usr/bin/dig /usr/bin/getent /usr/bin/nslookup /usr/bin/host; do
