@@ -330,8 +330,28 @@ EOF
       "node/$(node_name "$i")"
   done
   kc -n netlet-system rollout status daemonset/netlet --timeout=300s >&2
+  control_plane_routes
   log "ready: export KUBECONFIG=$dir/admin.kubeconfig"
   echo "$dir/admin.kubeconfig"
+}
+
+# The control plane's machine reaches pods as a control plane node of a real cluster does (the
+# API server proxies to pods and Services, calls webhooks and aggregated APIs at pod
+# addresses): here it is no node of netlet's, so its routes to each node's pod CIDRs are set by
+# hand, as on a router.
+control_plane_routes() {
+  local line cidr ip4 ip6 f
+  # Each line: the node's InternalIPs (v4, v6: the kubelet's --node-ip), then its podCIDRs.
+  while read -r line; do
+    read -r -a f <<<"$line"
+    ip4=${f[0]} ip6=${f[1]}
+    for cidr in "${f[@]:2}"; do
+      case $cidr in
+        *:*) [ -n "$ip6" ] && ip -n "$ctl" -6 route replace "$cidr" via "$ip6" ;;
+        *) ip -n "$ctl" route replace "$cidr" via "$ip4" ;;
+      esac
+    done
+  done < <(kc get nodes -o go-template='{{range .items}}{{range .status.addresses}}{{if eq .type "InternalIP"}}{{.address}} {{end}}{{end}}{{range .spec.podCIDRs}}{{.}} {{end}}{{"\n"}}{{end}}')
 }
 
 # netlet as a user installs it: its CRDs and deploy/netlet.yaml, plus what a cluster of one's
@@ -386,6 +406,7 @@ down() {
 
 case "${1:-}" in
   up) up ;;
+  routes) control_plane_routes ;;
   down) down ;;
   kubectl)
     shift

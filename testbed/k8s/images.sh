@@ -73,6 +73,9 @@ if [ "$(cat "$cache/STAMP" 2>/dev/null)" != "$stamp" ]; then
     with_libs "$a" "${b%%:*}" "$to"
     rm -f "$a/bin/$(basename "$to")"
   done
+  # sh is bash: Debian's busybox shell runs its own applets (a bare nc without -u) before the
+  # real tools on PATH, where Alpine's, the upstream image's, does not.
+  ln -sf /usr/bin/bash "$a/bin/sh"
   # curl's and dig's certificates and name service configuration.
   mkdir -p "$a/etc/ssl/certs"
   cp -L /etc/ssl/certs/ca-certificates.crt "$a/etc/ssl/certs/" 2>/dev/null || true
@@ -86,6 +89,8 @@ if [ "$(cat "$cache/STAMP" 2>/dev/null)" != "$stamp" ]; then
     with_libs "$j" "$b"
     rm -f "$j/bin/$(basename "$b")"
   done
+  with_libs "$j" /bin/bash /usr/bin/bash
+  ln -sf /usr/bin/bash "$j/bin/sh"
   echo "hosts: files dns" >"$j/etc/nsswitch.conf"
   python3 "$root/deploy/oci_image.py" --gzip "$j" registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7 \
     "$cache/jessie-dnsutils.tar" /bin/sh --env PATH=/usr/bin:/bin
