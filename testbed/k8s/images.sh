@@ -61,6 +61,9 @@ if [ "$(cat "$cache/STAMP" 2>/dev/null)" != "$stamp" ]; then
   busybox_into "$a"
   (cd "$here/apiserver" && CGO_ENABLED=0 go build -o "$a/agnhost" k8s.io/kubernetes/test/images/agnhost)
   ln -s agnhost "$a/agnhost-2"
+  # porter's TLS certificate and key, at / as its Dockerfile adds them.
+  src=$(cd "$here/apiserver" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost
+  cp "$src/porter/localhost.crt" "$src/porter/localhost.key" "$a/"
   # The user and group the SupplementalGroups test expects in the image.
   echo "user-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh" >>"$a/etc/passwd"
   echo "group-defined-in-image:x:50000:user-defined-in-image" >>"$a/etc/group"
