@@ -58,6 +58,33 @@ use crate::{
 /// and exits (kubelet's default grace period is 30 s).
 pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// Those of `addresses` that are a cluster IP of a Service in `table` with no ready endpoint:
+/// taken over by the node-local DNS server with nobody else serving them.
+fn unserved_cluster_ips(
+    table: &netlet_sdk::state::ServiceTable,
+    addresses: &[std::net::IpAddr],
+) -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    for svc in table.services() {
+        let Some(key) = &svc.key else { continue };
+        let ready = table
+            .entry(key)
+            .is_some_and(|(_, eps)| eps.values().any(|e| e.ready));
+        if ready {
+            continue;
+        }
+        for ip in &svc.cluster_ips {
+            if let Ok(ip) = ip.parse::<std::net::IpAddr>()
+                && addresses.contains(&ip)
+                && !out.contains(&ip)
+            {
+                out.push(ip);
+            }
+        }
+    }
+    out
+}
+
 /// Resolves once `rx` turns true (shutdown began).
 pub async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -530,8 +557,14 @@ pub async fn run(
         t.abort();
         let _ = t.await;
     }
-    if dns.is_some() {
-        dns::release_addresses(&dns_added, settings.dns_notrack).await;
+    if let Some(d) = &dns {
+        let listen: Vec<std::net::IpAddr> = d.config().listen.iter().map(|a| a.ip()).collect();
+        let held = if settings.dns_notrack {
+            unserved_cluster_ips(&host.services.lock().await.table, &listen)
+        } else {
+            Vec::new()
+        };
+        dns::release_addresses(&dns_added, settings.dns_notrack, &held).await;
     }
     tracing::info!("netlet stopped");
     served?;

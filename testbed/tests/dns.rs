@@ -1137,9 +1137,9 @@ async fn notrack_and_cluster_dns_takeover() {
 
     // Back: taken over again.
     env.node.host.spawn().await;
-    eventually("the cluster DNS IP answered on the node again", || {
+    let answered = |pod: &PodNs| {
         dig(
-            &pod,
+            pod,
             &[
                 "+nosearch",
                 "+time=1",
@@ -1149,7 +1149,102 @@ async fn notrack_and_cluster_dns_takeover() {
         )
         .data("A")
             == vec!["10.96.1.10"]
+    };
+    eventually("the cluster DNS IP answered on the node again", || {
+        answered(&pod)
     });
+
+    // The node-local server is the cluster's DNS (no endpoint behind kube-dns, as deploy/
+    // runs it): a graceful stop (a DaemonSet's rolling update) holds the IP, and a query sent
+    // while the host is away goes unanswered rather than refused, so its retry reaches the
+    // next host and the lookup succeeds.
+    let services = SERVICES
+        .split("---\n")
+        .filter(|d| !d.contains("name: kube-dns-1"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    std::fs::write(env.man.path().join("services.yaml"), services).unwrap();
+    eventually("kube-dns without endpoints on the node", || {
+        let out = env
+            .node
+            .command(Path::new("/usr/sbin/nft"))
+            .args(["list", "table", "ip", "netlet-nft"])
+            .output()
+            .unwrap();
+        !String::from_utf8_lossy(&out.stdout).contains("192.0.2.53")
+    });
+    env.node.host.stop_with(nix::sys::signal::Signal::SIGTERM);
+    let lo = env
+        .node
+        .command(Path::new("/usr/sbin/ip"))
+        .args(["-o", "addr", "show", "dev", "lo"])
+        .output()
+        .unwrap();
+    let lo = String::from_utf8_lossy(&lo.stdout).into_owned();
+    assert!(lo.contains(&format!("{CLUSTER_DNS}/")), "held: {lo}");
+    // The rules are what nft(8) makes of the same rules written by hand (loaded into a scratch
+    // table and listed the same way).
+    let rules = |table: &str| -> Vec<String> {
+        let out = env
+            .node
+            .command(Path::new("/usr/sbin/nft"))
+            .args(["list", "chain", "inet", table, "hold"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("ip "))
+            .map(str::to_string)
+            .collect()
+    };
+    let reference = "table inet nlref {\n  chain hold {\n    type filter hook output priority 0;\n    ip saddr 10.96.0.10 icmp type destination-unreachable icmp code port-unreachable drop\n    ip saddr 10.96.0.10 tcp sport 53 tcp flags & rst != 0 drop\n  }\n}\n";
+    let mut nft = env
+        .node
+        .command(Path::new("/usr/sbin/nft"))
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(reference.as_bytes())
+            .unwrap();
+    }
+    assert!(nft.wait().unwrap().success());
+    let (ours, theirs) = (rules("netlet-dns"), rules("nlref"));
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    assert_eq!(ours, theirs);
+    let deleted = env
+        .node
+        .command(Path::new("/usr/sbin/nft"))
+        .args(["delete", "table", "inet", "nlref"])
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    // One query, one try, sent while nothing listens: it waits (no refusal) and its answer
+    // comes from the host started meanwhile.
+    let name = pod.name.clone();
+    let asked = std::thread::spawn(move || {
+        let started = Instant::now();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &name, "dig", "+tries=2", "+time=3", "+short", "+nosearch"])
+            .arg(format!("@{CLUSTER_DNS}"))
+            .arg("web.shop.svc.cluster.local")
+            .output()
+            .unwrap();
+        // dig notes the first try's timeout on a line of its own before the answer.
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let answer = stdout.lines().last().unwrap_or("").trim().to_string();
+        (answer, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    env.node.host.spawn().await;
+    let (answer, took) = asked.join().unwrap();
+    assert_eq!(answer, "10.96.1.10", "the lookup across the restart (took {took:?})");
 }
 
 /// A tenant's Services a pod then asks for: aliases that loop or run long, and a headless

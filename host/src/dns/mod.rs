@@ -1217,8 +1217,19 @@ pub async fn assign_addresses(listen: &[SocketAddr]) -> anyhow::Result<Vec<IpAdd
 /// over (the ones it added that are not link-local: a cluster DNS Service IP is the Service's
 /// again). A link-local one stays, so that pods asking it meanwhile are refused at once (port
 /// unreachable) and go on to their fallback name server rather than wait for a timeout.
-pub async fn release_addresses(added: &[IpAddr], notrack_on: bool) {
-    if notrack_on {
+/// `held` are the taken-over addresses whose Service no endpoint serves (the node-local server
+/// is the cluster's DNS, as deploy/ runs it): nothing to give them back to, so they stay, with
+/// their rules, and queries to them go unanswered rather than refused until the host is back
+/// (a DaemonSet's rolling update: the clients' retries reach the new host).
+pub async fn release_addresses(added: &[IpAddr], notrack_on: bool, held: &[IpAddr]) {
+    if !held.is_empty() {
+        let h = held.to_vec();
+        match tokio::task::spawn_blocking(move || notrack::hold(&h)).await {
+            Ok(Ok(())) => tracing::info!(addresses = ?held, "cluster DNS addresses held until the host is back"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cluster DNS addresses not held"),
+            Err(e) => tracing::warn!(error = %e, "cluster DNS addresses not held"),
+        }
+    } else if notrack_on {
         match tokio::task::spawn_blocking(notrack::remove).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "DNS NOTRACK rules not removed"),
@@ -1228,6 +1239,7 @@ pub async fn release_addresses(added: &[IpAddr], notrack_on: bool) {
     let taken: Vec<IpAddr> = added
         .iter()
         .copied()
+        .filter(|ip| !held.contains(ip))
         .filter(|ip| match ip {
             IpAddr::V4(a) => !a.is_link_local(),
             IpAddr::V6(a) => !a.is_unicast_link_local(),
