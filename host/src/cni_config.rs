@@ -73,11 +73,17 @@ mod tests {
     #[test]
     fn installs_once_and_again_when_the_source_changes() {
         let d = tempfile::tempdir().unwrap();
-        let (src, dst) = (d.path().join("src.conflist"), d.path().join("net.d/10-x.conflist"));
+        let (src, dst) = (
+            d.path().join("src.conflist"),
+            d.path().join("net.d/10-x.conflist"),
+        );
         std::fs::write(&src, "one").unwrap();
         assert!(install(&src, &dst).unwrap());
         assert_eq!(std::fs::read_to_string(&dst).unwrap(), "one");
-        assert!(!install(&src, &dst).unwrap(), "unchanged: not written again");
+        assert!(
+            !install(&src, &dst).unwrap(),
+            "unchanged: not written again"
+        );
         std::fs::write(&src, "two").unwrap();
         assert!(install(&src, &dst).unwrap());
         assert_eq!(std::fs::read_to_string(&dst).unwrap(), "two");
@@ -88,6 +94,10 @@ mod tests {
         assert_eq!(left, ["10-x.conflist"], "no temporary file left");
         std::fs::remove_file(&src).unwrap();
         assert!(install(&src, &dst).is_err(), "a missing source is an error");
-        assert_eq!(std::fs::read_to_string(&dst).unwrap(), "two", "and changes nothing");
+        assert_eq!(
+            std::fs::read_to_string(&dst).unwrap(),
+            "two",
+            "and changes nothing"
+        );
     }
 }

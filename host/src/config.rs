@@ -627,7 +627,10 @@ impl NodeConfig {
         let cni_config = match &self.cni_config {
             None => None,
             Some(c) => {
-                for (field, p) in [("cniConfig.source", &c.source), ("cniConfig.target", &c.target)] {
+                for (field, p) in [
+                    ("cniConfig.source", &c.source),
+                    ("cniConfig.target", &c.target),
+                ] {
                     if !p.is_absolute() || p.file_name().is_none() {
                         return Err(invalid(
                             field,
@@ -809,7 +812,11 @@ mod tests {
             ))
         );
         let dns = s.dns.expect("node-local DNS on");
-        assert!(dns.listen.contains(&"10.96.0.10:53".parse().unwrap()), "{:?}", dns.listen);
+        assert!(
+            dns.listen.contains(&"10.96.0.10:53".parse().unwrap()),
+            "{:?}",
+            dns.listen
+        );
         let conflist: serde_json::Value =
             serde_json::from_str(cm["data"]["10-netlet.conflist"].as_str().unwrap()).unwrap();
         assert_eq!(

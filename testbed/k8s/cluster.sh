@@ -6,6 +6,7 @@
 #                                  waits until every node is Ready; prints the kubeconfig
 #   testbed/k8s/cluster.sh down    stops everything and removes what `up` made
 #   testbed/k8s/cluster.sh kubectl ARGS...   kubectl against it
+#   testbed/k8s/cluster.sh ctr NODE ARGS...   ctr against a node's containerd (namespace k8s.io)
 #
 # Environment: NETLET_CLUSTER (a short name, default kc: several clusters can run at once),
 # NETLET_CLUSTER_NODES (default 2), NETLET_IMAGE (the netlet image archive; default: built by
@@ -407,13 +408,19 @@ down() {
 case "${1:-}" in
   up) up ;;
   routes) control_plane_routes ;;
+  ctr)
+    # ctr against one node's containerd: cluster.sh ctr node-a images ls
+    n=$2
+    shift 2
+    ctr --address "$dir/$n/containerd.sock" -n k8s.io "$@"
+    ;;
   down) down ;;
   kubectl)
     shift
     kc "$@"
     ;;
   *)
-    echo "usage: $0 up|down|kubectl ARGS..." >&2
+    echo "usage: $0 up|down|routes|kubectl ARGS...|ctr NODE ARGS..." >&2
     exit 2
     ;;
 esac

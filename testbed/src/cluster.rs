@@ -28,7 +28,12 @@ impl Cluster {
     /// cluster `name` (a few letters: its namespaces are `netlet-<name>-…`) with `nodes`
     /// nodes; `None` when [`skip`] decides it cannot run here.
     pub fn up(test: &str, name: &str, nodes: usize) -> Option<Cluster> {
-        for b in ["kubelet", "kube-controller-manager", "kube-scheduler", "kubectl"] {
+        for b in [
+            "kubelet",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubectl",
+        ] {
             if !bin_dir().join(b).is_file() {
                 skip(
                     test,
@@ -111,6 +116,13 @@ impl Cluster {
         self.run(&a)
     }
 
+    /// ctr with `args` against node `node`'s containerd (namespace k8s.io).
+    pub fn ctr(&self, node: &str, args: &[&str]) -> Result<String, String> {
+        let mut a = vec!["ctr", node];
+        a.extend(args);
+        self.run(&a)
+    }
+
     /// `kubectl apply` of `yaml`.
     pub fn apply(&self, yaml: &str) -> Result<(), String> {
         let f = self.dir.join(format!(
@@ -131,7 +143,9 @@ impl Cluster {
         let mut a = vec!["get"];
         a.extend(args);
         a.extend(["-o", "json"]);
-        let out = self.kubectl(&a).unwrap_or_else(|e| panic!("kubectl {a:?}: {e}"));
+        let out = self
+            .kubectl(&a)
+            .unwrap_or_else(|e| panic!("kubectl {a:?}: {e}"));
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {a:?}: {e}: {out}"))
     }
 
@@ -169,7 +183,12 @@ impl Cluster {
 
     /// Polls `f` every 500 ms until it holds, for at most `secs`; panics with `what` and the
     /// last error otherwise.
-    pub fn eventually<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Result<T, String>) -> T {
+    pub fn eventually<T>(
+        &self,
+        what: &str,
+        secs: u64,
+        mut f: impl FnMut() -> Result<T, String>,
+    ) -> T {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             match f() {

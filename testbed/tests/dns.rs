@@ -1231,7 +1231,16 @@ async fn notrack_and_cluster_dns_takeover() {
     let asked = std::thread::spawn(move || {
         let started = Instant::now();
         let out = Command::new("ip")
-            .args(["netns", "exec", &name, "dig", "+tries=2", "+time=3", "+short", "+nosearch"])
+            .args([
+                "netns",
+                "exec",
+                &name,
+                "dig",
+                "+tries=2",
+                "+time=3",
+                "+short",
+                "+nosearch",
+            ])
             .arg(format!("@{CLUSTER_DNS}"))
             .arg("web.shop.svc.cluster.local")
             .output()
@@ -1244,7 +1253,10 @@ async fn notrack_and_cluster_dns_takeover() {
     std::thread::sleep(Duration::from_millis(500));
     env.node.host.spawn().await;
     let (answer, took) = asked.join().unwrap();
-    assert_eq!(answer, "10.96.1.10", "the lookup across the restart (took {took:?})");
+    assert_eq!(
+        answer, "10.96.1.10",
+        "the lookup across the restart (took {took:?})"
+    );
 }
 
 /// A tenant's Services a pod then asks for: aliases that loop or run long, and a headless

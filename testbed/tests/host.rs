@@ -1438,8 +1438,15 @@ async fn the_host_decides_hostname_grants() {
 #[tokio::test]
 async fn the_cni_configuration_is_installed_once_the_node_is_ready() {
     let d = tempfile::tempdir().unwrap();
-    let (source, target) = (d.path().join("src.conflist"), d.path().join("net.d/10-netlet.conflist"));
-    std::fs::write(&source, r#"{"cniVersion": "1.0.0", "name": "netlet", "plugins": [{"type": "netlet"}]}"#).unwrap();
+    let (source, target) = (
+        d.path().join("src.conflist"),
+        d.path().join("net.d/10-netlet.conflist"),
+    );
+    std::fs::write(
+        &source,
+        r#"{"cniVersion": "1.0.0", "name": "netlet", "plugins": [{"type": "netlet"}]}"#,
+    )
+    .unwrap();
     let extra = format!(
         "cniConfig: {{source: {}, target: {}}}\n",
         source.display(),

@@ -54,7 +54,7 @@ spec:
 /// A pod running agnhost's netexec on node `node`, with `labels`, and optionally a hostPort.
 fn pod(name: &str, node: &str, labels: &str, host_port: Option<u16>) -> String {
     let port = host_port
-        .map(|p| format!("\n        ports: [{{containerPort: 8080, hostPort: {p}}}]"))
+        .map(|p| format!("\n    ports: [{{containerPort: 8080, hostPort: {p}}}]"))
         .unwrap_or_default();
     format!(
         r#"apiVersion: v1
@@ -135,7 +135,10 @@ fn a_real_cluster_through_kubectl_then_the_upstream_conformance_slice() {
         assert_eq!(cond("Ready").as_deref(), Some("True"), "{n}");
         assert_eq!(cond("NetworkUnavailable").as_deref(), Some("False"), "{n}");
         for cidr in n["spec"]["podCIDRs"].as_array().unwrap() {
-            assert!(cidrs.insert(cidr.as_str().unwrap().to_string()), "{cidr} twice");
+            assert!(
+                cidrs.insert(cidr.as_str().unwrap().to_string()),
+                "{cidr} twice"
+            );
         }
     }
     assert_eq!(cidrs.len(), 4, "a v4 and a v6 pod CIDR per node: {cidrs:?}");
@@ -203,7 +206,11 @@ fn a_real_cluster_through_kubectl_then_the_upstream_conformance_slice() {
     for node in &on {
         let from = web.iter().find(|p| p.node == *node).unwrap();
         let resolved = c
-            .exec("default", &from.name, &["dig", "+short", "web.default.svc.cluster.local"])
+            .exec(
+                "default",
+                &from.name,
+                &["dig", "+short", "web.default.svc.cluster.local"],
+            )
             .unwrap();
         assert_eq!(resolved.trim(), cluster_ip, "from {}", from.name);
         let mut answered = BTreeSet::new();
@@ -212,48 +219,87 @@ fn a_real_cluster_through_kubectl_then_the_upstream_conformance_slice() {
             assert!(names.contains(who.as_str()), "{who} is not a web pod");
             answered.insert(web.iter().find(|p| p.name == who).unwrap().node.clone());
         }
-        assert_eq!(answered.len(), 2, "from {node}: answers from {answered:?} only");
+        assert_eq!(
+            answered.len(),
+            2,
+            "from {node}: answers from {answered:?} only"
+        );
     }
 
     // A NetworkPolicy across nodes: web admits pods labelled role=client, nobody else. Two
     // pods on the other node from web-a, one labelled, one not; both reach web before.
     let target = &web[0];
-    let other = web.iter().find(|p| p.node != target.node).unwrap().node.clone();
-    c.apply(&(pod("client-ok", &other, "role: client", None)
-        + "---\n"
-        + &pod("client-no", &other, "role: other", None)))
-        .unwrap();
+    let other = web
+        .iter()
+        .find(|p| p.node != target.node)
+        .unwrap()
+        .node
+        .clone();
+    c.apply(
+        &(pod("client-ok", &other, "role: client", None)
+            + "---\n"
+            + &pod("client-no", &other, "role: other", None)),
+    )
+    .unwrap();
     c.kubectl(&[
-        "wait", "--for=condition=Ready", "pod/client-ok", "pod/client-no", "--timeout=120s",
+        "wait",
+        "--for=condition=Ready",
+        "pod/client-ok",
+        "pod/client-no",
+        "--timeout=120s",
     ])
     .unwrap();
     let url = format!("http://{}:8080/hostname", target.ip);
     for client in ["client-ok", "client-no"] {
-        assert_eq!(curl(&c, client, &url).unwrap(), target.name, "{client} before");
+        assert_eq!(
+            curl(&c, client, &url).unwrap(),
+            target.name,
+            "{client} before"
+        );
     }
     c.apply(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-clients, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n  ingress: [{from: [{podSelector: {matchLabels: {role: client}}}], ports: [{port: 8080}]}]\n",
     )
     .unwrap();
-    c.eventually("the policy isolates web from client-no", 30, || {
-        match curl(&c, "client-no", &url) {
+    c.eventually(
+        "the policy isolates web from client-no",
+        30,
+        || match curl(&c, "client-no", &url) {
             Err(_) => Ok(()),
             Ok(s) => Err(format!("client-no still answered: {s}")),
-        }
-    });
-    assert_eq!(curl(&c, "client-ok", &url).unwrap(), target.name, "client-ok after");
+        },
+    );
+    assert_eq!(
+        curl(&c, "client-ok", &url).unwrap(),
+        target.name,
+        "client-ok after"
+    );
     // Through the Service too.
-    assert!(names.contains(curl(&c, "client-ok", "http://web/hostname").unwrap().as_str()));
+    assert!(
+        names.contains(
+            curl(&c, "client-ok", "http://web/hostname")
+                .unwrap()
+                .as_str()
+        )
+    );
     assert!(curl(&c, "client-no", "http://web/hostname").is_err());
-    c.kubectl(&["delete", "networkpolicy", "web-clients"]).unwrap();
-    c.eventually("client-no admitted again", 30, || curl(&c, "client-no", &url));
+    c.kubectl(&["delete", "networkpolicy", "web-clients"])
+        .unwrap();
+    c.eventually("client-no admitted again", 30, || {
+        curl(&c, "client-no", &url)
+    });
 
     // A hostPort: answered on its node's address from outside the cluster (the control
     // plane's namespace stands for the outside).
     c.apply(&pod("hostport", "node-a", "app: hostport", Some(30081)))
         .unwrap();
-    c.kubectl(&["wait", "--for=condition=Ready", "pod/hostport", "--timeout=120s"])
-        .unwrap();
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/hostport",
+        "--timeout=120s",
+    ])
+    .unwrap();
     let node_a_ip = nodes["items"]
         .as_array()
         .unwrap()
@@ -282,6 +328,82 @@ fn a_real_cluster_through_kubectl_then_the_upstream_conformance_slice() {
         }
     });
     assert_eq!(outside, "hostport");
+
+    // The DaemonSet rolled to a new image (node by node, each host stopped and a new one
+    // started) while a pod on node-a looks the Service up and asks it every 20 ms: every lookup
+    // and every request answered (the Service's rules stay in the kernel while no host runs;
+    // the cluster DNS IP is held and a query sent meanwhile is retried into the new host).
+    for node in ["node-a", "node-b"] {
+        c.ctr(
+            node,
+            &[
+                "images",
+                "tag",
+                "--force",
+                "docker.io/library/netlet:0.1.0",
+                "docker.io/library/netlet:0.1.0-rollout",
+            ],
+        )
+        .unwrap();
+    }
+    c.apply(&pod("client", "node-a", "role: client", None))
+        .unwrap();
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/client",
+        "--timeout=120s",
+    ])
+    .unwrap();
+    let script = format!(
+        "ok=0; failed=0; dns=0; n=0; while [ ! -e /tmp/stop ]; do n=$((n+1)); \
+         if getent hosts web.default.svc.cluster.local >/dev/null; then :; else dns=$((dns+1)); fi; \
+         if curl -s -m 2 -o /dev/null http://{cluster_ip}/hostname; then ok=$((ok+1)); else failed=$((failed+1)); fi; \
+         sleep 0.02; done; echo \"$n $ok $failed $dns\""
+    );
+    let (counts, rollout) = std::thread::scope(|s| {
+        let asker = s.spawn(|| c.exec("default", "client", &["bash", "-c", &script]));
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let rolled = std::time::Instant::now();
+        c.kubectl(&[
+            "-n",
+            "netlet-system",
+            "set",
+            "image",
+            "daemonset/netlet",
+            "netlet=netlet:0.1.0-rollout",
+            "install-cni=netlet:0.1.0-rollout",
+        ])
+        .unwrap();
+        c.kubectl(&[
+            "-n",
+            "netlet-system",
+            "rollout",
+            "status",
+            "daemonset/netlet",
+            "--timeout=300s",
+        ])
+        .unwrap_or_else(|e| panic!("the DaemonSet did not roll: {e}\n{}", c.logs()));
+        let rollout = rolled.elapsed();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        c.exec("default", "client", &["touch", "/tmp/stop"])
+            .unwrap();
+        (asker.join().unwrap().unwrap(), rollout)
+    });
+    let n: Vec<u64> = counts
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    eprintln!(
+        "rolling update of netlet ({rollout:.1?}): {} rounds, {} requests answered, {} failed, {} failed DNS lookups",
+        n[0], n[1], n[2], n[3]
+    );
+    assert!(n[0] > 50, "the client asked: {counts}");
+    assert_eq!(
+        (n[2], n[3]),
+        (0, 0),
+        "failed requests, failed lookups across the rollout"
+    );
 
     // The upstream suite's slice (the full run: testbed/k8s/e2e.sh).
     let e2e = netlet_testbed::k8s::bin_dir().join("e2e.test");

@@ -1225,7 +1225,9 @@ pub async fn release_addresses(added: &[IpAddr], notrack_on: bool, held: &[IpAdd
     if !held.is_empty() {
         let h = held.to_vec();
         match tokio::task::spawn_blocking(move || notrack::hold(&h)).await {
-            Ok(Ok(())) => tracing::info!(addresses = ?held, "cluster DNS addresses held until the host is back"),
+            Ok(Ok(())) => {
+                tracing::info!(addresses = ?held, "cluster DNS addresses held until the host is back")
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "cluster DNS addresses not held"),
             Err(e) => tracing::warn!(error = %e, "cluster DNS addresses not held"),
         }

@@ -85,7 +85,11 @@ fn refusals(ip: IpAddr) -> [Vec<Expr>; 2] {
     let mut t = addressed(ip, true, 6);
     t.extend([
         nft::payload(nft::base::TRANSPORT, 0, 2, Register::Reg1),
-        nft::cmp(Operator::Equal, Register::Reg1, 53u16.to_be_bytes().to_vec()),
+        nft::cmp(
+            Operator::Equal,
+            Register::Reg1,
+            53u16.to_be_bytes().to_vec(),
+        ),
         // tcp flags & rst != 0
         nft::payload(nft::base::TRANSPORT, 13, 1, Register::Reg1),
         nft::bitwise(Register::Reg1, Register::Reg1, vec![0x04], vec![0]),
