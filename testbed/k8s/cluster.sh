@@ -11,7 +11,9 @@
 # Environment: NETLET_CLUSTER (a short name, default kc: several clusters can run at once),
 # NETLET_CLUSTER_NODES (default 2), NETLET_IMAGE (the netlet image archive; default: built by
 # deploy/build-image.sh, release), NETLET_K8S_BIN (the binaries, see build.sh),
-# NETLET_CLUSTER_DIR (its files; default /var/tmp/netlet-cluster-$NETLET_CLUSTER).
+# NETLET_CLUSTER_DIR (its files; default /var/tmp/netlet-cluster-$NETLET_CLUSTER),
+# NETLET_CLUSTER_NETWORK (netlet, the default; or reference: the reference CNI plugins and
+# kube-proxy instead, the anchor of the benchmarks).
 #
 # The machine as the cluster sees it:
 # - a namespace netlet-<name>-ctl stands for the control plane's machine and the underlay: a
@@ -37,6 +39,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 name=${NETLET_CLUSTER:-kc}
 nodes=${NETLET_CLUSTER_NODES:-2}
+network=${NETLET_CLUSTER_NETWORK:-netlet}
 dir=${NETLET_CLUSTER_DIR:-/var/tmp/netlet-cluster-$name}
 bin=${NETLET_K8S_BIN:-/var/tmp/netlet-k8s-bin}
 export NETLET_K8S_BIN=$bin
@@ -116,6 +119,7 @@ pki() {
     echo "$token,admin,admin,system:masters"
     echo "netlet-cluster-cm,system:kube-controller-manager,cm"
     echo "netlet-cluster-sched,system:kube-scheduler,sched"
+    echo "netlet-cluster-kube-proxy,system:kube-proxy,kube-proxy"
     for ((i = 0; i < nodes; i++)); do
       echo "netlet-cluster-$(node_name "$i"),system:node:$(node_name "$i"),$(node_name "$i"),system:nodes"
     done
@@ -286,10 +290,12 @@ EOF
 images() {
   mkdir -p "$dir/images"
   local img=${NETLET_IMAGE:-}
-  if [ -z "$img" ]; then
-    img=$("$root/deploy/build-image.sh" | tail -1)
+  if [ "$network" != reference ]; then
+    if [ -z "$img" ]; then
+      img=$("$root/deploy/build-image.sh" | tail -1)
+    fi
+    cp "$img" "$dir/images/netlet.tar"
   fi
-  cp "$img" "$dir/images/netlet.tar"
   "$here/images.sh" "$dir/images"
 }
 
@@ -325,12 +331,18 @@ spec:
   - {name: dns, port: 53, protocol: UDP}
   - {name: dns-tcp, port: 53, protocol: TCP}
 EOF
-  deploy
+  if [ "$network" = reference ]; then
+    reference
+  else
+    deploy
+  fi
   for ((i = 0; i < nodes; i++)); do
     wait_for "node $(node_name "$i") Ready" 300 kc wait --for=condition=Ready --timeout=2s \
       "node/$(node_name "$i")"
   done
-  kc -n netlet-system rollout status daemonset/netlet --timeout=300s >&2
+  if [ "$network" != reference ]; then
+    kc -n netlet-system rollout status daemonset/netlet --timeout=300s >&2
+  fi
   control_plane_routes
   log "ready: export KUBECONFIG=$dir/admin.kubeconfig"
   echo "$dir/admin.kubeconfig"
@@ -353,6 +365,51 @@ control_plane_routes() {
       esac
     done
   done < <(kc get nodes -o go-template='{{range .items}}{{range .status.addresses}}{{if eq .type "InternalIP"}}{{.address}} {{end}}{{end}}{{range .spec.podCIDRs}}{{.}} {{end}}{{"\n"}}{{end}}')
+}
+
+# The anchor the benchmarks compare with, instead of netlet: the reference CNI plugins (bridge,
+# host-local with each Node's podCIDRs, portmap) with routes between the nodes set by hand, and
+# kube-proxy in nftables mode on every node (NETLET_CLUSTER_NETWORK=reference).
+has_pod_cidrs() { [ -n "$(kc get node "$1" -o jsonpath='{.spec.podCIDRs}' 2>/dev/null)" ]; }
+
+reference() {
+  local i j n d cidrs cni=/usr/lib/cni
+  for ((i = 0; i < nodes; i++)); do
+    n=$(node_name "$i")
+    wait_for "$n's podCIDRs" 120 has_pod_cidrs "$n"
+  done
+  for ((i = 0; i < nodes; i++)); do
+    n=$(node_name "$i")
+    d=$dir/$n
+    mkdir -p "$d/fs/opt/cni/bin" "$d/fs/etc/cni/net.d"
+    for p in bridge host-local portmap loopback; do cp "$cni/$p" "$d/fs/opt/cni/bin/"; done
+    cidrs=$(kc get node "$n" -o jsonpath='{range .spec.podCIDRs[*]}[{"{"}"subnet": "{@}"{"}"}], {end}')
+    cat >"$d/fs/etc/cni/net.d/10-reference.conflist" <<EOF
+{"cniVersion": "1.0.0", "name": "reference", "plugins": [
+  {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+   "ipam": {"type": "host-local", "dataDir": "$d/cni-ipam", "ranges": [${cidrs%, }],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}
+EOF
+    # The other nodes' pod CIDRs, by hand.
+    for ((j = 0; j < nodes; j++)); do
+      [ "$j" = "$i" ] && continue
+      local other
+      other=$(node_name "$j")
+      for cidr in $(kc get node "$other" -o jsonpath='{.spec.podCIDRs[*]}'); do
+        case $cidr in
+          *:*) ip -n "$(node_ns "$i")" -6 route replace "$cidr" via "2001:db8::1$j" ;;
+          *) ip -n "$(node_ns "$i")" route replace "$cidr" via "192.0.2.1$j" ;;
+        esac
+      done
+    done
+    ip netns exec "$(node_ns "$i")" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+    kubeconfig "$d/kube-proxy.kubeconfig" https://192.0.2.1:6443 netlet-cluster-kube-proxy
+    daemon "kube-proxy-$n" nsenter --net="/run/netns/$(node_ns "$i")" "$bin/kube-proxy" \
+      --kubeconfig "$d/kube-proxy.kubeconfig" --hostname-override "$n" --proxy-mode nftables \
+      --cluster-cidr 10.244.0.0/16,fd00:10:244::/56 --conntrack-max-per-core 0 \
+      --metrics-bind-address 127.0.0.1:10249 --healthz-bind-address 127.0.0.1:10256
+  done
 }
 
 # netlet as a user installs it: its CRDs and deploy/netlet.yaml, plus what a cluster of one's

@@ -24,9 +24,9 @@ fn script() -> PathBuf {
 }
 
 impl Cluster {
-    /// Builds the DaemonSet's image from the debug binaries of this workspace and starts a
-    /// cluster `name` (a few letters: its namespaces are `netlet-<name>-…`) with `nodes`
-    /// nodes; `None` when [`skip`] decides it cannot run here.
+    /// Starts a cluster `name` (a few letters: its namespaces are `netlet-<name>-…`) with
+    /// `nodes` nodes and netlet as its network; `None` when [`skip`] decides it cannot run
+    /// here.
     pub fn up(test: &str, name: &str, nodes: usize) -> Option<Cluster> {
         for b in [
             "kubelet",
@@ -42,21 +42,35 @@ impl Cluster {
                 return None;
             }
         }
+        Some(Self::start(name, nodes, "netlet").unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Starts cluster `name` with `nodes` nodes and `network`: `netlet` (deployed from
+    /// `deploy/`, its image built from this workspace's binaries of the running profile) or
+    /// `reference` (the reference CNI plugins and kube-proxy in nftables mode).
+    pub fn start(name: &str, nodes: usize, network: &str) -> Result<Cluster, String> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let dir = std::env::temp_dir().join(format!("netlet-cluster-{name}"));
         let image_dir = dir.with_extension("image");
-        let out = Command::new("bash")
-            .arg(root.join("deploy/build-image.sh"))
-            .arg("--debug")
-            .arg(&image_dir)
-            .output()
-            .expect("build-image.sh");
-        assert!(
-            out.status.success(),
-            "deploy/build-image.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let image = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let mut image = String::new();
+        if network == "netlet" {
+            let mut build = Command::new("bash");
+            build.arg(root.join("deploy/build-image.sh"));
+            if cfg!(debug_assertions) {
+                build.arg("--debug");
+            }
+            let out = build
+                .arg(&image_dir)
+                .output()
+                .map_err(|e| format!("build-image.sh: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "deploy/build-image.sh: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            image = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
         let c = Cluster {
             name: name.to_string(),
             dir,
@@ -69,18 +83,20 @@ impl Cluster {
             .command(&["up"])
             .env("NETLET_IMAGE", &image)
             .env("NETLET_CLUSTER_NODES", nodes.to_string())
+            .env("NETLET_CLUSTER_NETWORK", network)
             .output()
-            .expect("cluster.sh up");
+            .map_err(|e| format!("cluster.sh up: {e}"))?;
         let _ = std::fs::remove_dir_all(&image_dir);
-        assert!(
-            out.status.success(),
-            "cluster.sh up failed after {:?}:\n{}\n{}",
-            started.elapsed(),
-            String::from_utf8_lossy(&out.stderr),
-            c.logs()
-        );
-        eprintln!("cluster {name} up in {:.1?}", started.elapsed());
-        Some(c)
+        if !out.status.success() {
+            return Err(format!(
+                "cluster.sh up failed after {:?}:\n{}\n{}",
+                started.elapsed(),
+                String::from_utf8_lossy(&out.stderr),
+                c.logs()
+            ));
+        }
+        eprintln!("cluster {name} ({network}) up in {:.1?}", started.elapsed());
+        Ok(c)
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -114,6 +130,16 @@ impl Cluster {
         let mut a = vec!["kubectl"];
         a.extend(args);
         self.run(&a)
+    }
+
+    /// kubectl with `args` left running (a watch), its output piped.
+    pub fn kubectl_child(&self, args: &[&str]) -> std::io::Result<std::process::Child> {
+        let mut a = vec!["kubectl"];
+        a.extend(args);
+        self.command(&a)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
     }
 
     /// ctr with `args` against node `node`'s containerd (namespace k8s.io).

@@ -643,10 +643,16 @@ async fn two_nodes_following_the_api_server() {
     let pb2 = NetNs::create(&format!("clk-pb2-{pid}")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     let b5 = loop {
-        let ip = ip4(attach(&cb, sandbox("pb2", &pb2.path), vec![])
-            .await
-            .unwrap()
-            .remove(0));
+        let ip = match attach(&cb, sandbox("pb2", &pb2.path), vec![]).await {
+            Ok(mut a) => ip4(a.remove(0)),
+            // node-b's host has not seen its recreated Node yet (PodCIDRPending): the refusal
+            // a runtime retries.
+            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => panic!("attach on the recreated node-b: {e:?}"),
+        };
         if ip.to_string().starts_with("10.244.5.") {
             break ip;
         }
