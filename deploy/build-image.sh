@@ -21,7 +21,9 @@ out=${1:-$target/image}
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -1)
 bins=(netlet netletctl netlet-bridge netlet-nft netlet-devices netlet-cni)
 busybox=/bin/busybox
-if ! "$busybox" --list 2>/dev/null | grep -qx sh; then
+# (grep reads the whole list: with -q it may leave early and pipefail then sees busybox's
+# SIGPIPE.)
+if ! "$busybox" --list 2>/dev/null | grep -x sh >/dev/null; then
   echo "busybox (Debian: busybox-static) is needed for the image's shell" >&2
   exit 1
 fi
