@@ -121,7 +121,23 @@ fn a_real_cluster_through_kubectl_then_the_upstream_conformance_slice() {
     };
 
     // The nodes: Ready, each with its own pod CIDRs from the controller manager, netlet's
-    // condition on each.
+    // condition on each (reported every 2 s: it may follow Ready by as much).
+    c.eventually("NetworkUnavailable False on every node", 30, || {
+        let nodes = c.get(&["nodes"]);
+        let all = nodes["items"].as_array().cloned().unwrap_or_default();
+        let reported = all.iter().all(|n| {
+            n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "NetworkUnavailable" && c["status"] == "False")
+        });
+        if reported && all.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{nodes}"))
+        }
+    });
     let nodes = c.get(&["nodes"]);
     let mut cidrs = BTreeSet::new();
     for n in nodes["items"].as_array().unwrap() {
