@@ -529,7 +529,8 @@ impl Stores {
     }
 }
 
-/// How often the node's network state is compared with what its Node object last got.
+/// How often the node's network state is compared with what its Node object last got (besides
+/// at every change of the drivers' registrations and health).
 const NODE_REPORT: Duration = Duration::from_secs(2);
 
 /// The condition netlet keeps on its Node besides `NetworkUnavailable`.
@@ -546,10 +547,14 @@ pub async fn report_node(host: Arc<Host>, client: Client) {
     let nodes: Api<Node> = Api::all(client);
     let mut last: Option<(bool, String, String)> = None;
     let mut tick = tokio::time::interval(NODE_REPORT);
+    // Registrations and health: a change is reported at once (a node turns Ready as soon as
+    // the runtime sees the CNI configuration the host writes when ready), the tick retries.
+    let mut changes = host.registry.subscribe();
     let mut shutdown = std::pin::pin!(crate::stopped(host.shutdown.clone()));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            r = changes.changed() => if r.is_err() { return },
             () = &mut shutdown => return,
         }
         let r = host.readiness("");
