@@ -100,8 +100,13 @@ impl Cluster {
     }
 
     fn command(&self, args: &[&str]) -> Command {
+        self.script_command(&self.script, args)
+    }
+
+    /// `script` (cluster.sh or a sibling) with `args` and the cluster's environment.
+    fn script_command(&self, script: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new("bash");
-        cmd.arg(&self.script)
+        cmd.arg(script)
             .args(args)
             .env("NETLET_CLUSTER", &self.name)
             .env("NETLET_CLUSTER_DIR", &self.dir)
@@ -185,15 +190,10 @@ impl Cluster {
     /// Runs the upstream e2e suite (`testbed/k8s/e2e.sh` with `args`) against the cluster,
     /// its JUnit report into `report`.
     pub fn e2e(&self, args: &[&str], report: &Path) -> std::process::Output {
-        let script = self.script.with_file_name("e2e.sh");
-        let mut e = Command::new("bash");
-        e.arg(script)
-            .args(args)
-            .env("NETLET_CLUSTER", &self.name)
-            .env("NETLET_CLUSTER_DIR", &self.dir)
-            .env("NETLET_K8S_BIN", bin_dir())
-            .env("NETLET_E2E_REPORT", report);
-        e.output().expect("e2e.sh")
+        self.script_command(&self.script.with_file_name("e2e.sh"), args)
+            .env("NETLET_E2E_REPORT", report)
+            .output()
+            .expect("e2e.sh")
     }
 
     /// The network namespace standing for the control plane's machine and the underlay

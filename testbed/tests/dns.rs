@@ -1022,6 +1022,26 @@ fn counters(env: &Env) -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
+/// Loads `ruleset` with `nft -f -` in the node's namespace.
+fn nft_load(env: &Env, ruleset: &str) {
+    let mut nft = env
+        .node
+        .command(Path::new("/usr/sbin/nft"))
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(ruleset.as_bytes())
+            .unwrap();
+    }
+    assert!(nft.wait().unwrap().success(), "nft -f: {ruleset}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn notrack_and_cluster_dns_takeover() {
     const CLUSTER_DNS: &str = "10.96.0.10";
@@ -1052,22 +1072,7 @@ async fn notrack_and_cluster_dns_takeover() {
     });
     // Counters of what DNS packets reach the node's input hook as: untracked or new.
     let check = "table inet nlcheck {\n  chain input {\n    type filter hook input priority 0;\n    meta l4proto udp th dport 53 ct state untracked counter comment \"untracked\"\n    meta l4proto udp th dport 53 ct state new counter comment \"new\"\n  }\n}\n";
-    let mut nft = env
-        .node
-        .command(Path::new("/usr/sbin/nft"))
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        nft.stdin
-            .take()
-            .unwrap()
-            .write_all(check.as_bytes())
-            .unwrap();
-    }
-    assert!(nft.wait().unwrap().success());
+    nft_load(&env, check);
 
     // Both addresses answer cluster names: the Service's DNAT never saw the packets.
     for server in [LOCAL, CLUSTER_DNS] {
@@ -1199,22 +1204,7 @@ async fn notrack_and_cluster_dns_takeover() {
             .collect()
     };
     let reference = "table inet nlref {\n  chain hold {\n    type filter hook output priority 0;\n    ip saddr 10.96.0.10 icmp type destination-unreachable icmp code port-unreachable drop\n    ip saddr 10.96.0.10 tcp sport 53 tcp flags & rst != 0 drop\n  }\n}\n";
-    let mut nft = env
-        .node
-        .command(Path::new("/usr/sbin/nft"))
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        nft.stdin
-            .take()
-            .unwrap()
-            .write_all(reference.as_bytes())
-            .unwrap();
-    }
-    assert!(nft.wait().unwrap().success());
+    nft_load(&env, reference);
     let (ours, theirs) = (rules("netlet-dns"), rules("nlref"));
     assert_eq!(ours.len(), 2, "{ours:?}");
     assert_eq!(ours, theirs);
