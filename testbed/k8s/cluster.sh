@@ -13,7 +13,9 @@
 # deploy/build-image.sh, release), NETLET_K8S_BIN (the binaries, see build.sh),
 # NETLET_CLUSTER_DIR (its files; default /var/tmp/netlet-cluster-$NETLET_CLUSTER),
 # NETLET_CLUSTER_NETWORK (netlet, the default; or reference: the reference CNI plugins and
-# kube-proxy instead, the anchor of the benchmarks).
+# kube-proxy instead, the anchor of the benchmarks), NETLET_CLUSTER_TOPOLOGY (segment, the
+# default: every node on one L2 segment; or routed: every node on a segment of its own behind
+# a router, below).
 #
 # The machine as the cluster sees it:
 # - a namespace netlet-<name>-ctl stands for the control plane's machine and the underlay: a
@@ -21,7 +23,13 @@
 #   kube-controller-manager (node CIDRs from 10.244.0.0/16 and fd00:10:244::/56, EndpointSlices,
 #   namespaces, service accounts), kube-scheduler, and a stub DNS server standing for the
 #   nodes' upstream resolver (192.0.2.1:53; no route leaves the machine);
-# - each node is a namespace netlet-<name>-<letter> on that segment (192.0.2.1x, 2001:db8::1x)
+# - each node is a namespace netlet-<name>-<letter> on that segment (192.0.2.1x, 2001:db8::1x),
+#   or, routed, on a segment of its own (198.18.x.10/24, 2001:db8:x::10/64 for the x-th node)
+#   whose router is the control plane's namespace (198.18.x.1, 2001:db8:x::1); the router
+#   forwards between nodes only what the nodes address to each other (underlay addresses): a
+#   packet from or to a pod address is dropped there, as on a routed underlay that knows no pod
+#   CIDRs, so pods reach pods of other nodes only through the network's overlay. The reference
+#   network has no overlay: it runs on the segment only;
 #   with its own containerd (Debian's 1.6) and a kubelet built from k8s.io/kubernetes, both in
 #   one mount namespace of the node's own, where /run/netlet, /var/lib/netlet, /etc/cni/net.d,
 #   /opt/cni/bin, /var/lib/kubelet, /var/log/pods, /var/log/containers and /run/netns are the
@@ -40,6 +48,12 @@ root=$(cd "$here/../.." && pwd)
 name=${NETLET_CLUSTER:-kc}
 nodes=${NETLET_CLUSTER_NODES:-2}
 network=${NETLET_CLUSTER_NETWORK:-netlet}
+topology=${NETLET_CLUSTER_TOPOLOGY:-segment}
+case $topology/$network in
+  segment/* | routed/netlet) ;;
+  routed/reference) echo "cluster.sh: the reference network has no overlay; it runs on a segment only" >&2; exit 2 ;;
+  *) echo "cluster.sh: NETLET_CLUSTER_TOPOLOGY is segment or routed, not $topology" >&2; exit 2 ;;
+esac
 dir=${NETLET_CLUSTER_DIR:-/var/tmp/netlet-cluster-$name}
 bin=${NETLET_K8S_BIN:-/var/tmp/netlet-k8s-bin}
 export NETLET_K8S_BIN=$bin
@@ -49,6 +63,11 @@ token=netlet-cluster-admin
 
 node_ns() { echo "netlet-$name-${letters[$1]}"; }
 node_name() { echo "node-${letters[$1]}"; }
+# The i-th node's underlay addresses and their router.
+node_ip4() { if [ "$topology" = routed ]; then echo "198.18.$(($1 + 1)).10"; else echo "192.0.2.1$1"; fi; }
+node_ip6() { if [ "$topology" = routed ]; then echo "2001:db8:$(($1 + 1))::10"; else echo "2001:db8::1$1"; fi; }
+gateway4() { if [ "$topology" = routed ]; then echo "198.18.$(($1 + 1)).1"; else echo 192.0.2.1; fi; }
+gateway6() { if [ "$topology" = routed ]; then echo "2001:db8:$(($1 + 1))::1"; else echo 2001:db8::1; fi; }
 in_ctl() { nsenter --net="/run/netns/$ctl" "$@"; }
 kc() { in_ctl "$bin/kubectl" --kubeconfig "$dir/admin.kubeconfig" "$@"; }
 log() { echo "cluster.sh: $*" >&2; }
@@ -130,24 +149,53 @@ pki() {
 underlay() {
   ip netns add "$ctl"
   ip -n "$ctl" link set lo up
-  ip -n "$ctl" link add ul0 type bridge
-  ip -n "$ctl" addr add 192.0.2.1/24 dev ul0
-  ip -n "$ctl" addr add 2001:db8::1/64 dev ul0 nodad
-  ip -n "$ctl" link set ul0 up
+  # The control plane's own address: on the segment's bridge, or (routed) on the router's
+  # loopback, its segments around it.
+  if [ "$topology" = routed ]; then
+    ip -n "$ctl" addr add 192.0.2.1/32 dev lo
+    ip -n "$ctl" addr add 2001:db8::1/128 dev lo
+  else
+    ip -n "$ctl" link add ul0 type bridge
+    ip -n "$ctl" addr add 192.0.2.1/24 dev ul0
+    ip -n "$ctl" addr add 2001:db8::1/64 dev ul0 nodad
+    ip -n "$ctl" link set ul0 up
+  fi
   for ((i = 0; i < nodes; i++)); do
     local ns l=${letters[$i]}
     ns=$(node_ns "$i")
     ip netns add "$ns"
     ip -n "$ns" link set lo up
     ip link add ul0 netns "$ns" type veth peer name "ul-$l" netns "$ctl"
-    ip -n "$ctl" link set "ul-$l" master ul0 up
-    ip -n "$ns" addr add "192.0.2.1$i/24" dev ul0
-    ip -n "$ns" addr add "2001:db8::1$i/64" dev ul0 nodad
+    if [ "$topology" = routed ]; then
+      ip -n "$ctl" addr add "$(gateway4 "$i")/24" dev "ul-$l"
+      ip -n "$ctl" addr add "$(gateway6 "$i")/64" dev "ul-$l" nodad
+      ip -n "$ctl" link set "ul-$l" up
+    else
+      ip -n "$ctl" link set "ul-$l" master ul0 up
+    fi
+    ip -n "$ns" addr add "$(node_ip4 "$i")/24" dev ul0
+    ip -n "$ns" addr add "$(node_ip6 "$i")/64" dev ul0 nodad
     ip -n "$ns" link set ul0 up
     # Towards the control plane's namespace, never out of the machine.
-    ip -n "$ns" route add default via 192.0.2.1
-    ip -n "$ns" -6 route add default via 2001:db8::1
+    ip -n "$ns" route add default via "$(gateway4 "$i")"
+    ip -n "$ns" -6 route add default via "$(gateway6 "$i")"
   done
+  if [ "$topology" = routed ]; then
+    ip netns exec "$ctl" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+    # Between nodes the router carries the nodes' own packets only (the overlay's, the
+    # kubelet's, NodePorts'); pod addresses are not routed between segments.
+    nsenter --net="/run/netns/$ctl" nft -f - <<EOF
+table inet netlet-cluster-router {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    iifname "ul-*" oifname "ul-*" ip saddr 10.244.0.0/16 counter drop
+    iifname "ul-*" oifname "ul-*" ip daddr 10.244.0.0/16 counter drop
+    iifname "ul-*" oifname "ul-*" ip6 saddr fd00:10:244::/56 counter drop
+    iifname "ul-*" oifname "ul-*" ip6 daddr fd00:10:244::/56 counter drop
+  }
+}
+EOF
+  fi
 }
 
 control_plane() {
@@ -234,7 +282,7 @@ failCgroupV1: false
 cgroupDriver: cgroupfs
 cgroupRoot: /netlet-$name-$l
 containerRuntimeEndpoint: unix://$d/containerd.sock
-address: 192.0.2.1$i
+address: $(node_ip4 "$i")
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 authentication:
@@ -279,7 +327,7 @@ done
 ctr --address "$d/containerd.sock" -n k8s.io images tag --force registry.k8s.io/e2e-test-images/agnhost:2.56 \
   registry.k8s.io/e2e-test-images/agnhost:2.45 >/dev/null
 exec "$bin/kubelet" --config "$d/kubelet.yaml" --kubeconfig "$d/kubelet.kubeconfig" \
-  --hostname-override $n --node-ip 192.0.2.1$i,2001:db8::1$i --v=2
+  --hostname-override $n --node-ip $(node_ip4 "$i"),$(node_ip6 "$i") --v=2
 EOF
   mkdir -p "/run/netlet" "/var/lib/netlet" "/etc/cni/net.d" "/opt/cni/bin" "/var/lib/kubelet" \
     "/var/log/pods" "/var/log/containers" "/run/netns"
@@ -398,8 +446,8 @@ EOF
       other=$(node_name "$j")
       for cidr in $(kc get node "$other" -o jsonpath='{.spec.podCIDRs[*]}'); do
         case $cidr in
-          *:*) ip -n "$(node_ns "$i")" -6 route replace "$cidr" via "2001:db8::1$j" ;;
-          *) ip -n "$(node_ns "$i")" route replace "$cidr" via "192.0.2.1$j" ;;
+          *:*) ip -n "$(node_ns "$i")" -6 route replace "$cidr" via "$(node_ip6 "$j")" ;;
+          *) ip -n "$(node_ns "$i")" route replace "$cidr" via "$(node_ip4 "$j")" ;;
         esac
       done
     done

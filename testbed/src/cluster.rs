@@ -12,6 +12,25 @@ use serde_json::Value;
 use crate::harness::{bin, skip};
 use crate::k8s::bin_dir;
 
+/// How the nodes are wired (`NETLET_CLUSTER_TOPOLOGY` of cluster.sh).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// Every node on one L2 segment.
+    Segment,
+    /// Every node on a segment of its own behind a router that forwards no pod addresses
+    /// between nodes: pods of different nodes meet only through the network's overlay.
+    Routed,
+}
+
+impl Topology {
+    fn as_str(self) -> &'static str {
+        match self {
+            Topology::Segment => "segment",
+            Topology::Routed => "routed",
+        }
+    }
+}
+
 /// A running cluster; `cluster.sh down` when dropped.
 pub struct Cluster {
     name: String,
@@ -25,9 +44,9 @@ fn script() -> PathBuf {
 
 impl Cluster {
     /// Starts a cluster `name` (a few letters: its namespaces are `netlet-<name>-…`) with
-    /// `nodes` nodes and netlet as its network; `None` when [`skip`] decides it cannot run
-    /// here.
-    pub fn up(test: &str, name: &str, nodes: usize) -> Option<Cluster> {
+    /// `nodes` nodes wired as `topology` and netlet as its network; `None` when [`skip`]
+    /// decides it cannot run here.
+    pub fn up(test: &str, name: &str, nodes: usize, topology: Topology) -> Option<Cluster> {
         for b in [
             "kubelet",
             "kube-controller-manager",
@@ -42,13 +61,19 @@ impl Cluster {
                 return None;
             }
         }
-        Some(Self::start(name, nodes, "netlet").unwrap_or_else(|e| panic!("{e}")))
+        Some(Self::start(name, nodes, "netlet", topology).unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// Starts cluster `name` with `nodes` nodes and `network`: `netlet` (deployed from
     /// `deploy/`, its image built from this workspace's binaries of the running profile) or
-    /// `reference` (the reference CNI plugins and kube-proxy in nftables mode).
-    pub fn start(name: &str, nodes: usize, network: &str) -> Result<Cluster, String> {
+    /// `reference` (the reference CNI plugins and kube-proxy in nftables mode; on a segment
+    /// only), its nodes wired as `topology`.
+    pub fn start(
+        name: &str,
+        nodes: usize,
+        network: &str,
+        topology: Topology,
+    ) -> Result<Cluster, String> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let dir = std::env::temp_dir().join(format!("netlet-cluster-{name}"));
         let image_dir = dir.with_extension("image");
@@ -84,6 +109,7 @@ impl Cluster {
             .env("NETLET_IMAGE", &image)
             .env("NETLET_CLUSTER_NODES", nodes.to_string())
             .env("NETLET_CLUSTER_NETWORK", network)
+            .env("NETLET_CLUSTER_TOPOLOGY", topology.as_str())
             .output()
             .map_err(|e| format!("cluster.sh up: {e}"))?;
         let _ = std::fs::remove_dir_all(&image_dir);
@@ -95,7 +121,11 @@ impl Cluster {
                 c.logs()
             ));
         }
-        eprintln!("cluster {name} ({network}) up in {:.1?}", started.elapsed());
+        eprintln!(
+            "cluster {name} ({network}, {}) up in {:.1?}",
+            topology.as_str(),
+            started.elapsed()
+        );
         Ok(c)
     }
 
@@ -196,10 +226,17 @@ impl Cluster {
             .expect("e2e.sh")
     }
 
-    /// The network namespace standing for the control plane's machine and the underlay
-    /// (the API server at 192.0.2.1; the nodes at 192.0.2.10, 192.0.2.11, …).
+    /// The network namespace standing for the control plane's machine and the underlay (the
+    /// API server at 192.0.2.1; on a segment the nodes at 192.0.2.10, 192.0.2.11, …; routed,
+    /// the router of the nodes' segments).
     pub fn control_plane_netns(&self) -> PathBuf {
         PathBuf::from(format!("/run/netns/netlet-{}-ctl", self.name))
+    }
+
+    /// The network namespace of node `node` (`node-a`, `node-b`, …).
+    pub fn node_netns(&self, node: &str) -> PathBuf {
+        let letter = node.strip_prefix("node-").unwrap_or(node);
+        PathBuf::from(format!("/run/netns/netlet-{}-{letter}", self.name))
     }
 
     /// The administrator's kubeconfig (reachable from the control plane's namespace).

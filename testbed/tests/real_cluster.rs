@@ -5,7 +5,9 @@
 //! Service by name from every node with their own addresses, a NetworkPolicy across nodes, the
 //! readiness gate, a hostPort. Then a slice of the upstream `[sig-network] [Conformance]` e2e
 //! tests (built from k8s.io/kubernetes, the cluster's version) runs against the same cluster;
-//! the full runs are `testbed/k8s/e2e.sh`.
+//! the full runs are `testbed/k8s/e2e.sh`. A second cluster puts each node on a segment of its
+//! own behind a router that carries no pod addresses: pods, Services and names across nodes
+//! work there through netlet's overlay alone.
 //!
 //! What is expected comes from Kubernetes itself (the Node's podCIDRs the controller manager
 //! allocated, the pods' names and IPs the kubelets report, the Service's ClusterIP the API server
@@ -14,8 +16,9 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::Command;
+use std::sync::Mutex;
 
-use netlet_testbed::cluster::Cluster;
+use netlet_testbed::cluster::{Cluster, Topology};
 use netlet_testbed::harness::{privileged, tool};
 use serde_json::Value;
 
@@ -70,10 +73,16 @@ spec:
     )
 }
 
+/// One cluster at a time in this binary: each takes the machine's cores.
+static ONE_CLUSTER: Mutex<()> = Mutex::new(());
+
 struct PodInfo {
     name: String,
     node: String,
+    /// The primary IP (`status.podIP`).
     ip: IpAddr,
+    /// Every IP, one per family (`status.podIPs`).
+    ips: Vec<IpAddr>,
 }
 
 fn pods(c: &Cluster, selector: &str) -> Vec<PodInfo> {
@@ -88,6 +97,12 @@ fn pods(c: &Cluster, selector: &str) -> Vec<PodInfo> {
                 .as_str()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            ips: p["status"]["podIPs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a["ip"].as_str()?.parse().ok())
+                .collect(),
         })
         .collect()
 }
@@ -106,22 +121,16 @@ fn ready(pod: &Value) -> bool {
         .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
-#[test]
-fn a_real_cluster_through_kubectl_then_the_upstream_conformance_slice() {
-    let t = "a_real_cluster_through_kubectl_then_the_upstream_conformance_slice";
-    if !privileged(t)
-        || tool("containerd", t).is_none()
-        || tool("nsenter", t).is_none()
-        || tool("go", t).is_none()
-    {
-        return;
-    }
-    let Some(c) = Cluster::up(t, &format!("r{}", std::process::id() % 10000), 2) else {
-        return;
-    };
+fn can_run(t: &str) -> bool {
+    privileged(t)
+        && tool("containerd", t).is_some()
+        && tool("nsenter", t).is_some()
+        && tool("go", t).is_some()
+}
 
-    // The nodes: Ready, each with its own pod CIDRs from the controller manager, netlet's
-    // condition on each (reported every 2 s: it may follow Ready by as much).
+/// The nodes, once Ready, each with its own v4 and v6 pod CIDRs from the controller manager
+/// and netlet's condition (reported every 2 s: it may follow Ready by as much).
+fn nodes_ready(c: &Cluster) -> Value {
     c.eventually("NetworkUnavailable False on every node", 30, || {
         let nodes = c.get(&["nodes"]);
         let all = nodes["items"].as_array().cloned().unwrap_or_default();
@@ -158,40 +167,47 @@ fn a_real_cluster_through_kubectl_then_the_upstream_conformance_slice() {
         }
     }
     assert_eq!(cidrs.len(), 4, "a v4 and a v6 pod CIDR per node: {cidrs:?}");
-    let node_cidrs = |node: &str| -> Vec<ipnet::IpNet> {
-        nodes["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["metadata"]["name"] == node)
-            .map(|n| {
-                n["spec"]["podCIDRs"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|c| c.as_str().unwrap().parse().unwrap())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    nodes
+}
 
-    // A Deployment over both nodes behind a Service. Its pods carry netlet's readiness gate:
-    // the rollout finishes only once the host marked each pod's network programmed.
+fn node_cidrs(nodes: &Value, node: &str) -> Vec<ipnet::IpNet> {
+    nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["metadata"]["name"] == node)
+        .map(|n| {
+            n["spec"]["podCIDRs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().parse().unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A Deployment over both nodes behind a Service. Its pods carry netlet's readiness gate: the
+/// rollout finishes only once the host marked each pod's network programmed. Each pod has an
+/// address of each family from its node's podCIDRs.
+fn roll_out_web(c: &Cluster, nodes: &Value) -> Vec<PodInfo> {
     c.apply(&web()).unwrap();
     c.kubectl(&["rollout", "status", "deployment/web", "--timeout=180s"])
         .unwrap_or_else(|e| panic!("web did not roll out: {e}\n{}", c.logs()));
-    let web = pods(&c, "app=web");
+    let web = pods(c, "app=web");
     assert_eq!(web.len(), 4);
     let on: BTreeSet<&str> = web.iter().map(|p| p.node.as_str()).collect();
     assert_eq!(on.len(), 2, "spread over both nodes");
     for p in &web {
-        assert!(
-            node_cidrs(&p.node).iter().any(|n| n.contains(&p.ip)),
-            "{} ({}) outside its node {}'s podCIDRs",
-            p.name,
-            p.ip,
-            p.node
-        );
+        assert_eq!(p.ips.len(), 2, "{}: {:?}", p.name, p.ips);
+        for ip in &p.ips {
+            assert!(
+                node_cidrs(nodes, &p.node).iter().any(|n| n.contains(ip)),
+                "{} ({ip}) outside its node {}'s podCIDRs",
+                p.name,
+                p.node
+            );
+        }
         let gate = c.get(&["pod", "-n", "default", &p.name]);
         let programmed = gate["status"]["conditions"]
             .as_array()
@@ -200,25 +216,41 @@ fn a_real_cluster_through_kubectl_then_the_upstream_conformance_slice() {
             .any(|c| c["type"] == "netlet.io/network-programmed" && c["status"] == "True");
         assert!(programmed && ready(&gate), "{}: {gate}", p.name);
     }
+    web
+}
 
-    // Pod to pod across nodes, each way: the answer comes from the pod asked, and it saw the
-    // asker's own address (no NAT between pods).
-    for from in &web {
+/// Pod to pod across nodes, each way, over each family: the answer comes from the pod asked,
+/// and it saw the asker's own address of that family (no NAT between pods).
+fn pod_to_pod_across_nodes(c: &Cluster, web: &[PodInfo]) {
+    for from in web {
         for to in web.iter().filter(|to| to.node != from.node) {
-            let name = curl(&c, &from.name, &format!("http://{}:8080/hostname", to.ip)).unwrap();
-            assert_eq!(name, to.name);
-            let seen = curl(&c, &from.name, &format!("http://{}:8080/clientip", to.ip)).unwrap();
-            let seen_ip: IpAddr = seen.rsplit_once(':').unwrap().0.parse().unwrap();
-            assert_eq!(seen_ip, from.ip, "{} → {}", from.name, to.name);
+            for ip in &to.ips {
+                let at = std::net::SocketAddr::new(*ip, 8080);
+                let name = curl(c, &from.name, &format!("http://{at}/hostname")).unwrap();
+                assert_eq!(name, to.name, "{} → {at}", from.name);
+                let seen = curl(c, &from.name, &format!("http://{at}/clientip")).unwrap();
+                let seen_ip: IpAddr = seen
+                    .rsplit_once(':')
+                    .unwrap()
+                    .0
+                    .trim_matches(['[', ']'])
+                    .parse()
+                    .unwrap();
+                let own = from.ips.iter().find(|a| a.is_ipv4() == ip.is_ipv4());
+                assert_eq!(Some(&seen_ip), own, "{} → {at}", from.name);
+            }
         }
     }
+}
 
-    // The Service by name from both nodes: the name resolves (netlet's DNS on the cluster DNS
-    // IP, no CoreDNS) to the ClusterIP the API server allocated, and the answers come from
-    // pods of both nodes.
+/// The Service by name from both nodes: the name resolves (netlet's DNS on the cluster DNS
+/// IP, no CoreDNS) to the ClusterIP the API server allocated, and the answers come from pods
+/// of both nodes. Returns the ClusterIP.
+fn service_by_name_from_each_node(c: &Cluster, web: &[PodInfo]) -> String {
     let svc = c.get(&["service", "-n", "default", "web"]);
     let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
     let names: BTreeSet<&str> = web.iter().map(|p| p.name.as_str()).collect();
+    let on: BTreeSet<&str> = web.iter().map(|p| p.node.as_str()).collect();
     for node in &on {
         let from = web.iter().find(|p| p.node == *node).unwrap();
         let resolved = c
@@ -231,7 +263,7 @@ fn a_real_cluster_through_kubectl_then_the_upstream_conformance_slice() {
         assert_eq!(resolved.trim(), cluster_ip, "from {}", from.name);
         let mut answered = BTreeSet::new();
         for _ in 0..24 {
-            let who = curl(&c, &from.name, "http://web/hostname").unwrap();
+            let who = curl(c, &from.name, "http://web/hostname").unwrap();
             assert!(names.contains(who.as_str()), "{who} is not a web pod");
             answered.insert(web.iter().find(|p| p.name == who).unwrap().node.clone());
         }
@@ -241,6 +273,25 @@ fn a_real_cluster_through_kubectl_then_the_upstream_conformance_slice() {
             "from {node}: answers from {answered:?} only"
         );
     }
+    cluster_ip
+}
+
+#[test]
+fn a_real_cluster_through_kubectl_then_the_upstream_conformance_slice() {
+    let t = "a_real_cluster_through_kubectl_then_the_upstream_conformance_slice";
+    if !can_run(t) {
+        return;
+    }
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let name = format!("r{}", std::process::id() % 10000);
+    let Some(c) = Cluster::up(t, &name, 2, Topology::Segment) else {
+        return;
+    };
+    let nodes = nodes_ready(&c);
+    let web = roll_out_web(&c, &nodes);
+    pod_to_pod_across_nodes(&c, &web);
+    let cluster_ip = service_by_name_from_each_node(&c, &web);
+    let names: BTreeSet<&str> = web.iter().map(|p| p.name.as_str()).collect();
 
     // A NetworkPolicy across nodes: web admits pods labelled role=client, nobody else. Two
     // pods on the other node from web-a, one labelled, one not; both reach web before.
@@ -446,6 +497,56 @@ fn a_real_cluster_through_kubectl_then_the_upstream_conformance_slice() {
         log.contains(&format!("Ran {CI_SLICE_TESTS} of ")),
         "the slice ran other than {CI_SLICE_TESTS} tests: {summary:?}"
     );
+}
+
+/// Packets node `node`'s overlay device `dev` has sent (`None` while it does not exist).
+fn overlay_sent(c: &Cluster, node: &str, dev: &str) -> Option<u64> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", c.node_netns(node).display()))
+        .args(["ip", "-j", "-s", "link", "show", "dev", dev])
+        .output()
+        .ok()?;
+    let links: Value = serde_json::from_slice(&out.stdout).ok()?;
+    links[0]["stats64"]["tx"]["packets"].as_u64()
+}
+
+#[test]
+fn a_routed_cluster_carries_pods_services_and_names_over_the_overlay() {
+    let t = "a_routed_cluster_carries_pods_services_and_names_over_the_overlay";
+    if !can_run(t) {
+        return;
+    }
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let name = format!("o{}", std::process::id() % 10000);
+    let Some(c) = Cluster::up(t, &name, 2, Topology::Routed) else {
+        return;
+    };
+    let nodes = nodes_ready(&c);
+    let web = roll_out_web(&c, &nodes);
+
+    // The router between the nodes' segments drops every packet from or to a pod address, so
+    // what crosses now crosses inside netlet's overlay: each node's VXLAN device of each
+    // family sends while the pods talk.
+    let devices = ["netlet.vx4", "netlet.vx6"];
+    let before: Vec<Option<u64>> = ["node-a", "node-b"]
+        .iter()
+        .flat_map(|n| devices.iter().map(|d| overlay_sent(&c, n, d)))
+        .collect();
+    pod_to_pod_across_nodes(&c, &web);
+    let after: Vec<Option<u64>> = ["node-a", "node-b"]
+        .iter()
+        .flat_map(|n| devices.iter().map(|d| overlay_sent(&c, n, d)))
+        .collect();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        let (node, dev) = (["node-a", "node-b"][i / 2], devices[i % 2]);
+        match (b, a) {
+            (Some(b), Some(a)) => assert!(a > b, "{node} {dev} sent nothing: {b} → {a}"),
+            _ => panic!("{node}: no {dev} ({b:?} → {a:?})"),
+        }
+    }
+
+    // Services and names across the router: the ClusterIP answered from both nodes' pods.
+    service_by_name_from_each_node(&c, &web);
 }
 
 /// The upstream tests CI runs (the full `[sig-network] [Conformance]` set takes longer than

@@ -18,7 +18,7 @@ use std::io::BufRead;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use netlet_testbed::cluster::Cluster;
+use netlet_testbed::cluster::{Cluster, Topology};
 use netlet_testbed::stats::{ms, pct, ratio};
 
 #[derive(Parser)]
@@ -163,7 +163,8 @@ fn main() {
     let a = Args::parse();
     let mut results = Vec::new();
     for (name, network) in [("bn", "netlet"), ("br", "reference")] {
-        let c = Cluster::start(name, 2, network).unwrap_or_else(|e| panic!("{e}"));
+        let c =
+            Cluster::start(name, 2, network, Topology::Segment).unwrap_or_else(|e| panic!("{e}"));
         let f = measure(&c, &a).unwrap_or_else(|e| panic!("{network}: {e}\n{}", c.logs()));
         drop(c);
         results.push((network, f));
