@@ -265,7 +265,8 @@ pub struct Host {
 
 impl Host {
     /// Writes a NodeConfig with `drivers` (YAML list items) and `extra` top-level lines, and
-    /// starts the host. Probes run every 100 ms so tests converge fast.
+    /// starts the host. Probes run every 100 ms so tests converge fast, unless `extra` sets
+    /// `probeInterval` itself.
     pub async fn start(drivers: &str, extra: &str) -> Host {
         Self::start_in(None, drivers, extra).await
     }
@@ -283,10 +284,15 @@ impl Host {
         } else {
             format!("drivers:\n{drivers}")
         };
+        let probe = if extra.lines().any(|l| l.starts_with("probeInterval:")) {
+            ""
+        } else {
+            "probeInterval: 100ms\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\nprobeInterval: 100ms\ndriverCallTimeout: 5s\n{extra}{drivers}"
+                "apiVersion: netlet.io/v1alpha1\nkind: NodeConfig\n{probe}driverCallTimeout: 5s\n{extra}{drivers}"
             ),
         )
         .expect("write config");

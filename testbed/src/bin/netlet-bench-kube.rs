@@ -439,13 +439,17 @@ async fn main() {
     write_kubeconfig_at(&kc_b, "https://192.0.2.5:6443", None);
     write_kubeconfig_at(&kc_cp, "https://127.0.0.1:6443", None);
 
-    // Node A: netlet.
+    // Node A: netlet, probing its drivers as deployed (deploy/netlet.yaml), not at the tests'
+    // 100 ms.
     let drivers = bridge_driver("bridge", "default", "netlet0", &["10.244.0.0/24"])
         + &nft_driver("nft", &["--cluster-cidr", "10.244.0.0/24"]);
     let mut node_a = Node::start(
         "bk-a",
         &drivers,
-        &format!("nodeName: node-a\nkubeconfig: {}\n", kc_a.display()),
+        &format!(
+            "nodeName: node-a\nkubeconfig: {}\nprobeInterval: 2s\n",
+            kc_a.display()
+        ),
     )
     .await;
     probe::wire(
