@@ -4,11 +4,12 @@
 
 use std::sync::{Arc, Weak};
 
+use netlet_sdk::parts::MAX_BATCH_BYTES;
 use netlet_sdk::proto::{AttachPodRequest, Capability, DetachPodRequest, ListAttachmentsRequest};
 
 use crate::{
     Host,
-    api::{self, send},
+    api::{self, send, send_parts},
     attach::selection_of,
     registry::DriverEntry,
 };
@@ -40,7 +41,12 @@ async fn replay(host: &Host, d: &Arc<DriverEntry>) {
     }
     if d.has(Capability::Services) && loaded {
         let view = host.services.lock().await;
-        let r = send(d, view.table.full_sync_request(), &api::program_service).await;
+        let r = send_parts(
+            d,
+            view.table.full_sync_parts(MAX_BATCH_BYTES),
+            &api::program_service,
+        )
+        .await;
         record(d, &d.services_generation, "Services", r);
     }
     if d.has(Capability::Policy) && loaded {

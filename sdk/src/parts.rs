@@ -41,6 +41,79 @@ pub fn split<R: Splittable>(req: R, max: usize) -> Vec<R> {
     parts
 }
 
+/// One item of a batch's repeated fields, as [`lazy_parts`] puts it into a part.
+pub trait PartItem<R> {
+    /// Its encoded length (without the field's tag and length prefix).
+    fn encoded_len(&self) -> usize;
+    /// Moves it into `part`'s field.
+    fn put(self, part: &mut R);
+}
+
+/// The parts of a full sync, built one at a time as they are asked for: only the part being
+/// sent exists, never the whole batch beside its parts (at 10k Services × 10 endpoints the
+/// whole batch and its parts held about 90 MB at once). Each part at most `max` bytes (one
+/// larger item goes alone); one part, numbered 0 and not continued, when everything fits, as
+/// [`split`] leaves a small batch; one empty part when there is nothing.
+pub struct LazyParts<R, I: Iterator> {
+    template: R,
+    empty: usize,
+    items: std::iter::Peekable<I>,
+    next: u32,
+    max: usize,
+}
+
+/// The parts of the full sync stamped as `template` (its items ignored) holding `items`, at
+/// most `max` bytes each.
+pub fn lazy_parts<R, T, I>(template: &R, items: I, max: usize) -> LazyParts<R, I::IntoIter>
+where
+    R: Splittable,
+    T: PartItem<R>,
+    I: IntoIterator<Item = T>,
+{
+    // Sized with the highest part index, as `split_items` does.
+    let mut sized = template.empty_like();
+    sized.set_part(u32::MAX, true);
+    LazyParts {
+        empty: sized.encoded_len(),
+        template: template.empty_like(),
+        items: items.into_iter().peekable(),
+        next: 0,
+        max,
+    }
+}
+
+impl<R, T, I> Iterator for LazyParts<R, I>
+where
+    R: Splittable,
+    T: PartItem<R>,
+    I: Iterator<Item = T>,
+{
+    type Item = R;
+
+    fn next(&mut self) -> Option<R> {
+        if self.next > 0 && self.items.peek().is_none() {
+            return None;
+        }
+        let mut part = self.template.empty_like();
+        let mut len = self.empty;
+        while let Some(item) = self.items.peek() {
+            // An item costs its length, a tag and a length prefix (at most 6 bytes).
+            let cost = item.encoded_len() + 6;
+            if len + cost > self.max && len > self.empty {
+                break;
+            }
+            if let Some(item) = self.items.next() {
+                item.put(&mut part);
+            }
+            len += cost;
+        }
+        let continues = self.items.peek().is_some();
+        part.set_part(self.next, continues);
+        self.next += 1;
+        Some(part)
+    }
+}
+
 /// Parts being filled, with the encoded size of the last one kept as it grows (measuring the
 /// whole part again per item would be quadratic).
 pub(crate) struct Filling<R> {
@@ -294,6 +367,45 @@ mod tests {
         // Small batches and deltas go as they are.
         let small = big(2, 2);
         assert_eq!(split(small.clone(), MAX_BATCH_BYTES), vec![small]);
+    }
+
+    #[test]
+    fn a_table_sent_in_lazy_parts_arrives_as_its_full_sync() {
+        let whole = big(6000, 30);
+        let mut table = ServiceTable::default();
+        table.apply(&whole).unwrap();
+        let parts: Vec<_> = table.full_sync_parts(MAX_BATCH_BYTES).collect();
+        assert!(parts.len() > 1);
+        for (i, p) in parts.iter().enumerate() {
+            assert!(p.encoded_len() <= MAX_BATCH_BYTES, "part {i}");
+            assert_eq!(
+                (p.epoch, p.generation, p.full_sync),
+                (3, 9, true),
+                "part {i}"
+            );
+            assert_eq!(p.full_sync_continues, i + 1 < parts.len(), "part {i}");
+            assert_eq!(p.full_sync_part, i as u32);
+        }
+        // Put together by a receiver, they are the table's full sync item for item.
+        let mut kept = Parts::default();
+        let mut out = None;
+        for p in parts {
+            assert!(out.is_none(), "nothing applies before the last part");
+            out = kept.offer(p).unwrap();
+        }
+        let mut out = out.unwrap();
+        out.set_part(0, false);
+        assert_eq!(out, table.full_sync_request());
+        // A small table goes in one part, numbered 0 and not continued: the full sync itself;
+        // an empty one as one empty full sync.
+        let mut small = ServiceTable::default();
+        small.apply(&big(2, 2)).unwrap();
+        let one: Vec<_> = small.full_sync_parts(MAX_BATCH_BYTES).collect();
+        assert_eq!(one, vec![small.full_sync_request()]);
+        let none: Vec<_> = ServiceTable::default()
+            .full_sync_parts(MAX_BATCH_BYTES)
+            .collect();
+        assert_eq!(none, vec![ServiceTable::default().full_sync_request()]);
     }
 
     #[test]

@@ -275,6 +275,37 @@ impl ServiceTable {
         req
     }
 
+    /// The full sync of [`ServiceTable::full_sync_request`] in parts of at most `max` bytes,
+    /// each built only when asked for (see [`crate::parts::lazy_parts`]).
+    pub fn full_sync_parts(&self, max: usize) -> impl Iterator<Item = ProgramServiceRequest> + '_ {
+        let template = ProgramServiceRequest {
+            generation: self.applied.generation,
+            epoch: self.applied.epoch,
+            full_sync: true,
+            ..Default::default()
+        };
+        let host_ports = self
+            .host_ports
+            .values()
+            .cloned()
+            .map(ServiceItem::HostPorts);
+        let services = self.entries.iter().flat_map(|((ns, name), e)| {
+            let key = ServiceKey {
+                namespace: ns.clone(),
+                name: name.clone(),
+            };
+            let service = e.service.clone().map(ServiceItem::Service);
+            let endpoints = e.endpoints.values().map(move |ep| {
+                ServiceItem::Endpoint(crate::proto::EndpointUpsert {
+                    service: Some(key.clone()),
+                    endpoint: Some(ep.clone()),
+                })
+            });
+            service.into_iter().chain(endpoints)
+        });
+        crate::parts::lazy_parts(&template, host_ports.chain(services), max)
+    }
+
     /// Services (those whose Service object is known), optionally in one namespace.
     pub fn list(&self, namespace: &str) -> ListServicesResponse {
         ListServicesResponse {
@@ -298,6 +329,32 @@ impl ServiceTable {
                 .cloned()
                 .collect(),
             ..Default::default()
+        }
+    }
+}
+
+/// One item of a Services full sync.
+enum ServiceItem {
+    Service(Service),
+    Endpoint(crate::proto::EndpointUpsert),
+    HostPorts(HostPorts),
+}
+
+impl crate::parts::PartItem<ProgramServiceRequest> for ServiceItem {
+    fn encoded_len(&self) -> usize {
+        use prost::Message;
+        match self {
+            ServiceItem::Service(s) => s.encoded_len(),
+            ServiceItem::Endpoint(e) => e.encoded_len(),
+            ServiceItem::HostPorts(h) => h.encoded_len(),
+        }
+    }
+
+    fn put(self, part: &mut ProgramServiceRequest) {
+        match self {
+            ServiceItem::Service(s) => part.service_upserts.push(s),
+            ServiceItem::Endpoint(e) => part.endpoint_upserts.push(e),
+            ServiceItem::HostPorts(h) => part.host_port_upserts.push(h),
         }
     }
 }

@@ -312,7 +312,19 @@ impl Host {
 
     /// (Re)starts the host process with the same directories and config.
     pub async fn spawn(&mut self) {
-        let child = in_netns(self.netns.as_deref(), &bin("netlet"))
+        // A profiler to run the host under, for a benchmark's profile (`NETLET_HOST_UNDER`,
+        // e.g. "heaptrack -o /tmp/host"): the program and its arguments, the host's after them.
+        let under = std::env::var("NETLET_HOST_UNDER").unwrap_or_default();
+        let mut under = under.split_whitespace();
+        let mut cmd = match under.next() {
+            Some(program) => {
+                let mut c = in_netns(self.netns.as_deref(), Path::new(program));
+                c.args(under).arg(bin("netlet"));
+                c
+            }
+            None => in_netns(self.netns.as_deref(), &bin("netlet")),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(&self.config)

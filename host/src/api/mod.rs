@@ -55,8 +55,23 @@ where
     F: Fn(Arc<DriverEntry>, Req) -> Fut,
     Fut: Future<Output = Result<u64, Status>>,
 {
+    send_parts(d, split(req, MAX_BATCH_BYTES), call).await
+}
+
+/// Sends the parts of one batch to a driver, one after the other, each made only when the one
+/// before was answered; returns the driver's answer to the last.
+pub(crate) async fn send_parts<Req, P, F, Fut>(
+    d: &Arc<DriverEntry>,
+    parts: P,
+    call: &F,
+) -> Result<u64, Status>
+where
+    P: IntoIterator<Item = Req>,
+    F: Fn(Arc<DriverEntry>, Req) -> Fut,
+    Fut: Future<Output = Result<u64, Status>>,
+{
     let mut applied = 0;
-    for part in split(req, MAX_BATCH_BYTES) {
+    for part in parts {
         applied = call(d.clone(), part).await?;
     }
     Ok(applied)
@@ -65,17 +80,19 @@ where
 /// Sends a generation-stamped batch to every driver in `drivers`: the delta to a driver that
 /// applied `prev`, the full state to one that did not (restarted, or failed a delta). Records
 /// each driver's applied generation; a failure resets it to 0 so the next batch is a full sync.
-pub(crate) async fn sync_to_drivers<Req, F, Fut>(
+/// `full` gives the full state's parts (made as they are sent).
+pub(crate) async fn sync_to_drivers<Req, P, F, Fut>(
     drivers: Vec<Arc<DriverEntry>>,
     generation_of: fn(&DriverEntry) -> &Mutex<u64>,
     prev: u64,
     applied: u64,
     delta: &Req,
-    full: impl Fn() -> Req,
+    full: impl Fn() -> P,
     call: F,
 ) -> Result<(), Status>
 where
     Req: Splittable,
+    P: IntoIterator<Item = Req>,
     F: Fn(Arc<DriverEntry>, Req) -> Fut,
     Fut: Future<Output = Result<u64, Status>>,
 {
@@ -83,19 +100,19 @@ where
     let fits = delta.encoded_len() <= MAX_BATCH_BYTES;
     let calls = drivers.into_iter().map(|d| {
         let have = generation_of(&d).lock().map(|g| *g).unwrap_or(0);
-        let delta = (have == prev && prev != 0 && fits).then(|| delta.clone());
-        let is_delta = delta.is_some();
-        let req = (have != applied).then(|| delta.unwrap_or_else(&full));
+        let stale = have != applied;
+        let delta = (stale && have == prev && prev != 0 && fits).then(|| delta.clone());
         let (call, full) = (&call, &full);
         async move {
-            let res = match req {
-                None => Ok(applied),
+            let res = match delta {
+                _ if !stale => Ok(applied),
+                None => send_parts(&d, full(), call).await,
                 Some(r) => match send(&d, r, call).await {
                     // A driver that refuses a delta (it restarted, or lost its state) gets the
                     // whole table at once (built only then): a full sync always applies.
-                    Err(s) if is_delta && s.code() == tonic::Code::FailedPrecondition => {
+                    Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                         tracing::info!(driver = %d.name, reason = %s.message(), "delta refused; sending a full sync");
-                        send(&d, full(), call).await
+                        send_parts(&d, full(), call).await
                     }
                     other => other,
                 },

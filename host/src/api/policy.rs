@@ -3,6 +3,7 @@
 //! `CheckHostname`), with the WebAssembly modules they name.
 
 use netlet_sdk::{
+    parts::{MAX_BATCH_BYTES, split},
     proto::{
         ApplyPolicyRequest, ApplyPolicyResponse, Capability, CheckDnsRequest, CheckDnsResponse,
         CheckHostnameRequest, CheckHostnameResponse, ListPoliciesRequest, ListPoliciesResponse,
@@ -34,7 +35,7 @@ pub(crate) async fn push(
         prev,
         table.generation(),
         out,
-        || table.full_sync_request(),
+        || split(table.full_sync_request(), MAX_BATCH_BYTES),
         super::apply_policy,
     )
     .await

@@ -3,6 +3,7 @@
 //! Services (deltas to drivers in step, the full table to those that are not).
 
 use netlet_sdk::{
+    parts::MAX_BATCH_BYTES,
     proto::{
         Capability, DriverGeneration, ListServicesRequest, ListServicesResponse,
         ProgramServiceRequest, ProgramServiceResponse, services_server::Services,
@@ -40,7 +41,7 @@ pub(crate) async fn push(
         prev,
         now,
         &delta,
-        || view.table.full_sync_request(),
+        || view.table.full_sync_parts(MAX_BATCH_BYTES),
         super::program_service,
     )
     .await

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 /// mimalloc rather than the system allocator: it returns freed pages to the kernel soon, where
 /// glibc's arenas keep what a large initial list or full sync once needed (measured at 10k
-/// Services: about a third of the resident memory).
+/// Services: about a third of the resident memory). The feature `system-allocator` keeps the
+/// system's, for a heap profiler that hooks malloc (heaptrack).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

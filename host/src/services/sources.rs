@@ -362,12 +362,12 @@ impl ServiceView {
             }
         }
         let mut req = self.next_batch();
+        let no_endpoints = BTreeMap::new();
         for key in &affected {
-            let want = match self.wanted_of(key) {
-                Some(w) if self.holds_all(key) => w.clone(),
+            let now = match self.wanted_of(key) {
+                Some(w) if self.holds_all(key) => self.node_view(w),
                 _ => Wanted::default(),
             };
-            let now = self.node_view(&want);
             let health_checked = now.service.as_ref().is_some_and(|s| {
                 s.external_traffic_policy == TrafficPolicy::Local as i32
                     && s.health_check_node_port != 0
@@ -379,11 +379,11 @@ impl ServiceView {
             }
             let skey = sk(key);
             let (have_svc, have_eps) = match self.table.entry(&skey) {
-                Some((s, e)) => (s.cloned(), e.clone()),
-                None => (None, BTreeMap::new()),
+                Some((s, e)) => (s, e),
+                None => (None, &no_endpoints),
             };
-            match (&now.service, &have_svc) {
-                (Some(n), h) if h.as_ref() != Some(n) => req.service_upserts.push(n.clone()),
+            match (&now.service, have_svc) {
+                (Some(n), h) if h != Some(n) => req.service_upserts.push(n.clone()),
                 (None, Some(_)) => req.service_deletes.push(skey.clone()),
                 _ => {}
             }
