@@ -205,13 +205,23 @@ pub fn cluster_bridge_driver(cluster_cidrs: &[&str], routing: &str) -> String {
     )
 }
 
-/// A supervised nft (Services) driver entry with `args`.
+/// A supervised nft (Services) driver entry with `args`; run under `NETLET_NFT_UNDER` when set
+/// (a profiler and its arguments, as `NETLET_HOST_UNDER` for the host).
 pub fn nft_driver(name: &str, args: &[&str]) -> String {
-    let mut all = vec!["--name", name];
+    let program = bin("netlet-nft").display().to_string();
+    let under = std::env::var("NETLET_NFT_UNDER").unwrap_or_default();
+    let mut all: Vec<&str> = under.split_whitespace().collect();
+    let command = if all.is_empty() {
+        program.clone()
+    } else {
+        let first = all.remove(0).to_string();
+        all.push(&program);
+        first
+    };
+    all.extend(["--name", name]);
     all.extend(args);
     format!(
-        "- name: {name}\n  command: {}\n  args: {}\n",
-        bin("netlet-nft").display(),
+        "- name: {name}\n  command: {command}\n  args: {}\n",
         serde_json::to_string(&all).unwrap_or_default()
     )
 }

@@ -9,6 +9,7 @@
 /// mimalloc rather than the system allocator: it returns freed pages to the kernel soon, where
 /// glibc's arenas keep what a large initial list or full sync once needed (measured at 10k
 /// Services: about a third of the resident memory).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
