@@ -260,11 +260,13 @@ impl Nft {
         let udp_gone = std::mem::take(&mut plan.udp_gone);
         let touched = plan.touched;
         st.conn.send(plan.into_batch()).map_err(nft_status)?;
-        st.table.apply(req)?;
         if let Some(h) = host_ports {
             st.host_ports = h;
         }
         st.commit_claims(taken, &post, conflicts);
+        let services = post.len();
+        // The table takes the Services as worked out above (no second copy of the batch).
+        st.table.apply_resolved(req, post)?;
         st.commit_pins(pins);
         for (made, new) in st.classes.iter_mut().zip(new_classes) {
             made.extend(new);
@@ -280,7 +282,7 @@ impl Nft {
         tracing::debug!(
             generation = req.generation,
             full_sync = req.full_sync,
-            services = post.len(),
+            services,
             touched,
             "programmed"
         );
