@@ -335,14 +335,10 @@ mod tests {
         r
     }
 
-    #[test]
-    fn a_large_full_sync_goes_in_parts_under_the_limit_and_applies_as_one() {
-        let whole = big(6000, 30);
-        assert!(
-            whole.encoded_len() > 4 * 1024 * 1024,
-            "the test needs a large sync"
-        );
-        let parts = split(whole.clone(), MAX_BATCH_BYTES);
+    /// Checks `parts` are several parts of generation 9 of epoch 3 under the limit, numbered
+    /// in order, continued but the last, and returns what a receiver puts together of them
+    /// (nothing applies before the last).
+    fn received(parts: Vec<ProgramServiceRequest>) -> ProgramServiceRequest {
         assert!(parts.len() > 1);
         for (i, p) in parts.iter().enumerate() {
             assert!(p.encoded_len() <= MAX_BATCH_BYTES, "part {i}");
@@ -360,9 +356,20 @@ mod tests {
             assert!(out.is_none(), "nothing applies before the last part");
             out = kept.offer(p).unwrap();
         }
+        out.unwrap()
+    }
+
+    #[test]
+    fn a_large_full_sync_goes_in_parts_under_the_limit_and_applies_as_one() {
+        let whole = big(6000, 30);
+        assert!(
+            whole.encoded_len() > 4 * 1024 * 1024,
+            "the test needs a large sync"
+        );
+        let out = received(split(whole.clone(), MAX_BATCH_BYTES));
         let (mut a, mut b) = (ServiceTable::default(), ServiceTable::default());
         a.apply(&whole).unwrap();
-        b.apply(&out.unwrap()).unwrap();
+        b.apply(&out).unwrap();
         assert_eq!(a.list(""), b.list(""));
         // Small batches and deltas go as they are.
         let small = big(2, 2);
@@ -374,26 +381,8 @@ mod tests {
         let whole = big(6000, 30);
         let mut table = ServiceTable::default();
         table.apply(&whole).unwrap();
-        let parts: Vec<_> = table.full_sync_parts(MAX_BATCH_BYTES).collect();
-        assert!(parts.len() > 1);
-        for (i, p) in parts.iter().enumerate() {
-            assert!(p.encoded_len() <= MAX_BATCH_BYTES, "part {i}");
-            assert_eq!(
-                (p.epoch, p.generation, p.full_sync),
-                (3, 9, true),
-                "part {i}"
-            );
-            assert_eq!(p.full_sync_continues, i + 1 < parts.len(), "part {i}");
-            assert_eq!(p.full_sync_part, i as u32);
-        }
         // Put together by a receiver, they are the table's full sync item for item.
-        let mut kept = Parts::default();
-        let mut out = None;
-        for p in parts {
-            assert!(out.is_none(), "nothing applies before the last part");
-            out = kept.offer(p).unwrap();
-        }
-        let mut out = out.unwrap();
+        let mut out = received(table.full_sync_parts(MAX_BATCH_BYTES).collect());
         out.set_part(0, false);
         assert_eq!(out, table.full_sync_request());
         // A small table goes in one part, numbered 0 and not continued: the full sync itself;

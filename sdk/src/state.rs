@@ -168,15 +168,9 @@ impl ServiceTable {
             ),
         >,
     ) -> Result<Applied, Status> {
-        let batch = Batch::from(req);
-        if !self.applied.check(batch)? {
+        let Some(batch) = self.begin(req)? else {
             return Ok(self.applied);
-        }
-        if req.full_sync {
-            self.entries.clear();
-            self.host_ports.clear();
-        }
-        apply_host_ports(&mut self.host_ports, req);
+        };
         for (key, (service, endpoints)) in post {
             if service.is_none() && endpoints.is_empty() {
                 self.entries.remove(&key);
@@ -202,17 +196,26 @@ impl ServiceTable {
         self.len() == 0
     }
 
-    /// Applies a validated batch (see [`Applied::check`]); returns what is applied.
-    pub fn apply(&mut self, req: &ProgramServiceRequest) -> Result<Applied, Status> {
+    /// What every batch does first: its check (`None`: a replay, nothing to do), a full sync's
+    /// clearing, its host ports.
+    fn begin(&mut self, req: &ProgramServiceRequest) -> Result<Option<Batch>, Status> {
         let batch = Batch::from(req);
         if !self.applied.check(batch)? {
-            return Ok(self.applied);
+            return Ok(None);
         }
         if req.full_sync {
             self.entries.clear();
             self.host_ports.clear();
         }
         apply_host_ports(&mut self.host_ports, req);
+        Ok(Some(batch))
+    }
+
+    /// Applies a validated batch (see [`Applied::check`]); returns what is applied.
+    pub fn apply(&mut self, req: &ProgramServiceRequest) -> Result<Applied, Status> {
+        let Some(batch) = self.begin(req)? else {
+            return Ok(self.applied);
+        };
         for s in &req.service_upserts {
             if let Some(k) = &s.key {
                 self.entries.entry(skey(k)).or_default().service = Some(s.clone());

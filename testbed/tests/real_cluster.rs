@@ -121,11 +121,24 @@ fn ready(pod: &Value) -> bool {
         .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
-fn can_run(t: &str) -> bool {
-    privileged(t)
-        && tool("containerd", t).is_some()
-        && tool("nsenter", t).is_some()
-        && tool("go", t).is_some()
+/// Test `t`'s cluster (`prefix` and the process id its name), wired as `topology`, once no
+/// other test of this binary holds one; `None` when the test cannot run here. The guard comes
+/// first so that the cluster, declared after it, is taken down before it is released.
+fn start(
+    t: &str,
+    prefix: &str,
+    topology: Topology,
+) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
+    if !privileged(t)
+        || tool("containerd", t).is_none()
+        || tool("nsenter", t).is_none()
+        || tool("go", t).is_none()
+    {
+        return None;
+    }
+    let one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let name = format!("{prefix}{}", std::process::id() % 10000);
+    Some((one, Cluster::up(t, &name, 2, topology)?))
 }
 
 /// The nodes, once Ready, each with its own v4 and v6 pod CIDRs from the controller manager
@@ -279,12 +292,7 @@ fn service_by_name_from_each_node(c: &Cluster, web: &[PodInfo]) -> String {
 #[test]
 fn a_real_cluster_through_kubectl_then_the_upstream_conformance_slice() {
     let t = "a_real_cluster_through_kubectl_then_the_upstream_conformance_slice";
-    if !can_run(t) {
-        return;
-    }
-    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    let name = format!("r{}", std::process::id() % 10000);
-    let Some(c) = Cluster::up(t, &name, 2, Topology::Segment) else {
+    let Some((_one, c)) = start(t, "r", Topology::Segment) else {
         return;
     };
     let nodes = nodes_ready(&c);
@@ -513,12 +521,7 @@ fn overlay_sent(c: &Cluster, node: &str, dev: &str) -> Option<u64> {
 #[test]
 fn a_routed_cluster_carries_pods_services_and_names_over_the_overlay() {
     let t = "a_routed_cluster_carries_pods_services_and_names_over_the_overlay";
-    if !can_run(t) {
-        return;
-    }
-    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    let name = format!("o{}", std::process::id() % 10000);
-    let Some(c) = Cluster::up(t, &name, 2, Topology::Routed) else {
+    let Some((_one, c)) = start(t, "o", Topology::Routed) else {
         return;
     };
     let nodes = nodes_ready(&c);
