@@ -291,29 +291,8 @@ impl ServiceTable {
 
     /// The whole table as one full-sync batch at the applied generation.
     pub fn full_sync_request(&self) -> ProgramServiceRequest {
-        let mut req = ProgramServiceRequest {
-            generation: self.applied.generation,
-            epoch: self.applied.epoch,
-            full_sync: true,
-            host_port_upserts: self.host_ports.values().cloned().collect(),
-            ..Default::default()
-        };
-        for ((ns, name), e) in &self.entries {
-            if let Some(s) = &e.service {
-                req.service_upserts.push(s.clone());
-            }
-            let key = ServiceKey {
-                namespace: ns.clone(),
-                name: name.clone(),
-            };
-            req.endpoint_upserts.extend(e.endpoints.values().map(|ep| {
-                crate::proto::EndpointUpsert {
-                    service: Some(key.clone()),
-                    endpoint: Some(ep.clone()),
-                }
-            }));
-        }
-        req
+        // One part when none is limited: the batch itself, numbered 0 and not continued.
+        self.full_sync_parts(usize::MAX).next().unwrap_or_default()
     }
 
     /// The full sync of [`ServiceTable::full_sync_request`] in parts of at most `max` bytes,

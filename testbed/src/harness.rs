@@ -205,21 +205,34 @@ pub fn cluster_bridge_driver(cluster_cidrs: &[&str], routing: &str) -> String {
     )
 }
 
+/// `program` run under what the environment variable `var` names, for a benchmark's heap
+/// profile (e.g. `/usr/bin/env LD_PRELOAD=… DUMP_HEAPTRACK_OUTPUT=…`: a wrapper that execs,
+/// so the process found by name is the program itself): the command to run and the arguments
+/// that come before the program's own. Without `var`, the program alone.
+fn under(var: &str, program: PathBuf) -> (PathBuf, Vec<String>) {
+    let wrapper = std::env::var(var).unwrap_or_default();
+    let mut words = wrapper.split_whitespace().map(String::from);
+    match words.next() {
+        Some(first) => {
+            let mut args: Vec<String> = words.collect();
+            args.push(program.display().to_string());
+            (PathBuf::from(first), args)
+        }
+        None => (program, Vec::new()),
+    }
+}
+
 /// A supervised nft (Services) driver entry with `args`; run under `NETLET_NFT_UNDER` when set
-/// (a profiler and its arguments, as `NETLET_HOST_UNDER` for the host).
+/// (see [`under`]; `NETLET_HOST_UNDER` does the same for the host).
 pub fn nft_driver(name: &str, args: &[&str]) -> String {
-    let program = bin("netlet-nft").display().to_string();
-    let under = std::env::var("NETLET_NFT_UNDER").unwrap_or_default();
-    let mut all: Vec<&str> = under.split_whitespace().collect();
-    let command = if all.is_empty() {
-        program.clone()
-    } else {
-        let first = all.remove(0).to_string();
-        all.push(&program);
-        first
-    };
-    all.extend(["--name", name]);
-    all.extend(args);
+    let (command, mut all) = under("NETLET_NFT_UNDER", bin("netlet-nft"));
+    all.extend(
+        ["--name", name]
+            .into_iter()
+            .chain(args.iter().copied())
+            .map(String::from),
+    );
+    let command = command.display();
     format!(
         "- name: {name}\n  command: {command}\n  args: {}\n",
         serde_json::to_string(&all).unwrap_or_default()
@@ -322,19 +335,10 @@ impl Host {
 
     /// (Re)starts the host process with the same directories and config.
     pub async fn spawn(&mut self) {
-        // A profiler to run the host under, for a benchmark's profile (`NETLET_HOST_UNDER`,
-        // e.g. "heaptrack -o /tmp/host"): the program and its arguments, the host's after them.
-        let under = std::env::var("NETLET_HOST_UNDER").unwrap_or_default();
-        let mut under = under.split_whitespace();
-        let mut cmd = match under.next() {
-            Some(program) => {
-                let mut c = in_netns(self.netns.as_deref(), Path::new(program));
-                c.args(under).arg(bin("netlet"));
-                c
-            }
-            None => in_netns(self.netns.as_deref(), &bin("netlet")),
-        };
-        let child = cmd
+        // Under a profiler when `NETLET_HOST_UNDER` names one (see [`under`]).
+        let (program, before) = under("NETLET_HOST_UNDER", bin("netlet"));
+        let child = in_netns(self.netns.as_deref(), &program)
+            .args(before)
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
